@@ -1,0 +1,26 @@
+//! skiff's API types: Knative Serving v1 manifests, their validation with field paths, the
+//! API objects the daemon stores and returns, and the error body. No I/O.
+//!
+//! The entry point for manifests is [`manifest::parse_services`] (text) or
+//! [`manifest::service_from_document`] (an already parsed JSON value); both return either a
+//! [`validate::ValidatedService`] or every problem of the document.
+#![forbid(unsafe_code)]
+
+pub mod autoscaling;
+pub mod defaults;
+pub mod error;
+mod fields;
+pub mod image;
+pub mod manifest;
+pub mod names;
+pub mod object;
+pub mod problems;
+pub mod quantity;
+mod suggest;
+pub mod types;
+pub mod validate;
+
+pub use error::{ErrorBody, ErrorCode};
+pub use object::{Revision, Service};
+pub use problems::{FieldPath, Problem, ProblemKind};
+pub use types::ServiceManifest;

@@ -1,0 +1,315 @@
+//! A typed client of skiff's REST API. The CLI uses nothing else to talk to the daemon.
+//!
+//! Errors keep what the server said: an API error carries the server's
+//! [`ErrorBody`](skiff_api::ErrorBody) (code, message, request id and, for invalid manifests,
+//! every problem with its field path).
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use skiff_api::object::{DeleteResponse, List, Revision, Service};
+use skiff_api::{ErrorBody, ErrorCode};
+
+/// Header saying what an apply did.
+pub const APPLY_RESULT_HEADER: &str = "skiff-apply-result";
+/// Header naming the revision an apply stamped.
+pub const CREATED_REVISION_HEADER: &str = "skiff-created-revision";
+
+/// A call to the API failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error.
+    #[error("{}", .body.message)]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The server's error body.
+        body: ErrorBody,
+    },
+    /// The server could not be reached.
+    #[error("cannot reach the skiff daemon at {server}")]
+    Connect {
+        /// The server URL.
+        server: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The request failed in transit or timed out.
+    #[error("the request to {server} failed")]
+    Transport {
+        /// The server URL.
+        server: String,
+        /// The transport error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server's answer was not what the API promises.
+    #[error("unexpected answer from {server} (HTTP {status}): {detail}")]
+    Unexpected {
+        /// The server URL.
+        server: String,
+        /// The HTTP status.
+        status: u16,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The server URL is not usable.
+    #[error("`{0}` is not a server URL such as http://127.0.0.1:7070")]
+    BadServer(String),
+}
+
+impl ClientError {
+    /// The API error code, when the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { body, .. } => Some(body.code),
+            _ => None,
+        }
+    }
+}
+
+/// The result of an apply.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The Service as stored (or as it would be, for a dry run).
+    pub service: Service,
+    /// `created`, `configured` or `unchanged`.
+    pub result: String,
+    /// The revision the apply stamped, if any.
+    pub created_revision: Option<String>,
+}
+
+/// A client of one daemon.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: url::Url,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the daemon at `server` (`http://host:port`), authenticating with `token`.
+    pub fn new(server: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = url::Url::parse(server)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| ClientError::BadServer(server.to_owned()))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(120))
+            .user_agent(concat!("skiff-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| ClientError::Transport {
+                server: server.to_owned(),
+                source,
+            })?;
+        Ok(Client { base, token, http })
+    }
+
+    /// The server URL.
+    pub fn server(&self) -> &str {
+        self.base.as_str().trim_end_matches('/')
+    }
+
+    fn url(&self, path: &str, query: &[(&str, &str)]) -> url::Url {
+        let mut url = self.base.clone();
+        url.set_path(path);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let request = match &self.token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        };
+        let response = request.send().await.map_err(|source| {
+            if source.is_connect() {
+                ClientError::Connect {
+                    server: self.server().to_owned(),
+                    source,
+                }
+            } else {
+                ClientError::Transport {
+                    server: self.server().to_owned(),
+                    source,
+                }
+            }
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                server: self.server().to_owned(),
+                source,
+            })?;
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(ClientError::Api {
+                status: status.as_u16(),
+                body,
+            }),
+            Err(_) => Err(ClientError::Unexpected {
+                server: self.server().to_owned(),
+                status: status.as_u16(),
+                detail: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+            }),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<T, ClientError> {
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                server: self.server().to_owned(),
+                source,
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Unexpected {
+            server: self.server().to_owned(),
+            status: status.as_u16(),
+            detail: format!("the body is not the expected JSON: {e}"),
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
+        let response = self.send(self.http.get(self.url(path, query))).await?;
+        self.json(response).await
+    }
+
+    /// Applies one manifest document (`body` is its JSON or YAML text). `name` is the Service's
+    /// name; `None` creates one from `metadata.generateName`.
+    pub async fn apply_service(
+        &self,
+        namespace: &str,
+        name: Option<&str>,
+        body: String,
+        content_type: &str,
+        dry_run: bool,
+    ) -> Result<Applied, ClientError> {
+        let query: &[(&str, &str)] = if dry_run { &[("dryRun", "All")] } else { &[] };
+        let (method, path) = match name {
+            Some(n) => (
+                Method::PUT,
+                format!("/api/v1/namespaces/{namespace}/services/{n}"),
+            ),
+            None => (
+                Method::POST,
+                format!("/api/v1/namespaces/{namespace}/services"),
+            ),
+        };
+        let request = self
+            .http
+            .request(method, self.url(&path, query))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        let response = self.send(request).await?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let result = header(APPLY_RESULT_HEADER).unwrap_or_else(|| {
+            if response.status() == StatusCode::CREATED {
+                "created"
+            } else {
+                "configured"
+            }
+            .to_owned()
+        });
+        let created_revision = header(CREATED_REVISION_HEADER);
+        let service = self.json(response).await?;
+        Ok(Applied {
+            service,
+            result,
+            created_revision,
+        })
+    }
+
+    /// Reads a Service.
+    pub async fn get_service(&self, namespace: &str, name: &str) -> Result<Service, ClientError> {
+        self.get(
+            &format!("/api/v1/namespaces/{namespace}/services/{name}"),
+            &[],
+        )
+        .await
+    }
+
+    /// Lists Services of a namespace, or of all namespaces.
+    pub async fn list_services(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Service>, ClientError> {
+        let path = match namespace {
+            Some(ns) => format!("/api/v1/namespaces/{ns}/services"),
+            None => "/api/v1/services".to_owned(),
+        };
+        Ok(self.get::<List<Service>>(&path, &[]).await?.items)
+    }
+
+    /// Deletes a Service and its revisions.
+    pub async fn delete_service(
+        &self,
+        namespace: &str,
+        name: &str,
+        dry_run: bool,
+    ) -> Result<DeleteResponse, ClientError> {
+        let query: &[(&str, &str)] = if dry_run { &[("dryRun", "All")] } else { &[] };
+        let url = self.url(
+            &format!("/api/v1/namespaces/{namespace}/services/{name}"),
+            query,
+        );
+        let response = self.send(self.http.delete(url)).await?;
+        self.json(response).await
+    }
+
+    /// Lists revisions of a namespace (or all), optionally of one Service.
+    pub async fn list_revisions(
+        &self,
+        namespace: Option<&str>,
+        service: Option<&str>,
+    ) -> Result<Vec<Revision>, ClientError> {
+        let path = match namespace {
+            Some(ns) => format!("/api/v1/namespaces/{ns}/revisions"),
+            None => "/api/v1/revisions".to_owned(),
+        };
+        let query: Vec<(&str, &str)> = service.map(|s| vec![("service", s)]).unwrap_or_default();
+        Ok(self.get::<List<Revision>>(&path, &query).await?.items)
+    }
+
+    /// Reads a revision.
+    pub async fn get_revision(&self, namespace: &str, name: &str) -> Result<Revision, ClientError> {
+        self.get(
+            &format!("/api/v1/namespaces/{namespace}/revisions/{name}"),
+            &[],
+        )
+        .await
+    }
+
+    /// The daemon's version information.
+    pub async fn version(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/api/v1/version", &[]).await
+    }
+}

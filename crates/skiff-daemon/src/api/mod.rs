@@ -1,0 +1,163 @@
+//! The REST API: JSON under `/api/v1/`, bearer-token authentication, request ids, size
+//! limits, and the OpenAPI document that describes it.
+//!
+//! # Design
+//! Handlers are thin: they parse the request into a controller call and map its typed error
+//! to [`ApiError`]. Everything that can go wrong before a handler runs (no route, wrong
+//! method, missing token, a body over the limit, a panic) is answered in the same
+//! `{code, message, requestId}` shape, so clients need one error path.
+
+pub mod error;
+pub mod openapi;
+mod services;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use skiff_api::ErrorCode;
+use subtle::ConstantTimeEq;
+use tower_http::catch_panic::CatchPanicLayer;
+use tracing::info;
+
+use crate::controller::Controller;
+pub use error::ApiError;
+use error::REQUEST_ID;
+
+/// Header carrying the request id, in and out.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The Service controller.
+    pub controller: Controller,
+    /// The bearer token clients must present.
+    pub token: Arc<String>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// Builds the API router.
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/version", get(services::version))
+        .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/api/v1/services", get(services::list_all_services))
+        .route("/api/v1/revisions", get(services::list_all_revisions))
+        .route(
+            "/api/v1/namespaces/{namespace}/services",
+            get(services::list_services).post(services::create_service),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/services/{name}",
+            get(services::get_service)
+                .put(services::apply_service)
+                .delete(services::delete_service),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/revisions",
+            get(services::list_revisions),
+        )
+        .route(
+            "/api/v1/namespaces/{namespace}/revisions/{name}",
+            get(services::get_revision),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(api)
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(
+                ErrorCode::Internal,
+                "the daemon hit a bug handling this request; it keeps running, and its log has details under this request id",
+            )
+            .into_response()
+        }))
+        .layer(middleware::from_fn(request_context))
+}
+
+async fn no_route(request: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no API route {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+fn acceptable_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Gives every request an id (the client's, when it is sane), logs it, and returns it.
+async fn request_context(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| acceptable_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    let status = response.status().as_u16();
+    if path != "/healthz" {
+        info!(
+            request_id = %id,
+            method = %method,
+            path = %path,
+            status,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "api request"
+        );
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    response
+}
+
+/// Requires `Authorization: Bearer <token>`, compared in constant time.
+async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match presented {
+        Some(t) if bool::from(t.as_bytes().ct_eq(state.token.as_bytes())) => next.run(request).await,
+        Some(_) => ApiError::new(ErrorCode::Unauthorized, "the API token is not valid").into_response(),
+        None => ApiError::new(
+            ErrorCode::Unauthorized,
+            "this API needs `Authorization: Bearer <token>`; the token is in the daemon's data directory (file `token`)",
+        )
+        .into_response(),
+    }
+}

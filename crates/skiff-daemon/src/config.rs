@@ -1,0 +1,444 @@
+//! The daemon's configuration: one [`Config`] read from a TOML file, then overridden by
+//! `SKIFF_*` environment variables, then by command-line flags, and validated as a whole
+//! before anything starts, with every problem reported at once and attributed to its source.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use skiff_telemetry::LogFormat;
+
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/skiff";
+/// Default API address.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7070";
+/// Default HTTP ingress address.
+pub const DEFAULT_INGRESS_LISTEN: &str = "127.0.0.1:8080";
+/// Default domain: `*.localhost` resolves to loopback without any DNS set-up.
+pub const DEFAULT_DOMAIN: &str = "localhost";
+/// Config file read when none is named and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/skiff/skiff.toml";
+
+/// The validated configuration of a daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the state store, the API token and (later) images and logs live.
+    pub data_dir: PathBuf,
+    /// Address of the REST API.
+    pub api_listen: SocketAddr,
+    /// Address of the HTTP ingress that routes to services.
+    pub ingress_listen: SocketAddr,
+    /// Domain of service URLs: `http://<service>.<namespace>.<domain>`.
+    pub domain: String,
+    /// Log filter, in `tracing-subscriber`'s `EnvFilter` syntax.
+    pub log: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Largest API request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for in-flight API requests.
+    pub shutdown_grace_period: Duration,
+}
+
+impl Config {
+    /// The defaults, as `skiff server` runs with no file, environment or flags.
+    pub fn defaults() -> Self {
+        Config {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            api_listen: DEFAULT_API_LISTEN.parse().expect("constant address"),
+            ingress_listen: DEFAULT_INGRESS_LISTEN.parse().expect("constant address"),
+            domain: DEFAULT_DOMAIN.to_owned(),
+            log: "info".to_owned(),
+            log_format: LogFormat::Text,
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One setting: its file key, environment variable and flag.
+struct Setting {
+    key: &'static str,
+    env: &'static str,
+    flag: &'static str,
+}
+
+const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "data_dir",
+        env: "SKIFF_DATA_DIR",
+        flag: "--data-dir",
+    },
+    Setting {
+        key: "api_listen",
+        env: "SKIFF_API_LISTEN",
+        flag: "--api-listen",
+    },
+    Setting {
+        key: "ingress_listen",
+        env: "SKIFF_INGRESS_LISTEN",
+        flag: "--ingress-listen",
+    },
+    Setting {
+        key: "domain",
+        env: "SKIFF_DOMAIN",
+        flag: "--domain",
+    },
+    Setting {
+        key: "log",
+        env: "SKIFF_LOG",
+        flag: "--log",
+    },
+    Setting {
+        key: "log_format",
+        env: "SKIFF_LOG_FORMAT",
+        flag: "--log-format",
+    },
+    Setting {
+        key: "max_body_bytes",
+        env: "SKIFF_MAX_BODY_BYTES",
+        flag: "--max-body-bytes",
+    },
+    Setting {
+        key: "shutdown_grace_period_seconds",
+        env: "SKIFF_SHUTDOWN_GRACE_PERIOD_SECONDS",
+        flag: "--shutdown-grace-period-seconds",
+    },
+];
+
+/// Environment variables the CLI reads; the daemon ignores them without a warning.
+pub const CLIENT_ENV: &[&str] = &[
+    "SKIFF_SERVER",
+    "SKIFF_TOKEN",
+    "SKIFF_CONFIG",
+    "SKIFF_NAMESPACE",
+];
+
+/// The process environment, behind a trait so tests can pass a map.
+pub trait Environment {
+    /// Every variable whose name starts with `SKIFF_`.
+    fn skiff_vars(&self) -> BTreeMap<String, String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Default)]
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn skiff_vars(&self) -> BTreeMap<String, String> {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| k.starts_with("SKIFF_"))
+            .collect()
+    }
+}
+
+impl Environment for BTreeMap<String, String> {
+    fn skiff_vars(&self) -> BTreeMap<String, String> {
+        self.iter()
+            .filter(|(k, _)| k.starts_with("SKIFF_"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// Settings given as command-line flags (`None`: not given). Keys are file keys.
+pub type Flags = BTreeMap<&'static str, String>;
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone)]
+enum Source {
+    File(PathBuf),
+    Env(&'static str),
+    Flag(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Env(v) => write!(f, "environment variable {v}"),
+            Source::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// The configuration is invalid; every problem found is listed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+/// What [`load`] found besides the configuration.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// `SKIFF_*` variables that mean nothing to the daemon (likely typos).
+    pub unknown_env: Vec<String>,
+    /// The file read, if any.
+    pub file: Option<PathBuf>,
+}
+
+fn toml_value_to_string(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads the configuration: the file (`config_file`, else `SKIFF_CONFIG`, else
+/// [`DEFAULT_CONFIG_FILE`] when it exists), then the environment, then `flags`.
+pub fn load(
+    config_file: Option<&Path>,
+    env: &dyn Environment,
+    flags: &Flags,
+) -> Result<(Config, LoadReport), ConfigError> {
+    let mut problems = Vec::new();
+    let mut report = LoadReport::default();
+    let mut raw: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
+    let vars = env.skiff_vars();
+
+    let file = match (config_file, vars.get("SKIFF_CONFIG")) {
+        (Some(p), _) => Some((p.to_path_buf(), true)),
+        (None, Some(p)) => Some((PathBuf::from(p), true)),
+        (None, None) => Some((PathBuf::from(DEFAULT_CONFIG_FILE), false)),
+    };
+    if let Some((path, explicit)) = file {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                report.file = Some(path.clone());
+                match text.parse::<toml::Table>() {
+                    Ok(table) => {
+                        for (k, v) in &table {
+                            match SETTINGS.iter().find(|s| s.key == k) {
+                                Some(s) => match toml_value_to_string(v) {
+                                    Some(v) => {
+                                        raw.insert(s.key, (v, Source::File(path.clone())));
+                                    }
+                                    None => problems.push(format!(
+                                        "{k} ({}): must be a string or a number",
+                                        path.display()
+                                    )),
+                                },
+                                None => problems.push(format!(
+                                    "{k} ({}): unknown setting; known: {}",
+                                    path.display(),
+                                    SETTINGS
+                                        .iter()
+                                        .map(|s| s.key)
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                )),
+                            }
+                        }
+                    }
+                    Err(e) => problems.push(format!("{}: not valid TOML: {e}", path.display())),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
+            Err(e) => problems.push(format!("config file {}: {e}", path.display())),
+        }
+    }
+    for (k, v) in &vars {
+        match SETTINGS.iter().find(|s| s.env == k) {
+            Some(s) => {
+                raw.insert(s.key, (v.clone(), Source::Env(s.env)));
+            }
+            None if CLIENT_ENV.contains(&k.as_str()) => {}
+            None => report.unknown_env.push(k.clone()),
+        }
+    }
+    for (k, v) in flags {
+        if let Some(s) = SETTINGS.iter().find(|s| s.key == *k) {
+            raw.insert(s.key, (v.clone(), Source::Flag(s.flag)));
+        }
+    }
+
+    let mut config = Config::defaults();
+    let get = |key: &str| raw.get(key).cloned().map(|(v, s)| (v.trim().to_owned(), s));
+    let mut bad = |key: &str, source: &Source, msg: String| {
+        problems.push(format!("{key} (from {source}): {msg}"));
+    };
+    if let Some((v, s)) = get("data_dir") {
+        if v.is_empty() || !v.starts_with('/') {
+            bad("data_dir", &s, format!("`{v}` must be an absolute path"));
+        } else {
+            config.data_dir = PathBuf::from(v);
+        }
+    }
+    for key in ["api_listen", "ingress_listen"] {
+        if let Some((v, s)) = get(key) {
+            match v.parse::<SocketAddr>() {
+                Ok(addr) if key == "api_listen" => config.api_listen = addr,
+                Ok(addr) => config.ingress_listen = addr,
+                Err(_) => bad(
+                    key,
+                    &s,
+                    format!("`{v}` is not an address such as 127.0.0.1:7070"),
+                ),
+            }
+        }
+    }
+    if let Some((v, s)) = get("domain") {
+        let v = v.trim_end_matches('.').to_ascii_lowercase();
+        match skiff_api::names::check_dns1123_subdomain(&v) {
+            Ok(()) => config.domain = v,
+            Err(e) => bad("domain", &s, e),
+        }
+    }
+    if let Some((v, s)) = get("log") {
+        match skiff_telemetry::parse_filter(&v) {
+            Ok(_) => config.log = v,
+            Err(e) => bad("log", &s, skiff_telemetry::ErrorChain(&e).to_string()),
+        }
+    }
+    if let Some((v, s)) = get("log_format") {
+        match v.parse::<LogFormat>() {
+            Ok(f) => config.log_format = f,
+            Err(e) => bad("log_format", &s, e),
+        }
+    }
+    if let Some((v, s)) = get("max_body_bytes") {
+        match v.parse::<usize>() {
+            Ok(n) if (1024..=64 * 1024 * 1024).contains(&n) => config.max_body_bytes = n,
+            _ => bad(
+                "max_body_bytes",
+                &s,
+                format!("`{v}` must be a number of bytes from 1024 to 67108864"),
+            ),
+        }
+    }
+    if let Some((v, s)) = get("shutdown_grace_period_seconds") {
+        match v.parse::<u64>() {
+            Ok(n) if n <= 3600 => config.shutdown_grace_period = Duration::from_secs(n),
+            _ => bad(
+                "shutdown_grace_period_seconds",
+                &s,
+                format!("`{v}` must be a number of seconds from 0 to 3600"),
+            ),
+        }
+    }
+    if config.api_listen == config.ingress_listen && config.api_listen.port() != 0 {
+        problems.push(format!(
+            "api_listen and ingress_listen are both {}; they must differ",
+            config.api_listen
+        ));
+    }
+    if problems.is_empty() {
+        Ok((config, report))
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn no_file() -> tempfile::TempDir {
+        tempfile::tempdir().expect("tempdir")
+    }
+
+    /// With nothing given, the defaults are the documented ones.
+    #[test]
+    fn defaults() {
+        let dir = no_file();
+        let missing = dir.path().join("none.toml");
+        let vars = env(&[("SKIFF_CONFIG", missing.to_str().expect("utf8"))]);
+        let err = load(None, &vars, &Flags::new()).expect_err("explicit missing file");
+        assert!(err.to_string().contains("none.toml"));
+        let (config, report) = load(None, &env(&[]), &Flags::new()).expect("defaults");
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/skiff"));
+        assert_eq!(config.api_listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(config.ingress_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.domain, "localhost");
+        assert!(report.unknown_env.is_empty());
+    }
+
+    /// File < environment < flags, per setting.
+    #[test]
+    fn precedence() {
+        let dir = no_file();
+        let file = dir.path().join("skiff.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/srv/skiff\"\napi_listen = \"127.0.0.1:9000\"\ndomain = \"example.com\"\nmax_body_bytes = 2048\n",
+        )
+        .expect("write");
+        let vars = env(&[
+            ("SKIFF_API_LISTEN", "127.0.0.1:9001"),
+            ("SKIFF_DOMAIN", "env.example"),
+        ]);
+        let mut flags = Flags::new();
+        flags.insert("domain", "flag.example".into());
+        let (config, _) = load(Some(&file), &vars, &flags).expect("valid");
+        assert_eq!(config.data_dir, PathBuf::from("/srv/skiff"));
+        assert_eq!(config.api_listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(config.domain, "flag.example");
+        assert_eq!(config.max_body_bytes, 2048);
+    }
+
+    /// Every problem is reported at once, each with its source.
+    #[test]
+    fn every_problem_at_once() {
+        let dir = no_file();
+        let file = dir.path().join("skiff.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"relative\"\nunknown_key = 1\nlog_format = \"xml\"\n",
+        )
+        .expect("write");
+        let vars = env(&[("SKIFF_API_LISTEN", "nowhere"), ("SKIFF_DOMIAN", "x")]);
+        let mut flags = Flags::new();
+        flags.insert("max_body_bytes", "12".into());
+        let err = load(Some(&file), &vars, &flags).expect_err("invalid");
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 5, "{text}");
+        assert!(text.contains("data_dir (from"), "{text}");
+        assert!(text.contains("unknown_key"), "{text}");
+        assert!(text.contains("log_format"), "{text}");
+        assert!(
+            text.contains("api_listen (from environment variable SKIFF_API_LISTEN)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("max_body_bytes (from flag --max-body-bytes)"),
+            "{text}"
+        );
+    }
+
+    /// Unknown SKIFF_ variables are reported (likely typos) but CLI ones are not.
+    #[test]
+    fn unknown_env_is_reported() {
+        let vars = env(&[
+            ("SKIFF_DOMIAN", "x"),
+            ("SKIFF_TOKEN", "t"),
+            ("SKIFF_SERVER", "s"),
+        ]);
+        let (_, report) = load(None, &vars, &Flags::new()).expect("valid");
+        assert_eq!(report.unknown_env, vec!["SKIFF_DOMIAN".to_owned()]);
+    }
+
+    /// The example configuration in the repository parses and is valid.
+    #[test]
+    fn example_config_is_valid() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/skiff.toml");
+        let (config, report) =
+            load(Some(&example), &env(&[]), &Flags::new()).expect("valid example");
+        assert_eq!(report.file.as_deref(), Some(example.as_path()));
+        assert_eq!(config.domain, "localhost");
+    }
+}

@@ -1,0 +1,167 @@
+//! `skiff server`: opens the data directory and store, serves the API and the ingress, and
+//! shuts down in order when told to.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use skiff_store::{SqliteStore, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::controller::{Controller, SystemClock};
+use crate::datadir::{DataDir, DataDirError, Endpoints, STORE_FILE};
+use crate::ingress::{self, IngressState};
+
+/// The daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The data directory could not be prepared.
+    #[error("preparing the data directory")]
+    DataDir(#[from] DataDirError),
+    /// The state store could not be opened.
+    #[error("opening the state store")]
+    Store(#[from] skiff_store::OpenError),
+    /// A listener could not be bound.
+    #[error("listening for {what} on {addr}{hint}")]
+    Bind {
+        /// `the API` or `the ingress`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Advice for the common causes.
+        hint: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Recomputing stored status at start failed.
+    #[error("reconciling stored services")]
+    Reconcile(#[source] crate::controller::ControllerError),
+    /// A server failed while running.
+    #[error("serving {what}")]
+    Serve {
+        /// `the API` or `the ingress`.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr).await.map_err(|source| {
+        let hint = match source.kind() {
+            std::io::ErrorKind::AddrInUse => " (the address is in use: is another skiff running? choose another with --api-listen / --ingress-listen)",
+            std::io::ErrorKind::PermissionDenied => " (permission denied: ports below 1024 need root)",
+            _ => "",
+        };
+        DaemonError::Bind { what, addr, hint, source }
+    })
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let data = DataDir::open(&config.data_dir)?;
+    let token = data.ensure_token()?;
+    let store_path = data.path().join(STORE_FILE);
+    let store: Arc<dyn Store> = Arc::new(tokio::task::block_in_place(|| {
+        SqliteStore::open(&store_path)
+    })?);
+
+    let api_listener = bind("the API", config.api_listen).await?;
+    let ingress_listener = bind("the ingress", config.ingress_listen).await?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|source| DaemonError::Serve {
+            what: "the API",
+            source,
+        })?;
+    let ingress_addr = ingress_listener
+        .local_addr()
+        .map_err(|source| DaemonError::Serve {
+            what: "the ingress",
+            source,
+        })?;
+
+    let controller = Controller::new(
+        store.clone(),
+        config.domain.clone(),
+        ingress_addr.port(),
+        Arc::new(SystemClock),
+    );
+    let updated = controller
+        .reconcile_all()
+        .await
+        .map_err(DaemonError::Reconcile)?;
+    info!(updated, "stored services reconciled");
+
+    let api_router = api::router(ApiState {
+        controller: controller.clone(),
+        token: Arc::new(token),
+        max_body_bytes: config.max_body_bytes,
+    });
+    let ingress_router = ingress::router(IngressState {
+        controller,
+        domain: config.domain.clone(),
+    });
+
+    data.write_endpoints(&Endpoints {
+        api: format!("http://{api_addr}"),
+        ingress: ingress_addr.to_string(),
+        pid: std::process::id(),
+    })?;
+    info!(
+        api = %api_addr,
+        ingress = %ingress_addr,
+        data_dir = %config.data_dir.display(),
+        domain = %config.domain,
+        "skiff is ready"
+    );
+
+    let stop_api = shutdown.clone();
+    let api_server = tokio::spawn(async move {
+        axum::serve(api_listener, api_router)
+            .with_graceful_shutdown(async move { stop_api.cancelled().await })
+            .await
+    });
+    let stop_ingress = shutdown.clone();
+    let ingress_server = tokio::spawn(async move {
+        axum::serve(ingress_listener, ingress_router)
+            .with_graceful_shutdown(async move { stop_ingress.cancelled().await })
+            .await
+    });
+
+    shutdown.cancelled().await;
+    info!(
+        grace_seconds = config.shutdown_grace_period.as_secs(),
+        "shutting down: no new connections; draining requests"
+    );
+    let drained = tokio::time::timeout(config.shutdown_grace_period, async {
+        let api = api_server.await;
+        let ingress = ingress_server.await;
+        (api, ingress)
+    })
+    .await;
+    let mut result = Ok(());
+    match drained {
+        Ok((api, ingress)) => {
+            for (what, r) in [("the API", api), ("the ingress", ingress)] {
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(source)) => result = Err(DaemonError::Serve { what, source }),
+                    Err(join) => warn!(what, error = %join, "server task ended abnormally"),
+                }
+            }
+        }
+        Err(_) => warn!("grace period over with requests still in flight; closing them"),
+    }
+    if let Err(e) = store.close().await {
+        warn!(error = %skiff_telemetry::ErrorChain(&e), "closing the state store");
+    }
+    data.remove_endpoints();
+    info!("skiff stopped");
+    result
+}

@@ -1,0 +1,130 @@
+//! Telemetry shared by every skiff component: log set-up and error-chain formatting.
+//!
+//! # Design
+//! Components log through `tracing` with short lowercase messages and data in fields. The
+//! binary installs one subscriber at start ([`init_logging`]); libraries never install one.
+//! Errors are logged whole through [`ErrorChain`], so each layer's `Display` only describes
+//! itself (see STYLE.md, "Errors"). Metrics registries join this crate when serving arrives.
+#![forbid(unsafe_code)]
+
+use std::error::Error;
+use std::fmt;
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format `{other}`: use `text` or `json`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// A log filter directive was not understood.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid log filter `{filter}`")]
+pub struct InvalidFilter {
+    /// The directive as given.
+    pub filter: String,
+    #[source]
+    source: tracing_subscriber::filter::ParseError,
+}
+
+/// Checks a filter directive such as `info,skiff_store=debug` without installing it.
+pub fn parse_filter(filter: &str) -> Result<EnvFilter, InvalidFilter> {
+    EnvFilter::try_new(filter).map_err(|source| InvalidFilter {
+        filter: filter.to_owned(),
+        source,
+    })
+}
+
+/// Installs the process-wide subscriber. Call once, from the binary.
+///
+/// A second call (as happens when tests start several daemons in one process) is ignored.
+pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), InvalidFilter> {
+    let filter = parse_filter(filter)?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(true);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    Ok(())
+}
+
+/// Formats an error with all of its sources: `outer: middle: root`.
+///
+/// Use it in log fields (`error = %ErrorChain(&err)`) and in user-facing messages where the
+/// whole cause matters.
+pub struct ErrorChain<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("opening the store")]
+    struct Outer(#[source] std::io::Error);
+
+    /// The chain shows every layer once, outermost first.
+    #[test]
+    fn error_chain_lists_every_source() {
+        let err = Outer(std::io::Error::other("disk on fire"));
+        assert_eq!(
+            ErrorChain(&err).to_string(),
+            "opening the store: disk on fire"
+        );
+    }
+
+    /// A bad filter is reported with the directive that caused it.
+    #[test]
+    fn bad_filter_is_named() {
+        let err = parse_filter("info,=[").expect_err("not a valid directive");
+        assert!(err.to_string().contains("info,=["));
+    }
+}

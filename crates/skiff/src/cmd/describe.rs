@@ -1,0 +1,39 @@
+//! `skiff describe service NAME`: one Service, its revisions, traffic and conditions.
+
+use crate::connect::ConnectArgs;
+use crate::exit::{Exit, OK};
+use crate::output;
+
+/// What to describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// A Service (also: services, svc, ksvc).
+    #[value(alias = "services", alias = "svc", alias = "ksvc")]
+    Service,
+}
+
+/// Show a Service in detail.
+#[derive(Debug, clap::Args)]
+pub struct DescribeArgs {
+    /// `service`.
+    pub kind: Kind,
+    /// The Service's name.
+    pub name: String,
+    /// The namespace [default: default].
+    #[arg(short = 'n', long, env = "SKIFF_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Runs the command.
+pub async fn run(args: DescribeArgs) -> Result<i32, Exit> {
+    let client = args.connect.client()?;
+    let Kind::Service = args.kind;
+    let service = client.get_service(&args.namespace, &args.name).await?;
+    let revisions = client
+        .list_revisions(Some(&args.namespace), Some(&args.name))
+        .await?;
+    print!("{}", output::describe_service(&service, &revisions));
+    Ok(OK)
+}

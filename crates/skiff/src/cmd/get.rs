@@ -1,0 +1,106 @@
+//! `skiff get services|revisions`: lists objects.
+
+use skiff_api::object::List;
+
+use crate::connect::ConnectArgs;
+use crate::exit::{Exit, OK};
+use crate::output::{self, Format};
+
+/// What to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// Services (also: service, svc, ksvc).
+    #[value(alias = "service", alias = "svc", alias = "ksvc")]
+    Services,
+    /// Revisions (also: revision, rev).
+    #[value(alias = "revision", alias = "rev")]
+    Revisions,
+}
+
+/// List Services or Revisions.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// `services` or `revisions`.
+    pub kind: Kind,
+    /// Show only this one.
+    pub name: Option<String>,
+    /// The namespace [default: default].
+    #[arg(short = 'n', long, env = "SKIFF_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// List across all namespaces.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// For revisions: only those of this Service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Format,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Runs the command.
+pub async fn run(args: GetArgs) -> Result<i32, Exit> {
+    let client = args.connect.client()?;
+    let ns = if args.all_namespaces {
+        None
+    } else {
+        Some(args.namespace.as_str())
+    };
+    match args.kind {
+        Kind::Services => {
+            let services = match &args.name {
+                Some(name) => vec![client.get_service(&args.namespace, name).await?],
+                None => client.list_services(ns).await?,
+            };
+            match (args.output, &args.name) {
+                (Format::Table, _) => {
+                    if services.is_empty() {
+                        eprintln!(
+                            "no services found{}",
+                            ns.map(|n| format!(" in namespace {n}")).unwrap_or_default()
+                        );
+                    } else {
+                        output::print_table(&output::services_table(
+                            &services,
+                            args.all_namespaces,
+                        ));
+                    }
+                }
+                (f, Some(_)) => print!("{}", output::render(&services[0], f)?),
+                (f, None) => print!(
+                    "{}",
+                    output::render(&List::new("ServiceList", services), f)?
+                ),
+            }
+        }
+        Kind::Revisions => {
+            let revisions = match &args.name {
+                Some(name) => vec![client.get_revision(&args.namespace, name).await?],
+                None => client.list_revisions(ns, args.service.as_deref()).await?,
+            };
+            match (args.output, &args.name) {
+                (Format::Table, _) => {
+                    if revisions.is_empty() {
+                        eprintln!(
+                            "no revisions found{}",
+                            ns.map(|n| format!(" in namespace {n}")).unwrap_or_default()
+                        );
+                    } else {
+                        output::print_table(&output::revisions_table(
+                            &revisions,
+                            args.all_namespaces,
+                        ));
+                    }
+                }
+                (f, Some(_)) => print!("{}", output::render(&revisions[0], f)?),
+                (f, None) => print!(
+                    "{}",
+                    output::render(&List::new("RevisionList", revisions), f)?
+                ),
+            }
+        }
+    }
+    Ok(OK)
+}

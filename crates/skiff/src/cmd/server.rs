@@ -1,0 +1,108 @@
+//! `skiff server`: runs the daemon in the foreground.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use skiff_daemon::config::{self, Flags, ProcessEnv};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::exit::{Exit, FAILURE, OK};
+
+/// Run the skiff daemon (API, ingress and state store) in the foreground.
+///
+/// Settings come from a TOML file, then SKIFF_* environment variables, then these flags.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// The TOML config file [default: /etc/skiff/skiff.toml when it exists; env SKIFF_CONFIG].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: /var/lib/skiff].
+    #[arg(long)]
+    pub data_dir: Option<String>,
+    /// API address [default: 127.0.0.1:7070].
+    #[arg(long)]
+    pub api_listen: Option<String>,
+    /// HTTP ingress address [default: 127.0.0.1:8080].
+    #[arg(long)]
+    pub ingress_listen: Option<String>,
+    /// Domain of service URLs [default: localhost].
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Log filter, e.g. `info` or `info,skiff_store=debug` [default: info].
+    #[arg(long)]
+    pub log: Option<String>,
+    /// Log format: `text` or `json` [default: text].
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Largest API request body in bytes [default: 1048576].
+    #[arg(long)]
+    pub max_body_bytes: Option<String>,
+    /// Seconds shutdown waits for in-flight requests [default: 30].
+    #[arg(long)]
+    pub shutdown_grace_period_seconds: Option<String>,
+}
+
+impl ServerArgs {
+    fn flags(&self) -> Flags {
+        let mut flags = Flags::new();
+        let pairs: [(&'static str, &Option<String>); 8] = [
+            ("data_dir", &self.data_dir),
+            ("api_listen", &self.api_listen),
+            ("ingress_listen", &self.ingress_listen),
+            ("domain", &self.domain),
+            ("log", &self.log),
+            ("log_format", &self.log_format),
+            ("max_body_bytes", &self.max_body_bytes),
+            (
+                "shutdown_grace_period_seconds",
+                &self.shutdown_grace_period_seconds,
+            ),
+        ];
+        for (k, v) in pairs {
+            if let Some(v) = v {
+                flags.insert(k, v.clone());
+            }
+        }
+        flags
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(args: ServerArgs) -> Result<i32, Exit> {
+    let (config, report) = config::load(args.config.as_deref(), &ProcessEnv, &args.flags())
+        .map_err(|e| Exit::new(crate::exit::USAGE, e.to_string()))?;
+    skiff_telemetry::init_logging(&config.log, config.log_format).context("setting up logging")?;
+    if let Some(file) = &report.file {
+        info!(file = %file.display(), "configuration file read");
+    }
+    for var in &report.unknown_env {
+        warn!(variable = %var, "unknown SKIFF_ environment variable ignored");
+    }
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
+            _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
+        }
+        signals.cancel();
+        // A second signal stops at once.
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        warn!("second signal: exiting immediately");
+        std::process::exit(130);
+    });
+    match skiff_daemon::server::run(config, shutdown).await {
+        Ok(()) => Ok(OK),
+        Err(e) => Err(Exit::new(
+            FAILURE,
+            format!("skiff server: {}", skiff_telemetry::ErrorChain(&e)),
+        )),
+    }
+}

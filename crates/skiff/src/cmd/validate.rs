@@ -1,0 +1,64 @@
+//! `skiff validate -f FILE`: checks manifests offline with the server's own validator.
+
+use skiff_api::manifest::parse_services;
+
+use super::{display_name, read_input};
+use crate::exit::{Exit, INVALID, OK};
+
+/// Check manifests without a daemon, with the same rules the server applies.
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// A YAML or JSON file (many documents allowed), or `-` for standard input. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+}
+
+/// Prints every problem of `text` as `FILE[ (document N)]: problem`; returns how many.
+pub fn report(file: &str, text: &str) -> (usize, usize) {
+    match parse_services(text) {
+        Err(p) => {
+            eprintln!("{file}: {p}");
+            (1, 0)
+        }
+        Ok(input) => {
+            let multi = input.documents.len() > 1;
+            let mut problems = 0;
+            for (doc, result) in &input.documents {
+                if let Err(ps) = result {
+                    for p in ps {
+                        if multi {
+                            eprintln!("{file} (document {}): {p}", doc.index + 1);
+                        } else {
+                            eprintln!("{file}: {p}");
+                        }
+                        problems += 1;
+                    }
+                }
+            }
+            (problems, input.documents.len())
+        }
+    }
+}
+
+/// Runs the command.
+pub fn run(args: ValidateArgs) -> Result<i32, Exit> {
+    let mut total = 0;
+    for path in &args.files {
+        let text = read_input(path)?;
+        let (problems, documents) = report(display_name(path), &text);
+        if problems == 0 {
+            println!(
+                "{}: {documents} valid Service{}",
+                display_name(path),
+                if documents == 1 { "" } else { "s" }
+            );
+        }
+        total += problems;
+    }
+    if total > 0 {
+        eprintln!("{total} problem{} found", if total == 1 { "" } else { "s" });
+        Ok(INVALID)
+    } else {
+        Ok(OK)
+    }
+}

@@ -1,0 +1,84 @@
+//! `skiff`: the daemon (`skiff server`) and the CLI over its REST API.
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod connect;
+mod exit;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+/// skiff: serverless containers on your own machines.
+///
+/// Apply Knative Serving v1 Service manifests; skiff stores them, stamps revisions, and
+/// (in later releases) runs and scales them.
+#[derive(Debug, Parser)]
+#[command(
+    name = "skiff",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground.
+    Server(cmd::server::ServerArgs),
+    /// Create or update Services from manifests.
+    Apply(cmd::apply::ApplyArgs),
+    /// List Services or Revisions.
+    Get(cmd::get::GetArgs),
+    /// Show a Service in detail.
+    Describe(cmd::describe::DescribeArgs),
+    /// Delete Services and their revisions.
+    Delete(cmd::delete::DeleteArgs),
+    /// Check manifests offline, with the daemon's own rules.
+    Validate(cmd::validate::ValidateArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => cmd::validate::run(args),
+        Command::Server(args) => multi_thread().and_then(|rt| rt.block_on(cmd::server::run(args))),
+        other => current_thread().and_then(|rt| {
+            rt.block_on(async move {
+                match other {
+                    Command::Apply(args) => cmd::apply::run(args).await,
+                    Command::Get(args) => cmd::get::run(args).await,
+                    Command::Describe(args) => cmd::describe::run(args).await,
+                    Command::Delete(args) => cmd::delete::run(args).await,
+                    Command::Server(_) | Command::Validate(_) => unreachable!("handled above"),
+                }
+            })
+        }),
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            if !e.message.is_empty() {
+                eprintln!("error: {}", e.message);
+            }
+            e.code
+        }
+    };
+    std::process::exit(code);
+}
+
+fn current_thread() -> Result<tokio::runtime::Runtime, exit::Exit> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| exit::Exit::new(exit::FAILURE, format!("starting the async runtime: {e}")))
+}
+
+fn multi_thread() -> Result<tokio::runtime::Runtime, exit::Exit> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| exit::Exit::new(exit::FAILURE, format!("starting the async runtime: {e}")))
+}

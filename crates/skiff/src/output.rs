@@ -1,0 +1,280 @@
+//! Rendering objects for people (tables, descriptions) and machines (JSON, YAML).
+
+use comfy_table::{Table, presets};
+use serde::Serialize;
+use skiff_api::object::{ConditionStatus, Revision, Service};
+
+/// `-o/--output` formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A readable table.
+    Table,
+    /// YAML, as `kubectl get -o yaml` prints it.
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+/// Renders any API object as JSON or YAML text.
+pub fn render<T: Serialize>(value: &T, format: Format) -> anyhow::Result<String> {
+    Ok(match format {
+        Format::Json => format!("{}\n", serde_json::to_string_pretty(value)?),
+        Format::Yaml | Format::Table => {
+            // Through a JSON value, so maps keep the order the API gives them.
+            let v = serde_json::to_value(value)?;
+            serde_saphyr::to_string(&v)?
+        }
+    })
+}
+
+/// A kubectl-style table: no borders, columns padded.
+pub fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING);
+    t.set_header(header.iter().map(|h| h.to_owned()).collect::<Vec<_>>());
+    for column in t.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    t
+}
+
+/// Prints a table without its trailing padding.
+pub fn print_table(t: &Table) {
+    for line in t.to_string().lines() {
+        println!("{}", line.trim_end());
+    }
+}
+
+/// `5s`, `3m`, `2h`, `4d`, from an RFC 3339 timestamp to now.
+pub fn age(timestamp: &str) -> String {
+    let Ok(then) = timestamp.parse::<jiff::Timestamp>() else {
+        return "?".into();
+    };
+    let secs = jiff::Timestamp::now()
+        .as_second()
+        .saturating_sub(then.as_second())
+        .max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn ready_of(conditions: Option<&skiff_api::object::Condition>) -> (String, String) {
+    match conditions {
+        Some(c) => (
+            c.status.to_string(),
+            if c.status == ConditionStatus::True {
+                String::new()
+            } else {
+                c.reason.clone().unwrap_or_default()
+            },
+        ),
+        None => ("Unknown".into(), String::new()),
+    }
+}
+
+/// The `skiff get services` table.
+pub fn services_table(services: &[Service], all_namespaces: bool) -> Table {
+    let mut header = vec![
+        "NAME",
+        "URL",
+        "LATESTCREATED",
+        "LATESTREADY",
+        "READY",
+        "REASON",
+        "AGE",
+    ];
+    if all_namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    let mut t = table(&header);
+    for s in services {
+        let (ready, reason) = ready_of(s.condition("Ready"));
+        let mut row = vec![
+            s.metadata.name.clone(),
+            s.status.url.clone().unwrap_or_default(),
+            s.status
+                .latest_created_revision_name
+                .clone()
+                .unwrap_or_default(),
+            s.status
+                .latest_ready_revision_name
+                .clone()
+                .unwrap_or_default(),
+            ready,
+            reason,
+            age(&s.metadata.creation_timestamp),
+        ];
+        if all_namespaces {
+            row.insert(0, s.metadata.namespace.clone());
+        }
+        t.add_row(row);
+    }
+    t
+}
+
+/// The `skiff get revisions` table.
+pub fn revisions_table(revisions: &[Revision], all_namespaces: bool) -> Table {
+    let mut header = vec![
+        "NAME",
+        "SERVICE",
+        "GENERATION",
+        "IMAGE",
+        "READY",
+        "REASON",
+        "AGE",
+    ];
+    if all_namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    let mut t = table(&header);
+    for r in revisions {
+        let (ready, reason) = ready_of(r.condition("Ready"));
+        let image = r
+            .spec
+            .containers
+            .iter()
+            .filter_map(|c| c.image.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut row = vec![
+            r.metadata.name.clone(),
+            r.service_name().unwrap_or_default().to_owned(),
+            r.metadata
+                .labels
+                .get(skiff_api::object::LABEL_CONFIGURATION_GENERATION)
+                .cloned()
+                .unwrap_or_default(),
+            image,
+            ready,
+            reason,
+            age(&r.metadata.creation_timestamp),
+        ];
+        if all_namespaces {
+            row.insert(0, r.metadata.namespace.clone());
+        }
+        t.add_row(row);
+    }
+    t
+}
+
+/// The `skiff describe service` text.
+pub fn describe_service(s: &Service, revisions: &[Revision]) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: &str| out.push_str(&format!("{:<14}{v}\n", format!("{k}:")));
+    line("Name", &s.metadata.name);
+    line("Namespace", &s.metadata.namespace);
+    line("URL", s.status.url.as_deref().unwrap_or("-"));
+    line("Age", &age(&s.metadata.creation_timestamp));
+    line("Generation", &s.metadata.generation.to_string());
+    line("Version", &s.metadata.resource_version);
+    let kv = |m: &std::collections::BTreeMap<String, String>| {
+        if m.is_empty() {
+            "-".to_owned()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    line("Labels", &kv(&s.metadata.labels));
+    line("Annotations", &kv(&s.metadata.annotations));
+
+    out.push_str("\nRevisions:\n");
+    let mut t = table(&[
+        "NAME",
+        "GENERATION",
+        "TRAFFIC",
+        "TAGS",
+        "IMAGE",
+        "READY",
+        "REASON",
+        "AGE",
+    ]);
+    let mut ordered: Vec<&Revision> = revisions.iter().collect();
+    ordered.sort_by_key(|r| std::cmp::Reverse(skiff_daemon::status::configuration_generation(r)));
+    for r in ordered {
+        let name = &r.metadata.name;
+        let served: Vec<_> = s
+            .status
+            .traffic
+            .iter()
+            .filter(|t| &t.revision_name == name)
+            .collect();
+        let percent: i64 = served.iter().map(|t| t.percent).sum();
+        let tags: Vec<String> = served.iter().filter_map(|t| t.tag.clone()).collect();
+        let (ready, reason) = ready_of(r.condition("Ready"));
+        t.add_row(vec![
+            name.clone(),
+            r.metadata
+                .labels
+                .get(skiff_api::object::LABEL_CONFIGURATION_GENERATION)
+                .cloned()
+                .unwrap_or_default(),
+            if served.is_empty() {
+                "-".into()
+            } else {
+                format!("{percent}%")
+            },
+            if tags.is_empty() {
+                "-".into()
+            } else {
+                tags.join(",")
+            },
+            r.spec
+                .containers
+                .iter()
+                .filter_map(|c| c.image.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+            ready,
+            reason,
+            age(&r.metadata.creation_timestamp),
+        ]);
+    }
+    for l in t.to_string().lines() {
+        out.push_str(&format!("  {}\n", l.trim_end()));
+    }
+
+    out.push_str("\nTraffic:\n");
+    match &s.spec.traffic {
+        None => out.push_str("  100% to the latest ready revision\n"),
+        Some(targets) => {
+            for t in targets {
+                let target = match &t.revision_name {
+                    Some(r) => r.clone(),
+                    None => "@latest".into(),
+                };
+                let tag = t
+                    .tag
+                    .as_ref()
+                    .map(|t| format!(" (tag {t})"))
+                    .unwrap_or_default();
+                out.push_str(&format!("  {:>3}% {target}{tag}\n", t.percent.unwrap_or(0)));
+            }
+        }
+    }
+    if s.status.traffic.is_empty() {
+        out.push_str("  (not served yet: no target resolves to a ready revision)\n");
+    }
+
+    out.push_str("\nConditions:\n");
+    let mut t = table(&["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]);
+    for c in &s.status.conditions {
+        t.add_row(vec![
+            c.condition_type.clone(),
+            c.status.to_string(),
+            c.reason.clone().unwrap_or_default(),
+            age(&c.last_transition_time),
+            c.message.clone().unwrap_or_default(),
+        ]);
+    }
+    for l in t.to_string().lines() {
+        out.push_str(&format!("  {}\n", l.trim_end()));
+    }
+    out
+}
