@@ -328,6 +328,8 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, Problem> {
     let positions = index_positions(text)?;
     let options = serde_saphyr::options! {
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
+        // YAML 1.2: only true/false are booleans, so `name: y` or `value: no` stay strings.
+        strict_booleans: true,
         budget: serde_saphyr::budget! {
             max_depth: MAX_DEPTH + 2,
             max_documents: MAX_DOCUMENTS + 1,

@@ -800,3 +800,16 @@ proptest! {
         let _ = parse_services(&huge);
     }
 }
+
+/// YAML 1.2 booleans only: `y`, `no`, `on` stay strings (the "Norway problem" is avoided).
+#[test]
+fn yaml_1_1_booleans_stay_strings() {
+    assert_accepted(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: y}\nspec: {template: {spec: {containers: [{image: nginx, env: [{name: A, value: no}, {name: B, value: on}]}]}}}\n",
+    );
+    assert_refused(
+        &with_container("env:\n- name: A\n  value: true\n"),
+        "spec.template.spec.containers[0].env[0].value",
+        "must be a string",
+    );
+}

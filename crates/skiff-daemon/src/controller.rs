@@ -426,6 +426,16 @@ impl Controller {
                 .clone()
                 .unwrap_or_else(|| format!("{name}-{config_gen:05}"));
             if let Some(existing) = self.store.get(&revision_key(ns, &rev_name)).await? {
+                // A concurrent apply may have stamped this very revision since we read the
+                // Service: then recompute from the newer state instead of refusing.
+                let now_rev = self
+                    .store
+                    .get(&service_key(ns, name))
+                    .await?
+                    .map_or(0, |kv| kv.mod_revision);
+                if now_rev != expected_rev {
+                    return Ok(None);
+                }
                 let existing: Revision = decode(&existing)?;
                 let message = if template.metadata.name.is_some() {
                     format!(

@@ -24,6 +24,9 @@ use skiff_api::ErrorCode;
 use subtle::ConstantTimeEq;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::info;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::controller::Controller;
 pub use error::ApiError;
@@ -43,32 +46,28 @@ pub struct ApiState {
     pub max_body_bytes: usize,
 }
 
+/// The documented API routes: each handler's path and method come from its
+/// `#[utoipa::path]` attribute, so the router and the OpenAPI document cannot disagree.
+pub(crate) fn documented_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(services::version))
+        .routes(routes!(openapi::serve))
+        .routes(routes!(services::list_all_services))
+        .routes(routes!(services::list_all_revisions))
+        .routes(routes!(services::list_services, services::create_service))
+        .routes(routes!(
+            services::get_service,
+            services::apply_service,
+            services::delete_service
+        ))
+        .routes(routes!(services::list_revisions))
+        .routes(routes!(services::get_revision))
+}
+
 /// Builds the API router.
 pub fn router(state: ApiState) -> Router {
-    let api = Router::new()
-        .route("/api/v1/version", get(services::version))
-        .route("/api/v1/openapi.json", get(openapi::serve))
-        .route("/api/v1/services", get(services::list_all_services))
-        .route("/api/v1/revisions", get(services::list_all_revisions))
-        .route(
-            "/api/v1/namespaces/{namespace}/services",
-            get(services::list_services).post(services::create_service),
-        )
-        .route(
-            "/api/v1/namespaces/{namespace}/services/{name}",
-            get(services::get_service)
-                .put(services::apply_service)
-                .delete(services::delete_service),
-        )
-        .route(
-            "/api/v1/namespaces/{namespace}/revisions",
-            get(services::list_revisions),
-        )
-        .route(
-            "/api/v1/namespaces/{namespace}/revisions/{name}",
-            get(services::get_revision),
-        )
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let (api, _) = documented_routes().split_for_parts();
+    let api = api.route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(api)

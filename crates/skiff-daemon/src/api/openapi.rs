@@ -7,25 +7,10 @@ use axum::Json;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::services;
-
 /// The API description.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "skiff API", description = "Serverless containers on your own machines. Services are Knative Serving v1 Services."),
-    paths(
-        services::version,
-        services::list_all_services,
-        services::list_services,
-        services::create_service,
-        services::apply_service,
-        services::get_service,
-        services::delete_service,
-        services::list_all_revisions,
-        services::list_revisions,
-        services::get_revision,
-        serve,
-    ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]
@@ -45,9 +30,16 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The document, built from the same route table the daemon serves (see
+/// [`super::documented_routes`]), so a route cannot exist without being documented.
+pub fn openapi() -> &'static utoipa::openapi::OpenApi {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| super::documented_routes().split_for_parts().1)
+}
+
 /// The document as pretty JSON.
 pub fn document() -> String {
-    ApiDoc::openapi()
+    openapi()
         .to_pretty_json()
         .expect("the OpenAPI document always serializes")
 }
@@ -56,7 +48,7 @@ pub fn document() -> String {
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn serve() -> Json<serde_json::Value> {
-    Json(serde_json::to_value(ApiDoc::openapi()).unwrap_or_default())
+    Json(serde_json::to_value(openapi()).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -24,14 +24,14 @@ pub struct ApplyArgs {
     pub connect: ConnectArgs,
 }
 
+/// Places the server's problems in the user's file: the CLI sent the document re-encoded as
+/// JSON, so the server's positions are in that body, not in the file.
 fn place(doc: &Document, mut problems: Vec<Problem>) -> Vec<Problem> {
     for p in &mut problems {
-        if p.line.is_none()
-            && let Some((l, c)) = doc.positions.locate(&FieldPath::parse(&p.path), p.kind)
-        {
-            p.line = Some(l);
-            p.column = Some(c);
-        }
+        let at = doc.positions.locate(&FieldPath::parse(&p.path), p.kind);
+        p.line = at.map(|a| a.0);
+        p.column = at.map(|a| a.1);
+        p.document = None;
     }
     problems
 }

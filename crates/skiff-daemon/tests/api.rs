@@ -1,0 +1,577 @@
+//! The REST API in-process: the real router, controller and SQLite store in a temporary
+//! directory, driven with HTTP requests through `tower::ServiceExt::oneshot`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use skiff_daemon::api::{self, ApiState};
+use skiff_daemon::controller::{Controller, SystemClock};
+use skiff_store::{SqliteStore, Store};
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+struct Api {
+    router: Router,
+    _dir: tempfile::TempDir,
+}
+
+impl Api {
+    fn new() -> Api {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("store"));
+        let controller = Controller::new(store, "localhost".into(), 8080, Arc::new(SystemClock));
+        let router = api::router(ApiState {
+            controller,
+            token: Arc::new(TOKEN.into()),
+            max_body_bytes: 64 * 1024,
+        });
+        Api { router, _dir: dir }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/yaml");
+        }
+        let req = req
+            .body(
+                body.map(|b| Body::from(b.to_owned()))
+                    .unwrap_or_else(Body::empty),
+            )
+            .expect("request");
+        self.send(req).await
+    }
+
+    async fn send(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let response = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, headers, value)
+    }
+
+    async fn apply(&self, name: &str, yaml: &str) -> (StatusCode, axum::http::HeaderMap, Value) {
+        self.call(
+            "PUT",
+            &format!("/api/v1/namespaces/default/services/{name}"),
+            Some(yaml),
+        )
+        .await
+    }
+}
+
+fn service(name: &str, env: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n      containers:\n      - image: nginx\n        env:\n        - name: TARGET\n          value: {env}\n"
+    )
+}
+
+/// Every API route needs the bearer token; the answer is a 401 error body with a request id.
+#[tokio::test]
+async fn requires_token() {
+    let api = Api::new();
+    for (auth, want) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("Bearer nope"), StatusCode::UNAUTHORIZED),
+        (Some("Basic abc"), StatusCode::UNAUTHORIZED),
+    ] {
+        let mut req = Request::builder().uri("/api/v1/services");
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let (status, headers, body) = api.send(req.body(Body::empty()).expect("req")).await;
+        assert_eq!(status, want);
+        assert_eq!(body["code"], "Unauthorized");
+        assert!(body["requestId"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(headers.contains_key(header::WWW_AUTHENTICATE));
+    }
+    let (status, _, _) = api
+        .send(
+            Request::builder()
+                .uri("/healthz")
+                .body(Body::empty())
+                .expect("req"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Apply creates a Service and its first revision; a template change stamps the next
+/// revision; a metadata-only change and a repeat apply stamp none.
+#[tokio::test]
+async fn revisions_follow_template_changes() {
+    let api = Api::new();
+    let (status, headers, body) = api.apply("hello", &service("hello", "v1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(headers["skiff-created-revision"], "hello-00001");
+    assert_eq!(body["status"]["latestCreatedRevisionName"], "hello-00001");
+    assert_eq!(body["status"]["url"], "http://hello.default.localhost:8080");
+    assert_eq!(body["metadata"]["generation"], 1);
+
+    let (status, headers, _) = api.apply("hello", &service("hello", "v1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["skiff-apply-result"], "unchanged");
+    assert!(!headers.contains_key("skiff-created-revision"));
+
+    let labelled = service("hello", "v1")
+        .replace("  name: hello\n", "  name: hello\n  labels:\n    team: a\n");
+    let (_, headers, body) = api.apply("hello", &labelled).await;
+    assert_eq!(headers["skiff-apply-result"], "configured");
+    assert!(!headers.contains_key("skiff-created-revision"));
+    assert_eq!(
+        body["metadata"]["generation"], 1,
+        "metadata changes do not bump generation"
+    );
+
+    let (_, headers, body) = api.apply("hello", &service("hello", "v2")).await;
+    assert_eq!(headers["skiff-created-revision"], "hello-00002");
+    assert_eq!(body["metadata"]["generation"], 2);
+
+    let (_, _, list) = api
+        .call(
+            "GET",
+            "/api/v1/namespaces/default/revisions?service=hello",
+            None,
+        )
+        .await;
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|r| r["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["hello-00001", "hello-00002"]);
+    let (_, _, rev) = api
+        .call(
+            "GET",
+            "/api/v1/namespaces/default/revisions/hello-00002",
+            None,
+        )
+        .await;
+    assert_eq!(
+        rev["metadata"]["labels"]["serving.knative.dev/configurationGeneration"],
+        "2"
+    );
+    assert_eq!(
+        rev["spec"]["timeoutSeconds"], 300,
+        "Knative defaults are filled in"
+    );
+    assert_eq!(rev["spec"]["containers"][0]["name"], "user-container");
+    assert_eq!(
+        rev["status"]["conditions"][2]["reason"],
+        "RuntimeUnavailable"
+    );
+}
+
+/// A stale resourceVersion is refused with 409 and nothing changes.
+#[tokio::test]
+async fn stale_resource_version_conflicts() {
+    let api = Api::new();
+    let (_, _, created) = api.apply("hello", &service("hello", "v1")).await;
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_owned();
+    let pinned = |env: &str, rv: &str| {
+        service("hello", env).replace(
+            "  name: hello\n",
+            &format!("  name: hello\n  resourceVersion: \"{rv}\"\n"),
+        )
+    };
+    let (status, _, _) = api.apply("hello", &pinned("v2", &rv)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, body) = api.apply("hello", &pinned("v3", &rv)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "Conflict");
+    let (_, _, now) = api
+        .call("GET", "/api/v1/namespaces/default/services/hello", None)
+        .await;
+    assert_eq!(
+        now["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+        "v2"
+    );
+}
+
+/// Concurrent pinned updates from one read: exactly one wins, the others get 409.
+#[tokio::test]
+async fn concurrent_pinned_updates_never_lose_one_silently() {
+    let api = Arc::new(Api::new());
+    let (_, _, created) = api.apply("hello", &service("hello", "v0")).await;
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_owned();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let api = api.clone();
+        let yaml = service("hello", &format!("w{i}")).replace(
+            "  name: hello\n",
+            &format!("  name: hello\n  resourceVersion: \"{rv}\"\n"),
+        );
+        tasks.push(tokio::spawn(
+            async move { api.apply("hello", &yaml).await.0 },
+        ));
+    }
+    let mut ok = 0;
+    let mut conflict = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            StatusCode::OK => ok += 1,
+            StatusCode::CONFLICT => conflict += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((ok, conflict), (1, 7));
+    let (_, _, list) = api
+        .call("GET", "/api/v1/namespaces/default/revisions", None)
+        .await;
+    assert_eq!(
+        list["items"].as_array().map(Vec::len),
+        Some(2),
+        "one revision per accepted change"
+    );
+}
+
+/// Unpinned concurrent applies all land, each stamping its own revision.
+#[tokio::test]
+async fn concurrent_unpinned_applies_all_land() {
+    let api = Arc::new(Api::new());
+    api.apply("hello", &service("hello", "v0")).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            api.apply("hello", &service("hello", &format!("w{i}")))
+                .await
+                .0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("task"), StatusCode::OK);
+    }
+    let (_, _, list) = api
+        .call("GET", "/api/v1/namespaces/default/revisions", None)
+        .await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(9));
+}
+
+/// Invalid manifests get 400 with every problem, its path and its line.
+#[tokio::test]
+async fn invalid_manifest_lists_problems() {
+    let api = Api::new();
+    let yaml = service("hello", "v1").replace(
+        "      - image: nginx\n",
+        "      - image: nginx\n        ports:\n        - name: http\n          protocl: TCP\n",
+    );
+    let (status, _, body) = api.apply("hello", &yaml).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["code"], "Invalid");
+    let details = body["details"].as_array().expect("details");
+    assert_eq!(details.len(), 2, "{body}");
+    assert_eq!(
+        details[0]["path"],
+        "spec.template.spec.containers[0].ports[0].name"
+    );
+    assert_eq!(details[0]["line"], 11);
+    assert_eq!(
+        details[1]["path"],
+        "spec.template.spec.containers[0].ports[0].protocl"
+    );
+    let (status, _, body) = api.apply("other", &service("hello", "v1")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["details"][0]["path"], "metadata.name");
+    let (status, _, body) = api
+        .call("PUT", "/api/v1/namespaces/default/services/x", Some("a: ["))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["details"][0]["kind"], "syntax");
+    let (status, _, _) = api
+        .call("PUT", "/api/v1/namespaces/Bad/services/x", Some("a: 1"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// Traffic may only name revisions of the Service; a template name already used is refused.
+#[tokio::test]
+async fn state_dependent_rules() {
+    let api = Api::new();
+    let pinned = format!(
+        "{}  traffic:\n  - revisionName: hello-00009\n    percent: 100\n",
+        service("hello", "v1")
+    );
+    let (status, _, body) = api.apply("hello", &pinned).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["details"][0]["path"], "spec.traffic[0].revisionName");
+    assert!(
+        body["details"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no revision `hello-00009`"))
+    );
+
+    let byo = |env: &str| {
+        service("hello", env).replace(
+            "  template:\n",
+            "  template:\n    metadata:\n      name: hello-blue\n",
+        )
+    };
+    assert_eq!(api.apply("hello", &byo("v1")).await.0, StatusCode::CREATED);
+    let (status, _, body) = api.apply("hello", &byo("v2")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["details"][0]["path"], "spec.template.metadata.name");
+    assert!(
+        body["details"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already exists"))
+    );
+}
+
+/// Dry runs validate and answer the would-be result without storing anything.
+#[tokio::test]
+async fn dry_run_stores_nothing() {
+    let api = Api::new();
+    let (status, headers, body) = api
+        .call(
+            "PUT",
+            "/api/v1/namespaces/default/services/hello?dryRun=All",
+            Some(&service("hello", "v1")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["skiff-created-revision"], "hello-00001");
+    assert_eq!(body["metadata"]["name"], "hello");
+    let (status, _, _) = api
+        .call("GET", "/api/v1/namespaces/default/services/hello", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = api
+        .call(
+            "PUT",
+            "/api/v1/namespaces/default/services/hello?dryRun=maybe",
+            Some(&service("hello", "v1")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// generateName gives a fresh name per create; POST on an existing name is a conflict.
+#[tokio::test]
+async fn generate_name_and_create_only() {
+    let api = Api::new();
+    let yaml = service("x", "v1").replace("  name: x\n", "  generateName: gen-\n");
+    let (s1, _, b1) = api
+        .call("POST", "/api/v1/namespaces/default/services", Some(&yaml))
+        .await;
+    let (s2, _, b2) = api
+        .call("POST", "/api/v1/namespaces/default/services", Some(&yaml))
+        .await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
+    let (n1, n2) = (
+        b1["metadata"]["name"].as_str().expect("name"),
+        b2["metadata"]["name"].as_str().expect("name"),
+    );
+    assert!(
+        n1.starts_with("gen-") && n1.len() == 9 && n1 != n2,
+        "{n1} {n2}"
+    );
+    assert_eq!(
+        b1["status"]["latestCreatedRevisionName"],
+        format!("{n1}-00001")
+    );
+    let (s, _, body) = api
+        .call(
+            "POST",
+            "/api/v1/namespaces/default/services",
+            Some(&service("y", "v1")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (s, _, body) = api
+        .call(
+            "POST",
+            "/api/v1/namespaces/default/services",
+            Some(&service("y", "v1")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+}
+
+/// Delete removes the Service and its revisions; afterwards both are 404.
+#[tokio::test]
+async fn delete_cascades() {
+    let api = Api::new();
+    api.apply("hello", &service("hello", "v1")).await;
+    api.apply("hello", &service("hello", "v2")).await;
+    let (status, _, body) = api
+        .call("DELETE", "/api/v1/namespaces/default/services/hello", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["deletedRevisions"].as_array().map(Vec::len), Some(2));
+    let (status, _, body) = api
+        .call(
+            "GET",
+            "/api/v1/namespaces/default/revisions/hello-00001",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, _) = api
+        .call("DELETE", "/api/v1/namespaces/default/services/hello", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Bad requests of every kind get the error body: no route, wrong method, wrong content
+/// type, a body over the limit, bad query parameters.
+#[tokio::test]
+async fn bad_requests_get_error_bodies() {
+    let api = Api::new();
+    let (s, _, b) = api.call("GET", "/api/v1/nope", None).await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("NotFound"))
+    );
+    let (s, _, b) = api
+        .call("PATCH", "/api/v1/namespaces/default/services/x", None)
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("MethodNotAllowed"))
+    );
+    let req = Request::builder()
+        .method("PUT")
+        .uri("/api/v1/namespaces/default/services/x")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "text/html")
+        .body(Body::from("<html>"))
+        .expect("req");
+    let (s, _, b) = api.send(req).await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("UnsupportedMediaType")
+        )
+    );
+    let big = "a".repeat(100 * 1024);
+    let (s, _, b) = api
+        .call("PUT", "/api/v1/namespaces/default/services/x", Some(&big))
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("PayloadTooLarge"))
+    );
+    // A chunked body with no Content-Length is cut off at the limit too.
+    let stream = futures_stream(200, 1024);
+    let req = Request::builder()
+        .method("PUT")
+        .uri("/api/v1/namespaces/default/services/x")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::from_stream(stream))
+        .expect("req");
+    let (s, _, _) = api.send(req).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, _, b) = api
+        .call("GET", "/api/v1/namespaces/default/revisions?bogus=1", None)
+        .await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("BadRequest"))
+    );
+    let (s, _, b) = api
+        .call(
+            "PUT",
+            "/api/v1/namespaces/default/services/x",
+            Some(&format!("{}---\n{}", service("x", "a"), service("x", "b"))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let invalid_utf8 = Request::builder()
+        .method("PUT")
+        .uri("/api/v1/namespaces/default/services/x")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::from(vec![0xff, 0xfe, 0x00]))
+        .expect("req");
+    let (s, _, _) = api.send(invalid_utf8).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+fn futures_stream(chunks: usize, size: usize) -> impl futures_core_stream::Stream {
+    futures_core_stream::iter(chunks, size)
+}
+
+/// A tiny stream of byte chunks without pulling in a stream crate.
+mod futures_core_stream {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    pub trait Stream:
+        futures_core::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static
+    {
+    }
+    impl<T: futures_core::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static>
+        Stream for T
+    {
+    }
+
+    pub struct Chunks {
+        left: usize,
+        size: usize,
+    }
+
+    pub fn iter(left: usize, size: usize) -> Chunks {
+        Chunks { left, size }
+    }
+
+    impl futures_core::Stream for Chunks {
+        type Item = Result<bytes::Bytes, std::io::Error>;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            self.left -= 1;
+            Poll::Ready(Some(Ok(bytes::Bytes::from(vec![b'a'; self.size]))))
+        }
+    }
+}
+
+/// Request ids: the client's sane id is kept and echoed; a hostile one is replaced.
+#[tokio::test]
+async fn request_ids() {
+    let api = Api::new();
+    let req = Request::builder()
+        .uri("/api/v1/nope")
+        .header("x-request-id", "abc-123")
+        .body(Body::empty())
+        .expect("req");
+    let (_, headers, body) = api.send(req).await;
+    assert_eq!(headers["x-request-id"], "abc-123");
+    assert_eq!(body["requestId"], "abc-123");
+    let req = Request::builder()
+        .uri("/api/v1/nope")
+        .header("x-request-id", "evil\tid with spaces")
+        .body(Body::empty())
+        .expect("req");
+    let (_, headers, _) = api.send(req).await;
+    assert_ne!(headers["x-request-id"], "evil\tid with spaces");
+}
