@@ -77,7 +77,10 @@ async fn ingress_reports_why_it_cannot_serve() {
     assert_eq!(r.status().as_u16(), 503);
     assert!(r.headers().contains_key("retry-after"));
     let text = r.text().await.expect("text");
-    assert!(text.contains("cannot run instances yet"), "{text}");
+    assert!(
+        text.contains("service `hello` in namespace `default` cannot serve requests"),
+        "{text}"
+    );
     let r = http
         .get(&url)
         .header("host", "nope.default.localhost")

@@ -4,14 +4,17 @@
 mod cli;
 mod crash;
 mod daemon;
+mod images;
 
 /// The skiff binary under test.
 pub const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
 
-/// A minimal valid Service whose container sets `TARGET`.
+/// A minimal valid Service whose container sets `TARGET`. Its image is never pulled
+/// (`imagePullPolicy: Never`, and it is not present), so these tests touch no registry: the
+/// revision ends `Ready=False` with `ImagePullFailed`, which they do not depend on.
 pub fn service_yaml(name: &str, target: &str) -> String {
     format!(
-        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n      containers:\n      - image: 127.0.0.1:5000/hello:latest\n        env:\n        - name: TARGET\n          value: \"{target}\"\n"
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n      containers:\n      - image: skiff.local/absent:v1\n        imagePullPolicy: Never\n        env:\n        - name: TARGET\n          value: \"{target}\"\n"
     )
 }
 

@@ -11,6 +11,19 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use skiff_api::object::{DeleteResponse, List, Revision, Service};
 use skiff_api::{ErrorBody, ErrorCode};
+pub use skiff_image::ImageRecord;
+pub use skiff_image::gc::GcReport;
+pub use skiff_image::puller::{LayerStatus, PullEvent};
+
+/// An image with whether revisions use it (the API's `ImageView`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageView {
+    /// The image.
+    pub image: ImageRecord,
+    /// Whether a revision is pinned to it.
+    pub in_use: bool,
+}
 
 /// Header saying what an apply did.
 pub const APPLY_RESULT_HEADER: &str = "skiff-apply-result";
@@ -306,6 +319,112 @@ impl Client {
             &[],
         )
         .await
+    }
+
+    /// Lists images with whether revisions use them.
+    pub async fn list_images(&self) -> Result<Vec<ImageView>, ClientError> {
+        self.get("/api/v1/images", &[]).await
+    }
+
+    /// Shows one image.
+    pub async fn inspect_image(&self, reference: &str) -> Result<ImageView, ClientError> {
+        self.get("/api/v1/images/inspect", &[("ref", reference)])
+            .await
+    }
+
+    /// Removes an image no revision uses.
+    pub async fn remove_image(&self, reference: &str) -> Result<ImageView, ClientError> {
+        let response = self
+            .send(
+                self.http
+                    .delete(self.url("/api/v1/images", &[("ref", reference)])),
+            )
+            .await?;
+        self.json(response).await
+    }
+
+    /// Removes unused images and content.
+    pub async fn prune_images(&self) -> Result<GcReport, ClientError> {
+        let response = self
+            .send(self.http.post(self.url("/api/v1/images/prune", &[])))
+            .await?;
+        self.json(response).await
+    }
+
+    /// Pulls an image, calling `on_event` for each progress event; returns the last event
+    /// (`done` or `error`).
+    pub async fn pull_image(
+        &self,
+        reference: &str,
+        on_event: impl FnMut(&PullEvent),
+    ) -> Result<PullEvent, ClientError> {
+        let response = self
+            .send(
+                self.http
+                    .post(self.url("/api/v1/images/pull", &[("ref", reference)])),
+            )
+            .await?;
+        self.events(response, on_event).await
+    }
+
+    /// Uploads an image archive (OCI layout tar or docker save tar) for import.
+    pub async fn import_image(
+        &self,
+        archive: &std::path::Path,
+        tag: Option<&str>,
+        on_event: impl FnMut(&PullEvent),
+    ) -> Result<PullEvent, ClientError> {
+        let file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|e| ClientError::Unexpected {
+                server: self.server().to_owned(),
+                status: 0,
+                detail: format!("cannot read {}: {e}", archive.display()),
+            })?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let query: Vec<(&str, &str)> = tag.map(|t| vec![("tag", t)]).unwrap_or_default();
+        let request = self
+            .http
+            .post(self.url("/api/v1/images/import", &query))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            .timeout(Duration::from_secs(3600))
+            .body(body);
+        let response = self.send(request).await?;
+        self.events(response, on_event).await
+    }
+
+    async fn events(
+        &self,
+        response: reqwest::Response,
+        mut on_event: impl FnMut(&PullEvent),
+    ) -> Result<PullEvent, ClientError> {
+        use futures::StreamExt;
+        let mut stream = response.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut last = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| ClientError::Transport {
+                server: self.server().to_owned(),
+                source,
+            })?;
+            buf.extend_from_slice(&chunk);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let ev: PullEvent =
+                    serde_json::from_slice(&line).map_err(|e| ClientError::Unexpected {
+                        server: self.server().to_owned(),
+                        status: 200,
+                        detail: format!("a progress line is not an event: {e}"),
+                    })?;
+                on_event(&ev);
+                last = Some(ev);
+            }
+        }
+        last.ok_or_else(|| ClientError::Unexpected {
+            server: self.server().to_owned(),
+            status: 200,
+            detail: "the progress stream ended without a result".into(),
+        })
     }
 
     /// The daemon's version information.

@@ -40,6 +40,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long shutdown waits for in-flight API requests.
     pub shutdown_grace_period: Duration,
+    /// A Docker `config.json` with registry credentials (`auths`).
+    pub registry_auth_file: Option<PathBuf>,
+    /// Registries reached over plain HTTP (loopback ones always are).
+    pub insecure_registries: Vec<String>,
+    /// Mirrors per registry, tried in order before the registry itself.
+    pub registry_mirrors: BTreeMap<String, Vec<String>>,
 }
 
 impl Config {
@@ -54,6 +60,9 @@ impl Config {
             log_format: LogFormat::Text,
             max_body_bytes: 1024 * 1024,
             shutdown_grace_period: Duration::from_secs(30),
+            registry_auth_file: None,
+            insecure_registries: Vec::new(),
+            registry_mirrors: BTreeMap::new(),
         }
     }
 }
@@ -105,6 +114,21 @@ const SETTINGS: &[Setting] = &[
         key: "shutdown_grace_period_seconds",
         env: "SKIFF_SHUTDOWN_GRACE_PERIOD_SECONDS",
         flag: "--shutdown-grace-period-seconds",
+    },
+    Setting {
+        key: "registry_auth_file",
+        env: "SKIFF_REGISTRY_AUTH_FILE",
+        flag: "--registry-auth-file",
+    },
+    Setting {
+        key: "insecure_registries",
+        env: "SKIFF_INSECURE_REGISTRIES",
+        flag: "--insecure-registry",
+    },
+    Setting {
+        key: "registry_mirrors",
+        env: "SKIFF_REGISTRY_MIRRORS",
+        flag: "--registry-mirror",
     },
 ];
 
@@ -182,13 +206,38 @@ pub struct LoadReport {
     pub file: Option<PathBuf>,
 }
 
+/// A file value in the string form the environment and flags use: lists are
+/// comma-separated, and a table of lists (`registry_mirrors`) is `key=a,b;key2=c`.
 fn toml_value_to_string(v: &toml::Value) -> Option<String> {
     match v {
         toml::Value::String(s) => Some(s.clone()),
         toml::Value::Integer(i) => Some(i.to_string()),
         toml::Value::Float(f) => Some(f.to_string()),
         toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(",")),
+        toml::Value::Table(t) => t
+            .iter()
+            .map(|(k, v)| toml_value_to_string(v).map(|v| format!("{k}={v}")))
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(";")),
         _ => None,
+    }
+}
+
+fn check_registry_host(h: &str) -> Result<(), String> {
+    let ok = !h.is_empty()
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{h}` is not a registry host such as registry.example.com:5000"
+        ))
     }
 }
 
@@ -222,7 +271,7 @@ pub fn load(
                                         raw.insert(s.key, (v, Source::File(path.clone())));
                                     }
                                     None => problems.push(format!(
-                                        "{k} ({}): must be a string or a number",
+                                        "{k} ({}): must be a string, a number, a list of strings, or (registry_mirrors) a table of lists",
                                         path.display()
                                     )),
                                 },
@@ -322,6 +371,49 @@ pub fn load(
                 &s,
                 format!("`{v}` must be a number of seconds from 0 to 3600"),
             ),
+        }
+    }
+    if let Some((v, s)) = get("registry_auth_file") {
+        let path = PathBuf::from(&v);
+        match skiff_image::auth::CredentialStore::from_file(&path) {
+            Ok(_) => config.registry_auth_file = Some(path),
+            Err(e) => bad(
+                "registry_auth_file",
+                &s,
+                skiff_telemetry::ErrorChain(&e).to_string(),
+            ),
+        }
+    }
+    if let Some((v, s)) = get("insecure_registries") {
+        for h in v.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            match check_registry_host(h) {
+                Ok(()) => config.insecure_registries.push(h.to_owned()),
+                Err(e) => bad("insecure_registries", &s, e),
+            }
+        }
+    }
+    if let Some((v, s)) = get("registry_mirrors") {
+        for part in v.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((registry, mirrors)) = part.split_once('=') else {
+                bad(
+                    "registry_mirrors",
+                    &s,
+                    format!("`{part}` must be REGISTRY=MIRROR[,MIRROR]"),
+                );
+                continue;
+            };
+            let registry = registry.trim().trim_matches('"').to_owned();
+            let mut list = Vec::new();
+            for m in mirrors.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                let host = m
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://");
+                match check_registry_host(host).and(check_registry_host(&registry)) {
+                    Ok(()) => list.push(m.to_owned()),
+                    Err(e) => bad("registry_mirrors", &s, e),
+                }
+            }
+            config.registry_mirrors.insert(registry, list);
         }
     }
     if config.api_listen == config.ingress_listen && config.api_listen.port() != 0 {
@@ -440,5 +532,45 @@ mod tests {
             load(Some(&example), &env(&[]), &Flags::new()).expect("valid example");
         assert_eq!(report.file.as_deref(), Some(example.as_path()));
         assert_eq!(config.domain, "localhost");
+    }
+
+    /// Registry settings come as TOML lists and tables, or as strings from env and flags.
+    #[test]
+    fn registry_settings() {
+        let dir = no_file();
+        let file = dir.path().join("skiff.toml");
+        std::fs::write(
+            &file,
+            "insecure_registries = [\"registry.lan:5000\"]\n[registry_mirrors]\n\"docker.io\" = [\"127.0.0.1:5001\", \"https://mirror.example\"]\n",
+        )
+        .expect("write");
+        let (config, _) = load(Some(&file), &env(&[]), &Flags::new()).expect("valid");
+        assert_eq!(
+            config.insecure_registries,
+            vec!["registry.lan:5000".to_owned()]
+        );
+        assert_eq!(
+            config.registry_mirrors.get("docker.io"),
+            Some(&vec![
+                "127.0.0.1:5001".to_owned(),
+                "https://mirror.example".to_owned()
+            ])
+        );
+        let vars = env(&[
+            ("SKIFF_REGISTRY_MIRRORS", "quay.io=m1:5000;ghcr.io=m2"),
+            ("SKIFF_INSECURE_REGISTRIES", "a:1, b:2"),
+        ]);
+        let (config, _) = load(Some(&file), &vars, &Flags::new()).expect("valid");
+        assert_eq!(config.registry_mirrors.len(), 2);
+        assert_eq!(
+            config.insecure_registries,
+            vec!["a:1".to_owned(), "b:2".to_owned()]
+        );
+        let vars = env(&[
+            ("SKIFF_REGISTRY_MIRRORS", "nonsense"),
+            ("SKIFF_REGISTRY_AUTH_FILE", "/nonexistent/auth.json"),
+        ]);
+        let err = load(Some(&file), &vars, &Flags::new()).expect_err("invalid");
+        assert_eq!(err.problems.len(), 2, "{err}");
     }
 }

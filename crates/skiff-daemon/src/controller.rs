@@ -157,7 +157,11 @@ pub struct Controller {
     domain: String,
     ingress_port: u16,
     clock: Arc<dyn Clock>,
+    revision_events: Option<tokio::sync::mpsc::UnboundedSender<RevisionKey>>,
 }
+
+/// Identifies a revision: (namespace, name).
+pub type RevisionKey = (String, String);
 
 fn service_key(ns: &str, name: &str) -> String {
     format!("/registry/services/{ns}/{name}")
@@ -209,7 +213,88 @@ impl Controller {
             domain,
             ingress_port,
             clock,
+            revision_events: None,
         }
+    }
+
+    /// Sends the key of every newly stamped revision to `events` (the revision reconciler).
+    pub fn with_revision_events(
+        mut self,
+        events: tokio::sync::mpsc::UnboundedSender<RevisionKey>,
+    ) -> Self {
+        self.revision_events = Some(events);
+        self
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Now, as the controller's clock says.
+    pub fn now(&self) -> String {
+        self.clock.now_rfc3339()
+    }
+
+    /// Changes a revision's status with `change` (which returns whether it changed anything),
+    /// retrying on concurrent writes; then recomputes its Service's status when `refresh`.
+    /// Returns `Ok(None)` when the revision no longer exists.
+    pub async fn update_revision(
+        &self,
+        ns: &str,
+        name: &str,
+        refresh: bool,
+        change: impl Fn(&mut Revision) -> bool,
+    ) -> Result<Option<Revision>, ControllerError> {
+        let key = revision_key(ns, name);
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Ok(None);
+            };
+            let mut r: Revision = decode(&kv)?;
+            if !change(&mut r) {
+                return Ok(Some(r));
+            }
+            let txn = Txn::new()
+                .when_mod_revision(&key, kv.mod_revision)
+                .put(&key, encode(&r));
+            if let TxnOutcome::Committed { .. } = self.store.txn(txn).await? {
+                if refresh && let Some(service) = r.service_name() {
+                    self.refresh_service(ns, service).await?;
+                }
+                return Ok(Some(r));
+            }
+        }
+        Err(ControllerError::Conflict {
+            message: format!("revision `{name}` changed concurrently {MAX_ATTEMPTS} times"),
+        })
+    }
+
+    /// Recomputes and stores a Service's status from its revisions.
+    pub async fn refresh_service(&self, ns: &str, name: &str) -> Result<(), ControllerError> {
+        let key = service_key(ns, name);
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Ok(());
+            };
+            let mut stored: StoredService = decode(&kv)?;
+            let revisions = self.read_revisions(ns, Some(name)).await?;
+            let refs: Vec<&Revision> = revisions.iter().map(|(r, _)| r).collect();
+            let status = status::service_status(&stored.service, &refs, &self.status_context());
+            if status == stored.service.status {
+                return Ok(());
+            }
+            stored.service.status = status;
+            let txn = Txn::new()
+                .when_mod_revision(&key, kv.mod_revision)
+                .put(&key, encode(&stored));
+            if let TxnOutcome::Committed { .. } = self.store.txn(txn).await? {
+                return Ok(());
+            }
+        }
+        Err(ControllerError::Conflict {
+            message: format!("service `{name}` changed concurrently {MAX_ATTEMPTS} times"),
+        })
     }
 
     fn status_context(&self) -> StatusContext {
@@ -568,6 +653,9 @@ impl Controller {
         }
         match self.store.txn(txn).await? {
             TxnOutcome::Committed { revision } => {
+                if let (Some(events), Some(r)) = (&self.revision_events, &new_revision) {
+                    let _ = events.send((ns.to_owned(), r.metadata.name.clone()));
+                }
                 info!(
                     namespace = ns,
                     service = name,

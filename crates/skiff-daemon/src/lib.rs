@@ -9,6 +9,8 @@ pub mod api;
 pub mod config;
 pub mod controller;
 pub mod datadir;
+pub mod images;
 pub mod ingress;
+pub mod revisions;
 pub mod server;
 pub mod status;

@@ -37,6 +37,9 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The image content store could not be opened.
+    #[error("opening images")]
+    Images(#[from] crate::images::ImagesError),
     /// Recomputing stored status at start failed.
     #[error("reconciling stored services")]
     Reconcile(#[source] crate::controller::ControllerError),
@@ -86,22 +89,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             source,
         })?;
 
+    let metrics = Arc::new(skiff_telemetry::Metrics::new(env!("CARGO_PKG_VERSION")));
+    let images = Arc::new(crate::images::Images::open(
+        &config,
+        data.path(),
+        store.clone(),
+        &metrics,
+    )?);
+    let (revision_tx, revision_rx) = tokio::sync::mpsc::unbounded_channel();
     let controller = Controller::new(
         store.clone(),
         config.domain.clone(),
         ingress_addr.port(),
         Arc::new(SystemClock),
-    );
+    )
+    .with_revision_events(revision_tx.clone());
     let updated = controller
         .reconcile_all()
         .await
         .map_err(DaemonError::Reconcile)?;
     info!(updated, "stored services reconciled");
 
+    let reconciler = tokio::spawn(crate::revisions::run(
+        controller.clone(),
+        images.clone(),
+        revision_rx,
+        revision_tx,
+        shutdown.clone(),
+    ));
     let api_router = api::router(ApiState {
         controller: controller.clone(),
         token: Arc::new(token),
         max_body_bytes: config.max_body_bytes,
+        images,
+        gc_lock: Arc::default(),
+        metrics,
     });
     let ingress_router = ingress::router(IngressState {
         controller,
@@ -158,6 +180,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         }
         Err(_) => warn!("grace period over with requests still in flight; closing them"),
     }
+    let _ = reconciler.await;
     if let Err(e) = store.close().await {
         warn!(error = %skiff_telemetry::ErrorChain(&e), "closing the state store");
     }

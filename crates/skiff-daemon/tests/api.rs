@@ -25,11 +25,25 @@ impl Api {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("store"));
-        let controller = Controller::new(store, "localhost".into(), 8080, Arc::new(SystemClock));
+        let controller = Controller::new(
+            store.clone(),
+            "localhost".into(),
+            8080,
+            Arc::new(SystemClock),
+        );
+        let metrics = Arc::new(skiff_telemetry::Metrics::new("test"));
+        let config = skiff_daemon::config::Config::defaults();
+        let images = Arc::new(
+            skiff_daemon::images::Images::open(&config, dir.path(), store, &metrics)
+                .expect("images"),
+        );
         let router = api::router(ApiState {
             controller,
             token: Arc::new(TOKEN.into()),
             max_body_bytes: 64 * 1024,
+            images,
+            gc_lock: Arc::default(),
+            metrics,
         });
         Api { router, _dir: dir }
     }

@@ -13,6 +13,62 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+pub use prometheus_client;
+
+/// The daemon's metrics: one root registry (prefix `skiff`) with a sub-registry per
+/// component (`skiff_image_…`, `skiff_router_…`), and `skiff_build_info`.
+pub struct Metrics {
+    registry: std::sync::Mutex<prometheus_client::registry::Registry>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+impl Metrics {
+    /// A root registry with `skiff_build_info{version}`.
+    pub fn new(version: &str) -> Self {
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        let mut registry = prometheus_client::registry::Registry::with_prefix("skiff");
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: version.to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "skiff build information", build);
+        Metrics {
+            registry: std::sync::Mutex::new(registry),
+        }
+    }
+
+    /// Lets a component register its metrics under `skiff_<component>_`.
+    pub fn register<T>(
+        &self,
+        component: &str,
+        f: impl FnOnce(&mut prometheus_client::registry::Registry) -> T,
+    ) -> T {
+        let mut root = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        f(root.sub_registry_with_prefix(component))
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let root = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &root);
+        out
+    }
+}
+
 /// How log lines are written to standard error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

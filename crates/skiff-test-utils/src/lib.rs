@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use skiff_client::Client;
 
+pub mod oci;
+pub mod registry;
+
 /// The longest any condition is waited for.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 

@@ -38,6 +38,9 @@ enum Command {
     Delete(cmd::delete::DeleteArgs),
     /// Check manifests offline, with the daemon's own rules.
     Validate(cmd::validate::ValidateArgs),
+    /// Pull, import, list and remove images.
+    #[command(alias = "image")]
+    Images(cmd::images::ImagesArgs),
 }
 
 fn main() {
@@ -52,6 +55,7 @@ fn main() {
                     Command::Get(args) => cmd::get::run(args).await,
                     Command::Describe(args) => cmd::describe::run(args).await,
                     Command::Delete(args) => cmd::delete::run(args).await,
+                    Command::Images(args) => cmd::images::run(args).await,
                     Command::Server(_) | Command::Validate(_) => unreachable!("handled above"),
                 }
             })

@@ -8,6 +8,7 @@
 //! `{code, message, requestId}` shape, so clients need one error path.
 
 pub mod error;
+mod images;
 pub mod openapi;
 mod services;
 
@@ -42,8 +43,14 @@ pub struct ApiState {
     pub controller: Controller,
     /// The bearer token clients must present.
     pub token: Arc<String>,
-    /// Largest request body accepted.
+    /// Largest request body accepted (manifests; image uploads are not limited).
     pub max_body_bytes: usize,
+    /// Images and their content store.
+    pub images: Arc<crate::images::Images>,
+    /// Serializes garbage collection.
+    pub gc_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Metrics, served at `/metrics`.
+    pub metrics: Arc<skiff_telemetry::Metrics>,
 }
 
 /// The documented API routes: each handler's path and method come from its
@@ -62,6 +69,12 @@ pub(crate) fn documented_routes() -> OpenApiRouter<ApiState> {
         ))
         .routes(routes!(services::list_revisions))
         .routes(routes!(services::get_revision))
+        .routes(routes!(images::list_images))
+        .routes(routes!(images::inspect_image))
+        .routes(routes!(images::remove_image))
+        .routes(routes!(images::prune_images))
+        .routes(routes!(images::pull_image))
+        .routes(routes!(images::import_image))
 }
 
 /// Builds the API router.
@@ -70,6 +83,7 @@ pub fn router(state: ApiState) -> Router {
     let api = api.route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(serve_metrics))
         .merge(api)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -82,6 +96,19 @@ pub fn router(state: ApiState) -> Router {
             .into_response()
         }))
         .layer(middleware::from_fn(request_context))
+}
+
+/// Prometheus metrics (OpenMetrics text). Like `/healthz` it needs no token: it is meant for
+/// a scraper on the same machine, and the API listens on loopback by default.
+async fn serve_metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn no_route(request: Request) -> ApiError {

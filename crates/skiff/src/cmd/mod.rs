@@ -4,6 +4,7 @@ pub mod apply;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod images;
 pub mod server;
 pub mod validate;
 
