@@ -72,7 +72,7 @@ async fn revisions_are_pinned_to_digests() {
     let ready = rev.condition("Ready").expect("Ready");
     assert_eq!(
         ready.reason.as_deref(),
-        Some("RuntimeUnavailable"),
+        Some("NoInstances"),
         "pulled, waiting for the runtime"
     );
 

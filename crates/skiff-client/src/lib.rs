@@ -12,6 +12,21 @@ use serde::de::DeserializeOwned;
 use skiff_api::object::{DeleteResponse, List, Revision, Service};
 use skiff_api::{ErrorBody, ErrorCode};
 pub use skiff_image::ImageRecord;
+
+/// One log line of an instance.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LogLine {
+    /// When skiff read it (RFC 3339).
+    pub ts: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The instance.
+    pub instance: String,
+    /// The container.
+    pub container: String,
+    /// The text.
+    pub line: String,
+}
 pub use skiff_image::gc::GcReport;
 pub use skiff_image::puller::{LayerStatus, PullEvent};
 
@@ -425,6 +440,81 @@ impl Client {
             status: 200,
             detail: "the progress stream ended without a result".into(),
         })
+    }
+
+    /// Sets how many instances of a Service's latest revision run (manual override).
+    pub async fn set_scale(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: u32,
+    ) -> Result<(), ClientError> {
+        let url = self.url(
+            &format!("/api/v1/namespaces/{namespace}/services/{name}/scale"),
+            &[],
+        );
+        let body = serde_json::json!({ "replicas": replicas }).to_string();
+        self.send(
+            self.http
+                .put(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The instances of a Service with their status and usage.
+    pub async fn instances(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<serde_json::Value>, ClientError> {
+        self.get(
+            &format!("/api/v1/namespaces/{namespace}/services/{name}/instances"),
+            &[],
+        )
+        .await
+    }
+
+    /// Streams a Service's logs, calling `on_line` for each; returns when the server ends the
+    /// stream (at once unless `follow`).
+    pub async fn logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        query: &[(&str, String)],
+        mut on_line: impl FnMut(LogLine),
+    ) -> Result<(), ClientError> {
+        use futures::StreamExt;
+        let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let url = self.url(
+            &format!("/api/v1/namespaces/{namespace}/services/{name}/logs"),
+            &q,
+        );
+        let response = self
+            .send(
+                self.http
+                    .get(url)
+                    .timeout(Duration::from_secs(365 * 24 * 3600)),
+            )
+            .await?;
+        let mut stream = response.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| ClientError::Transport {
+                server: self.server().to_owned(),
+                source,
+            })?;
+            buf.extend_from_slice(&chunk);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                if let Ok(l) = serde_json::from_slice::<LogLine>(&line) {
+                    on_line(l);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The daemon's version information.

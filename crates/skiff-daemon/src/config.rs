@@ -46,6 +46,10 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     /// Mirrors per registry, tried in order before the registry itself.
     pub registry_mirrors: BTreeMap<String, Vec<String>>,
+    /// The OCI runtime binary: `runc` or `crun`.
+    pub runtime: String,
+    /// The pids limit of every container.
+    pub pids_limit: i64,
 }
 
 impl Config {
@@ -63,6 +67,8 @@ impl Config {
             registry_auth_file: None,
             insecure_registries: Vec::new(),
             registry_mirrors: BTreeMap::new(),
+            runtime: "runc".to_owned(),
+            pids_limit: 1024,
         }
     }
 }
@@ -129,6 +135,16 @@ const SETTINGS: &[Setting] = &[
         key: "registry_mirrors",
         env: "SKIFF_REGISTRY_MIRRORS",
         flag: "--registry-mirror",
+    },
+    Setting {
+        key: "runtime",
+        env: "SKIFF_RUNTIME",
+        flag: "--runtime",
+    },
+    Setting {
+        key: "pids_limit",
+        env: "SKIFF_PIDS_LIMIT",
+        flag: "--pids-limit",
     },
 ];
 
@@ -414,6 +430,27 @@ pub fn load(
                 }
             }
             config.registry_mirrors.insert(registry, list);
+        }
+    }
+    if let Some((v, s)) = get("runtime") {
+        match v.as_str() {
+            "runc" | "crun" => config.runtime = v,
+            p if p.starts_with('/') => config.runtime = v,
+            other => bad(
+                "runtime",
+                &s,
+                format!("`{other}` must be runc, crun or an absolute path to one of them"),
+            ),
+        }
+    }
+    if let Some((v, s)) = get("pids_limit") {
+        match v.parse::<i64>() {
+            Ok(n) if (16..=1_000_000).contains(&n) => config.pids_limit = n,
+            _ => bad(
+                "pids_limit",
+                &s,
+                format!("`{v}` must be a number from 16 to 1000000"),
+            ),
         }
     }
     if config.api_listen == config.ingress_listen && config.api_listen.port() != 0 {

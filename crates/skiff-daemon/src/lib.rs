@@ -11,6 +11,8 @@ pub mod controller;
 pub mod datadir;
 pub mod images;
 pub mod ingress;
+pub mod instances;
+pub mod plan;
 pub mod revisions;
 pub mod server;
 pub mod status;

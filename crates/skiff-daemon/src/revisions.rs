@@ -21,7 +21,10 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::controller::{Controller, RevisionKey};
 use crate::images::Images;
-use crate::status::{MESSAGE_NO_RUNTIME, REASON_NO_RUNTIME};
+use crate::instances::REASON_NO_INSTANCES;
+
+/// Called when a revision's images are pinned (starts instances at once).
+pub type OnPinned = Arc<dyn Fn() + Send + Sync>;
 
 /// Reason while images are being pulled.
 pub const REASON_PULLING: &str = "Pulling";
@@ -59,6 +62,7 @@ pub async fn run(
     images: Arc<Images>,
     mut rx: mpsc::UnboundedReceiver<RevisionKey>,
     tx: mpsc::UnboundedSender<RevisionKey>,
+    on_pinned: OnPinned,
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
@@ -84,18 +88,22 @@ pub async fn run(
                 continue;
             }
         }
-        let (controller, images, busy, backoff, tx, shutdown) = (
+        let (controller, images, busy, backoff, tx, shutdown, on_pinned) = (
             controller.clone(),
             images.clone(),
             busy.clone(),
             backoff.clone(),
             tx.clone(),
             shutdown.clone(),
+            on_pinned.clone(),
         );
         let span = info_span!("revision", namespace = %key.0, revision = %key.1);
         tracker.spawn(
             async move {
                 let retry = resolve(&controller, &images, &key).await;
+                if !retry {
+                    on_pinned();
+                }
                 busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
                 if retry {
                     let delay = {
@@ -281,15 +289,9 @@ async fn resolve(controller: &Controller, images: &Images, key: &RevisionKey) ->
     let _ = controller
         .update_revision(ns, name, true, move |r: &mut Revision| {
             r.status.container_statuses = statuses.clone();
+            let msg = "the revision's images are pinned; no instance has run yet (`skiff scale SERVICE N` starts instances)";
             for t in ["ResourcesAvailable", "Ready"] {
-                set_condition(
-                    &mut r.status.conditions,
-                    t,
-                    ConditionStatus::Unknown,
-                    Some(REASON_NO_RUNTIME),
-                    Some(MESSAGE_NO_RUNTIME.to_owned()),
-                    &now,
-                );
+                set_condition(&mut r.status.conditions, t, ConditionStatus::Unknown, Some(REASON_NO_INSTANCES), Some(msg.to_owned()), &now);
             }
             true
         })

@@ -40,6 +40,13 @@ pub enum DaemonError {
     /// The image content store could not be opened.
     #[error("opening images")]
     Images(#[from] crate::images::ImagesError),
+    /// The container runtime could not be started.
+    #[error("starting the container runtime")]
+    Runtime {
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Recomputing stored status at start failed.
     #[error("reconciling stored services")]
     Reconcile(#[source] crate::controller::ControllerError),
@@ -110,11 +117,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         .map_err(DaemonError::Reconcile)?;
     info!(updated, "stored services reconciled");
 
+    let mut runtime_options = skiff_runtime::RuntimeOptions::new(data.path());
+    runtime_options.runtime = config.runtime.clone();
+    runtime_options.pids_limit = config.pids_limit;
+    let oci: Arc<dyn skiff_runtime::oci::OciRuntime> = Arc::new(skiff_runtime::oci::RuncCli::new(
+        config.runtime.clone(),
+        data.path().join("run/runc"),
+    ));
+    let runtime = skiff_runtime::Runtime::new(runtime_options, oci)
+        .map_err(|source| DaemonError::Runtime { source })?;
+    let instances = crate::instances::InstanceManager::new(
+        runtime,
+        controller.clone(),
+        images.clone(),
+        store.clone(),
+    );
+    // Instances stop on their own shutdown signal, after the API and ingress have drained.
+    let instances_stop = tokio_util::sync::CancellationToken::new();
+    let instance_task = tokio::spawn(
+        instances
+            .clone()
+            .run(instances_stop.clone(), config.shutdown_grace_period),
+    );
+    let kicker = instances.clone();
     let reconciler = tokio::spawn(crate::revisions::run(
         controller.clone(),
         images.clone(),
         revision_rx,
         revision_tx,
+        Arc::new(move || kicker.kick()),
         shutdown.clone(),
     ));
     let api_router = api::router(ApiState {
@@ -124,6 +155,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         images,
         gc_lock: Arc::default(),
         metrics,
+        instances,
     });
     let ingress_router = ingress::router(IngressState {
         controller,
@@ -181,6 +213,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         Err(_) => warn!("grace period over with requests still in flight; closing them"),
     }
     let _ = reconciler.await;
+    info!("stopping instances: SIGTERM, then SIGKILL after each one's grace period");
+    instances_stop.cancel();
+    let _ = instance_task.await;
     if let Err(e) = store.close().await {
         warn!(error = %skiff_telemetry::ErrorChain(&e), "closing the state store");
     }

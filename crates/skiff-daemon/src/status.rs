@@ -30,10 +30,10 @@ impl StatusContext {
     }
 }
 
-/// The reason revisions cannot become ready in this version of skiff.
-pub const REASON_NO_RUNTIME: &str = "RuntimeUnavailable";
-/// The message that goes with [`REASON_NO_RUNTIME`].
-pub const MESSAGE_NO_RUNTIME: &str = "this version of skiff validates and stores revisions but cannot run instances yet; the container runtime arrives in a later release";
+/// The reason of a revision whose images are not resolved yet.
+pub const REASON_RESOLVING: &str = "ResolvingImages";
+/// The message that goes with [`REASON_RESOLVING`].
+pub const MESSAGE_RESOLVING: &str = "resolving the revision's images to digests";
 
 /// The initial status of a freshly stamped revision.
 pub fn initial_revision_status(now: &str) -> RevisionStatus {
@@ -46,8 +46,8 @@ pub fn initial_revision_status(now: &str) -> RevisionStatus {
             &mut status.conditions,
             t,
             ConditionStatus::Unknown,
-            Some(REASON_NO_RUNTIME),
-            Some(MESSAGE_NO_RUNTIME.to_owned()),
+            Some(REASON_RESOLVING),
+            Some(MESSAGE_RESOLVING.to_owned()),
             now,
         );
     }

@@ -34,8 +34,20 @@ impl Api {
         let metrics = Arc::new(skiff_telemetry::Metrics::new("test"));
         let config = skiff_daemon::config::Config::defaults();
         let images = Arc::new(
-            skiff_daemon::images::Images::open(&config, dir.path(), store, &metrics)
+            skiff_daemon::images::Images::open(&config, dir.path(), store.clone(), &metrics)
                 .expect("images"),
+        );
+        let oci: Arc<dyn skiff_runtime::oci::OciRuntime> = Arc::new(
+            skiff_runtime::oci::RuncCli::new("runc", dir.path().join("run/runc")),
+        );
+        let runtime =
+            skiff_runtime::Runtime::new(skiff_runtime::RuntimeOptions::new(dir.path()), oci)
+                .expect("runtime");
+        let instances = skiff_daemon::instances::InstanceManager::new(
+            runtime,
+            controller.clone(),
+            images.clone(),
+            store,
         );
         let router = api::router(ApiState {
             controller,
@@ -44,6 +56,7 @@ impl Api {
             images,
             gc_lock: Arc::default(),
             metrics,
+            instances,
         });
         Api { router, _dir: dir }
     }
@@ -192,10 +205,7 @@ async fn revisions_follow_template_changes() {
         "Knative defaults are filled in"
     );
     assert_eq!(rev["spec"]["containers"][0]["name"], "user-container");
-    assert_eq!(
-        rev["status"]["conditions"][2]["reason"],
-        "RuntimeUnavailable"
-    );
+    assert_eq!(rev["status"]["conditions"][2]["reason"], "ResolvingImages");
 }
 
 /// A stale resourceVersion is refused with 409 and nothing changes.

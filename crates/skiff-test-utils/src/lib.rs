@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use skiff_client::Client;
 
+pub mod images;
 pub mod oci;
 pub mod registry;
 

@@ -38,6 +38,10 @@ enum Command {
     Delete(cmd::delete::DeleteArgs),
     /// Check manifests offline, with the daemon's own rules.
     Validate(cmd::validate::ValidateArgs),
+    /// Run N instances of a Service (manual override).
+    Scale(cmd::scale::ScaleArgs),
+    /// Print the logs of a Service's instances.
+    Logs(cmd::logs::LogsArgs),
     /// Pull, import, list and remove images.
     #[command(alias = "image")]
     Images(cmd::images::ImagesArgs),
@@ -56,6 +60,8 @@ fn main() {
                     Command::Describe(args) => cmd::describe::run(args).await,
                     Command::Delete(args) => cmd::delete::run(args).await,
                     Command::Images(args) => cmd::images::run(args).await,
+                    Command::Scale(args) => cmd::scale::run(args).await,
+                    Command::Logs(args) => cmd::logs::run(args).await,
                     Command::Server(_) | Command::Validate(_) => unreachable!("handled above"),
                 }
             })

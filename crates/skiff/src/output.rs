@@ -278,3 +278,88 @@ pub fn describe_service(s: &Service, revisions: &[Revision]) -> String {
     }
     out
 }
+
+/// The instances part of `skiff describe service`: state, restarts and usage.
+pub fn describe_instances(instances: &[serde_json::Value]) -> String {
+    let mut out = String::from("\nInstances:\n");
+    if instances.is_empty() {
+        out.push_str("  none running\n");
+        return out;
+    }
+    let mut t = table(&[
+        "INSTANCE", "REVISION", "PHASE", "READY", "RESTARTS", "CPU", "MEMORY", "PEAK", "LIMIT",
+        "PIDS", "OOM", "START", "AGE",
+    ]);
+    let mut notes = Vec::new();
+    for i in instances {
+        let s = &i["status"];
+        let u = &i["usage"];
+        let restarts: u64 = s["containers"]
+            .as_array()
+            .map(|c| c.iter().filter_map(|c| c["restarts"].as_u64()).sum())
+            .unwrap_or(0);
+        let mib = |v: &serde_json::Value| {
+            v.as_u64()
+                .map(|b| format!("{:.1}Mi", b as f64 / 1048576.0))
+                .unwrap_or_default()
+        };
+        t.add_row(vec![
+            i["id"].as_str().unwrap_or_default().to_owned(),
+            i["revision"].as_str().unwrap_or_default().to_owned(),
+            s["phase"].as_str().unwrap_or_default().to_owned(),
+            s["ready"]
+                .as_bool()
+                .map(|b| if b { "yes" } else { "no" })
+                .unwrap_or_default()
+                .to_owned(),
+            restarts.to_string(),
+            u["cpuNanos"]
+                .as_u64()
+                .map(|n| format!("{:.2}s", n as f64 / 1e9))
+                .unwrap_or_default(),
+            mib(&u["memoryBytes"]),
+            mib(&u["memoryPeakBytes"]),
+            if u["memoryLimitBytes"].as_u64() == Some(0) {
+                "-".into()
+            } else {
+                mib(&u["memoryLimitBytes"])
+            },
+            u["pids"]
+                .as_u64()
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            u["oomKills"]
+                .as_u64()
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            s["startToReadyMs"]
+                .as_f64()
+                .map(|ms| format!("{ms:.0}ms"))
+                .unwrap_or_else(|| "-".into()),
+            age(s["startedAt"].as_str().unwrap_or_default()),
+        ]);
+        for c in s["containers"].as_array().into_iter().flatten() {
+            if let Some(term) = c.get("lastTermination").filter(|t| !t.is_null()) {
+                notes.push(format!(
+                    "  {}/{}: last ended {} ({}), {}",
+                    i["id"].as_str().unwrap_or_default(),
+                    c["name"].as_str().unwrap_or_default(),
+                    term["reason"].as_str().unwrap_or_default(),
+                    term["exitCode"]
+                        .as_i64()
+                        .map(|c| format!("exit code {c}"))
+                        .unwrap_or_else(|| "no exit code".into()),
+                    term["message"].as_str().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    for l in t.to_string().lines() {
+        out.push_str(&format!("  {}\n", l.trim_end()));
+    }
+    for n in notes {
+        out.push_str(&n);
+        out.push('\n');
+    }
+    out
+}

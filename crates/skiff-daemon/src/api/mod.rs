@@ -10,6 +10,7 @@
 pub mod error;
 mod images;
 pub mod openapi;
+mod runtime;
 mod services;
 
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct ApiState {
     pub gc_lock: Arc<tokio::sync::Mutex<()>>,
     /// Metrics, served at `/metrics`.
     pub metrics: Arc<skiff_telemetry::Metrics>,
+    /// Running instances.
+    pub instances: Arc<crate::instances::InstanceManager>,
 }
 
 /// The documented API routes: each handler's path and method come from its
@@ -75,6 +78,9 @@ pub(crate) fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(images::prune_images))
         .routes(routes!(images::pull_image))
         .routes(routes!(images::import_image))
+        .routes(routes!(runtime::set_scale, runtime::get_scale))
+        .routes(routes!(runtime::list_instances))
+        .routes(routes!(runtime::logs))
 }
 
 /// Builds the API router.

@@ -34,6 +34,8 @@ pub async fn run(args: DescribeArgs) -> Result<i32, Exit> {
     let revisions = client
         .list_revisions(Some(&args.namespace), Some(&args.name))
         .await?;
+    let instances = client.instances(&args.namespace, &args.name).await?;
     print!("{}", output::describe_service(&service, &revisions));
+    print!("{}", output::describe_instances(&instances));
     Ok(OK)
 }

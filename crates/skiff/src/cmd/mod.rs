@@ -5,6 +5,8 @@ pub mod delete;
 pub mod describe;
 pub mod get;
 pub mod images;
+pub mod logs;
+pub mod scale;
 pub mod server;
 pub mod validate;
 

@@ -1,0 +1,239 @@
+//! Handlers for running instances: the manual scale override, instances with their usage,
+//! and logs (optionally followed).
+
+use std::io::{BufRead, Seek};
+use std::path::PathBuf;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use skiff_api::ErrorCode;
+use skiff_runtime::logs::{self, LogLine};
+use utoipa::IntoParams;
+
+use super::{ApiError, ApiState};
+use crate::instances::{InstanceView, Scale};
+
+/// Query of a log request.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogParams {
+    /// Only this revision (default: every revision of the Service).
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// Only lines newer than this: a duration (`10m`, `1h`) or an RFC 3339 time.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Only the last N lines.
+    #[serde(default)]
+    pub tail: Option<usize>,
+    /// Keep the response open and send new lines as they come.
+    #[serde(default)]
+    pub follow: Option<bool>,
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("bad query parameters: {}", e.body_text()),
+        )
+    })
+}
+
+/// Sets how many instances of the latest revision run (a manual override until the
+/// autoscaler arrives).
+#[utoipa::path(put, path = "/api/v1/namespaces/{namespace}/services/{name}/scale", tag = "runtime",
+    params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The Service")),
+    request_body = Scale,
+    responses((status = 200, body = Scale), (status = 400, body = skiff_api::ErrorBody), (status = 404, body = skiff_api::ErrorBody)))]
+pub async fn set_scale(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Scale>, ApiError> {
+    let scale: Scale = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("the body must be {{\"replicas\": N}}: {e}"),
+        )
+    })?;
+    if scale.replicas > 1000 {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "replicas must be at most 1000",
+        ));
+    }
+    state
+        .instances
+        .set_scale(&namespace, &name, scale.replicas)
+        .await?;
+    Ok(Json(scale))
+}
+
+/// Reads the desired scale.
+#[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/services/{name}/scale", tag = "runtime",
+    params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The Service")),
+    responses((status = 200, body = Scale), (status = 404, body = skiff_api::ErrorBody)))]
+pub async fn get_scale(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<Scale>, ApiError> {
+    state.controller.get_service(&namespace, &name).await?;
+    Ok(Json(Scale {
+        replicas: state.instances.scale(&namespace, &name).await?,
+    }))
+}
+
+/// The instances of a Service, with their containers' states and resource usage.
+#[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/services/{name}/instances", tag = "runtime",
+    params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The Service")),
+    responses((status = 200, body = Vec<InstanceView>), (status = 404, body = skiff_api::ErrorBody)))]
+pub async fn list_instances(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<Json<Vec<InstanceView>>, ApiError> {
+    state.controller.get_service(&namespace, &name).await?;
+    Ok(Json(state.instances.instances_of(&namespace, &name)))
+}
+
+fn since_cutoff(since: &str) -> Result<jiff::Timestamp, ApiError> {
+    if let Ok(t) = since.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    let d = skiff_api::names::parse_go_duration(since)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("since: {e}")))?;
+    let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    Ok(jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::from_secs(secs))
+        .unwrap_or(jiff::Timestamp::MIN))
+}
+
+/// The logs of a Service's instances as NDJSON lines `{ts, stream, instance, container, line}`,
+/// oldest first; with `follow`, new lines keep coming.
+#[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/services/{name}/logs", tag = "runtime",
+    params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The Service"), LogParams),
+    responses((status = 200, description = "NDJSON log lines", content_type = "application/x-ndjson"), (status = 404, body = skiff_api::ErrorBody)))]
+pub async fn logs(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+    params: Result<Query<LogParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let p = query(params)?;
+    state.controller.get_service(&namespace, &name).await?;
+    let revisions: Vec<String> = match &p.revision {
+        Some(r) => {
+            let rev = state.controller.get_revision(&namespace, r).await?;
+            if rev.service_name() != Some(name.as_str()) {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("revision `{r}` is not a revision of `{name}`"),
+                ));
+            }
+            vec![r.clone()]
+        }
+        None => state
+            .controller
+            .list_revisions(Some(&namespace), Some(&name))
+            .await?
+            .into_iter()
+            .map(|r| r.metadata.name)
+            .collect(),
+    };
+    let cutoff = p.since.as_deref().map(since_cutoff).transpose()?;
+    let dir = state.instances.runtime().logs().dir().to_path_buf();
+    let mut lines: Vec<LogLine> = revisions
+        .iter()
+        .flat_map(|r| logs::read_all(&dir, &namespace, r))
+        .collect();
+    lines.sort_by(|a, b| a.ts.cmp(&b.ts));
+    if let Some(c) = cutoff {
+        lines.retain(|l| l.ts.parse::<jiff::Timestamp>().is_ok_and(|t| t >= c));
+    }
+    if let Some(n) = p.tail {
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+    }
+    let encode = |l: &LogLine| {
+        let mut v = serde_json::to_vec(l).unwrap_or_default();
+        v.push(b'\n');
+        bytes::Bytes::from(v)
+    };
+    let head: Vec<bytes::Bytes> = lines.iter().map(encode).collect();
+    if p.follow != Some(true) {
+        let body: Vec<u8> = head.concat();
+        return Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            body,
+        )
+            .into_response());
+    }
+    // Follow: from the current end of each revision's log file, poll for new lines.
+    let files: Vec<PathBuf> = revisions
+        .iter()
+        .map(|r| logs::revision_log(&dir, &namespace, r))
+        .collect();
+    let mut offsets: Vec<u64> = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .collect();
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
+    tokio::spawn(async move {
+        for b in head {
+            if tx.send(b).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            for (f, off) in files.iter().zip(offsets.iter_mut()) {
+                let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+                if len < *off {
+                    *off = 0; // rotated
+                }
+                if len == *off {
+                    continue;
+                }
+                let Ok(mut file) = std::fs::File::open(f) else {
+                    continue;
+                };
+                if file.seek(std::io::SeekFrom::Start(*off)).is_err() {
+                    continue;
+                }
+                let mut reader = std::io::BufReader::new(file);
+                let mut buf = String::new();
+                while let Ok(n) = reader.read_line(&mut buf) {
+                    if n == 0 || !buf.ends_with('\n') {
+                        break;
+                    }
+                    *off += n as u64;
+                    if tx
+                        .send(bytes::Bytes::from(std::mem::take(&mut buf)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
+    });
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

@@ -1,0 +1,310 @@
+//! Turning a Revision and its pinned images into an [`InstancePlan`] for the runtime:
+//! Kubernetes' command/args rules, the runtime contract's environment (`PORT`, `K_SERVICE`,
+//! `K_CONFIGURATION`, `K_REVISION`), resolved `valueFrom` references, limits, probes and
+//! volumes.
+
+use std::time::Duration;
+
+use skiff_api::object::{LABEL_CONFIGURATION, Revision};
+use skiff_api::quantity::Quantity;
+use skiff_api::types::{Container, IntOrString, Probe};
+use skiff_image::ImageRecord;
+use skiff_runtime::instance::{ContainerPlan, InstancePlan, MountPlan, UserPlan, VolumePlan};
+use skiff_runtime::probe::{ProbeAction, ProbeSpec};
+use skiff_runtime::spec::{CPU_PERIOD_US, capabilities};
+
+/// Why a plan cannot be made.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PlanError(pub String);
+
+fn quantity(c: &Container, kind: &str, res: &str) -> Option<Quantity> {
+    let r = c.resources.as_ref()?;
+    let map = if kind == "limits" {
+        &r.limits
+    } else {
+        &r.requests
+    };
+    map.get(res).and_then(|q| Quantity::parse(&q.0).ok())
+}
+
+fn field_value(path: &str, revision: &Revision, instance: &str) -> String {
+    match path {
+        "metadata.name" => instance.to_owned(),
+        "metadata.namespace" => revision.metadata.namespace.clone(),
+        "metadata.uid" => revision.metadata.uid.clone(),
+        p => {
+            let key = |prefix: &str| {
+                p.strip_prefix(prefix)
+                    .and_then(|r| r.strip_suffix("']"))
+                    .map(str::to_owned)
+            };
+            if let Some(k) = key("metadata.labels['") {
+                revision
+                    .metadata
+                    .labels
+                    .get(&k)
+                    .cloned()
+                    .unwrap_or_default()
+            } else if let Some(k) = key("metadata.annotations['") {
+                revision
+                    .metadata
+                    .annotations
+                    .get(&k)
+                    .cloned()
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            }
+        }
+    }
+}
+
+fn resource_value(
+    revision: &Revision,
+    own: &Container,
+    r: &skiff_api::types::ResourceFieldSelector,
+) -> String {
+    let c = r
+        .container_name
+        .as_ref()
+        .and_then(|n| {
+            revision
+                .spec
+                .containers
+                .iter()
+                .find(|c| c.name.as_deref() == Some(n))
+        })
+        .unwrap_or(own);
+    let res = r.resource.as_deref().unwrap_or_default();
+    let (kind, name) = res.split_once('.').unwrap_or(("limits", "cpu"));
+    let divisor = r.divisor.as_ref().and_then(|d| Quantity::parse(&d.0).ok());
+    match (name, quantity(c, kind, name)) {
+        ("cpu", Some(q)) => {
+            let div = divisor.map_or(1000, |d| d.as_millis().max(1));
+            q.as_millis().div_ceil(div).to_string()
+        }
+        ("memory", Some(q)) => {
+            let div = divisor.map_or(1, |d| d.as_units().max(1));
+            q.as_units().div_ceil(div).to_string()
+        }
+        // Kubernetes reports the node's capacity for unset limits; an instance may use all of
+        // the machine's CPUs and memory.
+        ("cpu", None) => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .to_string(),
+        (_, None) => {
+            let mem = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    m.lines()
+                        .find(|l| l.starts_with("MemTotal:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                })
+                .unwrap_or(0)
+                * 1024;
+            let div = divisor.map_or(1, |d| d.as_units().max(1));
+            mem.div_ceil(div).to_string()
+        }
+        _ => String::new(),
+    }
+}
+
+fn probe(p: &Probe, port: u16, default_period: u64) -> ProbeSpec {
+    let port_of = |ios: &Option<IntOrString>| match ios {
+        Some(IntOrString::Int(n)) => u16::try_from(*n).unwrap_or(port),
+        _ => port,
+    };
+    let action = if let Some(h) = &p.http_get {
+        ProbeAction::Http {
+            port: port_of(&h.port),
+            path: h.path.clone().unwrap_or_else(|| "/".into()),
+            headers: h
+                .http_headers
+                .iter()
+                .filter_map(|x| Some((x.name.clone()?, x.value.clone().unwrap_or_default())))
+                .collect(),
+        }
+    } else if let Some(e) = &p.exec {
+        ProbeAction::Exec {
+            command: e.command.clone(),
+        }
+    } else if let Some(t) = &p.tcp_socket {
+        ProbeAction::Tcp {
+            port: port_of(&t.port),
+        }
+    } else {
+        ProbeAction::Tcp { port }
+    };
+    let secs = |v: Option<i64>, d: u64| Duration::from_secs(v.map_or(d, |v| v.max(0) as u64));
+    ProbeSpec {
+        action,
+        initial_delay: secs(p.initial_delay_seconds, 0),
+        timeout: secs(p.timeout_seconds, 1).max(Duration::from_millis(100)),
+        period: secs(p.period_seconds, default_period),
+        success_threshold: p.success_threshold.map_or(1, |v| v.max(1) as u32),
+        failure_threshold: p.failure_threshold.map_or(3, |v| v.max(1) as u32),
+    }
+}
+
+/// The plan of a new instance `id` of `revision`, whose containers run `images` (in the
+/// order of its containers).
+pub fn plan(
+    revision: &Revision,
+    images: &[ImageRecord],
+    layer_dir: impl Fn(&str) -> std::path::PathBuf,
+    id: &str,
+) -> Result<InstancePlan, PlanError> {
+    let spec = &revision.spec;
+    let (serving, port) = skiff_api::validate::serving_port(spec);
+    let service = revision.service_name().unwrap_or_default().to_owned();
+    let configuration = revision
+        .metadata
+        .labels
+        .get(LABEL_CONFIGURATION)
+        .cloned()
+        .unwrap_or_else(|| service.clone());
+    let mut containers = Vec::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let image = images
+            .get(i)
+            .ok_or_else(|| PlanError(format!("no pinned image for container {i}")))?;
+        let cfg = &image.config;
+        // Kubernetes: `command` replaces the Entrypoint (and drops the Cmd); `args` replace the Cmd.
+        let mut args: Vec<String> = if c.command.is_empty() {
+            cfg.entrypoint.clone().unwrap_or_default()
+        } else {
+            c.command.clone()
+        };
+        if !c.args.is_empty() {
+            args.extend(c.args.iter().cloned());
+        } else if c.command.is_empty() {
+            args.extend(cfg.cmd.clone().unwrap_or_default());
+        }
+        if args.is_empty() {
+            return Err(PlanError(format!(
+                "container `{}` has no command: the image sets no Entrypoint or Cmd, and the manifest no command",
+                c.name.as_deref().unwrap_or_default()
+            )));
+        }
+        let mut env: Vec<(String, String)> = cfg
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect();
+        let mut set = |k: &str, v: String| {
+            env.retain(|(n, _)| n != k);
+            env.push((k.to_owned(), v));
+        };
+        set("PORT", port.to_string());
+        set("K_SERVICE", service.clone());
+        set("K_CONFIGURATION", configuration.clone());
+        set("K_REVISION", revision.metadata.name.clone());
+        for e in &c.env {
+            let Some(name) = &e.name else { continue };
+            let value = match (&e.value, &e.value_from) {
+                (Some(v), _) => v.clone(),
+                (None, Some(from)) => {
+                    if let Some(f) = &from.field_ref {
+                        field_value(f.field_path.as_deref().unwrap_or_default(), revision, id)
+                    } else if let Some(r) = &from.resource_field_ref {
+                        resource_value(revision, c, r)
+                    } else {
+                        String::new()
+                    }
+                }
+                (None, None) => String::new(),
+            };
+            set(name, value);
+        }
+        let sc = c.security_context.clone().unwrap_or_default();
+        let caps = sc.capabilities.clone().unwrap_or_default();
+        let memory_limit = quantity(c, "limits", "memory").map(|q| q.as_units() as i64);
+        let cpu_quota = quantity(c, "limits", "cpu")
+            .map(|q| (q.as_millis() * CPU_PERIOD_US / 1000).max(1000) as i64);
+        let cpu_shares = quantity(c, "requests", "cpu")
+            .or_else(|| quantity(c, "limits", "cpu"))
+            .map(|q| (q.as_millis() * 1024 / 1000).max(2));
+        let is_serving = i == serving;
+        let readiness = match &c.readiness_probe {
+            Some(p) => Some(probe(p, port, 10)),
+            None if is_serving => Some(probe(&Probe::default(), port, 1)),
+            None => None,
+        };
+        containers.push(ContainerPlan {
+            name: c.name.clone().unwrap_or_else(|| format!("container-{i}")),
+            lowers: image
+                .layers
+                .iter()
+                .rev()
+                .map(|l| layer_dir(&l.diff_id))
+                .collect(),
+            args,
+            env,
+            working_dir: c
+                .working_dir
+                .clone()
+                .or_else(|| cfg.working_dir.clone().filter(|w| !w.is_empty())),
+            user: UserPlan {
+                run_as_user: sc.run_as_user.and_then(|u| u32::try_from(u).ok()),
+                run_as_group: sc.run_as_group.and_then(|g| u32::try_from(g).ok()),
+                image_user: cfg.user.clone().filter(|u| !u.is_empty()),
+                run_as_non_root: sc.run_as_non_root == Some(true),
+            },
+            read_only_rootfs: sc.read_only_root_filesystem == Some(true),
+            capabilities: capabilities(&caps.add, &caps.drop),
+            seccomp: sc
+                .seccomp_profile
+                .as_ref()
+                .and_then(|p| p.profile_type.as_deref())
+                != Some("Unconfined"),
+            memory_limit,
+            cpu_quota,
+            cpu_shares,
+            mounts: c
+                .volume_mounts
+                .iter()
+                .filter_map(|m| {
+                    Some(MountPlan {
+                        volume: m.name.clone()?,
+                        path: m.mount_path.clone()?,
+                        read_only: m.read_only == Some(true),
+                        sub_path: m.sub_path.clone(),
+                    })
+                })
+                .collect(),
+            readiness,
+            liveness: c.liveness_probe.as_ref().map(|p| probe(p, port, 10)),
+            startup: c.startup_probe.as_ref().map(|p| probe(p, port, 10)),
+        });
+    }
+    let volumes = spec
+        .volumes
+        .iter()
+        .filter_map(|v| {
+            let ed = v.empty_dir.as_ref()?;
+            Some(VolumePlan {
+                name: v.name.clone()?,
+                memory: ed.medium.as_deref() == Some("Memory"),
+                size_limit: ed
+                    .size_limit
+                    .as_ref()
+                    .and_then(|q| Quantity::parse(&q.0).ok())
+                    .map(|q| q.as_units()),
+            })
+        })
+        .collect();
+    Ok(InstancePlan {
+        id: id.to_owned(),
+        namespace: revision.metadata.namespace.clone(),
+        service,
+        revision: revision.metadata.name.clone(),
+        containers,
+        serving,
+        port,
+        volumes,
+        // Knative gives an instance its request timeout to finish in-flight work.
+        stop_grace: Duration::from_secs(spec.timeout_seconds.unwrap_or(300).clamp(1, 3600) as u64),
+    })
+}

@@ -1,0 +1,1217 @@
+//! Instances: the containers of one revision sharing a network namespace, started in the OCI
+//! runtime, probed, restarted when they crash or fail liveness, stopped gracefully, and torn
+//! down completely.
+//!
+//! # Design
+//! Each container of an instance has a supervisor task: start (overlay rootfs, spec, `runc run
+//! -d`), wait for the process to end (the [`Reaper`]) while running its startup and liveness
+//! probes, and on an unexpected exit record why (exit code, `OOMKilled`), then restart with
+//! exponential backoff (Kubernetes' `CrashLoopBackOff`). An instance task probes readiness:
+//! aggressively (every few milliseconds) until the instance is first ready, so a cold start
+//! is noticed at once, then at the probe's period. Status changes are published on a `watch`
+//! channel and broadcast as [`InstanceEvent`]s.
+//!
+//! Layout: `<run_dir>/instances/<id>/` holds `netns` (the pinned namespace), `etc/`, volumes,
+//! and per container `c<N>/` with `config.json`, `rootfs/`, `upper/`, `work/` and the
+//! stdout/stderr FIFOs. Runtime container ids are `skiff-<instance>-c<N>`; cgroups are
+//! `/skiff/<instance>-c<N>`.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::cgroups::{self, Usage};
+use crate::logs::{self, LogStore, PumpTarget, Tail};
+use crate::netns::{Connector, NetNs, NetnsError};
+use crate::oci::{OciError, OciRuntime};
+use crate::probe::{ProbeSpec, Prober};
+use crate::reaper::{Exit, Reaper};
+use crate::rootfs::{self, ResolvedUser};
+use crate::spec::{self, ContainerConfig, VolumeMount};
+
+/// The cgroup parent of every instance container.
+pub const CGROUP_PARENT: &str = "/skiff";
+/// Prefix of every runtime container id.
+pub const CONTAINER_PREFIX: &str = "skiff-";
+
+/// Runtime settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Where instances live (`<data_dir>/run`).
+    pub run_dir: PathBuf,
+    /// Where logs live (`<data_dir>/logs`).
+    pub logs_dir: PathBuf,
+    /// `runc` or `crun`.
+    pub runtime: String,
+    /// Default pids limit of a container.
+    pub pids_limit: i64,
+    /// First crash-loop backoff.
+    pub restart_backoff: Duration,
+    /// Longest crash-loop backoff.
+    pub restart_backoff_max: Duration,
+    /// Log rotation.
+    pub log_rotation: logs::Rotation,
+}
+
+impl RuntimeOptions {
+    /// Defaults under `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        RuntimeOptions {
+            run_dir: data_dir.join("run"),
+            logs_dir: data_dir.join("logs"),
+            runtime: "runc".into(),
+            pids_limit: 1024,
+            restart_backoff: Duration::from_secs(1),
+            restart_backoff_max: Duration::from_secs(300),
+            log_rotation: logs::Rotation::default(),
+        }
+    }
+}
+
+/// A volume of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumePlan {
+    /// The volume's name.
+    pub name: String,
+    /// A tmpfs (`medium: Memory`) rather than a directory.
+    pub memory: bool,
+    /// Size of a tmpfs.
+    pub size_limit: Option<u64>,
+}
+
+/// Where a volume appears in a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MountPlan {
+    /// The volume.
+    pub volume: String,
+    /// The path in the container.
+    pub path: String,
+    /// Read-only.
+    pub read_only: bool,
+    /// A sub-directory of the volume.
+    pub sub_path: Option<String>,
+}
+
+/// Who a container runs as.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserPlan {
+    /// `securityContext.runAsUser`.
+    pub run_as_user: Option<u32>,
+    /// `securityContext.runAsGroup`.
+    pub run_as_group: Option<u32>,
+    /// The image config's `User`.
+    pub image_user: Option<String>,
+    /// `securityContext.runAsNonRoot`.
+    pub run_as_non_root: bool,
+}
+
+/// One container of an instance, fully resolved by the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPlan {
+    /// The container's name.
+    pub name: String,
+    /// The image's unpacked layers, top first.
+    pub lowers: Vec<PathBuf>,
+    /// argv.
+    pub args: Vec<String>,
+    /// Environment, in order.
+    pub env: Vec<(String, String)>,
+    /// Working directory (image's or the manifest's).
+    pub working_dir: Option<String>,
+    /// Who it runs as.
+    pub user: UserPlan,
+    /// Read-only root filesystem.
+    pub read_only_rootfs: bool,
+    /// Capabilities (bounding set).
+    pub capabilities: Vec<String>,
+    /// Default seccomp profile on.
+    pub seccomp: bool,
+    /// Memory limit in bytes.
+    pub memory_limit: Option<i64>,
+    /// CFS quota (µs per 100 ms).
+    pub cpu_quota: Option<i64>,
+    /// CPU shares.
+    pub cpu_shares: Option<u64>,
+    /// Volume mounts.
+    pub mounts: Vec<MountPlan>,
+    /// Readiness probe (the serving container gets a TCP one by default).
+    pub readiness: Option<ProbeSpec>,
+    /// Liveness probe.
+    pub liveness: Option<ProbeSpec>,
+    /// Startup probe.
+    pub startup: Option<ProbeSpec>,
+}
+
+/// Everything needed to run an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstancePlan {
+    /// The instance id (also its hostname).
+    pub id: String,
+    /// The namespace.
+    pub namespace: String,
+    /// The Service.
+    pub service: String,
+    /// The revision.
+    pub revision: String,
+    /// The containers.
+    pub containers: Vec<ContainerPlan>,
+    /// Index of the container serving the port.
+    pub serving: usize,
+    /// The port.
+    pub port: u16,
+    /// Volumes.
+    pub volumes: Vec<VolumePlan>,
+    /// SIGTERM to SIGKILL.
+    pub stop_grace: Duration,
+}
+
+/// How a container last ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Termination {
+    /// `Completed`, `Error`, `OOMKilled`, `StartError`, `LivenessFailed`, `Unknown`.
+    pub reason: String,
+    /// The exit code (128+signal for signals), when known.
+    pub exit_code: Option<i32>,
+    /// When (RFC 3339).
+    pub at: String,
+    /// What happened, for people.
+    pub message: String,
+    /// The container's last log lines.
+    pub last_lines: Vec<String>,
+}
+
+/// A container's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    /// The container's name.
+    pub name: String,
+    /// The runtime's container id.
+    pub runtime_id: String,
+    /// Its init pid on the host, while running.
+    pub pid: Option<i32>,
+    /// Whether its process runs.
+    pub running: bool,
+    /// Whether its readiness probe passes.
+    pub ready: bool,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Why it is not running (`ContainerCreating`, `CrashLoopBackOff`, …).
+    pub waiting_reason: Option<String>,
+    /// How it last ended.
+    pub last_termination: Option<Termination>,
+}
+
+/// The phase of an instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Phase {
+    /// Containers starting, not ready yet.
+    #[default]
+    Starting,
+    /// Running (ready or not: see `ready`).
+    Running,
+    /// Being stopped.
+    Stopping,
+    /// Gone; nothing left behind.
+    Stopped,
+}
+
+/// An instance's state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// The phase.
+    pub phase: Phase,
+    /// Whether the instance takes traffic.
+    pub ready: bool,
+    /// Whether it was ever ready.
+    pub was_ready: bool,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Milliseconds from start to first readiness.
+    pub start_to_ready_ms: Option<f64>,
+    /// Per container.
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// A change of an instance's status.
+#[derive(Debug, Clone)]
+pub struct InstanceEvent {
+    /// The instance.
+    pub id: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its revision.
+    pub revision: String,
+    /// The new status.
+    pub status: InstanceStatus,
+}
+
+/// A runtime operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Preparing the instance directory failed.
+    #[error("preparing `{}`", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The network namespace failed.
+    #[error("setting up the network namespace")]
+    Netns(#[from] NetnsError),
+    /// No such instance.
+    #[error("no instance `{0}`")]
+    NotFound(String),
+    /// The OCI runtime failed.
+    #[error("OCI runtime")]
+    Oci(#[from] OciError),
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// A running instance.
+pub struct Instance {
+    /// Its plan.
+    pub plan: InstancePlan,
+    dir: PathBuf,
+    netns: Arc<OwnedFd>,
+    netns_path: PathBuf,
+    status: watch::Sender<InstanceStatus>,
+    stop: CancellationToken,
+    done: CancellationToken,
+    tails: Vec<Tail>,
+    start_instant: tokio::time::Instant,
+    /// A cap on the grace period (milliseconds), set by a bounded shutdown.
+    grace_cap_ms: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("id", &self.plan.id)
+            .finish()
+    }
+}
+
+impl Instance {
+    /// The current status.
+    pub fn status(&self) -> InstanceStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Follows status changes.
+    pub fn subscribe(&self) -> watch::Receiver<InstanceStatus> {
+        self.status.subscribe()
+    }
+
+    /// The namespace handle for the connector.
+    pub fn netns(&self) -> Arc<OwnedFd> {
+        self.netns.clone()
+    }
+
+    /// Resource usage summed over the containers.
+    pub fn usage(&self) -> Usage {
+        let mut total = Usage::default();
+        for i in 0..self.plan.containers.len() {
+            total.add(&cgroups::usage(&cgroup_path(&self.plan.id, i)));
+        }
+        total
+    }
+
+    /// Resolves once the instance is torn down.
+    pub async fn stopped(&self) {
+        self.done.cancelled().await;
+    }
+
+    fn container_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("c{i}"))
+    }
+}
+
+/// The runtime id of a container.
+pub fn container_id(instance: &str, i: usize) -> String {
+    format!("{CONTAINER_PREFIX}{instance}-c{i}")
+}
+
+/// The cgroup of a container.
+pub fn cgroup_path(instance: &str, i: usize) -> String {
+    format!("{CGROUP_PARENT}/{instance}-c{i}")
+}
+
+/// The runtime: starts, supervises and stops instances.
+pub struct Runtime {
+    /// Settings.
+    pub opts: RuntimeOptions,
+    oci: Arc<dyn OciRuntime>,
+    connector: Connector,
+    reaper: Reaper,
+    logs: LogStore,
+    prober: Prober,
+    instances: Mutex<HashMap<String, Arc<Instance>>>,
+    events: broadcast::Sender<InstanceEvent>,
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("runtime", &self.opts.runtime)
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// A runtime over `oci` (must be called inside a tokio runtime: the reaper starts).
+    pub fn new(opts: RuntimeOptions, oci: Arc<dyn OciRuntime>) -> std::io::Result<Arc<Runtime>> {
+        std::fs::create_dir_all(opts.run_dir.join("instances"))?;
+        std::fs::create_dir_all(&opts.logs_dir)?;
+        let connector = Connector::new(2)?;
+        let reaper = Reaper::start()?;
+        let logs = LogStore::new(&opts.logs_dir, opts.log_rotation);
+        let (events, _) = broadcast::channel(1024);
+        Ok(Arc::new(Runtime {
+            prober: Prober {
+                connector: connector.clone(),
+                oci: oci.clone(),
+            },
+            opts,
+            oci,
+            connector,
+            reaper,
+            logs,
+            instances: Mutex::new(HashMap::new()),
+            events,
+            tracker: TaskTracker::new(),
+        }))
+    }
+
+    /// The OCI runtime.
+    pub fn oci(&self) -> &Arc<dyn OciRuntime> {
+        &self.oci
+    }
+
+    /// The connector into instances' namespaces.
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// The log store.
+    pub fn logs(&self) -> &LogStore {
+        &self.logs
+    }
+
+    /// Status changes of every instance.
+    pub fn events(&self) -> broadcast::Receiver<InstanceEvent> {
+        self.events.subscribe()
+    }
+
+    /// Every live instance.
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.instances
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// One instance.
+    pub fn instance(&self, id: &str) -> Option<Arc<Instance>> {
+        self.instances
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn instance_dir(&self, id: &str) -> PathBuf {
+        self.opts.run_dir.join("instances").join(id)
+    }
+
+    /// Starts an instance; it becomes ready later (watch its status).
+    pub async fn start(
+        self: &Arc<Self>,
+        plan: InstancePlan,
+    ) -> Result<Arc<Instance>, RuntimeError> {
+        let dir = self.instance_dir(&plan.id);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RuntimeError::Io { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let netns_path = dir.join("netns");
+        let netns = NetNs::create(&netns_path)?;
+        rootfs::write_etc_files(&dir.join("etc"), &hostname(&plan.id)).map_err(|e| {
+            RuntimeError::Io {
+                path: dir.join("etc"),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+        for v in &plan.volumes {
+            let p = dir.join("volumes").join(&v.name);
+            std::fs::create_dir_all(&p).map_err(io(&p))?;
+        }
+        self.launch(plan, dir, netns.handle(), netns_path, None)
+            .await
+    }
+
+    async fn launch(
+        self: &Arc<Self>,
+        plan: InstancePlan,
+        dir: PathBuf,
+        netns: Arc<OwnedFd>,
+        netns_path: PathBuf,
+        adopted: Option<Vec<i32>>,
+    ) -> Result<Arc<Instance>, RuntimeError> {
+        let containers = plan
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ContainerStatus {
+                name: c.name.clone(),
+                runtime_id: container_id(&plan.id, i),
+                waiting_reason: Some("ContainerCreating".into()),
+                ..Default::default()
+            })
+            .collect();
+        let (status, _) = watch::channel(InstanceStatus {
+            phase: Phase::Starting,
+            started_at: now(),
+            containers,
+            ..Default::default()
+        });
+        let instance = Arc::new(Instance {
+            tails: plan.containers.iter().map(|_| Tail::default()).collect(),
+            plan,
+            dir,
+            netns,
+            netns_path,
+            status,
+            stop: CancellationToken::new(),
+            done: CancellationToken::new(),
+            start_instant: tokio::time::Instant::now(),
+            grace_cap_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+        });
+        self.instances
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(instance.plan.id.clone(), instance.clone());
+        let span = info_span!("instance", instance = %instance.plan.id, revision = %instance.plan.revision);
+        let (rt, inst) = (self.clone(), instance.clone());
+        self.tracker
+            .spawn(async move { rt.supervise(inst, adopted).await }.instrument(span));
+        Ok(instance)
+    }
+
+    fn publish(&self, inst: &Instance) {
+        let _ = self.events.send(InstanceEvent {
+            id: inst.plan.id.clone(),
+            namespace: inst.plan.namespace.clone(),
+            revision: inst.plan.revision.clone(),
+            status: inst.status(),
+        });
+    }
+
+    fn update(&self, inst: &Instance, f: impl FnOnce(&mut InstanceStatus)) {
+        let mut changed = false;
+        inst.status.send_if_modified(|s| {
+            let before = s.clone();
+            f(s);
+            changed = *s != before;
+            changed
+        });
+        if changed {
+            self.publish(inst);
+        }
+    }
+
+    /// Stops an instance: SIGTERM, SIGKILL after its grace period, then everything removed.
+    pub async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        let inst = self
+            .instance(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        inst.stop.cancel();
+        inst.stopped().await;
+        Ok(())
+    }
+
+    /// Stops every instance (daemon shutdown), giving each at most `cap` between SIGTERM and
+    /// SIGKILL.
+    pub async fn stop_all(&self, cap: Duration) {
+        let all = self.instances();
+        for i in &all {
+            i.grace_cap_ms
+                .store(cap.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+            i.stop.cancel();
+        }
+        for i in all {
+            i.stopped().await;
+        }
+    }
+
+    async fn supervise(self: Arc<Self>, inst: Arc<Instance>, adopted: Option<Vec<i32>>) {
+        let tracker = TaskTracker::new();
+        for i in 0..inst.plan.containers.len() {
+            let pid = adopted.as_ref().and_then(|p| p.get(i).copied());
+            let (rt, inst2) = (self.clone(), inst.clone());
+            tracker.spawn(async move { rt.supervise_container(inst2, i, pid).await });
+        }
+        let (rt, inst2) = (self.clone(), inst.clone());
+        tracker.spawn(async move { rt.readiness_loop(inst2).await });
+        tracker.close();
+        inst.stop.cancelled().await;
+        self.update(&inst, |s| {
+            s.phase = Phase::Stopping;
+            s.ready = false;
+        });
+        tracker.wait().await;
+        self.teardown(&inst).await;
+        self.update(&inst, |s| {
+            s.phase = Phase::Stopped;
+            for c in &mut s.containers {
+                c.running = false;
+                c.ready = false;
+                c.pid = None;
+            }
+        });
+        self.instances
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&inst.plan.id);
+        inst.done.cancel();
+        info!("instance stopped and removed");
+    }
+
+    async fn teardown(&self, inst: &Instance) {
+        for i in 0..inst.plan.containers.len() {
+            self.cleanup_container(inst, i).await;
+        }
+        for m in rootfs::mounts_under(&inst.dir) {
+            let _ = rootfs::unmount(&m);
+        }
+        if let Err(e) = NetNs::remove(&inst.netns_path) {
+            warn!(error = %e, "removing the network namespace");
+        }
+        if let Err(e) = std::fs::remove_dir_all(&inst.dir) {
+            warn!(error = %e, dir = %inst.dir.display(), "removing the instance directory");
+        }
+    }
+
+    async fn cleanup_container(&self, inst: &Instance, i: usize) {
+        let id = container_id(&inst.plan.id, i);
+        match self.oci.delete(&id, true).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => warn!(container = %id, error = %e, "deleting the container"),
+        }
+        let cdir = inst.container_dir(i);
+        let _ = rootfs::unmount(&cdir.join("rootfs"));
+        for m in rootfs::mounts_under(&cdir) {
+            let _ = rootfs::unmount(&m);
+        }
+        for d in ["upper", "work"] {
+            let _ = std::fs::remove_dir_all(cdir.join(d));
+        }
+        cgroups::remove(&cgroup_path(&inst.plan.id, i));
+    }
+
+    /// Prepares and starts container `i`; returns its pid.
+    async fn start_container(&self, inst: &Arc<Instance>, i: usize) -> Result<i32, String> {
+        let plan = &inst.plan.containers[i];
+        let cdir = inst.container_dir(i);
+        let (rootfs_dir, upper, work) =
+            (cdir.join("rootfs"), cdir.join("upper"), cdir.join("work"));
+        for d in [&rootfs_dir, &upper, &work] {
+            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        }
+        rootfs::mount_overlay(&plan.lowers, &upper, &work, &rootfs_dir)
+            .map_err(|e| crate::chain(&e))?;
+        let user = match (plan.user.run_as_user, plan.user.run_as_group) {
+            (Some(uid), gid) => {
+                let base =
+                    rootfs::resolve_user(&rootfs_dir, &uid.to_string()).unwrap_or(ResolvedUser {
+                        uid,
+                        gid: uid,
+                        groups: vec![],
+                        home: "/".into(),
+                    });
+                ResolvedUser {
+                    uid,
+                    gid: gid.unwrap_or(base.gid),
+                    groups: base.groups,
+                    home: base.home,
+                }
+            }
+            (None, gid) => {
+                let mut u = rootfs::resolve_user(
+                    &rootfs_dir,
+                    plan.user.image_user.as_deref().unwrap_or(""),
+                )
+                .map_err(|e| crate::chain(&e))?;
+                if let Some(g) = gid {
+                    u.gid = g;
+                }
+                u
+            }
+        };
+        if plan.user.run_as_non_root && user.uid == 0 {
+            return Err("runAsNonRoot is set but the container would run as root (uid 0); set runAsUser or use an image with a non-root USER".into());
+        }
+        let cwd = plan.working_dir.clone().unwrap_or_else(|| "/".into());
+        let cwd_in = rootfs_dir.join(cwd.trim_start_matches('/'));
+        if !cwd_in.exists() {
+            let _ = std::fs::create_dir_all(&cwd_in);
+        }
+        let mut env: Vec<String> = Vec::new();
+        let has = |k: &str| plan.env.iter().any(|(n, _)| n == k);
+        if !has("PATH") {
+            env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        }
+        if !has("HOME") {
+            env.push(format!("HOME={}", user.home));
+        }
+        if !has("HOSTNAME") {
+            env.push(format!("HOSTNAME={}", hostname(&inst.plan.id)));
+        }
+        env.extend(plan.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let mut volumes = Vec::new();
+        for m in &plan.mounts {
+            let Some(v) = inst.plan.volumes.iter().find(|v| v.name == m.volume) else {
+                continue;
+            };
+            if v.memory && m.sub_path.is_none() {
+                volumes.push(VolumeMount::Tmpfs {
+                    destination: m.path.clone(),
+                    size: v.size_limit.unwrap_or(64 << 20),
+                    read_only: m.read_only,
+                });
+            } else {
+                let mut src = inst.dir.join("volumes").join(&v.name);
+                if let Some(sp) = &m.sub_path {
+                    src = src.join(sp);
+                    let _ = std::fs::create_dir_all(&src);
+                }
+                volumes.push(VolumeMount::Bind {
+                    source: src,
+                    destination: m.path.clone(),
+                    read_only: m.read_only,
+                });
+            }
+        }
+        let config = ContainerConfig {
+            hostname: hostname(&inst.plan.id),
+            rootfs: rootfs_dir.clone(),
+            read_only_rootfs: plan.read_only_rootfs,
+            args: plan.args.clone(),
+            env,
+            cwd,
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.groups.clone(),
+            capabilities: plan.capabilities.clone(),
+            seccomp: plan.seccomp,
+            netns: inst.netns_path.clone(),
+            cgroups_path: cgroup_path(&inst.plan.id, i),
+            memory_limit: plan.memory_limit,
+            cpu_quota: plan.cpu_quota,
+            cpu_shares: plan.cpu_shares,
+            pids_limit: self.opts.pids_limit,
+            etc_dir: inst.dir.join("etc"),
+            tmp_size: plan
+                .memory_limit
+                .map_or(256 << 20, |m| (m as u64 / 2).max(16 << 20)),
+            volumes,
+        };
+        let spec = spec::build(&config).map_err(|e| format!("building the OCI spec: {e}"))?;
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| format!("serializing the OCI spec: {e}"))?;
+        std::fs::write(cdir.join("config.json"), json)
+            .map_err(|e| format!("writing config.json: {e}"))?;
+        let (out_r, out_w) =
+            logs::fifo(&cdir.join("stdout")).map_err(|e| format!("stdout fifo: {e}"))?;
+        let (err_r, err_w) =
+            logs::fifo(&cdir.join("stderr")).map_err(|e| format!("stderr fifo: {e}"))?;
+        self.spawn_pumps(inst, i, out_r, err_r);
+        let pid = self
+            .oci
+            .run_detached(
+                &container_id(&inst.plan.id, i),
+                &cdir,
+                Stdio::from(out_w),
+                Stdio::from(err_w),
+            )
+            .await
+            .map_err(|e| crate::chain(&e))?;
+        Ok(pid)
+    }
+
+    fn spawn_pumps(
+        &self,
+        inst: &Arc<Instance>,
+        i: usize,
+        out: tokio::net::unix::pipe::Receiver,
+        err: tokio::net::unix::pipe::Receiver,
+    ) {
+        for (reader, stream) in [(out, "stdout"), (err, "stderr")] {
+            let target = PumpTarget {
+                store: self.logs.clone(),
+                namespace: inst.plan.namespace.clone(),
+                revision: inst.plan.revision.clone(),
+                instance: inst.plan.id.clone(),
+                container: inst.plan.containers[i].name.clone(),
+                stream,
+                tail: inst.tails[i].clone(),
+            };
+            tokio::spawn(logs::pump(reader, target));
+        }
+    }
+
+    fn backoff(&self, restarts: u32) -> Duration {
+        self.opts
+            .restart_backoff
+            .saturating_mul(1u32 << restarts.saturating_sub(1).min(16))
+            .min(self.opts.restart_backoff_max)
+    }
+
+    async fn supervise_container(
+        self: Arc<Self>,
+        inst: Arc<Instance>,
+        i: usize,
+        adopted_pid: Option<i32>,
+    ) {
+        let name = inst.plan.containers[i].name.clone();
+        let mut restarts = 0u32;
+        let mut first = true;
+        loop {
+            let started = tokio::time::Instant::now();
+            let pid = match (first, adopted_pid) {
+                (true, Some(pid)) => {
+                    // Re-adopted after a daemon restart: reopen its log FIFOs.
+                    let cdir = inst.container_dir(i);
+                    if let (Ok(o), Ok(e)) = (
+                        logs::reopen(&cdir.join("stdout")),
+                        logs::reopen(&cdir.join("stderr")),
+                    ) {
+                        self.spawn_pumps(&inst, i, o, e);
+                    }
+                    Ok(pid)
+                }
+                _ => self.start_container(&inst, i).await,
+            };
+            first = false;
+            let pid = match pid {
+                Ok(pid) => pid,
+                Err(message) => {
+                    warn!(container = %name, error = %message, "container failed to start");
+                    self.cleanup_container(&inst, i).await;
+                    restarts += 1;
+                    let term = Termination {
+                        reason: "StartError".into(),
+                        exit_code: None,
+                        at: now(),
+                        message: message.clone(),
+                        last_lines: inst.tails[i].last(10),
+                    };
+                    self.update(&inst, |s| {
+                        let c = &mut s.containers[i];
+                        c.running = false;
+                        c.ready = false;
+                        c.pid = None;
+                        c.restarts = restarts;
+                        c.waiting_reason = Some("CrashLoopBackOff".into());
+                        c.last_termination = Some(term);
+                    });
+                    if self.wait_or_stop(&inst, self.backoff(restarts)).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            self.update(&inst, |s| {
+                if s.phase == Phase::Starting {
+                    s.phase = Phase::Running;
+                }
+                let c = &mut s.containers[i];
+                c.running = true;
+                c.pid = Some(pid);
+                c.waiting_reason = None;
+            });
+            let exit_rx = self.reaper.wait(pid);
+            let oom_before = cgroups::usage(&cgroup_path(&inst.plan.id, i)).oom_kills;
+            let liveness = self.clone().liveness_loop(inst.clone(), i);
+            tokio::pin!(liveness);
+            tokio::pin!(exit_rx);
+            let stop = inst.stop.clone();
+            let (exit, liveness_failed) = tokio::select! {
+                e = &mut exit_rx => (e.unwrap_or(Exit::Unknown), None),
+                why = &mut liveness => {
+                    // Liveness (or startup) failed: kill, then take the exit.
+                    let _ = self.oci.kill(&container_id(&inst.plan.id, i), "KILL").await;
+                    (exit_rx.await.unwrap_or(Exit::Unknown), Some(why))
+                }
+                () = stop.cancelled() => {
+                    let exit = self.graceful_stop(&inst, i, exit_rx).await;
+                    self.record_exit(&inst, i, exit, None, oom_before);
+                    return;
+                }
+            };
+            let term = self.record_exit(&inst, i, exit, liveness_failed, oom_before);
+            self.cleanup_container(&inst, i).await;
+            if inst.stop.is_cancelled() {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                restarts = 0;
+            }
+            restarts += 1;
+            warn!(container = %name, reason = %term.reason, exit = ?term.exit_code, restarts, "container ended; restarting after backoff");
+            self.update(&inst, |s| {
+                let c = &mut s.containers[i];
+                c.restarts = c.restarts.saturating_add(1);
+                c.waiting_reason = Some("CrashLoopBackOff".into());
+            });
+            if self.wait_or_stop(&inst, self.backoff(restarts)).await {
+                return;
+            }
+        }
+    }
+
+    /// Sleeps `d` unless the instance is told to stop first (returns true then).
+    async fn wait_or_stop(&self, inst: &Instance, d: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(d) => false,
+            () = inst.stop.cancelled() => true,
+        }
+    }
+
+    fn record_exit(
+        &self,
+        inst: &Instance,
+        i: usize,
+        exit: Exit,
+        liveness: Option<String>,
+        oom_before: u64,
+    ) -> Termination {
+        let usage = cgroups::usage(&cgroup_path(&inst.plan.id, i));
+        let oom = usage.oom_kills > oom_before || (exit == Exit::Signal(9) && usage.oom_kills > 0);
+        let (reason, message) = if oom {
+            (
+                "OOMKilled".to_owned(),
+                format!(
+                    "the container ran out of memory and was killed (limit {} bytes); exit code 137",
+                    usage.memory_limit_bytes
+                ),
+            )
+        } else if let Some(why) = liveness {
+            (
+                "LivenessFailed".to_owned(),
+                format!("restarted because its probe failed: {why}"),
+            )
+        } else {
+            match exit {
+                Exit::Code(0) => (
+                    "Completed".to_owned(),
+                    "the container exited with code 0".to_owned(),
+                ),
+                Exit::Unknown => ("Unknown".to_owned(), exit.to_string()),
+                _ => ("Error".to_owned(), format!("the container {exit}")),
+            }
+        };
+        let term = Termination {
+            reason,
+            exit_code: if oom { Some(137) } else { exit.code() },
+            at: now(),
+            message,
+            last_lines: inst.tails[i].last(10),
+        };
+        self.update(inst, |s| {
+            let c = &mut s.containers[i];
+            c.running = false;
+            c.ready = false;
+            c.pid = None;
+            c.last_termination = Some(term.clone());
+            s.ready = false;
+        });
+        term
+    }
+
+    /// SIGTERM, then SIGKILL once the grace period is over.
+    async fn graceful_stop(
+        &self,
+        inst: &Instance,
+        i: usize,
+        exit_rx: std::pin::Pin<&mut tokio::sync::oneshot::Receiver<Exit>>,
+    ) -> Exit {
+        let id = container_id(&inst.plan.id, i);
+        let mut exit_rx = exit_rx;
+        if let Err(e) = self.oci.kill(&id, "TERM").await
+            && !e.is_not_found()
+        {
+            warn!(container = %id, error = %e, "SIGTERM failed");
+        }
+        let cap =
+            Duration::from_millis(inst.grace_cap_ms.load(std::sync::atomic::Ordering::Relaxed));
+        let grace = inst.plan.stop_grace.min(cap);
+        match tokio::time::timeout(grace, &mut exit_rx).await {
+            Ok(e) => e.unwrap_or(Exit::Unknown),
+            Err(_) => {
+                warn!(container = %id, grace_seconds = grace.as_secs_f64(), "grace period over; sending SIGKILL");
+                let _ = self.oci.kill(&id, "KILL").await;
+                match tokio::time::timeout(Duration::from_secs(10), exit_rx).await {
+                    Ok(e) => e.unwrap_or(Exit::Unknown),
+                    Err(_) => Exit::Unknown,
+                }
+            }
+        }
+    }
+
+    /// Runs the startup probe, then the liveness probe; returns why one failed.
+    async fn liveness_loop(self: Arc<Self>, inst: Arc<Instance>, i: usize) -> String {
+        let plan = &inst.plan.containers[i];
+        let cid = container_id(&inst.plan.id, i);
+        if let Some(p) = &plan.startup {
+            tokio::time::sleep(p.initial_delay).await;
+            let mut failures = 0;
+            loop {
+                match self
+                    .prober
+                    .attempt(&p.action, &inst.netns, &cid, p.timeout)
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(why) => {
+                        failures += 1;
+                        if failures >= p.failure_threshold {
+                            return format!("startup probe failed {failures} times: {why}");
+                        }
+                    }
+                }
+                tokio::time::sleep(p.period.max(Duration::from_millis(100))).await;
+            }
+        }
+        let Some(p) = &plan.liveness else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep(p.initial_delay).await;
+        let mut failures = 0;
+        loop {
+            tokio::time::sleep(p.period.max(Duration::from_millis(100))).await;
+            match self
+                .prober
+                .attempt(&p.action, &inst.netns, &cid, p.timeout)
+                .await
+            {
+                Ok(()) => failures = 0,
+                Err(why) => {
+                    failures += 1;
+                    if failures >= p.failure_threshold {
+                        return format!("liveness probe failed {failures} times: {why}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Probes readiness of every container that has a readiness probe.
+    async fn readiness_loop(self: Arc<Self>, inst: Arc<Instance>) {
+        let n = inst.plan.containers.len();
+        let mut successes = vec![0u32; n];
+        let mut failures = vec![0u32; n];
+        let mut since_start = vec![tokio::time::Instant::now(); n];
+        loop {
+            let status = inst.status();
+            let mut next = Duration::from_secs(1);
+            for i in 0..n {
+                let plan = &inst.plan.containers[i];
+                let c = &status.containers[i];
+                if !c.running {
+                    successes[i] = 0;
+                    since_start[i] = tokio::time::Instant::now();
+                    if c.ready {
+                        self.update(&inst, |s| s.containers[i].ready = false);
+                    }
+                    next = next.min(Duration::from_millis(5));
+                    continue;
+                }
+                let Some(p) = &plan.readiness else {
+                    if !c.ready {
+                        self.update(&inst, |s| s.containers[i].ready = true);
+                    }
+                    continue;
+                };
+                if since_start[i].elapsed() < p.initial_delay {
+                    next = next.min(p.initial_delay.saturating_sub(since_start[i].elapsed()));
+                    continue;
+                }
+                let cid = container_id(&inst.plan.id, i);
+                match self
+                    .prober
+                    .attempt(&p.action, &inst.netns, &cid, p.timeout)
+                    .await
+                {
+                    Ok(()) => {
+                        failures[i] = 0;
+                        successes[i] += 1;
+                        if successes[i] >= p.success_threshold.max(1) && !c.ready {
+                            self.update(&inst, |s| s.containers[i].ready = true);
+                        }
+                    }
+                    Err(_) => {
+                        successes[i] = 0;
+                        failures[i] += 1;
+                        if c.ready && failures[i] >= p.failure_threshold.max(1) {
+                            self.update(&inst, |s| s.containers[i].ready = false);
+                        }
+                    }
+                }
+                // Until first ready, probe aggressively (a cold start must be seen at once);
+                // afterwards at the probe's period.
+                let period = if !c.ready || p.period.is_zero() {
+                    Duration::from_millis(5)
+                } else {
+                    p.period
+                };
+                next = next.min(period);
+            }
+            let all_ready = inst
+                .status()
+                .containers
+                .iter()
+                .all(|c| c.ready && c.running);
+            let elapsed_ms = inst.start_instant.elapsed().as_secs_f64() * 1000.0;
+            self.update(&inst, |s| {
+                s.ready = all_ready && s.phase == Phase::Running;
+                if s.ready && !s.was_ready {
+                    s.was_ready = true;
+                    s.start_to_ready_ms = Some(elapsed_ms);
+                }
+            });
+            tokio::select! {
+                () = tokio::time::sleep(next) => {}
+                () = inst.stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Re-adopts instances of a previous run whose containers all still run, and removes
+    /// everything else skiff left behind: containers, mounts, namespaces, cgroups, directories.
+    pub async fn recover(self: &Arc<Self>, plans: Vec<InstancePlan>) -> RecoveryReport {
+        let mut report = RecoveryReport::default();
+        let listed = self.oci.list().await.unwrap_or_default();
+        for plan in plans {
+            let dir = self.instance_dir(&plan.id);
+            let mut pids = Vec::new();
+            for i in 0..plan.containers.len() {
+                let id = container_id(&plan.id, i);
+                match listed.iter().find(|c| c.id == id) {
+                    Some(c) if c.status == "running" && c.pid > 0 => pids.push(c.pid),
+                    _ => break,
+                }
+            }
+            let netns_path = dir.join("netns");
+            if pids.len() == plan.containers.len()
+                && let Ok(ns) = NetNs::open(&netns_path)
+            {
+                let id = plan.id.clone();
+                match self
+                    .launch(plan, dir, ns.handle(), netns_path, Some(pids))
+                    .await
+                {
+                    Ok(_) => report.adopted.push(id),
+                    Err(e) => warn!(instance = %id, error = %crate::chain(&e), "re-adopting"),
+                }
+            }
+        }
+        let adopted: std::collections::HashSet<String> = report.adopted.iter().cloned().collect();
+        let keep = |name: &str| {
+            adopted
+                .iter()
+                .any(|a| name.starts_with(&format!("{a}-c")) || name == a)
+        };
+        for c in listed.iter().filter(|c| c.id.starts_with(CONTAINER_PREFIX)) {
+            let rest = c.id.trim_start_matches(CONTAINER_PREFIX);
+            if !keep(rest) {
+                let _ = self.oci.delete(&c.id, true).await;
+                report.removed_containers.push(c.id.clone());
+            }
+        }
+        let base = self.opts.run_dir.join("instances");
+        for m in rootfs::mounts_under(&base) {
+            let rel = m
+                .strip_prefix(&base)
+                .ok()
+                .and_then(|r| r.components().next())
+                .map(|c| c.as_os_str().to_string_lossy().into_owned());
+            if rel.as_deref().is_some_and(|r| !adopted.contains(r)) {
+                let _ = rootfs::unmount(&m);
+                report.removed_mounts.push(m.display().to_string());
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !adopted.contains(&name) {
+                    let _ = NetNs::remove(&e.path().join("netns"));
+                    let _ = std::fs::remove_dir_all(e.path());
+                    report.removed_instances.push(name);
+                }
+            }
+        }
+        for cg in cgroups::children(CGROUP_PARENT) {
+            if !keep(&cg) {
+                cgroups::remove(&format!("{CGROUP_PARENT}/{cg}"));
+                report.removed_cgroups.push(cg);
+            }
+        }
+        report
+    }
+
+    /// Removes the cgroup parent when no instance is left (daemon shutdown).
+    pub fn remove_cgroup_parent(&self) {
+        if self.instances().is_empty() {
+            cgroups::remove(CGROUP_PARENT);
+        }
+    }
+}
+
+/// What [`Runtime::recover`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryReport {
+    /// Instances re-adopted.
+    pub adopted: Vec<String>,
+    /// Containers removed.
+    pub removed_containers: Vec<String>,
+    /// Mounts removed.
+    pub removed_mounts: Vec<String>,
+    /// Instance directories (and their namespaces) removed.
+    pub removed_instances: Vec<String>,
+    /// cgroups removed.
+    pub removed_cgroups: Vec<String>,
+}
+
+/// The hostname of an instance (at most 63 characters).
+pub fn hostname(id: &str) -> String {
+    id.chars().take(63).collect()
+}

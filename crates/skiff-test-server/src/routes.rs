@@ -1,0 +1,389 @@
+//! The endpoints: each request is matched to a [`Route`] (method and path), whose handler
+//! turns it into a [`Response`] plus what to do once the response is sent.
+//!
+//! Handlers never panic on input: a bad query parameter is a 400 that names it. Sleeping is
+//! the point of several endpoints (`/delay`, `/stream`, `/concurrency`), so they call
+//! [`pause`].
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::http::{Body, Request, Response};
+use crate::info;
+use crate::json::Json;
+
+/// Longest duration any `ms` parameter may ask for (one hour).
+const MAX_MS: u64 = 3_600_000;
+/// Most chunks `/stream` sends.
+const MAX_CHUNKS: u64 = 1_000_000;
+/// Most threads `/forkbomb` tries to start.
+const MAX_THREADS: u64 = 1_000_000;
+/// Stack size of `/forkbomb` threads: small, so that the pids limit is hit before memory.
+const FORKBOMB_STACK: usize = 64 * 1024;
+/// How long `/concurrency` holds each request by default.
+const CONCURRENCY_HOLD: Duration = Duration::from_millis(50);
+
+/// What the server knows across requests.
+#[derive(Debug)]
+pub struct State {
+    /// When the server started, for `--ready-after-ms`.
+    pub started: Instant,
+    /// `/ready` answers 503 until this long after start.
+    pub ready_after: Duration,
+    /// `/set-ready` override: 0 = follow `ready_after`, 1 = not ready, 2 = ready.
+    ready_override: AtomicU8,
+    /// Set by `POST /start-failing`: `/healthz` answers 500 from then on.
+    failing: AtomicBool,
+    /// `/concurrency` requests being served right now.
+    in_flight: AtomicUsize,
+    /// How many `/concurrency` requests have started while another was in flight; a request
+    /// that sees it change during its own hold also overlapped.
+    overlaps: AtomicU64,
+}
+
+impl State {
+    /// Fresh state; `/ready` turns 200 `ready_after` after `started`.
+    pub fn new(started: Instant, ready_after: Duration) -> State {
+        State {
+            started,
+            ready_after,
+            ready_override: AtomicU8::new(0),
+            failing: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            overlaps: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether `/ready` should answer 200 now.
+    fn is_ready(&self) -> bool {
+        match self.ready_override.load(Ordering::SeqCst) {
+            1 => false,
+            2 => true,
+            _ => self.started.elapsed() >= self.ready_after,
+        }
+    }
+}
+
+/// What happens after the response has been written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// Keep serving.
+    Continue,
+    /// Exit the process with this code (`/exit`).
+    Exit(i32),
+}
+
+/// The endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Root,
+    Info,
+    Headers,
+    Echo,
+    Alloc,
+    Forkbomb,
+    Burn,
+    Healthz,
+    StartFailing,
+    Ready,
+    SetReady,
+    Delay,
+    Stream,
+    Concurrency,
+    Exit,
+    Log,
+}
+
+impl Route {
+    /// The route for `path` and the methods it allows.
+    fn for_path(path: &str) -> Option<(Route, &'static [&'static str])> {
+        const GET: &[&str] = &["GET", "HEAD"];
+        const POST: &[&str] = &["POST"];
+        Some(match path {
+            "/" => (Route::Root, GET),
+            "/info" => (Route::Info, GET),
+            "/headers" => (
+                Route::Headers,
+                &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"],
+            ),
+            "/echo" => (Route::Echo, &["POST", "PUT"]),
+            "/alloc" => (Route::Alloc, GET),
+            "/forkbomb" => (Route::Forkbomb, GET),
+            "/burn" => (Route::Burn, GET),
+            "/healthz" => (Route::Healthz, GET),
+            "/start-failing" => (Route::StartFailing, POST),
+            "/ready" => (Route::Ready, GET),
+            "/set-ready" => (Route::SetReady, POST),
+            "/delay" => (Route::Delay, GET),
+            "/stream" => (Route::Stream, GET),
+            "/concurrency" => (Route::Concurrency, GET),
+            "/exit" => (Route::Exit, GET),
+            "/log" => (Route::Log, GET),
+            _ => return None,
+        })
+    }
+}
+
+/// Sleeps: the behaviour several endpoints exist to provide, not a way to wait for
+/// something (which is what the workspace's `std::thread::sleep` ban is about).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "delays are this server's features, not synchronization"
+)]
+pub fn pause(d: Duration) {
+    std::thread::sleep(d);
+}
+
+/// A 400 naming what was wrong.
+fn bad_request(message: impl std::fmt::Display) -> (Response, Then) {
+    (Response::text(400, format!("{message}\n")), Then::Continue)
+}
+
+/// The parameter `name` as an integer in `0..=max`; `default` when absent.
+fn number(req: &Request, name: &str, default: Option<u64>, max: u64) -> Result<u64, String> {
+    match req.param(name)? {
+        None => default.ok_or_else(|| format!("query parameter `{name}` is required")),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n <= max => Ok(n),
+            _ => Err(format!(
+                "query parameter `{name}` must be an integer from 0 to {max}, not `{v}`"
+            )),
+        },
+    }
+}
+
+/// Answers `req`.
+pub fn handle(req: &Request, state: &State) -> (Response, Then) {
+    let Some((route, methods)) = Route::for_path(&req.path) else {
+        return (Response::text(404, "not found\n"), Then::Continue);
+    };
+    if !methods.contains(&req.method.as_str()) {
+        let mut resp = Response::text(405, "method not allowed\n");
+        resp.headers.push(("allow", methods.join(", ")));
+        return (resp, Then::Continue);
+    }
+    match dispatch(route, req, state) {
+        Ok(answer) => answer,
+        Err(message) => bad_request(message),
+    }
+}
+
+/// Runs the handler of `route`; `Err` is a bad request.
+fn dispatch(route: Route, req: &Request, state: &State) -> Result<(Response, Then), String> {
+    let ok = |resp| Ok((resp, Then::Continue));
+    match route {
+        Route::Root => {
+            let mut body = "hello from skiff-test-server\n".to_owned();
+            if let Ok(target) = std::env::var("TARGET") {
+                body.push_str(&format!("hello {target}\n"));
+            }
+            ok(Response::text(200, body))
+        }
+        Route::Info => ok(Response::json(200, info::report())),
+        Route::Headers => {
+            let mut headers: Vec<(String, Json)> = Vec::new();
+            for (name, _) in &req.headers {
+                if !headers.iter().any(|(n, _)| n == name) {
+                    headers.push((name.clone(), Json::opt_str(req.header(name))));
+                }
+            }
+            ok(Response::json(
+                200,
+                Json::obj([
+                    ("method", Json::str(&req.method)),
+                    ("path", Json::str(&req.path)),
+                    ("query", Json::str(&req.query)),
+                    ("target", Json::str(&req.target)),
+                    ("version", Json::str(req.version.as_str())),
+                    ("headers", Json::Obj(headers)),
+                    ("body_len", Json::UInt(req.body.len() as u64)),
+                ]),
+            ))
+        }
+        Route::Echo => ok(Response {
+            content_type: "application/octet-stream",
+            body: Body::Full(req.body.clone()),
+            ..Response::text(200, "")
+        }),
+        Route::Alloc => {
+            let mb = number(req, "mb", None, u64::from(u32::MAX))?;
+            ok(alloc(mb))
+        }
+        Route::Forkbomb => {
+            let max = number(req, "max", None, MAX_THREADS)?;
+            ok(forkbomb(max))
+        }
+        Route::Burn => {
+            let ms = number(req, "ms", None, MAX_MS)?;
+            let start = Instant::now();
+            let deadline = Duration::from_millis(ms);
+            let mut spins = 0u64;
+            while start.elapsed() < deadline {
+                spins = std::hint::black_box(spins.wrapping_add(1));
+            }
+            ok(Response::json(
+                200,
+                Json::obj([("spun_ms", Json::UInt(ms))]),
+            ))
+        }
+        Route::Healthz => ok(if state.failing.load(Ordering::SeqCst) {
+            Response::text(500, "failing\n")
+        } else {
+            Response::text(200, "ok\n")
+        }),
+        Route::StartFailing => {
+            state.failing.store(true, Ordering::SeqCst);
+            ok(Response::text(200, "failing from now on\n"))
+        }
+        Route::Ready => ok(if state.is_ready() {
+            Response::text(200, "ready\n")
+        } else {
+            Response::text(503, "not ready\n")
+        }),
+        Route::SetReady => {
+            let value = match req.param("v")?.as_deref() {
+                Some("true") => 2,
+                Some("false") => 1,
+                _ => return Err("query parameter `v` must be `true` or `false`".to_owned()),
+            };
+            state.ready_override.store(value, Ordering::SeqCst);
+            ok(Response::text(200, format!("ready={}\n", value == 2)))
+        }
+        Route::Delay => {
+            let ms = number(req, "ms", None, MAX_MS)?;
+            pause(Duration::from_millis(ms));
+            ok(Response::text(200, format!("delayed {ms} ms\n")))
+        }
+        Route::Stream => {
+            let chunks = number(req, "chunks", Some(3), MAX_CHUNKS)?;
+            let interval = Duration::from_millis(number(req, "interval_ms", Some(0), MAX_MS)?);
+            let pieces = (0..chunks).map(move |i| {
+                if i > 0 {
+                    pause(interval);
+                }
+                format!("chunk {i}\n").into_bytes()
+            });
+            ok(Response {
+                body: Body::Stream(Box::new(pieces)),
+                ..Response::text(200, "")
+            })
+        }
+        Route::Concurrency => {
+            let hold = match req.param("hold_ms")? {
+                None => CONCURRENCY_HOLD,
+                Some(_) => Duration::from_millis(number(req, "hold_ms", None, MAX_MS)?),
+            };
+            ok(concurrency(state, hold))
+        }
+        Route::Exit => {
+            let code = match req.param("code")? {
+                None => 0,
+                Some(v) => v
+                    .parse::<i32>()
+                    .map_err(|_| format!("query parameter `code` must be an integer, not `{v}`"))?,
+            };
+            let mut resp = Response::text(200, format!("exiting with code {code}\n"));
+            resp.close = true;
+            Ok((resp, Then::Exit(code)))
+        }
+        Route::Log => {
+            let line = req.param("line")?.unwrap_or_default();
+            let written = match req.param("stream")?.as_deref() {
+                None | Some("stdout") => {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{line}").and_then(|()| out.flush())
+                }
+                Some("stderr") => {
+                    use std::io::Write;
+                    let mut err = std::io::stderr().lock();
+                    writeln!(err, "{line}").and_then(|()| err.flush())
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "query parameter `stream` must be `stdout` or `stderr`, not `{other}`"
+                    ));
+                }
+            };
+            ok(match written {
+                Ok(()) => Response::text(200, "logged\n"),
+                Err(err) => Response::text(500, format!("writing the log line: {err}\n")),
+            })
+        }
+    }
+}
+
+/// Allocates `mb` MiB and writes one byte in every 4 KiB page, so that the memory is
+/// really charged to the cgroup; frees it after answering. When the limit is lower, the
+/// kernel OOM-kills the process here, which is what a memory-limit test observes.
+fn alloc(mb: u64) -> Response {
+    let Some(bytes) = mb
+        .checked_mul(1 << 20)
+        .and_then(|b| usize::try_from(b).ok())
+    else {
+        return Response::text(500, format!("cannot allocate {mb} MiB: too large\n"));
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    if let Err(err) = buf.try_reserve_exact(bytes) {
+        return Response::text(500, format!("cannot allocate {mb} MiB: {err}\n"));
+    }
+    // The reserved capacity is untouched (not yet backed by pages); writing through the
+    // spare capacity needs no unsafe and no `set_len`.
+    let spare = buf.spare_capacity_mut();
+    for i in (0..spare.len()).step_by(4096) {
+        spare[i].write(1);
+    }
+    // Keep the writes: they are never read, and the buffer is freed right after.
+    std::hint::black_box(&mut buf);
+    Response::text(200, format!("allocated {mb} MiB\n"))
+}
+
+/// Starts up to `max` threads that park forever, stopping at the first failure (`EAGAIN`
+/// under a pids cgroup limit).
+fn forkbomb(max: u64) -> Response {
+    let mut created = 0u64;
+    let mut error = None;
+    while created < max {
+        let spawned = std::thread::Builder::new()
+            .name("forkbomb".to_owned())
+            .stack_size(FORKBOMB_STACK)
+            .spawn(|| {
+                loop {
+                    std::thread::park();
+                }
+            });
+        match spawned {
+            Ok(_) => created += 1,
+            Err(err) => {
+                error = Some(err.to_string());
+                break;
+            }
+        }
+    }
+    Response::json(
+        200,
+        Json::obj([
+            ("created", Json::UInt(created)),
+            ("error", Json::opt_str(error)),
+        ]),
+    )
+}
+
+/// Holds the request for `hold`; answers 500 when another `/concurrency` request was in
+/// flight at any moment of it.
+fn concurrency(state: &State, hold: Duration) -> Response {
+    let overlaps_before = state.overlaps.load(Ordering::SeqCst);
+    let others = state.in_flight.fetch_add(1, Ordering::SeqCst);
+    if others > 0 {
+        state.overlaps.fetch_add(1, Ordering::SeqCst);
+    }
+    pause(hold);
+    // A request that started during our hold bumped `overlaps`.
+    let overlapped = others > 0 || state.overlaps.load(Ordering::SeqCst) != overlaps_before;
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    if overlapped {
+        Response::text(500, "concurrent requests seen\n")
+    } else {
+        Response::text(200, "ok\n")
+    }
+}
