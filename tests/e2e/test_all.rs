@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod daemon;
 mod images;
+mod runtime;
 
 /// The skiff binary under test.
 pub const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");

@@ -74,7 +74,7 @@ async fn route(State(state): State<IngressState>, request: Request) -> Response 
                 .condition("Ready")
                 .filter(|c| c.status != ConditionStatus::True)
                 .and_then(|c| c.message.clone())
-                .unwrap_or_else(|| "no instance can serve it".to_owned());
+                .unwrap_or_else(|| "its instances run, but this release does not route requests to them yet (the router arrives next)".to_owned());
             let mut response = plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(

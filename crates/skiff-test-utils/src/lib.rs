@@ -267,9 +267,63 @@ impl TestDaemon {
         self.launch().await
     }
 
+    /// Removes what the daemon's instances may have left (after a `kill -9`, or a test that
+    /// failed before stopping them): runtime containers under its runc root, mounts under its
+    /// data directory, and their cgroups. Returns what it removed.
+    pub fn force_cleanup(&self) -> Vec<String> {
+        let mut removed = Vec::new();
+        let root = self.data_dir.join("run/runc");
+        let listed = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output();
+        if let Ok(out) = listed {
+            for id in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+            {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", id])
+                    .output();
+                for h in [
+                    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
+                    "systemd", "unified",
+                ] {
+                    let cg = Path::new("/sys/fs/cgroup")
+                        .join(h)
+                        .join("skiff")
+                        .join(id.trim_start_matches("skiff-"));
+                    let _ = std::fs::remove_dir(cg);
+                }
+                removed.push(format!("container {id}"));
+            }
+        }
+        let dir = self.data_dir.display().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").args(["-l", &m]).output();
+            removed.push(format!("mount {m}"));
+        }
+        removed
+    }
+
     /// Stops the daemon and removes its directory.
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
         self.stop().await?;
+        let leftovers = self.force_cleanup();
+        if !leftovers.is_empty() {
+            bail!("the daemon left behind: {leftovers:?}");
+        }
         if let Some(root) = self.root.take() {
             root.close().context("removing the test directory")?;
         }
@@ -280,6 +334,13 @@ impl TestDaemon {
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         self.kill9();
+        let removed = self.force_cleanup();
+        if !removed.is_empty() {
+            eprintln!(
+                "test daemon left {} things behind; removed them",
+                removed.len()
+            );
+        }
         if std::thread::panicking()
             && let Some(root) = self.root.take()
         {

@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         // httpd as PID 1 would ignore SIGTERM (PID 1 has no default signal actions), so the
         // shell stays PID 1 and forwards it: the instance stops at once instead of after its
         // whole grace period.
-        .cmd(&["httpd -f -v -p \"${PORT:-8080}\" -h /www & pid=$!; trap 'kill -TERM $pid; wait $pid; exit 0' TERM INT; wait $pid"])
+        .cmd(&["echo \"hello: serving /www on port ${PORT:-8080} as $(id -un)\"; httpd -f -v -p \"${PORT:-8080}\" -h /www & pid=$!; trap 'kill -TERM $pid; wait $pid; exit 0' TERM INT; wait $pid"])
         .expose("8080/tcp")
         .label("org.opencontainers.image.title", "skiff sample: hello");
     if big_mib > 0 {

@@ -42,12 +42,27 @@ pub struct ServerArgs {
     /// Seconds shutdown waits for in-flight requests [default: 30].
     #[arg(long)]
     pub shutdown_grace_period_seconds: Option<String>,
+    /// A Docker config.json with registry credentials.
+    #[arg(long)]
+    pub registry_auth_file: Option<String>,
+    /// Registries reached over plain HTTP, comma-separated.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Option<String>,
+    /// Registry mirrors: `REGISTRY=MIRROR[,MIRROR][;REGISTRY2=…]`.
+    #[arg(long = "registry-mirror")]
+    pub registry_mirrors: Option<String>,
+    /// The OCI runtime: `runc` or `crun` [default: runc].
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// The pids limit of every container [default: 1024].
+    #[arg(long)]
+    pub pids_limit: Option<String>,
 }
 
 impl ServerArgs {
     fn flags(&self) -> Flags {
         let mut flags = Flags::new();
-        let pairs: [(&'static str, &Option<String>); 8] = [
+        let pairs: [(&'static str, &Option<String>); 13] = [
             ("data_dir", &self.data_dir),
             ("api_listen", &self.api_listen),
             ("ingress_listen", &self.ingress_listen),
@@ -59,6 +74,11 @@ impl ServerArgs {
                 "shutdown_grace_period_seconds",
                 &self.shutdown_grace_period_seconds,
             ),
+            ("registry_auth_file", &self.registry_auth_file),
+            ("insecure_registries", &self.insecure_registries),
+            ("registry_mirrors", &self.registry_mirrors),
+            ("runtime", &self.runtime),
+            ("pids_limit", &self.pids_limit),
         ];
         for (k, v) in pairs {
             if let Some(v) = v {
