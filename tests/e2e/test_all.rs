@@ -6,6 +6,7 @@ mod crash;
 mod daemon;
 mod images;
 mod runtime;
+mod serving;
 
 /// The skiff binary under test.
 pub const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");

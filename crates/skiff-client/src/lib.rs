@@ -464,6 +464,30 @@ impl Client {
         Ok(())
     }
 
+    /// Removes the manual override: the autoscaler decides again.
+    pub async fn clear_scale(&self, namespace: &str, name: &str) -> Result<(), ClientError> {
+        let url = self.url(
+            &format!("/api/v1/namespaces/{namespace}/services/{name}/scale"),
+            &[],
+        );
+        self.send(self.http.delete(url)).await?;
+        Ok(())
+    }
+
+    /// A Service's scale: the override, and per revision desired and ready instances, load,
+    /// cold starts and recent scaling decisions (as JSON).
+    pub async fn scale(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.get(
+            &format!("/api/v1/namespaces/{namespace}/services/{name}/scale"),
+            &[],
+        )
+        .await
+    }
+
     /// The instances of a Service with their status and usage.
     pub async fn instances(
         &self,

@@ -50,6 +50,13 @@ pub struct Config {
     pub runtime: String,
     /// The pids limit of every container.
     pub pids_limit: i64,
+    /// How long an idle revision keeps its last instance before going to zero (Knative's
+    /// cluster-wide `scale-to-zero-grace-period`).
+    pub scale_to_zero_grace_period: Duration,
+    /// Most requests that may wait for instances of one revision (the activator's queue).
+    pub activator_queue_depth: usize,
+    /// Longest a request waits in the activator for an instance with room.
+    pub activator_queue_timeout: Duration,
 }
 
 impl Config {
@@ -69,6 +76,9 @@ impl Config {
             registry_mirrors: BTreeMap::new(),
             runtime: "runc".to_owned(),
             pids_limit: 1024,
+            scale_to_zero_grace_period: Duration::from_secs(30),
+            activator_queue_depth: 1000,
+            activator_queue_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -145,6 +155,21 @@ const SETTINGS: &[Setting] = &[
         key: "pids_limit",
         env: "SKIFF_PIDS_LIMIT",
         flag: "--pids-limit",
+    },
+    Setting {
+        key: "scale_to_zero_grace_period_seconds",
+        env: "SKIFF_SCALE_TO_ZERO_GRACE_PERIOD_SECONDS",
+        flag: "--scale-to-zero-grace-period-seconds",
+    },
+    Setting {
+        key: "activator_queue_depth",
+        env: "SKIFF_ACTIVATOR_QUEUE_DEPTH",
+        flag: "--activator-queue-depth",
+    },
+    Setting {
+        key: "activator_queue_timeout_seconds",
+        env: "SKIFF_ACTIVATOR_QUEUE_TIMEOUT_SECONDS",
+        flag: "--activator-queue-timeout-seconds",
     },
 ];
 
@@ -450,6 +475,40 @@ pub fn load(
                 "pids_limit",
                 &s,
                 format!("`{v}` must be a number from 16 to 1000000"),
+            ),
+        }
+    }
+    if let Some((v, s)) = get("scale_to_zero_grace_period_seconds") {
+        match v.parse::<u64>() {
+            Ok(n) if (1..=3600).contains(&n) => {
+                config.scale_to_zero_grace_period = Duration::from_secs(n)
+            }
+            _ => bad(
+                "scale_to_zero_grace_period_seconds",
+                &s,
+                format!("`{v}` must be a number of seconds from 1 to 3600"),
+            ),
+        }
+    }
+    if let Some((v, s)) = get("activator_queue_depth") {
+        match v.parse::<usize>() {
+            Ok(n) if (1..=1_000_000).contains(&n) => config.activator_queue_depth = n,
+            _ => bad(
+                "activator_queue_depth",
+                &s,
+                format!("`{v}` must be a number of requests from 1 to 1000000"),
+            ),
+        }
+    }
+    if let Some((v, s)) = get("activator_queue_timeout_seconds") {
+        match v.parse::<u64>() {
+            Ok(n) if (1..=3600).contains(&n) => {
+                config.activator_queue_timeout = Duration::from_secs(n)
+            }
+            _ => bad(
+                "activator_queue_timeout_seconds",
+                &s,
+                format!("`{v}` must be a number of seconds from 1 to 3600"),
             ),
         }
     }

@@ -1,17 +1,21 @@
-//! The instance reconciler: keeps the number of instances of each Service's latest revision at
-//! its desired scale, records every instance so a restarted daemon can re-adopt it, and turns
-//! instance states into revision conditions.
+//! The instance reconciler: keeps each revision at the instance count the autoscaler (or a
+//! manual override) wants, records every instance so a restarted daemon can re-adopt it, and
+//! turns instance states into revision conditions.
 //!
 //! # Design
-//! The desired scale is `/scale/<ns>/<service>` (set by `skiff scale`, the manual override
-//! until the autoscaler arrives); each running instance's plan is `/instances/<ns>/<id>`,
-//! written before the instance starts and removed once it is gone. At start, the recorded
-//! plans are offered to [`Runtime::recover`], which re-adopts instances whose containers
-//! still run and removes every other trace of the previous run. The reconciler runs on every
-//! scale change, every instance event, and every 2 s.
+//! Each pass first brings the router up to date with the stored Services
+//! ([`Serving::sync`]), then compares every revision's running instances with its desired
+//! count: the autoscaler's decision, or `/scale/<ns>/<service>` (set by `skiff scale`, a
+//! manual override of the latest revision's count). Each running instance's plan is
+//! `/instances/<ns>/<id>`, written before the instance starts and removed once it is gone. An
+//! instance chosen for removal is drained first (no new requests; those in flight finish, up
+//! to the revision's `timeoutSeconds`), then stopped. At start, the recorded plans are offered
+//! to [`Runtime::recover`], which re-adopts instances whose containers still run and removes
+//! every other trace of the previous run. A pass runs on every scaling decision that changes
+//! something, every instance event, and every 2 s.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -29,10 +33,11 @@ use utoipa::ToSchema;
 use crate::controller::{Controller, ControllerError};
 use crate::images::Images;
 use crate::revisions::needs_images;
+use crate::serving::{ScaleStatus, Serving};
 
-/// The desired scale of a Service (manual override).
+/// A manual override of how many instances of a Service's latest revision run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Scale {
     /// Instances wanted for the latest revision.
     pub replicas: u32,
@@ -71,26 +76,38 @@ pub struct InstanceManager {
     controller: Controller,
     images: Arc<Images>,
     store: Arc<dyn Store>,
-    kick: Notify,
+    serving: Arc<Serving>,
+    kick: Arc<Notify>,
     lock: tokio::sync::Mutex<()>,
+    /// Instances being drained and stopped: no longer counted as running.
+    retiring: Arc<Mutex<HashSet<String>>>,
 }
 
 impl InstanceManager {
-    /// A manager over the runtime.
+    /// A manager over the runtime; `kick` is the notifier [`Serving`] pokes.
     pub fn new(
         runtime: Arc<Runtime>,
         controller: Controller,
         images: Arc<Images>,
         store: Arc<dyn Store>,
+        serving: Arc<Serving>,
+        kick: Arc<Notify>,
     ) -> Arc<Self> {
         Arc::new(InstanceManager {
             runtime,
             controller,
             images,
             store,
-            kick: Notify::new(),
+            serving,
+            kick,
             lock: Default::default(),
+            retiring: Arc::default(),
         })
+    }
+
+    /// Serving (router and autoscalers).
+    pub fn serving(&self) -> &Arc<Serving> {
+        &self.serving
     }
 
     /// The runtime.
@@ -103,7 +120,7 @@ impl InstanceManager {
         self.kick.notify_one();
     }
 
-    /// Sets a Service's desired scale.
+    /// Sets the manual override of a Service's latest revision's instance count.
     pub async fn set_scale(
         &self,
         ns: &str,
@@ -119,13 +136,39 @@ impl InstanceManager {
         Ok(())
     }
 
-    /// A Service's desired scale (0 when never set).
-    pub async fn scale(&self, ns: &str, svc: &str) -> Result<u32, ControllerError> {
+    /// Removes a Service's manual override: the autoscaler decides again.
+    pub async fn clear_scale(&self, ns: &str, svc: &str) -> Result<(), ControllerError> {
+        self.controller.get_service(ns, svc).await?;
+        self.store
+            .txn(Txn::new().delete(scale_key(ns, svc)))
+            .await?;
+        info!(namespace = ns, service = svc, "scale override removed");
+        self.kick();
+        Ok(())
+    }
+
+    /// A Service's manual override, if set.
+    pub async fn scale(&self, ns: &str, svc: &str) -> Result<Option<u32>, ControllerError> {
         Ok(match self.store.get(&scale_key(ns, svc)).await? {
             Some(kv) => serde_json::from_slice::<Scale>(&kv.value)
                 .map(|s| s.replicas)
-                .unwrap_or(0),
-            None => 0,
+                .ok(),
+            None => None,
+        })
+    }
+
+    /// A Service's scale: the override and each revision's scale, load and decisions.
+    pub async fn scale_status(&self, ns: &str, svc: &str) -> Result<ScaleStatus, ControllerError> {
+        let service = self.controller.get_service(ns, svc).await?;
+        let replicas_override = self.scale(ns, svc).await?;
+        let target = service
+            .status
+            .latest_created_revision_name
+            .clone()
+            .zip(replicas_override);
+        Ok(ScaleStatus {
+            replicas_override,
+            revisions: self.serving.scale_of(ns, svc, target),
         })
     }
 
@@ -214,7 +257,11 @@ impl InstanceManager {
 
     async fn reconcile(&self) -> Result<(), ControllerError> {
         let _guard = self.lock.lock().await;
-        let mut desired: BTreeMap<(String, String), u32> = BTreeMap::new();
+        let services = self.controller.list_services(None).await?;
+        let revisions = self.controller.list_revisions(None, None).await?;
+        // Routes first: a revision is drained only once the router no longer chooses it.
+        self.serving.sync(&services, &revisions);
+        let mut overrides: HashMap<(String, String), u32> = HashMap::new();
         for kv in self.store.list("/scale/").await? {
             let parts: Vec<&str> = kv
                 .key
@@ -222,109 +269,122 @@ impl InstanceManager {
                 .splitn(2, '/')
                 .collect();
             if let [ns, svc] = parts[..] {
-                let n = serde_json::from_slice::<Scale>(&kv.value)
-                    .map(|s| s.replicas)
-                    .unwrap_or(0);
-                desired.insert((ns.to_owned(), svc.to_owned()), n);
+                if !services
+                    .iter()
+                    .any(|s| s.metadata.namespace == ns && s.metadata.name == svc)
+                {
+                    let _ = self.store.txn(Txn::new().delete(&kv.key)).await;
+                    continue;
+                }
+                if let Ok(scale) = serde_json::from_slice::<Scale>(&kv.value) {
+                    overrides.insert((ns.to_owned(), svc.to_owned()), scale.replicas);
+                }
             }
         }
-        let running = self.runtime.instances();
-        let mut services: BTreeMap<(String, String), Vec<Arc<Instance>>> = BTreeMap::new();
-        for i in running {
-            services
-                .entry((i.plan.namespace.clone(), i.plan.service.clone()))
+        let latest: HashMap<(String, String), String> = services
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    (s.metadata.namespace.clone(), s.metadata.name.clone()),
+                    s.status.latest_created_revision_name.clone()?,
+                ))
+            })
+            .collect();
+        let auto = self.serving.desired();
+        let retiring = self
+            .retiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut running: HashMap<(String, String), Vec<Arc<Instance>>> = HashMap::new();
+        for i in self.runtime.instances() {
+            let st = i.status();
+            if matches!(st.phase, Phase::Stopping | Phase::Stopped) || retiring.contains(&i.plan.id)
+            {
+                continue;
+            }
+            running
+                .entry((i.plan.namespace.clone(), i.plan.revision.clone()))
                 .or_default()
                 .push(i);
         }
-        for key in desired.keys() {
-            services.entry(key.clone()).or_default();
-        }
-        for ((ns, svc), instances) in services {
-            let want = desired
-                .get(&(ns.clone(), svc.clone()))
-                .copied()
-                .unwrap_or(0);
-            let service = match self.controller.get_service(&ns, &svc).await {
-                Ok(s) => Some(s),
-                Err(ControllerError::NotFound { .. }) => {
-                    let _ = self
-                        .store
-                        .txn(Txn::new().delete(scale_key(&ns, &svc)))
-                        .await;
-                    None
+        let mut desired_of: HashMap<(String, String), u32> = HashMap::new();
+        for r in &revisions {
+            let key = (r.metadata.namespace.clone(), r.metadata.name.clone());
+            let svc_key = (
+                r.metadata.namespace.clone(),
+                r.service_name().unwrap_or_default().to_owned(),
+            );
+            let is_latest = latest.get(&svc_key) == Some(&r.metadata.name);
+            let want = match overrides.get(&svc_key) {
+                Some(n) if is_latest => *n,
+                _ => auto.get(&key).copied().unwrap_or(0),
+            };
+            desired_of.insert(key.clone(), want);
+            let have = running.remove(&key).unwrap_or_default();
+            if needs_images(r) {
+                continue;
+            }
+            if have.len() < want as usize {
+                for _ in have.len()..want as usize {
+                    if let Err(e) = self.start_instance(r).await {
+                        warn!(revision = %r.metadata.name, error = %e, "starting an instance");
+                        break;
+                    }
                 }
-                Err(e) => return Err(e),
-            };
-            let target = match &service {
-                Some(s) => match &s.status.latest_created_revision_name {
-                    Some(name) => self
-                        .controller
-                        .get_revision(&ns, name)
-                        .await
-                        .ok()
-                        .filter(|r| !needs_images(r)),
-                    None => None,
-                },
-                None => None,
-            };
-            let live: Vec<&Arc<Instance>> = instances
-                .iter()
-                .filter(|i| !matches!(i.status().phase, Phase::Stopping | Phase::Stopped))
-                .collect();
-            let (of_target, others): (Vec<&Arc<Instance>>, Vec<&Arc<Instance>>) =
-                live.iter().partition(|i| {
-                    target
-                        .as_ref()
-                        .is_some_and(|t| t.metadata.name == i.plan.revision)
+            } else if have.len() > want as usize {
+                let mut extra = have.clone();
+                // Remove those not ready first, then the least busy, then the newest.
+                let pool = self.serving.router().pool(&key);
+                let load = |id: &str| pool.as_ref().map_or(0, |p| p.in_flight_of(id));
+                extra.sort_by_key(|i| {
+                    let st = i.status();
+                    (st.ready, load(&i.plan.id), std::cmp::Reverse(st.started_at))
                 });
-            let want = if service.is_some() { want } else { 0 };
-            // Other revisions make way once the target has what it wants, or when the target
-            // cannot run at all (manual override: the latest revision is what runs).
-            for i in others {
-                if target.is_none() || of_target.len() >= want as usize || want == 0 {
-                    self.stop_in_background(i.clone());
+                for i in extra.into_iter().take(have.len() - want as usize) {
+                    self.retire(i);
                 }
             }
-            if let Some(rev) = &target {
-                if of_target.len() < want as usize {
-                    for _ in of_target.len()..want as usize {
-                        if let Err(e) = self.start_instance(rev).await {
-                            warn!(revision = %rev.metadata.name, error = %e, "starting an instance");
-                            break;
-                        }
-                    }
-                } else if of_target.len() > want as usize {
-                    let mut extra: Vec<&Arc<Instance>> = of_target.clone();
-                    // Stop those not ready first, then the newest.
-                    extra.sort_by_key(|i| {
-                        (i.status().ready, std::cmp::Reverse(i.status().started_at))
-                    });
-                    for i in extra.into_iter().take(of_target.len() - want as usize) {
-                        self.stop_in_background(i.clone());
-                    }
-                }
-            } else if want > 0 {
-                for i in of_target {
-                    self.stop_in_background(i.clone());
-                }
-            }
-            self.update_statuses(&ns, &svc, want, target.as_ref())
-                .await?;
         }
+        // Instances of revisions that no longer exist.
+        for (_, instances) in running {
+            for i in instances {
+                self.retire(i);
+            }
+        }
+        self.update_statuses(&revisions, &desired_of).await?;
         Ok(())
     }
 
-    fn stop_in_background(&self, inst: Arc<Instance>) {
-        if inst.status().phase == Phase::Stopping {
-            return;
+    /// Drains an instance (no new requests; those in flight finish, up to its grace period),
+    /// then stops it and forgets its record.
+    fn retire(&self, inst: Arc<Instance>) {
+        {
+            let mut r = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+            if !r.insert(inst.plan.id.clone()) {
+                return;
+            }
         }
-        let (rt, store) = (self.runtime.clone(), self.store.clone());
-        info!(instance = %inst.plan.id, "stopping instance");
+        let (rt, store, serving, retiring, kick) = (
+            self.runtime.clone(),
+            self.store.clone(),
+            self.serving.clone(),
+            self.retiring.clone(),
+            self.kick.clone(),
+        );
+        info!(instance = %inst.plan.id, "draining and stopping instance");
         tokio::spawn(async move {
+            serving.drain(&inst.plan.id, inst.plan.stop_grace).await;
             let _ = rt.stop(&inst.plan.id).await;
             let _ = store
                 .txn(Txn::new().delete(instance_key(&inst.plan.namespace, &inst.plan.id)))
                 .await;
+            serving.router().forget(&inst.plan.id);
+            retiring
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&inst.plan.id);
+            kick.notify_one();
         });
     }
 
@@ -371,46 +431,41 @@ impl InstanceManager {
         Ok(())
     }
 
-    /// Writes revision conditions from the instances of a Service.
+    /// Writes revision conditions and replica counts from their instances.
     async fn update_statuses(
         &self,
-        ns: &str,
-        svc: &str,
-        want: u32,
-        target: Option<&Revision>,
+        revisions: &[Revision],
+        desired_of: &HashMap<(String, String), u32>,
     ) -> Result<(), ControllerError> {
-        let revisions = self.controller.list_revisions(Some(ns), Some(svc)).await?;
-        let mut by_rev: HashMap<String, Vec<InstanceStatus>> = HashMap::new();
-        for i in self
-            .runtime
-            .instances()
-            .into_iter()
-            .filter(|i| i.plan.namespace == ns && i.plan.service == svc)
-        {
+        let mut by_rev: HashMap<(String, String), Vec<InstanceStatus>> = HashMap::new();
+        for i in self.runtime.instances() {
             by_rev
-                .entry(i.plan.revision.clone())
+                .entry((i.plan.namespace.clone(), i.plan.revision.clone()))
                 .or_default()
                 .push(i.status());
         }
         for r in revisions.iter().filter(|r| !needs_images(r)) {
-            let statuses = by_rev.remove(&r.metadata.name).unwrap_or_default();
-            let desired = if target.is_some_and(|t| t.metadata.name == r.metadata.name) {
-                want
-            } else {
-                0
-            };
-            let now = self.controller.now();
+            let key = (r.metadata.namespace.clone(), r.metadata.name.clone());
+            let statuses = by_rev.remove(&key).unwrap_or_default();
+            let desired = desired_of.get(&key).copied().unwrap_or(0);
             let pull_failed = condition(&r.status.conditions, "Ready")
                 .is_some_and(|c| c.reason.as_deref() == Some(crate::revisions::REASON_PULL_FAILED));
             if pull_failed {
                 continue;
             }
-            let name = r.metadata.name.clone();
+            // Nothing to write when nothing changes (the common case on a 2 s pass).
+            let now = self.controller.now();
+            let mut probe = r.clone();
+            apply_instance_status(&mut probe, &statuses, desired, &now);
+            if probe.status == r.status {
+                continue;
+            }
+            let (ns, name) = key;
             self.controller
-                .update_revision(ns, &name, true, move |r| {
-                    let before = (r.status.clone(),);
+                .update_revision(&ns, &name, true, move |r| {
+                    let before = r.status.clone();
                     apply_instance_status(r, &statuses, desired, &now);
-                    before.0 != r.status
+                    before != r.status
                 })
                 .await?;
         }
@@ -434,7 +489,8 @@ pub fn apply_instance_status(
         .filter(|s| matches!(s.phase, Phase::Running | Phase::Starting))
         .count() as u32;
     let ready_now = live.iter().filter(|s| s.ready).count();
-    r.status.actual_replicas = actual;
+    // Knative's actualReplicas counts ready instances.
+    r.status.actual_replicas = ready_now as u32;
     r.status.desired_replicas = desired;
     let was_ready =
         condition(&r.status.conditions, "Ready").is_some_and(|c| c.status == ConditionStatus::True);
@@ -504,8 +560,12 @@ pub fn apply_instance_status(
                     Some("Deploying"),
                     Some(msg),
                 );
+            } else if condition(&r.status.conditions, "Ready")
+                .is_some_and(|c| c.status == ConditionStatus::False)
+            {
+                // A revision that failed keeps saying why after its instances are gone.
             } else {
-                let msg = "the revision's images are pinned; no instance has run yet (`skiff scale SERVICE N` starts instances)".to_owned();
+                let msg = "no instance has run yet; one starts when the autoscaler asks for it (initial scale, or the first request)".to_owned();
                 set(
                     r,
                     "ContainerHealthy",

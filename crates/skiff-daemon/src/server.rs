@@ -13,7 +13,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::controller::{Controller, SystemClock};
 use crate::datadir::{DataDir, DataDirError, Endpoints, STORE_FILE};
-use crate::ingress::{self, IngressState};
+use crate::serving::{Serving, ServingConfig};
 
 /// The daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -126,11 +126,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     ));
     let runtime = skiff_runtime::Runtime::new(runtime_options, oci)
         .map_err(|source| DaemonError::Runtime { source })?;
+    let (poke_tx, poke_rx) = tokio::sync::mpsc::unbounded_channel();
+    let router_metrics = metrics.register("router", skiff_router::RouterMetrics::new);
+    let router = skiff_router::Router::new(
+        skiff_router::RouterConfig {
+            domain: config.domain.clone(),
+            queue_depth: config.activator_queue_depth,
+            queue_timeout: config.activator_queue_timeout,
+        },
+        runtime.connector().clone(),
+        poke_tx,
+        router_metrics,
+    );
+    let kick = Arc::new(tokio::sync::Notify::new());
+    let serving = Serving::new(
+        router.clone(),
+        runtime.clone(),
+        ServingConfig {
+            scale_to_zero_grace: config.scale_to_zero_grace_period,
+        },
+        kick.clone(),
+        &metrics,
+    );
     let instances = crate::instances::InstanceManager::new(
         runtime,
         controller.clone(),
         images.clone(),
         store.clone(),
+        serving.clone(),
+        kick,
     );
     // Instances stop on their own shutdown signal, after the API and ingress have drained.
     let instances_stop = tokio_util::sync::CancellationToken::new();
@@ -138,6 +162,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         instances
             .clone()
             .run(instances_stop.clone(), config.shutdown_grace_period),
+    );
+    let follower = tokio::spawn(serving.clone().follow_runtime(instances_stop.clone()));
+    let autoscaler = tokio::spawn(
+        serving
+            .clone()
+            .run_autoscaler(poke_rx, instances_stop.clone()),
     );
     let kicker = instances.clone();
     let reconciler = tokio::spawn(crate::revisions::run(
@@ -155,12 +185,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         images,
         gc_lock: Arc::default(),
         metrics,
-        instances,
+        instances: instances.clone(),
     });
-    let ingress_router = ingress::router(IngressState {
-        controller,
-        domain: config.domain.clone(),
-    });
+    // Service changes (applies, deletes, status) re-route at once.
+    let watcher = {
+        let (instances, shutdown) = (instances.clone(), shutdown.clone());
+        let mut events = store.watch();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Ok(ev) if ev.key.starts_with("/registry/") => instances.kick(),
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => instances.kick(),
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        })
+    };
 
     data.write_endpoints(&Endpoints {
         api: format!("http://{api_addr}"),
@@ -181,12 +225,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             .with_graceful_shutdown(async move { stop_api.cancelled().await })
             .await
     });
-    let stop_ingress = shutdown.clone();
-    let ingress_server = tokio::spawn(async move {
-        axum::serve(ingress_listener, ingress_router)
-            .with_graceful_shutdown(async move { stop_ingress.cancelled().await })
-            .await
-    });
+    let ingress_server = tokio::spawn(router.serve(
+        ingress_listener,
+        shutdown.clone(),
+        config.shutdown_grace_period,
+    ));
+    let _ = controller;
 
     shutdown.cancelled().await;
     info!(
@@ -202,20 +246,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let mut result = Ok(());
     match drained {
         Ok((api, ingress)) => {
-            for (what, r) in [("the API", api), ("the ingress", ingress)] {
-                match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(source)) => result = Err(DaemonError::Serve { what, source }),
-                    Err(join) => warn!(what, error = %join, "server task ended abnormally"),
+            match api {
+                Ok(Ok(())) => {}
+                Ok(Err(source)) => {
+                    result = Err(DaemonError::Serve {
+                        what: "the API",
+                        source,
+                    })
                 }
+                Err(join) => warn!(error = %join, "API server task ended abnormally"),
+            }
+            if let Err(join) = ingress {
+                warn!(error = %join, "ingress task ended abnormally");
             }
         }
         Err(_) => warn!("grace period over with requests still in flight; closing them"),
     }
+    let _ = watcher.await;
     let _ = reconciler.await;
     info!("stopping instances: SIGTERM, then SIGKILL after each one's grace period");
     instances_stop.cancel();
     let _ = instance_task.await;
+    let _ = follower.await;
+    let _ = autoscaler.await;
     if let Err(e) = store.close().await {
         warn!(error = %skiff_telemetry::ErrorChain(&e), "closing the state store");
     }

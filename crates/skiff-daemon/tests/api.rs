@@ -43,11 +43,34 @@ impl Api {
         let runtime =
             skiff_runtime::Runtime::new(skiff_runtime::RuntimeOptions::new(dir.path()), oci)
                 .expect("runtime");
+        let (poke, _) = tokio::sync::mpsc::unbounded_channel();
+        let router = skiff_router::Router::new(
+            skiff_router::RouterConfig {
+                domain: "localhost".into(),
+                queue_depth: 10,
+                queue_timeout: std::time::Duration::from_secs(1),
+            },
+            runtime.connector().clone(),
+            poke,
+            skiff_router::RouterMetrics::unregistered(),
+        );
+        let kick = Arc::new(tokio::sync::Notify::new());
+        let serving = skiff_daemon::serving::Serving::new(
+            router,
+            runtime.clone(),
+            skiff_daemon::serving::ServingConfig {
+                scale_to_zero_grace: std::time::Duration::from_secs(30),
+            },
+            kick.clone(),
+            &metrics,
+        );
         let instances = skiff_daemon::instances::InstanceManager::new(
             runtime,
             controller.clone(),
             images.clone(),
             store,
+            serving,
+            kick,
         );
         let router = api::router(ApiState {
             controller,

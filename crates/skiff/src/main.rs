@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon in the foreground.
-    Server(cmd::server::ServerArgs),
+    Server(Box<cmd::server::ServerArgs>),
     /// Create or update Services from manifests.
     Apply(cmd::apply::ApplyArgs),
     /// List Services or Revisions.
@@ -51,7 +51,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(args) => cmd::validate::run(args),
-        Command::Server(args) => multi_thread().and_then(|rt| rt.block_on(cmd::server::run(args))),
+        Command::Server(args) => multi_thread().and_then(|rt| rt.block_on(cmd::server::run(*args))),
         other => current_thread().and_then(|rt| {
             rt.block_on(async move {
                 match other {

@@ -76,13 +76,30 @@ fn ready_of(conditions: Option<&skiff_api::object::Condition>) -> (String, Strin
     }
 }
 
+/// Ready and desired instances of a Service, summed over its revisions.
+pub fn instance_counts(s: &Service, revisions: &[Revision]) -> (u32, u32) {
+    revisions
+        .iter()
+        .filter(|r| {
+            r.metadata.namespace == s.metadata.namespace
+                && r.service_name() == Some(s.metadata.name.as_str())
+        })
+        .fold((0, 0), |(ready, desired), r| {
+            (
+                ready + r.status.actual_replicas,
+                desired + r.status.desired_replicas,
+            )
+        })
+}
+
 /// The `skiff get services` table.
-pub fn services_table(services: &[Service], all_namespaces: bool) -> Table {
+pub fn services_table(services: &[Service], revisions: &[Revision], all_namespaces: bool) -> Table {
     let mut header = vec![
         "NAME",
         "URL",
         "LATESTCREATED",
         "LATESTREADY",
+        "INSTANCES",
         "READY",
         "REASON",
         "AGE",
@@ -104,6 +121,10 @@ pub fn services_table(services: &[Service], all_namespaces: bool) -> Table {
                 .latest_ready_revision_name
                 .clone()
                 .unwrap_or_default(),
+            {
+                let (r, d) = instance_counts(s, revisions);
+                format!("{r}/{d}")
+            },
             ready,
             reason,
             age(&s.metadata.creation_timestamp),
@@ -275,6 +296,93 @@ pub fn describe_service(s: &Service, revisions: &[Revision]) -> String {
     }
     for l in t.to_string().lines() {
         out.push_str(&format!("  {}\n", l.trim_end()));
+    }
+    out
+}
+
+/// The scaling part of `skiff describe service`: per revision desired and ready instances,
+/// load, cold starts, and the last decisions with their reasons.
+pub fn describe_scaling(scale: &serde_json::Value) -> String {
+    let mut out = String::from("\nScaling:\n");
+    if let Some(n) = scale["replicasOverride"].as_u64() {
+        out.push_str(&format!(
+            "  manual override: the latest revision runs {n} instance(s) (`skiff scale SERVICE auto` undoes it)\n"
+        ));
+    }
+    let revisions = scale["revisions"].as_array().cloned().unwrap_or_default();
+    if revisions.is_empty() {
+        out.push_str("  no revision is scaled yet\n");
+        return out;
+    }
+    let mut t = table(&[
+        "REVISION",
+        "ROUTED",
+        "DESIRED",
+        "READY",
+        "IN-FLIGHT",
+        "WAITING",
+        "PANIC",
+        "STABLE",
+        "COLD STARTS",
+        "LAST COLD START",
+    ]);
+    let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0).to_string();
+    for r in &revisions {
+        let cold = r["coldStarts"].as_u64().unwrap_or(0);
+        let avg = if cold > 0 {
+            format!(
+                "{cold} (avg {:.0}ms)",
+                r["coldStartSecondsTotal"].as_f64().unwrap_or(0.0) * 1000.0 / cold as f64
+            )
+        } else {
+            "0".into()
+        };
+        t.add_row(vec![
+            r["revision"].as_str().unwrap_or_default().to_owned(),
+            if r["routed"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_owned(),
+            num(&r["desired"]),
+            num(&r["ready"]),
+            num(&r["inFlight"]),
+            num(&r["waiting"]),
+            if r["panicking"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_owned(),
+            format!("{:.2}", r["stableAverage"].as_f64().unwrap_or(0.0)),
+            avg,
+            r["lastColdStartSeconds"]
+                .as_f64()
+                .map(|s| format!("{:.0}ms", s * 1000.0))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    for l in t.to_string().lines() {
+        out.push_str(&format!("  {}\n", l.trim_end()));
+    }
+    out.push_str("\nScaling decisions (newest first):\n");
+    let mut any = false;
+    for r in &revisions {
+        for d in r["decisions"].as_array().into_iter().flatten().take(5) {
+            any = true;
+            out.push_str(&format!(
+                "  {:<5} {} → {} instance(s) (ready {}): {}\n",
+                age(d["at"].as_str().unwrap_or_default()),
+                r["revision"].as_str().unwrap_or_default(),
+                num(&d["desired"]),
+                num(&d["ready"]),
+                d["reason"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    if !any {
+        out.push_str("  none yet\n");
     }
     out
 }

@@ -78,7 +78,11 @@ pub(crate) fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(images::prune_images))
         .routes(routes!(images::pull_image))
         .routes(routes!(images::import_image))
-        .routes(routes!(runtime::set_scale, runtime::get_scale))
+        .routes(routes!(
+            runtime::set_scale,
+            runtime::get_scale,
+            runtime::clear_scale
+        ))
         .routes(routes!(runtime::list_instances))
         .routes(routes!(runtime::logs))
 }

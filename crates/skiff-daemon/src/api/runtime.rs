@@ -17,6 +17,7 @@ use utoipa::IntoParams;
 
 use super::{ApiError, ApiState};
 use crate::instances::{InstanceView, Scale};
+use crate::serving::ScaleStatus;
 
 /// Query of a log request.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -46,8 +47,8 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     })
 }
 
-/// Sets how many instances of the latest revision run (a manual override until the
-/// autoscaler arrives).
+/// Sets how many instances of the Service's latest revision run, overriding the autoscaler
+/// (which still scales the other revisions). `DELETE` hands the decision back.
 #[utoipa::path(put, path = "/api/v1/namespaces/{namespace}/services/{name}/scale", tag = "runtime",
     params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The Service")),
     request_body = Scale,
@@ -76,18 +77,28 @@ pub async fn set_scale(
     Ok(Json(scale))
 }
 
-/// Reads the desired scale.
+/// Removes the manual override: the autoscaler decides the latest revision's scale again.
+#[utoipa::path(delete, path = "/api/v1/namespaces/{namespace}/services/{name}/scale", tag = "runtime",
+    params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The Service")),
+    responses((status = 204, description = "The override is gone"), (status = 404, body = skiff_api::ErrorBody)))]
+pub async fn clear_scale(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.instances.clear_scale(&namespace, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The Service's scale: the manual override if any, and per revision the desired and ready
+/// instances, load, cold starts and the last scaling decisions with their reasons.
 #[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/services/{name}/scale", tag = "runtime",
     params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The Service")),
-    responses((status = 200, body = Scale), (status = 404, body = skiff_api::ErrorBody)))]
+    responses((status = 200, body = ScaleStatus), (status = 404, body = skiff_api::ErrorBody)))]
 pub async fn get_scale(
     State(state): State<ApiState>,
     Path((namespace, name)): Path<(String, String)>,
-) -> Result<Json<Scale>, ApiError> {
-    state.controller.get_service(&namespace, &name).await?;
-    Ok(Json(Scale {
-        replicas: state.instances.scale(&namespace, &name).await?,
-    }))
+) -> Result<Json<ScaleStatus>, ApiError> {
+    Ok(Json(state.instances.scale_status(&namespace, &name).await?))
 }
 
 /// The instances of a Service, with their containers' states and resource usage.

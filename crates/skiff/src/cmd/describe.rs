@@ -1,4 +1,5 @@
-//! `skiff describe service NAME`: one Service, its revisions, traffic and conditions.
+//! `skiff describe service NAME`: one Service, its revisions, traffic, conditions, scaling
+//! (with cold starts and the last decisions) and instances.
 
 use crate::connect::ConnectArgs;
 use crate::exit::{Exit, OK};
@@ -35,7 +36,9 @@ pub async fn run(args: DescribeArgs) -> Result<i32, Exit> {
         .list_revisions(Some(&args.namespace), Some(&args.name))
         .await?;
     let instances = client.instances(&args.namespace, &args.name).await?;
+    let scale = client.scale(&args.namespace, &args.name).await?;
     print!("{}", output::describe_service(&service, &revisions));
+    print!("{}", output::describe_scaling(&scale));
     print!("{}", output::describe_instances(&instances));
     Ok(OK)
 }

@@ -62,8 +62,10 @@ pub async fn run(args: GetArgs) -> Result<i32, Exit> {
                             ns.map(|n| format!(" in namespace {n}")).unwrap_or_default()
                         );
                     } else {
+                        let revisions = client.list_revisions(ns, args.name.as_deref()).await?;
                         output::print_table(&output::services_table(
                             &services,
+                            &revisions,
                             args.all_namespaces,
                         ));
                     }

@@ -57,12 +57,21 @@ pub struct ServerArgs {
     /// The pids limit of every container [default: 1024].
     #[arg(long)]
     pub pids_limit: Option<String>,
+    /// Seconds an idle revision keeps its last instance before scaling to zero [default: 30].
+    #[arg(long)]
+    pub scale_to_zero_grace_period_seconds: Option<String>,
+    /// Most requests waiting for instances of one revision [default: 1000].
+    #[arg(long)]
+    pub activator_queue_depth: Option<String>,
+    /// Seconds a request waits for an instance before a 503 [default: 60].
+    #[arg(long)]
+    pub activator_queue_timeout_seconds: Option<String>,
 }
 
 impl ServerArgs {
     fn flags(&self) -> Flags {
         let mut flags = Flags::new();
-        let pairs: [(&'static str, &Option<String>); 13] = [
+        let pairs: [(&'static str, &Option<String>); 16] = [
             ("data_dir", &self.data_dir),
             ("api_listen", &self.api_listen),
             ("ingress_listen", &self.ingress_listen),
@@ -79,6 +88,15 @@ impl ServerArgs {
             ("registry_mirrors", &self.registry_mirrors),
             ("runtime", &self.runtime),
             ("pids_limit", &self.pids_limit),
+            (
+                "scale_to_zero_grace_period_seconds",
+                &self.scale_to_zero_grace_period_seconds,
+            ),
+            ("activator_queue_depth", &self.activator_queue_depth),
+            (
+                "activator_queue_timeout_seconds",
+                &self.activator_queue_timeout_seconds,
+            ),
         ];
         for (k, v) in pairs {
             if let Some(v) = v {

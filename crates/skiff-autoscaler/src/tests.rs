@@ -1,0 +1,250 @@
+//! The autoscaler on a simulated clock: buckets fed second by second, decisions every 2 s.
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Drives an autoscaler second by second. `load(t)` is the concurrency at second t; `ready`
+/// instances follow the decisions instantly (the driver is not what is tested here).
+struct Sim {
+    a: Autoscaler,
+    s: Settings,
+    t_ms: u64,
+    ready: u32,
+    log: Vec<Decision>,
+}
+
+impl Sim {
+    fn new(s: Settings, ready: u32) -> Self {
+        Sim {
+            a: Autoscaler::new(0),
+            s,
+            t_ms: 0,
+            ready,
+            log: Vec::new(),
+        }
+    }
+
+    /// Runs `secs` seconds at concurrency `load`, deciding every 2 s; returns the last decision.
+    fn run(&mut self, secs: u64, load: f64, waiting: u32) -> Decision {
+        for _ in 0..secs {
+            self.a.record(Bucket {
+                at_ms: self.t_ms,
+                concurrency: load,
+                requests: load as u64,
+            });
+            self.t_ms += 1000;
+            if self.t_ms.is_multiple_of(2000) {
+                let d = self.a.decide(&self.s, self.t_ms, self.ready, waiting);
+                self.ready = d.desired;
+                self.log.push(d);
+            }
+        }
+        self.log.last().cloned().expect("at least one decision")
+    }
+}
+
+fn cc10() -> Settings {
+    Settings {
+        container_concurrency: 10,
+        ..Default::default()
+    }
+}
+
+/// Targets: containerConcurrency × 70%, the annotation capped by it, the defaults otherwise.
+#[test]
+fn effective_targets() {
+    assert_eq!(Settings::default().effective_target(), 70.0);
+    assert_eq!(cc10().effective_target(), 7.0);
+    assert_eq!(
+        Settings {
+            target: Some(5.0),
+            ..cc10()
+        }
+        .effective_target(),
+        3.5
+    );
+    assert_eq!(
+        Settings {
+            target: Some(50.0),
+            ..cc10()
+        }
+        .effective_target(),
+        7.0
+    );
+    assert_eq!(
+        Settings {
+            metric: Metric::Rps,
+            ..Default::default()
+        }
+        .effective_target(),
+        140.0
+    );
+    assert_eq!(Settings::default().panic_window_ms(), 6000);
+}
+
+/// Steady load of 35 concurrent requests with a per-instance target of 7 settles at 5.
+#[test]
+fn steady_load() {
+    let mut sim = Sim::new(cc10(), 1);
+    let d = sim.run(120, 35.0, 0);
+    assert_eq!(d.desired, 5, "{d:?}");
+    assert!(!d.panicking);
+}
+
+/// A 10× burst enters panic mode and scales within the panic window, long before the stable
+/// window would; panic never scales down, and ends a stable window after the burst.
+#[test]
+fn burst_panics() {
+    let mut sim = Sim::new(cc10(), 1);
+    sim.run(90, 7.0, 0);
+    assert_eq!(sim.ready, 1);
+    let before = sim.log.len();
+    sim.run(6, 70.0, 0);
+    let during: Vec<&Decision> = sim.log[before..].iter().collect();
+    assert!(during.iter().any(|d| d.panicking), "{during:?}");
+    assert_eq!(sim.ready, 10, "the burst is served within 6 s: {during:?}");
+    // Load falls back: panic holds the peak until a stable window has passed.
+    sim.run(20, 7.0, 0);
+    assert!(
+        sim.log
+            .last()
+            .is_some_and(|d| d.panicking && d.desired == 10)
+    );
+    sim.run(70, 7.0, 0);
+    assert!(!sim.log.last().expect("d").panicking);
+}
+
+/// Ramping down never more than halves the instances per decision.
+#[test]
+fn ramp_down_at_most_halves() {
+    let mut sim = Sim::new(
+        Settings {
+            stable_window_ms: 6000,
+            scale_to_zero_grace_ms: 0,
+            ..cc10()
+        },
+        1,
+    );
+    sim.run(30, 70.0, 0);
+    assert_eq!(sim.ready, 10);
+    let start = sim.log.len();
+    sim.run(30, 0.0, 0);
+    let seq: Vec<u32> = sim.log[start - 1..].iter().map(|d| d.desired).collect();
+    for w in seq.windows(2) {
+        assert!(w[1] >= w[0] / 2, "halving at most: {seq:?}");
+    }
+    assert_eq!(*seq.last().expect("last"), 0, "{seq:?}");
+}
+
+/// An idle revision keeps one instance for the stable window and the grace period, then goes
+/// to zero; a waiting request brings it back at once.
+#[test]
+fn scale_to_zero_and_back() {
+    let s = Settings {
+        stable_window_ms: 10_000,
+        scale_to_zero_grace_ms: 4000,
+        ..cc10()
+    };
+    let mut sim = Sim::new(s, 1);
+    sim.run(10, 0.0, 0);
+    assert_eq!(sim.ready, 1, "held while young: {:?}", sim.log);
+    sim.run(2, 0.0, 0);
+    assert_eq!(sim.ready, 1, "grace period: {:?}", sim.log.last());
+    sim.run(6, 0.0, 0);
+    assert_eq!(sim.ready, 0, "{:?}", sim.log.last());
+    assert!(
+        sim.log.iter().any(|d| d.reason.contains("scaled to zero")),
+        "{:?}",
+        sim.log
+    );
+    let d = sim.a.decide(&sim.s, sim.t_ms + 10, 0, 3);
+    assert_eq!(d.desired, 1, "{d:?}");
+    assert!(d.reason.contains("waiting"));
+}
+
+/// min-scale and max-scale bound every decision; initial and activation scale apply.
+#[test]
+fn bounds_initial_and_activation() {
+    let mut sim = Sim::new(
+        Settings {
+            min_scale: 2,
+            max_scale: 4,
+            ..cc10()
+        },
+        2,
+    );
+    assert_eq!(sim.run(60, 700.0, 0).desired, 4);
+    assert_eq!(sim.run(200, 0.0, 0).desired, 2);
+    let mut a = Autoscaler::new(0);
+    let s = Settings {
+        initial_scale: 3,
+        ..cc10()
+    };
+    assert_eq!(
+        a.decide(&s, 2000, 0, 0).desired,
+        3,
+        "initial scale for a new revision"
+    );
+    let s = Settings {
+        activation_scale: 2,
+        initial_scale: 0,
+        ..cc10()
+    };
+    let mut a = Autoscaler::new(0);
+    assert_eq!(
+        a.decide(&s, 100_000, 0, 1).desired,
+        2,
+        "activation scale from zero"
+    );
+    a.record(Bucket {
+        at_ms: 100_000,
+        concurrency: 1.0,
+        requests: 1,
+    });
+    assert_eq!(
+        a.decide(&s, 102_000, 2, 0).desired,
+        2,
+        "traffic keeps at least activation scale"
+    );
+}
+
+/// Scale-down delay keeps the highest decision of its window.
+#[test]
+fn scale_down_delay_holds() {
+    let s = Settings {
+        stable_window_ms: 6000,
+        scale_down_delay_ms: 10_000,
+        scale_to_zero_grace_ms: 0,
+        ..cc10()
+    };
+    let mut sim = Sim::new(s, 1);
+    sim.run(20, 35.0, 0);
+    assert_eq!(sim.ready, 5);
+    sim.run(8, 0.0, 0);
+    assert_eq!(sim.ready, 5, "held by the delay: {:?}", sim.log.last());
+    sim.run(20, 0.0, 0);
+    assert!(sim.ready < 5);
+}
+
+proptest! {
+    /// Whatever the load, decisions stay within [min, max], and a waiting request never sees
+    /// zero.
+    #[test]
+    fn invariants(loads in proptest::collection::vec(0.0f64..500.0, 1..80), min in 0u32..3, extra in 0u32..6, waiting in 0u32..3) {
+        let s = Settings { min_scale: min, max_scale: min + extra + 1, stable_window_ms: 6000, scale_to_zero_grace_ms: 2000, ..cc10() };
+        let mut a = Autoscaler::new(0);
+        let mut ready = 1;
+        for (i, l) in loads.iter().enumerate() {
+            let t = (i as u64 + 1) * 1000;
+            a.record(Bucket { at_ms: t - 1000, concurrency: *l, requests: 0 });
+            let d = a.decide(&s, t, ready, waiting);
+            prop_assert!(d.desired >= s.min_scale);
+            prop_assert!(d.desired <= s.max_scale);
+            if waiting > 0 {
+                prop_assert!(d.desired >= 1);
+            }
+            ready = d.desired;
+        }
+    }
+}

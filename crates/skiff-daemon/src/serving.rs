@@ -1,0 +1,616 @@
+//! Serving: ties the router, the autoscaler and the runtime together.
+//!
+//! # Design
+//! * **Routes.** Every instance-reconcile pass rebuilds the routing table from the stored
+//!   Services and revisions ([`crate::routes::build`]) before it starts or stops anything, so
+//!   a revision is never drained while the router could still choose it.
+//! * **Readiness.** Runtime events move instances in and out of their revision's pool: an
+//!   instance takes requests once ready and until it is not (or is being removed).
+//! * **Autoscaling.** Each revision has an [`Autoscaler`] (Knative's KPA, a pure function).
+//!   Every second the router's pools hand over a bucket of average concurrency and request
+//!   count; every 2 s each revision gets a decision. A request that has to wait pokes its
+//!   revision's autoscaler at once, so a revision at zero starts an instance without waiting
+//!   for the tick. A revision that no traffic target names goes to zero at once (Knative's
+//!   unreachable revisions), unless requests still wait for it.
+//! * **Visible state.** The last decisions of each revision, with their reasons, and its cold
+//!   starts are kept in memory for `skiff describe` and exported as metrics.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use skiff_api::autoscaling::AutoscalingSettings;
+use skiff_api::object::{Revision, Service};
+use skiff_autoscaler::{Autoscaler, Bucket, Decision, Metric, Settings};
+use skiff_router::{RevisionKey, Router};
+use skiff_runtime::Runtime;
+use skiff_runtime::instance::{InstanceEvent, Phase};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+use utoipa::ToSchema;
+
+use crate::routes::{self, RouteTable};
+
+/// How many decisions that changed the desired scale are kept per revision.
+const DECISION_HISTORY: usize = 20;
+
+/// One scaling decision as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionView {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Instances wanted.
+    pub desired: u32,
+    /// Ready instances when it was made.
+    pub ready: u32,
+    /// Whether panic mode was on.
+    pub panicking: bool,
+    /// Why.
+    pub reason: String,
+}
+
+/// A revision's scale, load, cold starts and recent decisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionScale {
+    /// The revision.
+    pub revision: String,
+    /// Instances wanted now (the override when one applies, else the autoscaler's).
+    pub desired: u32,
+    /// The autoscaler's last decision.
+    pub autoscaler_desired: u32,
+    /// Instances ready and taking requests.
+    pub ready: u32,
+    /// Requests in flight to its instances.
+    pub in_flight: u32,
+    /// Requests waiting in the activator.
+    pub waiting: u32,
+    /// Whether traffic can reach it.
+    pub routed: bool,
+    /// Whether the autoscaler is in panic mode.
+    pub panicking: bool,
+    /// Stable-window average of the scaling metric.
+    pub stable_average: f64,
+    /// Panic-window average of the scaling metric.
+    pub panic_average: f64,
+    /// Cold starts (scale from zero with requests waiting).
+    pub cold_starts: u64,
+    /// Their total duration, seconds.
+    pub cold_start_seconds_total: f64,
+    /// The last one's duration, seconds.
+    pub last_cold_start_seconds: Option<f64>,
+    /// Requests that waited through a cold start.
+    pub cold_start_requests: u64,
+    /// Recent decisions that changed the desired scale, newest first.
+    pub decisions: Vec<DecisionView>,
+}
+
+/// A Service's scale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleStatus {
+    /// The manual override of the latest revision's instance count, if set.
+    pub replicas_override: Option<u32>,
+    /// Its revisions that run, are routed, or have been scaled.
+    pub revisions: Vec<RevisionScale>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Labels {
+    namespace: String,
+    service: String,
+    revision: String,
+}
+
+/// The autoscaler's metrics under `skiff_autoscaler_`.
+#[derive(Debug, Clone)]
+struct AutoscalerMetrics {
+    desired: Family<Labels, Gauge>,
+    ready: Family<Labels, Gauge>,
+    panic: Family<Labels, Gauge>,
+    waiting: Family<Labels, Gauge>,
+    stable_concurrency: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    panic_concurrency: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    decisions: Family<Labels, Counter>,
+}
+
+impl AutoscalerMetrics {
+    fn new(r: &mut Registry) -> Self {
+        let m = AutoscalerMetrics {
+            desired: Family::default(),
+            ready: Family::default(),
+            panic: Family::default(),
+            waiting: Family::default(),
+            stable_concurrency: Family::default(),
+            panic_concurrency: Family::default(),
+            decisions: Family::default(),
+        };
+        r.register(
+            "desired_instances",
+            "Instances the autoscaler wants per revision",
+            m.desired.clone(),
+        );
+        r.register(
+            "ready_instances",
+            "Ready instances per revision",
+            m.ready.clone(),
+        );
+        r.register(
+            "panic_mode",
+            "1 while the revision's autoscaler is in panic mode",
+            m.panic.clone(),
+        );
+        r.register(
+            "waiting_requests",
+            "Requests waiting in the activator per revision",
+            m.waiting.clone(),
+        );
+        r.register(
+            "stable_metric",
+            "Stable-window average of the scaling metric",
+            m.stable_concurrency.clone(),
+        );
+        r.register(
+            "panic_metric",
+            "Panic-window average of the scaling metric",
+            m.panic_concurrency.clone(),
+        );
+        r.register(
+            "scale_changes",
+            "Decisions that changed a revision's desired scale",
+            m.decisions.clone(),
+        );
+        m
+    }
+}
+
+struct Scaler {
+    service: String,
+    autoscaler: Autoscaler,
+    settings: Settings,
+    last: Option<Decision>,
+    history: VecDeque<DecisionView>,
+}
+
+#[derive(Default)]
+struct State {
+    scalers: HashMap<RevisionKey, Scaler>,
+    reachable: HashSet<RevisionKey>,
+}
+
+/// Serving settings from the daemon's configuration.
+#[derive(Debug, Clone)]
+pub struct ServingConfig {
+    /// Knative's `scale-to-zero-grace-period`.
+    pub scale_to_zero_grace: Duration,
+}
+
+/// The router, the autoscalers and the runtime, together.
+pub struct Serving {
+    router: Arc<Router>,
+    runtime: Arc<Runtime>,
+    cfg: ServingConfig,
+    epoch: Instant,
+    state: Mutex<State>,
+    kick: Arc<Notify>,
+    metrics: AutoscalerMetrics,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Serving")
+    }
+}
+
+/// The autoscaler settings of a revision.
+pub fn settings(
+    a: &AutoscalingSettings,
+    container_concurrency: u32,
+    cfg: &ServingConfig,
+) -> Settings {
+    let d = Settings::default();
+    Settings {
+        metric: match a.metric {
+            Some(skiff_api::autoscaling::Metric::Rps) => Metric::Rps,
+            _ => Metric::Concurrency,
+        },
+        container_concurrency,
+        target: a.target,
+        utilization: a
+            .target_utilization_percentage
+            .map_or(d.utilization, |p| p / 100.0),
+        stable_window_ms: a.window_seconds.map_or(d.stable_window_ms, |s| s * 1000),
+        panic_window_fraction: a
+            .panic_window_percentage
+            .map_or(d.panic_window_fraction, |p| p / 100.0),
+        panic_threshold: a
+            .panic_threshold_percentage
+            .map_or(d.panic_threshold, |p| p / 100.0),
+        max_scale_up_rate: d.max_scale_up_rate,
+        max_scale_down_rate: d.max_scale_down_rate,
+        min_scale: a.min_scale.unwrap_or(d.min_scale),
+        max_scale: a.max_scale.unwrap_or(d.max_scale),
+        initial_scale: a.initial_scale.unwrap_or(d.initial_scale),
+        activation_scale: a.activation_scale.unwrap_or(d.activation_scale),
+        scale_down_delay_ms: a.scale_down_delay_seconds.map_or(0, |s| s * 1000),
+        scale_to_zero_grace_ms: cfg.scale_to_zero_grace.as_millis() as u64,
+        scale_to_zero_retention_ms: a.scale_to_zero_retention_ms.unwrap_or(0),
+    }
+}
+
+impl Serving {
+    /// Serving over `router` and `runtime`; `kick` wakes the instance reconciler.
+    pub fn new(
+        router: Arc<Router>,
+        runtime: Arc<Runtime>,
+        cfg: ServingConfig,
+        kick: Arc<Notify>,
+        metrics: &skiff_telemetry::Metrics,
+    ) -> Arc<Serving> {
+        Arc::new(Serving {
+            router,
+            runtime,
+            cfg,
+            epoch: Instant::now(),
+            state: Mutex::default(),
+            kick,
+            metrics: metrics.register("autoscaler", AutoscalerMetrics::new),
+        })
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings the router and the autoscalers in line with `services` and `revisions`.
+    pub fn sync(&self, services: &[Service], revisions: &[Revision]) -> RouteTable {
+        let table = routes::build(services, revisions, self.router.domain());
+        for p in &table.pools {
+            self.router.set_pool(p.clone());
+        }
+        let keys: HashSet<RevisionKey> = table
+            .pools
+            .iter()
+            .map(|p| (p.namespace.clone(), p.revision.clone()))
+            .collect();
+        self.router.set_routes(table.hosts.clone());
+        self.router.retain_pools(&keys);
+        let now = self.now_ms();
+        let mut new = Vec::new();
+        {
+            let mut st = self.state();
+            st.scalers.retain(|k, _| keys.contains(k));
+            for r in revisions {
+                let key = (r.metadata.namespace.clone(), r.metadata.name.clone());
+                let cc = r
+                    .spec
+                    .container_concurrency
+                    .and_then(|c| u32::try_from(c).ok())
+                    .unwrap_or(0);
+                let s = settings(&r.autoscaling, cc, &self.cfg);
+                match st.scalers.get_mut(&key) {
+                    Some(sc) => sc.settings = s,
+                    None => {
+                        new.push(key.clone());
+                        st.scalers.insert(
+                            key,
+                            Scaler {
+                                service: r.service_name().unwrap_or_default().to_owned(),
+                                autoscaler: Autoscaler::new(now),
+                                settings: s,
+                                last: None,
+                                history: VecDeque::new(),
+                            },
+                        );
+                    }
+                }
+            }
+            st.reachable = table.reachable.clone();
+        }
+        // A new revision gets its initial scale now, not at the next tick.
+        for k in &new {
+            self.decide(k);
+        }
+        self.sync_instances();
+        table
+    }
+
+    /// Puts every ready instance in its pool and takes the others out.
+    pub fn sync_instances(&self) {
+        for i in self.runtime.instances() {
+            let st = i.status();
+            self.apply(&InstanceEvent {
+                id: i.plan.id.clone(),
+                namespace: i.plan.namespace.clone(),
+                revision: i.plan.revision.clone(),
+                status: st,
+            });
+        }
+    }
+
+    fn apply(&self, ev: &InstanceEvent) {
+        match ev.status.phase {
+            Phase::Running if ev.status.ready => {
+                if let Some(inst) = self.runtime.instance(&ev.id) {
+                    self.router.instance_ready(
+                        &(ev.namespace.clone(), ev.revision.clone()),
+                        &ev.id,
+                        inst.netns(),
+                    );
+                }
+            }
+            Phase::Stopped => self.router.forget(&ev.id),
+            _ => self.router.instance_gone(&ev.id),
+        }
+    }
+
+    /// Follows runtime events into the router until `shutdown`.
+    pub async fn follow_runtime(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut events = self.runtime.events();
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(ev) => self.apply(&ev),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.sync_instances(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                () = shutdown.cancelled() => break,
+            }
+        }
+    }
+
+    /// Drains an instance: no new requests, and those in flight finish (up to `timeout`).
+    pub async fn drain(&self, id: &str, timeout: Duration) {
+        self.router.drain(id, timeout).await;
+    }
+
+    /// The desired scale of every revision the autoscaler knows.
+    pub fn desired(&self) -> HashMap<RevisionKey, u32> {
+        self.state()
+            .scalers
+            .iter()
+            .map(|(k, s)| (k.clone(), s.last.as_ref().map_or(0, |d| d.desired)))
+            .collect()
+    }
+
+    /// Decides the scale of one revision now; returns whether its desired scale changed.
+    fn decide(&self, key: &RevisionKey) -> bool {
+        let pool = self.router.pool(key);
+        let ready = pool.as_ref().map_or(0, |p| p.ready() as u32);
+        let waiting = pool.as_ref().map_or(0, |p| p.waiting() as u32);
+        let now = self.now_ms();
+        let mut st = self.state();
+        let routed = st.reachable.contains(key);
+        let Some(sc) = st.scalers.get_mut(key) else {
+            return false;
+        };
+        let mut d = sc.autoscaler.decide(&sc.settings, now, ready, waiting);
+        if !routed && waiting == 0 {
+            d.desired = 0;
+            d.reason = "no traffic target names this revision".to_owned();
+        }
+        let before = sc.last.as_ref().map(|d| d.desired);
+        let changed = before != Some(d.desired);
+        let labels = Labels {
+            namespace: key.0.clone(),
+            service: sc.service.clone(),
+            revision: key.1.clone(),
+        };
+        self.metrics
+            .desired
+            .get_or_create(&labels)
+            .set(i64::from(d.desired));
+        self.metrics
+            .ready
+            .get_or_create(&labels)
+            .set(i64::from(ready));
+        self.metrics
+            .waiting
+            .get_or_create(&labels)
+            .set(i64::from(waiting));
+        self.metrics
+            .panic
+            .get_or_create(&labels)
+            .set(i64::from(d.panicking));
+        self.metrics
+            .stable_concurrency
+            .get_or_create(&labels)
+            .set(d.stable_average);
+        self.metrics
+            .panic_concurrency
+            .get_or_create(&labels)
+            .set(d.panic_average);
+        if changed {
+            self.metrics.decisions.get_or_create(&labels).inc();
+            info!(
+                revision = %key.1,
+                from = before.unwrap_or(0),
+                to = d.desired,
+                ready,
+                waiting,
+                panicking = d.panicking,
+                reason = %d.reason,
+                "scale changed"
+            );
+            sc.history.push_front(DecisionView {
+                at: jiff::Timestamp::now().to_string(),
+                desired: d.desired,
+                ready,
+                panicking: d.panicking,
+                reason: d.reason.clone(),
+            });
+            sc.history.truncate(DECISION_HISTORY);
+        }
+        sc.last = Some(d);
+        changed
+    }
+
+    /// Collects buckets every second and decides every 2 s, or at once for a revision a
+    /// waiting request pokes, until `shutdown`.
+    pub async fn run_autoscaler(
+        self: Arc<Self>,
+        mut pokes: mpsc::UnboundedReceiver<RevisionKey>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    n += 1;
+                    let now = self.now_ms();
+                    let pools = self.router.pools();
+                    {
+                        let mut st = self.state();
+                        for (key, pool) in &pools {
+                            let (concurrency, requests) = pool.take_bucket();
+                            if let Some(sc) = st.scalers.get_mut(key) {
+                                sc.autoscaler.record(Bucket { at_ms: now.saturating_sub(1000), concurrency, requests });
+                            }
+                        }
+                    }
+                    if n.is_multiple_of(2) {
+                        let keys: Vec<RevisionKey> = self.state().scalers.keys().cloned().collect();
+                        let mut changed = false;
+                        for k in &keys {
+                            changed |= self.decide(k);
+                        }
+                        if changed {
+                            self.kick.notify_one();
+                        }
+                    }
+                }
+                k = pokes.recv() => {
+                    let Some(k) = k else { break };
+                    let mut keys = HashSet::from([k]);
+                    while let Ok(k) = pokes.try_recv() {
+                        keys.insert(k);
+                    }
+                    let mut changed = false;
+                    for k in &keys {
+                        debug!(revision = %k.1, "poked by a waiting request");
+                        changed |= self.decide(k);
+                    }
+                    if changed {
+                        self.kick.notify_one();
+                    }
+                }
+                () = shutdown.cancelled() => break,
+            }
+        }
+    }
+
+    /// The scale of a Service's revisions.
+    pub fn scale_of(
+        &self,
+        ns: &str,
+        svc: &str,
+        replicas_override: Option<(String, u32)>,
+    ) -> Vec<RevisionScale> {
+        let st = self.state();
+        let mut out: Vec<RevisionScale> = st
+            .scalers
+            .iter()
+            .filter(|(k, s)| k.0 == ns && s.service == svc)
+            .map(|(k, s)| {
+                let pool = self.router.pool(k);
+                let cold = pool.as_ref().map(|p| p.cold_starts()).unwrap_or_default();
+                let auto = s.last.as_ref().map_or(0, |d| d.desired);
+                let desired = match &replicas_override {
+                    Some((rev, n)) if rev == &k.1 => *n,
+                    _ => auto,
+                };
+                RevisionScale {
+                    revision: k.1.clone(),
+                    desired,
+                    autoscaler_desired: auto,
+                    ready: pool.as_ref().map_or(0, |p| p.ready() as u32),
+                    in_flight: pool.as_ref().map_or(0, |p| p.in_flight()),
+                    waiting: pool.as_ref().map_or(0, |p| p.waiting() as u32),
+                    routed: st.reachable.contains(k),
+                    panicking: s.last.as_ref().is_some_and(|d| d.panicking),
+                    stable_average: s.last.as_ref().map_or(0.0, |d| d.stable_average),
+                    panic_average: s.last.as_ref().map_or(0.0, |d| d.panic_average),
+                    cold_starts: cold.count,
+                    cold_start_seconds_total: cold.total_seconds,
+                    last_cold_start_seconds: (cold.count > 0).then_some(cold.last_seconds),
+                    cold_start_requests: cold.requests,
+                    decisions: s.history.iter().cloned().collect(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| b.revision.cmp(&a.revision));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Annotations map onto the autoscaler's settings; the cluster-wide grace comes from the
+    /// daemon.
+    #[test]
+    fn settings_from_annotations() {
+        let a = AutoscalingSettings {
+            metric: Some(skiff_api::autoscaling::Metric::Rps),
+            target: Some(50.0),
+            target_utilization_percentage: Some(80.0),
+            window_seconds: Some(6),
+            panic_window_percentage: Some(50.0),
+            panic_threshold_percentage: Some(150.0),
+            min_scale: Some(1),
+            max_scale: Some(4),
+            initial_scale: Some(2),
+            activation_scale: Some(3),
+            scale_down_delay_seconds: Some(10),
+            scale_to_zero_retention_ms: Some(5000),
+            ..Default::default()
+        };
+        let cfg = ServingConfig {
+            scale_to_zero_grace: Duration::from_secs(7),
+        };
+        let s = settings(&a, 10, &cfg);
+        assert_eq!(s.metric, Metric::Rps);
+        assert_eq!(s.target, Some(50.0));
+        assert!((s.utilization - 0.8).abs() < 1e-9);
+        assert_eq!(s.stable_window_ms, 6000);
+        assert_eq!(s.panic_window_ms(), 3000);
+        assert!((s.panic_threshold - 1.5).abs() < 1e-9);
+        assert_eq!(
+            (
+                s.min_scale,
+                s.max_scale,
+                s.initial_scale,
+                s.activation_scale
+            ),
+            (1, 4, 2, 3)
+        );
+        assert_eq!(s.scale_down_delay_ms, 10_000);
+        assert_eq!(s.scale_to_zero_grace_ms, 7000);
+        assert_eq!(s.scale_to_zero_retention_ms, 5000);
+        assert_eq!(s.container_concurrency, 10);
+        let d = settings(&AutoscalingSettings::default(), 0, &cfg);
+        assert_eq!(d.stable_window_ms, 60_000);
+        assert_eq!(d.initial_scale, 1);
+    }
+}

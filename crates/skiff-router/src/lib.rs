@@ -1,0 +1,341 @@
+//! skiff's HTTP router and activator.
+//!
+//! # Design
+//! One hyper server (HTTP/1.1 and h2c) on the ingress address. A request's Host picks a
+//! route: `<service>.<namespace>.<domain>` splits by the Service's traffic percentages,
+//! `<tag>-<service>.<namespace>.<domain>` goes to the tag's revision. The revision's
+//! [`Pool`] gives a slot on its least-loaded ready instance that has room under
+//! `containerConcurrency`, or holds the request in a bounded queue while the autoscaler
+//! (poked at once) starts instances: the activator is this queue, in process. Upstream
+//! connections are pooled per instance by hyper's client, made inside the instance's network
+//! namespace ([`connect::NsConnector`]). Bodies stream both ways; a slot is released only
+//! when the response body ends.
+//!
+//! Timeouts follow Knative and keep apart what Knative users ask to keep apart: the response
+//! must start within `responseStartTimeoutSeconds` (when set) and `timeoutSeconds`, or the
+//! client gets 504; once it has started, only `idleTimeoutSeconds` (silence between body
+//! chunks) ends it. A response that starts at once may stream past `timeoutSeconds`.
+
+pub mod connect;
+mod metrics;
+pub mod pool;
+mod proxy;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use skiff_runtime::netns::Connector;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use metrics::RouterMetrics;
+pub use pool::{ColdStarts, Pool, PoolSpec, RevisionKey};
+
+/// An error of a body in flight.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body as the router forwards it.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Where a host goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRoute {
+    /// A Service: revisions and their share of requests (percent).
+    Service {
+        /// The namespace.
+        namespace: String,
+        /// The Service.
+        service: String,
+        /// (revision, percent), percents summing to 100.
+        split: Vec<(String, u32)>,
+    },
+    /// A tag: one revision.
+    Tag {
+        /// The namespace.
+        namespace: String,
+        /// The Service.
+        service: String,
+        /// The revision.
+        revision: String,
+    },
+    /// A known Service that cannot serve, with why.
+    Unavailable {
+        /// Why, for the 503.
+        message: String,
+    },
+}
+
+/// Router settings.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Domain of service hosts.
+    pub domain: String,
+    /// Most requests waiting for one revision.
+    pub queue_depth: usize,
+    /// Longest a request waits for an instance.
+    pub queue_timeout: Duration,
+}
+
+/// The router.
+pub struct Router {
+    cfg: RouterConfig,
+    routes: RwLock<Arc<HashMap<String, HostRoute>>>,
+    pools: RwLock<HashMap<RevisionKey, Arc<Pool>>>,
+    namespaces: connect::Namespaces,
+    instance_pool: RwLock<HashMap<String, RevisionKey>>,
+    /// Instances being removed: they never take requests again.
+    retired: RwLock<std::collections::HashSet<String>>,
+    client_h1: Client<connect::NsConnector, Body>,
+    client_h2: Client<connect::NsConnector, Body>,
+    poke: mpsc::UnboundedSender<RevisionKey>,
+    metrics: RouterMetrics,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("domain", &self.cfg.domain)
+            .finish()
+    }
+}
+
+impl Router {
+    /// A router; `poke` receives a revision's key when a request waits for it.
+    pub fn new(
+        cfg: RouterConfig,
+        connector: Connector,
+        poke: mpsc::UnboundedSender<RevisionKey>,
+        metrics: RouterMetrics,
+    ) -> Arc<Router> {
+        let namespaces: connect::Namespaces = Arc::default();
+        let nc = connect::NsConnector {
+            connector,
+            namespaces: namespaces.clone(),
+        };
+        let client_h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .set_host(false)
+            .build(nc.clone());
+        let client_h2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .set_host(false)
+            .build(nc);
+        Arc::new(Router {
+            cfg,
+            routes: RwLock::new(Arc::default()),
+            pools: RwLock::new(HashMap::new()),
+            namespaces,
+            instance_pool: RwLock::new(HashMap::new()),
+            retired: RwLock::default(),
+            client_h1,
+            client_h2,
+            poke,
+            metrics,
+        })
+    }
+
+    /// The domain of service hosts.
+    pub fn domain(&self) -> &str {
+        &self.cfg.domain
+    }
+
+    /// Replaces the routing table (host → route).
+    pub fn set_routes(&self, routes: HashMap<String, HostRoute>) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    }
+
+    fn route(&self, host: &str) -> Option<HostRoute> {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .cloned()
+    }
+
+    /// Creates or updates a revision's pool.
+    pub fn set_pool(&self, spec: PoolSpec) {
+        let key = (spec.namespace.clone(), spec.revision.clone());
+        let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
+        match pools.get(&key) {
+            Some(p) => {
+                let changed = { *p.spec.read().unwrap_or_else(|e| e.into_inner()) != spec };
+                if changed {
+                    *p.spec.write().unwrap_or_else(|e| e.into_inner()) = spec;
+                    // A revision that became unavailable releases its waiters with the reason.
+                    p.wake_all();
+                }
+            }
+            None => {
+                pools.insert(key, Pool::new(spec));
+            }
+        }
+    }
+
+    /// Removes revisions' pools that are not in `keep`.
+    pub fn retain_pools(&self, keep: &std::collections::HashSet<RevisionKey>) {
+        self.pools
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| keep.contains(k));
+    }
+
+    /// A revision's pool.
+    pub fn pool(&self, key: &RevisionKey) -> Option<Arc<Pool>> {
+        self.pools
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Every pool.
+    pub fn pools(&self) -> Vec<(RevisionKey, Arc<Pool>)> {
+        self.pools
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// An instance became ready.
+    pub fn instance_ready(&self, key: &RevisionKey, id: &str, netns: Arc<std::os::fd::OwnedFd>) {
+        let Some(pool) = self.pool(key) else { return };
+        if self
+            .retired
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+        {
+            return;
+        }
+        self.namespaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), netns.clone());
+        self.instance_pool
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), key.clone());
+        if let Some(cold) = pool.add(id, netns) {
+            let spec = pool.spec.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let labels = metrics::RevisionLabels {
+                namespace: spec.namespace,
+                service: spec.service,
+                revision: spec.revision,
+            };
+            self.metrics.cold_starts.get_or_create(&labels).inc();
+            self.metrics
+                .cold_start_duration
+                .get_or_create(&labels)
+                .observe(cold.as_secs_f64());
+            info!(revision = %key.1, instance = %id, cold_start_ms = cold.as_secs_f64() * 1000.0, "cold start served");
+        }
+    }
+
+    /// Forgets an instance that is gone for good (its id may not come back).
+    pub fn forget(&self, id: &str) {
+        self.instance_gone(id);
+        self.retired
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// An instance is no longer ready (or gone): it takes no new requests.
+    pub fn instance_gone(&self, id: &str) {
+        let key = self
+            .instance_pool
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        self.namespaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(pool) = key.and_then(|k| self.pool(&k)) {
+            pool.remove(id);
+        }
+    }
+
+    /// Stops sending new requests to an instance and waits (up to `timeout`) for those in
+    /// flight to finish.
+    pub async fn drain(&self, id: &str, timeout: Duration) {
+        self.retired
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned());
+        let key = self
+            .instance_pool
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        let Some(pool) = key.and_then(|k| self.pool(&k)) else {
+            return;
+        };
+        let Some(ep) = pool.drain(id) else { return };
+        let deadline = tokio::time::Instant::now() + timeout;
+        while ep.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.instance_gone(id);
+    }
+
+    /// Serves until `shutdown`, then stops accepting and lets open connections finish for
+    /// up to `grace`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "accepting a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let router = self.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let router = router.clone();
+                async move { Ok::<_, std::convert::Infallible>(router.handle(req, peer).await) }
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        info!("router: no new connections; draining open ones");
+        let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        req: hyper::Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+    ) -> hyper::Response<Body> {
+        proxy::handle(&self, req, peer).await
+    }
+}

@@ -1,0 +1,526 @@
+//! A revision's pool of ready instances: least-loaded choice under `containerConcurrency`,
+//! the activator's bounded wait while instances start, and the concurrency the autoscaler
+//! reads.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Identifies a revision: (namespace, revision).
+pub type RevisionKey = (String, String);
+
+/// How a revision is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// The namespace.
+    pub namespace: String,
+    /// The Service.
+    pub service: String,
+    /// The revision.
+    pub revision: String,
+    /// Most requests one instance takes at once (0: no limit).
+    pub container_concurrency: u32,
+    /// The instances' port.
+    pub port: u16,
+    /// Speak HTTP/2 with prior knowledge to the instances (port name `h2c`).
+    pub h2c: bool,
+    /// Longest wait for the response to start (Knative's `timeoutSeconds`).
+    pub timeout: Duration,
+    /// Longest wait for the first byte when set (`responseStartTimeoutSeconds`).
+    pub response_start_timeout: Option<Duration>,
+    /// Longest silence of a streaming response (`idleTimeoutSeconds`).
+    pub idle_timeout: Option<Duration>,
+    /// A reason requests cannot be served at all (failed revision), said in the 503.
+    pub unavailable: Option<String>,
+}
+
+/// One ready instance.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The instance id (also the authority of upstream URIs).
+    pub id: String,
+    /// Its network namespace.
+    pub netns: Arc<OwnedFd>,
+    /// Requests in flight to it.
+    pub in_flight: AtomicU32,
+    /// Taking no new requests (being removed).
+    pub draining: AtomicBool,
+    /// Requests served.
+    pub served: AtomicU64,
+}
+
+/// Time-weighted concurrency of a revision and its request count, for 1-second buckets.
+#[derive(Debug)]
+struct Tracker {
+    current: u64,
+    last_change: Instant,
+    area: f64,
+    requests: u64,
+    window_start: Instant,
+}
+
+/// Cold starts of a revision: each time a request found it at zero, from that request's
+/// arrival until the first instance was ready to take it.
+#[derive(Debug, Clone, Default)]
+pub struct ColdStarts {
+    /// How many.
+    pub count: u64,
+    /// Their total duration in seconds.
+    pub total_seconds: f64,
+    /// The last one's duration in seconds.
+    pub last_seconds: f64,
+    /// Requests that waited through a cold start.
+    pub requests: u64,
+}
+
+/// A revision's instances and waiting requests.
+#[derive(Debug)]
+pub struct Pool {
+    /// How it is served.
+    pub spec: RwLock<PoolSpec>,
+    endpoints: RwLock<Vec<Arc<Endpoint>>>,
+    notify: Notify,
+    waiting: AtomicUsize,
+    tracker: Mutex<Tracker>,
+    cold: Mutex<ColdStarts>,
+    cold_since: Mutex<Option<Instant>>,
+}
+
+/// Why a request got no instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcquireError {
+    /// The queue is full.
+    QueueFull(usize),
+    /// No instance had room within the wait limit.
+    Timeout(Duration),
+    /// The revision cannot serve (it failed).
+    Unavailable(String),
+}
+
+/// A slot on an endpoint; releases it (and wakes a waiter) when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    /// The endpoint.
+    pub endpoint: Arc<Endpoint>,
+    /// How long the request waited for an instance while the revision had none (a cold
+    /// start), if it did.
+    pub cold_start: Option<Duration>,
+    pool: Arc<Pool>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.pool.change(-1);
+        self.pool.notify.notify_one();
+    }
+}
+
+impl Pool {
+    /// A pool with no instance.
+    pub fn new(spec: PoolSpec) -> Arc<Pool> {
+        let now = Instant::now();
+        Arc::new(Pool {
+            spec: RwLock::new(spec),
+            endpoints: RwLock::new(Vec::new()),
+            notify: Notify::new(),
+            waiting: AtomicUsize::new(0),
+            tracker: Mutex::new(Tracker {
+                current: 0,
+                last_change: now,
+                area: 0.0,
+                requests: 0,
+                window_start: now,
+            }),
+            cold: Mutex::new(ColdStarts::default()),
+            cold_since: Mutex::new(None),
+        })
+    }
+
+    fn spec(&self) -> PoolSpec {
+        self.spec.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn change(&self, delta: i64) {
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        t.area += t.current as f64 * now.duration_since(t.last_change).as_secs_f64();
+        t.last_change = now;
+        t.current = (t.current as i64 + delta).max(0) as u64;
+        if delta > 0 {
+            t.requests += 1;
+        }
+    }
+
+    /// The average concurrency and the request count since the last call, then restarts
+    /// the measurement.
+    pub fn take_bucket(&self) -> (f64, u64) {
+        let mut t = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        t.area += t.current as f64 * now.duration_since(t.last_change).as_secs_f64();
+        t.last_change = now;
+        let span = now.duration_since(t.window_start).as_secs_f64().max(0.001);
+        let out = (t.area / span, t.requests);
+        t.area = 0.0;
+        t.requests = 0;
+        t.window_start = now;
+        out
+    }
+
+    /// Requests waiting for an instance now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Requests in flight now (proxied, not waiting).
+    pub fn in_flight(&self) -> u32 {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|e| e.in_flight.load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// Requests in flight to one instance.
+    pub fn in_flight_of(&self, id: &str) -> u32 {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|e| e.id == id)
+            .map_or(0, |e| e.in_flight.load(Ordering::Acquire))
+    }
+
+    /// Ready endpoints not draining.
+    pub fn ready(&self) -> usize {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|e| !e.draining.load(Ordering::Acquire))
+            .count()
+    }
+
+    /// Cold-start statistics.
+    pub fn cold_starts(&self) -> ColdStarts {
+        self.cold.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Adds a ready instance. Returns the duration of the cold start it ends, if requests
+    /// were waiting for a revision at zero.
+    pub fn add(&self, id: &str, netns: Arc<OwnedFd>) -> Option<Duration> {
+        let ended = self
+            .cold_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map(|since| since.elapsed());
+        if let Some(d) = ended {
+            let mut c = self.cold.lock().unwrap_or_else(|p| p.into_inner());
+            c.count += 1;
+            c.total_seconds += d.as_secs_f64();
+            c.last_seconds = d.as_secs_f64();
+        }
+        {
+            let mut eps = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+            if !eps.iter().any(|e| e.id == id) {
+                eps.push(Arc::new(Endpoint {
+                    id: id.to_owned(),
+                    netns,
+                    in_flight: AtomicU32::new(0),
+                    draining: AtomicBool::new(false),
+                    served: AtomicU64::new(0),
+                }));
+            }
+        }
+        self.notify.notify_waiters();
+        // notify_waiters only wakes tasks already waiting; a permit covers a racing one.
+        self.notify.notify_one();
+        ended
+    }
+
+    /// Wakes every waiting request (to re-check the pool's state).
+    pub fn wake_all(&self) {
+        self.notify.notify_waiters();
+    }
+
+    /// Removes an instance (it stopped or is not ready).
+    pub fn remove(&self, id: &str) -> Option<Arc<Endpoint>> {
+        let mut eps = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+        let i = eps.iter().position(|e| e.id == id)?;
+        Some(eps.remove(i))
+    }
+
+    /// Marks an instance draining; returns it so its in-flight requests can be awaited.
+    pub fn drain(&self, id: &str) -> Option<Arc<Endpoint>> {
+        let eps = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+        let e = eps.iter().find(|e| e.id == id)?.clone();
+        e.draining.store(true, Ordering::Release);
+        Some(e)
+    }
+
+    /// The endpoint this request goes to: the less loaded of two picked at random among those
+    /// with room (power of two choices), or none.
+    fn try_acquire(self: &Arc<Self>, cc: u32) -> Option<Slot> {
+        let eps = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+        let open: Vec<&Arc<Endpoint>> = eps
+            .iter()
+            .filter(|e| !e.draining.load(Ordering::Acquire))
+            .collect();
+        if open.is_empty() {
+            return None;
+        }
+        let mut rng = rand::rng();
+        let order: Vec<&Arc<Endpoint>> = if open.len() == 1 {
+            vec![open[0]]
+        } else {
+            let a = rng.random_range(0..open.len());
+            let mut b = rng.random_range(0..open.len() - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (x, y) = (open[a], open[b]);
+            let first = if y.in_flight.load(Ordering::Acquire) < x.in_flight.load(Ordering::Acquire)
+            {
+                vec![y, x]
+            } else {
+                vec![x, y]
+            };
+            // Then every other endpoint, least loaded first, so a full pair is not a dead end.
+            let mut rest: Vec<&Arc<Endpoint>> = open
+                .iter()
+                .copied()
+                .filter(|e| !Arc::ptr_eq(e, x) && !Arc::ptr_eq(e, y))
+                .collect();
+            rest.sort_by_key(|e| e.in_flight.load(Ordering::Acquire));
+            first.into_iter().chain(rest).collect()
+        };
+        for e in order {
+            // Claim a slot atomically: never more than `cc` in flight to one instance.
+            let claimed = e
+                .in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    if cc == 0 || n < cc { Some(n + 1) } else { None }
+                })
+                .is_ok();
+            if claimed {
+                e.served.fetch_add(1, Ordering::Relaxed);
+                return Some(Slot {
+                    endpoint: e.clone(),
+                    cold_start: None,
+                    pool: self.clone(),
+                });
+            }
+        }
+        None
+    }
+
+    /// Waits for an instance with room, up to `max_wait`, as one of at most `max_queue`
+    /// waiters. `wake` is called (once) when the request has to wait, to poke the autoscaler.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        max_queue: usize,
+        max_wait: Duration,
+        wake: impl FnOnce(),
+    ) -> Result<Slot, AcquireError> {
+        let spec = self.spec();
+        if let Some(why) = spec.unavailable {
+            return Err(AcquireError::Unavailable(why));
+        }
+        self.change(1);
+        if let Some(slot) = self.try_acquire(spec.container_concurrency) {
+            return Ok(slot);
+        }
+        let before = self.waiting.fetch_add(1, Ordering::AcqRel);
+        if before >= max_queue {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.change(-1);
+            return Err(AcquireError::QueueFull(max_queue));
+        }
+        let cold = self.ready() == 0;
+        let started = Instant::now();
+        if cold {
+            self.cold_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(started);
+        }
+        wake();
+        let deadline = started + max_wait;
+        let result = loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(slot) = self.try_acquire(spec.container_concurrency) {
+                break Ok(slot);
+            }
+            if let Some(why) = self.spec().unavailable {
+                break Err(AcquireError::Unavailable(why));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break match self.try_acquire(spec.container_concurrency) {
+                    Some(slot) => Ok(slot),
+                    None => Err(AcquireError::Timeout(max_wait)),
+                };
+            }
+        };
+        let left = self.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 && result.is_err() && self.ready() == 0 {
+            // Every request that waited gave up: no cold start is under way any more.
+            self.cold_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        }
+        // Pass the wake-up on: another waiter may fit too.
+        self.notify.notify_one();
+        match result {
+            Ok(mut slot) if cold => {
+                self.cold.lock().unwrap_or_else(|p| p.into_inner()).requests += 1;
+                slot.cold_start = Some(started.elapsed());
+                Ok(slot)
+            }
+            Ok(slot) => Ok(slot),
+            Err(e) => {
+                self.change(-1);
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cc: u32) -> PoolSpec {
+        PoolSpec {
+            namespace: "default".into(),
+            service: "s".into(),
+            revision: "s-00001".into(),
+            container_concurrency: cc,
+            port: 8080,
+            h2c: false,
+            timeout: Duration::from_secs(300),
+            response_start_timeout: None,
+            idle_timeout: None,
+            unavailable: None,
+        }
+    }
+
+    fn fd() -> Arc<OwnedFd> {
+        Arc::new(std::fs::File::open("/dev/null").expect("fd").into())
+    }
+
+    /// containerConcurrency is a hard limit: with cc=1 and two instances, a third request
+    /// waits until a slot is released, and no instance ever has two in flight.
+    #[tokio::test]
+    async fn concurrency_is_a_hard_limit() {
+        let p = Pool::new(spec(1));
+        p.add("a", fd());
+        p.add("b", fd());
+        let s1 = p
+            .acquire(10, Duration::from_secs(5), || {})
+            .await
+            .expect("slot");
+        let s2 = p
+            .acquire(10, Duration::from_secs(5), || {})
+            .await
+            .expect("slot");
+        assert_ne!(s1.endpoint.id, s2.endpoint.id);
+        let p2 = p.clone();
+        let third =
+            tokio::spawn(async move { p2.acquire(10, Duration::from_secs(5), || {}).await });
+        tokio::task::yield_now().await;
+        assert_eq!(p.waiting(), 1);
+        drop(s1);
+        let s3 = third.await.expect("join").expect("slot after release");
+        assert!(s3.endpoint.in_flight.load(Ordering::Acquire) <= 1);
+        assert!(s2.endpoint.in_flight.load(Ordering::Acquire) <= 1);
+    }
+
+    /// A request for a revision with no instance waits, pokes the autoscaler, and proceeds
+    /// when an instance is added; it counts as a cold start.
+    #[tokio::test]
+    async fn waits_for_an_instance() {
+        let p = Pool::new(spec(0));
+        let poked = Arc::new(AtomicBool::new(false));
+        let (p2, poked2) = (p.clone(), poked.clone());
+        let waiter = tokio::spawn(async move {
+            p2.acquire(10, Duration::from_secs(5), move || {
+                poked2.store(true, Ordering::Release)
+            })
+            .await
+        });
+        while p.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(poked.load(Ordering::Acquire));
+        p.add("a", fd());
+        let slot = waiter.await.expect("join").expect("slot");
+        assert_eq!(slot.endpoint.id, "a");
+        assert_eq!(p.cold_starts().count, 1);
+    }
+
+    /// The queue is bounded in depth and in time.
+    #[tokio::test(start_paused = true)]
+    async fn queue_is_bounded() {
+        let p = Pool::new(spec(0));
+        assert_eq!(
+            p.acquire(0, Duration::from_secs(1), || {}).await.err(),
+            Some(AcquireError::QueueFull(0))
+        );
+        assert_eq!(
+            p.acquire(5, Duration::from_secs(1), || {}).await.err(),
+            Some(AcquireError::Timeout(Duration::from_secs(1)))
+        );
+        assert_eq!(p.waiting(), 0);
+    }
+
+    /// Draining instances take no new requests.
+    #[tokio::test]
+    async fn draining_takes_nothing_new() {
+        let p = Pool::new(spec(0));
+        p.add("a", fd());
+        p.add("b", fd());
+        p.drain("a");
+        for _ in 0..20 {
+            let s = p
+                .acquire(10, Duration::from_secs(1), || {})
+                .await
+                .expect("slot");
+            assert_eq!(s.endpoint.id, "b");
+        }
+    }
+
+    /// Power of two choices spreads load: with 4 instances and 40 concurrent requests none
+    /// gets more than its share plus a little.
+    #[tokio::test]
+    async fn spreads_load() {
+        let p = Pool::new(spec(0));
+        for id in ["a", "b", "c", "d"] {
+            p.add(id, fd());
+        }
+        let mut slots = Vec::new();
+        for _ in 0..40 {
+            slots.push(
+                p.acquire(100, Duration::from_secs(1), || {})
+                    .await
+                    .expect("slot"),
+            );
+        }
+        for id in ["a", "b", "c", "d"] {
+            let n = slots.iter().filter(|s| s.endpoint.id == id).count();
+            assert!((7..=13).contains(&n), "{id} got {n} of 40");
+        }
+        let (avg, reqs) = p.take_bucket();
+        assert_eq!(reqs, 40);
+        assert!(avg >= 0.0);
+    }
+}

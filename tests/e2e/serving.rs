@@ -1,0 +1,707 @@
+//! Serving through the real daemon: the router, the activator and the autoscaler with real
+//! runc instances of the workspace's test server, reached through the ingress on loopback.
+//! Scale from zero, scale to zero and back, `containerConcurrency` as a hard limit, traffic
+//! splits and tags, deploys under load, timeouts, request headers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_test_utils::images::runtime_info_image;
+use skiff_test_utils::registry::{PushFormat, Registry, skip_reason};
+use skiff_test_utils::{MAX_WAIT, TestDaemon, wait_for};
+
+use crate::{SKIFF, assert_code, stdout};
+
+fn skip() -> bool {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return true;
+    }
+    if std::process::Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: runc is not installed");
+        return true;
+    }
+    false
+}
+
+/// A registry holding the test server image as `skiff/info:v1`, and a daemon.
+async fn setup(daemon_args: &[&str]) -> (Registry, TestDaemon, String) {
+    let reg = Registry::start().await.expect("registry");
+    let image = runtime_info_image().expect("runtime-info image");
+    let dir = tempfile::tempdir().expect("layout");
+    image.write_oci_layout(dir.path(), "v1").expect("layout");
+    reg.push_oci_layout(dir.path(), "v1", "skiff/info:v1", PushFormat::Oci, false)
+        .await
+        .expect("push");
+    let d = TestDaemon::start_with(SKIFF, daemon_args)
+        .await
+        .expect("daemon");
+    let image = format!("{}/skiff/info:v1", reg.addr());
+    (reg, d, image)
+}
+
+/// A Service of the test server image: `annotations` on the template (YAML map lines),
+/// `spec_extra` revision fields, `env_target` as `TARGET`, and `traffic` (YAML list lines).
+fn service(
+    name: &str,
+    image: &str,
+    annotations: &str,
+    spec_extra: &str,
+    target: &str,
+    traffic: &str,
+) -> String {
+    let indent = |t: &str, n: usize| {
+        t.lines()
+            .map(|l| format!("{}{l}\n", " ".repeat(n)))
+            .collect::<String>()
+    };
+    let annotations = if annotations.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "    metadata:\n      annotations:\n{}",
+            indent(annotations, 8)
+        )
+    };
+    let traffic = if traffic.is_empty() {
+        String::new()
+    } else {
+        format!("  traffic:\n{}", indent(traffic, 2))
+    };
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n{annotations}    spec:\n{}      containers:\n      - image: {image}\n        env:\n        - name: TARGET\n          value: \"{target}\"\n{traffic}",
+        indent(spec_extra, 6),
+    )
+}
+
+async fn apply(d: &TestDaemon, yaml: &str) {
+    let o = d.cli_with_stdin(&["apply", "-f", "-"], Some(yaml));
+    assert_code(&o, 0);
+}
+
+/// A response from the ingress.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+async fn get(http: &reqwest::Client, d: &TestDaemon, host: &str, path: &str) -> Answer {
+    let r = http
+        .get(format!("http://{}{path}", d.ingress()))
+        .header("host", host)
+        .send()
+        .await
+        .expect("request to the ingress");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.text().await.unwrap_or_default();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn host(svc: &str) -> String {
+    format!("{svc}.default.localhost")
+}
+
+/// The revision that answered a `/info` request (the runtime sets `K_REVISION`).
+fn revision_of(a: &Answer) -> String {
+    serde_json::from_str::<Value>(&a.body)
+        .ok()
+        .and_then(|v| v["env"]["K_REVISION"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no K_REVISION in {} {}", a.status, a.body))
+}
+
+/// The Service's scale (override, per-revision desired/ready, cold starts, decisions).
+async fn scale(d: &TestDaemon, svc: &str) -> Value {
+    d.client().scale("default", svc).await.expect("scale")
+}
+
+fn revision_scale<'a>(s: &'a Value, rev: &str) -> &'a Value {
+    s["revisions"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["revision"] == rev))
+        .unwrap_or_else(|| panic!("no scale for {rev} in {s:#}"))
+}
+
+fn ready_instances(s: &Value, rev: &str) -> u64 {
+    revision_scale(s, rev)["ready"].as_u64().unwrap_or(0)
+}
+
+/// Waits until the Service's running instance count (any phase) satisfies `pred`.
+async fn wait_instances(d: &TestDaemon, svc: &str, what: &str, pred: impl Fn(&[Value]) -> bool) {
+    let client = d.client();
+    let pred = &pred;
+    let r = wait_for(what, Duration::from_millis(100), MAX_WAIT, || {
+        let client = client.clone();
+        let svc = svc.to_owned();
+        async move {
+            let list = client.instances("default", &svc).await.ok()?;
+            pred(&list).then_some(())
+        }
+    })
+    .await;
+    if let Err(e) = r {
+        let o = d.cli(&["describe", "service", svc]);
+        panic!(
+            "{e}\n{}\n--- daemon log tail\n{}",
+            stdout(&o),
+            tail(&d.log_text(), 40)
+        );
+    }
+}
+
+async fn wait_service_ready(d: &TestDaemon, svc: &str) -> Value {
+    let client = d.client();
+    let r = wait_for(
+        "the Service to be Ready",
+        Duration::from_millis(50),
+        MAX_WAIT,
+        || {
+            let client = client.clone();
+            let svc = svc.to_owned();
+            async move {
+                let s = client.get_service("default", &svc).await.ok()?;
+                let ready = s
+                    .condition("Ready")
+                    .is_some_and(|c| c.status == skiff_api::object::ConditionStatus::True);
+                ready.then(|| serde_json::to_value(&s).ok()).flatten()
+            }
+        },
+    )
+    .await;
+    match r {
+        Ok(v) => v,
+        Err(e) => {
+            let o = d.cli(&["describe", "service", svc]);
+            panic!(
+                "{e}\n{}\n--- daemon log tail\n{}",
+                stdout(&o),
+                tail(&d.log_text(), 40)
+            );
+        }
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// 20 concurrent first requests to a Service at zero (initial-scale 0: nothing ever ran)
+/// are all held while one instance starts, and all get 200. The cold start is recorded,
+/// and the request headers are Knative's.
+#[tokio::test]
+async fn scale_from_zero_holds_concurrent_requests() {
+    if skip() {
+        return;
+    }
+    let (_reg, d, image) = setup(&[]).await;
+    apply(
+        &d,
+        &service(
+            "sv-cold",
+            &image,
+            "autoscaling.knative.dev/initial-scale: \"0\"",
+            "",
+            "cold",
+            "",
+        ),
+    )
+    .await;
+    // Pinned, and no instance runs.
+    let client = d.client();
+    wait_for(
+        "the revision to be pinned",
+        Duration::from_millis(50),
+        MAX_WAIT,
+        || {
+            let client = client.clone();
+            async move {
+                let r = client.get_revision("default", "sv-cold-00001").await.ok()?;
+                r.status
+                    .container_statuses
+                    .first()?
+                    .image_digest
+                    .as_ref()
+                    .map(|_| ())
+            }
+        },
+    )
+    .await
+    .expect("pinned");
+    assert!(
+        client
+            .instances("default", "sv-cold")
+            .await
+            .expect("instances")
+            .is_empty()
+    );
+
+    let http = crate::http();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (http, h, url) = (
+            http.clone(),
+            host("sv-cold"),
+            format!("http://{}/info", d.ingress()),
+        );
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .get(url)
+                .header("host", h)
+                .send()
+                .await
+                .expect("request");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.expect("join");
+        assert_eq!(status, 200, "{body}");
+    }
+    let s = scale(&d, "sv-cold").await;
+    let r = revision_scale(&s, "sv-cold-00001");
+    assert_eq!(r["coldStarts"], 1, "{s:#}");
+    assert_eq!(r["coldStartRequests"], 20, "{s:#}");
+    assert!(
+        r["lastColdStartSeconds"].as_f64().is_some_and(|v| v > 0.0),
+        "{s:#}"
+    );
+    let o = d.cli(&["describe", "service", "sv-cold"]);
+    assert!(
+        stdout(&o).contains("request(s) waiting for a revision at zero"),
+        "{}",
+        stdout(&o)
+    );
+    let metrics = crate::http()
+        .get(format!("{}/metrics", d.api()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("skiff_router_cold_starts_total{namespace=\"default\",service=\"sv-cold\",revision=\"sv-cold-00001\"} 1"), "{metrics}");
+
+    // Knative's request headers: X-Forwarded-For/-Proto, Forwarded, a request id (generated
+    // and returned, or passed on), traceparent (started, or passed on).
+    let a = get(&http, &d, &host("sv-cold"), "/headers").await;
+    assert_eq!(a.status, 200);
+    let v: Value = serde_json::from_str(&a.body).expect("json");
+    let h = &v["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{v:#}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{v:#}");
+    assert!(
+        h["forwarded"].as_str().is_some_and(
+            |f| f.contains("for=127.0.0.1") && f.contains("host=sv-cold.default.localhost")
+        ),
+        "{v:#}"
+    );
+    let rid = a
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id returned");
+    assert_eq!(h["x-request-id"], rid, "{v:#}");
+    assert!(
+        h["traceparent"]
+            .as_str()
+            .is_some_and(|t| t.len() == 55 && t.starts_with("00-")),
+        "{v:#}"
+    );
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = http
+        .get(format!("http://{}/headers", d.ingress()))
+        .header("host", host("sv-cold"))
+        .header("x-request-id", "my-id-1")
+        .header("traceparent", tp)
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("my-id-1")
+    );
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["headers"]["x-request-id"], "my-id-1");
+    assert_eq!(v["headers"]["traceparent"], tp);
+    assert_eq!(v["headers"]["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+
+    // An unknown host is a clear 404.
+    let a = get(&http, &d, "nope.default.localhost", "/").await;
+    assert_eq!(a.status, 404);
+    assert!(
+        a.body
+            .contains("no service for host `nope.default.localhost`"),
+        "{}",
+        a.body
+    );
+    d.cleanup().await.expect("cleanup");
+}
+
+/// An idle revision goes to zero after its stable window and the grace period, and the next
+/// request brings it back; the decisions say why.
+#[tokio::test]
+async fn scale_to_zero_and_back() {
+    if skip() {
+        return;
+    }
+    let (_reg, d, image) = setup(&["--scale-to-zero-grace-period-seconds", "1"]).await;
+    apply(
+        &d,
+        &service(
+            "sv-zero",
+            &image,
+            "autoscaling.knative.dev/window: \"6s\"",
+            "",
+            "zero",
+            "",
+        ),
+    )
+    .await;
+    // initial-scale 1: the revision becomes ready on its own, then goes idle to zero.
+    wait_service_ready(&d, "sv-zero").await;
+    wait_instances(&d, "sv-zero", "one instance (initial scale)", |l| {
+        l.len() == 1
+    })
+    .await;
+    wait_instances(&d, "sv-zero", "scale to zero", |l| l.is_empty()).await;
+    let s = scale(&d, "sv-zero").await;
+    let decisions = revision_scale(&s, "sv-zero-00001")["decisions"].to_string();
+    assert!(decisions.contains("scaled to zero"), "{s:#}");
+
+    let http = crate::http();
+    let a = get(&http, &d, &host("sv-zero"), "/info").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(revision_of(&a), "sv-zero-00001");
+    let s = scale(&d, "sv-zero").await;
+    assert_eq!(ready_instances(&s, "sv-zero-00001"), 1, "{s:#}");
+    assert_eq!(
+        revision_scale(&s, "sv-zero-00001")["coldStarts"],
+        1,
+        "{s:#}"
+    );
+    // `skiff get services` shows ready/desired instances.
+    let o = d.cli(&["get", "services"]);
+    let row = stdout(&o)
+        .lines()
+        .find(|l| l.starts_with("sv-zero"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(row.contains(" 1/1 "), "{}", stdout(&o));
+    d.cleanup().await.expect("cleanup");
+}
+
+/// `containerConcurrency: 1` is a hard limit: 5 clients for 20 s against an endpoint that
+/// answers 500 whenever it sees two requests at once never get a 500; the autoscaler adds
+/// instances for the load.
+#[tokio::test]
+async fn container_concurrency_is_a_hard_limit() {
+    if skip() {
+        return;
+    }
+    let (_reg, d, image) = setup(&[]).await;
+    apply(
+        &d,
+        &service("sv-cc", &image, "", "containerConcurrency: 1", "cc", ""),
+    )
+    .await;
+    wait_service_ready(&d, "sv-cc").await;
+    let http = crate::http();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let (http, url, h, stop, ok) = (
+            http.clone(),
+            format!("http://{}/concurrency?hold_ms=20", d.ingress()),
+            host("sv-cc"),
+            stop.clone(),
+            ok.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut bad = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let r = http
+                    .get(&url)
+                    .header("host", &h)
+                    .send()
+                    .await
+                    .expect("request");
+                let status = r.status().as_u16();
+                if status == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    bad.push((status, r.text().await.unwrap_or_default()));
+                }
+            }
+            bad
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut bad = Vec::new();
+    for t in tasks {
+        bad.extend(t.await.expect("join"));
+    }
+    let served = ok.load(Ordering::Relaxed);
+    assert!(
+        bad.is_empty(),
+        "{} non-200 answers (of {}), first: {:?}",
+        bad.len(),
+        served + bad.len() as u64,
+        bad.first()
+    );
+    assert!(served > 100, "only {served} requests served in 20 s");
+    let s = scale(&d, "sv-cc").await;
+    assert!(
+        ready_instances(&s, "sv-cc-00001") >= 2,
+        "the autoscaler added instances: {s:#}"
+    );
+    d.cleanup().await.expect("cleanup");
+}
+
+/// 50/50 over two revisions: each side gets at least 25% of 200 requests; a tag URL reaches
+/// only its revision; status.traffic says what is served.
+#[tokio::test]
+async fn traffic_split_and_tags() {
+    if skip() {
+        return;
+    }
+    let (_reg, d, image) = setup(&[]).await;
+    apply(&d, &service("sv-split", &image, "", "", "one", "")).await;
+    wait_service_ready(&d, "sv-split").await;
+    let traffic = "- revisionName: sv-split-00001\n  percent: 50\n  tag: old\n- latestRevision: true\n  percent: 50\n  tag: new\n";
+    apply(&d, &service("sv-split", &image, "", "", "two", traffic)).await;
+    let client = d.client();
+    wait_for(
+        "both revisions served",
+        Duration::from_millis(50),
+        MAX_WAIT,
+        || {
+            let client = client.clone();
+            async move {
+                let s = client.get_service("default", "sv-split").await.ok()?;
+                let revs: Vec<&str> = s
+                    .status
+                    .traffic
+                    .iter()
+                    .map(|t| t.revision_name.as_str())
+                    .collect();
+                (revs == ["sv-split-00001", "sv-split-00002"]).then_some(())
+            }
+        },
+    )
+    .await
+    .expect("traffic resolved");
+    let http = crate::http();
+    let (mut one, mut two) = (0, 0);
+    for _ in 0..200 {
+        let a = get(&http, &d, &host("sv-split"), "/info").await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        match revision_of(&a).as_str() {
+            "sv-split-00001" => one += 1,
+            "sv-split-00002" => two += 1,
+            other => panic!("unexpected revision {other}"),
+        }
+    }
+    assert!(one >= 50 && two >= 50, "split {one}/{two}");
+    for (tag, rev) in [("old", "sv-split-00001"), ("new", "sv-split-00002")] {
+        for _ in 0..20 {
+            let a = get(
+                &http,
+                &d,
+                &format!("{tag}-sv-split.default.localhost"),
+                "/info",
+            )
+            .await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            assert_eq!(revision_of(&a), rev);
+        }
+    }
+    let s = client
+        .get_service("default", "sv-split")
+        .await
+        .expect("service");
+    let urls: Vec<String> = s
+        .status
+        .traffic
+        .iter()
+        .filter_map(|t| t.url.clone())
+        .collect();
+    let port = d
+        .ingress()
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        urls,
+        [
+            format!("http://old-sv-split.default.localhost:{port}"),
+            format!("http://new-sv-split.default.localhost:{port}")
+        ]
+    );
+    d.cleanup().await.expect("cleanup");
+}
+
+/// A new revision deployed under steady load: not one non-2xx answer, and the load moves
+/// to the new revision once it is ready; the old one drains and stops.
+#[tokio::test]
+async fn deploy_under_load_loses_nothing() {
+    if skip() {
+        return;
+    }
+    let (_reg, d, image) = setup(&[]).await;
+    apply(&d, &service("sv-deploy", &image, "", "", "one", "")).await;
+    wait_service_ready(&d, "sv-deploy").await;
+    let http = crate::http();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (http, url, h, stop) = (
+            http.clone(),
+            format!("http://{}/info", d.ingress()),
+            host("sv-deploy"),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut bad, mut last_rev) = (0u64, Vec::new(), String::new());
+            while !stop.load(Ordering::Relaxed) {
+                match http.get(&url).header("host", &h).send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let body = r.text().await.unwrap_or_default();
+                        if (200..300).contains(&status) {
+                            ok += 1;
+                            if let Some(rev) = serde_json::from_str::<Value>(&body)
+                                .ok()
+                                .and_then(|v| v["env"]["K_REVISION"].as_str().map(str::to_owned))
+                            {
+                                last_rev = rev;
+                            }
+                        } else {
+                            bad.push(format!("{status} {body}"));
+                        }
+                    }
+                    Err(e) => bad.push(format!("transport: {e}")),
+                }
+            }
+            (ok, bad, last_rev)
+        }));
+    }
+    // Load on the first revision for a moment, then deploy.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    apply(&d, &service("sv-deploy", &image, "", "", "two", "")).await;
+    // The old revision's instances drain and stop once the new one serves.
+    wait_instances(&d, "sv-deploy", "only the new revision's instances", |l| {
+        !l.is_empty() && l.iter().all(|i| i["revision"] == "sv-deploy-00002")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut bad) = (0, Vec::new());
+    for t in tasks {
+        let (o, b, last) = t.await.expect("join");
+        ok += o;
+        bad.extend(b);
+        assert_eq!(
+            last, "sv-deploy-00002",
+            "each client ends on the new revision"
+        );
+    }
+    assert!(
+        bad.is_empty(),
+        "{} failed of {}: {:?}",
+        bad.len(),
+        ok + bad.len() as u64,
+        &bad[..bad.len().min(5)]
+    );
+    assert!(ok > 100, "only {ok} requests in the run");
+    d.cleanup().await.expect("cleanup");
+}
+
+/// Timeouts kept apart: a delay before the first byte under `timeoutSeconds` is 200, over
+/// it 504; a response that starts at once may stream past it (200, complete); silence
+/// longer than `idleTimeoutSeconds` in the middle of a response cuts it short.
+#[tokio::test]
+async fn timeouts() {
+    if skip() {
+        return;
+    }
+    let (_reg, d, image) = setup(&[]).await;
+    apply(
+        &d,
+        &service("sv-timeout", &image, "", "timeoutSeconds: 2", "t", ""),
+    )
+    .await;
+    apply(
+        &d,
+        &service(
+            "sv-idle",
+            &image,
+            "",
+            "timeoutSeconds: 30\nidleTimeoutSeconds: 1",
+            "t",
+            "",
+        ),
+    )
+    .await;
+    wait_service_ready(&d, "sv-timeout").await;
+    wait_service_ready(&d, "sv-idle").await;
+    let http = crate::http();
+    let a = get(&http, &d, &host("sv-timeout"), "/delay?ms=300").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = get(&http, &d, &host("sv-timeout"), "/delay?ms=5000").await;
+    assert_eq!(a.status, 504, "{}", a.body);
+    assert!(
+        a.body.contains("did not start answering within 2s"),
+        "{}",
+        a.body
+    );
+    let a = get(
+        &http,
+        &d,
+        &host("sv-timeout"),
+        "/stream?chunks=5&interval_ms=800",
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body, "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
+    // Idle timeout: chunks 1.5 s apart with a 1 s idle limit end the response after the
+    // first chunk, as an error (not a complete body).
+    let r = http
+        .get(format!(
+            "http://{}/stream?chunks=3&interval_ms=1500",
+            d.ingress()
+        ))
+        .header("host", host("sv-idle"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.text().await;
+    assert!(body.is_err(), "the response is cut short: {body:?}");
+    let a = get(
+        &http,
+        &d,
+        &host("sv-idle"),
+        "/stream?chunks=3&interval_ms=500",
+    )
+    .await;
+    assert_eq!(a.body, "chunk 0\nchunk 1\nchunk 2\n");
+    d.cleanup().await.expect("cleanup");
+}
