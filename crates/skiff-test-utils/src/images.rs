@@ -1,14 +1,16 @@
 //! Images for runtime tests: the static `skiff-test-server` ([`test_server_binary`]) in an
-//! image that reports what a container sees ([`runtime_info_image`]), and busybox `httpd`
-//! serving one page ([`busybox_httpd_image`]).
+//! image that reports what a container sees ([`runtime_info_image`]), busybox `httpd`
+//! serving one page ([`busybox_httpd_image`]), and the static `skiff-test-h2`
+//! ([`h2_server_binary`]) alone in an image ([`h2_server_image`]) for h2c and WebSocket
+//! through the router.
 //!
 //! # Design
 //!
-//! - The test server is built by running cargo, once per test process (a [`OnceLock`]), into
-//!   its own target directory, `<target>/static-test-server`. Cargo's lock on that directory
-//!   serializes test processes that build at the same time, and the second one finds the
-//!   binary fresh. A target directory of its own also keeps the `+crt-static` `RUSTFLAGS`
-//!   from invalidating the workspace's normal build.
+//! - The test servers are built by running cargo, once per test process each (a
+//!   [`OnceLock`]), into their own target directory, `<target>/static-test-server`. Cargo's
+//!   lock on that directory serializes test processes that build at the same time, and the
+//!   second one finds the binary fresh. A target directory of their own also keeps the
+//!   `+crt-static` `RUSTFLAGS` from invalidating the workspace's normal build.
 //! - The binary is built with `CARGO_PROFILE_RELEASE_STRIP=debuginfo`: the workspace's
 //!   release profile keeps line tables, which would make the binary 6.6 MB instead of
 //!   1.9 MB, and every image layer (and every pull a test times) three times bigger.
@@ -18,8 +20,9 @@
 //!
 //! - The build targets `x86_64-unknown-linux-gnu` with a static glibc, as
 //!   `ENVIRONMENT.md` describes; other hosts need another target.
-//! - Building takes about 5 s the first time and well under a second when fresh; a test
-//!   that calls these functions should allow for it.
+//! - Building takes about 5 s the first time for `skiff-test-server` and about 45 s for
+//!   `skiff-test-h2` (tokio, hyper, h2), and well under a second when fresh; a test that
+//!   calls these functions should allow for it.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,8 @@ use crate::oci::{Compression, DEFAULT_PATH_ENV, Entry, ImageBuilder, busybox_lay
 
 /// Where [`runtime_info_image`] puts the test server.
 pub const TEST_SERVER_PATH: &str = "/usr/local/bin/skiff-test-server";
+/// Where [`h2_server_image`] puts `skiff-test-h2`.
+pub const H2_SERVER_PATH: &str = "/usr/local/bin/skiff-test-h2";
 /// The Rust target the test server is built for (the host's, with a static glibc).
 pub const TEST_SERVER_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The label every image here carries, naming which image it is.
@@ -49,7 +54,7 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| manifest.join("../.."))
 }
 
-/// The target directory the static test server is built into:
+/// The target directory the static test servers are built into:
 /// `$CARGO_TARGET_DIR/static-test-server`, or `<workspace>/target/static-test-server`.
 pub fn test_server_target_dir() -> PathBuf {
     let root = workspace_root();
@@ -70,19 +75,33 @@ pub fn test_server_target_dir() -> PathBuf {
 pub fn test_server_binary() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
-        .get_or_init(|| build_test_server().map_err(|err| format!("{err:#}")))
+        .get_or_init(|| build_test_server("skiff-test-server").map_err(|err| format!("{err:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }
 
-/// Runs the cargo build behind [`test_server_binary`].
-fn build_test_server() -> anyhow::Result<PathBuf> {
+/// Builds the statically linked `skiff-test-h2` (once per process) and returns its path.
+///
+/// Built exactly as [`test_server_binary`] builds `skiff-test-server` (`-p skiff-test-h2`,
+/// the same target directory, flags and target), with the same error and the same memory
+/// of a failure.
+pub fn h2_server_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| build_test_server("skiff-test-h2").map_err(|err| format!("{err:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Runs the cargo build behind [`test_server_binary`] and [`h2_server_binary`]: builds
+/// `package`, whose binary has the package's name.
+fn build_test_server(package: &str) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let target_dir = test_server_target_dir();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(&root)
-        .args(["build", "--release", "-p", "skiff-test-server"])
+        .args(["build", "--release", "-p", package])
         .args(["--target", TEST_SERVER_TARGET])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -92,15 +111,12 @@ fn build_test_server() -> anyhow::Result<PathBuf> {
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
         .stdin(Stdio::null());
-    let output = cmd.output().with_context(|| {
-        format!(
-            "running `{}` to build skiff-test-server",
-            cargo.to_string_lossy()
-        )
-    })?;
+    let output = cmd
+        .output()
+        .with_context(|| format!("running `{}` to build {package}", cargo.to_string_lossy()))?;
     if !output.status.success() {
         bail!(
-            "building skiff-test-server with `{cmd:?}` failed ({}):\n{}",
+            "building {package} with `{cmd:?}` failed ({}):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
@@ -108,10 +124,10 @@ fn build_test_server() -> anyhow::Result<PathBuf> {
     let binary = target_dir
         .join(TEST_SERVER_TARGET)
         .join("release")
-        .join("skiff-test-server");
+        .join(package);
     ensure!(
         binary.is_file(),
-        "cargo built skiff-test-server but {} does not exist",
+        "cargo built {package} but {} does not exist",
         binary.display()
     );
     Ok(binary)
@@ -162,6 +178,36 @@ pub fn runtime_info_image() -> anyhow::Result<ImageBuilder> {
             .env("PATH", default_path())
             .expose("8080/tcp")
             .label(IMAGE_LABEL, "runtime-info"))
+    })
+}
+
+/// An image whose only content is `skiff-test-h2` at [`H2_SERVER_PATH`] (mode 0755), like
+/// a `FROM scratch` image: no shell, no libc, no `/etc`. Entrypoint `[H2_SERVER_PATH]`, no
+/// `Cmd`, no `User` (so root), `Env` with a `PATH` and `PORT=8080` (the runtime's `PORT`
+/// replaces it), `ExposedPorts` `8080/tcp` and the label `dev.skiff.test=h2-server`.
+///
+/// Without busybox it has no `sh` for exec probes: check it with HTTP or TCP probes.
+pub fn h2_server_image() -> anyhow::Result<ImageBuilder> {
+    static IMAGE: OnceLock<Result<ImageBuilder, String>> = OnceLock::new();
+    cached(&IMAGE, || {
+        let path = h2_server_binary()?;
+        let binary = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let server = layer(
+            &[
+                Entry::dir("usr"),
+                Entry::dir("usr/local"),
+                Entry::dir("usr/local/bin"),
+                Entry::executable(H2_SERVER_PATH, binary),
+            ],
+            Compression::Gzip,
+        );
+        Ok(ImageBuilder::new()
+            .layer(server)
+            .entrypoint(&[H2_SERVER_PATH])
+            .env("PATH", default_path())
+            .env("PORT", "8080")
+            .expose("8080/tcp")
+            .label(IMAGE_LABEL, "h2-server"))
     })
 }
 

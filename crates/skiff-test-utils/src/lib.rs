@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use skiff_client::Client;
 
 pub mod images;
+pub mod net;
 pub mod oci;
 pub mod registry;
 
