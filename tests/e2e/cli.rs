@@ -164,6 +164,25 @@ async fn stale_resource_version_is_a_conflict() {
         &d.cli_with_stdin(&["apply", "-f", "-"], Some(&service_yaml("hello", "v1"))),
         0,
     );
+    // Status updates bump the resourceVersion too (as in Kubernetes): let the revision settle
+    // (its image is absent, so it fails at once) before taking the snapshot.
+    let client = d.client();
+    skiff_test_utils::wait_for(
+        "the revision to fail its pull",
+        std::time::Duration::from_millis(20),
+        skiff_test_utils::MAX_WAIT,
+        || {
+            let client = client.clone();
+            async move {
+                let s = client.get_service("default", "hello").await.ok()?;
+                s.condition("Ready")
+                    .is_some_and(|c| c.status == skiff_api::object::ConditionStatus::False)
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .expect("settled");
     let snapshot = stdout(&d.cli(&["get", "svc", "hello", "-o", "yaml"]));
     assert!(snapshot.contains("resourceVersion"), "{snapshot}");
     let o = d.cli_with_stdin(&["apply", "-f", "-"], Some(&snapshot));

@@ -458,13 +458,17 @@ async fn container_concurrency_is_a_hard_limit() {
         bad.extend(t.await.expect("join"));
     }
     let served = ok.load(Ordering::Relaxed);
-    assert!(
-        bad.is_empty(),
-        "{} non-200 answers (of {}), first: {:?}",
-        bad.len(),
-        served + bad.len() as u64,
-        bad.first()
-    );
+    if !bad.is_empty() {
+        let o = d.cli(&["describe", "service", "sv-cc"]);
+        panic!(
+            "{} non-200 answers (of {}): {:?}\n{}\n--- daemon log tail\n{}",
+            bad.len(),
+            served + bad.len() as u64,
+            &bad[..bad.len().min(5)],
+            stdout(&o),
+            tail(&d.log_text(), 60)
+        );
+    }
     assert!(served > 100, "only {served} requests served in 20 s");
     let s = scale(&d, "sv-cc").await;
     assert!(
@@ -703,5 +707,70 @@ async fn timeouts() {
     )
     .await;
     assert_eq!(a.body, "chunk 0\nchunk 1\nchunk 2\n");
+    d.cleanup().await.expect("cleanup");
+}
+
+/// A WebSocket echo through the router (HTTP/1.1 upgrade to the instance), and an h2c round
+/// trip: HTTP/2 with prior knowledge from the client to skiff, and from skiff to an
+/// instance whose port is named `h2c` (the instance reports the protocol it saw).
+#[tokio::test]
+async fn websocket_and_h2c() {
+    if skip() {
+        return;
+    }
+    let reg = Registry::start().await.expect("registry");
+    let image = skiff_test_utils::images::h2_server_image().expect("h2 image");
+    let dir = tempfile::tempdir().expect("layout");
+    image.write_oci_layout(dir.path(), "v1").expect("layout");
+    reg.push_oci_layout(dir.path(), "v1", "skiff/h2:v1", PushFormat::Oci, false)
+        .await
+        .expect("push");
+    let d = TestDaemon::start(SKIFF).await.expect("daemon");
+    let image = format!("{}/skiff/h2:v1", reg.addr());
+    let h2c = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: sv-h2c\nspec:\n  template:\n    spec:\n      containers:\n      - image: {image}\n        ports:\n        - name: h2c\n          containerPort: 8080\n"
+    );
+    let ws = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: sv-ws\nspec:\n  template:\n    spec:\n      containers:\n      - image: {image}\n"
+    );
+    apply(&d, &h2c).await;
+    apply(&d, &ws).await;
+    wait_service_ready(&d, "sv-h2c").await;
+    wait_service_ready(&d, "sv-ws").await;
+    let ingress: std::net::SocketAddr = d.ingress().parse().expect("ingress address");
+
+    let echoed = skiff_test_utils::net::websocket_echo(
+        ingress,
+        &host("sv-ws"),
+        "/ws",
+        &["one", "two", "three"],
+    )
+    .await
+    .expect("websocket through skiff");
+    assert_eq!(echoed, ["one", "two", "three"]);
+
+    // h2c end to end.
+    let (status, version, body) =
+        skiff_test_utils::net::h2c_get(ingress, &host("sv-h2c"), "/proto")
+            .await
+            .expect("h2c through skiff");
+    assert_eq!((status, version), (200, http::Version::HTTP_2), "{body}");
+    assert!(
+        body.starts_with("HTTP/2.0\n"),
+        "the instance saw HTTP/2: {body}"
+    );
+    // An HTTP/1.1 client of an h2c Service: skiff still speaks HTTP/2 to the instance.
+    let (status, version, body) =
+        skiff_test_utils::net::http1_get(ingress, &host("sv-h2c"), "/proto")
+            .await
+            .expect("http/1.1 through skiff");
+    assert_eq!((status, version), (200, http::Version::HTTP_11), "{body}");
+    assert!(body.starts_with("HTTP/2.0\n"), "{body}");
+    // And the http1 Service's instance sees HTTP/1.1 even from an h2c client.
+    let (status, _, body) = skiff_test_utils::net::h2c_get(ingress, &host("sv-ws"), "/proto")
+        .await
+        .expect("h2c client, http1 instance");
+    assert_eq!(status, 200);
+    assert!(body.starts_with("HTTP/1.1\n"), "{body}");
     d.cleanup().await.expect("cleanup");
 }

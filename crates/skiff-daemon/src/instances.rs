@@ -494,6 +494,12 @@ pub fn apply_instance_status(
     r.status.desired_replicas = desired;
     let was_ready =
         condition(&r.status.conditions, "Ready").is_some_and(|c| c.status == ConditionStatus::True);
+    // ResourcesAvailable turns True when an instance is first ready and stays so (as in
+    // Knative): the revision is known to be able to serve, so scaled to zero it is Ready
+    // and starts on demand.
+    let ever_ready = ready_now > 0
+        || condition(&r.status.conditions, "ResourcesAvailable")
+            .is_some_and(|c| c.status == ConditionStatus::True);
     // A container that keeps failing: the newest termination of a container waiting in
     // CrashLoopBackOff.
     let crash = live
@@ -541,7 +547,7 @@ pub fn apply_instance_status(
             set(r, "Ready", ConditionStatus::False, Some(&reason), Some(msg));
         }
         _ => {
-            if ready_now > 0 || was_ready {
+            if ready_now > 0 || was_ready || (actual == 0 && ever_ready) {
                 set(r, "ContainerHealthy", ConditionStatus::True, None, None);
                 set(r, "Ready", ConditionStatus::True, None, None);
             } else if actual > 0 {
@@ -563,7 +569,8 @@ pub fn apply_instance_status(
             } else if condition(&r.status.conditions, "Ready")
                 .is_some_and(|c| c.status == ConditionStatus::False)
             {
-                // A revision that failed keeps saying why after its instances are gone.
+                // A revision that never served and failed keeps saying why after its
+                // instances are gone.
             } else {
                 let msg = "no instance has run yet; one starts when the autoscaler asks for it (initial scale, or the first request)".to_owned();
                 set(
@@ -583,8 +590,26 @@ pub fn apply_instance_status(
             }
         }
     }
-    if actual > 0 {
+    if ever_ready {
         set(r, "ResourcesAvailable", ConditionStatus::True, None, None);
+    } else {
+        set(
+            r,
+            "ResourcesAvailable",
+            ConditionStatus::Unknown,
+            Some(if actual > 0 {
+                "Deploying"
+            } else {
+                REASON_NO_INSTANCES
+            }),
+            Some(if actual > 0 {
+                "no instance has been ready yet".into()
+            } else {
+                "no instance is running".into()
+            }),
+        );
+    }
+    if actual > 0 {
         set(
             r,
             "Active",
@@ -595,17 +620,99 @@ pub fn apply_instance_status(
     } else {
         set(
             r,
-            "ResourcesAvailable",
-            ConditionStatus::Unknown,
-            Some(REASON_NO_INSTANCES),
-            Some("no instance is running".into()),
-        );
-        set(
-            r,
             "Active",
             ConditionStatus::False,
             Some(REASON_NO_INSTANCES),
             Some("no instance is running".into()),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_runtime::instance::{ContainerStatus, Termination};
+
+    fn revision() -> Revision {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Revision",
+            "metadata": {"name": "r-00001", "namespace": "default", "uid": "u", "generation": 1, "creationTimestamp": "t"},
+            "spec": {"containers": [{"image": "x"}]}
+        }))
+        .expect("revision")
+    }
+
+    fn running(ready: bool) -> InstanceStatus {
+        InstanceStatus {
+            phase: Phase::Running,
+            ready,
+            ..Default::default()
+        }
+    }
+
+    fn crashing() -> InstanceStatus {
+        InstanceStatus {
+            phase: Phase::Running,
+            containers: vec![ContainerStatus {
+                name: "user-container".into(),
+                waiting_reason: Some("CrashLoopBackOff".into()),
+                restarts: 2,
+                last_termination: Some(Termination {
+                    reason: "Error".into(),
+                    exit_code: Some(3),
+                    at: "t".into(),
+                    message: "exited".into(),
+                    last_lines: vec!["boom".into()],
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn ready_status(r: &Revision) -> ConditionStatus {
+        condition(&r.status.conditions, "Ready")
+            .map(|c| c.status)
+            .unwrap_or(ConditionStatus::Unknown)
+    }
+
+    /// A revision that has served is Ready at zero (it starts on demand), even when its
+    /// last instance crashed before it went; one that never served keeps its failure.
+    #[test]
+    fn readiness_across_scale_to_zero() {
+        let mut r = revision();
+        apply_instance_status(&mut r, &[running(false)], 1, "t1");
+        assert_eq!(ready_status(&r), ConditionStatus::Unknown);
+        apply_instance_status(&mut r, &[running(true)], 1, "t2");
+        assert_eq!(ready_status(&r), ConditionStatus::True);
+        assert_eq!(
+            (r.status.actual_replicas, r.status.desired_replicas),
+            (1, 1)
+        );
+        apply_instance_status(&mut r, &[crashing()], 1, "t3");
+        assert_eq!(ready_status(&r), ConditionStatus::False);
+        apply_instance_status(&mut r, &[], 0, "t4");
+        assert_eq!(
+            ready_status(&r),
+            ConditionStatus::True,
+            "{:?}",
+            r.status.conditions
+        );
+        assert_eq!(
+            condition(&r.status.conditions, "Active").map(|c| c.status),
+            Some(ConditionStatus::False)
+        );
+
+        let mut never = revision();
+        apply_instance_status(&mut never, &[crashing()], 1, "t1");
+        assert_eq!(ready_status(&never), ConditionStatus::False);
+        apply_instance_status(&mut never, &[], 0, "t2");
+        let c = condition(&never.status.conditions, "Ready").expect("Ready");
+        assert_eq!(c.status, ConditionStatus::False);
+        assert!(
+            c.message.as_deref().is_some_and(|m| m.contains("boom")),
+            "{c:?}"
         );
     }
 }

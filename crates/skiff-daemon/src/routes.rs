@@ -107,7 +107,9 @@ pub fn build(services: &[Service], revisions: &[Revision], domain: &str) -> Rout
         revs.sort_by_key(|r| configuration_generation(r));
         let latest_created = revs.last().copied();
         let latest_ready = revs.iter().rev().find(|r| ready(r)).copied();
-        if let Some(r) = latest_created.filter(|r| failed(r).is_none()) {
+        // The latest created revision runs its initial scale to become ready (a failing one
+        // keeps retrying with back-off until its autoscaler lets it go after a window).
+        if let Some(r) = latest_created {
             table
                 .reachable
                 .insert((ns.clone(), r.metadata.name.clone()));
@@ -372,7 +374,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(t.reachable.is_empty());
+        assert!(
+            t.reachable.contains(&key("c-00001")),
+            "a failed latest revision keeps retrying"
+        );
         assert!(t.pools[0].unavailable.is_some());
         let s = service("d", None, vec![ts("d-00001", 100, None)]);
         let t = build(
@@ -391,7 +396,7 @@ mod tests {
                 split: vec![("d-00001".into(), 100)]
             })
         );
-        assert!(!t.reachable.contains(&key("d-00002")));
+        assert!(t.reachable.contains(&key("d-00001")) && t.reachable.contains(&key("d-00002")));
     }
 
     /// Revisions no target names are unreachable; 0% tagged targets only get tag hosts.

@@ -335,6 +335,17 @@ impl Serving {
 
     /// Puts every ready instance in its pool and takes the others out.
     pub fn sync_instances(&self) {
+        let live: HashSet<String> = self
+            .runtime
+            .instances()
+            .iter()
+            .map(|i| i.plan.id.clone())
+            .collect();
+        for id in self.router.instance_ids() {
+            if !live.contains(&id) {
+                self.router.forget(&id);
+            }
+        }
         for i in self.runtime.instances() {
             let st = i.status();
             self.apply(&InstanceEvent {

@@ -181,10 +181,26 @@ impl Router {
 
     /// Removes revisions' pools that are not in `keep`.
     pub fn retain_pools(&self, keep: &std::collections::HashSet<RevisionKey>) {
+        let mut gone = Vec::new();
         self.pools
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| keep.contains(k));
+            .retain(|k, p| {
+                let kept = keep.contains(k);
+                if !kept {
+                    gone.push(p.clone());
+                }
+                kept
+            });
+        // Requests still waiting for a deleted revision are answered now, not at their
+        // queue timeout.
+        for p in gone {
+            p.spec
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .unavailable = Some("the revision was deleted".to_owned());
+            p.wake_all();
+        }
     }
 
     /// A revision's pool.
@@ -241,17 +257,18 @@ impl Router {
         }
     }
 
-    /// Forgets an instance that is gone for good (its id may not come back).
-    pub fn forget(&self, id: &str) {
-        self.instance_gone(id);
-        self.retired
-            .write()
+    /// The instances the router knows.
+    pub fn instance_ids(&self) -> Vec<String> {
+        self.instance_pool
+            .read()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+            .keys()
+            .cloned()
+            .collect()
     }
 
-    /// An instance is no longer ready (or gone): it takes no new requests.
-    pub fn instance_gone(&self, id: &str) {
+    /// Forgets an instance that is gone for good (its id never comes back).
+    pub fn forget(&self, id: &str) {
         let key = self
             .instance_pool
             .write()
@@ -263,6 +280,24 @@ impl Router {
             .remove(id);
         if let Some(pool) = key.and_then(|k| self.pool(&k)) {
             pool.remove(id);
+        }
+        self.retired
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// An instance is not ready (or stopping): it takes no new requests; those in flight
+    /// continue.
+    pub fn instance_gone(&self, id: &str) {
+        let key = self
+            .instance_pool
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        if let Some(pool) = key.and_then(|k| self.pool(&k)) {
+            pool.unready(id);
         }
     }
 

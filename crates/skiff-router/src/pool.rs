@@ -39,7 +39,9 @@ pub struct PoolSpec {
     pub unavailable: Option<String>,
 }
 
-/// One ready instance.
+/// One instance of the revision. It stays in the pool while it is not ready (its in-flight
+/// count must survive a readiness flap, or `containerConcurrency` could be exceeded) and
+/// leaves only when the instance is gone.
 #[derive(Debug)]
 pub struct Endpoint {
     /// The instance id (also the authority of upstream URIs).
@@ -48,10 +50,19 @@ pub struct Endpoint {
     pub netns: Arc<OwnedFd>,
     /// Requests in flight to it.
     pub in_flight: AtomicU32,
+    /// Passing its readiness probe: it may take new requests.
+    pub ready: AtomicBool,
     /// Taking no new requests (being removed).
     pub draining: AtomicBool,
     /// Requests served.
     pub served: AtomicU64,
+}
+
+impl Endpoint {
+    /// Whether it may take new requests: ready and not draining.
+    pub fn open(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
 }
 
 /// Time-weighted concurrency of a revision and its request count, for 1-second buckets.
@@ -203,7 +214,7 @@ impl Pool {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|e| !e.draining.load(Ordering::Acquire))
+            .filter(|e| e.open())
             .count()
     }
 
@@ -229,14 +240,16 @@ impl Pool {
         }
         {
             let mut eps = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
-            if !eps.iter().any(|e| e.id == id) {
-                eps.push(Arc::new(Endpoint {
+            match eps.iter().find(|e| e.id == id) {
+                Some(e) => e.ready.store(true, Ordering::Release),
+                None => eps.push(Arc::new(Endpoint {
                     id: id.to_owned(),
                     netns,
                     in_flight: AtomicU32::new(0),
+                    ready: AtomicBool::new(true),
                     draining: AtomicBool::new(false),
                     served: AtomicU64::new(0),
-                }));
+                })),
             }
         }
         self.notify.notify_waiters();
@@ -250,7 +263,16 @@ impl Pool {
         self.notify.notify_waiters();
     }
 
-    /// Removes an instance (it stopped or is not ready).
+    /// An instance stopped passing its readiness probe: no new requests until it passes
+    /// again (those in flight continue).
+    pub fn unready(&self, id: &str) {
+        let eps = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = eps.iter().find(|e| e.id == id) {
+            e.ready.store(false, Ordering::Release);
+        }
+    }
+
+    /// Removes an instance that is gone.
     pub fn remove(&self, id: &str) -> Option<Arc<Endpoint>> {
         let mut eps = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
         let i = eps.iter().position(|e| e.id == id)?;
@@ -269,10 +291,7 @@ impl Pool {
     /// with room (power of two choices), or none.
     fn try_acquire(self: &Arc<Self>, cc: u32) -> Option<Slot> {
         let eps = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
-        let open: Vec<&Arc<Endpoint>> = eps
-            .iter()
-            .filter(|e| !e.draining.load(Ordering::Acquire))
-            .collect();
+        let open: Vec<&Arc<Endpoint>> = eps.iter().filter(|e| e.open()).collect();
         if open.is_empty() {
             return None;
         }
@@ -481,6 +500,30 @@ mod tests {
             Some(AcquireError::Timeout(Duration::from_secs(1)))
         );
         assert_eq!(p.waiting(), 0);
+    }
+
+    /// An instance whose readiness flaps keeps its in-flight count: with cc=1, a request in
+    /// flight before the flap still blocks a second one after it.
+    #[tokio::test]
+    async fn readiness_flap_keeps_the_limit() {
+        let p = Pool::new(spec(1));
+        p.add("a", fd());
+        let s1 = p
+            .acquire(10, Duration::from_secs(5), || {})
+            .await
+            .expect("slot");
+        p.unready("a");
+        assert_eq!(p.ready(), 0);
+        p.add("a", fd());
+        assert_eq!(p.ready(), 1);
+        let p2 = p.clone();
+        let second =
+            tokio::spawn(async move { p2.acquire(10, Duration::from_secs(5), || {}).await });
+        tokio::task::yield_now().await;
+        assert_eq!(p.waiting(), 1, "the second request waits for the first");
+        drop(s1);
+        let s2 = second.await.expect("join").expect("slot");
+        assert_eq!(s2.endpoint.in_flight.load(Ordering::Acquire), 1);
     }
 
     /// Draining instances take no new requests.

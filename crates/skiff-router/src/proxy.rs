@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
 use rand::Rng;
 use tokio::time::{Instant, Sleep};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::{RequestLabels, RevisionLabels};
 use crate::pool::{AcquireError, Slot};
@@ -111,6 +111,7 @@ fn rejected(
     request_id: &str,
 ) -> Response<Body> {
     router.metrics.rejected.get_or_create(rl).inc();
+    info!(revision = %rl.revision, reason = ?e, "activator refused a request");
     let revision = &rl.revision;
     let (msg, retry) = match e {
         AcquireError::QueueFull(n) => (

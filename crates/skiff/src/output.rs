@@ -211,6 +211,7 @@ pub fn describe_service(s: &Service, revisions: &[Revision]) -> String {
         "GENERATION",
         "TRAFFIC",
         "TAGS",
+        "INSTANCES",
         "IMAGE",
         "READY",
         "REASON",
@@ -246,6 +247,7 @@ pub fn describe_service(s: &Service, revisions: &[Revision]) -> String {
             } else {
                 tags.join(",")
             },
+            format!("{}/{}", r.status.actual_replicas, r.status.desired_replicas),
             r.spec
                 .containers
                 .iter()
