@@ -303,7 +303,7 @@ async fn scale_from_zero_holds_concurrent_requests() {
     assert_eq!(h["x-forwarded-proto"], "http", "{v:#}");
     assert!(
         h["forwarded"].as_str().is_some_and(
-            |f| f.contains("for=127.0.0.1") && f.contains("host=sv-cold.default.localhost")
+            |f| f.contains("for=127.0.0.1") && f.contains("host=\"sv-cold.default.localhost\"")
         ),
         "{v:#}"
     );
@@ -755,9 +755,10 @@ async fn websocket_and_h2c() {
             .await
             .expect("h2c through skiff");
     assert_eq!((status, version), (200, http::Version::HTTP_2), "{body}");
-    assert!(
-        body.starts_with("HTTP/2.0\n"),
-        "the instance saw HTTP/2: {body}"
+    assert_eq!(
+        body,
+        format!("HTTP/2.0\n{}\n", host("sv-h2c")),
+        "the instance saw HTTP/2 and the client's authority"
     );
     // An HTTP/1.1 client of an h2c Service: skiff still speaks HTTP/2 to the instance.
     let (status, version, body) =
@@ -765,12 +766,12 @@ async fn websocket_and_h2c() {
             .await
             .expect("http/1.1 through skiff");
     assert_eq!((status, version), (200, http::Version::HTTP_11), "{body}");
-    assert!(body.starts_with("HTTP/2.0\n"), "{body}");
+    assert_eq!(body, format!("HTTP/2.0\n{}\n", host("sv-h2c")));
     // And the http1 Service's instance sees HTTP/1.1 even from an h2c client.
     let (status, _, body) = skiff_test_utils::net::h2c_get(ingress, &host("sv-ws"), "/proto")
         .await
         .expect("h2c client, http1 instance");
     assert_eq!(status, 200);
-    assert!(body.starts_with("HTTP/1.1\n"), "{body}");
+    assert_eq!(body, format!("HTTP/1.1\n{}\n", host("sv-ws")));
     d.cleanup().await.expect("cleanup");
 }

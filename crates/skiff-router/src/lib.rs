@@ -20,6 +20,7 @@ pub mod connect;
 mod metrics;
 pub mod pool;
 mod proxy;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -93,7 +94,7 @@ pub struct Router {
     /// Instances being removed: they never take requests again.
     retired: RwLock<std::collections::HashSet<String>>,
     client_h1: Client<connect::NsConnector, Body>,
-    client_h2: Client<connect::NsConnector, Body>,
+    h2: upstream::H2,
     poke: mpsc::UnboundedSender<RevisionKey>,
     metrics: RouterMetrics,
 }
@@ -124,10 +125,7 @@ impl Router {
             .pool_max_idle_per_host(256)
             .set_host(false)
             .build(nc.clone());
-        let client_h2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .set_host(false)
-            .build(nc);
+        let h2 = Arc::new(upstream::H2Connections::new(nc));
         Arc::new(Router {
             cfg,
             routes: RwLock::new(Arc::default()),
@@ -136,7 +134,7 @@ impl Router {
             instance_pool: RwLock::new(HashMap::new()),
             retired: RwLock::default(),
             client_h1,
-            client_h2,
+            h2,
             poke,
             metrics,
         })
@@ -281,6 +279,7 @@ impl Router {
         if let Some(pool) = key.and_then(|k| self.pool(&k)) {
             pool.remove(id);
         }
+        self.h2.forget(id);
         self.retired
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::{RequestLabels, RevisionLabels};
 use crate::pool::{AcquireError, Slot};
+use crate::upstream::UpstreamError;
 use crate::{Body, BoxError, HostRoute, Router};
 
 const REQUEST_ID: &str = "x-request-id";
@@ -261,7 +262,7 @@ pub(crate) async fn handle(
         } else {
             ip.clone()
         };
-        let fwd = format!("for={ip_token};host={host_full};proto=http");
+        let fwd = format!("for={ip_token};host=\"{host_full}\";proto=http");
         let fwd = match h.get("forwarded").and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {fwd}"),
             None => fwd,
@@ -342,11 +343,6 @@ pub(crate) async fn handle(
     // not be made (it died between its last probe and now).
     let replayable = hyper::body::Body::is_end_stream(&body);
     let mut body = Some(body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
-    let client = if spec.h2c {
-        &router.client_h2
-    } else {
-        &router.client_h1
-    };
     let first_byte = spec
         .response_start_timeout
         .map_or(spec.timeout, |r| r.min(spec.timeout));
@@ -354,9 +350,19 @@ pub(crate) async fn handle(
     let mut attempt = 0u32;
     let mut response = loop {
         let mut p = parts.clone();
-        p.uri = match format!("http://{}:{}{}", slot.endpoint.id, spec.port, path)
-            .parse::<http::Uri>()
-        {
+        // HTTP/1.1: the instance id picks the pooled connection, the Host header stays the
+        // client's. HTTP/2: the URI's authority becomes `:authority`, so it is the client's.
+        let authority = if spec.h2c {
+            host_full.as_str()
+        } else {
+            slot.endpoint.id.as_str()
+        };
+        let port = if spec.h2c {
+            String::new()
+        } else {
+            format!(":{}", spec.port)
+        };
+        p.uri = match format!("http://{authority}{port}{path}").parse::<http::Uri>() {
             Ok(u) => u,
             Err(_) => {
                 return text(
@@ -372,7 +378,19 @@ pub(crate) async fn handle(
                 .map_err(|never| match never {})
                 .boxed(),
         };
-        match tokio::time::timeout_at(deadline, client.request(Request::from_parts(p, b))).await {
+        let sent = async {
+            let req = Request::from_parts(p, b);
+            if spec.h2c {
+                router.h2.request(&slot.endpoint.id, spec.port, req).await
+            } else {
+                router
+                    .client_h1
+                    .request(req)
+                    .await
+                    .map_err(UpstreamError::Http1)
+            }
+        };
+        match tokio::time::timeout_at(deadline, sent).await {
             Ok(Ok(r)) => break r,
             Err(_) => {
                 let status = StatusCode::GATEWAY_TIMEOUT;
