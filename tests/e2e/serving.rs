@@ -340,6 +340,24 @@ async fn scale_from_zero_holds_concurrent_requests() {
     assert_eq!(v["headers"]["traceparent"], tp);
     assert_eq!(v["headers"]["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
 
+    // Garbage is a 400, and the ingress keeps serving.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(d.ingress())
+            .await
+            .expect("connect");
+        s.write_all(b"NOT HTTP AT ALL\r\n\r\n")
+            .await
+            .expect("write");
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert_eq!(
+            get(&http, &d, &host("sv-cold"), "/healthz").await.status,
+            200
+        );
+    }
     // An unknown host is a clear 404.
     let a = get(&http, &d, "nope.default.localhost", "/").await;
     assert_eq!(a.status, 404);

@@ -335,7 +335,14 @@ impl Router {
         grace: Duration,
     ) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // A client must send its request head within 30 s (slow-header attacks hold no
+        // connection forever).
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        builder.http2().timer(hyper_util::rt::TokioTimer::new());
         loop {
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
