@@ -793,3 +793,61 @@ async fn websocket_and_h2c() {
     assert_eq!(body, format!("HTTP/1.1\n{}\n", host("sv-ws")));
     d.cleanup().await.expect("cleanup");
 }
+
+/// A new revision that crashes never takes traffic: the previous one keeps serving, and the
+/// Service says why.
+#[tokio::test]
+async fn failing_revision_never_takes_traffic() {
+    if skip() {
+        return;
+    }
+    let (_reg, d, image) = setup(&[]).await;
+    apply(&d, &service("sv-fail", &image, "", "", "one", "")).await;
+    wait_service_ready(&d, "sv-fail").await;
+    let crashing = service("sv-fail", &image, "", "", "two", "").replace(
+        "        env:\n",
+        "        args: [\"--crash-after-ms\", \"1\"]\n        env:\n",
+    );
+    apply(&d, &crashing).await;
+    let client = d.client();
+    let why = wait_for(
+        "the Service to report the failing revision",
+        Duration::from_millis(50),
+        MAX_WAIT,
+        || {
+            let client = client.clone();
+            async move {
+                let s = client.get_service("default", "sv-fail").await.ok()?;
+                let c = s.condition("Ready")?;
+                (c.status == skiff_api::object::ConditionStatus::False)
+                    .then(|| c.message.clone().unwrap_or_default())
+            }
+        },
+    )
+    .await
+    .expect("the Service says why");
+    assert!(why.contains("sv-fail-00002"), "{why}");
+    assert!(
+        why.contains("crashing now") || why.contains("exited with code"),
+        "{why}"
+    );
+    let http = crate::http();
+    for _ in 0..20 {
+        let a = get(&http, &d, &host("sv-fail"), "/info").await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(revision_of(&a), "sv-fail-00001");
+    }
+    let s = client
+        .get_service("default", "sv-fail")
+        .await
+        .expect("service");
+    assert_eq!(
+        s.status.latest_ready_revision_name.as_deref(),
+        Some("sv-fail-00001")
+    );
+    assert_eq!(
+        s.status.latest_created_revision_name.as_deref(),
+        Some("sv-fail-00002")
+    );
+    d.cleanup().await.expect("cleanup");
+}
