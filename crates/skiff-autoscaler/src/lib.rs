@@ -181,7 +181,9 @@ fn average(
             Metric::Rps => b.requests as f64,
         })
         .sum();
-    sum / span_s
+    // An empty float sum is -0.0; averages are never negative.
+    let avg = sum / span_s;
+    if avg > 0.0 { avg } else { 0.0 }
 }
 
 impl Autoscaler {
