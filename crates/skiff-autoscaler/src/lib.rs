@@ -171,18 +171,27 @@ fn average(
     since_ms: u64,
     metric: Metric,
 ) -> f64 {
-    let start = now_ms.saturating_sub(window_ms).max(since_ms);
-    let span_s = ((now_ms.saturating_sub(start)) as f64 / 1000.0).max(1.0);
+    // The window is its last `window / 1 s` buckets, counted rather than cut by timestamp:
+    // a decision between two bucket ticks, or a tick that fires late, must still see a whole
+    // window (cutting at `now - window` drops one bucket in six of a 6 s panic window).
+    // Stale buckets (older than the window, plus a tick of slack) do not count; a revision
+    // younger than the window is averaged over the seconds it has existed.
+    let slots = (window_ms / 1000).max(1) as usize;
+    let value = |b: &Bucket| match metric {
+        Metric::Concurrency => b.concurrency,
+        Metric::Rps => b.requests as f64,
+    };
+    let fresh = |b: &&Bucket| b.at_ms >= since_ms && b.at_ms + window_ms + 1000 > now_ms;
     let sum: f64 = buckets
         .iter()
-        .filter(|b| b.at_ms >= start && b.at_ms < now_ms)
-        .map(|b| match metric {
-            Metric::Concurrency => b.concurrency,
-            Metric::Rps => b.requests as f64,
-        })
+        .rev()
+        .filter(fresh)
+        .take(slots)
+        .map(value)
         .sum();
+    let lived = buckets.iter().filter(|b| b.at_ms >= since_ms).count();
+    let avg = sum / slots.min(lived).max(1) as f64;
     // An empty float sum is -0.0; averages are never negative.
-    let avg = sum / span_s;
     if avg > 0.0 { avg } else { 0.0 }
 }
 

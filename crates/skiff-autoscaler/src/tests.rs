@@ -248,3 +248,34 @@ proptest! {
         }
     }
 }
+
+/// Decisions between bucket ticks, or with ticks that fire late, read the whole window: at a
+/// steady concurrency of 20 the panic average stays 20 (it read 5/6 of it when the window
+/// was cut by timestamp).
+#[test]
+fn jittered_ticks_read_whole_windows() {
+    let s = Settings {
+        container_concurrency: 2,
+        utilization: 1.0,
+        ..Settings::default()
+    };
+    let mut a = Autoscaler::new(0);
+    let mut t = 0u64;
+    for i in 0..30u64 {
+        // Ticks land 0–40 ms late, buckets stamped one second before their tick.
+        t += 1000 + (i * 7) % 41;
+        a.record(Bucket {
+            at_ms: t - 1000,
+            concurrency: 20.0,
+            requests: 400,
+        });
+        // A decision on the tick and one 500 ms later (a poke between ticks).
+        for now in [t, t + 500] {
+            let d = a.decide(&s, now, 10, 0);
+            if i >= 6 {
+                assert!((d.panic_average - 20.0).abs() < 1e-9, "t={now}: {d:?}");
+                assert_eq!(d.desired, 10, "t={now}: {d:?}");
+            }
+        }
+    }
+}
