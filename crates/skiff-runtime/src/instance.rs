@@ -1130,6 +1130,24 @@ impl Runtime {
     pub async fn recover(self: &Arc<Self>, plans: Vec<InstancePlan>) -> RecoveryReport {
         let mut report = RecoveryReport::default();
         let listed = self.oci.list().await.unwrap_or_default();
+        // Instances of this data directory: recorded, with a directory here, or with a
+        // container in this runc root. cgroups are shared by every skiff on the host, so
+        // only theirs are cleaned up; another daemon's are never touched.
+        let mut ours: std::collections::HashSet<String> =
+            plans.iter().map(|p| p.id.clone()).collect();
+        if let Ok(entries) = std::fs::read_dir(self.opts.run_dir.join("instances")) {
+            ours.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
+        }
+        for c in listed.iter().filter(|c| c.id.starts_with(CONTAINER_PREFIX)) {
+            let rest = c.id.trim_start_matches(CONTAINER_PREFIX);
+            if let Some((instance, _)) = rest.rsplit_once("-c") {
+                ours.insert(instance.to_owned());
+            }
+        }
         for plan in plans {
             let dir = self.instance_dir(&plan.id);
             let mut pids = Vec::new();
@@ -1197,7 +1215,10 @@ impl Runtime {
             }
         }
         for cg in cgroups::children(CGROUP_PARENT) {
-            if !keep(&cg) {
+            let mine = cg
+                .rsplit_once("-c")
+                .is_some_and(|(instance, _)| ours.contains(instance));
+            if mine && !keep(&cg) {
                 cgroups::remove(&format!("{CGROUP_PARENT}/{cg}"));
                 report.removed_cgroups.push(cg);
             }
