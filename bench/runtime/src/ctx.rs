@@ -1,5 +1,5 @@
-//! What both cases share: the imported image, the runtime under test, the floor's runc root and
-//! connector, and the per-container settings both cases use.
+//! What both cases share: the imported image, the runtime under test, the floor, and the
+//! per-container settings both cases use.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +16,8 @@ use skiff_runtime::oci::{OciRuntime, RuncCli};
 use skiff_runtime::probe::{ProbeAction, ProbeSpec};
 use skiff_runtime::{Runtime, RuntimeOptions};
 use skiff_store::{SqliteStore, Store};
+
+use skiff_bench_runtime::floor::{Floor, FloorSettings};
 
 use crate::timed_oci::TimedOci;
 
@@ -45,10 +47,9 @@ pub struct Ctx {
     /// The runtime under test and its (timed) runc driver.
     pub rt: Arc<Runtime>,
     pub oci: Arc<TimedOci>,
-    /// The floor: its runc root, its bundles, its `/etc` files, its connector.
-    pub floor_runc_root: PathBuf,
-    pub floor_dir: PathBuf,
-    pub floor_etc: PathBuf,
+    /// The floor (bare runc on the same layers with the same config).
+    pub floor: Floor,
+    /// The floor's connector, also used to watch skiff's port and by `--micro`.
     pub connector: Connector,
     /// Diagnostic: poll the port every 1 ms during skiff's start too.
     pub watch_port: bool,
@@ -64,8 +65,11 @@ impl std::fmt::Debug for Ctx {
 pub fn skiff_runc_root(work: &Path) -> PathBuf {
     work.join("skiff/runc")
 }
+pub fn floor_dir(work: &Path) -> PathBuf {
+    work.join("floor")
+}
 pub fn floor_runc_root(work: &Path) -> PathBuf {
-    work.join("floor/runc")
+    Floor::runc_root(&floor_dir(work))
 }
 
 impl Ctx {
@@ -113,7 +117,7 @@ impl Ctx {
             .context("layer paths")?;
         let mut args = image.config.entrypoint.clone().unwrap_or_default();
         args.extend(image.config.cmd.clone().unwrap_or_default());
-        let image_env = image
+        let image_env: Vec<(String, String)> = image
             .config
             .env
             .clone()
@@ -128,11 +132,20 @@ impl Ctx {
         let rt = Runtime::new(opts, oci.clone() as Arc<dyn OciRuntime>)
             .context("starting the runtime")?;
 
-        let floor_dir = work.join("floor/bundles");
-        let floor_etc = work.join("floor/etc");
-        std::fs::create_dir_all(&floor_dir).context("creating the floor's bundle dir")?;
-        skiff_runtime::rootfs::write_etc_files(&floor_etc, "start-bench-floor")
-            .context("writing the floor's /etc files")?;
+        let mut plan_env: Vec<(String, String)> = image_env.clone();
+        plan_env.push(("PORT".into(), PORT.to_string()));
+        let floor = Floor::new(
+            &floor_dir(work),
+            FloorSettings {
+                prefix: prefix.clone(),
+                lowers: lowers.clone(),
+                args: args.clone(),
+                env: plan_env,
+                port: PORT,
+                memory_limit: MEMORY_LIMIT,
+                ready_timeout: READY_TIMEOUT,
+            },
+        )?;
         Ok(Ctx {
             prefix,
             lowers,
@@ -142,10 +155,8 @@ impl Ctx {
             image_size: image.size,
             rt,
             oci,
-            floor_runc_root: floor_runc_root(work),
-            floor_dir,
-            floor_etc,
-            connector: Connector::new(2).context("starting the floor's connector")?,
+            connector: floor.connector.clone(),
+            floor,
             watch_port,
         })
     }

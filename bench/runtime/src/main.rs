@@ -7,14 +7,10 @@
 //! removed at the end, on failure and on SIGINT/SIGTERM, and then checked gone (containers in
 //! both runc roots, mounts, cgroups, the directory). Needs root and runc.
 
-mod cleanup;
 mod ctx;
-mod floor;
-mod machine;
 mod micro;
 mod report;
 mod skiff_case;
-mod stats;
 mod timed_oci;
 
 use std::path::PathBuf;
@@ -24,11 +20,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use skiff_bench_runtime::cleanup::Cleanup;
+use skiff_bench_runtime::floor::FloorSample;
+use skiff_bench_runtime::machine;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cleanup::Cleanup;
 use crate::ctx::Ctx;
-use crate::floor::FloorSample;
 use crate::skiff_case::SkiffSample;
 
 /// Start to ready: skiff's runtime beside bare runc, interleaved in one run.
@@ -238,7 +235,6 @@ async fn measure(
     warmup: usize,
     micro: usize,
 ) -> anyhow::Result<Samples> {
-    let home = floor::image_root_home(&ctx.lowers);
     let mut samples = Samples {
         skiff: Vec::with_capacity(runs),
         floor: Vec::with_capacity(runs),
@@ -248,7 +244,9 @@ async fn measure(
         let a = skiff_case::once(&ctx, i)
             .await
             .with_context(|| format!("skiff, run {i}"))?;
-        let b = floor::once(&ctx, i, &home)
+        let b = ctx
+            .floor
+            .once(i)
             .await
             .with_context(|| format!("floor, run {i}"))?;
         let label = if i < warmup {

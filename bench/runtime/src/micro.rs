@@ -11,8 +11,9 @@ use skiff_runtime::netns::NetNs;
 use skiff_runtime::spec::{self, ContainerConfig};
 use skiff_runtime::{logs, rootfs};
 
+use skiff_bench_runtime::stats::{Summary, summarize};
+
 use crate::ctx::{Ctx, MEMORY_LIMIT};
-use crate::stats::{Summary, summarize};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

@@ -2,10 +2,11 @@
 
 use std::fmt::Write;
 
-use crate::floor::FloorSample;
-use crate::machine::Machine;
+use skiff_bench_runtime::floor::FloorSample;
+use skiff_bench_runtime::machine::Machine;
+use skiff_bench_runtime::stats::{Summary, median, summarize};
+
 use crate::skiff_case::SkiffSample;
-use crate::stats::{Summary, median, summarize};
 
 pub struct Report<'a> {
     pub invocation: &'a str,

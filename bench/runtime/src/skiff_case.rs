@@ -50,7 +50,7 @@ pub async fn once(ctx: &Ctx, n: usize) -> anyhow::Result<SkiffSample> {
                 if connector.connect(netns.clone(), PORT).await.is_ok() {
                     return Instant::now();
                 }
-                crate::floor::precise_sleep(crate::floor::POLL).await;
+                skiff_bench_runtime::floor::precise_sleep(skiff_bench_runtime::floor::POLL).await;
             }
         })
     });
