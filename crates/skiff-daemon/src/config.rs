@@ -57,6 +57,8 @@ pub struct Config {
     pub activator_queue_depth: usize,
     /// Longest a request waits in the activator for an instance with room.
     pub activator_queue_timeout: Duration,
+    /// Threads the router serves on; 0 means one per core.
+    pub router_threads: usize,
 }
 
 impl Config {
@@ -79,6 +81,7 @@ impl Config {
             scale_to_zero_grace_period: Duration::from_secs(30),
             activator_queue_depth: 1000,
             activator_queue_timeout: Duration::from_secs(60),
+            router_threads: 0,
         }
     }
 }
@@ -170,6 +173,11 @@ const SETTINGS: &[Setting] = &[
         key: "activator_queue_timeout_seconds",
         env: "SKIFF_ACTIVATOR_QUEUE_TIMEOUT_SECONDS",
         flag: "--activator-queue-timeout-seconds",
+    },
+    Setting {
+        key: "router_threads",
+        env: "SKIFF_ROUTER_THREADS",
+        flag: "--router-threads",
     },
 ];
 
@@ -490,6 +498,16 @@ pub fn load(
             ),
         }
     }
+    if let Some((v, s)) = get("router_threads") {
+        match v.parse::<usize>() {
+            Ok(n) if n <= 1024 => config.router_threads = n,
+            _ => bad(
+                "router_threads",
+                &s,
+                format!("`{v}` must be a number of threads from 0 (one per core) to 1024"),
+            ),
+        }
+    }
     if let Some((v, s)) = get("activator_queue_depth") {
         match v.parse::<usize>() {
             Ok(n) if (1..=1_000_000).contains(&n) => config.activator_queue_depth = n,
@@ -605,6 +623,24 @@ mod tests {
         assert!(
             text.contains("max_body_bytes (from flag --max-body-bytes)"),
             "{text}"
+        );
+    }
+
+    /// The router's thread count: 0 (one per core) by default, bounded.
+    #[test]
+    fn router_threads() {
+        let (config, _) = load(None, &env(&[]), &Flags::new()).expect("valid");
+        assert_eq!(config.router_threads, 0);
+        let (config, _) =
+            load(None, &env(&[("SKIFF_ROUTER_THREADS", "2")]), &Flags::new()).expect("valid");
+        assert_eq!(config.router_threads, 2);
+        let mut flags = Flags::new();
+        flags.insert("router_threads", "many".into());
+        let err = load(None, &env(&[]), &flags).expect_err("invalid");
+        assert!(
+            err.to_string()
+                .contains("router_threads (from flag --router-threads)"),
+            "{err}"
         );
     }
 

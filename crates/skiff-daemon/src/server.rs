@@ -133,6 +133,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             domain: config.domain.clone(),
             queue_depth: config.activator_queue_depth,
             queue_timeout: config.activator_queue_timeout,
+            threads: config.router_threads,
         },
         runtime.connector().clone(),
         poke_tx,

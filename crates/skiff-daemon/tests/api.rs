@@ -49,6 +49,7 @@ impl Api {
                 domain: "localhost".into(),
                 queue_depth: 10,
                 queue_timeout: std::time::Duration::from_secs(1),
+                threads: 1,
             },
             runtime.connector().clone(),
             poke,

@@ -103,4 +103,63 @@ impl RouterMetrics {
     pub fn unregistered() -> Self {
         Self::new(&mut Registry::default())
     }
+
+    /// The metrics of one revision, looked up once (requests then update them without
+    /// hashing labels).
+    pub fn handles(&self, spec: &crate::PoolSpec) -> PoolHandles {
+        let rl = RevisionLabels {
+            namespace: spec.namespace.clone(),
+            service: spec.service.clone(),
+            revision: spec.revision.clone(),
+        };
+        let class = |c: &str| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    namespace: rl.namespace.clone(),
+                    service: rl.service.clone(),
+                    revision: rl.revision.clone(),
+                    code_class: c.to_owned(),
+                })
+                .clone()
+        };
+        PoolHandles {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: self.duration.get_or_create(&rl).clone(),
+            queue_wait: self.queue_wait.get_or_create(&rl).clone(),
+            rejected: self.rejected.get_or_create(&rl).clone(),
+            cold_starts: self.cold_starts.get_or_create(&rl).clone(),
+            cold_start_duration: self.cold_start_duration.get_or_create(&rl).clone(),
+        }
+    }
+}
+
+/// One revision's metric handles.
+#[derive(Debug, Clone)]
+pub struct PoolHandles {
+    /// Requests answered, by status class 1xx–5xx.
+    pub by_class: [Counter; 5],
+    /// Request latency.
+    pub duration: Histogram,
+    /// Activator waits.
+    pub queue_wait: Histogram,
+    /// Activator refusals.
+    pub rejected: Counter,
+    /// Cold starts.
+    pub cold_starts: Counter,
+    /// Their duration.
+    pub cold_start_duration: Histogram,
+}
+
+impl PoolHandles {
+    /// Counts an answer.
+    pub fn answered(&self, status: http::StatusCode) {
+        let i = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.by_class[i].inc();
+    }
 }

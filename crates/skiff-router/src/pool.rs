@@ -92,8 +92,9 @@ pub struct ColdStarts {
 /// A revision's instances and waiting requests.
 #[derive(Debug)]
 pub struct Pool {
-    /// How it is served.
-    pub spec: RwLock<PoolSpec>,
+    spec: RwLock<Arc<PoolSpec>>,
+    /// Its metrics.
+    pub handles: crate::metrics::PoolHandles,
     endpoints: RwLock<Vec<Arc<Endpoint>>>,
     notify: Notify,
     waiting: AtomicUsize,
@@ -135,9 +136,16 @@ impl Drop for Slot {
 impl Pool {
     /// A pool with no instance.
     pub fn new(spec: PoolSpec) -> Arc<Pool> {
+        let handles = crate::metrics::RouterMetrics::unregistered().handles(&spec);
+        Pool::with_handles(spec, handles)
+    }
+
+    /// A pool with no instance, updating `handles`.
+    pub fn with_handles(spec: PoolSpec, handles: crate::metrics::PoolHandles) -> Arc<Pool> {
         let now = Instant::now();
         Arc::new(Pool {
-            spec: RwLock::new(spec),
+            spec: RwLock::new(Arc::new(spec)),
+            handles,
             endpoints: RwLock::new(Vec::new()),
             notify: Notify::new(),
             waiting: AtomicUsize::new(0),
@@ -153,8 +161,14 @@ impl Pool {
         })
     }
 
-    fn spec(&self) -> PoolSpec {
+    /// How it is served.
+    pub fn spec(&self) -> Arc<PoolSpec> {
         self.spec.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes how it is served.
+    pub fn set_spec(&self, spec: PoolSpec) {
+        *self.spec.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(spec);
     }
 
     fn change(&self, delta: i64) {
@@ -349,8 +363,8 @@ impl Pool {
         wake: impl FnOnce(),
     ) -> Result<Slot, AcquireError> {
         let spec = self.spec();
-        if let Some(why) = spec.unavailable {
-            return Err(AcquireError::Unavailable(why));
+        if let Some(why) = &spec.unavailable {
+            return Err(AcquireError::Unavailable(why.clone()));
         }
         self.change(1);
         if let Some(slot) = self.try_acquire(spec.container_concurrency) {
@@ -379,8 +393,8 @@ impl Pool {
             if let Some(slot) = self.try_acquire(spec.container_concurrency) {
                 break Ok(slot);
             }
-            if let Some(why) = self.spec().unavailable {
-                break Err(AcquireError::Unavailable(why));
+            if let Some(why) = &self.spec().unavailable {
+                break Err(AcquireError::Unavailable(why.clone()));
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 break match self.try_acquire(spec.container_concurrency) {

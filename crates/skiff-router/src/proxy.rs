@@ -17,10 +17,9 @@ use rand::Rng;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
-use crate::metrics::{RequestLabels, RevisionLabels};
-use crate::pool::{AcquireError, Slot};
-use crate::upstream::UpstreamError;
-use crate::{Body, BoxError, HostRoute, Router};
+use crate::pool::{AcquireError, Pool, Slot};
+use crate::upstream::{Lease, Upstreams};
+use crate::{Body, BoxError, Resolved, Router};
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -90,30 +89,12 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
         && req.headers().contains_key(header::UPGRADE)
 }
 
-fn code_class(s: StatusCode) -> String {
-    format!("{}xx", s.as_u16() / 100)
-}
-
-fn count(router: &Router, rl: &RevisionLabels, status: StatusCode) {
-    let labels = RequestLabels {
-        namespace: rl.namespace.clone(),
-        service: rl.service.clone(),
-        revision: rl.revision.clone(),
-        code_class: code_class(status),
-    };
-    router.metrics.requests.get_or_create(&labels).inc();
-}
-
 /// The activator's answer when a request got no instance.
-fn rejected(
-    router: &Router,
-    e: AcquireError,
-    rl: &RevisionLabels,
-    request_id: &str,
-) -> Response<Body> {
-    router.metrics.rejected.get_or_create(rl).inc();
-    info!(revision = %rl.revision, reason = ?e, "activator refused a request");
-    let revision = &rl.revision;
+fn rejected(pool: &Pool, e: AcquireError, request_id: &str) -> Response<Body> {
+    pool.handles.rejected.inc();
+    let spec = pool.spec();
+    info!(revision = %spec.revision, reason = ?e, "activator refused a request");
+    let revision = &spec.revision;
     let (msg, retry) = match e {
         AcquireError::QueueFull(n) => (
             format!(
@@ -131,7 +112,7 @@ fn rejected(
         AcquireError::Unavailable(why) => (
             format!(
                 "skiff: service `{}` in namespace `{}` cannot serve requests: {why}",
-                rl.service, rl.namespace
+                spec.service, spec.namespace
             ),
             "10",
         ),
@@ -140,7 +121,7 @@ fn rejected(
     let mut r = text(status, msg, request_id);
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static(retry));
-    count(router, rl, status);
+    pool.handles.answered(status);
     r
 }
 
@@ -161,6 +142,7 @@ impl std::fmt::Display for ErrorChain<'_> {
 
 pub(crate) async fn handle(
     router: &Arc<Router>,
+    up: &Upstreams,
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
@@ -184,7 +166,8 @@ pub(crate) async fn handle(
         .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
         .map_or(host_full.as_str(), |(h, _)| h);
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let (namespace, service, revision) = match router.route(&host) {
+    let route = match router.route(&host) {
+        Some(r) => r,
         None => {
             return text(
                 StatusCode::NOT_FOUND,
@@ -195,7 +178,9 @@ pub(crate) async fn handle(
                 &request_id,
             );
         }
-        Some(HostRoute::Unavailable { message }) => {
+    };
+    let pool = match &*route {
+        Resolved::Unavailable(message) => {
             let mut r = text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("skiff: {message}"),
@@ -205,43 +190,22 @@ pub(crate) async fn handle(
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             return r;
         }
-        Some(HostRoute::Tag {
-            namespace,
-            service,
-            revision,
-        }) => (namespace, service, revision),
-        Some(HostRoute::Service {
-            namespace,
-            service,
-            split,
-        }) => {
-            let total: u32 = split.iter().map(|(_, p)| p).sum();
-            let mut pick = rand::rng().random_range(0..total.max(1));
-            let mut chosen = split.first().map(|(r, _)| r.clone()).unwrap_or_default();
-            for (r, p) in &split {
-                if pick < *p {
-                    chosen = r.clone();
+        Resolved::One(p) => p.clone(),
+        Resolved::Split { split, total } => {
+            let mut pick = rand::rng().random_range(0..(*total).max(1));
+            let mut chosen = &split[0].0;
+            for (p, share) in split {
+                if pick < *share {
+                    chosen = p;
                     break;
                 }
-                pick -= p;
+                pick -= share;
             }
-            (namespace, service, chosen)
+            chosen.clone()
         }
     };
-    let key = (namespace.clone(), revision.clone());
-    let Some(pool) = router.pool(&key) else {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("skiff: revision `{revision}` is not available"),
-            &request_id,
-        );
-    };
-    let spec = pool.spec.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let rl = RevisionLabels {
-        namespace: namespace.clone(),
-        service: service.clone(),
-        revision: revision.clone(),
-    };
+    let spec = pool.spec();
+    let revision = spec.revision.as_str();
 
     // Knative's request headers.
     {
@@ -292,29 +256,21 @@ pub(crate) async fn handle(
 
     // A slot on an instance, waiting in the activator while instances start.
     let wake = {
-        let (poke, key) = (router.poke.clone(), key.clone());
+        let (poke, spec) = (&router.poke, &spec);
         move || {
-            let _ = poke.send(key);
+            let _ = poke.send((spec.namespace.clone(), spec.revision.clone()));
         }
     };
     let mut slot = match pool
-        .acquire(
-            router.cfg.queue_depth,
-            router.cfg.queue_timeout,
-            wake.clone(),
-        )
+        .acquire(router.cfg.queue_depth, router.cfg.queue_timeout, wake)
         .await
     {
         Ok(s) => s,
-        Err(e) => return rejected(router, e, &rl, &request_id),
+        Err(e) => return rejected(&pool, e, &request_id),
     };
     let waited = started.elapsed();
     if waited > Duration::from_millis(1) {
-        router
-            .metrics
-            .queue_wait
-            .get_or_create(&rl)
-            .observe(waited.as_secs_f64());
+        pool.handles.queue_wait.observe(waited.as_secs_f64());
     }
 
     let path = req
@@ -348,23 +304,19 @@ pub(crate) async fn handle(
         .map_or(spec.timeout, |r| r.min(spec.timeout));
     let deadline = Instant::now() + first_byte;
     let mut attempt = 0u32;
-    let mut response = loop {
+    // HTTP/1.1: origin-form, the client's Host header. HTTP/2: the URI's authority becomes
+    // `:authority`, so it is the client's.
+    let uri = if spec.h2c {
+        format!("http://{host_full}{path}").parse::<http::Uri>()
+    } else {
+        path.parse::<http::Uri>()
+    }
+    .ok();
+    let (mut response, lease) = loop {
         let mut p = parts.clone();
-        // HTTP/1.1: the instance id picks the pooled connection, the Host header stays the
-        // client's. HTTP/2: the URI's authority becomes `:authority`, so it is the client's.
-        let authority = if spec.h2c {
-            host_full.as_str()
-        } else {
-            slot.endpoint.id.as_str()
-        };
-        let port = if spec.h2c {
-            String::new()
-        } else {
-            format!(":{}", spec.port)
-        };
-        p.uri = match format!("http://{authority}{port}{path}").parse::<http::Uri>() {
-            Ok(u) => u,
-            Err(_) => {
+        p.uri = match uri.clone() {
+            Some(u) => u,
+            None => {
                 return text(
                     StatusCode::BAD_REQUEST,
                     "skiff: the request path is not valid".into(),
@@ -381,20 +333,21 @@ pub(crate) async fn handle(
         let sent = async {
             let req = Request::from_parts(p, b);
             if spec.h2c {
-                router.h2.request(&slot.endpoint.id, spec.port, req).await
-            } else {
-                router
-                    .client_h1
-                    .request(req)
+                up.h2
+                    .request(&slot.endpoint.id, spec.port, req)
                     .await
-                    .map_err(UpstreamError::Http1)
+                    .map(|r| (r, None))
+            } else {
+                up.h1
+                    .request(&slot.endpoint.id, spec.port, req, upgrade)
+                    .await
             }
         };
         match tokio::time::timeout_at(deadline, sent).await {
             Ok(Ok(r)) => break r,
             Err(_) => {
                 let status = StatusCode::GATEWAY_TIMEOUT;
-                count(router, &rl, status);
+                pool.handles.answered(status);
                 return text(
                     status,
                     format!(
@@ -410,21 +363,17 @@ pub(crate) async fn handle(
                 drop(slot);
                 tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
                 slot = match pool
-                    .acquire(
-                        router.cfg.queue_depth,
-                        router.cfg.queue_timeout,
-                        wake.clone(),
-                    )
+                    .acquire(router.cfg.queue_depth, router.cfg.queue_timeout, wake)
                     .await
                 {
                     Ok(s) => s,
-                    Err(e) => return rejected(router, e, &rl, &request_id),
+                    Err(e) => return rejected(&pool, e, &request_id),
                 };
             }
             Ok(Err(e)) => {
                 warn!(revision = %revision, instance = %slot.endpoint.id, error = %ErrorChain(&e), "forwarding to an instance failed");
                 let status = StatusCode::BAD_GATEWAY;
-                count(router, &rl, status);
+                pool.handles.answered(status);
                 return text(
                     status,
                     format!(
@@ -437,11 +386,9 @@ pub(crate) async fn handle(
         }
     };
     let status = response.status();
-    count(router, &rl, status);
-    router
-        .metrics
+    pool.handles.answered(status);
+    pool.handles
         .duration
-        .get_or_create(&rl)
         .observe(started.elapsed().as_secs_f64());
     debug!(revision = %revision, instance = %slot.endpoint.id, status = status.as_u16(), "proxied");
 
@@ -481,6 +428,7 @@ pub(crate) async fn handle(
     }
     let body = Guarded {
         inner: body,
+        lease,
         slot: Some(slot),
         idle: spec.idle_timeout,
         sleep: None,
@@ -488,13 +436,43 @@ pub(crate) async fn handle(
     Response::from_parts(parts, body.boxed())
 }
 
-/// A response body that holds its instance slot until it ends, and ends it when the instance
-/// stays silent longer than the idle timeout.
+/// A response body that holds its instance slot (and its connection's lease) until it ends,
+/// and ends it when the instance stays silent longer than the idle timeout.
 struct Guarded {
     inner: Incoming,
+    lease: Option<Lease>,
     slot: Option<Slot>,
     idle: Option<Duration>,
     sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Guarded {
+    /// The response is complete: the connection goes back first, then the slot is freed, so
+    /// the next request to this instance finds the connection idle.
+    fn finish(&mut self) {
+        if let Some(l) = self.lease.take() {
+            l.give_back();
+        }
+        self.slot = None;
+    }
+
+    /// The response failed or was cut short: the connection is closed, the slot freed.
+    fn abort(&mut self) {
+        self.lease = None;
+        self.slot = None;
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // hyper may drop a body it knows has ended (Content-Length reached) without polling
+        // it to the end.
+        if hyper::body::Body::is_end_stream(&self.inner) {
+            self.finish();
+        } else {
+            self.abort();
+        }
+    }
 }
 
 /// The instance stayed silent past `idleTimeoutSeconds` in the middle of a response.
@@ -524,7 +502,7 @@ impl hyper::body::Body for Guarded {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
-                this.slot = None;
+                this.finish();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(f)) => {
@@ -532,7 +510,7 @@ impl hyper::body::Body for Guarded {
                     this.sleep = Some(Box::pin(tokio::time::sleep(d)));
                 }
                 if f.is_err() {
-                    this.slot = None;
+                    this.abort();
                 }
                 Poll::Ready(Some(f.map_err(|e| -> BoxError { Box::new(e) })))
             }
@@ -544,7 +522,7 @@ impl hyper::body::Body for Guarded {
                     if sleep.as_mut().poll(cx).is_ready() {
                         // Silence past idleTimeoutSeconds: abort the response (the client
                         // sees it cut short, not complete).
-                        this.slot = None;
+                        this.abort();
                         warn!("response idle past idleTimeoutSeconds; aborting it");
                         return Poll::Ready(Some(Err(Box::new(IdleTimeout(d)))));
                     }

@@ -1,18 +1,22 @@
-//! Sending a request to an instance.
+//! Sending a request to an instance, over connections made inside its network namespace
+//! ([`NsConnector`]) and kept per instance (and per router thread: see [`Upstreams`]).
 //!
-//! HTTP/1.1 goes through hyper-util's pooling client, whose pool key is the URI's authority:
-//! the router puts the instance id there (and [`NsConnector`] connects inside that
-//! instance's namespace), while the client's own `Host` header is passed on untouched.
+//! HTTP/1.1: a stack of idle connections per instance. A request takes one (or makes one),
+//! and the connection goes back when the response body has been read to its end — the same
+//! moment the instance's `containerConcurrency` slot is released — so the next request to
+//! that instance reuses it. A connection that the instance closed while idle is noticed
+//! before the request is written (hyper hands the request back) and the request goes on
+//! the next one, or a fresh one. Upgrades (WebSocket) get a connection of their own.
 //!
-//! HTTP/2 (an instance port named `h2c`) cannot work that way: HTTP/2 carries the authority
-//! as the `:authority` pseudo-header, taken from the URI, and the application must see the
-//! client's. So h2c instances get one multiplexed connection each, kept here by instance
-//! id, and requests keep their original authority.
+//! HTTP/2 (an instance port named `h2c`): one multiplexed connection per instance. HTTP/2
+//! carries the authority as `:authority`, taken from the URI, so requests keep the client's
+//! authority; the connection is found by instance id, not by URI.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -22,8 +26,8 @@ use crate::connect::NsConnector;
 /// Why a request did not get a response from an instance.
 #[derive(Debug)]
 pub enum UpstreamError {
-    /// The HTTP/1.1 client failed.
-    Http1(hyper_util::client::legacy::Error),
+    /// The HTTP/1.1 exchange failed.
+    Http1(hyper::Error),
     /// No connection could be made to the instance.
     Connect(std::io::Error),
     /// The HTTP/2 connection or request failed.
@@ -34,7 +38,7 @@ impl UpstreamError {
     /// Whether the request never reached the instance because no connection could be made.
     pub fn is_connect(&self) -> bool {
         match self {
-            UpstreamError::Http1(e) => e.is_connect(),
+            UpstreamError::Http1(_) => false,
             UpstreamError::Connect(_) => true,
             UpstreamError::Http2(_) => false,
         }
@@ -129,5 +133,153 @@ impl H2Connections {
     }
 }
 
-/// Shared handle.
-pub(crate) type H2 = Arc<H2Connections>;
+/// Most idle HTTP/1.1 connections kept per instance (per router thread).
+const MAX_IDLE_PER_INSTANCE: usize = 512;
+
+/// Idle HTTP/1.1 connections per instance.
+pub(crate) struct H1Connections {
+    connector: NsConnector,
+    idle: Mutex<HashMap<String, Vec<http1::SendRequest<Body>>>>,
+}
+
+/// A connection lent to one request; [`Lease::give_back`] returns it once the response
+/// body has ended. Dropping it instead closes the connection.
+pub(crate) struct Lease {
+    pool: Arc<H1Connections>,
+    id: String,
+    sender: http1::SendRequest<Body>,
+}
+
+impl Lease {
+    /// Returns the connection to the instance's idle stack (if it can carry another
+    /// request).
+    pub(crate) fn give_back(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let stack = idle.entry(self.id).or_default();
+        if stack.len() < MAX_IDLE_PER_INSTANCE {
+            stack.push(self.sender);
+        }
+    }
+}
+
+impl H1Connections {
+    pub(crate) fn new(connector: NsConnector) -> Self {
+        H1Connections {
+            connector,
+            idle: Mutex::default(),
+        }
+    }
+
+    fn take_idle(&self, id: &str) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let stack = idle.get_mut(id)?;
+        while let Some(s) = stack.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    async fn connect(
+        &self,
+        id: &str,
+        port: u16,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let uri: http::Uri = format!("http://{id}:{port}/")
+            .parse()
+            .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
+        let io = tower_service::Service::call(&mut self.connector.clone(), uri)
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake::<_, Body>(TokioIo::new(io.into_inner()))
+            .await
+            .map_err(UpstreamError::Http1)?;
+        let id_owned = id.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(instance = %id_owned, error = %e, "HTTP/1.1 connection to an instance ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` to instance `id`'s `port`. Returns the response and, unless the request
+    /// upgrades the connection, the lease of its connection.
+    pub(crate) async fn request(
+        self: &Arc<Self>,
+        id: &str,
+        port: u16,
+        mut req: http::Request<Body>,
+        upgrade: bool,
+    ) -> Result<(http::Response<Incoming>, Option<Lease>), UpstreamError> {
+        if !upgrade {
+            while let Some(mut sender) = self.take_idle(id) {
+                // Given back as its response body ended, the connection may need a moment
+                // to be ready for the next request; a closed one errors here.
+                if sender.ready().await.is_err() {
+                    continue;
+                }
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        let lease = Lease {
+                            pool: self.clone(),
+                            id: id.to_owned(),
+                            sender,
+                        };
+                        return Ok((resp, Some(lease)));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // Not written: the idle connection had closed. Try the next one.
+                        Some(r) => req = r,
+                        None => return Err(UpstreamError::Http1(e.into_error())),
+                    },
+                }
+            }
+        }
+        let mut sender = self.connect(id, port).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(UpstreamError::Http1)?;
+        let lease = (!upgrade).then(|| Lease {
+            pool: self.clone(),
+            id: id.to_owned(),
+            sender,
+        });
+        Ok((resp, lease))
+    }
+
+    /// Drops the idle connections to an instance that is gone.
+    pub(crate) fn forget(&self, id: &str) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+}
+
+/// The connections of one router thread.
+pub(crate) struct Upstreams {
+    pub(crate) h1: Arc<H1Connections>,
+    pub(crate) h2: H2Connections,
+}
+
+impl Upstreams {
+    pub(crate) fn new(connector: NsConnector) -> Self {
+        Upstreams {
+            h1: Arc::new(H1Connections::new(connector.clone())),
+            h2: H2Connections::new(connector),
+        }
+    }
+
+    /// Drops the connections to an instance that is gone.
+    pub(crate) fn forget(&self, id: &str) {
+        self.h1.forget(id);
+        self.h2.forget(id);
+    }
+}

@@ -8,6 +8,11 @@ mod output;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the router allocates per request on every worker thread, where glibc's malloc
+/// showed up at about 10% of the daemon's CPU (bench/serving.sh, perf).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// skiff: serverless containers on your own machines.
 ///
 /// Apply Knative Serving v1 Service manifests; skiff stores them, stamps revisions, and

@@ -66,12 +66,15 @@ pub struct ServerArgs {
     /// Seconds a request waits for an instance before a 503 [default: 60].
     #[arg(long)]
     pub activator_queue_timeout_seconds: Option<String>,
+    /// Threads the router serves on, 0 for one per core [default: 0].
+    #[arg(long)]
+    pub router_threads: Option<String>,
 }
 
 impl ServerArgs {
     fn flags(&self) -> Flags {
         let mut flags = Flags::new();
-        let pairs: [(&'static str, &Option<String>); 16] = [
+        let pairs: [(&'static str, &Option<String>); 17] = [
             ("data_dir", &self.data_dir),
             ("api_listen", &self.api_listen),
             ("ingress_listen", &self.ingress_listen),
@@ -97,6 +100,7 @@ impl ServerArgs {
                 "activator_queue_timeout_seconds",
                 &self.activator_queue_timeout_seconds,
             ),
+            ("router_threads", &self.router_threads),
         ];
         for (k, v) in pairs {
             if let Some(v) = v {
