@@ -169,7 +169,7 @@ impl Ctx {
     }
 
     /// skiff's plan for instance `id`: one container, the image's layers, 64 MiB, a TCP
-    /// readiness probe on the port (skiff probes every 5 ms until first ready).
+    /// readiness probe on the port (skiff probes every millisecond until first ready).
     pub fn plan(&self, id: &str) -> InstancePlan {
         InstancePlan {
             id: id.into(),

@@ -23,6 +23,8 @@ mod proxy;
 pub mod upstream;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -372,9 +374,7 @@ impl Router {
         };
         let Some(ep) = pool.drain(id) else { return };
         let deadline = tokio::time::Instant::now() + timeout;
-        while ep.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0
-            && tokio::time::Instant::now() < deadline
-        {
+        while ep.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.instance_gone(id);
@@ -384,34 +384,26 @@ impl Router {
     /// up to `grace`.
     ///
     /// Requests are served thread-per-core, as nginx's workers do: each router thread runs a
-    /// single-threaded runtime that accepts from the listener and keeps its own connections
-    /// into instances, so a request, its upstream connection and the response never hop
-    /// between threads (on a shared 2-core machine, cross-thread wake-ups cost about a third
-    /// of the router's CPU per request).
+    /// single-threaded runtime with its own connections into instances, so a request, its
+    /// upstream connection and the response never hop between threads (on a shared 2-core
+    /// machine, cross-thread wake-ups cost about a third of the router's CPU per request).
+    /// One acceptor hands every new client connection to the thread with the fewest open
+    /// ones: threads that all waited on the listener themselves let one thread take a whole
+    /// burst of connections while the others idled.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
         shutdown: CancellationToken,
         grace: Duration,
     ) {
-        let std_listener = match listener.into_std() {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "router: cannot take the listener");
-                return;
-            }
-        };
+        let mut threads = Vec::new();
         let mut done = Vec::new();
         for (i, up) in self.upstreams.iter().enumerate() {
-            let l = match std_listener.try_clone() {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(error = %e, "router: cannot share the listener with a thread");
-                    break;
-                }
-            };
+            let (conn_tx, conn_rx) = mpsc::unbounded_channel();
+            let open = Arc::new(AtomicUsize::new(0));
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let (router, up, shutdown) = (self.clone(), up.clone(), shutdown.clone());
+            let (router, up, shutdown, open2) =
+                (self.clone(), up.clone(), shutdown.clone(), open.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("skiff-router-{i}"))
                 .spawn(move || {
@@ -419,44 +411,25 @@ impl Router {
                         .enable_all()
                         .build()
                     {
-                        Ok(rt) => rt.block_on(router.serve_thread(l, up, shutdown, grace)),
+                        Ok(rt) => {
+                            rt.block_on(router.serve_thread(conn_rx, open2, up, shutdown, grace))
+                        }
                         Err(e) => warn!(error = %e, "router: cannot start a runtime"),
                     }
                     let _ = tx.send(());
                 });
             match spawned {
-                Ok(_) => done.push(rx),
+                Ok(_) => {
+                    threads.push((conn_tx, open));
+                    done.push(rx);
+                }
                 Err(e) => warn!(error = %e, "router: cannot start a thread"),
             }
         }
-        for rx in done {
-            let _ = rx.await;
+        if threads.is_empty() {
+            warn!("router: no thread could be started; the ingress does not serve");
+            return;
         }
-    }
-
-    async fn serve_thread(
-        self: Arc<Self>,
-        listener: std::net::TcpListener,
-        up: Arc<upstream::Upstreams>,
-        shutdown: CancellationToken,
-        grace: Duration,
-    ) {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "router: cannot register the listener");
-                return;
-            }
-        };
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        // A client must send its request head within 30 s (slow-header attacks hold no
-        // connection forever).
-        builder
-            .http1()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
-        builder.http2().timer(hyper_util::rt::TokioTimer::new());
         loop {
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
@@ -469,19 +442,80 @@ impl Router {
                 },
                 () = shutdown.cancelled() => break,
             };
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "router: cannot hand a connection to a thread");
+                    continue;
+                }
+            };
+            let Some((tx, open)) = threads
+                .iter()
+                .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
+            else {
+                break;
+            };
+            open.fetch_add(1, Ordering::Relaxed);
+            if tx.send((stream, peer)).is_err() {
+                open.fetch_sub(1, Ordering::Relaxed);
+                warn!("router: a thread has stopped; connection dropped");
+            }
+        }
+        drop(threads);
+        for rx in done {
+            let _ = rx.await;
+        }
+    }
+
+    async fn serve_thread(
+        self: Arc<Self>,
+        mut conns: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+        open: Arc<AtomicUsize>,
+        up: Arc<upstream::Upstreams>,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // A client must send its request head within 30 s (slow-header attacks hold no
+        // connection forever).
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        builder.http2().timer(hyper_util::rt::TokioTimer::new());
+        loop {
+            let (stream, peer) = tokio::select! {
+                c = conns.recv() => match c {
+                    Some(c) => c,
+                    None => break,
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    open.fetch_sub(1, Ordering::Relaxed);
+                    warn!(error = %e, "router: cannot register a connection");
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
             let (router, up) = (self.clone(), up.clone());
+            let peer = Arc::new(proxy::Peer::new(peer));
             let service = hyper::service::service_fn(move |req| {
-                let (router, up) = (router.clone(), up.clone());
+                let (router, up, peer) = (router.clone(), up.clone(), peer.clone());
                 async move {
-                    Ok::<_, std::convert::Infallible>(proxy::handle(&router, &up, req, peer).await)
+                    Ok::<_, std::convert::Infallible>(proxy::handle(&router, &up, req, &peer).await)
                 }
             });
             let conn = builder
                 .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
             let conn = graceful.watch(conn.into_owned());
+            let open = open.clone();
             tokio::spawn(async move {
                 let _ = conn.await;
+                open.fetch_sub(1, Ordering::Relaxed);
             });
         }
         let _ = tokio::time::timeout(grace, graceful.shutdown()).await;

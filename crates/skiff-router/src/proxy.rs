@@ -18,12 +18,16 @@ use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
 use crate::pool::{AcquireError, Pool, Slot};
-use crate::upstream::{Lease, Upstreams};
+use crate::upstream::{Failed, Lease, Upstreams};
 use crate::{Body, BoxError, Resolved, Router};
 
-const REQUEST_ID: &str = "x-request-id";
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-fn text(status: StatusCode, msg: String, request_id: &str) -> Response<Body> {
+fn text(status: StatusCode, msg: String, request_id: &HeaderValue) -> Response<Body> {
     let mut r = Response::new(
         Full::new(Bytes::from(format!("{msg}\n")))
             .map_err(|never| match never {})
@@ -34,9 +38,7 @@ fn text(status: StatusCode, msg: String, request_id: &str) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        r.headers_mut().insert(REQUEST_ID, v);
-    }
+    r.headers_mut().insert(X_REQUEST_ID, request_id.clone());
     r
 }
 
@@ -44,6 +46,13 @@ fn sane_id(v: &str) -> bool {
     (1..=128).contains(&v.len())
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A new request id: a UUID v4, formatted without a heap allocation of its own.
+fn new_request_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn valid_traceparent(v: &str) -> bool {
@@ -60,24 +69,29 @@ fn valid_traceparent(v: &str) -> bool {
         && parts[2] != "0000000000000000"
 }
 
-fn new_traceparent() -> String {
+/// A new W3C `traceparent` (version 00, sampled), with random non-zero trace and span ids.
+fn new_traceparent() -> HeaderValue {
+    use std::io::Write as _;
     let mut rng = rand::rng();
     let trace: u128 = rng.random::<u128>() | 1;
     let span: u64 = rng.random::<u64>() | 1;
-    format!("00-{trace:032x}-{span:016x}-01")
+    let mut buf = [0u8; 55];
+    let mut w = &mut buf[..];
+    let _ = write!(w, "00-{trace:032x}-{span:016x}-01");
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// Headers that belong to one connection and are not forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -89,8 +103,31 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
         && req.headers().contains_key(header::UPGRADE)
 }
 
+/// What the router knows of a client connection, worked out once per connection.
+pub(crate) struct Peer {
+    /// The client's IP, as `X-Forwarded-For` carries it.
+    ip: HeaderValue,
+    /// The client's IP as a `Forwarded` `for=` value (quoted with brackets for IPv6).
+    forwarded_for: String,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip().to_string();
+        let forwarded_for = if addr.is_ipv6() {
+            format!("\"[{ip}]\"")
+        } else {
+            ip.clone()
+        };
+        Peer {
+            ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            forwarded_for,
+        }
+    }
+}
+
 /// The activator's answer when a request got no instance.
-fn rejected(pool: &Pool, e: AcquireError, request_id: &str) -> Response<Body> {
+fn rejected(pool: &Pool, e: AcquireError, request_id: &HeaderValue) -> Response<Body> {
     pool.handles.rejected.inc();
     let spec = pool.spec();
     info!(revision = %spec.revision, reason = ?e, "activator refused a request");
@@ -144,16 +181,24 @@ pub(crate) async fn handle(
     router: &Arc<Router>,
     up: &Upstreams,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Response<Body> {
     let started = Instant::now();
-    let request_id = req
+    // The client's X-Request-Id when it is sane (and then it is forwarded as it is), else a
+    // new one.
+    let client_id = req
         .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| sane_id(v))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .get(X_REQUEST_ID)
+        .filter(|v| v.to_str().is_ok_and(sane_id))
+        .cloned();
+    let request_id = match client_id {
+        Some(id) => id,
+        None => {
+            let id = new_request_id();
+            req.headers_mut().insert(X_REQUEST_ID, id.clone());
+            id
+        }
+    };
     let host_full = req
         .headers()
         .get(header::HOST)
@@ -164,8 +209,13 @@ pub(crate) async fn handle(
     let host = host_full
         .rsplit_once(':')
         .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host_full.as_str(), |(h, _)| h);
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
+        .map_or(host_full.as_str(), |(h, _)| h)
+        .trim_end_matches('.');
+    let host: std::borrow::Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    };
     let route = match router.route(&host) {
         Some(r) => r,
         None => {
@@ -210,42 +260,35 @@ pub(crate) async fn handle(
     // Knative's request headers.
     {
         let h = req.headers_mut();
-        let ip = peer.ip().to_string();
-        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.clone(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            h.insert("x-forwarded-for", v);
+        match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => {
+                let xff = format!("{prev}, {}", peer.ip.to_str().unwrap_or("unknown"));
+                if let Ok(v) = HeaderValue::from_str(&xff) {
+                    h.insert(X_FORWARDED_FOR, v);
+                }
+            }
+            None => {
+                h.insert(X_FORWARDED_FOR, peer.ip.clone());
+            }
         }
-        if !h.contains_key("x-forwarded-proto") {
-            h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if !h.contains_key(X_FORWARDED_PROTO) {
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
-        let ip_token = if peer.is_ipv6() {
-            format!("\"[{ip}]\"")
-        } else {
-            ip.clone()
-        };
-        let fwd = format!("for={ip_token};host=\"{host_full}\";proto=http");
-        let fwd = match h.get("forwarded").and_then(|v| v.to_str().ok()) {
+        let fwd = format!("for={};host=\"{host_full}\";proto=http", peer.forwarded_for);
+        let fwd = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
             Some(prev) => format!("{prev}, {fwd}"),
             None => fwd,
         };
         if let Ok(v) = HeaderValue::from_str(&fwd) {
-            h.insert("forwarded", v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            h.insert(REQUEST_ID, v);
+            h.insert(header::FORWARDED, v);
         }
         let tp_ok = h
-            .get("traceparent")
+            .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(valid_traceparent);
         if !tp_ok {
-            h.remove("tracestate");
-            if let Ok(v) = HeaderValue::from_str(&new_traceparent()) {
-                h.insert("traceparent", v);
-            }
+            h.remove(TRACESTATE);
+            h.insert(TRACEPARENT, new_traceparent());
         }
         if !h.contains_key(header::HOST)
             && let Ok(v) = HeaderValue::from_str(&host_full)
@@ -273,11 +316,6 @@ pub(crate) async fn handle(
         pool.handles.queue_wait.observe(waited.as_secs_f64());
     }
 
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
     let upgrade = is_upgrade(&req);
     let client_upgrade = if upgrade {
         Some(hyper::upgrade::on(&mut req))
@@ -286,8 +324,8 @@ pub(crate) async fn handle(
     };
     let (mut parts, body) = req.into_parts();
     if !upgrade {
-        for h in HOP_BY_HOP {
-            parts.headers.remove(*h);
+        for h in &HOP_BY_HOP {
+            parts.headers.remove(h);
         }
     }
     parts.version = if spec.h2c {
@@ -295,28 +333,23 @@ pub(crate) async fn handle(
     } else {
         Version::HTTP_11
     };
-    // A request without a body can be sent again when the connection to an instance could
-    // not be made (it died between its last probe and now).
-    let replayable = hyper::body::Body::is_end_stream(&body);
-    let mut body = Some(body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
-    let first_byte = spec
-        .response_start_timeout
-        .map_or(spec.timeout, |r| r.min(spec.timeout));
-    let deadline = Instant::now() + first_byte;
-    let mut attempt = 0u32;
-    // HTTP/1.1: origin-form, the client's Host header. HTTP/2: the URI's authority becomes
-    // `:authority`, so it is the client's.
-    let uri = if spec.h2c {
-        format!("http://{host_full}{path}").parse::<http::Uri>()
-    } else {
-        path.parse::<http::Uri>()
-    }
-    .ok();
-    let (mut response, lease) = loop {
-        let mut p = parts.clone();
-        p.uri = match uri.clone() {
-            Some(u) => u,
-            None => {
+    // HTTP/1.1: origin-form, with the client's Host header. HTTP/2: the URI's authority
+    // becomes `:authority`, so it is the client's.
+    let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none();
+    if spec.h2c || !origin_form {
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let uri = if spec.h2c {
+            format!("http://{host_full}{path}").parse::<http::Uri>()
+        } else {
+            path.parse::<http::Uri>()
+        };
+        parts.uri = match uri {
+            Ok(u) => u,
+            Err(_) => {
                 return text(
                     StatusCode::BAD_REQUEST,
                     "skiff: the request path is not valid".into(),
@@ -324,14 +357,15 @@ pub(crate) async fn handle(
                 );
             }
         };
-        let b = match body.take() {
-            Some(b) => b,
-            None => http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed(),
-        };
+    }
+    let first_byte = spec
+        .response_start_timeout
+        .map_or(spec.timeout, |r| r.min(spec.timeout));
+    let deadline = Instant::now() + first_byte;
+    let mut attempt = 0u32;
+    let mut req = Request::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
+    let (mut response, lease) = loop {
         let sent = async {
-            let req = Request::from_parts(p, b);
             if spec.h2c {
                 up.h2
                     .request(&slot.endpoint.id, spec.port, req)
@@ -357,9 +391,15 @@ pub(crate) async fn handle(
                     &request_id,
                 );
             }
-            Ok(Err(e)) if e.is_connect() && replayable && attempt < 3 => {
+            // No connection could be made (the instance died since its last probe): the
+            // request, never sent, goes to another instance.
+            Ok(Err(Failed {
+                error,
+                unsent: Some(unsent),
+            })) if error.is_connect() && attempt < 3 => {
                 attempt += 1;
-                debug!(revision = %revision, instance = %slot.endpoint.id, error = %e, attempt, "connecting to an instance failed; trying again");
+                debug!(revision = %revision, instance = %slot.endpoint.id, error = %error, attempt, "connecting to an instance failed; trying again");
+                req = unsent;
                 drop(slot);
                 tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
                 slot = match pool
@@ -370,15 +410,15 @@ pub(crate) async fn handle(
                     Err(e) => return rejected(&pool, e, &request_id),
                 };
             }
-            Ok(Err(e)) => {
-                warn!(revision = %revision, instance = %slot.endpoint.id, error = %ErrorChain(&e), "forwarding to an instance failed");
+            Ok(Err(Failed { error, .. })) => {
+                warn!(revision = %revision, instance = %slot.endpoint.id, error = %ErrorChain(&error), "forwarding to an instance failed");
                 let status = StatusCode::BAD_GATEWAY;
                 pool.handles.answered(status);
                 return text(
                     status,
                     format!(
                         "skiff: the instance of revision `{revision}` failed to answer: {}",
-                        ErrorChain(&e)
+                        ErrorChain(&error)
                     ),
                     &request_id,
                 );
@@ -408,9 +448,7 @@ pub(crate) async fn handle(
             }
         });
         let (mut parts, _) = response.into_parts();
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            parts.headers.insert(REQUEST_ID, v);
-        }
+        parts.headers.insert(X_REQUEST_ID, request_id);
         return Response::from_parts(
             parts,
             http_body_util::Empty::new()
@@ -420,12 +458,10 @@ pub(crate) async fn handle(
     }
 
     let (mut parts, body) = response.into_parts();
-    for h in HOP_BY_HOP {
-        parts.headers.remove(*h);
+    for h in &HOP_BY_HOP {
+        parts.headers.remove(h);
     }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        parts.headers.insert(HeaderName::from_static(REQUEST_ID), v);
-    }
+    parts.headers.insert(X_REQUEST_ID, request_id);
     let body = Guarded {
         inner: body,
         lease,
@@ -557,6 +593,10 @@ mod tests {
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
         ));
         assert!(!valid_traceparent("garbage"));
-        assert!(valid_traceparent(&new_traceparent()));
+        let tp = new_traceparent();
+        assert!(valid_traceparent(tp.to_str().expect("ASCII")), "{tp:?}");
+        let id = new_request_id();
+        assert!(sane_id(id.to_str().expect("ASCII")), "{id:?}");
+        assert_eq!(id.len(), 36);
     }
 }

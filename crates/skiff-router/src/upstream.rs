@@ -55,6 +55,23 @@ impl std::fmt::Display for UpstreamError {
     }
 }
 
+/// A request that got no response: why, and the request itself when it was never sent
+/// (no connection could be made), so that it can go to another instance, body and all.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) error: UpstreamError,
+    pub(crate) unsent: Option<http::Request<Body>>,
+}
+
+impl Failed {
+    fn sent(error: UpstreamError) -> Self {
+        Failed {
+            error,
+            unsent: None,
+        }
+    }
+}
+
 impl std::error::Error for UpstreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
@@ -85,10 +102,24 @@ impl H2Connections {
         id: &str,
         port: u16,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let mut sender = self.sender(id, port).await?;
-        sender.ready().await.map_err(UpstreamError::Http2)?;
-        sender.send_request(req).await.map_err(UpstreamError::Http2)
+    ) -> Result<http::Response<Incoming>, Failed> {
+        let mut sender = match self.sender(id, port).await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    unsent: Some(req),
+                });
+            }
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|e| Failed::sent(UpstreamError::Http2(e)))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| Failed::sent(UpstreamError::Http2(e)))
     }
 
     async fn sender(&self, id: &str, port: u16) -> Result<SendRequest<Body>, UpstreamError> {
@@ -216,7 +247,7 @@ impl H1Connections {
         port: u16,
         mut req: http::Request<Body>,
         upgrade: bool,
-    ) -> Result<(http::Response<Incoming>, Option<Lease>), UpstreamError> {
+    ) -> Result<(http::Response<Incoming>, Option<Lease>), Failed> {
         if !upgrade {
             while let Some(mut sender) = self.take_idle(id) {
                 // Given back as its response body ended, the connection may need a moment
@@ -236,16 +267,24 @@ impl H1Connections {
                     Err(mut e) => match e.take_message() {
                         // Not written: the idle connection had closed. Try the next one.
                         Some(r) => req = r,
-                        None => return Err(UpstreamError::Http1(e.into_error())),
+                        None => return Err(Failed::sent(UpstreamError::Http1(e.into_error()))),
                     },
                 }
             }
         }
-        let mut sender = self.connect(id, port).await?;
+        let mut sender = match self.connect(id, port).await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    unsent: Some(req),
+                });
+            }
+        };
         let resp = sender
             .send_request(req)
             .await
-            .map_err(UpstreamError::Http1)?;
+            .map_err(|e| Failed::sent(UpstreamError::Http1(e)))?;
         let lease = (!upgrade).then(|| Lease {
             pool: self.clone(),
             id: id.to_owned(),

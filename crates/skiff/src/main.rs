@@ -15,8 +15,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// skiff: serverless containers on your own machines.
 ///
-/// Apply Knative Serving v1 Service manifests; skiff stores them, stamps revisions, and
-/// (in later releases) runs and scales them.
+/// Apply Knative Serving v1 Service manifests; skiff pulls their images, stamps revisions,
+/// runs them in isolated runc containers, routes HTTP to them by host name and scales them
+/// with load, down to zero when idle.
 #[derive(Debug, Parser)]
 #[command(
     name = "skiff",
