@@ -22,6 +22,8 @@ usage: bench/serving.sh [options]
   --router-seconds S     seconds per wrk run (default 5)
   --router-connections N connections of the throughput runs (default 32)
   --router-threads N     wrk threads of the throughput runs (default 2)
+  --router-workers N     skiff's router threads and nginx's worker processes, the same
+                         number for both (default: one per core)
   --router-backend B     server behind the router cases: auto (skiff-test-h2 when it builds,
                          else skiff-test-server), test-h2 or test-server (default auto)
   --burst-from N         clients before the step (default 2)

@@ -72,8 +72,8 @@ pub fn skiff_command(bin: &Path) -> Command {
 
 impl Daemon {
     /// The arguments of `skiff server`.
-    fn server_args(data_dir: &Path) -> Vec<String> {
-        vec![
+    fn server_args(data_dir: &Path, router_threads: usize) -> Vec<String> {
+        let mut args = vec![
             "server".into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
@@ -87,7 +87,9 @@ impl Daemon {
             "json".into(),
             "--shutdown-grace-period-seconds".into(),
             SHUTDOWN_GRACE_SECONDS.to_string(),
-        ]
+        ];
+        args.extend(["--router-threads".into(), router_threads.to_string()]);
+        args
     }
 
     /// Starts `bin` with its data directory `data_dir` and its log in `log`; returns once it
@@ -98,10 +100,11 @@ impl Daemon {
         data_dir: &Path,
         log: &Path,
         slot: &std::sync::Mutex<Option<Child>>,
+        router_threads: usize,
     ) -> anyhow::Result<Daemon> {
         let endpoints = data_dir.join("endpoints.json");
         let out = std::fs::File::create(log).context("creating the daemon log")?;
-        let args = Self::server_args(data_dir);
+        let args = Self::server_args(data_dir, router_threads);
         let mut cmd = skiff_command(bin);
         cmd.args(&args)
             .env("SKIFF_CONFIG", "/dev/null")
@@ -158,7 +161,10 @@ impl Daemon {
             api,
             ingress,
             client,
-            command_line: format!("skiff {}", Self::server_args(Path::new("DATA")).join(" ")),
+            command_line: format!(
+                "skiff {}",
+                Self::server_args(Path::new("DATA"), router_threads).join(" ")
+            ),
         })
     }
 

@@ -82,6 +82,10 @@ struct Args {
     /// Router: wrk threads of the throughput runs (latency runs use one).
     #[arg(long, default_value_t = 2)]
     router_threads: usize,
+    /// Router: skiff's router threads (`--router-threads`) and nginx's `worker_processes`,
+    /// the same number for both (default: one per core).
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(2, |n| n.get()))]
+    router_workers: usize,
     /// Router: the server behind every case (auto: skiff-test-h2 when it builds, which
     /// serves about twice what skiff-test-server does here, else skiff-test-server).
     #[arg(long, value_enum, default_value = "auto")]
@@ -395,14 +399,14 @@ fn settings(a: &Args) -> Settings {
             .only
             .contains(&Part::Cold)
             .then_some((a.cold_runs, a.cold_warmup)),
-        router: a.only.contains(&Part::Router).then(|| RouterSettings {
+        router: a.only.contains(&Part::Router).then_some(RouterSettings {
             reps: a.router_reps,
             seconds: a.router_seconds,
             warmup_seconds: 2,
             latency_connections: 1,
             throughput_threads: a.router_threads,
             throughput_connections: a.router_connections,
-            nginx_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            nginx_workers: a.router_workers,
         }),
         burst: a.only.contains(&Part::Burst).then(|| BurstSettings {
             from: a.burst_from,
@@ -470,6 +474,7 @@ async fn setup(
         &work.join("data"),
         &work.join("daemon.log"),
         &procs.daemon,
+        args.router_workers,
     )
     .await?;
     progress(format!(

@@ -428,7 +428,7 @@ fn router_section(o: &mut String, rt: &RouterResults) {
     );
     let _ = writeln!(
         o,
-        "- **direct**: wrk inside the instance's network namespace (`nsenter --net=DATA/run/instances/<id>/netns`) → `127.0.0.1:8080`. **skiff**: wrk on the host → skiff's ingress with `Host: <service>.default.localhost` → the router's pooled connections into the namespace. **nginx** ({}): started inside the same namespace (`worker_processes {}`, as many as skiff's tokio workers), `listen 127.0.0.1:8081`, `proxy_pass` to an upstream `127.0.0.1:8080` with `keepalive 64`, `proxy_http_version 1.1`, `Host`, `X-Forwarded-For` and `X-Forwarded-Proto` set (skiff adds `X-Forwarded-*`, `Forwarded`, `X-Request-Id` and `traceparent`); wrk in the namespace too.",
+        "- **direct**: wrk inside the instance's network namespace (`nsenter --net=DATA/run/instances/<id>/netns`) → `127.0.0.1:8080`. **skiff**: wrk on the host → skiff's ingress with `Host: <service>.default.localhost` → the router's pooled connections into the namespace. **nginx** ({}): started inside the same namespace (`worker_processes {}`, as many as skiff's router threads, `--router-threads`), `listen 127.0.0.1:8081`, `proxy_pass` to an upstream `127.0.0.1:8080` with `keepalive 64`, `proxy_http_version 1.1`, `Host`, `X-Forwarded-For` and `X-Forwarded-Proto` set (skiff adds `X-Forwarded-*`, `Forwarded`, `X-Request-Id` and `traceparent`); wrk in the namespace too.",
         rt.nginx_version, s.nginx_workers
     );
     let _ = writeln!(
