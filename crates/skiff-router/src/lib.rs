@@ -386,7 +386,8 @@ impl Router {
     /// Requests are served thread-per-core, as nginx's workers do: each router thread runs a
     /// single-threaded runtime with its own connections into instances, so a request, its
     /// upstream connection and the response never hop between threads (on a shared 2-core
-    /// machine, cross-thread wake-ups cost about a third of the router's CPU per request).
+    /// machine this raised the router's throughput by about a quarter over one
+    /// multi-threaded runtime: bench/serving.sh).
     /// One acceptor hands every new client connection to the thread with the fewest open
     /// ones: threads that all waited on the listener themselves let one thread take a whole
     /// burst of connections while the others idled.
