@@ -274,11 +274,17 @@ impl TestDaemon {
     pub fn force_cleanup(&self) -> Vec<String> {
         let mut removed = Vec::new();
         let root = self.data_dir.join("run/runc");
-        let listed = Command::new("runc")
-            .arg("--root")
-            .arg(&root)
-            .args(["list", "-q"])
-            .output();
+        // `runc list` makes its root directory when it is missing: after the data directory
+        // is gone (a second cleanup, from drop), it would leave `run/runc` behind in /tmp.
+        let listed = if root.is_dir() {
+            Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["list", "-q"])
+                .output()
+        } else {
+            Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+        };
         if let Ok(out) = listed {
             for id in String::from_utf8_lossy(&out.stdout)
                 .lines()
