@@ -160,10 +160,7 @@ async fn lifecycle_through_the_cli() {
 #[tokio::test]
 async fn stale_resource_version_is_a_conflict() {
     let d = TestDaemon::start(SKIFF).await.expect("daemon");
-    assert_code(
-        &d.cli_with_stdin(&["apply", "-f", "-"], Some(&service_yaml("hello", "v1"))),
-        0,
-    );
+    crate::apply(&d, &service_yaml("hello", "v1"));
     // Status updates bump the resourceVersion too (as in Kubernetes): let the revision settle
     // (its image is absent, so it fails at once) before taking the snapshot.
     let client = d.client();
@@ -189,7 +186,7 @@ async fn stale_resource_version_is_a_conflict() {
     assert_code(&o, 0);
     assert_eq!(stdout(&o), "service/hello unchanged\n");
     let edited = snapshot.replace("value: v1", "value: v2");
-    assert_code(&d.cli_with_stdin(&["apply", "-f", "-"], Some(&edited)), 0);
+    crate::apply(&d, &edited);
     let again = snapshot.replace("value: v1", "value: v3");
     let o = d.cli_with_stdin(&["apply", "-f", "-"], Some(&again));
     assert_code(&o, 5);

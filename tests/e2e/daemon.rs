@@ -62,10 +62,7 @@ async fn data_dir_is_locked() {
 #[tokio::test]
 async fn ingress_reports_why_it_cannot_serve() {
     let d = TestDaemon::start(SKIFF).await.expect("daemon");
-    assert_code(
-        &d.cli_with_stdin(&["apply", "-f", "-"], Some(&service_yaml("hello", "v1"))),
-        0,
-    );
+    crate::apply(&d, &service_yaml("hello", "v1"));
     let http = crate::http();
     let url = format!("http://{}/", d.ingress());
     let r = http
@@ -102,10 +99,7 @@ async fn ingress_reports_why_it_cannot_serve() {
 #[tokio::test]
 async fn graceful_shutdown_and_restart_keep_state() {
     let mut d = TestDaemon::start(SKIFF).await.expect("daemon");
-    assert_code(
-        &d.cli_with_stdin(&["apply", "-f", "-"], Some(&service_yaml("hello", "v1"))),
-        0,
-    );
+    crate::apply(&d, &service_yaml("hello", "v1"));
     assert_eq!(d.stop().await.expect("stop"), Some(0));
     assert!(!d.data_dir().join("endpoints.json").exists());
     assert!(d.log_text().contains("skiff stopped"));

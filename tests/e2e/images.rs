@@ -58,10 +58,7 @@ async fn revisions_are_pinned_to_digests() {
     let digest1 = push(&reg, &v1, "skiff/hello:v1").await;
     let d = TestDaemon::start(SKIFF).await.expect("daemon");
     let image = format!("{}/skiff/hello:v1", reg.addr());
-    assert_code(
-        &d.cli_with_stdin(&["apply", "-f", "-"], Some(&service("hello", &image, "a"))),
-        0,
-    );
+    crate::apply(&d, &service("hello", &image, "a"));
     let pin1 = pinned(&d, "hello-00001").await;
     assert_eq!(pin1, format!("{}/skiff/hello@{digest1}", reg.addr()));
     let rev = d
@@ -84,17 +81,14 @@ async fn revisions_are_pinned_to_digests() {
     assert_ne!(digest1, digest2);
     let labelled = service("hello", &image, "a")
         .replace("  name: hello\n", "  name: hello\n  labels: {team: x}\n");
-    assert_code(&d.cli_with_stdin(&["apply", "-f", "-"], Some(&labelled)), 0);
+    crate::apply(&d, &labelled);
     assert_eq!(
         pinned(&d, "hello-00001").await,
         pin1,
         "a revision never changes its digest"
     );
     // A template change stamps a revision pinned to what the tag means now.
-    assert_code(
-        &d.cli_with_stdin(&["apply", "-f", "-"], Some(&service("hello", &image, "b"))),
-        0,
-    );
+    crate::apply(&d, &service("hello", &image, "b"));
     assert_eq!(
         pinned(&d, "hello-00002").await,
         format!("{}/skiff/hello@{digest2}", reg.addr())
@@ -143,10 +137,7 @@ async fn missing_image_is_image_pull_failed() {
     let reg = Registry::start().await.expect("registry");
     let d = TestDaemon::start(SKIFF).await.expect("daemon");
     let image = format!("{}/skiff/nope:v1", reg.addr());
-    assert_code(
-        &d.cli_with_stdin(&["apply", "-f", "-"], Some(&service("broken", &image, "a"))),
-        0,
-    );
+    crate::apply(&d, &service("broken", &image, "a"));
     let client = d.client();
     let service = wait_for(
         "the Service to fail",

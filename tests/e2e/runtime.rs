@@ -8,63 +8,19 @@ use std::time::Duration;
 
 use serde_json::Value;
 use skiff_runtime::netns::Connector;
-use skiff_test_utils::images::runtime_info_image;
-use skiff_test_utils::registry::{PushFormat, Registry, skip_reason};
 use skiff_test_utils::{MAX_WAIT, TestDaemon, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{SKIFF, assert_code, stdout};
-
-fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return true;
-    }
-    if std::process::Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: runc is not installed");
-        return true;
-    }
-    false
-}
-
-/// A registry holding the runtime-info image as `skiff/info:v1`, and a daemon.
-async fn setup(daemon_args: &[&str]) -> (Registry, TestDaemon, String) {
-    let reg = Registry::start().await.expect("registry");
-    let image = runtime_info_image().expect("runtime-info image");
-    let dir = tempfile::tempdir().expect("layout");
-    image.write_oci_layout(dir.path(), "v1").expect("layout");
-    reg.push_oci_layout(dir.path(), "v1", "skiff/info:v1", PushFormat::Oci, false)
-        .await
-        .expect("push");
-    let d = TestDaemon::start_with(SKIFF, daemon_args)
-        .await
-        .expect("daemon");
-    let image = format!("{}/skiff/info:v1", reg.addr());
-    (reg, d, image)
-}
+use crate::{apply, assert_code, indent, registry_with_info_image, skip_without_runc, stdout};
 
 /// A Service of the runtime-info image with `extra` container fields and `spec_extra`
 /// revision fields (YAML, indented as container / spec fields).
 fn service(name: &str, image: &str, container_extra: &str, spec_extra: &str) -> String {
-    let indent = |t: &str, n: usize| {
-        t.lines()
-            .map(|l| format!("{}{l}\n", " ".repeat(n)))
-            .collect::<String>()
-    };
     format!(
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n{}      containers:\n      - image: {image}\n{}",
         indent(spec_extra, 6),
         indent(container_extra, 8)
     )
-}
-
-async fn apply(d: &TestDaemon, yaml: &str) {
-    let o = d.cli_with_stdin(&["apply", "-f", "-"], Some(yaml));
-    assert_code(&o, 0);
 }
 
 /// Waits until the Service has an instance satisfying `pred`, and returns it.
@@ -180,17 +136,17 @@ fn assert_nothing_left(data: &Path, services: &[&str]) {
 /// shows usage and `skiff logs` the output.
 #[tokio::test]
 async fn runtime_contract() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = setup(&[]).await;
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
     let yaml = service(
         "rt-contract",
         &image,
         "env:\n- name: TARGET\n  value: contract\nports:\n- containerPort: 8080\nresources:\n  limits: {memory: 350Mi, cpu: 500m}\n  requests: {cpu: 250m}\n",
         "",
     );
-    apply(&d, &yaml).await;
+    apply(&d, &yaml);
     assert_code(&d.cli(&["scale", "rt-contract", "1"]), 0);
     let inst = instance_where(&d, "rt-contract", "a ready instance", ready).await;
     let id = inst["id"].as_str().expect("id").to_owned();
@@ -364,17 +320,17 @@ async fn runtime_contract() {
 /// runAsNonRoot refuses to run an image as root.
 #[tokio::test]
 async fn security_context_and_process() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = setup(&[]).await;
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
     let yaml = service(
         "rt-user",
         &image,
         "args: [\"--ready-after-ms\", \"0\", \"extra-arg\"]\nworkingDir: /tmp/work\nsecurityContext:\n  runAsUser: 2020\n  runAsGroup: 2021\n  readOnlyRootFilesystem: true\n",
         "",
     );
-    apply(&d, &yaml).await;
+    apply(&d, &yaml);
     assert_code(&d.cli(&["scale", "rt-user", "1"]), 0);
     let inst = instance_where(&d, "rt-user", "a ready instance", ready).await;
     let (_, body) = http(&d, inst["id"].as_str().expect("id"), "GET", "/info").await;
@@ -405,8 +361,7 @@ async fn security_context_and_process() {
             "securityContext:\n  runAsNonRoot: true\n",
             "",
         ),
-    )
-    .await;
+    );
     assert_code(&d.cli(&["scale", "rt-nonroot", "1"]), 0);
     let client = d.client();
     let rev = wait_for(
@@ -440,10 +395,10 @@ async fn security_context_and_process() {
 /// as throttling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = setup(&["--pids-limit", "64"]).await;
+    let (_reg, d, image) = registry_with_info_image(&["--pids-limit", "64"]).await;
     apply(
         &d,
         &service(
@@ -452,8 +407,7 @@ async fn limits() {
             "resources:\n  limits: {memory: 350Mi, cpu: 100m}\n",
             "",
         ),
-    )
-    .await;
+    );
     assert_code(&d.cli(&["scale", "rt-limits", "1"]), 0);
     let inst = instance_where(&d, "rt-limits", "a ready instance", ready).await;
     let id = inst["id"].as_str().expect("id").to_owned();
@@ -507,10 +461,10 @@ async fn limits() {
 /// container and it recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = setup(&[]).await;
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
     apply(
         &d,
         &service(
@@ -519,8 +473,7 @@ async fn probes() {
             "args: [\"--ready-after-ms\", \"1500\"]\nreadinessProbe:\n  httpGet: {path: /ready}\n  periodSeconds: 1\nlivenessProbe:\n  httpGet: {path: /healthz}\n  periodSeconds: 1\n  failureThreshold: 2\n",
             "",
         ),
-    )
-    .await;
+    );
     assert_code(&d.cli(&["scale", "rt-probes", "1"]), 0);
     // Running but not ready while /ready answers 503.
     instance_where(&d, "rt-probes", "a running, not ready instance", |i| {
@@ -591,8 +544,7 @@ async fn probes() {
             "args: [\"--ready-after-ms\", \"1000\"]\nreadinessProbe:\n  exec: {command: [sh, -c, \"wget -q -O /dev/null http://127.0.0.1:8080/ready\"]}\n  periodSeconds: 1\n",
             "",
         ),
-    )
-    .await;
+    );
     assert_code(&d.cli(&["scale", "rt-exec", "1"]), 0);
     instance_where(
         &d,
@@ -609,10 +561,10 @@ async fn probes() {
 /// log lines; stop honours the grace period of a process that ignores SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_and_grace() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = setup(&[]).await;
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
     apply(
         &d,
         &service(
@@ -621,8 +573,7 @@ async fn crash_loop_and_grace() {
             "args: [\"--crash-after-ms\", \"50\"]\n",
             "",
         ),
-    )
-    .await;
+    );
     assert_code(&d.cli(&["scale", "rt-crash", "1"]), 0);
     let client = d.client();
     let rev = wait_for(
@@ -668,8 +619,7 @@ async fn crash_loop_and_grace() {
             "args: [\"--ignore-sigterm\"]\n",
             "timeoutSeconds: 2\n",
         ),
-    )
-    .await;
+    );
     assert_code(&d.cli(&["scale", "rt-grace", "1"]), 0);
     instance_where(&d, "rt-grace", "ready", |i| i["status"]["ready"] == true).await;
     let started = std::time::Instant::now();
@@ -727,14 +677,14 @@ async fn crash_loop_and_grace() {
 /// own port from the serving container's namespace.
 #[tokio::test]
 async fn sidecars_share_the_network() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = setup(&[]).await;
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
     let yaml = format!(
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: rt-pod\nspec:\n  template:\n    spec:\n      containers:\n      - name: app\n        image: {image}\n        ports: [{{containerPort: 8080}}]\n      - name: sidecar\n        image: {image}\n        command: [/bin/sh, -c, \"mkdir -p /tmp/w && echo sidecar > /tmp/w/index.html && exec httpd -f -p 9090 -h /tmp/w\"]\n"
     );
-    apply(&d, &yaml).await;
+    apply(&d, &yaml);
     assert_code(&d.cli(&["scale", "rt-pod", "1"]), 0);
     let inst = instance_where(&d, "rt-pod", "ready", ready).await;
     let id = inst["id"].as_str().expect("id");
@@ -770,11 +720,11 @@ async fn sidecars_share_the_network() {
 /// test nothing is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_after_kill_9() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, mut d, image) = setup(&[]).await;
-    apply(&d, &service("rt-recover", &image, "", "")).await;
+    let (_reg, mut d, image) = registry_with_info_image(&[]).await;
+    apply(&d, &service("rt-recover", &image, "", ""));
     assert_code(&d.cli(&["scale", "rt-recover", "2"]), 0);
     let client = d.client();
     let both = wait_for(

@@ -8,43 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use skiff_test_utils::images::runtime_info_image;
-use skiff_test_utils::registry::{PushFormat, Registry, skip_reason};
+use skiff_test_utils::registry::{PushFormat, Registry};
 use skiff_test_utils::{MAX_WAIT, TestDaemon, wait_for};
 
-use crate::{SKIFF, assert_code, stdout};
-
-fn skip() -> bool {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return true;
-    }
-    if std::process::Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: runc is not installed");
-        return true;
-    }
-    false
-}
-
-/// A registry holding the test server image as `skiff/info:v1`, and a daemon.
-async fn setup(daemon_args: &[&str]) -> (Registry, TestDaemon, String) {
-    let reg = Registry::start().await.expect("registry");
-    let image = runtime_info_image().expect("runtime-info image");
-    let dir = tempfile::tempdir().expect("layout");
-    image.write_oci_layout(dir.path(), "v1").expect("layout");
-    reg.push_oci_layout(dir.path(), "v1", "skiff/info:v1", PushFormat::Oci, false)
-        .await
-        .expect("push");
-    let d = TestDaemon::start_with(SKIFF, daemon_args)
-        .await
-        .expect("daemon");
-    let image = format!("{}/skiff/info:v1", reg.addr());
-    (reg, d, image)
-}
+use crate::{SKIFF, apply, indent, registry_with_info_image, skip_without_runc, stdout};
 
 /// A Service of the test server image: `annotations` on the template (YAML map lines),
 /// `spec_extra` revision fields, `env_target` as `TARGET`, and `traffic` (YAML list lines).
@@ -56,11 +23,6 @@ fn service(
     target: &str,
     traffic: &str,
 ) -> String {
-    let indent = |t: &str, n: usize| {
-        t.lines()
-            .map(|l| format!("{}{l}\n", " ".repeat(n)))
-            .collect::<String>()
-    };
     let annotations = if annotations.is_empty() {
         String::new()
     } else {
@@ -78,11 +40,6 @@ fn service(
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n{annotations}    spec:\n{}      containers:\n      - image: {image}\n        env:\n        - name: TARGET\n          value: \"{target}\"\n{traffic}",
         indent(spec_extra, 6),
     )
-}
-
-async fn apply(d: &TestDaemon, yaml: &str) {
-    let o = d.cli_with_stdin(&["apply", "-f", "-"], Some(yaml));
-    assert_code(&o, 0);
 }
 
 /// A response from the ingress.
@@ -202,10 +159,10 @@ fn tail(s: &str, n: usize) -> String {
 /// and the request headers are Knative's.
 #[tokio::test]
 async fn scale_from_zero_holds_concurrent_requests() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = setup(&[]).await;
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
     apply(
         &d,
         &service(
@@ -216,8 +173,7 @@ async fn scale_from_zero_holds_concurrent_requests() {
             "cold",
             "",
         ),
-    )
-    .await;
+    );
     // Pinned, and no instance runs.
     let client = d.client();
     wait_for(
@@ -374,10 +330,11 @@ async fn scale_from_zero_holds_concurrent_requests() {
 /// request brings it back; the decisions say why.
 #[tokio::test]
 async fn scale_to_zero_and_back() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = setup(&["--scale-to-zero-grace-period-seconds", "1"]).await;
+    let (_reg, d, image) =
+        registry_with_info_image(&["--scale-to-zero-grace-period-seconds", "1"]).await;
     apply(
         &d,
         &service(
@@ -388,8 +345,7 @@ async fn scale_to_zero_and_back() {
             "zero",
             "",
         ),
-    )
-    .await;
+    );
     // initial-scale 1: the revision becomes ready on its own, then goes idle to zero.
     wait_service_ready(&d, "sv-zero").await;
     wait_instances(&d, "sv-zero", "one instance (initial scale)", |l| {
@@ -428,15 +384,14 @@ async fn scale_to_zero_and_back() {
 /// instances for the load.
 #[tokio::test]
 async fn container_concurrency_is_a_hard_limit() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = setup(&[]).await;
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
     apply(
         &d,
         &service("sv-cc", &image, "", "containerConcurrency: 1", "cc", ""),
-    )
-    .await;
+    );
     wait_service_ready(&d, "sv-cc").await;
     let http = crate::http();
     let stop = Arc::new(AtomicBool::new(false));
@@ -500,14 +455,14 @@ async fn container_concurrency_is_a_hard_limit() {
 /// only its revision; status.traffic says what is served.
 #[tokio::test]
 async fn traffic_split_and_tags() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = setup(&[]).await;
-    apply(&d, &service("sv-split", &image, "", "", "one", "")).await;
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
+    apply(&d, &service("sv-split", &image, "", "", "one", ""));
     wait_service_ready(&d, "sv-split").await;
     let traffic = "- revisionName: sv-split-00001\n  percent: 50\n  tag: old\n- latestRevision: true\n  percent: 50\n  tag: new\n";
-    apply(&d, &service("sv-split", &image, "", "", "two", traffic)).await;
+    apply(&d, &service("sv-split", &image, "", "", "two", traffic));
     let client = d.client();
     wait_for(
         "both revisions served",
@@ -584,11 +539,11 @@ async fn traffic_split_and_tags() {
 /// to the new revision once it is ready; the old one drains and stops.
 #[tokio::test]
 async fn deploy_under_load_loses_nothing() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = setup(&[]).await;
-    apply(&d, &service("sv-deploy", &image, "", "", "one", "")).await;
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
+    apply(&d, &service("sv-deploy", &image, "", "", "one", ""));
     wait_service_ready(&d, "sv-deploy").await;
     let http = crate::http();
     let stop = Arc::new(AtomicBool::new(false));
@@ -627,7 +582,7 @@ async fn deploy_under_load_loses_nothing() {
     }
     // Load on the first revision for a moment, then deploy.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    apply(&d, &service("sv-deploy", &image, "", "", "two", "")).await;
+    apply(&d, &service("sv-deploy", &image, "", "", "two", ""));
     // The old revision's instances drain and stop once the new one serves.
     wait_instances(&d, "sv-deploy", "only the new revision's instances", |l| {
         !l.is_empty() && l.iter().all(|i| i["revision"] == "sv-deploy-00002")
@@ -661,15 +616,14 @@ async fn deploy_under_load_loses_nothing() {
 /// longer than `idleTimeoutSeconds` in the middle of a response cuts it short.
 #[tokio::test]
 async fn timeouts() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = setup(&[]).await;
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
     apply(
         &d,
         &service("sv-timeout", &image, "", "timeoutSeconds: 2", "t", ""),
-    )
-    .await;
+    );
     apply(
         &d,
         &service(
@@ -680,8 +634,7 @@ async fn timeouts() {
             "t",
             "",
         ),
-    )
-    .await;
+    );
     wait_service_ready(&d, "sv-timeout").await;
     wait_service_ready(&d, "sv-idle").await;
     let http = crate::http();
@@ -733,7 +686,7 @@ async fn timeouts() {
 /// instance whose port is named `h2c` (the instance reports the protocol it saw).
 #[tokio::test]
 async fn websocket_and_h2c() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
     let reg = Registry::start().await.expect("registry");
@@ -751,8 +704,8 @@ async fn websocket_and_h2c() {
     let ws = format!(
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: sv-ws\nspec:\n  template:\n    spec:\n      containers:\n      - image: {image}\n"
     );
-    apply(&d, &h2c).await;
-    apply(&d, &ws).await;
+    apply(&d, &h2c);
+    apply(&d, &ws);
     wait_service_ready(&d, "sv-h2c").await;
     wait_service_ready(&d, "sv-ws").await;
     let ingress: std::net::SocketAddr = d.ingress().parse().expect("ingress address");
@@ -798,17 +751,17 @@ async fn websocket_and_h2c() {
 /// Service says why.
 #[tokio::test]
 async fn failing_revision_never_takes_traffic() {
-    if skip() {
+    if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = setup(&[]).await;
-    apply(&d, &service("sv-fail", &image, "", "", "one", "")).await;
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
+    apply(&d, &service("sv-fail", &image, "", "", "one", ""));
     wait_service_ready(&d, "sv-fail").await;
     let crashing = service("sv-fail", &image, "", "", "two", "").replace(
         "        env:\n",
         "        args: [\"--crash-after-ms\", \"1\"]\n        env:\n",
     );
-    apply(&d, &crashing).await;
+    apply(&d, &crashing);
     let client = d.client();
     let why = wait_for(
         "the Service to report the failing revision",

@@ -47,3 +47,59 @@ pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
+
+/// Whether a test that runs containers must be skipped here (no registry tools or no
+/// runc); says why when it must.
+pub fn skip_without_runc() -> bool {
+    if let Some(why) = skiff_test_utils::registry::skip_reason() {
+        eprintln!("skipped: {why}");
+        return true;
+    }
+    if std::process::Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: runc is not installed");
+        return true;
+    }
+    false
+}
+
+/// A registry holding the workspace's runtime-info test server image as `skiff/info:v1`,
+/// a daemon started with `daemon_args`, and the image's reference in that registry.
+pub async fn registry_with_info_image(
+    daemon_args: &[&str],
+) -> (
+    skiff_test_utils::registry::Registry,
+    skiff_test_utils::TestDaemon,
+    String,
+) {
+    use skiff_test_utils::registry::{PushFormat, Registry};
+    let reg = Registry::start().await.expect("registry");
+    let image = skiff_test_utils::images::runtime_info_image().expect("runtime-info image");
+    let dir = tempfile::tempdir().expect("layout");
+    image.write_oci_layout(dir.path(), "v1").expect("layout");
+    reg.push_oci_layout(dir.path(), "v1", "skiff/info:v1", PushFormat::Oci, false)
+        .await
+        .expect("push");
+    let d = skiff_test_utils::TestDaemon::start_with(SKIFF, daemon_args)
+        .await
+        .expect("daemon");
+    let image = format!("{}/skiff/info:v1", reg.addr());
+    (reg, d, image)
+}
+
+/// Applies a manifest through the CLI and asserts it succeeded.
+#[track_caller]
+pub fn apply(d: &skiff_test_utils::TestDaemon, yaml: &str) {
+    let o = d.cli_with_stdin(&["apply", "-f", "-"], Some(yaml));
+    assert_code(&o, 0);
+}
+
+/// `t`'s lines, each indented by `n` spaces (to place YAML fragments in a manifest).
+pub fn indent(t: &str, n: usize) -> String {
+    t.lines()
+        .map(|l| format!("{}{l}\n", " ".repeat(n)))
+        .collect()
+}
