@@ -132,14 +132,13 @@ impl H2Connections {
         {
             return Ok(s.clone());
         }
-        let uri: http::Uri = format!("http://{id}:{port}/")
-            .parse()
-            .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
-        let io = tower_service::Service::call(&mut self.connector.clone(), uri)
+        let io = self
+            .connector
+            .connect(id, port)
             .await
             .map_err(UpstreamError::Connect)?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake::<_, Body>(TokioIo::new(io.into_inner()))
+            .handshake::<_, Body>(TokioIo::new(io))
             .await
             .map_err(UpstreamError::Http2)?;
         let id_owned = id.to_owned();
@@ -220,14 +219,13 @@ impl H1Connections {
         id: &str,
         port: u16,
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let uri: http::Uri = format!("http://{id}:{port}/")
-            .parse()
-            .map_err(|e| UpstreamError::Connect(std::io::Error::other(e)))?;
-        let io = tower_service::Service::call(&mut self.connector.clone(), uri)
+        let io = self
+            .connector
+            .connect(id, port)
             .await
             .map_err(UpstreamError::Connect)?;
         let (sender, conn) = http1::Builder::new()
-            .handshake::<_, Body>(TokioIo::new(io.into_inner()))
+            .handshake::<_, Body>(TokioIo::new(io))
             .await
             .map_err(UpstreamError::Http1)?;
         let id_owned = id.to_owned();
