@@ -58,7 +58,8 @@ async fn data_dir_is_locked() {
     d.cleanup().await.expect("cleanup");
 }
 
-/// The ingress answers a known Service with 503 and the reason, an unknown host with 404.
+/// The ingress answers a known Service with 503 and the reason, an unknown host with 404, as
+/// soon as the apply (or delete) is answered: no reconcile pass to wait for.
 #[tokio::test]
 async fn ingress_reports_why_it_cannot_serve() {
     let d = TestDaemon::start(SKIFF).await.expect("daemon");
@@ -88,6 +89,15 @@ async fn ingress_reports_why_it_cannot_serve() {
     let r = http
         .get(&url)
         .header("host", "example.com")
+        .send()
+        .await
+        .expect("http");
+    assert_eq!(r.status().as_u16(), 404);
+    // The ingress forgets a deleted Service by the time the delete is answered.
+    assert_code(&d.cli(&["delete", "service", "hello"]), 0);
+    let r = http
+        .get(&url)
+        .header("host", "hello.default.localhost")
         .send()
         .await
         .expect("http");

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use skiff_api::object::{ConditionStatus, Revision, condition, set_condition};
+use skiff_api::object::{ConditionStatus, Revision, Service, condition, set_condition};
 use skiff_runtime::cgroups::Usage;
 use skiff_runtime::instance::{InstancePlan, InstanceStatus, Phase};
 use skiff_runtime::{Instance, Runtime};
@@ -79,6 +79,9 @@ pub struct InstanceManager {
     serving: Arc<Serving>,
     kick: Arc<Notify>,
     lock: tokio::sync::Mutex<()>,
+    /// Held from listing the Services to handing the routes to the router, so a route table
+    /// built from an older listing never replaces one built from a newer.
+    routes_lock: tokio::sync::Mutex<()>,
     /// Instances being drained and stopped: no longer counted as running.
     retiring: Arc<Mutex<HashSet<String>>>,
 }
@@ -101,6 +104,7 @@ impl InstanceManager {
             serving,
             kick,
             lock: Default::default(),
+            routes_lock: Default::default(),
             retiring: Arc::default(),
         })
     }
@@ -118,6 +122,22 @@ impl InstanceManager {
     /// Asks for a reconcile now.
     pub fn kick(&self) {
         self.kick.notify_one();
+    }
+
+    /// Brings the router in line with the store now, without waiting for a reconcile pass:
+    /// the API calls it after a write so the ingress knows an applied Service (and forgets a
+    /// deleted one) by the time the client has its answer.
+    pub async fn sync_routes(&self) -> Result<(), ControllerError> {
+        self.routes().await.map(drop)
+    }
+
+    /// Lists Services and revisions and routes by them; returns the listing.
+    async fn routes(&self) -> Result<(Vec<Service>, Vec<Revision>), ControllerError> {
+        let _guard = self.routes_lock.lock().await;
+        let services = self.controller.list_services(None).await?;
+        let revisions = self.controller.list_revisions(None, None).await?;
+        self.serving.sync(&services, &revisions);
+        Ok((services, revisions))
     }
 
     /// Sets the manual override of a Service's latest revision's instance count.
@@ -257,10 +277,8 @@ impl InstanceManager {
 
     async fn reconcile(&self) -> Result<(), ControllerError> {
         let _guard = self.lock.lock().await;
-        let services = self.controller.list_services(None).await?;
-        let revisions = self.controller.list_revisions(None, None).await?;
         // Routes first: a revision is drained only once the router no longer chooses it.
-        self.serving.sync(&services, &revisions);
+        let (services, revisions) = self.routes().await?;
         let mut overrides: HashMap<(String, String), u32> = HashMap::new();
         for kv in self.store.list("/scale/").await? {
             let parts: Vec<&str> = kv

@@ -253,6 +253,9 @@ pub async fn create_service(
         .controller
         .apply(&namespace, None, &doc, ApplyMode::CreateOnly, dry)
         .await?;
+    if !dry {
+        sync_routes(&state).await;
+    }
     Ok(apply_response(outcome))
 }
 
@@ -289,6 +292,9 @@ pub async fn apply_service(
             dry,
         )
         .await?;
+    if !dry {
+        sync_routes(&state).await;
+    }
     Ok(apply_response(outcome))
 }
 
@@ -326,12 +332,23 @@ pub async fn delete_service(
             )
         })?),
     };
-    Ok(Json(
-        state
-            .controller
-            .delete_service(&namespace, &name, rv, dry)
-            .await?,
-    ))
+    let deleted = state
+        .controller
+        .delete_service(&namespace, &name, rv, dry)
+        .await?;
+    if !dry {
+        sync_routes(&state).await;
+    }
+    Ok(Json(deleted))
+}
+
+/// Routes by what was just written, so the ingress agrees with the answer the client gets.
+/// The write stands if this fails; the next reconcile pass routes again.
+async fn sync_routes(state: &ApiState) {
+    if let Err(e) = state.instances.sync_routes().await {
+        tracing::warn!(error = %skiff_telemetry::ErrorChain(&e), "routing after a write");
+        state.instances.kick();
+    }
 }
 
 /// Lists the revisions of every namespace.
