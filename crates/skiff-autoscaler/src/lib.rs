@@ -24,9 +24,13 @@
 //! scale-to-zero grace period (and the retention period); until then it holds one instance.
 //! A request waiting for a revision at zero scales it to `max(1, activationScale)` at once.
 //!
-//! # Limitations
-//! Buckets are averaged linearly over the window (Knative's default); the
-//! `weighted-exponential` aggregation is accepted but treated as linear.
+//! # Averaging
+//! Buckets are averaged linearly over the window (Knative's default), or, with
+//! `metric-aggregation-algorithm: weighted-exponential`, as Knative's `WeightedFloat64Buckets`
+//! do: the bucket `i` seconds old weighs `α(1−α)^i`, with
+//! `α = max(1 − 0.0001^(1/n), 0.2)` for a window of `n` one-second buckets (so the weights of a
+//! whole window add up to at least 0.9999, and long windows decay no slower than 0.8 per
+//! second). Seconds without a bucket count as zeros.
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -40,6 +44,16 @@ pub enum Metric {
     Concurrency,
     /// Requests per second per instance.
     Rps,
+}
+
+/// How the buckets of a window are averaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Aggregation {
+    /// Every bucket of the window weighs the same (Knative's default).
+    #[default]
+    Linear,
+    /// Recent buckets weigh more, decaying exponentially with age.
+    WeightedExponential,
 }
 
 /// Everything that decides scaling for one revision (Knative's defaults in [`Default`]).
@@ -77,6 +91,9 @@ pub struct Settings {
     pub scale_to_zero_grace_ms: u64,
     /// Knative's `scale-to-zero-pod-retention-period`, in milliseconds (default 0).
     pub scale_to_zero_retention_ms: u64,
+    /// How buckets are averaged over a window (default linear).
+    #[serde(default)]
+    pub aggregation: Aggregation,
 }
 
 impl Default for Settings {
@@ -98,6 +115,7 @@ impl Default for Settings {
             scale_down_delay_ms: 0,
             scale_to_zero_grace_ms: 30_000,
             scale_to_zero_retention_ms: 0,
+            aggregation: Aggregation::Linear,
         }
     }
 }
@@ -164,12 +182,19 @@ pub struct Autoscaler {
     active_since_ms: Option<u64>,
 }
 
+/// Knative's smoothing coefficient for a window of `slots` buckets: the weights of a whole
+/// window add up to at least 0.9999, and never decay slower than by 0.8 per bucket.
+fn smoothing_coefficient(slots: usize) -> f64 {
+    (1.0 - 0.0001_f64.powf(1.0 / slots.max(1) as f64)).max(0.2)
+}
+
 fn average(
     buckets: &VecDeque<Bucket>,
     now_ms: u64,
     window_ms: u64,
     since_ms: u64,
     metric: Metric,
+    aggregation: Aggregation,
 ) -> f64 {
     // The window is its last `window / 1 s` buckets, counted rather than cut by timestamp:
     // a decision between two bucket ticks, or a tick that fires late, must still see a whole
@@ -182,6 +207,23 @@ fn average(
         Metric::Rps => b.requests as f64,
     };
     let fresh = |b: &&Bucket| b.at_ms >= since_ms && b.at_ms + window_ms + 1000 > now_ms;
+    if aggregation == Aggregation::WeightedExponential {
+        let alpha = smoothing_coefficient(slots);
+        let Some(newest) = buckets.iter().rev().find(fresh) else {
+            return 0.0;
+        };
+        // Whole seconds since the newest bucket beyond the one-tick slack: zeros.
+        let lag = now_ms.saturating_sub(newest.at_ms + 1000) / 1000;
+        let mut sum = 0.0;
+        for b in buckets.iter().rev().filter(fresh) {
+            let age = lag + (newest.at_ms.saturating_sub(b.at_ms) + 500) / 1000;
+            if age >= slots as u64 {
+                break;
+            }
+            sum += value(b) * alpha * (1.0 - alpha).powi(age as i32);
+        }
+        return if sum > 0.0 { sum } else { 0.0 };
+    }
     let sum: f64 = buckets
         .iter()
         .rev()
@@ -232,13 +274,21 @@ impl Autoscaler {
             self.active_since_ms = None;
         }
         let target = s.effective_target();
-        let stable_avg = average(&self.buckets, now_ms, s.stable_window_ms, created, s.metric);
+        let stable_avg = average(
+            &self.buckets,
+            now_ms,
+            s.stable_window_ms,
+            created,
+            s.metric,
+            s.aggregation,
+        );
         let panic_avg = average(
             &self.buckets,
             now_ms,
             s.panic_window_ms(),
             created,
             s.metric,
+            s.aggregation,
         );
         let ready_f = f64::from(ready.max(1));
         let max_up = (s.max_scale_up_rate * ready_f).ceil() as u32;

@@ -279,3 +279,135 @@ fn jittered_ticks_read_whole_windows() {
         }
     }
 }
+
+/// Knative's smoothing coefficient: 6 one-second buckets (the default panic window) decay by
+/// about 0.215 per second so that they weigh 0.9999 together; 60 (the stable window) hit the
+/// 0.2 floor.
+#[test]
+fn smoothing_coefficients() {
+    let a6 = smoothing_coefficient(6);
+    assert!(
+        (a6 - (1.0 - 0.0001_f64.powf(1.0 / 6.0))).abs() < 1e-12,
+        "{a6}"
+    );
+    assert!((1.0 - (1.0 - a6).powi(6) - 0.9999).abs() < 1e-9, "{a6}");
+    assert_eq!(smoothing_coefficient(60), 0.2);
+    assert_eq!(smoothing_coefficient(0), smoothing_coefficient(1));
+}
+
+fn weighted(s: Settings) -> Settings {
+    Settings {
+        aggregation: Aggregation::WeightedExponential,
+        ..s
+    }
+}
+
+/// The weighted average by hand: buckets [10, 10, 5, 5] (newest last) over a 4-second window
+/// weigh 5α + 5α(1−α) + 10α(1−α)² + 10α(1−α)³; reversed, the recent 10s dominate. A steady
+/// load averages to itself (within the 0.9999 precision).
+#[test]
+fn weighted_average_by_hand() {
+    let mut b = VecDeque::new();
+    for (i, v) in [10.0, 10.0, 5.0, 5.0].into_iter().enumerate() {
+        b.push_back(Bucket {
+            at_ms: i as u64 * 1000,
+            concurrency: v,
+            requests: 0,
+        });
+    }
+    let a = smoothing_coefficient(4);
+    let m = 1.0 - a;
+    let expected = 5.0 * a + 5.0 * a * m + 10.0 * a * m * m + 10.0 * a * m * m * m;
+    let w = average(
+        &b,
+        4000,
+        4000,
+        0,
+        Metric::Concurrency,
+        Aggregation::WeightedExponential,
+    );
+    assert!((w - expected).abs() < 1e-9, "{w} vs {expected}");
+    let linear = average(&b, 4000, 4000, 0, Metric::Concurrency, Aggregation::Linear);
+    assert_eq!(linear, 7.5);
+    assert!(w < linear, "older 10s weigh less: {w}");
+    let reversed: VecDeque<Bucket> = b
+        .iter()
+        .zip([5.0, 5.0, 10.0, 10.0])
+        .map(|(x, v)| Bucket {
+            concurrency: v,
+            ..*x
+        })
+        .collect();
+    let w = average(
+        &reversed,
+        4000,
+        4000,
+        0,
+        Metric::Concurrency,
+        Aggregation::WeightedExponential,
+    );
+    assert!(w > 9.9, "recent 10s dominate: {w}");
+
+    let steady: VecDeque<Bucket> = (0..60)
+        .map(|i| Bucket {
+            at_ms: i * 1000,
+            concurrency: 8.0,
+            requests: 0,
+        })
+        .collect();
+    for window in [6000, 60_000] {
+        let w = average(
+            &steady,
+            60_000,
+            window,
+            0,
+            Metric::Concurrency,
+            Aggregation::WeightedExponential,
+        );
+        assert!((w - 8.0).abs() < 8.0 * 2e-4, "window {window}: {w}");
+    }
+    // Seconds without buckets count as zeros: 2 s of silence past the tick's slack.
+    let w = average(
+        &steady,
+        62_000,
+        6000,
+        0,
+        Metric::Concurrency,
+        Aggregation::WeightedExponential,
+    );
+    let a6 = smoothing_coefficient(6);
+    assert!((w - 8.0 * (1.0 - a6).powi(2)).abs() < 1e-3, "{w}");
+}
+
+/// A step after a quiet minute: the weighted stable average follows it within seconds (the
+/// linear one takes the whole window), so the stable decision scales up sooner, and a drop
+/// is followed as fast.
+#[test]
+fn weighted_follows_steps_sooner() {
+    let base = Settings {
+        container_concurrency: 10,
+        utilization: 1.0,
+        // No panic: only the stable window decides.
+        panic_threshold: 10.0,
+        min_scale: 1,
+        ..Settings::default()
+    };
+    let mut lin = Sim::new(base.clone(), 1);
+    let mut wei = Sim::new(weighted(base), 1);
+    lin.run(60, 5.0, 0);
+    wei.run(60, 5.0, 0);
+    let l = lin.run(4, 40.0, 0);
+    let w = wei.run(4, 40.0, 0);
+    assert!(l.stable_average < 10.0, "{l:?}");
+    assert!(w.stable_average > 20.0, "{w:?}");
+    assert_eq!(l.desired, 1, "{l:?}");
+    assert!(w.desired >= 3, "{w:?}");
+    assert!(w.reason.starts_with("stable:"), "{w:?}");
+    // Back to 5: after 20 s the step weighs 0.8^20 in the weighted average; the linear one still
+    // carries the step.
+    let l = lin.run(20, 5.0, 0);
+    let w = wei.run(20, 5.0, 0);
+    assert!((w.stable_average - 5.0).abs() < 0.5, "{w:?}");
+    assert!(l.stable_average > 6.0, "{l:?}");
+    assert_eq!(w.desired, 1, "{w:?}");
+}

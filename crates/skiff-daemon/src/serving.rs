@@ -27,7 +27,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use skiff_api::autoscaling::AutoscalingSettings;
 use skiff_api::object::{Revision, Service};
-use skiff_autoscaler::{Autoscaler, Bucket, Decision, Metric, Settings};
+use skiff_autoscaler::{Aggregation, Autoscaler, Bucket, Decision, Metric, Settings};
 use skiff_router::{RevisionKey, Router};
 use skiff_runtime::Runtime;
 use skiff_runtime::instance::{InstanceEvent, Phase};
@@ -244,6 +244,12 @@ pub fn settings(
         scale_down_delay_ms: a.scale_down_delay_seconds.map_or(0, |s| s * 1000),
         scale_to_zero_grace_ms: cfg.scale_to_zero_grace.as_millis() as u64,
         scale_to_zero_retention_ms: a.scale_to_zero_retention_ms.unwrap_or(0),
+        aggregation: match a.metric_aggregation {
+            Some(skiff_api::autoscaling::Aggregation::WeightedExponential) => {
+                Aggregation::WeightedExponential
+            }
+            _ => Aggregation::Linear,
+        },
     }
 }
 
