@@ -292,6 +292,34 @@ async fn invalid_manifests_are_refused_whole() {
     d.cleanup().await.expect("cleanup");
 }
 
+/// A setting skiff accepts but that changes nothing here is applied with a warning naming
+/// it (the API's `Warning` header, printed by the CLI), and `validate` says the same offline.
+#[tokio::test]
+async fn settings_without_effect_are_warned() {
+    let d = TestDaemon::start(SKIFF).await.expect("daemon");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = service_yaml("tbc", "x").replace(
+        "  template:\n    spec:\n",
+        "  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/target-burst-capacity: \"200\"\n    spec:\n",
+    );
+    let file = write(dir.path(), "tbc.yaml", &yaml);
+    let warning = "tbc.yaml: spec.template.metadata.annotations.autoscaling.knative.dev/target-burst-capacity: has no effect: skiff's activator is always in the request path";
+    let o = d.cli(&["apply", "-f", &file]);
+    assert_code(&o, 0);
+    assert_eq!(stdout(&o), "service/tbc created (revision tbc-00001)\n");
+    assert_eq!(stderr(&o).matches(warning).count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).starts_with("Warning: "), "{}", stderr(&o));
+    let o = d.cli(&["validate", "-f", &file]);
+    assert_code(&o, 0);
+    assert!(stderr(&o).contains(warning), "{}", stderr(&o));
+    // Without the setting: no warning.
+    let plain = write(dir.path(), "plain.yaml", &service_yaml("plain", "x"));
+    let o = d.cli(&["apply", "-f", &plain]);
+    assert_code(&o, 0);
+    assert!(!stderr(&o).contains("Warning"), "{}", stderr(&o));
+    d.cleanup().await.expect("cleanup");
+}
+
 /// Every real knative/docs sample is accepted or refused with a field path by `validate`.
 #[test]
 fn knative_samples_validate() {

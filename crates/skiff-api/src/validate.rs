@@ -73,6 +73,24 @@ impl ValidatedService {
             .and_then(|s| s.template.as_ref())
             .unwrap_or_else(|| EMPTY.get_or_init(RevisionTemplate::default))
     }
+
+    /// What the manifest asks for that skiff accepts but that changes nothing here, as
+    /// `path: why` lines: the API returns them as `Warning` headers and the CLI prints them,
+    /// so that no setting is dropped without a word.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(tbc) = self.autoscaling.target_burst_capacity
+            && tbc != -1.0
+        {
+            let path = FieldPath::parse("spec.template.metadata.annotations")
+                .key("autoscaling.knative.dev/target-burst-capacity");
+            out.push(format!(
+                "{path}: has no effect: skiff's activator is always in the request path, as \
+                 Knative's -1 asks, so requests are buffered whatever the spare capacity"
+            ));
+        }
+        out
+    }
 }
 
 fn check_labels(labels: &BTreeMap<String, String>, at: &FieldPath, p: &mut Problems) {

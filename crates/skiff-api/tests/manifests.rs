@@ -701,6 +701,39 @@ fn annotations() {
     );
 }
 
+/// Settings skiff accepts but that change nothing here come back as warnings naming the
+/// field; the rest of Knative's burst capacity values (-1) need none.
+#[test]
+fn warnings_for_settings_without_effect() {
+    let warnings = |yaml: &str| -> Vec<String> {
+        let input = parse_services(yaml).expect("parses");
+        let (_, result) = &input.documents[0];
+        result.as_ref().expect("accepted").warnings()
+    };
+    let w = warnings(&with_annotations(
+        "autoscaling.knative.dev/target-burst-capacity: \"200\"\n",
+    ));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with(
+            "spec.template.metadata.annotations.autoscaling.knative.dev/target-burst-capacity: has no effect"
+        ),
+        "{w:?}"
+    );
+    assert!(
+        warnings(&with_annotations(
+            "autoscaling.knative.dev/target-burst-capacity: \"-1\"\n"
+        ))
+        .is_empty()
+    );
+    assert!(
+        warnings(&with_annotations(
+            "autoscaling.knative.dev/target: \"10\"\n"
+        ))
+        .is_empty()
+    );
+}
+
 /// JSON input is read like YAML, with positions.
 #[test]
 fn json_input() {

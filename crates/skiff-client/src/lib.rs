@@ -108,6 +108,22 @@ pub struct Applied {
     pub result: String,
     /// The revision the apply stamped, if any.
     pub created_revision: Option<String>,
+    /// The server's warnings (`Warning` headers): settings accepted that change nothing.
+    pub warnings: Vec<String>,
+}
+
+/// The text of a `Warning` header (`299 - "text"`, RFC 7234); other forms as they are.
+fn warning_text(value: &str) -> String {
+    let rest = value.trim();
+    let rest = rest
+        .split_once(' ')
+        .filter(|(code, _)| code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|(_, r)| r.trim_start().split_once(' '))
+        .map_or(rest, |(_agent, text)| text.trim());
+    rest.strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(rest)
+        .to_owned()
 }
 
 /// A client of one daemon.
@@ -268,11 +284,19 @@ impl Client {
             .to_owned()
         });
         let created_revision = header(CREATED_REVISION_HEADER);
+        let warnings = response
+            .headers()
+            .get_all(reqwest::header::WARNING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(warning_text)
+            .collect();
         let service = self.json(response).await?;
         Ok(Applied {
             service,
             result,
             created_revision,
+            warnings,
         })
     }
 
@@ -544,5 +568,22 @@ impl Client {
     /// The daemon's version information.
     pub async fn version(&self) -> Result<serde_json::Value, ClientError> {
         self.get("/api/v1/version", &[]).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::warning_text;
+
+    /// `Warning` headers as the daemon (and the Kubernetes API server) write them, and others.
+    #[test]
+    fn warning_texts() {
+        assert_eq!(
+            warning_text(r#"299 - "a.b: has no effect""#),
+            "a.b: has no effect"
+        );
+        assert_eq!(warning_text(r#"299 skiff "x y""#), "x y");
+        assert_eq!(warning_text("free text"), "free text");
+        assert_eq!(warning_text(""), "");
     }
 }

@@ -120,6 +120,8 @@ pub struct ApplyOutcome {
     pub result: ApplyResult,
     /// The revision stamped by this apply, if any.
     pub created_revision: Option<String>,
+    /// Settings of the manifest that skiff accepts but that change nothing here.
+    pub warnings: Vec<String>,
 }
 
 /// Whether an apply may create, replace, or both.
@@ -640,6 +642,7 @@ impl Controller {
                 service,
                 result,
                 created_revision,
+                warnings: valid.warnings(),
             }));
         }
 
@@ -670,6 +673,7 @@ impl Controller {
                     service,
                     result,
                     created_revision,
+                    warnings: valid.warnings(),
                 }))
             }
             TxnOutcome::Conflict {

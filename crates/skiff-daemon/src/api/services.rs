@@ -190,6 +190,13 @@ fn apply_response(outcome: ApplyOutcome) -> Response {
     {
         response.headers_mut().insert(CREATED_REVISION_HEADER, v);
     }
+    // As the Kubernetes API server does: `Warning: 299 - "text"` (RFC 7234), one per warning.
+    for w in &outcome.warnings {
+        let text = w.replace(['"', '\\'], "'");
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            response.headers_mut().append(header::WARNING, v);
+        }
+    }
     response
 }
 
@@ -235,7 +242,7 @@ pub async fn list_services(
     params(("namespace" = String, Path, description = "The namespace"), WriteParams),
     request_body(content = skiff_api::ServiceManifest, description = "A Knative Service, as JSON or YAML", content_type = "application/json"),
     responses(
-        (status = 201, body = Service, description = "Created", headers(("skiff-apply-result" = String), ("skiff-created-revision" = String))),
+        (status = 201, body = Service, description = "Created", headers(("skiff-apply-result" = String), ("skiff-created-revision" = String), ("warning" = String, description = "One per setting skiff accepts that changes nothing here, as `299 - \"path: why\"`"))),
         (status = 400, body = skiff_api::ErrorBody), (status = 401, body = skiff_api::ErrorBody),
         (status = 409, body = skiff_api::ErrorBody), (status = 413, body = skiff_api::ErrorBody)))]
 pub async fn create_service(
@@ -266,8 +273,8 @@ pub async fn create_service(
     params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The Service"), WriteParams),
     request_body(content = skiff_api::ServiceManifest, description = "A Knative Service, as JSON or YAML", content_type = "application/json"),
     responses(
-        (status = 200, body = Service, description = "Configured or unchanged", headers(("skiff-apply-result" = String), ("skiff-created-revision" = String))),
-        (status = 201, body = Service, description = "Created", headers(("skiff-apply-result" = String), ("skiff-created-revision" = String))),
+        (status = 200, body = Service, description = "Configured or unchanged", headers(("skiff-apply-result" = String), ("skiff-created-revision" = String), ("warning" = String, description = "One per setting skiff accepts that changes nothing here, as `299 - \"path: why\"`"))),
+        (status = 201, body = Service, description = "Created", headers(("skiff-apply-result" = String), ("skiff-created-revision" = String), ("warning" = String, description = "One per setting skiff accepts that changes nothing here, as `299 - \"path: why\"`"))),
         (status = 400, body = skiff_api::ErrorBody), (status = 401, body = skiff_api::ErrorBody),
         (status = 409, body = skiff_api::ErrorBody), (status = 413, body = skiff_api::ErrorBody),
         (status = 415, body = skiff_api::ErrorBody)))]

@@ -43,7 +43,7 @@ pub async fn run(args: ApplyArgs) -> Result<i32, Exit> {
     let mut invalid = 0;
     for path in &args.files {
         let text = read_input(path)?;
-        let (problems, _) = super::validate::report(display_name(path), &text);
+        let (problems, _) = super::validate::report(display_name(path), &text, false);
         invalid += problems;
         if problems == 0
             && let Ok(parsed) = parse_services(&text)
@@ -93,6 +93,9 @@ pub async fn run(args: ApplyArgs) -> Result<i32, Exit> {
                 .await
             {
                 Ok(applied) => {
+                    for w in &applied.warnings {
+                        eprintln!("Warning: {where_}: {w}");
+                    }
                     let rev = applied
                         .created_revision
                         .map(|r| format!(" (revision {r})"))

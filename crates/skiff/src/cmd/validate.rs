@@ -13,8 +13,10 @@ pub struct ValidateArgs {
     pub files: Vec<String>,
 }
 
-/// Prints every problem of `text` as `FILE[ (document N)]: problem`; returns how many.
-pub fn report(file: &str, text: &str) -> (usize, usize) {
+/// Prints every problem of `text` as `FILE[ (document N)]: problem` (and, with `warnings`,
+/// every warning as `Warning: FILE[ (document N)]: warning`); returns how many problems
+/// and documents. `apply` leaves the warnings to the server, which says them on applying.
+pub fn report(file: &str, text: &str, warnings: bool) -> (usize, usize) {
     match parse_services(text) {
         Err(p) => {
             eprintln!("{file}: {p}");
@@ -24,13 +26,21 @@ pub fn report(file: &str, text: &str) -> (usize, usize) {
             let multi = input.documents.len() > 1;
             let mut problems = 0;
             for (doc, result) in &input.documents {
+                let where_ = if multi {
+                    format!("{file} (document {})", doc.index + 1)
+                } else {
+                    file.to_owned()
+                };
+                if let Ok(valid) = result
+                    && warnings
+                {
+                    for w in valid.warnings() {
+                        eprintln!("Warning: {where_}: {w}");
+                    }
+                }
                 if let Err(ps) = result {
                     for p in ps {
-                        if multi {
-                            eprintln!("{file} (document {}): {p}", doc.index + 1);
-                        } else {
-                            eprintln!("{file}: {p}");
-                        }
+                        eprintln!("{where_}: {p}");
                         problems += 1;
                     }
                 }
@@ -45,7 +55,7 @@ pub fn run(args: ValidateArgs) -> Result<i32, Exit> {
     let mut total = 0;
     for path in &args.files {
         let text = read_input(path)?;
-        let (problems, documents) = report(display_name(path), &text);
+        let (problems, documents) = report(display_name(path), &text, true);
         if problems == 0 {
             println!(
                 "{}: {documents} valid Service{}",
