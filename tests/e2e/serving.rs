@@ -333,7 +333,7 @@ async fn scale_to_zero_and_back() {
     if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) =
+    let (_reg, mut d, image) =
         registry_with_info_image(&["--scale-to-zero-grace-period-seconds", "1"]).await;
     apply(
         &d,
@@ -356,6 +356,41 @@ async fn scale_to_zero_and_back() {
     let s = scale(&d, "sv-zero").await;
     let decisions = revision_scale(&s, "sv-zero-00001")["decisions"].to_string();
     assert!(decisions.contains("scaled to zero"), "{s:#}");
+
+    // A daemon restart does not give the idle revision its initial scale again: it is older
+    // than its stable window, so it stays at zero until a request comes.
+    d.restart().await.expect("restart");
+    let client = d.client();
+    let s = wait_for(
+        "the restarted daemon's first decision for sv-zero-00001",
+        Duration::from_millis(50),
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            async move {
+                let s = client.scale("default", "sv-zero").await.ok()?;
+                // A restarted daemon's first decision for a revision is always recorded.
+                let decided = s["revisions"].as_array()?.iter().any(|r| {
+                    r["revision"] == "sv-zero-00001"
+                        && r["decisions"].as_array().is_some_and(|d| !d.is_empty())
+                });
+                decided.then_some(s)
+            }
+        },
+    )
+    .await
+    .expect("scale after restart");
+    let r = revision_scale(&s, "sv-zero-00001");
+    assert_eq!(r["desired"], 0, "{s:#}");
+    assert!(!r.to_string().contains("initial-scale"), "{s:#}");
+    assert!(
+        d.client()
+            .instances("default", "sv-zero")
+            .await
+            .expect("instances")
+            .is_empty(),
+        "no instance after the restart"
+    );
 
     let http = crate::http();
     let a = get(&http, &d, &host("sv-zero"), "/info").await;

@@ -174,6 +174,9 @@ pub struct Decision {
 pub struct Autoscaler {
     buckets: VecDeque<Bucket>,
     created_ms: Option<u64>,
+    /// How old the revision already was when this autoscaler was made (a daemon restart
+    /// makes new autoscalers for old revisions, which must not get their initial scale again).
+    age_at_start_ms: u64,
     panic_since_ms: Option<u64>,
     last_over_threshold_ms: Option<u64>,
     max_panic_desired: u32,
@@ -242,6 +245,17 @@ impl Autoscaler {
     pub fn new(now_ms: u64) -> Self {
         Autoscaler {
             created_ms: Some(now_ms),
+            ..Default::default()
+        }
+    }
+
+    /// An autoscaler made at `now_ms` for a revision that is already `age_ms` old (the
+    /// daemon restarted): its initial scale applies only for what remains of its first stable
+    /// window.
+    pub fn with_age(now_ms: u64, age_ms: u64) -> Self {
+        Autoscaler {
+            created_ms: Some(now_ms),
+            age_at_start_ms: age_ms,
             ..Default::default()
         }
     }
@@ -338,7 +352,10 @@ impl Autoscaler {
         }
         // Initial scale: a new revision gets its instances until it has been active for a
         // whole stable window.
-        let young = now_ms.saturating_sub(created) < s.stable_window_ms
+        let young = now_ms
+            .saturating_sub(created)
+            .saturating_add(self.age_at_start_ms)
+            < s.stable_window_ms
             && self
                 .active_since_ms
                 .is_none_or(|a| now_ms.saturating_sub(a) < s.stable_window_ms);

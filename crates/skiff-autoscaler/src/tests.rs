@@ -411,3 +411,29 @@ fn weighted_follows_steps_sooner() {
     assert!(l.stable_average > 6.0, "{l:?}");
     assert_eq!(w.desired, 1, "{w:?}");
 }
+
+/// After a daemon restart, a revision older than its stable window does not get its initial
+/// scale again (an idle one stays at zero); one younger gets it for what remains of the
+/// window.
+#[test]
+fn restart_keeps_initial_scale_to_new_revisions() {
+    let s = Settings {
+        initial_scale: 2,
+        ..cc10()
+    };
+    // Restarted at t = 5 s; the revision is 10 minutes old and idle.
+    let mut old = Autoscaler::with_age(5000, 600_000);
+    let d = old.decide(&s, 7000, 0, 0);
+    assert_eq!(d.desired, 0, "{d:?}");
+    assert!(!d.reason.contains("initial-scale"), "{d:?}");
+    // A request still wakes it.
+    assert_eq!(old.decide(&s, 8000, 0, 1).desired, 1);
+    // 20 s old at the restart: initial scale for the remaining 40 s of the window.
+    let mut young = Autoscaler::with_age(5000, 20_000);
+    let d = young.decide(&s, 7000, 0, 0);
+    assert_eq!(d.desired, 2, "{d:?}");
+    assert!(d.reason.starts_with("initial-scale 2"), "{d:?}");
+    assert_eq!(young.decide(&s, 44_000, 2, 0).desired, 2);
+    let d = young.decide(&s, 46_000, 2, 0);
+    assert!(!d.reason.contains("initial-scale"), "{d:?}");
+}

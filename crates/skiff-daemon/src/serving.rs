@@ -316,11 +316,20 @@ impl Serving {
                     Some(sc) => sc.settings = s,
                     None => {
                         new.push(key.clone());
+                        // After a restart, old revisions are not new: their age keeps them
+                        // from getting their initial scale again.
+                        let age_ms = r
+                            .metadata
+                            .creation_timestamp
+                            .parse::<jiff::Timestamp>()
+                            .ok()
+                            .and_then(|t| jiff::Timestamp::now().duration_since(t).try_into().ok())
+                            .map_or(0, |d: Duration| d.as_millis() as u64);
                         st.scalers.insert(
                             key,
                             Scaler {
                                 service: r.service_name().unwrap_or_default().to_owned(),
-                                autoscaler: Autoscaler::new(now),
+                                autoscaler: Autoscaler::with_age(now, age_ms),
                                 settings: s,
                                 last: None,
                                 history: VecDeque::new(),
