@@ -14,9 +14,17 @@ fn bad_configuration_lists_every_problem() {
     let file = dir.path().join("skiff.toml");
     std::fs::write(&file, "domian = \"x\"\nlog_format = \"xml\"\n").expect("write");
     let o = Command::new(SKIFF)
-        .args(["server", "--api-listen", "nowhere", "--config"])
+        .args([
+            "server",
+            "--api-listen",
+            "nowhere",
+            "--enable-scale-to-zero",
+            "maybe",
+            "--config",
+        ])
         .arg(&file)
         .env("SKIFF_MAX_BODY_BYTES", "7")
+        .env("SKIFF_MAX_SCALE_DOWN_RATE", "0.5")
         .output()
         .expect("run");
     assert_code(&o, 2);
@@ -26,6 +34,8 @@ fn bad_configuration_lists_every_problem() {
         "log_format",
         "api_listen (from flag --api-listen)",
         "max_body_bytes (from environment variable SKIFF_MAX_BODY_BYTES)",
+        "enable_scale_to_zero (from flag --enable-scale-to-zero): `maybe` must be true or false",
+        "max_scale_down_rate (from environment variable SKIFF_MAX_SCALE_DOWN_RATE)",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }

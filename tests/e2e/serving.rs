@@ -414,6 +414,39 @@ async fn scale_to_zero_and_back() {
     d.cleanup().await.expect("cleanup");
 }
 
+/// With scale to zero turned off for the whole daemon (Knative's `enable-scale-to-zero:
+/// false`), one instance is every revision's floor: even one asking for `initial-scale: 0`
+/// runs an instance without a request, and the decision says why.
+#[tokio::test]
+async fn scale_to_zero_can_be_disabled() {
+    if skip_without_runc() {
+        return;
+    }
+    let (_reg, d, image) = registry_with_info_image(&["--enable-scale-to-zero", "false"]).await;
+    apply(
+        &d,
+        &service(
+            "sv-floor",
+            &image,
+            "autoscaling.knative.dev/initial-scale: \"0\"",
+            "",
+            "floor",
+            "",
+        ),
+    );
+    wait_service_ready(&d, "sv-floor").await;
+    wait_instances(&d, "sv-floor", "one instance (the floor)", |l| l.len() == 1).await;
+    let s = scale(&d, "sv-floor").await;
+    let r = revision_scale(&s, "sv-floor-00001");
+    assert_eq!(r["desired"], 1, "{s:#}");
+    assert_eq!(r["coldStarts"], 0, "no request started it: {s:#}");
+    assert!(
+        r["decisions"].to_string().contains("raised to min-scale 1"),
+        "{s:#}"
+    );
+    d.cleanup().await.expect("cleanup");
+}
+
 /// `containerConcurrency: 1` is a hard limit: 5 clients for 20 s against an endpoint that
 /// answers 500 whenever it sees two requests at once never get a 500; the autoscaler adds
 /// instances for the load.

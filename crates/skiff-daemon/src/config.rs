@@ -53,6 +53,15 @@ pub struct Config {
     /// How long an idle revision keeps its last instance before going to zero (Knative's
     /// cluster-wide `scale-to-zero-grace-period`).
     pub scale_to_zero_grace_period: Duration,
+    /// Whether idle revisions may go to zero (Knative's `enable-scale-to-zero`); when not,
+    /// every revision keeps at least one instance.
+    pub enable_scale_to_zero: bool,
+    /// Most growth per autoscaler decision, as a factor of ready instances (Knative's
+    /// `max-scale-up-rate`).
+    pub max_scale_up_rate: f64,
+    /// Most shrinking per decision, as a divisor of ready instances (Knative's
+    /// `max-scale-down-rate`).
+    pub max_scale_down_rate: f64,
     /// Most requests that may wait for instances of one revision (the activator's queue).
     pub activator_queue_depth: usize,
     /// Longest a request waits in the activator for an instance with room.
@@ -79,6 +88,9 @@ impl Config {
             runtime: "runc".to_owned(),
             pids_limit: 1024,
             scale_to_zero_grace_period: Duration::from_secs(30),
+            enable_scale_to_zero: true,
+            max_scale_up_rate: 1000.0,
+            max_scale_down_rate: 2.0,
             activator_queue_depth: 1000,
             activator_queue_timeout: Duration::from_secs(60),
             router_threads: 0,
@@ -163,6 +175,21 @@ const SETTINGS: &[Setting] = &[
         key: "scale_to_zero_grace_period_seconds",
         env: "SKIFF_SCALE_TO_ZERO_GRACE_PERIOD_SECONDS",
         flag: "--scale-to-zero-grace-period-seconds",
+    },
+    Setting {
+        key: "enable_scale_to_zero",
+        env: "SKIFF_ENABLE_SCALE_TO_ZERO",
+        flag: "--enable-scale-to-zero",
+    },
+    Setting {
+        key: "max_scale_up_rate",
+        env: "SKIFF_MAX_SCALE_UP_RATE",
+        flag: "--max-scale-up-rate",
+    },
+    Setting {
+        key: "max_scale_down_rate",
+        env: "SKIFF_MAX_SCALE_DOWN_RATE",
+        flag: "--max-scale-down-rate",
     },
     Setting {
         key: "activator_queue_depth",
@@ -498,6 +525,33 @@ pub fn load(
             ),
         }
     }
+    if let Some((v, s)) = get("enable_scale_to_zero") {
+        match v.as_str() {
+            "true" => config.enable_scale_to_zero = true,
+            "false" => config.enable_scale_to_zero = false,
+            _ => bad(
+                "enable_scale_to_zero",
+                &s,
+                format!("`{v}` must be true or false"),
+            ),
+        }
+    }
+    for (key, field) in [
+        ("max_scale_up_rate", &mut config.max_scale_up_rate),
+        ("max_scale_down_rate", &mut config.max_scale_down_rate),
+    ] {
+        if let Some((v, s)) = get(key) {
+            // Knative requires both rates to be above 1 (a rate of 1 would never scale).
+            match v.parse::<f64>() {
+                Ok(n) if n > 1.0 && n <= 1_000_000.0 => *field = n,
+                _ => bad(
+                    key,
+                    &s,
+                    format!("`{v}` must be a number above 1 (at most 1000000)"),
+                ),
+            }
+        }
+    }
     if let Some((v, s)) = get("router_threads") {
         match v.parse::<usize>() {
             Ok(n) if n <= 1024 => config.router_threads = n,
@@ -641,6 +695,52 @@ mod tests {
             err.to_string()
                 .contains("router_threads (from flag --router-threads)"),
             "{err}"
+        );
+    }
+
+    /// The cluster-wide autoscaling settings: Knative's defaults, a TOML boolean and numbers,
+    /// and bounds (rates above 1, as Knative requires).
+    #[test]
+    fn autoscaling_settings() {
+        let (config, _) = load(None, &env(&[]), &Flags::new()).expect("valid");
+        assert!(config.enable_scale_to_zero);
+        assert_eq!(
+            (config.max_scale_up_rate, config.max_scale_down_rate),
+            (1000.0, 2.0)
+        );
+        let dir = no_file();
+        let file = dir.path().join("skiff.toml");
+        std::fs::write(
+            &file,
+            "enable_scale_to_zero = false
+max_scale_up_rate = 10
+max_scale_down_rate = 1.5
+",
+        )
+        .expect("write");
+        let (config, _) = load(Some(&file), &env(&[]), &Flags::new()).expect("valid");
+        assert!(!config.enable_scale_to_zero);
+        assert_eq!(
+            (config.max_scale_up_rate, config.max_scale_down_rate),
+            (10.0, 1.5)
+        );
+        let vars = env(&[
+            ("SKIFF_ENABLE_SCALE_TO_ZERO", "no"),
+            ("SKIFF_MAX_SCALE_UP_RATE", "1"),
+        ]);
+        let mut flags = Flags::new();
+        flags.insert("max_scale_down_rate", "NaN".into());
+        let err = load(None, &vars, &flags).expect_err("invalid");
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 3, "{text}");
+        assert!(
+            text.contains("enable_scale_to_zero (from environment variable SKIFF_ENABLE_SCALE_TO_ZERO): `no` must be true or false"),
+            "{text}"
+        );
+        assert!(text.contains("max_scale_up_rate (from environment variable SKIFF_MAX_SCALE_UP_RATE): `1` must be a number above 1"), "{text}");
+        assert!(
+            text.contains("max_scale_down_rate (from flag --max-scale-down-rate)"),
+            "{text}"
         );
     }
 

@@ -145,6 +145,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         runtime.clone(),
         ServingConfig {
             scale_to_zero_grace: config.scale_to_zero_grace_period,
+            enable_scale_to_zero: config.enable_scale_to_zero,
+            max_scale_up_rate: config.max_scale_up_rate,
+            max_scale_down_rate: config.max_scale_down_rate,
         },
         kick.clone(),
         &metrics,

@@ -192,6 +192,25 @@ struct State {
 pub struct ServingConfig {
     /// Knative's `scale-to-zero-grace-period`.
     pub scale_to_zero_grace: Duration,
+    /// Knative's `enable-scale-to-zero`: when false, every revision keeps an instance.
+    pub enable_scale_to_zero: bool,
+    /// Knative's `max-scale-up-rate`.
+    pub max_scale_up_rate: f64,
+    /// Knative's `max-scale-down-rate`.
+    pub max_scale_down_rate: f64,
+}
+
+impl Default for ServingConfig {
+    /// Knative's defaults.
+    fn default() -> Self {
+        let d = Settings::default();
+        ServingConfig {
+            scale_to_zero_grace: Duration::from_millis(d.scale_to_zero_grace_ms),
+            enable_scale_to_zero: true,
+            max_scale_up_rate: d.max_scale_up_rate,
+            max_scale_down_rate: d.max_scale_down_rate,
+        }
+    }
 }
 
 /// The router, the autoscalers and the runtime, together.
@@ -235,9 +254,13 @@ pub fn settings(
         panic_threshold: a
             .panic_threshold_percentage
             .map_or(d.panic_threshold, |p| p / 100.0),
-        max_scale_up_rate: d.max_scale_up_rate,
-        max_scale_down_rate: d.max_scale_down_rate,
-        min_scale: a.min_scale.unwrap_or(d.min_scale),
+        max_scale_up_rate: cfg.max_scale_up_rate,
+        max_scale_down_rate: cfg.max_scale_down_rate,
+        // With scale to zero disabled (cluster-wide), one instance is the floor.
+        min_scale: a
+            .min_scale
+            .unwrap_or(d.min_scale)
+            .max(u32::from(!cfg.enable_scale_to_zero)),
         max_scale: a.max_scale.unwrap_or(d.max_scale),
         initial_scale: a.initial_scale.unwrap_or(d.initial_scale),
         activation_scale: a.activation_scale.unwrap_or(d.activation_scale),
@@ -614,6 +637,7 @@ mod tests {
         };
         let cfg = ServingConfig {
             scale_to_zero_grace: Duration::from_secs(7),
+            ..ServingConfig::default()
         };
         let s = settings(&a, 10, &cfg);
         assert_eq!(s.metric, Metric::Rps);
@@ -638,5 +662,32 @@ mod tests {
         let d = settings(&AutoscalingSettings::default(), 0, &cfg);
         assert_eq!(d.stable_window_ms, 60_000);
         assert_eq!(d.initial_scale, 1);
+        assert_eq!((d.max_scale_up_rate, d.max_scale_down_rate), (1000.0, 2.0));
+        assert_eq!(d.min_scale, 0);
+    }
+
+    /// The cluster-wide settings: scale-up and scale-down rates, and scale to zero turned
+    /// off, which makes one instance the floor of every revision (min-scale stays when
+    /// higher).
+    #[test]
+    fn cluster_wide_settings() {
+        let cfg = ServingConfig {
+            enable_scale_to_zero: false,
+            max_scale_up_rate: 3.0,
+            max_scale_down_rate: 4.0,
+            ..ServingConfig::default()
+        };
+        let d = settings(&AutoscalingSettings::default(), 0, &cfg);
+        assert_eq!(d.min_scale, 1);
+        assert_eq!((d.max_scale_up_rate, d.max_scale_down_rate), (3.0, 4.0));
+        let a = AutoscalingSettings {
+            min_scale: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(settings(&a, 0, &cfg).min_scale, 3);
+        // The autoscaler keeps the floor: an idle revision holds one instance past its grace.
+        let mut scaler = skiff_autoscaler::Autoscaler::new(0);
+        let decision = scaler.decide(&d, 600_000, 1, 0);
+        assert_eq!(decision.desired, 1, "{decision:?}");
     }
 }

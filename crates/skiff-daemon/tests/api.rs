@@ -59,9 +59,7 @@ impl Api {
         let serving = skiff_daemon::serving::Serving::new(
             router,
             runtime.clone(),
-            skiff_daemon::serving::ServingConfig {
-                scale_to_zero_grace: std::time::Duration::from_secs(30),
-            },
+            skiff_daemon::serving::ServingConfig::default(),
             kick.clone(),
             &metrics,
         );

@@ -60,6 +60,15 @@ pub struct ServerArgs {
     /// Seconds an idle revision keeps its last instance before scaling to zero [default: 30].
     #[arg(long)]
     pub scale_to_zero_grace_period_seconds: Option<String>,
+    /// Whether idle revisions may scale to zero: true or false [default: true].
+    #[arg(long)]
+    pub enable_scale_to_zero: Option<String>,
+    /// Most growth per autoscaler decision, as a factor of ready instances [default: 1000].
+    #[arg(long)]
+    pub max_scale_up_rate: Option<String>,
+    /// Most shrinking per decision, as a divisor of ready instances [default: 2].
+    #[arg(long)]
+    pub max_scale_down_rate: Option<String>,
     /// Most requests waiting for instances of one revision [default: 1000].
     #[arg(long)]
     pub activator_queue_depth: Option<String>,
@@ -74,7 +83,7 @@ pub struct ServerArgs {
 impl ServerArgs {
     fn flags(&self) -> Flags {
         let mut flags = Flags::new();
-        let pairs: [(&'static str, &Option<String>); 17] = [
+        let pairs: [(&'static str, &Option<String>); 20] = [
             ("data_dir", &self.data_dir),
             ("api_listen", &self.api_listen),
             ("ingress_listen", &self.ingress_listen),
@@ -95,6 +104,9 @@ impl ServerArgs {
                 "scale_to_zero_grace_period_seconds",
                 &self.scale_to_zero_grace_period_seconds,
             ),
+            ("enable_scale_to_zero", &self.enable_scale_to_zero),
+            ("max_scale_up_rate", &self.max_scale_up_rate),
+            ("max_scale_down_rate", &self.max_scale_down_rate),
             ("activator_queue_depth", &self.activator_queue_depth),
             (
                 "activator_queue_timeout_seconds",
