@@ -320,6 +320,34 @@ async fn settings_without_effect_are_warned() {
     d.cleanup().await.expect("cleanup");
 }
 
+/// A reader that goes away (`skiff … | head -1`, `| grep -q`) ends the CLI quietly with
+/// status 0, not with a panic and a backtrace: here the pipe's read end is closed before the
+/// CLI writes a byte, so its first write meets EPIPE.
+#[tokio::test]
+async fn broken_pipe_ends_quietly() {
+    let d = TestDaemon::start(SKIFF).await.expect("daemon");
+    crate::apply(&d, &service_yaml("hello", "v1"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = write(dir.path(), "ok.yaml", &service_yaml("ok", "x"));
+    for args in [
+        vec!["describe", "service", "hello"],
+        vec!["get", "services", "-o", "yaml"],
+        vec!["validate", "-f", manifest.as_str()],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let o = std::process::Command::new(SKIFF)
+            .args(&args)
+            .env("SKIFF_DATA_DIR", d.data_dir())
+            .stdout(writer)
+            .output()
+            .expect("run skiff");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
+    }
+    d.cleanup().await.expect("cleanup");
+}
+
 /// Every real knative/docs sample is accepted or refused with a field path by `validate`.
 #[test]
 fn knative_samples_validate() {

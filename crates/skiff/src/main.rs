@@ -56,6 +56,9 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Server(_)) {
+        output::end_quietly_on_broken_pipe();
+    }
     let result = match cli.command {
         Command::Validate(args) => cmd::validate::run(args),
         Command::Server(args) => multi_thread().and_then(|rt| rt.block_on(cmd::server::run(*args))),

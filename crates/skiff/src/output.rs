@@ -4,6 +4,31 @@ use comfy_table::{Table, presets};
 use serde::Serialize;
 use skiff_api::object::{ConditionStatus, Revision, Service};
 
+/// Makes a CLI verb end quietly, with status 0, when whoever reads its standard output has
+/// gone (`skiff get services | head -1`, `… | grep -q`): the reader has what it wanted.
+/// Rust ignores SIGPIPE, so `println!` meets EPIPE and panics with "failed printing to
+/// stdout"; that panic, and only that one, exits here instead of printing a backtrace.
+/// Not for `skiff server`, which never writes to standard output.
+pub fn end_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        let broken_pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe).to_string();
+        let os_broken_pipe = std::io::Error::from_raw_os_error(32).to_string();
+        if message.starts_with("failed printing to stdout")
+            && (message.contains(&broken_pipe) || message.contains(&os_broken_pipe))
+        {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 /// `-o/--output` formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
