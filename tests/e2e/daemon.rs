@@ -76,12 +76,8 @@ async fn ingress_reports_why_it_cannot_serve() {
     crate::apply(&d, &service_yaml("hello", "v1"));
     let http = crate::http();
     let url = format!("http://{}/", d.ingress());
-    let r = http
-        .get(&url)
-        .header("host", "hello.default.localhost")
-        .send()
-        .await
-        .expect("http");
+    let get = |host: &'static str| http.get(&url).header("host", host).send();
+    let r = get("hello.default.localhost").await.expect("http");
     assert_eq!(r.status().as_u16(), 503);
     assert!(r.headers().contains_key("retry-after"));
     let text = r.text().await.expect("text");
@@ -89,28 +85,13 @@ async fn ingress_reports_why_it_cannot_serve() {
         text.contains("service `hello` in namespace `default` cannot serve requests"),
         "{text}"
     );
-    let r = http
-        .get(&url)
-        .header("host", "nope.default.localhost")
-        .send()
-        .await
-        .expect("http");
-    assert_eq!(r.status().as_u16(), 404);
-    let r = http
-        .get(&url)
-        .header("host", "example.com")
-        .send()
-        .await
-        .expect("http");
-    assert_eq!(r.status().as_u16(), 404);
+    for host in ["nope.default.localhost", "example.com"] {
+        let r = get(host).await.expect("http");
+        assert_eq!(r.status().as_u16(), 404, "{host}");
+    }
     // The ingress forgets a deleted Service by the time the delete is answered.
     assert_code(&d.cli(&["delete", "service", "hello"]), 0);
-    let r = http
-        .get(&url)
-        .header("host", "hello.default.localhost")
-        .send()
-        .await
-        .expect("http");
+    let r = get("hello.default.localhost").await.expect("http");
     assert_eq!(r.status().as_u16(), 404);
     d.cleanup().await.expect("cleanup");
 }

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use skiff_test_utils::registry::{PushFormat, Registry};
 use skiff_test_utils::{MAX_WAIT, TestDaemon, wait_for};
 
-use crate::{SKIFF, apply, indent, registry_with_info_image, skip_without_runc, stdout};
+use crate::{
+    apply, indent, registry_with_image, registry_with_info_image, skip_without_runc, stdout,
+};
 
 /// A Service of the test server image: `annotations` on the template (YAML map lines),
 /// `spec_extra` revision fields, `env_target` as `TARGET`, and `traffic` (YAML list lines).
@@ -757,15 +758,8 @@ async fn websocket_and_h2c() {
     if skip_without_runc() {
         return;
     }
-    let reg = Registry::start().await.expect("registry");
-    let image = skiff_test_utils::images::h2_server_image().expect("h2 image");
-    let dir = tempfile::tempdir().expect("layout");
-    image.write_oci_layout(dir.path(), "v1").expect("layout");
-    reg.push_oci_layout(dir.path(), "v1", "skiff/h2:v1", PushFormat::Oci, false)
-        .await
-        .expect("push");
-    let d = TestDaemon::start(SKIFF).await.expect("daemon");
-    let image = format!("{}/skiff/h2:v1", reg.addr());
+    let h2_image = skiff_test_utils::images::h2_server_image().expect("h2 image");
+    let (_reg, d, image) = registry_with_image(&h2_image, "skiff/h2:v1", &[]).await;
     let h2c = format!(
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: sv-h2c\nspec:\n  template:\n    spec:\n      containers:\n      - image: {image}\n        ports:\n        - name: h2c\n          containerPort: 8080\n"
     );

@@ -75,18 +75,32 @@ pub async fn registry_with_info_image(
     skiff_test_utils::TestDaemon,
     String,
 ) {
+    let image = skiff_test_utils::images::runtime_info_image().expect("runtime-info image");
+    registry_with_image(&image, "skiff/info:v1", daemon_args).await
+}
+
+/// A registry holding `image` as `repo_tag` (OCI format), a daemon started with
+/// `daemon_args`, and the image's reference in that registry.
+pub async fn registry_with_image(
+    image: &skiff_test_utils::oci::ImageBuilder,
+    repo_tag: &str,
+    daemon_args: &[&str],
+) -> (
+    skiff_test_utils::registry::Registry,
+    skiff_test_utils::TestDaemon,
+    String,
+) {
     use skiff_test_utils::registry::{PushFormat, Registry};
     let reg = Registry::start().await.expect("registry");
-    let image = skiff_test_utils::images::runtime_info_image().expect("runtime-info image");
     let dir = tempfile::tempdir().expect("layout");
     image.write_oci_layout(dir.path(), "v1").expect("layout");
-    reg.push_oci_layout(dir.path(), "v1", "skiff/info:v1", PushFormat::Oci, false)
+    reg.push_oci_layout(dir.path(), "v1", repo_tag, PushFormat::Oci, false)
         .await
         .expect("push");
     let d = skiff_test_utils::TestDaemon::start_with(SKIFF, daemon_args)
         .await
         .expect("daemon");
-    let image = format!("{}/skiff/info:v1", reg.addr());
+    let image = format!("{}/{repo_tag}", reg.addr());
     (reg, d, image)
 }
 

@@ -70,6 +70,14 @@ impl Failed {
             unsent: None,
         }
     }
+
+    /// No connection could be made: `req` was never written and can go elsewhere.
+    fn unsent(error: UpstreamError, req: http::Request<Body>) -> Self {
+        Failed {
+            error,
+            unsent: Some(req),
+        }
+    }
 }
 
 impl std::error::Error for UpstreamError {
@@ -105,12 +113,7 @@ impl H2Connections {
     ) -> Result<http::Response<Incoming>, Failed> {
         let mut sender = match self.sender(id, port).await {
             Ok(s) => s,
-            Err(error) => {
-                return Err(Failed {
-                    error,
-                    unsent: Some(req),
-                });
-            }
+            Err(error) => return Err(Failed::unsent(error, req)),
         };
         sender
             .ready()
@@ -272,12 +275,7 @@ impl H1Connections {
         }
         let mut sender = match self.connect(id, port).await {
             Ok(s) => s,
-            Err(error) => {
-                return Err(Failed {
-                    error,
-                    unsent: Some(req),
-                });
-            }
+            Err(error) => return Err(Failed::unsent(error, req)),
         };
         let resp = sender
             .send_request(req)
