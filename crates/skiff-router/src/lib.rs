@@ -8,8 +8,8 @@
 //! `containerConcurrency`, or holds the request in a bounded queue while the autoscaler
 //! (poked at once) starts instances: the activator is this queue, in process. Upstream
 //! connections are kept per instance and router thread ([`upstream`]), made inside the
-//! instance's network namespace ([`connect::NsConnector`]). Bodies stream both ways; a slot is released only
-//! when the response body ends.
+//! instance's network namespace ([`connect::NsConnector`]). Bodies stream both ways; a slot
+//! is released only when the response body ends.
 //!
 //! Timeouts follow Knative and keep apart what Knative users ask to keep apart: the response
 //! must start within `responseStartTimeoutSeconds` (when set) and `timeoutSeconds`, or the

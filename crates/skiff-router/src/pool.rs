@@ -562,8 +562,8 @@ mod tests {
 
     /// Power of two choices spreads load: with 4 instances and 40 concurrent requests none
     /// gets more than its share plus a little. The pairs come from seeded generators, so
-    /// the test does not depend on luck (with the thread's generator about one run in a
-    /// thousand gave an instance 6 of 40); the requests' count goes through `acquire`.
+    /// the test does not depend on luck (with the thread's generator about one run in 1500
+    /// gave an instance 6 of 40); the requests' count goes through `acquire`.
     #[tokio::test]
     async fn spreads_load() {
         use rand::SeedableRng;
