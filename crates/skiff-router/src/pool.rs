@@ -360,6 +360,9 @@ impl Pool {
 
     /// Waits for an instance with room, up to `max_wait`, as one of at most `max_queue`
     /// waiters. `wake` is called (once) when the request has to wait, to poke the autoscaler.
+    ///
+    /// The request counts in the revision's concurrency from the start, and in the queue
+    /// while it waits; if it is dropped first (its client went away), both are given back.
     pub async fn acquire(
         self: &Arc<Self>,
         max_queue: usize,
@@ -371,13 +374,16 @@ impl Pool {
             return Err(AcquireError::Unavailable(why.clone()));
         }
         self.change(1);
+        let mut pending = Pending {
+            pool: self,
+            waiting: false,
+        };
         if let Some(slot) = self.try_acquire(spec.container_concurrency) {
-            return Ok(slot);
+            return Ok(pending.into_slot(slot));
         }
         let before = self.waiting.fetch_add(1, Ordering::AcqRel);
+        pending.waiting = true;
         if before >= max_queue {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            self.change(-1);
             return Err(AcquireError::QueueFull(max_queue));
         }
         let cold = self.ready() == 0;
@@ -407,8 +413,22 @@ impl Pool {
                 };
             }
         };
+        match result {
+            Ok(mut slot) => {
+                if cold {
+                    self.cold.lock().unwrap_or_else(|p| p.into_inner()).requests += 1;
+                    slot.cold_start = Some(started.elapsed());
+                }
+                Ok(pending.into_slot(slot))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A request stopped waiting; `gave_up` when it got no slot.
+    fn stop_waiting(&self, gave_up: bool) {
         let left = self.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
-        if left == 0 && result.is_err() && self.ready() == 0 {
+        if left == 0 && gave_up && self.ready() == 0 {
             // Every request that waited gave up: no cold start is under way any more.
             self.cold_since
                 .lock()
@@ -417,18 +437,33 @@ impl Pool {
         }
         // Pass the wake-up on: another waiter may fit too.
         self.notify.notify_one();
-        match result {
-            Ok(mut slot) if cold => {
-                self.cold.lock().unwrap_or_else(|p| p.into_inner()).requests += 1;
-                slot.cold_start = Some(started.elapsed());
-                Ok(slot)
-            }
-            Ok(slot) => Ok(slot),
-            Err(e) => {
-                self.change(-1);
-                Err(e)
-            }
+    }
+}
+
+/// A request counted in its revision's concurrency (and, while `waiting`, in the queue)
+/// that has no slot yet. Dropped without one, it gives both counts back.
+struct Pending<'a> {
+    pool: &'a Pool,
+    waiting: bool,
+}
+
+impl Pending<'_> {
+    /// The request got `slot`, which takes over its count.
+    fn into_slot(self, slot: Slot) -> Slot {
+        if self.waiting {
+            self.pool.stop_waiting(false);
         }
+        std::mem::forget(self);
+        slot
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.pool.stop_waiting(true);
+        }
+        self.pool.change(-1);
     }
 }
 
@@ -518,6 +553,41 @@ mod tests {
             Some(AcquireError::Timeout(Duration::from_secs(1)))
         );
         assert_eq!(p.waiting(), 0);
+    }
+
+    /// A waiting request whose client goes away (the request is dropped) leaves neither
+    /// the queue nor the revision's concurrency: a thousand abandoned requests neither fill
+    /// the queue nor keep the revision from scaling to zero.
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_request_is_not_counted() {
+        let p = Pool::new(spec(0));
+        for _ in 0..1000 {
+            let p2 = p.clone();
+            let waiter =
+                tokio::spawn(async move { p2.acquire(1, Duration::from_secs(60), || {}).await });
+            while p.waiting() == 0 {
+                tokio::task::yield_now().await;
+            }
+            waiter.abort();
+            let _ = waiter.await;
+            assert_eq!(p.waiting(), 0);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let (concurrency, requests) = p.take_bucket();
+        assert_eq!((concurrency, requests), (0.0, 1000));
+        // The queue (depth 1) still takes a request, which gets the new instance.
+        let p2 = p.clone();
+        let waiter =
+            tokio::spawn(async move { p2.acquire(1, Duration::from_secs(60), || {}).await });
+        while p.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        p.add("a", fd());
+        let slot = waiter.await.expect("join").expect("slot");
+        assert_eq!(p.waiting(), 0);
+        drop(slot);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(p.take_bucket(), (0.0, 1));
     }
 
     /// An instance whose readiness flaps keeps its in-flight count: with cc=1, a request in
