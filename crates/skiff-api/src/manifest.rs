@@ -34,6 +34,12 @@ use crate::validate::{self, ValidatedService};
 pub const MAX_DEPTH: usize = 48;
 /// Most documents accepted in one input.
 pub const MAX_DOCUMENTS: usize = 256;
+/// Most items in one list (env entries, args, containers…): Kubernetes has no cap of its
+/// own but bounds a whole object to 1.5 MiB; a thousand is far above any real Service and
+/// keeps the work per request bounded.
+pub const MAX_LIST_ITEMS: usize = 1000;
+/// Most YAML nodes in one input (a thousand env entries are three thousand nodes).
+pub const MAX_NODES: usize = 25_000;
 
 /// Where a key and its value start, 1-based.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -154,6 +160,7 @@ fn index_positions(text: &str) -> Result<Vec<PositionIndex>, Problem> {
     let mut stack: Vec<Frame> = Vec::new();
     let mut root_is_null = true;
     let mut documents = 0usize;
+    let mut nodes = 0usize;
     for event in Parser::new_from_str(text) {
         let (event, span) = event.map_err(|e| {
             let m = e.marker();
@@ -206,6 +213,14 @@ fn index_positions(text: &str) -> Result<Vec<PositionIndex>, Problem> {
         }
         if !starts_node {
             continue;
+        }
+        nodes += 1;
+        if nodes > MAX_NODES {
+            return Err(syntax_problem(
+                format!("more than {MAX_NODES} values in one input (skiff's limit)"),
+                Some(at.0),
+                Some(at.1),
+            ));
         }
         if stack.len() >= MAX_DEPTH {
             return Err(syntax_problem(
@@ -283,6 +298,16 @@ fn index_positions(text: &str) -> Result<Vec<PositionIndex>, Problem> {
                 }
             }
             Some(Frame::Seq { path, next }) => {
+                if *next >= MAX_LIST_ITEMS {
+                    let mut problem = syntax_problem(
+                        format!("more than {MAX_LIST_ITEMS} items in one list (skiff's limit)"),
+                        Some(at.0),
+                        Some(at.1),
+                    );
+                    problem.path = path.to_string();
+                    problem.kind = ProblemKind::Invalid;
+                    return Err(problem);
+                }
                 let p = path.index(*next);
                 *next += 1;
                 (p, false)
@@ -346,6 +371,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, Problem> {
             )
         })?;
     let aligned = positions.len() == values.len();
+    let mut positions = positions.into_iter();
     Ok(values
         .into_iter()
         .enumerate()
@@ -353,7 +379,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, Problem> {
             index,
             value,
             positions: if aligned {
-                positions[index].clone()
+                positions.next().unwrap_or_default()
             } else {
                 PositionIndex::default()
             },

@@ -24,6 +24,11 @@ pub const MAX_CONTAINER_CONCURRENCY: i64 = 1000;
 pub const RESERVED_ENV: &[&str] = &["PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"];
 /// Paths a volume may not be mounted on (Knative's reserved paths).
 pub const RESERVED_MOUNT_PATHS: &[&str] = &["/", "/dev", "/dev/log", "/tmp", "/var", "/var/log"];
+/// Trees a volume may not be mounted on or under: the kernel's file systems the runtime
+/// mounts itself (`/dev/shm` excepted: a Memory emptyDir there is common).
+pub const RUNTIME_MOUNT_TREES: &[&str] = &["/proc", "/sys", "/dev"];
+/// Files skiff mounts into every container itself.
+pub const RUNTIME_MOUNT_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
 /// Annotation prefix of skiff's own settings.
 pub const SKIFF_ANNOTATION_PREFIX: &str = "skiff.dev/";
 /// The `skiff.dev/` annotations this version understands (none yet: each later feature that
@@ -123,6 +128,10 @@ fn check_annotations(
         let path = at.key(k.clone());
         if let Err(e) = check_qualified_name(k) {
             p.invalid(&path, format!("invalid annotation key: {e}"));
+        }
+        // Annotations can reach a container's environment (fieldRef), which cannot hold NUL.
+        if v.contains('\0') {
+            p.invalid(&path, "must not contain a NUL byte");
         }
         if k.starts_with(SKIFF_ANNOTATION_PREFIX) && !SKIFF_ANNOTATIONS.contains(&k.as_str()) {
             let known = if SKIFF_ANNOTATIONS.is_empty() {
@@ -461,6 +470,15 @@ fn validate_container(
     for (i, e) in c.env.iter().enumerate() {
         validate_env(e, &at.key("env").index(i), ctx.containers, p);
     }
+    // The kernel takes a program's arguments and environment as NUL-terminated strings: a
+    // NUL inside one can never be passed.
+    for (field, list) in [("command", &c.command), ("args", &c.args)] {
+        for (i, v) in list.iter().enumerate() {
+            if v.contains('\0') {
+                p.invalid(&at.key(field).index(i), "must not contain a NUL byte");
+            }
+        }
+    }
     for (i, e) in c.env_from.iter().enumerate() {
         let ep = at.key("envFrom").index(i);
         if let Some(prefix) = &e.prefix
@@ -523,6 +541,10 @@ fn validate_container(
         }
     }
     if let Some(wd) = &c.working_dir
+        && wd.contains('\0')
+    {
+        p.invalid(&at.key("workingDir"), "must not contain a NUL byte");
+    } else if let Some(wd) = &c.working_dir
         && !wd.starts_with('/')
     {
         p.invalid(
@@ -549,23 +571,52 @@ fn validate_container(
         match &vm.mount_path {
             None => p.required(&mp.key("mountPath")),
             Some(path) => {
-                let normalized = path.trim_end_matches('/');
-                let normalized = if normalized.is_empty() {
-                    "/"
-                } else {
-                    normalized
+                // `//x/./y/` is `/x/y`.
+                let normalized = format!(
+                    "/{}",
+                    path.split('/')
+                        .filter(|s| !s.is_empty() && *s != ".")
+                        .collect::<Vec<_>>()
+                        .join("/")
+                );
+                let normalized = normalized.as_str();
+                let under = |tree: &str| {
+                    normalized == tree
+                        || normalized
+                            .strip_prefix(tree)
+                            .is_some_and(|rest| rest.starts_with('/'))
                 };
                 if !path.starts_with('/') {
                     p.invalid(
                         &mp.key("mountPath"),
                         format!("`{path}` must be an absolute path"),
                     );
+                } else if path.contains('\0') {
+                    p.invalid(&mp.key("mountPath"), "must not contain a NUL byte");
                 } else if RESERVED_MOUNT_PATHS.contains(&normalized) {
                     p.invalid(
                         &mp.key("mountPath"),
                         format!(
                             "`{path}` is reserved (reserved: {})",
                             RESERVED_MOUNT_PATHS.join(", ")
+                        ),
+                    );
+                } else if let Some(tree) = RUNTIME_MOUNT_TREES
+                    .iter()
+                    .find(|t| under(t) && !(**t == "/dev" && under("/dev/shm")))
+                {
+                    p.invalid(
+                        &mp.key("mountPath"),
+                        format!(
+                            "`{path}` is under `{tree}`, which the container runtime mounts itself (of /dev, only /dev/shm may take a volume)"
+                        ),
+                    );
+                } else if RUNTIME_MOUNT_FILES.contains(&normalized) {
+                    p.invalid(
+                        &mp.key("mountPath"),
+                        format!(
+                            "`{path}` is mounted by skiff itself ({})",
+                            RUNTIME_MOUNT_FILES.join(", ")
                         ),
                     );
                 } else if path.split('/').any(|s| s == "..") {
@@ -616,6 +667,9 @@ fn validate_env(e: &EnvVar, at: &FieldPath, containers: &BTreeSet<&str>, p: &mut
                 );
             }
         }
+    }
+    if e.value.as_deref().is_some_and(|v| v.contains('\0')) {
+        p.invalid(&at.key("value"), "must not contain a NUL byte");
     }
     let Some(from) = &e.value_from else { return };
     let fp = at.key("valueFrom");
@@ -823,14 +877,22 @@ fn validate_probe(
     if let Some(t) = &probe.tcp_socket {
         check_port(&t.port, at.key("tcpSocket").key("port"), p);
     }
-    if let Some(e) = &probe.exec
-        && e.command.is_empty()
-    {
-        p.push(
-            &at.key("exec").key("command"),
-            ProblemKind::Required,
-            "required: the command to run",
-        );
+    if let Some(e) = &probe.exec {
+        if e.command.is_empty() {
+            p.push(
+                &at.key("exec").key("command"),
+                ProblemKind::Required,
+                "required: the command to run",
+            );
+        }
+        for (i, v) in e.command.iter().enumerate() {
+            if v.contains('\0') {
+                p.invalid(
+                    &at.key("exec").key("command").index(i),
+                    "must not contain a NUL byte",
+                );
+            }
+        }
     }
     if probe.grpc.is_some() {
         p.not_supported(

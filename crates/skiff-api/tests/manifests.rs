@@ -571,6 +571,71 @@ fn volume_rules() {
     );
 }
 
+/// Volumes never land on what the runtime mounts itself (the kernel's file systems, the
+/// files skiff writes), however the path is spelled; /dev/shm may take one.
+#[test]
+fn runtime_mount_points_are_refused() {
+    let ok = "volumes:\n- name: scratch\n  emptyDir: {medium: Memory, sizeLimit: 64Mi}\n";
+    let yaml = |path: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: a}}\nspec:\n  template:\n    spec:\n      containers:\n      - image: nginx\n        volumeMounts:\n        - name: scratch\n          mountPath: \"{path}\"\n{}",
+            indent(ok, 6)
+        )
+    };
+    let at = "spec.template.spec.containers[0].volumeMounts[0].mountPath";
+    for path in [
+        "/proc",
+        "/proc/sys",
+        "/sys/",
+        "//sys/fs/cgroup",
+        "/dev/pts",
+        "/./dev/net",
+    ] {
+        assert_refused(&yaml(path), at, "which the container runtime mounts itself");
+    }
+    for path in ["/etc/hosts", "/etc//resolv.conf", "/etc/hostname/"] {
+        assert_refused(&yaml(path), at, "is mounted by skiff itself");
+    }
+    for path in ["/dev/shm", "/procfs", "/system", "/etc/hosts.d", "/devices"] {
+        assert_accepted(&yaml(path));
+    }
+}
+
+/// A NUL byte can never reach a process's arguments or environment: refused at its path.
+#[test]
+fn nul_bytes_are_refused() {
+    assert_refused(
+        &with_container("env:\n- name: A\n  value: \"x\\0y\"\n"),
+        "spec.template.spec.containers[0].env[0].value",
+        "NUL",
+    );
+    assert_refused(
+        &with_container("command: [\"/bin/sh\", \"-c\\0\"]\n"),
+        "spec.template.spec.containers[0].command[1]",
+        "NUL",
+    );
+    assert_refused(
+        &with_container("args: [\"\\0\"]\n"),
+        "spec.template.spec.containers[0].args[0]",
+        "NUL",
+    );
+    assert_refused(
+        &with_container("workingDir: \"/a\\0\"\n"),
+        "spec.template.spec.containers[0].workingDir",
+        "NUL",
+    );
+    assert_refused(
+        &with_container("readinessProbe:\n  exec:\n    command: [\"x\\0\"]\n"),
+        "spec.template.spec.containers[0].readinessProbe.exec.command[0]",
+        "NUL",
+    );
+    assert_refused(
+        &with_annotations("a.example.com/x: \"\\0\"\n"),
+        "spec.template.metadata.annotations.a.example.com/x",
+        "NUL",
+    );
+}
+
 /// Revision-level settings are range-checked.
 #[test]
 fn revision_rules() {
