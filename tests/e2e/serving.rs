@@ -118,7 +118,8 @@ async fn wait_instances(d: &TestDaemon, svc: &str, what: &str, pred: impl Fn(&[V
     }
 }
 
-async fn wait_service_ready(d: &TestDaemon, svc: &str) -> Value {
+/// Waits for the Service to be Ready; its JSON.
+pub(crate) async fn wait_service_ready(d: &TestDaemon, svc: &str) -> Value {
     let client = d.client();
     let r = wait_for(
         "the Service to be Ready",

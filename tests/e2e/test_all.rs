@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod daemon;
+mod hardening;
 mod images;
 mod runtime;
 mod serving;

@@ -68,7 +68,21 @@ pub struct Config {
     pub activator_queue_timeout: Duration,
     /// Threads the router serves on; 0 means one per core.
     pub router_threads: usize,
+    /// Most client connections the ingress keeps open; 0 means a share of the open-file
+    /// limit ([`INGRESS_FD_SHARE_PERCENT`]).
+    pub ingress_max_connections: usize,
+    /// Longest a new ingress connection may take to send a complete request head (from
+    /// accept), and a started head to finish.
+    pub ingress_header_read_timeout: Duration,
+    /// Longest an ingress connection may stay open without a request in flight.
+    pub ingress_idle_timeout: Duration,
+    /// Most client connections the API keeps open.
+    pub api_max_connections: usize,
 }
+
+/// The share of the open-file limit the ingress's connections may use by default (each may
+/// also hold a connection into an instance).
+pub const INGRESS_FD_SHARE_PERCENT: u64 = 40;
 
 impl Config {
     /// The defaults, as `skiff server` runs with no file, environment or flags.
@@ -94,6 +108,10 @@ impl Config {
             activator_queue_depth: 1000,
             activator_queue_timeout: Duration::from_secs(60),
             router_threads: 0,
+            ingress_max_connections: 0,
+            ingress_header_read_timeout: Duration::from_secs(30),
+            ingress_idle_timeout: Duration::from_secs(60),
+            api_max_connections: 512,
         }
     }
 }
@@ -205,6 +223,26 @@ const SETTINGS: &[Setting] = &[
         key: "router_threads",
         env: "SKIFF_ROUTER_THREADS",
         flag: "--router-threads",
+    },
+    Setting {
+        key: "ingress_max_connections",
+        env: "SKIFF_INGRESS_MAX_CONNECTIONS",
+        flag: "--ingress-max-connections",
+    },
+    Setting {
+        key: "ingress_header_read_timeout_seconds",
+        env: "SKIFF_INGRESS_HEADER_READ_TIMEOUT_SECONDS",
+        flag: "--ingress-header-read-timeout-seconds",
+    },
+    Setting {
+        key: "ingress_idle_timeout_seconds",
+        env: "SKIFF_INGRESS_IDLE_TIMEOUT_SECONDS",
+        flag: "--ingress-idle-timeout-seconds",
+    },
+    Setting {
+        key: "api_max_connections",
+        env: "SKIFF_API_MAX_CONNECTIONS",
+        flag: "--api-max-connections",
     },
 ];
 
@@ -584,6 +622,53 @@ pub fn load(
             ),
         }
     }
+    for (key, field, lo) in [
+        (
+            "ingress_max_connections",
+            &mut config.ingress_max_connections,
+            0,
+        ),
+        ("api_max_connections", &mut config.api_max_connections, 16),
+    ] {
+        if let Some((v, s)) = get(key) {
+            match v.parse::<usize>() {
+                Ok(n) if (lo..=1_000_000).contains(&n) && (n == 0 || n >= 16) => *field = n,
+                _ => bad(
+                    key,
+                    &s,
+                    format!(
+                        "`{v}` must be a number of connections from 16 to 1000000{}",
+                        if lo == 0 {
+                            " (or 0: a share of the open-file limit)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ),
+            }
+        }
+    }
+    for (key, field) in [
+        (
+            "ingress_header_read_timeout_seconds",
+            &mut config.ingress_header_read_timeout,
+        ),
+        (
+            "ingress_idle_timeout_seconds",
+            &mut config.ingress_idle_timeout,
+        ),
+    ] {
+        if let Some((v, s)) = get(key) {
+            match v.parse::<u64>() {
+                Ok(n) if (1..=3600).contains(&n) => *field = Duration::from_secs(n),
+                _ => bad(
+                    key,
+                    &s,
+                    format!("`{v}` must be a number of seconds from 1 to 3600"),
+                ),
+            }
+        }
+    }
     if config.api_listen == config.ingress_listen && config.api_listen.port() != 0 {
         problems.push(format!(
             "api_listen and ingress_listen are both {}; they must differ",
@@ -696,6 +781,57 @@ mod tests {
                 .contains("router_threads (from flag --router-threads)"),
             "{err}"
         );
+    }
+
+    /// The connection bounds: defaults, each source, and ranges (0 is a share of the
+    /// open-file limit for the ingress only).
+    #[test]
+    fn connection_settings() {
+        let (config, _) = load(None, &env(&[]), &Flags::new()).expect("valid");
+        assert_eq!(
+            (
+                config.ingress_max_connections,
+                config.ingress_header_read_timeout,
+                config.ingress_idle_timeout,
+                config.api_max_connections
+            ),
+            (0, Duration::from_secs(30), Duration::from_secs(60), 512)
+        );
+        let mut flags = Flags::new();
+        flags.insert("ingress_header_read_timeout_seconds", "5".into());
+        let vars = env(&[
+            ("SKIFF_INGRESS_MAX_CONNECTIONS", "500"),
+            ("SKIFF_INGRESS_IDLE_TIMEOUT_SECONDS", "10"),
+            ("SKIFF_API_MAX_CONNECTIONS", "64"),
+        ]);
+        let (config, _) = load(None, &vars, &flags).expect("valid");
+        assert_eq!(
+            (
+                config.ingress_max_connections,
+                config.ingress_header_read_timeout,
+                config.ingress_idle_timeout,
+                config.api_max_connections
+            ),
+            (500, Duration::from_secs(5), Duration::from_secs(10), 64)
+        );
+        let vars = env(&[
+            ("SKIFF_INGRESS_MAX_CONNECTIONS", "3"),
+            ("SKIFF_API_MAX_CONNECTIONS", "0"),
+            ("SKIFF_INGRESS_IDLE_TIMEOUT_SECONDS", "0"),
+        ]);
+        let mut flags = Flags::new();
+        flags.insert("ingress_header_read_timeout_seconds", "soon".into());
+        let err = load(None, &vars, &flags).expect_err("invalid");
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 4, "{text}");
+        for key in [
+            "ingress_max_connections",
+            "api_max_connections",
+            "ingress_idle_timeout_seconds",
+            "ingress_header_read_timeout_seconds (from flag",
+        ] {
+            assert!(text.contains(key), "{key}: {text}");
+        }
     }
 
     /// The cluster-wide autoscaling settings: Knative's defaults, a TOML boolean and numbers,

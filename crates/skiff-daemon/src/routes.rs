@@ -18,7 +18,7 @@ use std::time::Duration;
 use skiff_api::object::{ConditionStatus, Revision, Service};
 use skiff_router::{HostRoute, PoolSpec, RevisionKey};
 
-use crate::status::{configuration_generation, traffic_targets};
+use crate::status::{configuration_generation, public_failure, traffic_targets};
 
 /// What the router and the autoscaler are told.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -31,17 +31,18 @@ pub struct RouteTable {
     pub reachable: HashSet<RevisionKey>,
 }
 
+/// Why a failed revision cannot serve, for the public 503: its name, the failure in one
+/// phrase from the condition's reason (never its message), and where to see the detail.
 fn failed(r: &Revision) -> Option<String> {
     r.condition("Ready")
         .filter(|c| c.status == ConditionStatus::False)
         .map(|c| {
             format!(
-                "revision {} failed: {}",
+                "revision `{}` is not ready: {}; see `skiff describe service {} -n {}`",
                 r.metadata.name,
-                c.message
-                    .clone()
-                    .or_else(|| c.reason.clone())
-                    .unwrap_or_default()
+                public_failure(c.reason.as_deref()),
+                r.service_name().unwrap_or(&r.metadata.name),
+                r.metadata.namespace,
             )
         })
 }
@@ -137,7 +138,7 @@ pub fn build(services: &[Service], revisions: &[Revision], domain: &str) -> Rout
                             }
                         },
                         None => {
-                            problem.get_or_insert(format!("revision {rev} does not exist"));
+                            problem.get_or_insert(format!("revision `{rev}` does not exist"));
                             None
                         }
                     },
@@ -368,9 +369,14 @@ mod tests {
             &[revision("c", 1, Some(ConditionStatus::False))],
             "localhost",
         );
+        // The public message names the revision and the reason, never the condition's
+        // message (container output, paths, registry answers).
         match t.hosts.get("c.default.localhost") {
             Some(HostRoute::Unavailable { message }) => {
-                assert!(message.contains("it broke"), "{message}")
+                assert_eq!(
+                    message,
+                    "service `c` in namespace `default` cannot serve requests: revision `c-00001` is not ready: it failed (X); see `skiff describe service c -n default`"
+                );
             }
             other => panic!("{other:?}"),
         }

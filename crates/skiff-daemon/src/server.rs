@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use skiff_router::conns::{Admitted, BusyBody, ConnLimits, Conns, LogEvery};
+
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::controller::{Controller, SystemClock};
@@ -72,8 +74,83 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Daemo
     })
 }
 
+/// Raises the soft open-file limit to the hard one where allowed; returns the limit now.
+fn raise_nofile_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    let Some(cur) = before.current else {
+        return u64::MAX;
+    };
+    match before.maximum {
+        Some(max) if max <= cur => {
+            info!(
+                limit = cur,
+                "open-file limit (the hard limit allows no more)"
+            );
+            cur
+        }
+        max => match setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: max,
+                maximum: max,
+            },
+        ) {
+            Ok(()) => {
+                let now = max.unwrap_or(u64::MAX);
+                info!(from = cur, to = now, "open-file limit raised");
+                now
+            }
+            Err(e) => {
+                warn!(limit = cur, error = %e, "open-file limit could not be raised");
+                cur
+            }
+        },
+    }
+}
+
+/// The connection bounds of the ingress and the API under an open-file limit of `nofile`.
+fn conn_limits(config: &Config, nofile: u64) -> (ConnLimits, ConnLimits) {
+    let room = skiff_router::conns::default_max_connections(
+        nofile,
+        crate::config::INGRESS_FD_SHARE_PERCENT,
+    );
+    let ingress_max = match config.ingress_max_connections {
+        0 => room,
+        n if n > room => {
+            warn!(
+                ingress_max_connections = n,
+                open_file_limit = nofile,
+                using = room,
+                "ingress_max_connections is more than the open-file limit leaves room for; raise the limit (ulimit -n, LimitNOFILE=) to use more"
+            );
+            room
+        }
+        n => n,
+    };
+    let ingress = ConnLimits {
+        max_connections: ingress_max.max(16),
+        header_read_timeout: config.ingress_header_read_timeout,
+        idle_timeout: config.ingress_idle_timeout,
+    };
+    let api = ConnLimits {
+        max_connections: config.api_max_connections,
+        ..ingress
+    };
+    (ingress, api)
+}
+
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let nofile = raise_nofile_limit();
+    let (ingress_limits, api_limits) = conn_limits(&config, nofile);
+    info!(
+        ingress_max_connections = ingress_limits.max_connections,
+        api_max_connections = api_limits.max_connections,
+        header_read_timeout_seconds = ingress_limits.header_read_timeout.as_secs(),
+        idle_timeout_seconds = ingress_limits.idle_timeout.as_secs(),
+        "connection limits"
+    );
     let data = DataDir::open(&config.data_dir)?;
     let token = data.ensure_token()?;
     let store_path = data.path().join(STORE_FILE);
@@ -127,7 +204,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let runtime = skiff_runtime::Runtime::new(runtime_options, oci)
         .map_err(|source| DaemonError::Runtime { source })?;
     let (poke_tx, poke_rx) = tokio::sync::mpsc::unbounded_channel();
-    let router_metrics = metrics.register("router", skiff_router::RouterMetrics::new);
+    let (router_metrics, ingress_conn_metrics) = metrics.register("router", |r| {
+        (
+            skiff_router::RouterMetrics::new(r),
+            skiff_router::conns::ConnMetrics::new(r),
+        )
+    });
+    let api_conn_metrics = metrics.register("api", skiff_router::conns::ConnMetrics::new);
     let router = skiff_router::Router::new(
         skiff_router::RouterConfig {
             domain: config.domain.clone(),
@@ -190,6 +273,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         gc_lock: Arc::default(),
         metrics,
         instances: instances.clone(),
+        manifest_permits: api::manifest_permits(),
     });
     // Service changes (applies, deletes, status) re-route at once.
     let watcher = {
@@ -210,6 +294,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         })
     };
 
+    // The first route table, before the ingress accepts (the router waits for one): a
+    // restart never answers an existing Service with 404; connections made meanwhile wait
+    // in the listen backlog.
+    instances
+        .sync_routes()
+        .await
+        .map_err(DaemonError::Reconcile)?;
     data.write_endpoints(&Endpoints {
         api: format!("http://{api_addr}"),
         ingress: ingress_addr.to_string(),
@@ -223,14 +314,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         "skiff is ready"
     );
 
-    let stop_api = shutdown.clone();
-    let api_server = tokio::spawn(async move {
-        axum::serve(api_listener, api_router)
-            .with_graceful_shutdown(async move { stop_api.cancelled().await })
-            .await
-    });
+    let api_server = tokio::spawn(serve_api(
+        api_listener,
+        api_router,
+        Conns::new(api_limits, api_conn_metrics),
+        shutdown.clone(),
+        config.shutdown_grace_period,
+    ));
     let ingress_server = tokio::spawn(router.serve(
         ingress_listener,
+        Conns::new(ingress_limits, ingress_conn_metrics),
         shutdown.clone(),
         config.shutdown_grace_period,
     ));
@@ -247,18 +340,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         (api, ingress)
     })
     .await;
-    let mut result = Ok(());
     match drained {
         Ok((api, ingress)) => {
-            match api {
-                Ok(Ok(())) => {}
-                Ok(Err(source)) => {
-                    result = Err(DaemonError::Serve {
-                        what: "the API",
-                        source,
-                    })
-                }
-                Err(join) => warn!(error = %join, "API server task ended abnormally"),
+            if let Err(join) = api {
+                warn!(error = %join, "API server task ended abnormally");
             }
             if let Err(join) = ingress {
                 warn!(error = %join, "ingress task ended abnormally");
@@ -278,5 +363,102 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     }
     data.remove_endpoints();
     info!("skiff stopped");
-    result
+    Ok(())
+}
+
+/// Serves the API until `shutdown`, then closes the listener at once and lets requests in
+/// flight finish for up to `grace`. Its connections are bounded apart from the ingress's, so
+/// the API answers whatever the ingress suffers.
+async fn serve_api(
+    listener: TcpListener,
+    app: axum::Router,
+    conns: Conns,
+    shutdown: CancellationToken,
+    grace: std::time::Duration,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::Service as _;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(conns.limits().header_read_timeout);
+    let mut refusals = LogEvery::new(std::time::Duration::from_secs(10));
+    let mut accept_errors = LogEvery::new(std::time::Duration::from_secs(10));
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    if let Some(n) = accept_errors.tick() {
+                        warn!(error = %e, times = n, "API: accepting a connection failed");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let handle = match conns.admit() {
+            Admitted::Yes(h) => h,
+            Admitted::Refused => {
+                if let Some(n) = refusals.tick() {
+                    warn!(
+                        max_connections = conns.limits().max_connections,
+                        refused = n,
+                        "API at its connection cap with every connection busy; refusing new ones"
+                    );
+                }
+                continue;
+            }
+        };
+        let (app, conn_handle) = (app.clone(), handle.clone());
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let busy = conn_handle.busy();
+                let mut app = app.clone();
+                async move {
+                    let response = app.call(req.map(axum::body::Body::new)).await?;
+                    Ok::<_, std::convert::Infallible>(response.map(|b| BusyBody::new(b, busy)))
+                }
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let conns = conns.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = conn => {}
+                () = conns.expired(&handle) => {}
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ingress's cap is a share of the open-file limit by default, and never more than
+    /// that share however it is set; the API's is its own.
+    #[test]
+    fn connection_limits_follow_the_open_file_limit() {
+        let mut config = Config::defaults();
+        let (ingress, api) = conn_limits(&config, 20_000);
+        assert_eq!((ingress.max_connections, api.max_connections), (8_000, 512));
+        config.ingress_max_connections = 500;
+        assert_eq!(conn_limits(&config, 20_000).0.max_connections, 500);
+        config.ingress_max_connections = 100_000;
+        assert_eq!(conn_limits(&config, 1_024).0.max_connections, 409);
+        config.api_max_connections = 64;
+        assert_eq!(conn_limits(&config, 1_024).1.max_connections, 64);
+        assert_eq!(
+            conn_limits(&config, 1_024).1.header_read_timeout,
+            config.ingress_header_read_timeout
+        );
+    }
 }

@@ -35,6 +35,26 @@ pub const REASON_RESOLVING: &str = "ResolvingImages";
 /// The message that goes with [`REASON_RESOLVING`].
 pub const MESSAGE_RESOLVING: &str = "resolving the revision's images to digests";
 
+/// Why a revision cannot serve, as anyone who reaches the ingress may read it: one phrase
+/// made from its `Ready` reason alone. Condition messages stay behind the API token: they
+/// can hold a container's output, host paths and a registry's answers.
+pub fn public_failure(reason: Option<&str>) -> String {
+    match reason {
+        Some("CrashLoopBackOff") => "its container keeps exiting (CrashLoopBackOff)".to_owned(),
+        Some("OOMKilled") => "its container ran out of memory (OOMKilled)".to_owned(),
+        Some(crate::revisions::REASON_PULL_FAILED) => {
+            "its image could not be pulled (ImagePullFailed)".to_owned()
+        }
+        // Reasons are skiff's own CamelCase words; anything else is not repeated.
+        Some(r)
+            if !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            format!("it failed ({r})")
+        }
+        _ => "it failed".to_owned(),
+    }
+}
+
 /// The initial status of a freshly stamped revision.
 pub fn initial_revision_status(now: &str) -> RevisionStatus {
     let mut status = RevisionStatus {

@@ -79,6 +79,7 @@ impl Api {
             gc_lock: Arc::default(),
             metrics,
             instances,
+            manifest_permits: api::manifest_permits(),
         });
         Api { router, _dir: dir }
     }

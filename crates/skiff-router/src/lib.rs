@@ -17,6 +17,7 @@
 //! chunks) ends it. A response that starts at once may stream past `timeoutSeconds`.
 
 pub mod connect;
+pub mod conns;
 mod metrics;
 pub mod pool;
 mod proxy;
@@ -115,6 +116,8 @@ pub struct Router {
     upstreams: Vec<Arc<upstream::Upstreams>>,
     poke: mpsc::UnboundedSender<RevisionKey>,
     metrics: RouterMetrics,
+    /// True once the first route table is in; [`Router::serve`] accepts only then.
+    routed: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Router {
@@ -156,6 +159,7 @@ impl Router {
             upstreams,
             poke,
             metrics,
+            routed: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -212,6 +216,7 @@ impl Router {
             .collect();
         drop(pools);
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(resolved);
+        self.routed.send_replace(true);
     }
 
     pub(crate) fn route(&self, host: &str) -> Option<Arc<Resolved>> {
@@ -380,8 +385,13 @@ impl Router {
         self.instance_gone(id);
     }
 
-    /// Serves until `shutdown`, then stops accepting and lets open connections finish for
-    /// up to `grace`.
+    /// Serves until `shutdown`, then closes the listener at once (new clients are refused,
+    /// so a load balancer in front fails over) and lets open connections finish their
+    /// requests for up to `grace`. `conns` bounds the client connections.
+    ///
+    /// No connection is accepted before the first route table is in ([`Router::set_routes`]):
+    /// a restarted daemon never answers an existing Service with 404; clients wait in the
+    /// listen backlog meanwhile.
     ///
     /// Requests are served thread-per-core, as nginx's workers do: each router thread runs a
     /// single-threaded runtime with its own connections into instances, so a request, its
@@ -394,6 +404,7 @@ impl Router {
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
+        conns: conns::Conns,
         shutdown: CancellationToken,
         grace: Duration,
     ) {
@@ -403,8 +414,13 @@ impl Router {
             let (conn_tx, conn_rx) = mpsc::unbounded_channel();
             let open = Arc::new(AtomicUsize::new(0));
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let (router, up, shutdown, open2) =
-                (self.clone(), up.clone(), shutdown.clone(), open.clone());
+            let (router, up, shutdown, open2, conns) = (
+                self.clone(),
+                up.clone(),
+                shutdown.clone(),
+                open.clone(),
+                conns.clone(),
+            );
             let spawned = std::thread::Builder::new()
                 .name(format!("skiff-router-{i}"))
                 .spawn(move || {
@@ -412,9 +428,9 @@ impl Router {
                         .enable_all()
                         .build()
                     {
-                        Ok(rt) => {
-                            rt.block_on(router.serve_thread(conn_rx, open2, up, shutdown, grace))
-                        }
+                        Ok(rt) => rt.block_on(
+                            router.serve_thread(conn_rx, open2, up, conns, shutdown, grace),
+                        ),
                         Err(e) => warn!(error = %e, "router: cannot start a runtime"),
                     }
                     let _ = tx.send(());
@@ -431,37 +447,65 @@ impl Router {
             warn!("router: no thread could be started; the ingress does not serve");
             return;
         }
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(error = %e, "accepting a connection");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut refusals = conns::LogEvery::new(Duration::from_secs(10));
+        let mut accept_errors = conns::LogEvery::new(Duration::from_secs(10));
+        let mut routed = self.routed.subscribe();
+        let routed = tokio::select! {
+            r = routed.wait_for(|routed| *routed) => r.is_ok(),
+            () = shutdown.cancelled() => false,
+        };
+        if routed {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // Out of file descriptors (or another transient error): wait a
+                            // little rather than spin, and say so once in a while.
+                            if let Some(n) = accept_errors.tick() {
+                                warn!(error = %e, times = n, "ingress: accepting a connection failed");
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    () = shutdown.cancelled() => break,
+                };
+                let handle = match conns.admit() {
+                    conns::Admitted::Yes(h) => h,
+                    conns::Admitted::Refused => {
+                        if let Some(n) = refusals.tick() {
+                            warn!(
+                                max_connections = conns.limits().max_connections,
+                                refused = n,
+                                "ingress at its connection cap with every connection busy; refusing new ones"
+                            );
+                        }
                         continue;
                     }
-                },
-                () = shutdown.cancelled() => break,
-            };
-            let stream = match stream.into_std() {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "router: cannot hand a connection to a thread");
-                    continue;
+                };
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "router: cannot hand a connection to a thread");
+                        continue;
+                    }
+                };
+                let Some((tx, open)) = threads
+                    .iter()
+                    .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
+                else {
+                    break;
+                };
+                open.fetch_add(1, Ordering::Relaxed);
+                if tx.send((stream, peer, handle)).is_err() {
+                    open.fetch_sub(1, Ordering::Relaxed);
+                    warn!("router: a thread has stopped; connection dropped");
                 }
-            };
-            let Some((tx, open)) = threads
-                .iter()
-                .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
-            else {
-                break;
-            };
-            open.fetch_add(1, Ordering::Relaxed);
-            if tx.send((stream, peer)).is_err() {
-                open.fetch_sub(1, Ordering::Relaxed);
-                warn!("router: a thread has stopped; connection dropped");
             }
         }
+        // New clients are refused from now on; those connected finish their requests.
+        drop(listener);
         drop(threads);
         for rx in done {
             let _ = rx.await;
@@ -470,24 +514,26 @@ impl Router {
 
     async fn serve_thread(
         self: Arc<Self>,
-        mut conns: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+        mut incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr, conns::ConnHandle)>,
         open: Arc<AtomicUsize>,
         up: Arc<upstream::Upstreams>,
+        conns: conns::Conns,
         shutdown: CancellationToken,
         grace: Duration,
     ) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        // A client must send its request head within 30 s (slow-header attacks hold no
-        // connection forever).
+        // A request head must be complete within the header timeout once it has begun (and
+        // a keep-alive connection waits that long for the next one); `conns` closes a
+        // connection that sends nothing at all.
         builder
             .http1()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
+            .header_read_timeout(conns.limits().header_read_timeout);
         builder.http2().timer(hyper_util::rt::TokioTimer::new());
         loop {
-            let (stream, peer) = tokio::select! {
-                c = conns.recv() => match c {
+            let (stream, peer, handle) = tokio::select! {
+                c = incoming.recv() => match c {
                     Some(c) => c,
                     None => break,
                 },
@@ -503,19 +549,27 @@ impl Router {
             };
             let _ = stream.set_nodelay(true);
             let (router, up) = (self.clone(), up.clone());
-            let peer = Arc::new(proxy::Peer::new(peer));
+            let peer = Arc::new(proxy::Peer::new(peer, handle.clone()));
             let service = hyper::service::service_fn(move |req| {
                 let (router, up, peer) = (router.clone(), up.clone(), peer.clone());
                 async move {
-                    Ok::<_, std::convert::Infallible>(proxy::handle(&router, &up, req, &peer).await)
+                    let busy = peer.conn.busy();
+                    let response = proxy::handle(&router, &up, req, &peer).await;
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|body| conns::BusyBody::new(body, busy)),
+                    )
                 }
             });
             let conn = builder
                 .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
             let conn = graceful.watch(conn.into_owned());
-            let open = open.clone();
+            let (open, conns) = (open.clone(), conns.clone());
             tokio::spawn(async move {
-                let _ = conn.await;
+                tokio::select! {
+                    _ = conn => {}
+                    () = conns.expired(&handle) => {}
+                }
+                drop(handle);
                 open.fetch_sub(1, Ordering::Relaxed);
             });
         }

@@ -17,6 +17,7 @@ use rand::Rng;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
+use crate::conns::ConnHandle;
 use crate::pool::{AcquireError, Pool, Slot};
 use crate::upstream::{Failed, Lease, Upstreams};
 use crate::{Body, BoxError, Resolved, Router};
@@ -27,9 +28,12 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
+/// skiff's own answer: one line, ending with the request id (the log has the detail under
+/// it).
 fn text(status: StatusCode, msg: String, request_id: &HeaderValue) -> Response<Body> {
+    let id = request_id.to_str().unwrap_or("-");
     let mut r = Response::new(
-        Full::new(Bytes::from(format!("{msg}\n")))
+        Full::new(Bytes::from(format!("{msg} (request id {id})\n")))
             .map_err(|never| match never {})
             .boxed(),
     );
@@ -109,10 +113,12 @@ pub(crate) struct Peer {
     ip: HeaderValue,
     /// The client's IP as a `Forwarded` `for=` value (quoted with brackets for IPv6).
     forwarded_for: String,
+    /// The connection, kept busy while a request is in flight.
+    pub(crate) conn: ConnHandle,
 }
 
 impl Peer {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(addr: SocketAddr, conn: ConnHandle) -> Self {
         let ip = addr.ip().to_string();
         let forwarded_for = if addr.is_ipv6() {
             format!("\"[{ip}]\"")
@@ -122,6 +128,7 @@ impl Peer {
         Peer {
             ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             forwarded_for,
+            conn,
         }
     }
 }
@@ -162,6 +169,30 @@ fn rejected(pool: &Pool, e: AcquireError, request_id: &HeaderValue) -> Response<
     r
 }
 
+/// Reading the client's request body failed.
+#[derive(Debug)]
+struct ClientBody(hyper::Error);
+
+impl std::fmt::Display for ClientBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "reading the client's request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBody {}
+
+/// The client-body failure somewhere in `error`'s chain.
+fn client_body_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBody> {
+    let mut cur = Some(error);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<ClientBody>() {
+            return Some(c);
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// An error and its causes on one line.
 struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
 
@@ -174,6 +205,37 @@ impl std::fmt::Display for ErrorChain<'_> {
             cur = e.source();
         }
         Ok(())
+    }
+}
+
+/// The host a request is for: the target's authority (absolute form, HTTP/2's
+/// `:authority`), else its one Host header, checked as RFC 9112 §3.2 asks.
+fn request_host<B>(req: &Request<B>) -> Result<String, &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err("the request has more than one Host header");
+    }
+    if let Some(a) = req.uri().authority() {
+        if a.as_str().contains('@') {
+            return Err("the request target's authority is not valid");
+        }
+        return Ok(a.as_str().to_owned());
+    }
+    match first {
+        Some(v) => {
+            let valid = v
+                .to_str()
+                .ok()
+                .filter(|h| !h.contains('@'))
+                .and_then(|h| h.parse::<http::uri::Authority>().ok().map(|_| h));
+            match valid {
+                Some(h) => Ok(h.to_owned()),
+                None => Err("the Host header is not a valid host[:port]"),
+            }
+        }
+        None if req.version() == Version::HTTP_11 => Err("the request has no Host header"),
+        None => Ok(String::new()),
     }
 }
 
@@ -199,13 +261,18 @@ pub(crate) async fn handle(
             id
         }
     };
-    let host_full = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
+    // RFC 9112 §3.2: a request with two Host headers, an invalid one, or (HTTP/1.1) none is
+    // a 400; an absolute-form target's authority takes the place of Host.
+    let host_full = match request_host(&req) {
+        Ok(h) => h,
+        Err(why) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("skiff: {why}"),
+                &request_id,
+            );
+        }
+    };
     let host = host_full
         .rsplit_once(':')
         .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
@@ -290,7 +357,7 @@ pub(crate) async fn handle(
             h.remove(TRACESTATE);
             h.insert(TRACEPARENT, new_traceparent());
         }
-        if !h.contains_key(header::HOST)
+        if h.get(header::HOST).and_then(|v| v.to_str().ok()) != Some(host_full.as_str())
             && let Ok(v) = HeaderValue::from_str(&host_full)
         {
             h.insert(header::HOST, v);
@@ -363,7 +430,11 @@ pub(crate) async fn handle(
         .map_or(spec.timeout, |r| r.min(spec.timeout));
     let deadline = Instant::now() + first_byte;
     let mut attempt = 0u32;
-    let mut req = Request::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
+    let mut req = Request::from_parts(
+        parts,
+        body.map_err(|e| -> BoxError { Box::new(ClientBody(e)) })
+            .boxed(),
+    );
     let (mut response, lease) = loop {
         let sent = async {
             if spec.h2c {
@@ -410,6 +481,21 @@ pub(crate) async fn handle(
                     Err(e) => return rejected(&pool, e, &request_id),
                 };
             }
+            // The client's own body was bad (an invalid chunk, cut short): its fault, not the
+            // instance's.
+            Ok(Err(Failed { error, .. })) if client_body_error(&error).is_some() => {
+                let why = client_body_error(&error)
+                    .map(|e| e.0.to_string())
+                    .unwrap_or_default();
+                info!(revision = %revision, error = %why, "the client sent a bad request body; answered 400");
+                let status = StatusCode::BAD_REQUEST;
+                pool.handles.answered(status);
+                return text(
+                    status,
+                    format!("skiff: the request body could not be read: {why}"),
+                    &request_id,
+                );
+            }
             Ok(Err(Failed { error, .. })) => {
                 warn!(revision = %revision, instance = %slot.endpoint.id, error = %ErrorChain(&error), "forwarding to an instance failed");
                 let status = StatusCode::BAD_GATEWAY;
@@ -436,8 +522,10 @@ pub(crate) async fn handle(
         && let Some(client_upgrade) = client_upgrade
     {
         let server_upgrade = hyper::upgrade::on(&mut response);
+        // The tunnel keeps the client connection counted, and busy, until it closes.
+        let busy = peer.conn.busy();
         tokio::spawn(async move {
-            let _slot = slot;
+            let (_slot, _busy) = (slot, busy);
             match (client_upgrade.await, server_upgrade.await) {
                 (Ok(c), Ok(s)) => {
                     let mut c = hyper_util::rt::TokioIo::new(c);
@@ -598,5 +686,41 @@ mod tests {
         let id = new_request_id();
         assert!(sane_id(id.to_str().expect("ASCII")), "{id:?}");
         assert_eq!(id.len(), 36);
+    }
+
+    fn req(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).expect("request")
+    }
+
+    /// RFC 9112 §3.2: one valid Host, or the target's authority; otherwise 400.
+    #[test]
+    fn request_host_rules() {
+        use Version as V;
+        let host = |v, uri, hosts: &[&str]| request_host(&req(v, uri, hosts));
+        assert_eq!(
+            host(V::HTTP_11, "/", &["a.default.localhost:8080"]),
+            Ok("a.default.localhost:8080".into())
+        );
+        assert!(host(V::HTTP_11, "/", &["a.localhost", "b.localhost"]).is_err());
+        assert!(host(V::HTTP_11, "/", &["a.localhost", "a.localhost"]).is_err());
+        assert!(host(V::HTTP_11, "/", &[]).is_err());
+        assert!(host(V::HTTP_11, "/", &["::::"]).is_err());
+        assert!(host(V::HTTP_11, "/", &["user@a.localhost"]).is_err());
+        assert!(host(V::HTTP_11, "/", &["a b"]).is_err());
+        assert_eq!(host(V::HTTP_10, "/", &[]), Ok(String::new()));
+        // The absolute form's authority wins over Host.
+        assert_eq!(
+            host(V::HTTP_11, "http://b.localhost/x", &["a.localhost"]),
+            Ok("b.localhost".into())
+        );
+        assert!(host(V::HTTP_11, "http://u@b.localhost/x", &[]).is_err());
+        assert_eq!(
+            host(V::HTTP_2, "http://h2.localhost/", &[]),
+            Ok("h2.localhost".into())
+        );
     }
 }

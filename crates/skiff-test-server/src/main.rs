@@ -64,7 +64,7 @@ use routes::{State, Then, pause};
 /// Command-line help.
 const USAGE: &str = "\
 usage: skiff-test-server [--crash-after-ms N [--exit-code N]] [--ignore-sigterm]
-                         [--ready-after-ms N] [ARG...]
+                         [--ready-after-ms N] [--say TEXT] [ARG...]
 
 Listens on 0.0.0.0:$PORT (default 8080). Positional ARGs are ignored except that /info
 reports them.
@@ -73,6 +73,7 @@ reports them.
   --exit-code N        the exit code for --crash-after-ms (default 3)
   --ignore-sigterm     log SIGTERM and keep running (default: exit 0)
   --ready-after-ms N   GET /ready answers 503 until N ms after start
+  --say TEXT           print TEXT to stderr at start
 
 Endpoints: GET / /info /headers /alloc?mb=N /forkbomb?max=N /burn?ms=N /healthz /ready
 /delay?ms=N /stream?chunks=N&interval_ms=M /concurrency[?hold_ms=N] /exit?code=N
@@ -100,6 +101,8 @@ struct Options {
     ignore_sigterm: bool,
     /// `--ready-after-ms`.
     ready_after: Duration,
+    /// `--say`: a line printed at start.
+    say: Option<String>,
 }
 
 impl Options {
@@ -145,6 +148,7 @@ impl Options {
                         .map_err(|_| format!("--ready-after-ms: `{v}` is not a number"))?;
                     opts.ready_after = Duration::from_millis(ms);
                 }
+                "--say" => opts.say = Some(value("--say")?),
                 "--ignore-sigterm" if inline.is_none() => opts.ignore_sigterm = true,
                 "--help" | "-h" => return Err(String::new()),
                 f if f.starts_with('-') => return Err(format!("unknown flag `{arg}`")),
@@ -201,6 +205,9 @@ fn main() -> ExitCode {
         }
     };
 
+    if let Some(text) = &opts.say {
+        err_line!("{text}");
+    }
     let ignore_sigterm = opts.ignore_sigterm;
     let spawned = std::thread::Builder::new()
         .name("signals".to_owned())
@@ -384,7 +391,12 @@ mod tests {
                 exit_code: 7,
                 ignore_sigterm: true,
                 ready_after: Duration::ZERO,
+                say: None,
             })
+        );
+        assert_eq!(
+            parse(&["--say", "DB_PASSWORD=hunter2"]).map(|o| o.say),
+            Ok(Some("DB_PASSWORD=hunter2".to_owned()))
         );
         assert_eq!(parse(&["--crash-after-ms=5"]).map(|o| o.exit_code), Ok(3));
         assert_eq!(

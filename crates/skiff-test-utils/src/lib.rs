@@ -105,13 +105,23 @@ impl TestDaemon {
             .append(true)
             .open(&self.log)
             .context("daemon log")?;
+        // A restart keeps the addresses of the first start, as a restarted daemon would.
+        let api_listen = match self.api.strip_prefix("http://") {
+            Some(a) => a.to_owned(),
+            None => "127.0.0.1:0".to_owned(),
+        };
+        let ingress_listen = if self.ingress.is_empty() {
+            "127.0.0.1:0".to_owned()
+        } else {
+            self.ingress.clone()
+        };
         let mut cmd = self.command();
         cmd.args([
             "server",
             "--api-listen",
-            "127.0.0.1:0",
+            &api_listen,
             "--ingress-listen",
-            "127.0.0.1:0",
+            &ingress_listen,
             "--log",
             "info",
         ])
@@ -187,6 +197,41 @@ impl TestDaemon {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Sets the daemon's open-file limit (soft and hard), as `prlimit --nofile` would.
+    pub fn set_nofile_limit(&self, limit: u64) -> anyhow::Result<()> {
+        let pid = self.pid().context("the daemon is not running")?;
+        let pid = rustix::process::Pid::from_raw(pid as i32).context("pid")?;
+        rustix::process::prlimit(
+            Some(pid),
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(limit),
+                maximum: Some(limit),
+            },
+        )
+        .context("prlimit")?;
+        Ok(())
+    }
+
+    /// The daemon's resident memory now and at its peak (VmRSS, VmHWM), in bytes.
+    pub fn memory(&self) -> anyhow::Result<(u64, u64)> {
+        let pid = self.pid().context("the daemon is not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("status")?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .with_context(|| format!("no {name}"))?;
+            let kb: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("bad {line}"))?;
+            Ok(kb * 1024)
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
     /// An authenticated API client.
     pub fn client(&self) -> Client {
         Client::new(&self.api, Some(self.token.clone())).expect("valid server URL")
@@ -243,11 +288,26 @@ impl TestDaemon {
 
     /// Sends SIGTERM and waits for the daemon to exit; returns its exit code.
     pub async fn stop(&mut self) -> anyhow::Result<Option<i32>> {
+        if self.child.is_none() {
+            return Ok(None);
+        }
+        self.terminate()?;
+        self.wait_exit().await
+    }
+
+    /// Sends SIGTERM without waiting (a second one makes the daemon exit at once).
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self.pid().context("the daemon is not running")?;
+        let pid = rustix::process::Pid::from_raw(pid as i32).context("pid")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).context("SIGTERM")?;
+        Ok(())
+    }
+
+    /// Waits for the daemon to exit; returns its exit code.
+    pub async fn wait_exit(&mut self) -> anyhow::Result<Option<i32>> {
         let Some(mut child) = self.child.take() else {
             return Ok(None);
         };
-        let pid = rustix::process::Pid::from_raw(child.id() as i32).context("pid")?;
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).context("SIGTERM")?;
         let status = wait_for(
             "the daemon to exit",
             Duration::from_millis(20),

@@ -54,6 +54,17 @@ pub struct ApiState {
     pub metrics: Arc<skiff_telemetry::Metrics>,
     /// Running instances.
     pub instances: Arc<crate::instances::InstanceManager>,
+    /// Manifests parsed and applied at once ([`manifest_permits`]): parsing costs several
+    /// times a body's size in memory, so this bounds the daemon's memory under parallel
+    /// applies.
+    pub manifest_permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// The manifests one daemon parses at once: one per core (parsing is CPU-bound, more at
+/// once would only hold more memory), at least two.
+pub fn manifest_permits() -> Arc<tokio::sync::Semaphore> {
+    let n = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    Arc::new(tokio::sync::Semaphore::new(n))
 }
 
 /// The documented API routes: each handler's path and method come from its

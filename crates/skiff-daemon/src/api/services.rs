@@ -93,12 +93,13 @@ fn check_segment(what: &str, value: &str) -> Result<(), ApiError> {
     })
 }
 
-/// Reads a manifest body (JSON or YAML, one document) within the size limit.
+/// Reads a manifest body (JSON or YAML, one document) within the size limit, and parses it
+/// once a manifest permit is free (held until the apply is done).
 async fn read_manifest(
     state: &ApiState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Document, ApiError> {
+) -> Result<(tokio::sync::OwnedSemaphorePermit, Document), ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::PayloadTooLarge,
@@ -155,15 +156,31 @@ async fn read_manifest(
             ));
         }
     };
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| ApiError::new(ErrorCode::BadRequest, "the request body is not UTF-8 text"))?;
-    let mut docs = manifest::parse_documents(text).map_err(|p| ApiError {
+    if std::str::from_utf8(&bytes).is_err() {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "the request body is not UTF-8 text",
+        ));
+    }
+    let permit = state
+        .manifest_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the daemon is shutting down"))?;
+    // Parsing a large manifest takes a while: off the async workers.
+    let parsed = tokio::task::spawn_blocking(move || {
+        manifest::parse_documents(std::str::from_utf8(&bytes).unwrap_or_default())
+    })
+    .await
+    .map_err(|_| ApiError::new(ErrorCode::Internal, "parsing the manifest failed"))?;
+    let mut docs = parsed.map_err(|p| ApiError {
         code: ErrorCode::Invalid,
         message: format!("the request body is not a manifest: {p}"),
         details: vec![p],
     })?;
     match docs.len() {
-        1 => Ok(docs.remove(0)),
+        1 => Ok((permit, docs.remove(0))),
         0 => Err(ApiError::new(
             ErrorCode::BadRequest,
             "the request body is empty",
@@ -255,7 +272,7 @@ pub async fn create_service(
     check_segment("namespace", &namespace)?;
     let params = query(params)?;
     let dry = dry_run(&params.dry_run)?;
-    let doc = read_manifest(&state, &headers, body).await?;
+    let (_permit, doc) = read_manifest(&state, &headers, body).await?;
     let outcome = state
         .controller
         .apply(&namespace, None, &doc, ApplyMode::CreateOnly, dry)
@@ -288,7 +305,7 @@ pub async fn apply_service(
     check_segment("namespace", &namespace)?;
     let params = query(params)?;
     let dry = dry_run(&params.dry_run)?;
-    let doc = read_manifest(&state, &headers, body).await?;
+    let (_permit, doc) = read_manifest(&state, &headers, body).await?;
     let outcome = state
         .controller
         .apply(

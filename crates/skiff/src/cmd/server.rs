@@ -78,12 +78,25 @@ pub struct ServerArgs {
     /// Threads the router serves on, 0 for one per core [default: 0].
     #[arg(long)]
     pub router_threads: Option<String>,
+    /// Most client connections the ingress keeps open, 0 for 40% of the open-file limit
+    /// [default: 0].
+    #[arg(long)]
+    pub ingress_max_connections: Option<String>,
+    /// Seconds a new ingress connection has to send a complete request head [default: 30].
+    #[arg(long)]
+    pub ingress_header_read_timeout_seconds: Option<String>,
+    /// Seconds an ingress connection may stay open with no request in flight [default: 60].
+    #[arg(long)]
+    pub ingress_idle_timeout_seconds: Option<String>,
+    /// Most client connections the API keeps open [default: 512].
+    #[arg(long)]
+    pub api_max_connections: Option<String>,
 }
 
 impl ServerArgs {
     fn flags(&self) -> Flags {
         let mut flags = Flags::new();
-        let pairs: [(&'static str, &Option<String>); 20] = [
+        let pairs: [(&'static str, &Option<String>); 24] = [
             ("data_dir", &self.data_dir),
             ("api_listen", &self.api_listen),
             ("ingress_listen", &self.ingress_listen),
@@ -113,6 +126,16 @@ impl ServerArgs {
                 &self.activator_queue_timeout_seconds,
             ),
             ("router_threads", &self.router_threads),
+            ("ingress_max_connections", &self.ingress_max_connections),
+            (
+                "ingress_header_read_timeout_seconds",
+                &self.ingress_header_read_timeout_seconds,
+            ),
+            (
+                "ingress_idle_timeout_seconds",
+                &self.ingress_idle_timeout_seconds,
+            ),
+            ("api_max_connections", &self.api_max_connections),
         ];
         for (k, v) in pairs {
             if let Some(v) = v {

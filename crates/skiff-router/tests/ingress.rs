@@ -1,0 +1,155 @@
+//! The ingress's listener as clients see it, without instances (no root needed): when it
+//! starts taking connections and when it stops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use skiff_router::conns::{ConnLimits, ConnMetrics, Conns};
+use skiff_router::{HostRoute, PoolSpec, Router, RouterConfig, RouterMetrics};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Longest any condition here is waited for.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A router serving on a loopback port until `shutdown`.
+async fn serving(shutdown: &CancellationToken) -> (Arc<Router>, String) {
+    let (poke, _) = tokio::sync::mpsc::unbounded_channel();
+    let router = Router::new(
+        RouterConfig {
+            domain: "localhost".into(),
+            queue_depth: 10,
+            queue_timeout: Duration::from_secs(30),
+            threads: 1,
+        },
+        skiff_runtime::netns::Connector::new(1).expect("connector"),
+        poke,
+        RouterMetrics::new(&mut Registry::default()),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let conns = Conns::new(
+        ConnLimits {
+            max_connections: 100,
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        },
+        ConnMetrics::default(),
+    );
+    tokio::spawn(
+        router
+            .clone()
+            .serve(listener, conns, shutdown.clone(), Duration::from_secs(5)),
+    );
+    (router, addr)
+}
+
+/// Reads until the end of a response head; returns its status code.
+async fn status(c: &mut TcpStream) -> u16 {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, c.read(&mut buf))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed without an answer");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text}"))
+}
+
+/// A request that arrives before the first route table waits for it, and is then routed by
+/// it (here: a known Service that cannot serve, 503), never answered 404 as if no Service
+/// existed.
+#[tokio::test]
+async fn no_request_is_answered_before_the_first_route_table() {
+    let shutdown = CancellationToken::new();
+    let (router, addr) = serving(&shutdown).await;
+    let mut c = TcpStream::connect(&addr).await.expect("connect");
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a.default.localhost\r\n\r\n")
+        .await
+        .expect("write");
+    // Nothing comes back while there is no table. (A router that answered early answers
+    // within microseconds; this cannot fail a correct router, however slow the machine.)
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), c.read(&mut byte)).await;
+    assert!(early.is_err(), "answered before any route table: {early:?}");
+    router.set_routes(HashMap::from([(
+        "a.default.localhost".to_owned(),
+        HostRoute::Unavailable {
+            message: "revision `a-00001` is not ready".into(),
+        },
+    )]));
+    assert_eq!(status(&mut c).await, 503);
+    shutdown.cancel();
+}
+
+/// On shutdown the listening socket closes at once: a new client is refused rather than
+/// left to wait out the grace period, while a request in flight (here: waiting in the
+/// activator for an instance) is still in progress.
+#[tokio::test]
+async fn shutdown_refuses_new_connections_at_once() {
+    let shutdown = CancellationToken::new();
+    let (router, addr) = serving(&shutdown).await;
+    router.set_pool(PoolSpec {
+        namespace: "default".into(),
+        service: "s".into(),
+        revision: "s-00001".into(),
+        container_concurrency: 0,
+        port: 8080,
+        h2c: false,
+        timeout: Duration::from_secs(300),
+        response_start_timeout: None,
+        idle_timeout: None,
+        unavailable: None,
+    });
+    router.set_routes(HashMap::from([(
+        "s.default.localhost".to_owned(),
+        HostRoute::Tag {
+            namespace: "default".into(),
+            service: "s".into(),
+            revision: "s-00001".into(),
+        },
+    )]));
+    let mut held = TcpStream::connect(&addr).await.expect("connect");
+    held.write_all(b"GET / HTTP/1.1\r\nHost: s.default.localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let pool = router
+        .pool(&("default".into(), "s-00001".into()))
+        .expect("pool");
+    tokio::time::timeout(DEADLINE, async {
+        while pool.waiting() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the request waits for an instance");
+    shutdown.cancel();
+    let refused = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match TcpStream::connect(&addr).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        refused.is_ok(),
+        "new connections still accepted after shutdown"
+    );
+    assert_eq!(
+        pool.waiting(),
+        1,
+        "new connections were refused only once the request in flight had ended"
+    );
+}
