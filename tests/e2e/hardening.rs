@@ -35,12 +35,31 @@ async fn metrics(d: &TestDaemon) -> String {
         .expect("metrics text")
 }
 
-/// A client that keeps asking the ingress (an unknown host: 404 from the router itself) and
-/// the API, each on a new connection, until stopped; returns (answers, failures).
-fn keep_asking(
-    d: &TestDaemon,
+/// A client asking the ingress and the API over and over ([`keep_asking`]).
+struct Asker {
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    task: tokio::task::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Asker {
+    /// Stops asking; every question got its answer.
+    async fn all_answered(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (answers, failures) = self.task.await.expect("asker");
+        assert!(
+            failures.is_empty(),
+            "{} failures: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(answers > 0);
+    }
+}
+
+/// A client that keeps asking the ingress (an unknown host: 404 from the router itself) and
+/// the API, each on a new connection, until [`Asker::all_answered`].
+fn keep_asking(d: &TestDaemon) -> Asker {
+    let stop = Arc::new(AtomicBool::new(false));
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -52,28 +71,32 @@ fn keep_asking(
         format!("{}/api/v1/services", d.api()),
         d.token().to_owned(),
     );
-    tokio::spawn(async move {
-        let (mut answers, mut failures) = (0u64, Vec::new());
-        while !stop.load(Ordering::Relaxed) {
-            match http
-                .get(&ingress)
-                .header("host", "nope.default.localhost")
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 404 => answers += 1,
-                Ok(r) => failures.push(format!("ingress: {}", r.status())),
-                Err(e) => failures.push(format!("ingress: {e}")),
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut answers, mut failures) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match http
+                    .get(&ingress)
+                    .header("host", "nope.default.localhost")
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 404 => answers += 1,
+                    Ok(r) => failures.push(format!("ingress: {}", r.status())),
+                    Err(e) => failures.push(format!("ingress: {e}")),
+                }
+                match http.get(&api).bearer_auth(&token).send().await {
+                    Ok(r) if r.status() == 200 => answers += 1,
+                    Ok(r) => failures.push(format!("API: {}", r.status())),
+                    Err(e) => failures.push(format!("API: {e}")),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            match http.get(&api).bearer_auth(&token).send().await {
-                Ok(r) if r.status() == 200 => answers += 1,
-                Ok(r) => failures.push(format!("API: {}", r.status())),
-                Err(e) => failures.push(format!("API: {e}")),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            (answers, failures)
         }
-        (answers, failures)
-    })
+    });
+    Asker { stop, task }
 }
 
 /// Opens `n` connections to `addr` that send nothing (raising this process's open-file
@@ -114,8 +137,7 @@ async fn silent_connections_are_closed_from_accept() {
     let d = TestDaemon::start_with(SKIFF, &["--ingress-header-read-timeout-seconds", "2"])
         .await
         .expect("daemon");
-    let stop = Arc::new(AtomicBool::new(false));
-    let asker = keep_asking(&d, stop.clone());
+    let asker = keep_asking(&d);
     let mut conns = silent_connections(d.ingress(), 2000).await;
     for _ in 0..10 {
         let mut c = TcpStream::connect(d.ingress()).await.expect("connect");
@@ -138,20 +160,12 @@ async fn silent_connections_are_closed_from_accept() {
         },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let (answers, failures) = asker.await.expect("asker");
     let m = metrics(&d).await;
     open.unwrap_or_else(|e| {
         let still = conns.iter().filter(|c| !closed(c)).count();
         panic!("{e}: {still} still open\n{m}")
     });
-    assert!(
-        failures.is_empty(),
-        "{} failures: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    assert!(answers > 0);
+    asker.all_answered().await;
     assert!(
         metric(
             &m,
@@ -172,8 +186,7 @@ async fn connection_cap_holds_below_the_fd_limit() {
         .await
         .expect("daemon");
     d.set_nofile_limit(1024).expect("prlimit");
-    let stop = Arc::new(AtomicBool::new(false));
-    let asker = keep_asking(&d, stop.clone());
+    let asker = keep_asking(&d);
     let conns = silent_connections(d.ingress(), 2000).await;
     let settled = wait_for(
         "the ingress to settle at its cap",
@@ -193,8 +206,7 @@ async fn connection_cap_holds_below_the_fd_limit() {
         },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let (answers, failures) = asker.await.expect("asker");
+    asker.all_answered().await;
     let (evicted, open_now) = settled.unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
     // The test's view: the oldest were closed, at most 500 are left.
     let still_open = wait_for(
@@ -214,13 +226,6 @@ async fn connection_cap_holds_below_the_fd_limit() {
         "the newest connection is not the one closed"
     );
     assert!(closed(&conns[0]), "the oldest idle connection was closed");
-    assert!(
-        failures.is_empty(),
-        "{} failures: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    assert!(answers > 0);
     let log = d.log_text();
     assert!(
         !log.contains("Too many open files"),
