@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use skiff_router::conns::{Admitted, BusyBody, ConnLimits, Conns, LogEvery};
+use skiff_router::conns::{Acceptor, BusyBody, ConnLimits, Conns};
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
@@ -384,35 +384,8 @@ async fn serve_api(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(conns.limits().header_read_timeout);
-    let mut refusals = LogEvery::new(std::time::Duration::from_secs(10));
-    let mut accept_errors = LogEvery::new(std::time::Duration::from_secs(10));
-    loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    if let Some(n) = accept_errors.tick() {
-                        warn!(error = %e, times = n, "API: accepting a connection failed");
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let handle = match conns.admit() {
-            Admitted::Yes(h) => h,
-            Admitted::Refused => {
-                if let Some(n) = refusals.tick() {
-                    warn!(
-                        max_connections = conns.limits().max_connections,
-                        refused = n,
-                        "API at its connection cap with every connection busy; refusing new ones"
-                    );
-                }
-                continue;
-            }
-        };
+    let mut acceptor = Acceptor::new(conns.clone(), "API");
+    while let Some((stream, _, handle)) = acceptor.next(&listener, &shutdown).await {
         let (app, conn_handle) = (app.clone(), handle.clone());
         let service =
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {

@@ -325,9 +325,68 @@ pub fn default_max_connections(nofile: u64, share_percent: u64) -> usize {
     usize::try_from(nofile.min(1 << 24) * share_percent / 100).unwrap_or(1024)
 }
 
+/// Takes connections from a listener and admits them into [`Conns`], for the ingress and the
+/// API alike: an accept error (out of file descriptors, say) pauses briefly rather than
+/// spinning, and errors and refusals at the cap are logged at most once per 10 s.
+pub struct Acceptor {
+    conns: Conns,
+    /// Names the listener in the log.
+    what: &'static str,
+    errors: LogEvery,
+    refusals: LogEvery,
+}
+
+impl Acceptor {
+    /// Admits into `conns`; `what` names the listener in the log.
+    pub fn new(conns: Conns, what: &'static str) -> Self {
+        Acceptor {
+            conns,
+            what,
+            errors: LogEvery::new(Duration::from_secs(10)),
+            refusals: LogEvery::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// The next admitted connection, or `None` once `shutdown` is cancelled.
+    pub async fn next(
+        &mut self,
+        listener: &tokio::net::TcpListener,
+        shutdown: &CancellationToken,
+    ) -> Option<(tokio::net::TcpStream, std::net::SocketAddr, ConnHandle)> {
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        if let Some(n) = self.errors.tick() {
+                            tracing::warn!(listener = self.what, error = %e, times = n, "accepting a connection failed");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => return None,
+            };
+            match self.conns.admit() {
+                Admitted::Yes(handle) => return Some((stream, peer, handle)),
+                Admitted::Refused => {
+                    if let Some(n) = self.refusals.tick() {
+                        tracing::warn!(
+                            listener = self.what,
+                            max_connections = self.conns.limits().max_connections,
+                            refused = n,
+                            "at the connection cap with every connection busy; refusing new ones"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Counts events and lets one through to the log per period (per-connection warnings are
 /// rate-limited).
-pub struct LogEvery {
+struct LogEvery {
     period: Duration,
     last: Option<tokio::time::Instant>,
     count: u64,
@@ -335,7 +394,7 @@ pub struct LogEvery {
 
 impl LogEvery {
     /// One event logged per `period`.
-    pub fn new(period: Duration) -> Self {
+    fn new(period: Duration) -> Self {
         LogEvery {
             period,
             last: None,
@@ -344,7 +403,7 @@ impl LogEvery {
     }
 
     /// `Some(events since the last one logged)` when this one should be logged.
-    pub fn tick(&mut self) -> Option<u64> {
+    fn tick(&mut self) -> Option<u64> {
         self.count += 1;
         let now = tokio::time::Instant::now();
         if self

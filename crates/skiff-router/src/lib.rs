@@ -447,61 +447,31 @@ impl Router {
             warn!("router: no thread could be started; the ingress does not serve");
             return;
         }
-        let mut refusals = conns::LogEvery::new(Duration::from_secs(10));
-        let mut accept_errors = conns::LogEvery::new(Duration::from_secs(10));
         let mut routed = self.routed.subscribe();
         let routed = tokio::select! {
             r = routed.wait_for(|routed| *routed) => r.is_ok(),
             () = shutdown.cancelled() => false,
         };
-        if routed {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            // Out of file descriptors (or another transient error): wait a
-                            // little rather than spin, and say so once in a while.
-                            if let Some(n) = accept_errors.tick() {
-                                warn!(error = %e, times = n, "ingress: accepting a connection failed");
-                            }
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                    () = shutdown.cancelled() => break,
-                };
-                let handle = match conns.admit() {
-                    conns::Admitted::Yes(h) => h,
-                    conns::Admitted::Refused => {
-                        if let Some(n) = refusals.tick() {
-                            warn!(
-                                max_connections = conns.limits().max_connections,
-                                refused = n,
-                                "ingress at its connection cap with every connection busy; refusing new ones"
-                            );
-                        }
-                        continue;
-                    }
-                };
-                let stream = match stream.into_std() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!(error = %e, "router: cannot hand a connection to a thread");
-                        continue;
-                    }
-                };
-                let Some((tx, open)) = threads
-                    .iter()
-                    .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
-                else {
-                    break;
-                };
-                open.fetch_add(1, Ordering::Relaxed);
-                if tx.send((stream, peer, handle)).is_err() {
-                    open.fetch_sub(1, Ordering::Relaxed);
-                    warn!("router: a thread has stopped; connection dropped");
+        let mut acceptor = conns::Acceptor::new(conns, "ingress");
+        while routed && let Some((stream, peer, handle)) = acceptor.next(&listener, &shutdown).await
+        {
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "router: cannot hand a connection to a thread");
+                    continue;
                 }
+            };
+            let Some((tx, open)) = threads
+                .iter()
+                .min_by_key(|(_, open)| open.load(Ordering::Relaxed))
+            else {
+                break;
+            };
+            open.fetch_add(1, Ordering::Relaxed);
+            if tx.send((stream, peer, handle)).is_err() {
+                open.fetch_sub(1, Ordering::Relaxed);
+                warn!("router: a thread has stopped; connection dropped");
             }
         }
         // New clients are refused from now on; those connected finish their requests.
