@@ -481,22 +481,19 @@ pub(crate) async fn handle(
                     Err(e) => return rejected(&pool, e, &request_id),
                 };
             }
-            // The client's own body was bad (an invalid chunk, cut short): its fault, not the
-            // instance's.
-            Ok(Err(Failed { error, .. })) if client_body_error(&error).is_some() => {
-                let why = client_body_error(&error)
-                    .map(|e| e.0.to_string())
-                    .unwrap_or_default();
-                info!(revision = %revision, error = %why, "the client sent a bad request body; answered 400");
-                let status = StatusCode::BAD_REQUEST;
-                pool.handles.answered(status);
-                return text(
-                    status,
-                    format!("skiff: the request body could not be read: {why}"),
-                    &request_id,
-                );
-            }
             Ok(Err(Failed { error, .. })) => {
+                // The client's own body was bad (an invalid chunk, cut short): its fault, not
+                // the instance's.
+                if let Some(ClientBody(why)) = client_body_error(&error) {
+                    info!(revision = %revision, error = %why, "the client sent a bad request body; answered 400");
+                    let status = StatusCode::BAD_REQUEST;
+                    pool.handles.answered(status);
+                    return text(
+                        status,
+                        format!("skiff: the request body could not be read: {why}"),
+                        &request_id,
+                    );
+                }
                 warn!(revision = %revision, instance = %slot.endpoint.id, error = %ErrorChain(&error), "forwarding to an instance failed");
                 let status = StatusCode::BAD_GATEWAY;
                 pool.handles.answered(status);

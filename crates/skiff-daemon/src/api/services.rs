@@ -156,12 +156,8 @@ async fn read_manifest(
             ));
         }
     };
-    if std::str::from_utf8(&bytes).is_err() {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            "the request body is not UTF-8 text",
-        ));
-    }
+    let text = String::from_utf8(Vec::from(bytes))
+        .map_err(|_| ApiError::new(ErrorCode::BadRequest, "the request body is not UTF-8 text"))?;
     let permit = state
         .manifest_permits
         .clone()
@@ -169,11 +165,9 @@ async fn read_manifest(
         .await
         .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the daemon is shutting down"))?;
     // Parsing a large manifest takes a while: off the async workers.
-    let parsed = tokio::task::spawn_blocking(move || {
-        manifest::parse_documents(std::str::from_utf8(&bytes).unwrap_or_default())
-    })
-    .await
-    .map_err(|_| ApiError::new(ErrorCode::Internal, "parsing the manifest failed"))?;
+    let parsed = tokio::task::spawn_blocking(move || manifest::parse_documents(&text))
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Internal, "parsing the manifest failed"))?;
     let mut docs = parsed.map_err(|p| ApiError {
         code: ErrorCode::Invalid,
         message: format!("the request body is not a manifest: {p}"),
