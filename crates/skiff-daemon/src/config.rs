@@ -610,45 +610,11 @@ pub fn load(
             ),
         }
     }
-    if let Some((v, s)) = get("activator_queue_timeout_seconds") {
-        match v.parse::<u64>() {
-            Ok(n) if (1..=3600).contains(&n) => {
-                config.activator_queue_timeout = Duration::from_secs(n)
-            }
-            _ => bad(
-                "activator_queue_timeout_seconds",
-                &s,
-                format!("`{v}` must be a number of seconds from 1 to 3600"),
-            ),
-        }
-    }
-    for (key, field, lo) in [
-        (
-            "ingress_max_connections",
-            &mut config.ingress_max_connections,
-            0,
-        ),
-        ("api_max_connections", &mut config.api_max_connections, 16),
-    ] {
-        if let Some((v, s)) = get(key) {
-            match v.parse::<usize>() {
-                Ok(n) if (lo..=1_000_000).contains(&n) && (n == 0 || n >= 16) => *field = n,
-                _ => bad(
-                    key,
-                    &s,
-                    format!(
-                        "`{v}` must be a number of connections from 16 to 1000000{}",
-                        if lo == 0 {
-                            " (or 0: a share of the open-file limit)"
-                        } else {
-                            ""
-                        }
-                    ),
-                ),
-            }
-        }
-    }
     for (key, field) in [
+        (
+            "activator_queue_timeout_seconds",
+            &mut config.activator_queue_timeout,
+        ),
         (
             "ingress_header_read_timeout_seconds",
             &mut config.ingress_header_read_timeout,
@@ -665,6 +631,38 @@ pub fn load(
                     key,
                     &s,
                     format!("`{v}` must be a number of seconds from 1 to 3600"),
+                ),
+            }
+        }
+    }
+    // 0 leaves the ingress's cap to a share of the open-file limit; the API has no such
+    // default.
+    for (key, field, zero_is_share) in [
+        (
+            "ingress_max_connections",
+            &mut config.ingress_max_connections,
+            true,
+        ),
+        (
+            "api_max_connections",
+            &mut config.api_max_connections,
+            false,
+        ),
+    ] {
+        if let Some((v, s)) = get(key) {
+            match v.parse::<usize>() {
+                Ok(n) if (16..=1_000_000).contains(&n) || (zero_is_share && n == 0) => *field = n,
+                _ => bad(
+                    key,
+                    &s,
+                    format!(
+                        "`{v}` must be a number of connections from 16 to 1000000{}",
+                        if zero_is_share {
+                            " (or 0: a share of the open-file limit)"
+                        } else {
+                            ""
+                        }
+                    ),
                 ),
             }
         }
