@@ -255,6 +255,16 @@ pub struct Revision {
 }
 
 impl Revision {
+    /// The configuration generation that stamped this revision (0 if the label is missing or
+    /// malformed): the order in which a Service's revisions were created.
+    pub fn configuration_generation(&self) -> i64 {
+        self.metadata
+            .labels
+            .get(LABEL_CONFIGURATION_GENERATION)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// A condition of the Revision.
     pub fn condition(&self, condition_type: &str) -> Option<&Condition> {
         condition(&self.status.conditions, condition_type)

@@ -85,6 +85,15 @@ pub struct Config {
 pub const INGRESS_FD_SHARE_PERCENT: u64 = 40;
 
 impl Config {
+    /// The registry settings the image puller uses.
+    pub fn image_settings(&self) -> skiff_control::images::ImageSettings {
+        skiff_control::images::ImageSettings {
+            registry_auth_file: self.registry_auth_file.clone(),
+            insecure_registries: self.insecure_registries.clone(),
+            registry_mirrors: self.registry_mirrors.clone(),
+        }
+    }
+
     /// The defaults, as `skiff server` runs with no file, environment or flags.
     pub fn defaults() -> Self {
         Config {

@@ -13,9 +13,9 @@ use skiff_router::conns::{Acceptor, BusyBody, ConnLimits, Conns};
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::controller::{Controller, SystemClock};
 use crate::datadir::{DataDir, DataDirError, Endpoints, STORE_FILE};
-use crate::serving::{Serving, ServingConfig};
+use skiff_control::controller::{Controller, SystemClock};
+use skiff_control::serving::{Serving, ServingConfig};
 
 /// The daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,7 @@ pub enum DaemonError {
     },
     /// The image content store could not be opened.
     #[error("opening images")]
-    Images(#[from] crate::images::ImagesError),
+    Images(#[from] skiff_control::images::ImagesError),
     /// The container runtime could not be started.
     #[error("starting the container runtime")]
     Runtime {
@@ -51,7 +51,7 @@ pub enum DaemonError {
     },
     /// Recomputing stored status at start failed.
     #[error("reconciling stored services")]
-    Reconcile(#[source] crate::controller::ControllerError),
+    Reconcile(#[source] skiff_control::controller::ControllerError),
     /// A server failed while running.
     #[error("serving {what}")]
     Serve {
@@ -174,8 +174,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         })?;
 
     let metrics = Arc::new(skiff_telemetry::Metrics::new(env!("CARGO_PKG_VERSION")));
-    let images = Arc::new(crate::images::Images::open(
-        &config,
+    let images = Arc::new(skiff_control::images::Images::open(
+        &config.image_settings(),
         data.path(),
         store.clone(),
         &metrics,
@@ -235,7 +235,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         kick.clone(),
         &metrics,
     );
-    let instances = crate::instances::InstanceManager::new(
+    let instances = skiff_control::instances::InstanceManager::new(
         runtime,
         controller.clone(),
         images.clone(),
@@ -257,7 +257,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             .run_autoscaler(poke_rx, instances_stop.clone()),
     );
     let kicker = instances.clone();
-    let reconciler = tokio::spawn(crate::revisions::run(
+    let reconciler = tokio::spawn(skiff_control::revisions::run(
         controller.clone(),
         images.clone(),
         revision_rx,

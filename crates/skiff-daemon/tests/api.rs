@@ -8,8 +8,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
+use skiff_control::controller::{Controller, SystemClock};
 use skiff_daemon::api::{self, ApiState};
-use skiff_daemon::controller::{Controller, SystemClock};
 use skiff_store::{SqliteStore, Store};
 use tower::ServiceExt;
 
@@ -34,8 +34,13 @@ impl Api {
         let metrics = Arc::new(skiff_telemetry::Metrics::new("test"));
         let config = skiff_daemon::config::Config::defaults();
         let images = Arc::new(
-            skiff_daemon::images::Images::open(&config, dir.path(), store.clone(), &metrics)
-                .expect("images"),
+            skiff_control::images::Images::open(
+                &config.image_settings(),
+                dir.path(),
+                store.clone(),
+                &metrics,
+            )
+            .expect("images"),
         );
         let oci: Arc<dyn skiff_runtime::oci::OciRuntime> = Arc::new(
             skiff_runtime::oci::RuncCli::new("runc", dir.path().join("run/runc")),
@@ -56,14 +61,14 @@ impl Api {
             skiff_router::RouterMetrics::unregistered(),
         );
         let kick = Arc::new(tokio::sync::Notify::new());
-        let serving = skiff_daemon::serving::Serving::new(
+        let serving = skiff_control::serving::Serving::new(
             router,
             runtime.clone(),
-            skiff_daemon::serving::ServingConfig::default(),
+            skiff_control::serving::ServingConfig::default(),
             kick.clone(),
             &metrics,
         );
-        let instances = skiff_daemon::instances::InstanceManager::new(
+        let instances = skiff_control::instances::InstanceManager::new(
             runtime,
             controller.clone(),
             images.clone(),

@@ -243,7 +243,7 @@ pub fn describe_service(s: &Service, revisions: &[Revision]) -> String {
         "AGE",
     ]);
     let mut ordered: Vec<&Revision> = revisions.iter().collect();
-    ordered.sort_by_key(|r| std::cmp::Reverse(skiff_daemon::status::configuration_generation(r)));
+    ordered.sort_by_key(|r| std::cmp::Reverse(r.configuration_generation()));
     for r in ordered {
         let name = &r.metadata.name;
         let served: Vec<_> = s

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use skiff_api::{ErrorBody, ErrorCode, Problem};
 use tracing::{error, warn};
 
-use crate::controller::ControllerError;
+use skiff_control::controller::ControllerError;
 
 tokio::task_local! {
     /// The id of the request being served, for error bodies and logs.

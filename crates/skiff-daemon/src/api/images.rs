@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, ApiState};
-use crate::images::digests_in_use;
+use skiff_control::images::digests_in_use;
 
 /// Query naming an image.
 #[derive(Debug, Deserialize, IntoParams)]

@@ -30,9 +30,9 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::controller::Controller;
 pub use error::ApiError;
 use error::REQUEST_ID;
+use skiff_control::controller::Controller;
 
 /// Header carrying the request id, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -47,13 +47,13 @@ pub struct ApiState {
     /// Largest request body accepted (manifests; image uploads are not limited).
     pub max_body_bytes: usize,
     /// Images and their content store.
-    pub images: Arc<crate::images::Images>,
+    pub images: Arc<skiff_control::images::Images>,
     /// Serializes garbage collection.
     pub gc_lock: Arc<tokio::sync::Mutex<()>>,
     /// Metrics, served at `/metrics`.
     pub metrics: Arc<skiff_telemetry::Metrics>,
     /// Running instances.
-    pub instances: Arc<crate::instances::InstanceManager>,
+    pub instances: Arc<skiff_control::instances::InstanceManager>,
     /// Manifests parsed and applied at once ([`manifest_permits`]): parsing costs several
     /// times a body's size in memory, so this bounds the daemon's memory under parallel
     /// applies.

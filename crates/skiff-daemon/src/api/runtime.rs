@@ -16,8 +16,8 @@ use skiff_runtime::logs::{self, LogLine};
 use utoipa::IntoParams;
 
 use super::{ApiError, ApiState};
-use crate::instances::{InstanceView, Scale};
-use crate::serving::ScaleStatus;
+use skiff_control::instances::{InstanceView, Scale};
+use skiff_control::serving::ScaleStatus;
 
 /// Query of a log request.
 #[derive(Debug, Deserialize, IntoParams)]

@@ -14,7 +14,7 @@ use skiff_api::object::{DeleteResponse, List, Revision, Service};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, ApiState};
-use crate::controller::{ApplyMode, ApplyOutcome};
+use skiff_control::controller::{ApplyMode, ApplyOutcome};
 
 /// Response header saying what an apply did: `created`, `configured` or `unchanged`.
 pub const APPLY_RESULT_HEADER: &str = "skiff-apply-result";
@@ -188,7 +188,7 @@ async fn read_manifest(
 
 fn apply_response(outcome: ApplyOutcome) -> Response {
     let status = match outcome.result {
-        crate::controller::ApplyResult::Created => StatusCode::CREATED,
+        skiff_control::controller::ApplyResult::Created => StatusCode::CREATED,
         _ => StatusCode::OK,
     };
     let mut response = (status, Json(outcome.service)).into_response();

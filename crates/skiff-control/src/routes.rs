@@ -18,7 +18,7 @@ use std::time::Duration;
 use skiff_api::object::{ConditionStatus, Revision, Service};
 use skiff_router::{HostRoute, PoolSpec, RevisionKey};
 
-use crate::status::{configuration_generation, public_failure, traffic_targets};
+use crate::status::{public_failure, traffic_targets};
 
 /// What the router and the autoscaler are told.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -105,7 +105,7 @@ pub fn build(services: &[Service], revisions: &[Revision], domain: &str) -> Rout
         let mut revs = by_service
             .remove(&(ns.clone(), name.clone()))
             .unwrap_or_default();
-        revs.sort_by_key(|r| configuration_generation(r));
+        revs.sort_by_key(|r| r.configuration_generation());
         let latest_created = revs.last().copied();
         let latest_ready = revs.iter().rev().find(|r| ready(r)).copied();
         // The latest created revision runs its initial scale to become ready (a failing one

@@ -3,8 +3,8 @@
 //! at start (so a changed domain or port shows at once).
 
 use skiff_api::object::{
-    Addressable, ConditionStatus, LABEL_CONFIGURATION_GENERATION, Revision, RevisionStatus,
-    Service, ServiceStatus, TrafficStatus, condition, set_condition,
+    Addressable, ConditionStatus, Revision, RevisionStatus, Service, ServiceStatus, TrafficStatus,
+    condition, set_condition,
 };
 use skiff_api::types::TrafficTarget;
 
@@ -82,15 +82,6 @@ pub fn initial_revision_status(now: &str) -> RevisionStatus {
     status
 }
 
-/// The configuration generation of a revision (0 if the label is missing or malformed).
-pub fn configuration_generation(r: &Revision) -> i64 {
-    r.metadata
-        .labels
-        .get(LABEL_CONFIGURATION_GENERATION)
-        .and_then(|g| g.parse().ok())
-        .unwrap_or(0)
-}
-
 fn is_ready(r: &Revision) -> bool {
     r.condition("Ready")
         .is_some_and(|c| c.status == ConditionStatus::True)
@@ -125,7 +116,7 @@ pub fn service_status(
     status.address = Some(Addressable { url });
 
     let mut ordered: Vec<&Revision> = revisions.to_vec();
-    ordered.sort_by_key(|r| configuration_generation(r));
+    ordered.sort_by_key(|r| r.configuration_generation());
     let latest_created = ordered.last().copied();
     let latest_ready = ordered.iter().rev().find(|r| is_ready(r)).copied();
     status.latest_created_revision_name = latest_created.map(|r| r.metadata.name.clone());
@@ -302,7 +293,7 @@ mod tests {
                 labels: [
                     (LABEL_SERVICE.to_owned(), "hello".to_owned()),
                     (
-                        LABEL_CONFIGURATION_GENERATION.to_owned(),
+                        skiff_api::object::LABEL_CONFIGURATION_GENERATION.to_owned(),
                         generation.to_string(),
                     ),
                 ]

@@ -14,7 +14,8 @@ use skiff_image::registry::{RegistryClient, RegistryOptions};
 use skiff_image::{ContentStore, ImageRecord, PullError, Puller};
 use skiff_store::Store;
 
-use crate::config::Config;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// Why a revision's image could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +84,21 @@ pub fn effective_policy(reference: &ImageRef, policy: Option<&str>) -> &'static 
     }
 }
 
+/// The registry settings images are pulled with.
+#[derive(Debug, Clone, Default)]
+pub struct ImageSettings {
+    /// A Docker-style `auth.json` with registry credentials.
+    pub registry_auth_file: Option<PathBuf>,
+    /// Registries reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Mirrors tried before each registry, by registry host.
+    pub registry_mirrors: BTreeMap<String, Vec<String>>,
+}
+
 impl Images {
     /// Opens the content store under `<data_dir>/images` with the daemon's registry settings.
     pub fn open(
-        config: &Config,
+        config: &ImageSettings,
         data_dir: &Path,
         store: Arc<dyn Store>,
         metrics: &skiff_telemetry::Metrics,

@@ -1,0 +1,19 @@
+//! skiff's control plane: the Service controller, the one owner of status ([`status`]), and
+//! the reconcilers that make the world follow the stored objects.
+//!
+//! # Design
+//! Every capability that acts on stored objects is a [`reconciler::Reconciler`]: it names the
+//! key prefixes it watches and is called with one key at a time from a [`queue::WorkQueue`]
+//! that de-duplicates keys, retries failures with backoff and can requeue after a delay.
+//! Deciding is a pure function over observed state; acting is a thin executor. See
+//! ARCHITECTURE.md, "Adding a reconciler".
+#![forbid(unsafe_code)]
+
+pub mod controller;
+pub mod images;
+pub mod instances;
+pub mod plan;
+pub mod revisions;
+pub mod routes;
+pub mod serving;
+pub mod status;
