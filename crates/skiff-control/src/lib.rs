@@ -13,6 +13,8 @@ pub mod controller;
 pub mod images;
 pub mod instances;
 pub mod plan;
+pub mod queue;
+pub mod reconciler;
 pub mod revisions;
 pub mod routes;
 pub mod serving;
