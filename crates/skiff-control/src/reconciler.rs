@@ -109,10 +109,13 @@ impl<K: Clone + Eq + Hash + Send + 'static> Handle<K> {
 
 type Task = futures::future::BoxFuture<'static, ()>;
 
+/// Starts one registered reconciler's tasks.
+type Starter = Box<dyn FnOnce(Arc<dyn Store>, CancellationToken, &TaskTracker) + Send>;
+
 /// Runs reconcilers over one store.
 pub struct Controllers {
     store: Arc<dyn Store>,
-    starters: Vec<Box<dyn FnOnce(Arc<dyn Store>, CancellationToken, &TaskTracker) + Send>>,
+    starters: Vec<Starter>,
 }
 
 impl Controllers {
