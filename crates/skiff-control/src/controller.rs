@@ -159,7 +159,6 @@ pub struct Controller {
     domain: String,
     ingress_port: u16,
     clock: Arc<dyn Clock>,
-    revision_events: Option<tokio::sync::mpsc::UnboundedSender<RevisionKey>>,
 }
 
 /// Identifies a revision: (namespace, name).
@@ -171,6 +170,22 @@ fn service_key(ns: &str, name: &str) -> String {
 
 fn revision_key(ns: &str, name: &str) -> String {
     format!("/registry/revisions/{ns}/{name}")
+}
+
+const REVISIONS: &str = "/registry/revisions/";
+
+/// The (namespace, name) of a revision's store key.
+pub fn parse_revision_key(key: &str) -> Option<RevisionKey> {
+    let (ns, name) = key.strip_prefix(REVISIONS)?.split_once('/')?;
+    (!ns.is_empty() && !name.is_empty() && !name.contains('/'))
+        .then(|| (ns.to_owned(), name.to_owned()))
+}
+
+/// The store prefix under which a Service's revisions lie: every revision name starts with
+/// `<service>-` (validation insists), so one short range holds them, shared only with
+/// Services whose names extend this one's.
+fn revisions_of_service(ns: &str, service: &str) -> String {
+    format!("{REVISIONS}{ns}/{service}-")
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T, ControllerError> {
@@ -215,17 +230,7 @@ impl Controller {
             domain,
             ingress_port,
             clock,
-            revision_events: None,
         }
-    }
-
-    /// Sends the key of every newly stamped revision to `events` (the revision reconciler).
-    pub fn with_revision_events(
-        mut self,
-        events: tokio::sync::mpsc::UnboundedSender<RevisionKey>,
-    ) -> Self {
-        self.revision_events = Some(events);
-        self
     }
 
     /// The state store.
@@ -323,12 +328,12 @@ impl Controller {
         ns: &str,
         service: Option<&str>,
     ) -> Result<Vec<(Revision, i64)>, ControllerError> {
+        let prefix = match service {
+            Some(s) => revisions_of_service(ns, s),
+            None => format!("{REVISIONS}{ns}/"),
+        };
         let mut out = Vec::new();
-        for kv in self
-            .store
-            .list(&format!("/registry/revisions/{ns}/"))
-            .await?
-        {
+        for kv in self.store.list(&prefix).await? {
             let mut r: Revision = decode(&kv)?;
             if service.is_none_or(|s| r.service_name() == Some(s)) {
                 r.metadata.resource_version = kv.mod_revision.to_string();
@@ -656,9 +661,6 @@ impl Controller {
         }
         match self.store.txn(txn).await? {
             TxnOutcome::Committed { revision } => {
-                if let (Some(events), Some(r)) = (&self.revision_events, &new_revision) {
-                    let _ = events.send((ns.to_owned(), r.metadata.name.clone()));
-                }
                 info!(
                     namespace = ns,
                     service = name,
@@ -753,6 +755,31 @@ impl Controller {
         }
     }
 
+    /// The keys of every stored revision.
+    pub async fn revision_keys(&self) -> Result<Vec<RevisionKey>, ControllerError> {
+        Ok(self
+            .store
+            .list(REVISIONS)
+            .await?
+            .iter()
+            .filter_map(|kv| parse_revision_key(&kv.key))
+            .collect())
+    }
+
+    /// The keys of one Service's revisions.
+    pub async fn revision_keys_of(
+        &self,
+        ns: &str,
+        service: &str,
+    ) -> Result<Vec<RevisionKey>, ControllerError> {
+        Ok(self
+            .read_revisions(ns, Some(service))
+            .await?
+            .into_iter()
+            .map(|(r, _)| (ns.to_owned(), r.metadata.name))
+            .collect())
+    }
+
     /// Reads one revision.
     pub async fn get_revision(&self, ns: &str, name: &str) -> Result<Revision, ControllerError> {
         match self.store.get(&revision_key(ns, name)).await? {
@@ -769,7 +796,8 @@ impl Controller {
         }
     }
 
-    /// Deletes a Service and its revisions, atomically. With `resource_version`, only if the
+    /// Deletes a Service, its revisions and its scale override, atomically; returns what was
+    /// deleted and the store revision of the deletion. With `resource_version`, only if the
     /// Service is still at that version.
     pub async fn delete_service(
         &self,
@@ -777,7 +805,7 @@ impl Controller {
         name: &str,
         resource_version: Option<i64>,
         dry_run: bool,
-    ) -> Result<DeleteResponse, ControllerError> {
+    ) -> Result<(DeleteResponse, i64), ControllerError> {
         for _ in 0..MAX_ATTEMPTS {
             let Some((_, rev)) = self.read_service(ns, name).await? else {
                 return Err(ControllerError::NotFound {
@@ -805,23 +833,27 @@ impl Controller {
                     .collect(),
             };
             if dry_run {
-                return Ok(response);
+                return Ok((response, rev));
             }
             let key = service_key(ns, name);
-            let mut txn = Txn::new().when_mod_revision(&key, rev).delete(&key);
+            // The manual override goes with its Service.
+            let mut txn = Txn::new()
+                .when_mod_revision(&key, rev)
+                .delete(&key)
+                .delete(crate::instances::scale_key(ns, name));
             for (r, r_rev) in &revisions {
                 let rkey = revision_key(ns, &r.metadata.name);
                 txn = txn.when_mod_revision(&rkey, *r_rev).delete(rkey);
             }
             match self.store.txn(txn).await? {
-                TxnOutcome::Committed { .. } => {
+                TxnOutcome::Committed { revision } => {
                     info!(
                         namespace = ns,
                         service = name,
                         revisions = response.deleted_revisions.len(),
                         "service deleted"
                     );
-                    return Ok(response);
+                    return Ok((response, revision));
                 }
                 TxnOutcome::Conflict { .. } => continue,
             }

@@ -3,37 +3,39 @@
 //! turns instance states into revision conditions.
 //!
 //! # Design
-//! Each pass first brings the router up to date with the stored Services
-//! ([`Serving::sync`]), then compares every revision's running instances with its desired
-//! count: the autoscaler's decision, or `/scale/<ns>/<service>` (set by `skiff scale`, a
-//! manual override of the latest revision's count). Each running instance's plan is
-//! `/instances/<ns>/<id>`, written before the instance starts and removed once it is gone. An
-//! instance chosen for removal is drained first (no new requests; those in flight finish, up
-//! to the revision's `timeoutSeconds`), then stopped. At start, the recorded plans are offered
-//! to [`Runtime::recover`], which re-adopts instances whose containers still run and removes
-//! every other trace of the previous run. A pass runs on every scaling decision that changes
-//! something, every instance event, and every 2 s.
+//! The key is one revision. A pass reads the revision, its Service's override
+//! (`/scale/<ns>/<service>`, set by `skiff scale` for the latest revision) and the
+//! autoscaler's desired count, takes the runtime's instances of that revision, and asks the
+//! pure [`plan`] what to do: start some, retire some, or wait until the router no longer
+//! routes a deleted revision. The executor then acts and writes the revision's conditions
+//! ([`crate::status::apply_instance_status`]). Each running instance's plan is
+//! `/instances/<ns>/<id>`, written before it starts and removed once it is gone. An instance
+//! chosen for removal is drained (no new requests; those in flight finish, up to the
+//! revision's `timeoutSeconds`), then stopped. At start, [`InstanceManager::recover`] offers
+//! the recorded plans to the runtime, which re-adopts instances whose containers still run.
+//! Keys come from the store (revisions, Services, overrides), from runtime events and from
+//! the autoscaler.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use skiff_api::object::{ConditionStatus, Revision, Service, condition, set_condition};
+use skiff_api::object::Revision;
 use skiff_runtime::cgroups::Usage;
 use skiff_runtime::instance::{InstancePlan, InstanceStatus, Phase};
-use skiff_runtime::{Instance, Runtime};
 use skiff_store::{Store, Txn};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use utoipa::ToSchema;
 
-use crate::controller::{Controller, ControllerError};
-use crate::images::Images;
-use crate::revisions::needs_images;
+use crate::controller::{Controller, ControllerError, RevisionKey};
+use crate::reconciler::{Handle, Next, ReconcileError, Reconciler};
+use crate::runtime::{ImageStore, InstanceInfo, InstanceRuntime};
 use crate::serving::{ScaleStatus, Serving};
+use crate::status::{self, needs_images, pull_failed};
 
 /// A manual override of how many instances of a Service's latest revision run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -59,42 +61,109 @@ pub struct InstanceView {
     pub usage: Usage,
 }
 
-/// Reason while a revision has never had a ready instance and none runs.
-pub const REASON_NO_INSTANCES: &str = "NoInstances";
-
-fn scale_key(ns: &str, svc: &str) -> String {
+/// The store key of a Service's manual override.
+pub fn scale_key(ns: &str, svc: &str) -> String {
     format!("/scale/{ns}/{svc}")
 }
 
-fn instance_key(ns: &str, id: &str) -> String {
+/// The store key of an instance's plan.
+pub fn instance_key(ns: &str, id: &str) -> String {
     format!("/instances/{ns}/{id}")
+}
+
+/// One instance of the revision being planned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// The instance id.
+    pub id: String,
+    /// Whether it takes requests.
+    pub ready: bool,
+    /// When it started (RFC 3339; orders newest first among equals).
+    pub started_at: String,
+    /// Requests in flight to it.
+    pub in_flight: u32,
+}
+
+/// What the reconciler knows of one revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionState<'a> {
+    /// The revision, or `None` once deleted.
+    pub revision: Option<&'a Revision>,
+    /// Whether the router still has a pool for it.
+    pub routed: bool,
+    /// Instances wanted.
+    pub desired: u32,
+    /// Its live instances (not stopping, not being retired).
+    pub live: Vec<Observed>,
+}
+
+/// What to do for one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start this many instances.
+    Start(u32),
+    /// Drain and stop this instance.
+    Retire(String),
+    /// The revision is gone but the router still routes it: look again shortly, so no
+    /// instance is drained while the router could still choose it.
+    WaitForRoutes,
+}
+
+/// Decides what brings one revision to its desired count. Pure: the reconcile pass's tests
+/// call it with plain values.
+pub fn plan(state: &RevisionState<'_>) -> Vec<Action> {
+    let Some(revision) = state.revision else {
+        if state.routed && !state.live.is_empty() {
+            return vec![Action::WaitForRoutes];
+        }
+        return state
+            .live
+            .iter()
+            .map(|i| Action::Retire(i.id.clone()))
+            .collect();
+    };
+    if needs_images(revision) || pull_failed(revision) {
+        return Vec::new();
+    }
+    let (have, want) = (state.live.len(), state.desired as usize);
+    if have < want {
+        return vec![Action::Start((want - have) as u32)];
+    }
+    let mut extra: Vec<&Observed> = state.live.iter().collect();
+    // Remove those not ready first, then the least busy, then the newest.
+    extra.sort_by(|a, b| {
+        (a.ready, a.in_flight)
+            .cmp(&(b.ready, b.in_flight))
+            .then_with(|| b.started_at.cmp(&a.started_at))
+    });
+    extra
+        .into_iter()
+        .take(have - want)
+        .map(|i| Action::Retire(i.id.clone()))
+        .collect()
 }
 
 /// Runs instances.
 pub struct InstanceManager {
-    runtime: Arc<Runtime>,
+    runtime: Arc<dyn InstanceRuntime>,
     controller: Controller,
-    images: Arc<Images>,
+    images: Arc<dyn ImageStore>,
     store: Arc<dyn Store>,
     serving: Arc<Serving>,
-    kick: Arc<Notify>,
-    lock: tokio::sync::Mutex<()>,
-    /// Held from listing the Services to handing the routes to the router, so a route table
-    /// built from an older listing never replaces one built from a newer.
-    routes_lock: tokio::sync::Mutex<()>,
-    /// Instances being drained and stopped: no longer counted as running.
+    /// Instances being drained and stopped: no longer counted as live.
     retiring: Arc<Mutex<HashSet<String>>>,
+    /// This reconciler's own queue, for what finishes outside a pass.
+    handle: OnceLock<Handle<RevisionKey>>,
 }
 
 impl InstanceManager {
-    /// A manager over the runtime; `kick` is the notifier [`Serving`] pokes.
+    /// A manager over `runtime`.
     pub fn new(
-        runtime: Arc<Runtime>,
+        runtime: Arc<dyn InstanceRuntime>,
         controller: Controller,
-        images: Arc<Images>,
+        images: Arc<dyn ImageStore>,
         store: Arc<dyn Store>,
         serving: Arc<Serving>,
-        kick: Arc<Notify>,
     ) -> Arc<Self> {
         Arc::new(InstanceManager {
             runtime,
@@ -102,11 +171,39 @@ impl InstanceManager {
             images,
             store,
             serving,
-            kick,
-            lock: Default::default(),
-            routes_lock: Default::default(),
             retiring: Arc::default(),
+            handle: OnceLock::new(),
         })
+    }
+
+    /// Gives the manager its queue (once registered) and starts following runtime events
+    /// into it until `shutdown`.
+    pub fn attach(self: &Arc<Self>, handle: Handle<RevisionKey>, shutdown: CancellationToken) {
+        let _ = self.handle.set(handle.clone());
+        let mut events = self.runtime.events();
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Ok(ev) => handle.enqueue((ev.namespace, ev.revision)),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            for k in me.revisions_with_instances() {
+                                handle.enqueue(k);
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        });
+    }
+
+    fn enqueue(&self, key: RevisionKey) {
+        if let Some(h) = self.handle.get() {
+            h.enqueue(key);
+        }
     }
 
     /// Serving (router and autoscalers).
@@ -115,29 +212,16 @@ impl InstanceManager {
     }
 
     /// The runtime.
-    pub fn runtime(&self) -> &Arc<Runtime> {
+    pub fn runtime(&self) -> &Arc<dyn InstanceRuntime> {
         &self.runtime
     }
 
-    /// Asks for a reconcile now.
-    pub fn kick(&self) {
-        self.kick.notify_one();
-    }
-
-    /// Brings the router in line with the store now, without waiting for a reconcile pass:
-    /// the API calls it after a write so the ingress knows an applied Service (and forgets a
-    /// deleted one) by the time the client has its answer.
-    pub async fn sync_routes(&self) -> Result<(), ControllerError> {
-        self.routes().await.map(drop)
-    }
-
-    /// Lists Services and revisions and routes by them; returns the listing.
-    async fn routes(&self) -> Result<(Vec<Service>, Vec<Revision>), ControllerError> {
-        let _guard = self.routes_lock.lock().await;
-        let services = self.controller.list_services(None).await?;
-        let revisions = self.controller.list_revisions(None, None).await?;
-        self.serving.sync(&services, &revisions);
-        Ok((services, revisions))
+    fn revisions_with_instances(&self) -> HashSet<RevisionKey> {
+        self.runtime
+            .instances()
+            .into_iter()
+            .map(|i| (i.plan.namespace, i.plan.revision))
+            .collect()
     }
 
     /// Sets the manual override of a Service's latest revision's instance count.
@@ -148,11 +232,11 @@ impl InstanceManager {
         replicas: u32,
     ) -> Result<(), ControllerError> {
         self.controller.get_service(ns, svc).await?;
-        let key = scale_key(ns, svc);
         let value = serde_json::to_vec(&Scale { replicas }).expect("scale serializes");
-        self.store.txn(Txn::new().put(key, value)).await?;
+        self.store
+            .txn(Txn::new().put(scale_key(ns, svc), value))
+            .await?;
         info!(namespace = ns, service = svc, replicas, "scale set");
-        self.kick();
         Ok(())
     }
 
@@ -163,7 +247,6 @@ impl InstanceManager {
             .txn(Txn::new().delete(scale_key(ns, svc)))
             .await?;
         info!(namespace = ns, service = svc, "scale override removed");
-        self.kick();
         Ok(())
     }
 
@@ -200,19 +283,19 @@ impl InstanceManager {
             .into_iter()
             .filter(|i| i.plan.namespace == ns && i.plan.service == svc)
             .map(|i| InstanceView {
-                id: i.plan.id.clone(),
-                revision: i.plan.revision.clone(),
-                status: i.status(),
-                usage: i.usage(),
+                usage: self.runtime.usage(&i.plan.id),
+                id: i.plan.id,
+                revision: i.plan.revision,
+                status: i.status,
             })
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
 
-    /// Re-adopts or cleans up what a previous run left, then reconciles until `shutdown`,
-    /// and finally stops every instance.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, stop_grace_cap: Duration) {
+    /// Re-adopts what a previous run left (instances whose containers still run) and removes
+    /// every other trace of it. Runs before the reconcilers start.
+    pub async fn recover(&self) {
         let mut plans = Vec::new();
         match self.store.list("/instances/").await {
             Ok(kvs) => {
@@ -246,26 +329,14 @@ impl InstanceManager {
                     .await;
             }
         }
-        let mut events = self.runtime.events();
-        loop {
-            if let Err(e) = self.reconcile().await {
-                warn!(error = %skiff_telemetry::ErrorChain(&e), "reconciling instances");
-            }
-            tokio::select! {
-                () = self.kick.notified() => {}
-                ev = events.recv() => {
-                    // Coalesce bursts of events into one pass.
-                    if ev.is_ok() {
-                        while events.try_recv().is_ok() {}
-                    }
-                }
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                () = shutdown.cancelled() => break,
-            }
-        }
+    }
+
+    /// Stops every instance, giving each at most `cap` between SIGTERM and SIGKILL, and
+    /// forgets their records (daemon shutdown, after the reconcilers have stopped).
+    pub async fn stop_all(&self, cap: Duration) {
         info!("stopping every instance");
         let all = self.runtime.instances();
-        self.runtime.stop_all(stop_grace_cap).await;
+        self.runtime.stop_all(cap).await;
         for i in all {
             let _ = self
                 .store
@@ -275,148 +346,73 @@ impl InstanceManager {
         self.runtime.remove_cgroup_parent();
     }
 
-    async fn reconcile(&self) -> Result<(), ControllerError> {
-        let _guard = self.lock.lock().await;
-        // Routes first: a revision is drained only once the router no longer chooses it.
-        let (services, revisions) = self.routes().await?;
-        let mut overrides: HashMap<(String, String), u32> = HashMap::new();
-        for kv in self.store.list("/scale/").await? {
-            let parts: Vec<&str> = kv
-                .key
-                .trim_start_matches("/scale/")
-                .splitn(2, '/')
-                .collect();
-            if let [ns, svc] = parts[..] {
-                if !services
-                    .iter()
-                    .any(|s| s.metadata.namespace == ns && s.metadata.name == svc)
-                {
-                    let _ = self.store.txn(Txn::new().delete(&kv.key)).await;
-                    continue;
-                }
-                if let Ok(scale) = serde_json::from_slice::<Scale>(&kv.value) {
-                    overrides.insert((ns.to_owned(), svc.to_owned()), scale.replicas);
-                }
-            }
-        }
-        let latest: HashMap<(String, String), String> = services
-            .iter()
-            .filter_map(|s| {
-                Some((
-                    (s.metadata.namespace.clone(), s.metadata.name.clone()),
-                    s.status.latest_created_revision_name.clone()?,
-                ))
-            })
-            .collect();
-        let auto = self.serving.desired();
-        let retiring = self
-            .retiring
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut running: HashMap<(String, String), Vec<Arc<Instance>>> = HashMap::new();
-        for i in self.runtime.instances() {
-            let st = i.status();
-            if matches!(st.phase, Phase::Stopping | Phase::Stopped) || retiring.contains(&i.plan.id)
-            {
-                continue;
-            }
-            running
-                .entry((i.plan.namespace.clone(), i.plan.revision.clone()))
-                .or_default()
-                .push(i);
-        }
-        let mut desired_of: HashMap<(String, String), u32> = HashMap::new();
-        for r in &revisions {
-            let key = (r.metadata.namespace.clone(), r.metadata.name.clone());
-            let svc_key = (
-                r.metadata.namespace.clone(),
-                r.service_name().unwrap_or_default().to_owned(),
-            );
-            let is_latest = latest.get(&svc_key) == Some(&r.metadata.name);
-            let want = match overrides.get(&svc_key) {
-                Some(n) if is_latest => *n,
-                _ => auto.get(&key).copied().unwrap_or(0),
-            };
-            desired_of.insert(key.clone(), want);
-            let have = running.remove(&key).unwrap_or_default();
-            if needs_images(r) {
-                continue;
-            }
-            if have.len() < want as usize {
-                for _ in have.len()..want as usize {
-                    if let Err(e) = self.start_instance(r).await {
-                        warn!(revision = %r.metadata.name, error = %e, "starting an instance");
-                        break;
-                    }
-                }
-            } else if have.len() > want as usize {
-                let mut extra = have.clone();
-                // Remove those not ready first, then the least busy, then the newest.
-                let pool = self.serving.router().pool(&key);
-                let load = |id: &str| pool.as_ref().map_or(0, |p| p.in_flight_of(id));
-                extra.sort_by_key(|i| {
-                    let st = i.status();
-                    (st.ready, load(&i.plan.id), std::cmp::Reverse(st.started_at))
-                });
-                for i in extra.into_iter().take(have.len() - want as usize) {
-                    self.retire(i);
-                }
-            }
-        }
-        // Instances of revisions that no longer exist.
-        for (_, instances) in running {
-            for i in instances {
-                self.retire(i);
-            }
-        }
-        self.update_statuses(&revisions, &desired_of).await?;
-        Ok(())
+    /// The instances wanted for `r`: the override for a Service's latest revision, else the
+    /// autoscaler's.
+    async fn desired(&self, r: &Revision) -> Result<u32, ControllerError> {
+        let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
+        let auto = self.serving.desired_of(&(ns.clone(), name.clone()));
+        let Some(svc) = r.service_name() else {
+            return Ok(auto);
+        };
+        let Some(replicas) = self.scale(ns, svc).await? else {
+            return Ok(auto);
+        };
+        let latest = match self.controller.get_service(ns, svc).await {
+            Ok(s) => s.status.latest_created_revision_name,
+            Err(ControllerError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(if latest.as_deref() == Some(name) {
+            replicas
+        } else {
+            auto
+        })
     }
 
     /// Drains an instance (no new requests; those in flight finish, up to its grace period),
     /// then stops it and forgets its record.
-    fn retire(&self, inst: Arc<Instance>) {
+    fn retire(&self, inst: InstanceInfo) {
         {
             let mut r = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
             if !r.insert(inst.plan.id.clone()) {
                 return;
             }
         }
-        let (rt, store, serving, retiring, kick) = (
+        let (rt, store, serving, retiring) = (
             self.runtime.clone(),
             self.store.clone(),
             self.serving.clone(),
             self.retiring.clone(),
-            self.kick.clone(),
         );
+        let handle = self.handle.get().cloned();
         info!(instance = %inst.plan.id, "draining and stopping instance");
         tokio::spawn(async move {
-            serving.drain(&inst.plan.id, inst.plan.stop_grace).await;
-            let _ = rt.stop(&inst.plan.id).await;
+            let plan = inst.plan;
+            serving.drain(&plan.id, plan.stop_grace).await;
+            rt.stop(&plan.id).await;
             let _ = store
-                .txn(Txn::new().delete(instance_key(&inst.plan.namespace, &inst.plan.id)))
+                .txn(Txn::new().delete(instance_key(&plan.namespace, &plan.id)))
                 .await;
-            serving.router().forget(&inst.plan.id);
+            serving.router().forget(&plan.id);
             retiring
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .remove(&inst.plan.id);
-            kick.notify_one();
+                .remove(&plan.id);
+            if let Some(h) = handle {
+                h.enqueue((plan.namespace, plan.revision));
+            }
         });
     }
 
-    async fn start_instance(&self, rev: &Revision) -> Result<(), String> {
+    async fn start_instance(&self, rev: &Revision) -> Result<(), ReconcileError> {
         let mut images = Vec::new();
         for cs in &rev.status.container_statuses {
             let pinned = cs.image_digest.as_deref().unwrap_or_default();
             let digest = pinned.rsplit_once('@').map(|(_, d)| d).unwrap_or(pinned);
             let image = self
                 .images
-                .content()
                 .by_digest(digest)
-                .await
-                .map_err(|e| e.to_string())?
+                .await?
                 .ok_or_else(|| format!("image {pinned} is no longer in the content store"))?;
             images.push(image);
         }
@@ -428,309 +424,303 @@ impl InstanceManager {
                 .collect()
         };
         let id = format!("{}-{suffix}", rev.metadata.name);
-        let content = self.images.content().clone();
-        let plan = crate::plan::plan(
-            rev,
-            &images,
-            |d| content.layer_path(d).unwrap_or_default(),
-            &id,
-        )
-        .map_err(|e| e.to_string())?;
+        let plan = crate::plan::plan(rev, &images, |d| self.images.layer_path(d), &id)?;
         let key = instance_key(&plan.namespace, &plan.id);
         self.store
             .txn(Txn::new().put(&key, serde_json::to_vec(&plan).expect("plans serialize")))
-            .await
-            .map_err(|e| skiff_telemetry::ErrorChain(&e).to_string())?;
+            .await?;
         info!(instance = %id, revision = %rev.metadata.name, "starting instance");
         if let Err(e) = self.runtime.start(plan).await {
             let _ = self.store.txn(Txn::new().delete(&key)).await;
-            return Err(skiff_telemetry::ErrorChain(&e).to_string());
+            return Err(e);
         }
         Ok(())
     }
 
-    /// Writes revision conditions and replica counts from their instances.
-    async fn update_statuses(
+    /// Writes a revision's conditions and replica counts from its instances.
+    async fn write_status(
         &self,
-        revisions: &[Revision],
-        desired_of: &HashMap<(String, String), u32>,
+        r: &Revision,
+        instances: &[InstanceInfo],
+        desired: u32,
     ) -> Result<(), ControllerError> {
-        let mut by_rev: HashMap<(String, String), Vec<InstanceStatus>> = HashMap::new();
-        for i in self.runtime.instances() {
-            by_rev
-                .entry((i.plan.namespace.clone(), i.plan.revision.clone()))
-                .or_default()
-                .push(i.status());
+        if needs_images(r) || pull_failed(r) {
+            return Ok(());
         }
-        for r in revisions.iter().filter(|r| !needs_images(r)) {
-            let key = (r.metadata.namespace.clone(), r.metadata.name.clone());
-            let statuses = by_rev.remove(&key).unwrap_or_default();
-            let desired = desired_of.get(&key).copied().unwrap_or(0);
-            let pull_failed = condition(&r.status.conditions, "Ready")
-                .is_some_and(|c| c.reason.as_deref() == Some(crate::revisions::REASON_PULL_FAILED));
-            if pull_failed {
-                continue;
-            }
-            // Nothing to write when nothing changes (the common case on a 2 s pass).
-            let now = self.controller.now();
-            let mut probe = r.clone();
-            apply_instance_status(&mut probe, &statuses, desired, &now);
-            if probe.status == r.status {
-                continue;
-            }
-            let (ns, name) = key;
-            self.controller
-                .update_revision(&ns, &name, true, move |r| {
-                    let before = r.status.clone();
-                    apply_instance_status(r, &statuses, desired, &now);
-                    before != r.status
-                })
-                .await?;
+        let statuses: Vec<InstanceStatus> = instances.iter().map(|i| i.status.clone()).collect();
+        // Nothing to write when nothing changes.
+        let now = self.controller.now();
+        let mut probe = r.clone();
+        status::apply_instance_status(&mut probe, &statuses, desired, &now);
+        if probe.status == r.status {
+            return Ok(());
         }
+        let (ns, name) = (&r.metadata.namespace, &r.metadata.name);
+        self.controller
+            .update_revision(ns, name, true, move |r| {
+                let before = r.status.clone();
+                status::apply_instance_status(r, &statuses, desired, &now);
+                before != r.status
+            })
+            .await?;
         Ok(())
     }
 }
 
-/// Derives a revision's runtime conditions from its instances.
-pub fn apply_instance_status(
-    r: &mut Revision,
-    instances: &[InstanceStatus],
-    desired: u32,
-    now: &str,
-) {
-    let live: Vec<&InstanceStatus> = instances
-        .iter()
-        .filter(|s| !matches!(s.phase, Phase::Stopped))
-        .collect();
-    let actual = live
-        .iter()
-        .filter(|s| matches!(s.phase, Phase::Running | Phase::Starting))
-        .count() as u32;
-    let ready_now = live.iter().filter(|s| s.ready).count();
-    // Knative's actualReplicas counts ready instances.
-    r.status.actual_replicas = ready_now as u32;
-    r.status.desired_replicas = desired;
-    let was_ready =
-        condition(&r.status.conditions, "Ready").is_some_and(|c| c.status == ConditionStatus::True);
-    // ResourcesAvailable turns True when an instance is first ready and stays so (as in
-    // Knative): the revision is known to be able to serve, so scaled to zero it is Ready
-    // and starts on demand.
-    let ever_ready = ready_now > 0
-        || condition(&r.status.conditions, "ResourcesAvailable")
-            .is_some_and(|c| c.status == ConditionStatus::True);
-    // A container that keeps failing: the newest termination of a container waiting in
-    // CrashLoopBackOff.
-    let crash = live
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .filter(|c| c.waiting_reason.as_deref() == Some("CrashLoopBackOff"))
-        .filter_map(|c| c.last_termination.as_ref().map(|t| (c, t)))
-        .max_by(|a, b| a.1.at.cmp(&b.1.at));
-    let set = |r: &mut Revision,
-               t: &str,
-               s: ConditionStatus,
-               reason: Option<&str>,
-               msg: Option<String>| {
-        set_condition(&mut r.status.conditions, t, s, reason, msg, now)
-    };
-    match crash {
-        Some((c, t)) if ready_now == 0 => {
-            let reason = if t.reason == "OOMKilled" {
-                "OOMKilled".to_owned()
-            } else {
-                "CrashLoopBackOff".to_owned()
-            };
-            let lines = if t.last_lines.is_empty() {
-                String::new()
-            } else {
-                format!("; last log lines:\n{}", t.last_lines.join("\n"))
-            };
-            let msg = format!(
-                "container {} {} ({}; restarted {} times){lines}",
-                c.name,
-                match t.exit_code {
-                    Some(code) => format!("exited with code {code}"),
-                    None => "failed to start".to_owned(),
-                },
-                t.message,
-                c.restarts
-            );
-            set(
-                r,
-                "ContainerHealthy",
-                ConditionStatus::False,
-                Some(&reason),
-                Some(msg.clone()),
-            );
-            set(r, "Ready", ConditionStatus::False, Some(&reason), Some(msg));
+#[async_trait]
+impl Reconciler for InstanceManager {
+    type Key = RevisionKey;
+
+    fn name(&self) -> &'static str {
+        "instances"
+    }
+
+    fn watches(&self) -> &'static [&'static str] {
+        &["/registry/revisions/", "/registry/services/", "/scale/"]
+    }
+
+    async fn keys_for(&self, store_key: &str) -> Vec<RevisionKey> {
+        if let Some(key) = crate::controller::parse_revision_key(store_key) {
+            return vec![key];
         }
-        _ => {
-            if ready_now > 0 || was_ready || (actual == 0 && ever_ready) {
-                set(r, "ContainerHealthy", ConditionStatus::True, None, None);
-                set(r, "Ready", ConditionStatus::True, None, None);
-            } else if actual > 0 {
-                let msg = format!("waiting for {actual} instance(s) to become ready");
-                set(
-                    r,
-                    "ContainerHealthy",
-                    ConditionStatus::Unknown,
-                    Some("Deploying"),
-                    Some(msg.clone()),
-                );
-                set(
-                    r,
-                    "Ready",
-                    ConditionStatus::Unknown,
-                    Some("Deploying"),
-                    Some(msg),
-                );
-            } else if condition(&r.status.conditions, "Ready")
-                .is_some_and(|c| c.status == ConditionStatus::False)
-            {
-                // A revision that never served and failed keeps saying why after its
-                // instances are gone.
-            } else {
-                let msg = "no instance has run yet; one starts when the autoscaler asks for it (initial scale, or the first request)".to_owned();
-                set(
-                    r,
-                    "ContainerHealthy",
-                    ConditionStatus::Unknown,
-                    Some(REASON_NO_INSTANCES),
-                    Some(msg.clone()),
-                );
-                set(
-                    r,
-                    "Ready",
-                    ConditionStatus::Unknown,
-                    Some(REASON_NO_INSTANCES),
-                    Some(msg),
-                );
+        // A Service or its override: its revisions (the latest may have changed).
+        let rest = store_key
+            .strip_prefix("/registry/services/")
+            .or_else(|| store_key.strip_prefix("/scale/"));
+        let Some((ns, svc)) = rest.and_then(|r| r.split_once('/')) else {
+            return Vec::new();
+        };
+        match self.controller.revision_keys_of(ns, svc).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                warn!(error = %skiff_telemetry::ErrorChain(&e), "listing a Service's revisions");
+                Vec::new()
             }
         }
     }
-    if ever_ready {
-        set(r, "ResourcesAvailable", ConditionStatus::True, None, None);
-    } else {
-        set(
-            r,
-            "ResourcesAvailable",
-            ConditionStatus::Unknown,
-            Some(if actual > 0 {
-                "Deploying"
-            } else {
-                REASON_NO_INSTANCES
-            }),
-            Some(if actual > 0 {
-                "no instance has been ready yet".into()
-            } else {
-                "no instance is running".into()
-            }),
-        );
+
+    async fn all_keys(&self) -> Result<Vec<RevisionKey>, ReconcileError> {
+        let mut keys: HashSet<RevisionKey> =
+            self.controller.revision_keys().await?.into_iter().collect();
+        keys.extend(self.revisions_with_instances());
+        Ok(keys.into_iter().collect())
     }
-    if actual > 0 {
-        set(
-            r,
-            "Active",
-            ConditionStatus::True,
-            None,
-            Some(format!("{ready_now} of {actual} instance(s) ready")),
-        );
-    } else {
-        set(
-            r,
-            "Active",
-            ConditionStatus::False,
-            Some(REASON_NO_INSTANCES),
-            Some("no instance is running".into()),
-        );
+
+    async fn reconcile(&self, key: &RevisionKey) -> Result<Next, ReconcileError> {
+        let revision = match self.controller.get_revision(&key.0, &key.1).await {
+            Ok(r) => Some(r),
+            Err(ControllerError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let desired = match &revision {
+            Some(r) => self.desired(r).await?,
+            None => 0,
+        };
+        let instances: Vec<InstanceInfo> = self
+            .runtime
+            .instances()
+            .into_iter()
+            .filter(|i| i.plan.namespace == key.0 && i.plan.revision == key.1)
+            .collect();
+        let retiring = self
+            .retiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let pool = self.serving.router().pool(key);
+        let live: Vec<&InstanceInfo> = instances
+            .iter()
+            .filter(|i| !matches!(i.status.phase, Phase::Stopping | Phase::Stopped))
+            .filter(|i| !retiring.contains(&i.plan.id))
+            .collect();
+        let state = RevisionState {
+            revision: revision.as_ref(),
+            routed: pool.is_some(),
+            desired,
+            live: live
+                .iter()
+                .map(|i| Observed {
+                    id: i.plan.id.clone(),
+                    ready: i.status.ready,
+                    started_at: i.status.started_at.clone(),
+                    in_flight: pool.as_ref().map_or(0, |p| p.in_flight_of(&i.plan.id)),
+                })
+                .collect(),
+        };
+        let mut failed = None;
+        for action in plan(&state) {
+            match action {
+                Action::WaitForRoutes => return Ok(Next::RequeueAfter(Duration::from_millis(50))),
+                Action::Retire(id) => {
+                    if let Some(i) = live.iter().find(|i| i.plan.id == id) {
+                        self.retire((*i).clone());
+                    }
+                }
+                Action::Start(n) => {
+                    let Some(r) = &revision else { continue };
+                    for _ in 0..n {
+                        if let Err(e) = self.start_instance(r).await {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(r) = &revision {
+            let now: Vec<InstanceInfo> = self
+                .runtime
+                .instances()
+                .into_iter()
+                .filter(|i| i.plan.namespace == key.0 && i.plan.revision == key.1)
+                .collect();
+            self.write_status(r, &now, desired).await?;
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(Next::Done),
+        }
+    }
+
+    fn workers(&self) -> usize {
+        4
+    }
+}
+
+/// Queues a revision's key with the instance reconciler (the autoscaler's hook).
+pub fn on_scaled(manager: &Arc<InstanceManager>) -> impl Fn(&RevisionKey) + Send + Sync + use<> {
+    let weak = Arc::downgrade(manager);
+    move |key: &RevisionKey| {
+        if let Some(m) = weak.upgrade() {
+            m.enqueue(key.clone());
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use skiff_runtime::instance::{ContainerStatus, Termination};
 
-    fn revision() -> Revision {
-        serde_json::from_value(serde_json::json!({
+    fn revision(pinned: bool) -> Revision {
+        let mut r: Revision = serde_json::from_value(serde_json::json!({
             "apiVersion": "serving.knative.dev/v1",
             "kind": "Revision",
             "metadata": {"name": "r-00001", "namespace": "default", "uid": "u", "generation": 1, "creationTimestamp": "t"},
             "spec": {"containers": [{"image": "x"}]}
         }))
-        .expect("revision")
-    }
-
-    fn running(ready: bool) -> InstanceStatus {
-        InstanceStatus {
-            phase: Phase::Running,
-            ready,
-            ..Default::default()
-        }
-    }
-
-    fn crashing() -> InstanceStatus {
-        InstanceStatus {
-            phase: Phase::Running,
-            containers: vec![ContainerStatus {
+        .expect("revision");
+        if pinned {
+            r.status.container_statuses = vec![skiff_api::object::ContainerStatus {
                 name: "user-container".into(),
-                waiting_reason: Some("CrashLoopBackOff".into()),
-                restarts: 2,
-                last_termination: Some(Termination {
-                    reason: "Error".into(),
-                    exit_code: Some(3),
-                    at: "t".into(),
-                    message: "exited".into(),
-                    last_lines: vec!["boom".into()],
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
+                image_digest: Some("x@sha256:00".into()),
+            }];
+        }
+        r
+    }
+
+    fn inst(id: &str, ready: bool, started_at: &str, in_flight: u32) -> Observed {
+        Observed {
+            id: id.into(),
+            ready,
+            started_at: started_at.into(),
+            in_flight,
         }
     }
 
-    fn ready_status(r: &Revision) -> ConditionStatus {
-        condition(&r.status.conditions, "Ready")
-            .map(|c| c.status)
-            .unwrap_or(ConditionStatus::Unknown)
+    /// Too few instances: start the difference; enough: nothing.
+    #[test]
+    fn starts_up_to_the_desired_count() {
+        let r = revision(true);
+        let mut s = RevisionState {
+            revision: Some(&r),
+            routed: true,
+            desired: 3,
+            live: vec![inst("a", true, "t1", 0)],
+        };
+        assert_eq!(plan(&s), vec![Action::Start(2)]);
+        s.desired = 1;
+        assert_eq!(plan(&s), vec![]);
     }
 
-    /// A revision that has served is Ready at zero (it starts on demand), even when its
-    /// last instance crashed before it went; one that never served keeps its failure.
+    /// Scaling down removes instances not ready first, then the least busy, then the newest.
     #[test]
-    fn readiness_across_scale_to_zero() {
-        let mut r = revision();
-        apply_instance_status(&mut r, &[running(false)], 1, "t1");
-        assert_eq!(ready_status(&r), ConditionStatus::Unknown);
-        apply_instance_status(&mut r, &[running(true)], 1, "t2");
-        assert_eq!(ready_status(&r), ConditionStatus::True);
+    fn scale_down_picks_the_cheapest_instances() {
+        let r = revision(true);
+        let s = RevisionState {
+            revision: Some(&r),
+            routed: true,
+            desired: 1,
+            live: vec![
+                inst("busy", true, "t1", 5),
+                inst("idle-old", true, "t1", 0),
+                inst("idle-new", true, "t2", 0),
+                inst("unready", false, "t0", 0),
+            ],
+        };
         assert_eq!(
-            (r.status.actual_replicas, r.status.desired_replicas),
-            (1, 1)
+            plan(&s),
+            vec![
+                Action::Retire("unready".into()),
+                Action::Retire("idle-new".into()),
+                Action::Retire("idle-old".into()),
+            ]
         );
-        apply_instance_status(&mut r, &[crashing()], 1, "t3");
-        assert_eq!(ready_status(&r), ConditionStatus::False);
-        apply_instance_status(&mut r, &[], 0, "t4");
-        assert_eq!(
-            ready_status(&r),
-            ConditionStatus::True,
-            "{:?}",
-            r.status.conditions
-        );
-        assert_eq!(
-            condition(&r.status.conditions, "Active").map(|c| c.status),
-            Some(ConditionStatus::False)
-        );
+    }
 
-        let mut never = revision();
-        apply_instance_status(&mut never, &[crashing()], 1, "t1");
-        assert_eq!(ready_status(&never), ConditionStatus::False);
-        apply_instance_status(&mut never, &[], 0, "t2");
-        let c = condition(&never.status.conditions, "Ready").expect("Ready");
-        assert_eq!(c.status, ConditionStatus::False);
-        assert!(
-            c.message.as_deref().is_some_and(|m| m.contains("boom")),
-            "{c:?}"
+    /// Scale to zero retires every instance.
+    #[test]
+    fn scale_to_zero_retires_all() {
+        let r = revision(true);
+        let s = RevisionState {
+            revision: Some(&r),
+            routed: true,
+            desired: 0,
+            live: vec![inst("a", true, "t1", 0), inst("b", true, "t2", 0)],
+        };
+        assert_eq!(plan(&s).len(), 2);
+    }
+
+    /// A revision whose images are not pinned, or whose pull failed, starts nothing.
+    #[test]
+    fn nothing_starts_before_images_are_pinned() {
+        let unpinned = revision(false);
+        let s = RevisionState {
+            revision: Some(&unpinned),
+            routed: true,
+            desired: 2,
+            live: vec![],
+        };
+        assert_eq!(plan(&s), vec![]);
+        let mut failed = revision(true);
+        skiff_api::object::set_condition(
+            &mut failed.status.conditions,
+            status::conditions::READY,
+            skiff_api::object::ConditionStatus::False,
+            Some(status::reasons::PULL_FAILED),
+            Some("no such image".into()),
+            "t",
         );
+        let s = RevisionState {
+            revision: Some(&failed),
+            ..s
+        };
+        assert_eq!(plan(&s), vec![]);
+    }
+
+    /// A deleted revision's instances are retired only once the router has let it go.
+    #[test]
+    fn a_deleted_revision_waits_for_the_router() {
+        let mut s = RevisionState {
+            revision: None,
+            routed: true,
+            desired: 0,
+            live: vec![inst("a", true, "t1", 2)],
+        };
+        assert_eq!(plan(&s), vec![Action::WaitForRoutes]);
+        s.routed = false;
+        assert_eq!(plan(&s), vec![Action::Retire("a".into())]);
+        s.live.clear();
+        s.routed = true;
+        assert_eq!(plan(&s), vec![], "nothing left to wait for");
     }
 }

@@ -14,7 +14,6 @@
 //! caught up with. At start, and whenever its watch cannot deliver every change (it lagged
 //! and the store compacted), the runner queues [`Reconciler::all_keys`].
 
-use std::fmt::Display;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +43,7 @@ pub enum Next {
 #[async_trait]
 pub trait Reconciler: Send + Sync + 'static {
     /// The work key (e.g. a revision's namespace and name).
-    type Key: Clone + Eq + Hash + Display + Send + Sync + 'static;
+    type Key: Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static;
 
     /// The name in logs.
     fn name(&self) -> &'static str;
@@ -130,7 +129,8 @@ impl Controllers {
     /// Registers `reconciler`; it starts with [`run`](Self::run).
     pub fn add<R: Reconciler>(&mut self, reconciler: Arc<R>) -> Handle<R::Key> {
         let queue = WorkQueue::new(reconciler.backoff());
-        let (tx, rx) = watch::channel(0);
+        // -1: nothing observed yet (the first settled pass moves it to 0 or beyond).
+        let (tx, rx) = watch::channel(-1);
         let handle = Handle {
             queue: queue.clone(),
             observed: rx,
@@ -251,7 +251,7 @@ async fn work<R: Reconciler>(
             Err(e) => {
                 let delay = queue.retry(&key);
                 warn!(
-                    key = %key,
+                    key = ?key,
                     retry_in_ms = delay.as_millis() as u64,
                     error = %skiff_telemetry::ErrorChain(&*e),
                     "reconcile failed"

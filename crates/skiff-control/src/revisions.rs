@@ -1,51 +1,35 @@
-//! The revision reconciler: pins every new revision's images to digests, pulling them, and
+//! The image reconciler: pins every new revision's images to digests, pulling them, and
 //! reports progress and failures in the revision's conditions.
 //!
 //! # Design
-//! One task receives revision keys (from the controller when it stamps a revision, and from a
-//! scan at start) and handles each in its own task, one at a time per revision. A failed
-//! resolution is retried with backoff (30 s doubling to 5 min) while the revision exists, so
-//! an image pushed later heals the revision, as Kubernetes' image-pull backoff does.
-//! **(next)** the runtime reconciler starts instances once images are pinned.
+//! The key is one revision; store changes to revisions queue it, and a scan at start queues
+//! those a previous run left unresolved. A few pulls run at once (one per revision). A failed
+//! resolution is looked at again after a backoff (30 s doubling to 5 min) while the revision
+//! exists, so an image pushed later heals the revision, as Kubernetes' image-pull backoff
+//! does. Once pinned, the revision's store change queues it with the instance reconciler.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use skiff_api::object::{ConditionStatus, ContainerStatus, Revision, set_condition};
 use skiff_image::puller::{LayerStatus, PullEvent};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, warn};
 
-use crate::controller::{Controller, RevisionKey};
-use crate::images::Images;
-use crate::instances::REASON_NO_INSTANCES;
-
-/// Called when a revision's images are pinned (starts instances at once).
-pub type OnPinned = Arc<dyn Fn() + Send + Sync>;
-
-/// Reason while images are being pulled.
-pub const REASON_PULLING: &str = "Pulling";
-/// Reason when an image cannot be pulled.
-pub const REASON_PULL_FAILED: &str = "ImagePullFailed";
+use crate::controller::{Controller, ControllerError, RevisionKey, parse_revision_key};
+use crate::reconciler::{Next, ReconcileError, Reconciler};
+use crate::runtime::ImageStore;
+use crate::status::{MESSAGE_NO_INSTANCES, conditions, needs_images, reasons};
 
 const RETRY_MIN: Duration = Duration::from_secs(30);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
+/// The conditions the image reconciler writes.
+const IMAGE_CONDITIONS: [&str; 2] = [conditions::RESOURCES_AVAILABLE, conditions::READY];
+
 /// Per layer (bytes done, size), and when progress was last written.
 type PullTally = (HashMap<String, (u64, u64)>, tokio::time::Instant);
-
-/// Whether a revision still needs its images pinned.
-pub fn needs_images(r: &Revision) -> bool {
-    r.spec.containers.len()
-        != r.status
-            .container_statuses
-            .iter()
-            .filter(|c| c.image_digest.is_some())
-            .count()
-}
 
 fn human_bytes(n: u64) -> String {
     const MB: f64 = 1024.0 * 1024.0;
@@ -56,107 +40,113 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Runs the reconciler until `shutdown`.
-pub async fn run(
+/// Pins revisions' images.
+pub struct ImageReconciler {
     controller: Controller,
-    images: Arc<Images>,
-    mut rx: mpsc::UnboundedReceiver<RevisionKey>,
-    tx: mpsc::UnboundedSender<RevisionKey>,
-    on_pinned: OnPinned,
-    shutdown: CancellationToken,
-) {
-    let tracker = TaskTracker::new();
-    let busy: Arc<Mutex<HashSet<RevisionKey>>> = Arc::default();
-    let backoff: Arc<Mutex<HashMap<RevisionKey, Duration>>> = Arc::default();
-    // Revisions left unresolved by a previous run.
-    match controller.list_revisions(None, None).await {
-        Ok(all) => {
-            for r in all.iter().filter(|r| needs_images(r)) {
-                let _ = tx.send((r.metadata.namespace.clone(), r.metadata.name.clone()));
-            }
+    images: Arc<dyn ImageStore>,
+    /// The next retry delay of each revision whose pull failed.
+    backoff: Mutex<HashMap<RevisionKey, Duration>>,
+}
+
+impl ImageReconciler {
+    /// A reconciler resolving through `images`.
+    pub fn new(controller: Controller, images: Arc<dyn ImageStore>) -> Self {
+        ImageReconciler {
+            controller,
+            images,
+            backoff: Mutex::default(),
         }
-        Err(e) => warn!(error = %skiff_telemetry::ErrorChain(&e), "listing revisions at start"),
     }
-    loop {
-        let key = tokio::select! {
-            k = rx.recv() => match k { Some(k) => k, None => break },
-            () = shutdown.cancelled() => break,
+
+    fn next_retry(&self, key: &RevisionKey) -> Duration {
+        let mut b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let d = b.get(key).map_or(RETRY_MIN, |d| (*d * 2).min(RETRY_MAX));
+        b.insert(key.clone(), d);
+        d
+    }
+}
+
+#[async_trait]
+impl Reconciler for ImageReconciler {
+    type Key = RevisionKey;
+
+    fn name(&self) -> &'static str {
+        "images"
+    }
+
+    fn watches(&self) -> &'static [&'static str] {
+        &["/registry/revisions/"]
+    }
+
+    async fn keys_for(&self, store_key: &str) -> Vec<RevisionKey> {
+        parse_revision_key(store_key).into_iter().collect()
+    }
+
+    async fn all_keys(&self) -> Result<Vec<RevisionKey>, ReconcileError> {
+        Ok(self
+            .controller
+            .list_revisions(None, None)
+            .await?
+            .into_iter()
+            .filter(needs_images)
+            .map(|r| (r.metadata.namespace, r.metadata.name))
+            .collect())
+    }
+
+    async fn reconcile(&self, key: &RevisionKey) -> Result<Next, ReconcileError> {
+        let revision = match self.controller.get_revision(&key.0, &key.1).await {
+            Ok(r) => r,
+            Err(ControllerError::NotFound { .. }) => {
+                self.backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(key);
+                return Ok(Next::Done);
+            }
+            Err(e) => return Err(e.into()),
         };
-        {
-            let mut b = busy.lock().unwrap_or_else(|p| p.into_inner());
-            if !b.insert(key.clone()) {
-                continue;
-            }
+        if !needs_images(&revision) {
+            return Ok(Next::Done);
         }
-        let (controller, images, busy, backoff, tx, shutdown, on_pinned) = (
-            controller.clone(),
-            images.clone(),
-            busy.clone(),
-            backoff.clone(),
-            tx.clone(),
-            shutdown.clone(),
-            on_pinned.clone(),
-        );
-        let span = info_span!("revision", namespace = %key.0, revision = %key.1);
-        tracker.spawn(
-            async move {
-                let retry = resolve(&controller, &images, &key).await;
-                if !retry {
-                    on_pinned();
-                }
-                busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-                if retry {
-                    let delay = {
-                        let mut b = backoff.lock().unwrap_or_else(|p| p.into_inner());
-                        let d = b.get(&key).map_or(RETRY_MIN, |d| (*d * 2).min(RETRY_MAX));
-                        b.insert(key.clone(), d);
-                        d
-                    };
-                    info!(
-                        retry_in_seconds = delay.as_secs(),
-                        "will retry the image pull"
-                    );
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => { let _ = tx.send(key); }
-                        () = shutdown.cancelled() => {}
-                    }
-                } else {
-                    backoff
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&key);
-                }
-            }
-            .instrument(span),
-        );
+        if resolve(&self.controller, &*self.images, &revision).await {
+            let delay = self.next_retry(key);
+            info!(
+                revision = %key.1,
+                retry_in_seconds = delay.as_secs(),
+                "will retry the image pull"
+            );
+            return Ok(Next::RequeueAfter(delay));
+        }
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        Ok(Next::Done)
     }
-    tracker.close();
-    // Pulls in flight are abandoned at shutdown; staging is cleaned at the next start.
-    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+
+    fn workers(&self) -> usize {
+        4
+    }
 }
 
 /// Resolves a revision's images. Returns whether to retry later.
-async fn resolve(controller: &Controller, images: &Images, key: &RevisionKey) -> bool {
-    let (ns, name) = (key.0.as_str(), key.1.as_str());
-    let revision = match controller.get_revision(ns, name).await {
-        Ok(r) => r,
-        Err(_) => return false,
-    };
-    if !needs_images(&revision) {
-        return false;
-    }
+async fn resolve(controller: &Controller, images: &dyn ImageStore, revision: &Revision) -> bool {
+    let (ns, name) = (
+        revision.metadata.namespace.as_str(),
+        revision.metadata.name.as_str(),
+    );
     let now = controller.now();
     let pulling = |message: String| {
         let now = now.clone();
         move |r: &mut Revision| {
             let mut changed = false;
-            for t in ["ResourcesAvailable", "Ready"] {
+            for t in IMAGE_CONDITIONS {
                 let before = r.status.conditions.clone();
                 set_condition(
                     &mut r.status.conditions,
                     t,
                     ConditionStatus::Unknown,
-                    Some(REASON_PULLING),
+                    Some(reasons::PULLING),
                     Some(message.clone()),
                     &now,
                 );
@@ -225,18 +215,18 @@ async fn resolve(controller: &Controller, images: &Images, key: &RevisionKey) ->
                         // Only while still pulling: a late progress note must not overwrite
                         // the outcome.
                         let still_pulling = r
-                            .condition("Ready")
-                            .is_some_and(|c| c.reason.as_deref() == Some(REASON_PULLING));
+                            .condition(conditions::READY)
+                            .is_some_and(|c| c.reason.as_deref() == Some(reasons::PULLING));
                         if !still_pulling {
                             return false;
                         }
                         let before = r.status.conditions.clone();
-                        for t in ["ResourcesAvailable", "Ready"] {
+                        for t in IMAGE_CONDITIONS {
                             set_condition(
                                 &mut r.status.conditions,
                                 t,
                                 ConditionStatus::Unknown,
-                                Some(REASON_PULLING),
+                                Some(reasons::PULLING),
                                 Some(message.clone()),
                                 &now3,
                             );
@@ -263,12 +253,12 @@ async fn resolve(controller: &Controller, images: &Images, key: &RevisionKey) ->
                 let now = controller.now();
                 let _ = controller
                     .update_revision(ns, name, true, move |r: &mut Revision| {
-                        for t in ["ResourcesAvailable", "Ready"] {
+                        for t in IMAGE_CONDITIONS {
                             set_condition(
                                 &mut r.status.conditions,
                                 t,
                                 ConditionStatus::False,
-                                Some(REASON_PULL_FAILED),
+                                Some(reasons::PULL_FAILED),
                                 Some(message.clone()),
                                 &now,
                             );
@@ -289,9 +279,15 @@ async fn resolve(controller: &Controller, images: &Images, key: &RevisionKey) ->
     let _ = controller
         .update_revision(ns, name, true, move |r: &mut Revision| {
             r.status.container_statuses = statuses.clone();
-            let msg = "the revision's images are pinned; no instance has run yet (`skiff scale SERVICE N` starts instances)";
-            for t in ["ResourcesAvailable", "Ready"] {
-                set_condition(&mut r.status.conditions, t, ConditionStatus::Unknown, Some(REASON_NO_INSTANCES), Some(msg.to_owned()), &now);
+            for t in IMAGE_CONDITIONS {
+                set_condition(
+                    &mut r.status.conditions,
+                    t,
+                    ConditionStatus::Unknown,
+                    Some(reasons::NO_INSTANCES),
+                    Some(MESSAGE_NO_INSTANCES.to_owned()),
+                    &now,
+                );
             }
             true
         })

@@ -29,15 +29,18 @@ use skiff_api::autoscaling::AutoscalingSettings;
 use skiff_api::object::{Revision, Service};
 use skiff_autoscaler::{Aggregation, Autoscaler, Bucket, Decision, Metric, Settings};
 use skiff_router::{RevisionKey, Router};
-use skiff_runtime::Runtime;
 use skiff_runtime::instance::{InstanceEvent, Phase};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 use utoipa::ToSchema;
 
 use crate::routes::{self, RouteTable};
+use crate::runtime::InstanceRuntime;
+
+/// What [`Serving`] calls when a revision's desired scale changes.
+pub type ScaledHook = Box<dyn Fn(&RevisionKey) + Send + Sync>;
 
 /// How many decisions that changed the desired scale are kept per revision.
 const DECISION_HISTORY: usize = 20;
@@ -216,11 +219,13 @@ impl Default for ServingConfig {
 /// The router, the autoscalers and the runtime, together.
 pub struct Serving {
     router: Arc<Router>,
-    runtime: Arc<Runtime>,
+    runtime: Arc<dyn InstanceRuntime>,
     cfg: ServingConfig,
     epoch: Instant,
     state: Mutex<State>,
-    kick: Arc<Notify>,
+    /// Called with each revision whose desired scale changed (queues it with the instance
+    /// reconciler).
+    on_scaled: std::sync::OnceLock<ScaledHook>,
     metrics: AutoscalerMetrics,
 }
 
@@ -277,12 +282,11 @@ pub fn settings(
 }
 
 impl Serving {
-    /// Serving over `router` and `runtime`; `kick` wakes the instance reconciler.
+    /// Serving over `router` and `runtime`.
     pub fn new(
         router: Arc<Router>,
-        runtime: Arc<Runtime>,
+        runtime: Arc<dyn InstanceRuntime>,
         cfg: ServingConfig,
-        kick: Arc<Notify>,
         metrics: &skiff_telemetry::Metrics,
     ) -> Arc<Serving> {
         Arc::new(Serving {
@@ -291,9 +295,20 @@ impl Serving {
             cfg,
             epoch: Instant::now(),
             state: Mutex::default(),
-            kick,
+            on_scaled: std::sync::OnceLock::new(),
             metrics: metrics.register("autoscaler", AutoscalerMetrics::new),
         })
+    }
+
+    /// Sets what is called when a revision's desired scale changes (once).
+    pub fn on_scaled(&self, hook: ScaledHook) {
+        let _ = self.on_scaled.set(hook);
+    }
+
+    fn scaled(&self, key: &RevisionKey) {
+        if let Some(hook) = self.on_scaled.get() {
+            hook(key);
+        }
     }
 
     /// The router.
@@ -365,7 +380,9 @@ impl Serving {
         }
         // A new revision gets its initial scale now, not at the next tick.
         for k in &new {
-            self.decide(k);
+            if self.decide(k) {
+                self.scaled(k);
+            }
         }
         self.sync_instances();
         table
@@ -373,24 +390,19 @@ impl Serving {
 
     /// Puts every ready instance in its pool and takes the others out.
     pub fn sync_instances(&self) {
-        let live: HashSet<String> = self
-            .runtime
-            .instances()
-            .iter()
-            .map(|i| i.plan.id.clone())
-            .collect();
+        let all = self.runtime.instances();
+        let live: HashSet<String> = all.iter().map(|i| i.plan.id.clone()).collect();
         for id in self.router.instance_ids() {
             if !live.contains(&id) {
                 self.router.forget(&id);
             }
         }
-        for i in self.runtime.instances() {
-            let st = i.status();
+        for i in all {
             self.apply(&InstanceEvent {
-                id: i.plan.id.clone(),
-                namespace: i.plan.namespace.clone(),
-                revision: i.plan.revision.clone(),
-                status: st,
+                id: i.plan.id,
+                namespace: i.plan.namespace,
+                revision: i.plan.revision,
+                status: i.status,
             });
         }
     }
@@ -398,11 +410,11 @@ impl Serving {
     fn apply(&self, ev: &InstanceEvent) {
         match ev.status.phase {
             Phase::Running if ev.status.ready => {
-                if let Some(inst) = self.runtime.instance(&ev.id) {
+                if let Some(netns) = self.runtime.netns(&ev.id) {
                     self.router.instance_ready(
                         &(ev.namespace.clone(), ev.revision.clone()),
                         &ev.id,
-                        inst.netns(),
+                        netns,
                     );
                 }
             }
@@ -431,13 +443,13 @@ impl Serving {
         self.router.drain(id, timeout).await;
     }
 
-    /// The desired scale of every revision the autoscaler knows.
-    pub fn desired(&self) -> HashMap<RevisionKey, u32> {
+    /// The autoscaler's desired scale of a revision (0 for one it does not know).
+    pub fn desired_of(&self, key: &RevisionKey) -> u32 {
         self.state()
             .scalers
-            .iter()
-            .map(|(k, s)| (k.clone(), s.last.as_ref().map_or(0, |d| d.desired)))
-            .collect()
+            .get(key)
+            .and_then(|s| s.last.as_ref())
+            .map_or(0, |d| d.desired)
     }
 
     /// Decides the scale of one revision now; returns whether its desired scale changed.
@@ -539,12 +551,10 @@ impl Serving {
                     }
                     if n.is_multiple_of(2) {
                         let keys: Vec<RevisionKey> = self.state().scalers.keys().cloned().collect();
-                        let mut changed = false;
                         for k in &keys {
-                            changed |= self.decide(k);
-                        }
-                        if changed {
-                            self.kick.notify_one();
+                            if self.decide(k) {
+                                self.scaled(k);
+                            }
                         }
                     }
                 }
@@ -554,13 +564,11 @@ impl Serving {
                     while let Ok(k) = pokes.try_recv() {
                         keys.insert(k);
                     }
-                    let mut changed = false;
                     for k in &keys {
                         debug!(revision = %k.1, "poked by a waiting request");
-                        changed |= self.decide(k);
-                    }
-                    if changed {
-                        self.kick.notify_one();
+                        if self.decide(k) {
+                            self.scaled(k);
+                        }
                     }
                 }
                 () = shutdown.cancelled() => break,

@@ -7,6 +7,7 @@ use skiff_api::object::{
     condition, set_condition,
 };
 use skiff_api::types::TrafficTarget;
+use skiff_runtime::instance::{InstanceStatus, Phase};
 
 /// What status computation needs to know besides the objects.
 #[derive(Debug, Clone)]
@@ -30,8 +31,45 @@ impl StatusContext {
     }
 }
 
+/// Condition types, as Knative names them.
+pub mod conditions {
+    /// The object can serve (the top-level condition).
+    pub const READY: &str = "Ready";
+    /// A revision's instances have been able to run.
+    pub const RESOURCES_AVAILABLE: &str = "ResourcesAvailable";
+    /// A revision's containers are healthy.
+    pub const CONTAINER_HEALTHY: &str = "ContainerHealthy";
+    /// A revision has instances running.
+    pub const ACTIVE: &str = "Active";
+    /// A Service's configuration (its latest revision) is ready.
+    pub const CONFIGURATIONS_READY: &str = "ConfigurationsReady";
+    /// A Service's traffic targets are ready.
+    pub const ROUTES_READY: &str = "RoutesReady";
+}
+
+/// Condition reasons skiff writes.
+pub mod reasons {
+    /// Images are being resolved to digests.
+    pub const RESOLVING: &str = "ResolvingImages";
+    /// Images are being pulled.
+    pub const PULLING: &str = "Pulling";
+    /// An image cannot be pulled.
+    pub const PULL_FAILED: &str = "ImagePullFailed";
+    /// The revision has never had a ready instance and none runs.
+    pub const NO_INSTANCES: &str = "NoInstances";
+    /// Instances run but none is ready yet.
+    pub const DEPLOYING: &str = "Deploying";
+    /// A container keeps exiting.
+    pub const CRASH_LOOP: &str = "CrashLoopBackOff";
+    /// A container ran out of memory.
+    pub const OOM_KILLED: &str = "OOMKilled";
+}
+
+/// Why a revision has no instance yet (with [`reasons::NO_INSTANCES`]).
+pub const MESSAGE_NO_INSTANCES: &str = "no instance has run yet; one starts when the autoscaler asks for it (initial scale, or the first request)";
+
 /// The reason of a revision whose images are not resolved yet.
-pub const REASON_RESOLVING: &str = "ResolvingImages";
+pub const REASON_RESOLVING: &str = reasons::RESOLVING;
 /// The message that goes with [`REASON_RESOLVING`].
 pub const MESSAGE_RESOLVING: &str = "resolving the revision's images to digests";
 
@@ -42,9 +80,7 @@ pub fn public_failure(reason: Option<&str>) -> String {
     match reason {
         Some("CrashLoopBackOff") => "its container keeps exiting (CrashLoopBackOff)".to_owned(),
         Some("OOMKilled") => "its container ran out of memory (OOMKilled)".to_owned(),
-        Some(crate::revisions::REASON_PULL_FAILED) => {
-            "its image could not be pulled (ImagePullFailed)".to_owned()
-        }
+        Some(reasons::PULL_FAILED) => "its image could not be pulled (ImagePullFailed)".to_owned(),
         // Reasons are skiff's own CamelCase words; anything else is not repeated.
         Some(r)
             if !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric()) =>
@@ -53,6 +89,22 @@ pub fn public_failure(reason: Option<&str>) -> String {
         }
         _ => "it failed".to_owned(),
     }
+}
+
+/// Whether a revision still needs its images pinned to digests.
+pub fn needs_images(r: &Revision) -> bool {
+    r.spec.containers.len()
+        != r.status
+            .container_statuses
+            .iter()
+            .filter(|c| c.image_digest.is_some())
+            .count()
+}
+
+/// Whether a revision's images could not be pulled (it waits for a retry, not instances).
+pub fn pull_failed(r: &Revision) -> bool {
+    condition(&r.status.conditions, conditions::READY)
+        .is_some_and(|c| c.reason.as_deref() == Some(reasons::PULL_FAILED))
 }
 
 /// The initial status of a freshly stamped revision.
@@ -242,6 +294,179 @@ pub fn service_status(
     status
 }
 
+/// Derives a revision's runtime conditions from its instances.
+pub fn apply_instance_status(
+    r: &mut Revision,
+    instances: &[InstanceStatus],
+    desired: u32,
+    now: &str,
+) {
+    let live: Vec<&InstanceStatus> = instances
+        .iter()
+        .filter(|s| !matches!(s.phase, Phase::Stopped))
+        .collect();
+    let actual = live
+        .iter()
+        .filter(|s| matches!(s.phase, Phase::Running | Phase::Starting))
+        .count() as u32;
+    let ready_now = live.iter().filter(|s| s.ready).count();
+    // Knative's actualReplicas counts ready instances.
+    r.status.actual_replicas = ready_now as u32;
+    r.status.desired_replicas = desired;
+    let was_ready = condition(&r.status.conditions, conditions::READY)
+        .is_some_and(|c| c.status == ConditionStatus::True);
+    // ResourcesAvailable turns True when an instance is first ready and stays so (as in
+    // Knative): the revision is known to be able to serve, so scaled to zero it is Ready
+    // and starts on demand.
+    let ever_ready = ready_now > 0
+        || condition(&r.status.conditions, conditions::RESOURCES_AVAILABLE)
+            .is_some_and(|c| c.status == ConditionStatus::True);
+    // A container that keeps failing: the newest termination of a container waiting in
+    // CrashLoopBackOff.
+    let crash = live
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .filter(|c| c.waiting_reason.as_deref() == Some(reasons::CRASH_LOOP))
+        .filter_map(|c| c.last_termination.as_ref().map(|t| (c, t)))
+        .max_by(|a, b| a.1.at.cmp(&b.1.at));
+    let set = |r: &mut Revision,
+               t: &str,
+               s: ConditionStatus,
+               reason: Option<&str>,
+               msg: Option<String>| {
+        set_condition(&mut r.status.conditions, t, s, reason, msg, now)
+    };
+    match crash {
+        Some((c, t)) if ready_now == 0 => {
+            let reason = if t.reason == reasons::OOM_KILLED {
+                reasons::OOM_KILLED
+            } else {
+                reasons::CRASH_LOOP
+            };
+            let lines = if t.last_lines.is_empty() {
+                String::new()
+            } else {
+                format!("; last log lines:\n{}", t.last_lines.join("\n"))
+            };
+            let msg = format!(
+                "container {} {} ({}; restarted {} times){lines}",
+                c.name,
+                match t.exit_code {
+                    Some(code) => format!("exited with code {code}"),
+                    None => "failed to start".to_owned(),
+                },
+                t.message,
+                c.restarts
+            );
+            set(
+                r,
+                conditions::CONTAINER_HEALTHY,
+                ConditionStatus::False,
+                Some(reason),
+                Some(msg.clone()),
+            );
+            set(
+                r,
+                conditions::READY,
+                ConditionStatus::False,
+                Some(reason),
+                Some(msg),
+            );
+        }
+        _ => {
+            if ready_now > 0 || was_ready || (actual == 0 && ever_ready) {
+                set(
+                    r,
+                    conditions::CONTAINER_HEALTHY,
+                    ConditionStatus::True,
+                    None,
+                    None,
+                );
+                set(r, conditions::READY, ConditionStatus::True, None, None);
+            } else if actual > 0 {
+                let msg = format!("waiting for {actual} instance(s) to become ready");
+                set(
+                    r,
+                    conditions::CONTAINER_HEALTHY,
+                    ConditionStatus::Unknown,
+                    Some(reasons::DEPLOYING),
+                    Some(msg.clone()),
+                );
+                set(
+                    r,
+                    conditions::READY,
+                    ConditionStatus::Unknown,
+                    Some(reasons::DEPLOYING),
+                    Some(msg),
+                );
+            } else if condition(&r.status.conditions, conditions::READY)
+                .is_some_and(|c| c.status == ConditionStatus::False)
+            {
+                // A revision that never served and failed keeps saying why after its
+                // instances are gone.
+            } else {
+                let msg = MESSAGE_NO_INSTANCES.to_owned();
+                set(
+                    r,
+                    conditions::CONTAINER_HEALTHY,
+                    ConditionStatus::Unknown,
+                    Some(reasons::NO_INSTANCES),
+                    Some(msg.clone()),
+                );
+                set(
+                    r,
+                    conditions::READY,
+                    ConditionStatus::Unknown,
+                    Some(reasons::NO_INSTANCES),
+                    Some(msg),
+                );
+            }
+        }
+    }
+    if ever_ready {
+        set(
+            r,
+            conditions::RESOURCES_AVAILABLE,
+            ConditionStatus::True,
+            None,
+            None,
+        );
+    } else {
+        set(
+            r,
+            conditions::RESOURCES_AVAILABLE,
+            ConditionStatus::Unknown,
+            Some(if actual > 0 {
+                reasons::DEPLOYING
+            } else {
+                reasons::NO_INSTANCES
+            }),
+            Some(if actual > 0 {
+                "no instance has been ready yet".into()
+            } else {
+                "no instance is running".into()
+            }),
+        );
+    }
+    if actual > 0 {
+        set(
+            r,
+            conditions::ACTIVE,
+            ConditionStatus::True,
+            None,
+            Some(format!("{ready_now} of {actual} instance(s) ready")),
+        );
+    } else {
+        set(
+            r,
+            conditions::ACTIVE,
+            ConditionStatus::False,
+            Some(reasons::NO_INSTANCES),
+            Some("no instance is running".into()),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,5 +612,94 @@ mod tests {
         let mut c = ctx();
         c.ingress_port = 80;
         assert_eq!(c.url("a.b.c"), "http://a.b.c");
+    }
+}
+
+#[cfg(test)]
+mod instance_status_tests {
+    use super::*;
+    use skiff_runtime::instance::{ContainerStatus, Termination};
+
+    fn revision() -> Revision {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Revision",
+            "metadata": {"name": "r-00001", "namespace": "default", "uid": "u", "generation": 1, "creationTimestamp": "t"},
+            "spec": {"containers": [{"image": "x"}]}
+        }))
+        .expect("revision")
+    }
+
+    fn running(ready: bool) -> InstanceStatus {
+        InstanceStatus {
+            phase: Phase::Running,
+            ready,
+            ..Default::default()
+        }
+    }
+
+    fn crashing() -> InstanceStatus {
+        InstanceStatus {
+            phase: Phase::Running,
+            containers: vec![ContainerStatus {
+                name: "user-container".into(),
+                waiting_reason: Some("CrashLoopBackOff".into()),
+                restarts: 2,
+                last_termination: Some(Termination {
+                    reason: "Error".into(),
+                    exit_code: Some(3),
+                    at: "t".into(),
+                    message: "exited".into(),
+                    last_lines: vec!["boom".into()],
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn ready_status(r: &Revision) -> ConditionStatus {
+        condition(&r.status.conditions, "Ready")
+            .map(|c| c.status)
+            .unwrap_or(ConditionStatus::Unknown)
+    }
+
+    /// A revision that has served is Ready at zero (it starts on demand), even when its
+    /// last instance crashed before it went; one that never served keeps its failure.
+    #[test]
+    fn readiness_across_scale_to_zero() {
+        let mut r = revision();
+        apply_instance_status(&mut r, &[running(false)], 1, "t1");
+        assert_eq!(ready_status(&r), ConditionStatus::Unknown);
+        apply_instance_status(&mut r, &[running(true)], 1, "t2");
+        assert_eq!(ready_status(&r), ConditionStatus::True);
+        assert_eq!(
+            (r.status.actual_replicas, r.status.desired_replicas),
+            (1, 1)
+        );
+        apply_instance_status(&mut r, &[crashing()], 1, "t3");
+        assert_eq!(ready_status(&r), ConditionStatus::False);
+        apply_instance_status(&mut r, &[], 0, "t4");
+        assert_eq!(
+            ready_status(&r),
+            ConditionStatus::True,
+            "{:?}",
+            r.status.conditions
+        );
+        assert_eq!(
+            condition(&r.status.conditions, "Active").map(|c| c.status),
+            Some(ConditionStatus::False)
+        );
+
+        let mut never = revision();
+        apply_instance_status(&mut never, &[crashing()], 1, "t1");
+        assert_eq!(ready_status(&never), ConditionStatus::False);
+        apply_instance_status(&mut never, &[], 0, "t2");
+        let c = condition(&never.status.conditions, "Ready").expect("Ready");
+        assert_eq!(c.status, ConditionStatus::False);
+        assert!(
+            c.message.as_deref().is_some_and(|m| m.contains("boom")),
+            "{c:?}"
+        );
     }
 }

@@ -11,11 +11,15 @@ use tracing::{info, warn};
 
 use skiff_router::conns::{Acceptor, BusyBody, ConnLimits, Conns};
 
+use skiff_control::controller::SystemClock;
+use skiff_control::images::Images;
+use skiff_control::plane::{ControlPlane, Parts};
+use skiff_control::runtime::Runc;
+use skiff_control::serving::ServingConfig;
+
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::datadir::{DataDir, DataDirError, Endpoints, STORE_FILE};
-use skiff_control::controller::{Controller, SystemClock};
-use skiff_control::serving::{Serving, ServingConfig};
 
 /// The daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -140,10 +144,174 @@ fn conn_limits(config: &Config, nofile: u64) -> (ConnLimits, ConnLimits) {
     (ingress, api)
 }
 
+/// The daemon's two listeners, bound before anything else so a busy port fails fast.
+struct Listeners {
+    api: TcpListener,
+    api_addr: SocketAddr,
+    ingress: TcpListener,
+    ingress_addr: SocketAddr,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> Result<Self, DaemonError> {
+        let api = bind("the API", config.api_listen).await?;
+        let ingress = bind("the ingress", config.ingress_listen).await?;
+        let addr = |l: &TcpListener, what| {
+            l.local_addr()
+                .map_err(|source| DaemonError::Serve { what, source })
+        };
+        Ok(Listeners {
+            api_addr: addr(&api, "the API")?,
+            ingress_addr: addr(&ingress, "the ingress")?,
+            api,
+            ingress,
+        })
+    }
+}
+
+/// The container runtime, from the daemon's settings.
+fn runtime(config: &Config, data: &DataDir) -> Result<Arc<skiff_runtime::Runtime>, DaemonError> {
+    let mut options = skiff_runtime::RuntimeOptions::new(data.path());
+    options.runtime = config.runtime.clone();
+    options.pids_limit = config.pids_limit;
+    let oci: Arc<dyn skiff_runtime::oci::OciRuntime> = Arc::new(skiff_runtime::oci::RuncCli::new(
+        config.runtime.clone(),
+        data.path().join("run/runc"),
+    ));
+    skiff_runtime::Runtime::new(options, oci).map_err(|source| DaemonError::Runtime { source })
+}
+
+/// What the control plane is built from, beside the daemon's settings.
+struct Built {
+    store: Arc<dyn Store>,
+    runtime: Arc<skiff_runtime::Runtime>,
+    router: Arc<skiff_router::Router>,
+    pokes: tokio::sync::mpsc::UnboundedReceiver<skiff_router::RevisionKey>,
+    images: Arc<Images>,
+    ingress_port: u16,
+}
+
+/// The control plane over the store, the router and the runtime.
+async fn control_plane(
+    config: &Config,
+    built: Built,
+    metrics: &skiff_telemetry::Metrics,
+) -> Result<ControlPlane, DaemonError> {
+    let parts = Parts {
+        store: built.store,
+        router: built.router,
+        pokes: built.pokes,
+        runtime: Arc::new(Runc(built.runtime)),
+        images: built.images,
+        clock: Arc::new(SystemClock),
+        domain: config.domain.clone(),
+        ingress_port: built.ingress_port,
+        serving: ServingConfig {
+            scale_to_zero_grace: config.scale_to_zero_grace_period,
+            enable_scale_to_zero: config.enable_scale_to_zero,
+            max_scale_up_rate: config.max_scale_up_rate,
+            max_scale_down_rate: config.max_scale_down_rate,
+        },
+    };
+    ControlPlane::start(parts, metrics)
+        .await
+        .map_err(DaemonError::Reconcile)
+}
+
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
-    let nofile = raise_nofile_limit();
-    let (ingress_limits, api_limits) = conn_limits(&config, nofile);
+    let (ingress_limits, api_limits) = conn_limits(&config, raise_nofile_limit());
+    let data = DataDir::open(&config.data_dir)?;
+    let token = data.ensure_token()?;
+    let store_path = data.path().join(STORE_FILE);
+    let store: Arc<dyn Store> = Arc::new(tokio::task::block_in_place(|| {
+        SqliteStore::open(&store_path)
+    })?);
+    let listen = Listeners::bind(&config).await?;
+    let metrics = Arc::new(skiff_telemetry::Metrics::new(env!("CARGO_PKG_VERSION")));
+    let images = Arc::new(Images::open(
+        &config.image_settings(),
+        data.path(),
+        store.clone(),
+        &metrics,
+    )?);
+    let runtime = runtime(&config, &data)?;
+    let (router, pokes, ingress_conns, api_conns) =
+        router(&config, &runtime, &metrics, ingress_limits, api_limits);
+    let built = Built {
+        store: store.clone(),
+        runtime,
+        router: router.clone(),
+        pokes,
+        images: images.clone(),
+        ingress_port: listen.ingress_addr.port(),
+    };
+    let plane = control_plane(&config, built, &metrics).await?;
+    let api_router = api::router(ApiState {
+        controller: plane.controller.clone(),
+        token: Arc::new(token),
+        max_body_bytes: config.max_body_bytes,
+        images,
+        gc_lock: Arc::default(),
+        metrics,
+        instances: plane.instances.clone(),
+        routes: plane.routes.clone(),
+        manifest_permits: api::manifest_permits(),
+    });
+    data.write_endpoints(&Endpoints {
+        api: format!("http://{}", listen.api_addr),
+        ingress: listen.ingress_addr.to_string(),
+        pid: std::process::id(),
+    })?;
+    info!(api = %listen.api_addr, ingress = %listen.ingress_addr,
+        data_dir = %config.data_dir.display(), domain = %config.domain, "skiff is ready");
+    let grace = config.shutdown_grace_period;
+    let servers = [
+        tokio::spawn(serve_api(
+            listen.api,
+            api_router,
+            api_conns,
+            shutdown.clone(),
+            grace,
+        )),
+        tokio::spawn(router.serve(listen.ingress, ingress_conns, shutdown.clone(), grace)),
+    ];
+    shutdown.cancelled().await;
+    info!(
+        grace_seconds = grace.as_secs(),
+        "shutting down: no new connections; draining requests"
+    );
+    match tokio::time::timeout(grace, futures::future::join_all(servers)).await {
+        Ok(ended) => {
+            for join in ended.into_iter().filter_map(Result::err) {
+                warn!(error = %join, "a server task ended abnormally");
+            }
+        }
+        Err(_) => warn!("grace period over with requests still in flight; closing them"),
+    }
+    info!("stopping instances: SIGTERM, then SIGKILL after each one's grace period");
+    plane.shutdown(grace).await;
+    if let Err(e) = store.close().await {
+        warn!(error = %skiff_telemetry::ErrorChain(&e), "closing the state store");
+    }
+    data.remove_endpoints();
+    info!("skiff stopped");
+    Ok(())
+}
+
+/// The router (ingress and activator) and the connection bookkeeping of both listeners.
+fn router(
+    config: &Config,
+    runtime: &skiff_runtime::Runtime,
+    metrics: &skiff_telemetry::Metrics,
+    ingress_limits: ConnLimits,
+    api_limits: ConnLimits,
+) -> (
+    Arc<skiff_router::Router>,
+    tokio::sync::mpsc::UnboundedReceiver<skiff_router::RevisionKey>,
+    Conns,
+    Conns,
+) {
     info!(
         ingress_max_connections = ingress_limits.max_connections,
         api_max_connections = api_limits.max_connections,
@@ -151,59 +319,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         idle_timeout_seconds = ingress_limits.idle_timeout.as_secs(),
         "connection limits"
     );
-    let data = DataDir::open(&config.data_dir)?;
-    let token = data.ensure_token()?;
-    let store_path = data.path().join(STORE_FILE);
-    let store: Arc<dyn Store> = Arc::new(tokio::task::block_in_place(|| {
-        SqliteStore::open(&store_path)
-    })?);
-
-    let api_listener = bind("the API", config.api_listen).await?;
-    let ingress_listener = bind("the ingress", config.ingress_listen).await?;
-    let api_addr = api_listener
-        .local_addr()
-        .map_err(|source| DaemonError::Serve {
-            what: "the API",
-            source,
-        })?;
-    let ingress_addr = ingress_listener
-        .local_addr()
-        .map_err(|source| DaemonError::Serve {
-            what: "the ingress",
-            source,
-        })?;
-
-    let metrics = Arc::new(skiff_telemetry::Metrics::new(env!("CARGO_PKG_VERSION")));
-    let images = Arc::new(skiff_control::images::Images::open(
-        &config.image_settings(),
-        data.path(),
-        store.clone(),
-        &metrics,
-    )?);
-    let (revision_tx, revision_rx) = tokio::sync::mpsc::unbounded_channel();
-    let controller = Controller::new(
-        store.clone(),
-        config.domain.clone(),
-        ingress_addr.port(),
-        Arc::new(SystemClock),
-    )
-    .with_revision_events(revision_tx.clone());
-    let updated = controller
-        .reconcile_all()
-        .await
-        .map_err(DaemonError::Reconcile)?;
-    info!(updated, "stored services reconciled");
-
-    let mut runtime_options = skiff_runtime::RuntimeOptions::new(data.path());
-    runtime_options.runtime = config.runtime.clone();
-    runtime_options.pids_limit = config.pids_limit;
-    let oci: Arc<dyn skiff_runtime::oci::OciRuntime> = Arc::new(skiff_runtime::oci::RuncCli::new(
-        config.runtime.clone(),
-        data.path().join("run/runc"),
-    ));
-    let runtime = skiff_runtime::Runtime::new(runtime_options, oci)
-        .map_err(|source| DaemonError::Runtime { source })?;
-    let (poke_tx, poke_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (poke_tx, pokes) = tokio::sync::mpsc::unbounded_channel();
     let (router_metrics, ingress_conn_metrics) = metrics.register("router", |r| {
         (
             skiff_router::RouterMetrics::new(r),
@@ -222,148 +338,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         poke_tx,
         router_metrics,
     );
-    let kick = Arc::new(tokio::sync::Notify::new());
-    let serving = Serving::new(
-        router.clone(),
-        runtime.clone(),
-        ServingConfig {
-            scale_to_zero_grace: config.scale_to_zero_grace_period,
-            enable_scale_to_zero: config.enable_scale_to_zero,
-            max_scale_up_rate: config.max_scale_up_rate,
-            max_scale_down_rate: config.max_scale_down_rate,
-        },
-        kick.clone(),
-        &metrics,
-    );
-    let instances = skiff_control::instances::InstanceManager::new(
-        runtime,
-        controller.clone(),
-        images.clone(),
-        store.clone(),
-        serving.clone(),
-        kick,
-    );
-    // Instances stop on their own shutdown signal, after the API and ingress have drained.
-    let instances_stop = tokio_util::sync::CancellationToken::new();
-    let instance_task = tokio::spawn(
-        instances
-            .clone()
-            .run(instances_stop.clone(), config.shutdown_grace_period),
-    );
-    let follower = tokio::spawn(serving.clone().follow_runtime(instances_stop.clone()));
-    let autoscaler = tokio::spawn(
-        serving
-            .clone()
-            .run_autoscaler(poke_rx, instances_stop.clone()),
-    );
-    let kicker = instances.clone();
-    let reconciler = tokio::spawn(skiff_control::revisions::run(
-        controller.clone(),
-        images.clone(),
-        revision_rx,
-        revision_tx,
-        Arc::new(move || kicker.kick()),
-        shutdown.clone(),
-    ));
-    let api_router = api::router(ApiState {
-        controller: controller.clone(),
-        token: Arc::new(token),
-        max_body_bytes: config.max_body_bytes,
-        images,
-        gc_lock: Arc::default(),
-        metrics,
-        instances: instances.clone(),
-        manifest_permits: api::manifest_permits(),
-    });
-    // Service changes (applies, deletes, status) re-route at once.
-    let watcher = {
-        let (instances, shutdown) = (instances.clone(), shutdown.clone());
-        let mut events = store.watch();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    ev = events.recv() => match ev {
-                        Ok(ev) if ev.key.starts_with("/registry/") => instances.kick(),
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => instances.kick(),
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                    },
-                    () = shutdown.cancelled() => break,
-                }
-            }
-        })
-    };
-
-    // The first route table, before the ingress accepts (the router waits for one): a
-    // restart never answers an existing Service with 404; connections made meanwhile wait
-    // in the listen backlog.
-    instances
-        .sync_routes()
-        .await
-        .map_err(DaemonError::Reconcile)?;
-    data.write_endpoints(&Endpoints {
-        api: format!("http://{api_addr}"),
-        ingress: ingress_addr.to_string(),
-        pid: std::process::id(),
-    })?;
-    info!(
-        api = %api_addr,
-        ingress = %ingress_addr,
-        data_dir = %config.data_dir.display(),
-        domain = %config.domain,
-        "skiff is ready"
-    );
-
-    let api_server = tokio::spawn(serve_api(
-        api_listener,
-        api_router,
-        Conns::new(api_limits, api_conn_metrics),
-        shutdown.clone(),
-        config.shutdown_grace_period,
-    ));
-    let ingress_server = tokio::spawn(router.serve(
-        ingress_listener,
+    (
+        router,
+        pokes,
         Conns::new(ingress_limits, ingress_conn_metrics),
-        shutdown.clone(),
-        config.shutdown_grace_period,
-    ));
-    let _ = controller;
-
-    shutdown.cancelled().await;
-    info!(
-        grace_seconds = config.shutdown_grace_period.as_secs(),
-        "shutting down: no new connections; draining requests"
-    );
-    let drained = tokio::time::timeout(config.shutdown_grace_period, async {
-        let api = api_server.await;
-        let ingress = ingress_server.await;
-        (api, ingress)
-    })
-    .await;
-    match drained {
-        Ok((api, ingress)) => {
-            if let Err(join) = api {
-                warn!(error = %join, "API server task ended abnormally");
-            }
-            if let Err(join) = ingress {
-                warn!(error = %join, "ingress task ended abnormally");
-            }
-        }
-        Err(_) => warn!("grace period over with requests still in flight; closing them"),
-    }
-    let _ = watcher.await;
-    let _ = reconciler.await;
-    info!("stopping instances: SIGTERM, then SIGKILL after each one's grace period");
-    instances_stop.cancel();
-    let _ = instance_task.await;
-    let _ = follower.await;
-    let _ = autoscaler.await;
-    if let Err(e) = store.close().await {
-        warn!(error = %skiff_telemetry::ErrorChain(&e), "closing the state store");
-    }
-    data.remove_endpoints();
-    info!("skiff stopped");
-    Ok(())
+        Conns::new(api_limits, api_conn_metrics),
+    )
 }
 
 /// Serves the API until `shutdown`, then closes the listener at once and lets requests in

@@ -60,21 +60,28 @@ impl Api {
             poke,
             skiff_router::RouterMetrics::unregistered(),
         );
-        let kick = Arc::new(tokio::sync::Notify::new());
+        let runtime: Arc<dyn skiff_control::runtime::InstanceRuntime> =
+            Arc::new(skiff_control::runtime::Runc(runtime));
         let serving = skiff_control::serving::Serving::new(
             router,
             runtime.clone(),
             skiff_control::serving::ServingConfig::default(),
-            kick.clone(),
             &metrics,
         );
+        // Only the route reconciler runs: writes wait for it, and nothing else changes the
+        // objects these tests read.
+        let mut controllers = skiff_control::reconciler::Controllers::new(store.clone());
+        let routes = controllers.add(Arc::new(skiff_control::routing::RouteReconciler::new(
+            controller.clone(),
+            serving.clone(),
+        )));
+        tokio::spawn(controllers.run(tokio_util::sync::CancellationToken::new()));
         let instances = skiff_control::instances::InstanceManager::new(
             runtime,
             controller.clone(),
             images.clone(),
             store,
             serving,
-            kick,
         );
         let router = api::router(ApiState {
             controller,
@@ -84,6 +91,7 @@ impl Api {
             gc_lock: Arc::default(),
             metrics,
             instances,
+            routes,
             manifest_permits: api::manifest_permits(),
         });
         Api { router, _dir: dir }

@@ -54,6 +54,8 @@ pub struct ApiState {
     pub metrics: Arc<skiff_telemetry::Metrics>,
     /// Running instances.
     pub instances: Arc<skiff_control::instances::InstanceManager>,
+    /// The route reconciler: a write answers once it has routed by the write.
+    pub routes: skiff_control::reconciler::Handle<String>,
     /// Manifests parsed and applied at once ([`manifest_permits`]): parsing costs several
     /// times a body's size in memory, so this bounds the daemon's memory under parallel
     /// applies.

@@ -157,7 +157,7 @@ pub async fn logs(
             .collect(),
     };
     let cutoff = p.since.as_deref().map(since_cutoff).transpose()?;
-    let dir = state.instances.runtime().logs().dir().to_path_buf();
+    let dir = state.instances.runtime().log_dir();
     let mut lines: Vec<LogLine> = revisions
         .iter()
         .flat_map(|r| logs::read_all(&dir, &namespace, r))

@@ -272,7 +272,7 @@ pub async fn create_service(
         .apply(&namespace, None, &doc, ApplyMode::CreateOnly, dry)
         .await?;
     if !dry {
-        sync_routes(&state).await;
+        routed(&state, &outcome.service.metadata.resource_version).await;
     }
     Ok(apply_response(outcome))
 }
@@ -311,7 +311,7 @@ pub async fn apply_service(
         )
         .await?;
     if !dry {
-        sync_routes(&state).await;
+        routed(&state, &outcome.service.metadata.resource_version).await;
     }
     Ok(apply_response(outcome))
 }
@@ -350,22 +350,32 @@ pub async fn delete_service(
             )
         })?),
     };
-    let deleted = state
+    let (deleted, revision) = state
         .controller
         .delete_service(&namespace, &name, rv, dry)
         .await?;
     if !dry {
-        sync_routes(&state).await;
+        routed(&state, &revision.to_string()).await;
     }
     Ok(Json(deleted))
 }
 
-/// Routes by what was just written, so the ingress agrees with the answer the client gets.
-/// The write stands if this fails; the next reconcile pass routes again.
-async fn sync_routes(state: &ApiState) {
-    if let Err(e) = state.instances.sync_routes().await {
-        tracing::warn!(error = %skiff_telemetry::ErrorChain(&e), "routing after a write");
-        state.instances.kick();
+/// How long a write waits for the router to follow it.
+const ROUTED_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until the route reconciler has routed by the store revision a write committed, so
+/// the ingress agrees with the answer the client gets. The write stands if this times out
+/// (the reconciler routes by it when it can).
+async fn routed(state: &ApiState, resource_version: &str) {
+    let Ok(revision) = resource_version.parse::<i64>() else {
+        return;
+    };
+    if !state.routes.wait_observed(revision, ROUTED_DEADLINE).await {
+        tracing::warn!(
+            store_revision = revision,
+            deadline_seconds = ROUTED_DEADLINE.as_secs(),
+            "the router had not followed a write by the deadline; answering anyway"
+        );
     }
 }
 

@@ -1,0 +1,128 @@
+//! The control plane, assembled: the controller, serving, and every reconciler registered
+//! with one [`Controllers`] runner. The daemon builds the parts it owns (store, router,
+//! runtime, images) and hands them here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_router::{RevisionKey, Router};
+use skiff_store::Store;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::controller::{Clock, Controller, ControllerError};
+use crate::instances::{InstanceManager, on_scaled};
+use crate::reconciler::{Controllers, Handle};
+use crate::revisions::ImageReconciler;
+use crate::routing::RouteReconciler;
+use crate::runtime::{ImageStore, InstanceRuntime};
+use crate::serving::{Serving, ServingConfig};
+
+/// How long shutdown waits for reconciles in progress (an image pull is abandoned; its
+/// staging is cleaned at the next start).
+const RECONCILE_STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// What the control plane is built from.
+pub struct Parts {
+    /// The state store.
+    pub store: Arc<dyn Store>,
+    /// The router (the ingress's routes and the activator).
+    pub router: Arc<Router>,
+    /// Revisions whose waiting requests want a scaling decision now (from the router).
+    pub pokes: mpsc::UnboundedReceiver<RevisionKey>,
+    /// The container runtime.
+    pub runtime: Arc<dyn InstanceRuntime>,
+    /// The image store.
+    pub images: Arc<dyn ImageStore>,
+    /// The clock status timestamps come from.
+    pub clock: Arc<dyn Clock>,
+    /// The domain of Service URLs.
+    pub domain: String,
+    /// The ingress port, shown in URLs.
+    pub ingress_port: u16,
+    /// Autoscaling settings.
+    pub serving: ServingConfig,
+}
+
+/// The running control plane.
+pub struct ControlPlane {
+    /// The Service controller (the API writes through it).
+    pub controller: Controller,
+    /// Instances (the API reads and scales through it).
+    pub instances: Arc<InstanceManager>,
+    /// The route reconciler's handle: its watermark is what writes wait on.
+    pub routes: Handle<String>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Recomputes stored status, re-adopts the previous run's instances, starts every
+    /// reconciler and returns once the first route table is in the router.
+    pub async fn start(
+        parts: Parts,
+        metrics: &skiff_telemetry::Metrics,
+    ) -> Result<Self, ControllerError> {
+        let controller = Controller::new(
+            parts.store.clone(),
+            parts.domain,
+            parts.ingress_port,
+            parts.clock,
+        );
+        let updated = controller.reconcile_all().await?;
+        info!(updated, "stored services reconciled");
+        let serving = Serving::new(parts.router, parts.runtime.clone(), parts.serving, metrics);
+        let instances = InstanceManager::new(
+            parts.runtime,
+            controller.clone(),
+            parts.images.clone(),
+            parts.store.clone(),
+            serving.clone(),
+        );
+        instances.recover().await;
+
+        let stop = CancellationToken::new();
+        let mut controllers = Controllers::new(parts.store);
+        let routes = controllers.add(Arc::new(RouteReconciler::new(
+            controller.clone(),
+            serving.clone(),
+        )));
+        controllers.add(Arc::new(ImageReconciler::new(
+            controller.clone(),
+            parts.images,
+        )));
+        let instance_queue = controllers.add(instances.clone());
+        instances.attach(instance_queue, stop.clone());
+        serving.on_scaled(Box::new(on_scaled(&instances)));
+        let tasks = vec![
+            tokio::spawn(serving.clone().follow_runtime(stop.clone())),
+            tokio::spawn(serving.run_autoscaler(parts.pokes, stop.clone())),
+            tokio::spawn(controllers.run(stop.clone())),
+        ];
+        // The first route table, before the ingress accepts: a restart never answers an
+        // existing Service with 404.
+        routes.wait_observed(0, Duration::MAX).await;
+        Ok(ControlPlane {
+            controller,
+            instances,
+            routes,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops the reconcilers and the autoscaler, then every instance (each given at most
+    /// `cap` between SIGTERM and SIGKILL).
+    pub async fn shutdown(self, cap: Duration) {
+        self.stop.cancel();
+        let done = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(RECONCILE_STOP_GRACE, done)
+            .await
+            .is_err()
+        {
+            warn!("reconciles still in progress at shutdown were abandoned");
+        }
+        self.instances.stop_all(cap).await;
+    }
+}

@@ -1,0 +1,162 @@
+//! What the control plane needs from the container runtime and the image store, as traits
+//! (youki's `Syscall` is the model): the daemon passes the real ones, tests pass in-memory
+//! fakes (`skiff_test_utils::fakes`), so reconcile passes run without root or runc.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use skiff_image::ImageRecord;
+use skiff_image::puller::Progress;
+use skiff_runtime::cgroups::Usage;
+use skiff_runtime::instance::{InstanceEvent, InstancePlan, InstanceStatus, RecoveryReport};
+use tokio::sync::broadcast;
+
+use crate::images::{Images, ResolveError};
+
+/// An error from the runtime or the image store, with its chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An instance as the runtime holds it now.
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    /// Its plan.
+    pub plan: InstancePlan,
+    /// Its state.
+    pub status: InstanceStatus,
+}
+
+/// Runs instances.
+#[async_trait]
+pub trait InstanceRuntime: Send + Sync + 'static {
+    /// Every instance held, stopping ones included.
+    fn instances(&self) -> Vec<InstanceInfo>;
+
+    /// An instance's network namespace, while it exists.
+    fn netns(&self, id: &str) -> Option<Arc<OwnedFd>>;
+
+    /// An instance's resource usage.
+    fn usage(&self, id: &str) -> Usage;
+
+    /// Instance status changes from now on.
+    fn events(&self) -> broadcast::Receiver<InstanceEvent>;
+
+    /// Starts an instance; returns once its containers are created.
+    async fn start(&self, plan: InstancePlan) -> Result<(), BoxError>;
+
+    /// Stops an instance (SIGTERM, SIGKILL after its grace) and removes what it used.
+    async fn stop(&self, id: &str);
+
+    /// Stops every instance, giving each at most `cap` between SIGTERM and SIGKILL.
+    async fn stop_all(&self, cap: Duration);
+
+    /// Re-adopts the instances of `plans` whose containers still run; removes the rest.
+    async fn recover(&self, plans: Vec<InstancePlan>) -> RecoveryReport;
+
+    /// Removes skiff's cgroup parents once no instance is left.
+    fn remove_cgroup_parent(&self);
+
+    /// Where instance logs are kept.
+    fn log_dir(&self) -> PathBuf;
+}
+
+/// The real runtime: runc, cgroups and network namespaces.
+pub struct Runc(pub Arc<skiff_runtime::Runtime>);
+
+#[async_trait]
+impl InstanceRuntime for Runc {
+    fn instances(&self) -> Vec<InstanceInfo> {
+        self.0
+            .instances()
+            .into_iter()
+            .map(|i| InstanceInfo {
+                plan: i.plan.clone(),
+                status: i.status(),
+            })
+            .collect()
+    }
+
+    fn netns(&self, id: &str) -> Option<Arc<OwnedFd>> {
+        self.0.instance(id).map(|i| i.netns())
+    }
+
+    fn usage(&self, id: &str) -> Usage {
+        self.0.instance(id).map(|i| i.usage()).unwrap_or_default()
+    }
+
+    fn events(&self) -> broadcast::Receiver<InstanceEvent> {
+        self.0.events()
+    }
+
+    async fn start(&self, plan: InstancePlan) -> Result<(), BoxError> {
+        self.0
+            .start(plan)
+            .await
+            .map(drop)
+            .map_err(|e| Box::new(e) as BoxError)
+    }
+
+    async fn stop(&self, id: &str) {
+        // An instance already gone is stopped.
+        let _ = self.0.stop(id).await;
+    }
+
+    async fn stop_all(&self, cap: Duration) {
+        self.0.stop_all(cap).await;
+    }
+
+    async fn recover(&self, plans: Vec<InstancePlan>) -> RecoveryReport {
+        self.0.recover(plans).await
+    }
+
+    fn remove_cgroup_parent(&self) {
+        self.0.remove_cgroup_parent();
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.0.logs().dir().to_path_buf()
+    }
+}
+
+/// Where instances' images come from.
+#[async_trait]
+pub trait ImageStore: Send + Sync + 'static {
+    /// Resolves a container's image to a local, pinned image, pulling as `policy` says.
+    async fn resolve(
+        &self,
+        image: &str,
+        policy: Option<&str>,
+        progress: Progress,
+    ) -> Result<ImageRecord, ResolveError>;
+
+    /// A local image by digest.
+    async fn by_digest(&self, digest: &str) -> Result<Option<ImageRecord>, BoxError>;
+
+    /// Where a layer is unpacked.
+    fn layer_path(&self, digest: &str) -> PathBuf;
+}
+
+#[async_trait]
+impl ImageStore for Images {
+    async fn resolve(
+        &self,
+        image: &str,
+        policy: Option<&str>,
+        progress: Progress,
+    ) -> Result<ImageRecord, ResolveError> {
+        Images::resolve(self, image, policy, progress).await
+    }
+
+    async fn by_digest(&self, digest: &str) -> Result<Option<ImageRecord>, BoxError> {
+        self.content()
+            .by_digest(digest)
+            .await
+            .map_err(|e| Box::new(e) as BoxError)
+    }
+
+    fn layer_path(&self, digest: &str) -> PathBuf {
+        self.content().layer_path(digest).unwrap_or_default()
+    }
+}
