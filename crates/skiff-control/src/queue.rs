@@ -4,16 +4,18 @@
 //! ask to see a key again after a delay.
 //!
 //! # Design
-//! The queue also keeps a store-revision watermark: [`WorkQueue::add_at`] records the store
-//! revision of the change that queued a key, and whenever the queue becomes idle (nothing
-//! queued, delayed or being reconciled) everything up to the highest such revision has been
-//! reconciled, so [`WorkQueue::observed`] moves there. The API waits on it to answer an
-//! `apply` only once the Service is routable. A key waiting out a retry keeps the queue from
-//! being idle: the watermark never moves past a change that has not been handled.
+//! The queue also keeps a store-revision low watermark. [`WorkQueue::add_at`] records, with
+//! each key, the lowest store revision of the changes that queued it and are not handled
+//! yet; [`WorkQueue::watermark`] is just below the lowest such revision still pending
+//! (queued, being reconciled, changed meanwhile, or waiting out a retry), or the highest
+//! revision seen when none is. Every change up to the watermark has been reconciled, however
+//! many later changes keep the queue busy. The API waits on it (through the runner) to
+//! answer an `apply` only once the Service is routable. A key a reconciler asked to see again
+//! later does not hold it back: its change was handled.
 //!
 //! Time is `tokio::time`, so tests run on a paused clock.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,44 +49,61 @@ impl Backoff {
     }
 }
 
+/// The lowest of two optional revisions.
+fn lowest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 struct State<K> {
     ready: VecDeque<K>,
-    /// Keys in `ready`.
-    queued: HashSet<K>,
-    /// Keys being reconciled.
-    active: HashSet<K>,
-    /// Keys added while being reconciled: queued again when done.
-    dirty: HashSet<K>,
+    /// Keys in `ready`, and the lowest unhandled store revision that queued each.
+    queued: HashMap<K, Option<i64>>,
+    /// Keys being reconciled, with the revision they were taken for.
+    active: HashMap<K, Option<i64>>,
+    /// Keys added while being reconciled (queued again when done), with their revision.
+    dirty: HashMap<K, Option<i64>>,
+    /// Keys waiting out a retry after a failure, with the revision they still owe.
+    retrying: HashMap<K, Option<i64>>,
     /// Keys waiting for a time, by due time (with a sequence number for equal times).
     delayed: BTreeMap<(Instant, u64), K>,
     /// When each delayed key is due (the earliest wins).
     due: HashMap<K, (Instant, u64)>,
     seq: u64,
     failures: HashMap<K, u32>,
-    /// Keys waiting out a retry after a failure: the changes that queued them are not yet
-    /// handled.
-    retrying: HashSet<K>,
-    /// A worker is running the reconciler's after-drain step (see [`WorkQueue::settled`]).
-    settling: bool,
     /// The highest store revision that queued a key.
     seen_revision: i64,
     closed: bool,
 }
 
 impl<K: Clone + Eq + Hash> State<K> {
-    fn push(&mut self, key: K) {
-        if self.active.contains(&key) {
-            self.dirty.insert(key);
-        } else if self.queued.insert(key.clone()) {
+    fn push(&mut self, key: K, since: Option<i64>) {
+        if self.active.contains_key(&key) {
+            let d = self.dirty.entry(key).or_insert(since);
+            *d = lowest(*d, since);
+        } else if let Some(q) = self.queued.get_mut(&key) {
+            *q = lowest(*q, since);
+        } else {
+            self.queued.insert(key.clone(), since);
             self.ready.push_back(key);
         }
     }
 
-    fn idle(&self) -> bool {
-        self.ready.is_empty()
-            && self.active.is_empty()
-            && self.retrying.is_empty()
-            && !self.settling
+    fn watermark(&self) -> i64 {
+        let pending = self
+            .queued
+            .values()
+            .chain(self.active.values())
+            .chain(self.dirty.values())
+            .chain(self.retrying.values())
+            .filter_map(|s| *s)
+            .min();
+        match pending {
+            Some(r) => r - 1,
+            None => self.seen_revision,
+        }
     }
 
     /// Moves delayed keys that are due into the ready queue; returns the next due time.
@@ -95,7 +114,8 @@ impl<K: Clone + Eq + Hash> State<K> {
             }
             if let Some(key) = self.delayed.remove(&(at, seq)) {
                 self.due.remove(&key);
-                self.push(key);
+                let since = self.retrying.remove(&key).flatten();
+                self.push(key, since);
             }
         }
         None
@@ -125,15 +145,14 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         WorkQueue {
             state: Arc::new(Mutex::new(State {
                 ready: VecDeque::new(),
-                queued: HashSet::new(),
-                active: HashSet::new(),
-                dirty: HashSet::new(),
+                queued: HashMap::new(),
+                active: HashMap::new(),
+                dirty: HashMap::new(),
+                retrying: HashMap::new(),
                 delayed: BTreeMap::new(),
                 due: HashMap::new(),
                 seq: 0,
                 failures: HashMap::new(),
-                retrying: HashSet::new(),
-                settling: false,
                 seen_revision: 0,
                 closed: false,
             })),
@@ -146,9 +165,10 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `key` (once, however often it is added before a worker takes it).
+    /// Queues `key` (once, however often it is added before a worker takes it), for a cause
+    /// outside the store (it does not hold the watermark back).
     pub fn add(&self, key: K) {
-        self.lock().push(key);
+        self.lock().push(key, None);
         self.wake.notify_waiters();
     }
 
@@ -157,17 +177,9 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         {
             let mut st = self.lock();
             st.seen_revision = st.seen_revision.max(revision);
-            st.push(key);
+            st.push(key, Some(revision));
         }
         self.wake.notify_waiters();
-    }
-
-    /// Records that every change up to `revision` has queued its keys, without queueing one
-    /// (a change no key follows from). Returns the watermark if the queue is idle.
-    pub fn saw(&self, revision: i64) -> Option<i64> {
-        let mut st = self.lock();
-        st.seen_revision = st.seen_revision.max(revision);
-        st.idle().then_some(st.seen_revision)
     }
 
     /// Queues `key` after `delay` (sooner if it is added or already due sooner).
@@ -204,8 +216,8 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
                 }
                 let next_due = st.promote(Instant::now());
                 if let Some(key) = st.ready.pop_front() {
-                    st.queued.remove(&key);
-                    st.active.insert(key.clone());
+                    let since = st.queued.remove(&key).flatten();
+                    st.active.insert(key.clone(), since);
                     return Some(key);
                 }
                 next_due
@@ -223,62 +235,54 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
     }
 
     /// `key` was reconciled: its failures are forgotten, and it runs again if it changed
-    /// meanwhile. Returns the watermark if the queue is now idle (see the module docs).
-    pub fn done(&self, key: &K) -> Option<i64> {
-        self.finish(key, None, true)
+    /// meanwhile. Returns whether no key is ready now (a batch has drained).
+    pub fn done(&self, key: &K) -> bool {
+        self.finish(key, None)
     }
 
-    /// `key` failed: it comes back after the backoff for its consecutive failures. Returns
-    /// that delay.
+    /// `key` failed: it comes back after the backoff for its consecutive failures, still
+    /// owing its change (the watermark waits for it). Returns that delay.
     pub fn retry(&self, key: &K) -> Duration {
-        let failures = {
+        let delay = {
             let mut st = self.lock();
             let n = st.failures.entry(key.clone()).or_default();
             *n = n.saturating_add(1);
-            *n
+            let delay = self.backoff.delay(*n);
+            let since = st.active.remove(key).flatten();
+            let dirty = st.dirty.remove(key).flatten();
+            st.retrying.insert(key.clone(), lowest(since, dirty));
+            delay
         };
-        let delay = self.backoff.delay(failures);
-        self.finish(key, Some(delay), false);
+        self.add_after(key.clone(), delay);
         delay
     }
 
-    /// `key` was reconciled and wants to be looked at again after `delay`. Returns the
-    /// watermark if the queue is now idle.
-    pub fn requeue_after(&self, key: &K, delay: Duration) -> Option<i64> {
-        self.finish(key, Some(delay), true)
+    /// `key` was reconciled and wants to be looked at again after `delay`. Returns whether
+    /// no key is ready now.
+    pub fn requeue_after(&self, key: &K, delay: Duration) -> bool {
+        self.finish(key, Some(delay))
     }
 
-    fn finish(&self, key: &K, again: Option<Duration>, forget: bool) -> Option<i64> {
-        let idle = {
+    fn finish(&self, key: &K, again: Option<Duration>) -> bool {
+        let drained = {
             let mut st = self.lock();
             st.active.remove(key);
-            if forget {
-                st.failures.remove(key);
-                st.retrying.remove(key);
-            } else {
-                st.retrying.insert(key.clone());
+            st.failures.remove(key);
+            if let Some(since) = st.dirty.remove(key) {
+                st.push(key.clone(), since);
             }
-            if st.dirty.remove(key) {
-                st.push(key.clone());
-            }
-            let idle = st.idle();
-            st.settling |= idle;
-            idle.then_some(st.seen_revision)
+            st.ready.is_empty()
         };
         if let Some(delay) = again {
             self.add_after(key.clone(), delay);
         }
         self.wake.notify_waiters();
-        idle
+        drained
     }
 
-    /// The after-drain step that a `Some` from [`done`](Self::done) (or its siblings) started
-    /// is over: returns the watermark if the queue is still idle. Until then the queue does
-    /// not count as idle, so no watermark passes a drain step still running.
-    pub fn settled(&self) -> Option<i64> {
-        let mut st = self.lock();
-        st.settling = false;
-        st.idle().then_some(st.seen_revision)
+    /// The store revision up to which every change that queued a key has been reconciled.
+    pub fn watermark(&self) -> i64 {
+        self.lock().watermark()
     }
 
     /// Stops the queue: [`next`](Self::next) returns `None` from now on.
@@ -293,9 +297,10 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         st.ready.len() + st.delayed.len()
     }
 
-    /// Whether nothing is queued, being reconciled or waiting out a retry.
+    /// Whether nothing is queued, delayed or being reconciled.
     pub fn is_empty(&self) -> bool {
-        self.lock().idle()
+        let st = self.lock();
+        st.ready.is_empty() && st.active.is_empty() && st.delayed.is_empty()
     }
 }
 
@@ -386,31 +391,37 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 
-    /// The watermark moves only when every key queued by changes up to it has been
-    /// reconciled; a key waiting for a retry holds it back.
+    /// The watermark stays below the oldest change not yet handled, whatever later
+    /// changes keep the queue busy; a key waiting for a retry holds it back, a later look
+    /// does not.
     #[tokio::test(start_paused = true)]
-    async fn the_watermark_waits_for_every_change() {
+    async fn the_watermark_follows_the_oldest_unhandled_change() {
         let q = queue();
         q.add_at("a", 5);
         q.add_at("b", 7);
+        assert_eq!(q.watermark(), 4);
         let a = q.next().await.expect("a");
-        assert_eq!(q.done(&a), None, "b not yet reconciled");
+        q.add_at("c", 9);
+        assert!(!q.done(&a), "b and c are still ready");
+        assert_eq!(q.watermark(), 6, "a is handled, b is not");
         let b = q.next().await.expect("b");
         q.retry(&b);
-        assert_eq!(q.saw(8), None, "b failed and waits for a retry");
-        let b = q.next().await.expect("b again");
-        assert_eq!(q.done(&b), Some(8));
-        assert_eq!(q.saw(9), None, "the drain step still runs");
-        assert_eq!(q.settled(), Some(9));
-        assert_eq!(q.saw(10), Some(10), "a change no key follows from");
-        q.add_at("c", 11);
         let c = q.next().await.expect("c");
+        assert!(q.done(&c));
+        assert_eq!(q.watermark(), 6, "b failed and waits for a retry");
+        let b = q.next().await.expect("b again");
+        q.add_at("b", 11);
+        q.done(&b);
+        assert_eq!(q.watermark(), 10, "b changed while it ran: owes 11");
+        let b = q.next().await.expect("b once more");
+        q.requeue_after(&b, Duration::from_secs(30));
+        assert_eq!(q.watermark(), 11, "a later look does not hold it back");
+        q.add("external");
         assert_eq!(
-            q.requeue_after(&c, Duration::from_secs(30)),
-            Some(11),
-            "a later look does not hold it back"
+            q.watermark(),
+            11,
+            "a cause outside the store does not either"
         );
-        assert_eq!(q.settled(), Some(11));
     }
 
     /// Shutting down wakes a waiting worker with `None`.

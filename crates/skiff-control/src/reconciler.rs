@@ -165,18 +165,14 @@ fn start<R: Reconciler>(
     let span = info_span!("reconciler", name = r.name());
     // The watch is open before the first listing, so no change falls between them.
     let events = store.watch();
-    tracker.spawn(
-        feed(
-            r.clone(),
-            queue.clone(),
-            observed.clone(),
-            events,
-            shutdown.clone(),
-        )
-        .instrument(span.clone()),
-    );
+    tracker
+        .spawn(feed(r.clone(), queue.clone(), events, shutdown.clone()).instrument(span.clone()));
+    let settle = Arc::new(tokio::sync::Mutex::new(()));
     for _ in 0..r.workers().max(1) {
-        tracker.spawn(work(r.clone(), queue.clone(), observed.clone()).instrument(span.clone()));
+        tracker.spawn(
+            work(r.clone(), queue.clone(), observed.clone(), settle.clone())
+                .instrument(span.clone()),
+        );
     }
     tracker.spawn(async move {
         shutdown.cancelled().await;
@@ -200,7 +196,6 @@ async fn queue_all<R: Reconciler>(r: &R, queue: &WorkQueue<R::Key>) {
 async fn feed<R: Reconciler>(
     r: Arc<R>,
     queue: WorkQueue<R::Key>,
-    observed: Arc<watch::Sender<i64>>,
     mut events: broadcast::Receiver<skiff_store::Event>,
     shutdown: CancellationToken,
 ) {
@@ -216,9 +211,6 @@ async fn feed<R: Reconciler>(
                     for k in r.keys_for(&ev.key).await {
                         queue.add_at(k, ev.revision);
                     }
-                }
-                if let Some(w) = queue.saw(ev.revision) {
-                    publish(&observed, w);
                 }
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -238,14 +230,17 @@ fn publish(observed: &watch::Sender<i64>, revision: i64) {
     });
 }
 
-/// Takes keys off the queue and reconciles them until the queue shuts down.
+/// Takes keys off the queue and reconciles them until the queue shuts down. When a batch
+/// drains, the reconciler's settle step runs (one at a time) and the watermark moves to what
+/// was reconciled before it began.
 async fn work<R: Reconciler>(
     r: Arc<R>,
     queue: WorkQueue<R::Key>,
     observed: Arc<watch::Sender<i64>>,
+    settle: Arc<tokio::sync::Mutex<()>>,
 ) {
     while let Some(key) = queue.next().await {
-        let idle = match r.reconcile(&key).await {
+        let drained = match r.reconcile(&key).await {
             Ok(Next::Done) => queue.done(&key),
             Ok(Next::RequeueAfter(d)) => queue.requeue_after(&key, d),
             Err(e) => {
@@ -256,14 +251,14 @@ async fn work<R: Reconciler>(
                     error = %skiff_telemetry::ErrorChain(&*e),
                     "reconcile failed"
                 );
-                None
+                false
             }
         };
-        if idle.is_some() {
+        if drained {
+            let _one = settle.lock().await;
+            let w = queue.watermark();
             r.settled().await;
-            if let Some(w) = queue.settled() {
-                publish(&observed, w);
-            }
+            publish(&observed, w);
         }
     }
 }

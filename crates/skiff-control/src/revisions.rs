@@ -44,8 +44,9 @@ fn human_bytes(n: u64) -> String {
 pub struct ImageReconciler {
     controller: Controller,
     images: Arc<dyn ImageStore>,
-    /// The next retry delay of each revision whose pull failed.
-    backoff: Mutex<HashMap<RevisionKey, Duration>>,
+    /// Each revision whose pull failed: its last retry delay, and when it may try again.
+    /// (Its own status writes queue the key again; they must not bring the retry forward.)
+    backoff: Mutex<HashMap<RevisionKey, (Duration, tokio::time::Instant)>>,
 }
 
 impl ImageReconciler {
@@ -60,9 +61,19 @@ impl ImageReconciler {
 
     fn next_retry(&self, key: &RevisionKey) -> Duration {
         let mut b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-        let d = b.get(key).map_or(RETRY_MIN, |d| (*d * 2).min(RETRY_MAX));
-        b.insert(key.clone(), d);
+        let d = b
+            .get(key)
+            .map_or(RETRY_MIN, |(d, _)| (*d * 2).min(RETRY_MAX));
+        b.insert(key.clone(), (d, tokio::time::Instant::now() + d));
         d
+    }
+
+    /// How long a failed revision still waits before its next try, if it does.
+    fn waiting(&self, key: &RevisionKey) -> Option<Duration> {
+        let b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, at) = b.get(key)?;
+        let left = at.saturating_duration_since(tokio::time::Instant::now());
+        (!left.is_zero()).then_some(left)
     }
 }
 
@@ -107,6 +118,9 @@ impl Reconciler for ImageReconciler {
         };
         if !needs_images(&revision) {
             return Ok(Next::Done);
+        }
+        if let Some(left) = self.waiting(key) {
+            return Ok(Next::RequeueAfter(left));
         }
         if resolve(&self.controller, &*self.images, &revision).await {
             let delay = self.next_retry(key);
