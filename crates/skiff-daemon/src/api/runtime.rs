@@ -158,24 +158,24 @@ pub async fn logs(
     };
     let cutoff = p.since.as_deref().map(since_cutoff).transpose()?;
     let dir = state.instances.runtime().log_dir();
-    let mut lines: Vec<LogLine> = revisions
+    let files: Vec<PathBuf> = revisions
         .iter()
-        .flat_map(|r| logs::read_all(&dir, &namespace, r))
+        .map(|r| logs::revision_log(&dir, &namespace, r))
         .collect();
-    lines.sort_by(|a, b| a.ts.cmp(&b.ts));
-    if let Some(c) = cutoff {
-        lines.retain(|l| l.ts.parse::<jiff::Timestamp>().is_ok_and(|t| t >= c));
-    }
-    if let Some(n) = p.tail {
-        let skip = lines.len().saturating_sub(n);
-        lines.drain(..skip);
-    }
-    let encode = |l: &LogLine| {
-        let mut v = serde_json::to_vec(l).unwrap_or_default();
-        v.push(b'\n');
-        bytes::Bytes::from(v)
-    };
-    let head: Vec<bytes::Bytes> = lines.iter().map(encode).collect();
+    // Reading log files blocks: off the async workers.
+    let (head, mut offsets) = tokio::task::spawn_blocking({
+        let files = files.clone();
+        move || {
+            let offsets = file_ends(&files);
+            let lines: Vec<LogLine> = revisions
+                .iter()
+                .flat_map(|r| logs::read_all(&dir, &namespace, r))
+                .collect();
+            (select_lines(lines, cutoff, p.tail), offsets)
+        }
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reading logs failed: {e}")))?;
     if p.follow != Some(true) {
         let body: Vec<u8> = head.concat();
         return Ok((
@@ -185,15 +185,7 @@ pub async fn logs(
         )
             .into_response());
     }
-    // Follow: from the current end of each revision's log file, poll for new lines.
-    let files: Vec<PathBuf> = revisions
-        .iter()
-        .map(|r| logs::revision_log(&dir, &namespace, r))
-        .collect();
-    let mut offsets: Vec<u64> = files
-        .iter()
-        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
-        .collect();
+    // Follow: from the end of each revision's log file when it was read, poll for new lines.
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
     tokio::spawn(async move {
         for b in head {
@@ -203,34 +195,16 @@ pub async fn logs(
         }
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            for (f, off) in files.iter().zip(offsets.iter_mut()) {
-                let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-                if len < *off {
-                    *off = 0; // rotated
-                }
-                if len == *off {
-                    continue;
-                }
-                let Ok(mut file) = std::fs::File::open(f) else {
-                    continue;
-                };
-                if file.seek(std::io::SeekFrom::Start(*off)).is_err() {
-                    continue;
-                }
-                let mut reader = std::io::BufReader::new(file);
-                let mut buf = String::new();
-                while let Ok(n) = reader.read_line(&mut buf) {
-                    if n == 0 || !buf.ends_with('\n') {
-                        break;
-                    }
-                    *off += n as u64;
-                    if tx
-                        .send(bytes::Bytes::from(std::mem::take(&mut buf)))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+            let files = files.clone();
+            let Ok((chunks, now)) =
+                tokio::task::spawn_blocking(move || read_new_lines(&files, offsets)).await
+            else {
+                return;
+            };
+            offsets = now;
+            for b in chunks {
+                if tx.send(b).await.is_err() {
+                    return;
                 }
             }
             if tx.is_closed() {
@@ -247,4 +221,67 @@ pub async fn logs(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// The current length of each file (0 if absent).
+fn file_ends(files: &[PathBuf]) -> Vec<u64> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .collect()
+}
+
+/// Orders lines by time, keeps those since `cutoff` and the last `tail`, as NDJSON chunks.
+fn select_lines(
+    mut lines: Vec<LogLine>,
+    cutoff: Option<jiff::Timestamp>,
+    tail: Option<usize>,
+) -> Vec<bytes::Bytes> {
+    lines.sort_by(|a, b| a.ts.cmp(&b.ts));
+    if let Some(c) = cutoff {
+        lines.retain(|l| l.ts.parse::<jiff::Timestamp>().is_ok_and(|t| t >= c));
+    }
+    if let Some(n) = tail {
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+    }
+    lines
+        .iter()
+        .map(|l| {
+            let mut v = serde_json::to_vec(l).unwrap_or_default();
+            v.push(b'\n');
+            bytes::Bytes::from(v)
+        })
+        .collect()
+}
+
+/// The complete lines appended to each file since its offset (from 0 after a rotation), and
+/// the new offsets. Blocking.
+fn read_new_lines(files: &[PathBuf], mut offsets: Vec<u64>) -> (Vec<bytes::Bytes>, Vec<u64>) {
+    let mut out = Vec::new();
+    for (f, off) in files.iter().zip(offsets.iter_mut()) {
+        let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        if len < *off {
+            *off = 0; // rotated
+        }
+        if len == *off {
+            continue;
+        }
+        let Ok(mut file) = std::fs::File::open(f) else {
+            continue;
+        };
+        if file.seek(std::io::SeekFrom::Start(*off)).is_err() {
+            continue;
+        }
+        let mut reader = std::io::BufReader::new(file);
+        let mut buf = String::new();
+        while let Ok(n) = reader.read_line(&mut buf) {
+            if n == 0 || !buf.ends_with('\n') {
+                break;
+            }
+            *off += n as u64;
+            out.push(bytes::Bytes::from(std::mem::take(&mut buf)));
+        }
+    }
+    (out, offsets)
 }
