@@ -1,7 +1,8 @@
 //! Serving through the real daemon: the router, the activator and the autoscaler with real
 //! runc instances of the workspace's test server, reached through the ingress on loopback.
 //! Scale from zero, scale to zero and back, `containerConcurrency` as a hard limit, traffic
-//! splits and tags, deploys under load, timeouts, request headers.
+//! splits and tags, deploys under load, timeouts, request headers, and the metric series of
+//! deleted Services.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -865,5 +866,136 @@ async fn failing_revision_never_takes_traffic() {
         s.status.latest_created_revision_name.as_deref(),
         Some("sv-fail-00002")
     );
+    d.cleanup().await.expect("cleanup");
+}
+
+/// The daemon's `/metrics` text.
+async fn metrics_text(d: &TestDaemon) -> Option<String> {
+    crate::http()
+        .get(format!("{}/metrics", d.api()))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+/// The samples of `text` with a `service` or `revision` label naming one of `services` or
+/// their revisions (`<service>-NNNNN`).
+fn samples_of<'a>(text: &'a str, services: &std::collections::HashSet<String>) -> Vec<&'a str> {
+    let names = |line: &'a str, label: &str| -> Option<&'a str> {
+        let start = line.find(&format!("{label}=\""))? + label.len() + 2;
+        line[start..].split('"').next()
+    };
+    let service_of_revision =
+        |rev: &'a str| rev.rsplit_once('-').map_or(rev, |(service, _)| service);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            names(l, "service").is_some_and(|s| services.contains(s))
+                || names(l, "revision").is_some_and(|r| services.contains(service_of_revision(r)))
+        })
+        .collect()
+}
+
+/// Creating and deleting 100 Services leaves no series of theirs in `/metrics`: each had
+/// its autoscaler and router series (three also answered a request, so request counts,
+/// latency and a cold start), and once they are deleted none is left, while a Service that
+/// stays keeps its series.
+#[tokio::test]
+async fn deleted_services_leave_no_metric_series() {
+    if skip_without_runc() {
+        return;
+    }
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
+    // Nothing runs until a request asks: 100 Services start three instances, not 100.
+    let at_zero = "autoscaling.knative.dev/initial-scale: \"0\"";
+    let gone: Vec<String> = (0..100).map(|i| format!("mgone-{i:03}")).collect();
+    let manifests: Vec<String> = gone
+        .iter()
+        .chain(std::iter::once(&"mkept".to_owned()))
+        .map(|name| service(name, &image, at_zero, "", name, ""))
+        .collect();
+    apply(&d, &manifests.join("---\n"));
+
+    let http = crate::http();
+    let asked = ["mgone-000", "mgone-050", "mgone-099", "mkept"];
+    for svc in asked {
+        let a = get(&http, &d, &host(svc), "/info").await;
+        assert_eq!(a.status, 200, "{svc}: {}", a.body);
+    }
+    let gone_set: std::collections::HashSet<String> = gone.iter().cloned().collect();
+    // Every deleted-to-be revision has autoscaler and router series; those asked have counted
+    // their request.
+    let before = wait_for(
+        "every revision's series",
+        Duration::from_millis(100),
+        MAX_WAIT,
+        || {
+            let d = &d;
+            let gone = &gone;
+            async move {
+                let text = metrics_text(d).await?;
+                let all = gone.iter().all(|svc| {
+                    let rl = format!(
+                        r#"{{namespace="default",service="{svc}",revision="{svc}-00001"}}"#
+                    );
+                    text.contains(&format!("skiff_autoscaler_desired_instances{rl}"))
+                        && text.contains(&format!("skiff_router_cold_starts_total{rl}"))
+                });
+                let counted = asked.iter().all(|svc| {
+                    text.contains(&format!(
+                        r#"skiff_router_requests_total{{namespace="default",service="{svc}",revision="{svc}-00001",code_class="2xx"}} 1"#
+                    ))
+                });
+                (all && counted).then_some(text)
+            }
+        },
+    )
+    .await
+    .expect("series of every revision");
+    let kept =
+        |text: &str| samples_of(text, &std::collections::HashSet::from(["mkept".to_owned()])).len();
+    let samples_before = samples_of(&before, &gone_set).len();
+    let kept_before = kept(&before);
+
+    let mut delete = vec!["delete", "service"];
+    delete.extend(gone.iter().map(String::as_str));
+    crate::assert_code(&d.cli(&delete), 0);
+    let after = wait_for(
+        "no series of the deleted Services",
+        Duration::from_millis(100),
+        MAX_WAIT,
+        || {
+            let d = &d;
+            let gone_set = &gone_set;
+            async move {
+                let text = metrics_text(d).await?;
+                samples_of(&text, gone_set).is_empty().then_some(text)
+            }
+        },
+    )
+    .await;
+    let after = match after {
+        Ok(text) => text,
+        Err(e) => {
+            let text = metrics_text(&d).await.unwrap_or_default();
+            let left = samples_of(&text, &gone_set);
+            panic!(
+                "{e}: {} left, such as\n{}",
+                left.len(),
+                left.iter().take(20).copied().collect::<Vec<_>>().join("\n")
+            );
+        }
+    };
+    eprintln!(
+        "samples of the 100 Services: {samples_before} before deletion, 0 after; of the kept \
+         one: {kept_before} before, {} after",
+        kept(&after)
+    );
+    assert!(samples_before > 0);
+    // The Service that stays keeps every series it had.
+    assert_eq!(kept(&after), kept_before, "{after}");
     d.cleanup().await.expect("cleanup");
 }

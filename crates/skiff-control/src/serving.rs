@@ -14,12 +14,15 @@
 //!   unreachable revisions), unless requests still wait for it.
 //! * **Visible state.** The last decisions of each revision, with their reasons, and its cold
 //!   starts are kept in memory for `skiff describe` and exported as metrics.
+//! * **Metric series follow revisions.** A revision's autoscaler series (and, through
+//!   [`Router::retain_pools`], its router series) are removed when [`Serving::sync`] no longer
+//!   finds the revision, that is when it or its Service is deleted; a revision at zero keeps
+//!   them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -28,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use skiff_api::autoscaling::AutoscalingSettings;
 use skiff_api::object::{Revision, Service};
 use skiff_autoscaler::{Aggregation, Autoscaler, Bucket, Decision, Metric, Settings};
-use skiff_router::{RevisionKey, Router};
+use skiff_router::{RevisionKey, RevisionLabels, Router};
 use skiff_runtime::instance::{InstanceEvent, Phase};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -107,23 +110,16 @@ pub struct ScaleStatus {
     pub revisions: Vec<RevisionScale>,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Labels {
-    namespace: String,
-    service: String,
-    revision: String,
-}
-
-/// The autoscaler's metrics under `skiff_autoscaler_`.
+/// The autoscaler's metrics under `skiff_autoscaler_`, one series per revision and family.
 #[derive(Debug, Clone)]
 struct AutoscalerMetrics {
-    desired: Family<Labels, Gauge>,
-    ready: Family<Labels, Gauge>,
-    panic: Family<Labels, Gauge>,
-    waiting: Family<Labels, Gauge>,
-    stable_concurrency: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    panic_concurrency: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    decisions: Family<Labels, Counter>,
+    desired: Family<RevisionLabels, Gauge>,
+    ready: Family<RevisionLabels, Gauge>,
+    panic: Family<RevisionLabels, Gauge>,
+    waiting: Family<RevisionLabels, Gauge>,
+    stable_concurrency: Family<RevisionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    panic_concurrency: Family<RevisionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    decisions: Family<RevisionLabels, Counter>,
 }
 
 impl AutoscalerMetrics {
@@ -174,6 +170,17 @@ impl AutoscalerMetrics {
         );
         m
     }
+
+    /// Removes a revision's series from every family.
+    fn forget_revision(&self, rl: &RevisionLabels) {
+        self.desired.remove(rl);
+        self.ready.remove(rl);
+        self.panic.remove(rl);
+        self.waiting.remove(rl);
+        self.stable_concurrency.remove(rl);
+        self.panic_concurrency.remove(rl);
+        self.decisions.remove(rl);
+    }
 }
 
 struct Scaler {
@@ -182,6 +189,17 @@ struct Scaler {
     settings: Settings,
     last: Option<Decision>,
     history: VecDeque<DecisionView>,
+}
+
+impl Scaler {
+    /// The labels of the revision's series.
+    fn labels(&self, key: &RevisionKey) -> RevisionLabels {
+        RevisionLabels {
+            namespace: key.0.clone(),
+            service: self.service.clone(),
+            revision: key.1.clone(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -341,7 +359,15 @@ impl Serving {
         let mut new = Vec::new();
         {
             let mut st = self.state();
-            st.scalers.retain(|k, _| keys.contains(k));
+            // Under the state lock, as `decide` sets the series: a deleted revision's are
+            // not made again.
+            st.scalers.retain(|k, sc| {
+                let kept = keys.contains(k);
+                if !kept {
+                    self.metrics.forget_revision(&sc.labels(k));
+                }
+                kept
+            });
             for r in revisions {
                 let key = (r.metadata.namespace.clone(), r.metadata.name.clone());
                 let cc = r
@@ -470,11 +496,7 @@ impl Serving {
         }
         let before = sc.last.as_ref().map(|d| d.desired);
         let changed = before != Some(d.desired);
-        let labels = Labels {
-            namespace: key.0.clone(),
-            service: sc.service.clone(),
-            revision: key.1.clone(),
-        };
+        let labels = sc.labels(key);
         self.metrics
             .desired
             .get_or_create(&labels)
@@ -672,6 +694,48 @@ mod tests {
         assert_eq!(d.initial_scale, 1);
         assert_eq!((d.max_scale_up_rate, d.max_scale_down_rate), (1000.0, 2.0));
         assert_eq!(d.min_scale, 0);
+    }
+
+    /// Forgetting a revision removes its series from every autoscaler family and leaves
+    /// another revision's series as they were.
+    #[test]
+    fn forget_revision_removes_its_autoscaler_series() {
+        let mut registry = Registry::with_prefix("skiff_autoscaler");
+        let m = AutoscalerMetrics::new(&mut registry);
+        let labels = |svc: &str| RevisionLabels {
+            namespace: "default".into(),
+            service: svc.into(),
+            revision: format!("{svc}-00001"),
+        };
+        for rl in [labels("alpha"), labels("beta")] {
+            m.desired.get_or_create(&rl).set(1);
+            m.ready.get_or_create(&rl).set(1);
+            m.panic.get_or_create(&rl).set(0);
+            m.waiting.get_or_create(&rl).set(0);
+            m.stable_concurrency.get_or_create(&rl).set(0.5);
+            m.panic_concurrency.get_or_create(&rl).set(0.5);
+            m.decisions.get_or_create(&rl).inc();
+        }
+        let render = || {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &registry).expect("encodes");
+            out
+        };
+        let series = |text: &str, svc: &str| {
+            text.lines()
+                .filter(|l| l.contains(&format!(r#"service="{svc}""#)))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let before = render();
+        assert_eq!(series(&before, "alpha").len(), 7, "{before}");
+
+        m.forget_revision(&labels("alpha"));
+
+        let after = render();
+        assert!(series(&after, "alpha").is_empty(), "{after}");
+        assert_eq!(series(&after, "beta"), series(&before, "beta"));
+        assert_eq!(series(&after, "beta").len(), 7, "{after}");
     }
 
     /// The cluster-wide settings: scale-up and scale-down rates, and scale to zero turned

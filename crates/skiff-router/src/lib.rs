@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use metrics::RouterMetrics;
+pub use metrics::{RevisionLabels, RouterMetrics};
 pub use pool::{ColdStarts, Pool, PoolSpec, RevisionKey};
 
 /// An error of a body in flight.
@@ -246,7 +246,7 @@ impl Router {
         }
     }
 
-    /// Removes revisions' pools that are not in `keep`.
+    /// Removes revisions' pools that are not in `keep`, and their metric series.
     pub fn retain_pools(&self, keep: &std::collections::HashSet<RevisionKey>) {
         let mut gone = Vec::new();
         self.pools
@@ -255,6 +255,9 @@ impl Router {
             .retain(|k, p| {
                 let kept = keep.contains(k);
                 if !kept {
+                    // Under the pools lock, so a pool made again for this revision starts
+                    // its series after they are removed.
+                    self.metrics.forget_revision(&p.handles.labels);
                     gone.push(p.clone());
                 }
                 kept
