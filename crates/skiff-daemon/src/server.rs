@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use skiff_store::{SqliteStore, Store};
+use skiff_store::{SqliteStore, Store, WatchError, keys};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -277,16 +277,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     });
     // Service changes (applies, deletes, status) re-route at once.
     let watcher = {
-        let (instances, shutdown) = (instances.clone(), shutdown.clone());
-        let mut events = store.watch();
+        let (instances, shutdown, store) = (instances.clone(), shutdown.clone(), store.clone());
+        let now = store
+            .revision()
+            .await
+            .map_err(|e| DaemonError::Reconcile(e.into()))?;
+        let mut events = store.watch(keys::REGISTRY, now);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    ev = events.recv() => match ev {
-                        Ok(ev) if ev.key.starts_with("/registry/") => instances.kick(),
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => instances.kick(),
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    ev = events.next() => match ev {
+                        Ok(_) => instances.kick(),
+                        // Changes were missed: one full pass covers them; follow on from now.
+                        Err(WatchError::Compacted { oldest, .. }) => {
+                            instances.kick();
+                            let from = store.revision().await.unwrap_or(oldest);
+                            events = store.watch(keys::REGISTRY, from);
+                        }
+                        Err(WatchError::Closed) => break,
                     },
                     () = shutdown.cancelled() => break,
                 }
