@@ -24,7 +24,7 @@ use skiff_api::object::{ConditionStatus, Revision, Service, condition, set_condi
 use skiff_runtime::cgroups::Usage;
 use skiff_runtime::instance::{InstancePlan, InstanceStatus, Phase};
 use skiff_runtime::{Instance, Runtime};
-use skiff_store::{Store, Txn};
+use skiff_store::{Store, Txn, keys};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -61,14 +61,6 @@ pub struct InstanceView {
 
 /// Reason while a revision has never had a ready instance and none runs.
 pub const REASON_NO_INSTANCES: &str = "NoInstances";
-
-fn scale_key(ns: &str, svc: &str) -> String {
-    format!("/scale/{ns}/{svc}")
-}
-
-fn instance_key(ns: &str, id: &str) -> String {
-    format!("/instances/{ns}/{id}")
-}
 
 /// Runs instances.
 pub struct InstanceManager {
@@ -148,7 +140,7 @@ impl InstanceManager {
         replicas: u32,
     ) -> Result<(), ControllerError> {
         self.controller.get_service(ns, svc).await?;
-        let key = scale_key(ns, svc);
+        let key = keys::scale(ns, svc);
         let value = serde_json::to_vec(&Scale { replicas }).expect("scale serializes");
         self.store.txn(Txn::new().put(key, value)).await?;
         info!(namespace = ns, service = svc, replicas, "scale set");
@@ -160,7 +152,7 @@ impl InstanceManager {
     pub async fn clear_scale(&self, ns: &str, svc: &str) -> Result<(), ControllerError> {
         self.controller.get_service(ns, svc).await?;
         self.store
-            .txn(Txn::new().delete(scale_key(ns, svc)))
+            .txn(Txn::new().delete(keys::scale(ns, svc)))
             .await?;
         info!(namespace = ns, service = svc, "scale override removed");
         self.kick();
@@ -169,7 +161,7 @@ impl InstanceManager {
 
     /// A Service's manual override, if set.
     pub async fn scale(&self, ns: &str, svc: &str) -> Result<Option<u32>, ControllerError> {
-        Ok(match self.store.get(&scale_key(ns, svc)).await? {
+        Ok(match self.store.get(&keys::scale(ns, svc)).await? {
             Some(kv) => serde_json::from_slice::<Scale>(&kv.value)
                 .map(|s| s.replicas)
                 .ok(),
@@ -214,7 +206,7 @@ impl InstanceManager {
     /// and finally stops every instance.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, stop_grace_cap: Duration) {
         let mut plans = Vec::new();
-        match self.store.list("/instances/").await {
+        match self.store.list(keys::INSTANCES).await {
             Ok(kvs) => {
                 for kv in kvs {
                     match serde_json::from_slice::<InstancePlan>(&kv.value) {
@@ -242,7 +234,7 @@ impl InstanceManager {
             if !report.adopted.contains(&id) {
                 let _ = self
                     .store
-                    .txn(Txn::new().delete(instance_key(&ns, &id)))
+                    .txn(Txn::new().delete(keys::instance(&ns, &id)))
                     .await;
             }
         }
@@ -269,7 +261,7 @@ impl InstanceManager {
         for i in all {
             let _ = self
                 .store
-                .txn(Txn::new().delete(instance_key(&i.plan.namespace, &i.plan.id)))
+                .txn(Txn::new().delete(keys::instance(&i.plan.namespace, &i.plan.id)))
                 .await;
         }
         self.runtime.remove_cgroup_parent();
@@ -280,13 +272,8 @@ impl InstanceManager {
         // Routes first: a revision is drained only once the router no longer chooses it.
         let (services, revisions) = self.routes().await?;
         let mut overrides: HashMap<(String, String), u32> = HashMap::new();
-        for kv in self.store.list("/scale/").await? {
-            let parts: Vec<&str> = kv
-                .key
-                .trim_start_matches("/scale/")
-                .splitn(2, '/')
-                .collect();
-            if let [ns, svc] = parts[..] {
+        for kv in self.store.list(keys::SCALES).await? {
+            if let Some((ns, svc)) = keys::parse_scale(&kv.key) {
                 if !services
                     .iter()
                     .any(|s| s.metadata.namespace == ns && s.metadata.name == svc)
@@ -395,7 +382,7 @@ impl InstanceManager {
             serving.drain(&inst.plan.id, inst.plan.stop_grace).await;
             let _ = rt.stop(&inst.plan.id).await;
             let _ = store
-                .txn(Txn::new().delete(instance_key(&inst.plan.namespace, &inst.plan.id)))
+                .txn(Txn::new().delete(keys::instance(&inst.plan.namespace, &inst.plan.id)))
                 .await;
             serving.router().forget(&inst.plan.id);
             retiring
@@ -436,7 +423,7 @@ impl InstanceManager {
             &id,
         )
         .map_err(|e| e.to_string())?;
-        let key = instance_key(&plan.namespace, &plan.id);
+        let key = keys::instance(&plan.namespace, &plan.id);
         self.store
             .txn(Txn::new().put(&key, serde_json::to_vec(&plan).expect("plans serialize")))
             .await
