@@ -26,7 +26,7 @@ use skiff_api::problems::{FieldPath, ProblemKind, Problems};
 use skiff_api::types::{SERVING_API_VERSION, ServiceSpec};
 use skiff_api::validate::ValidatedService;
 use skiff_api::{Problem, defaults};
-use skiff_store::{KeyValue, Store, StoreError, Txn, TxnOutcome};
+use skiff_store::{KeyValue, Store, StoreError, Txn, TxnOutcome, keys};
 use tracing::{debug, info, warn};
 
 use crate::status::{self, StatusContext};
@@ -164,28 +164,10 @@ pub struct Controller {
 /// Identifies a revision: (namespace, name).
 pub type RevisionKey = (String, String);
 
-fn service_key(ns: &str, name: &str) -> String {
-    format!("/registry/services/{ns}/{name}")
-}
-
-fn revision_key(ns: &str, name: &str) -> String {
-    format!("/registry/revisions/{ns}/{name}")
-}
-
-const REVISIONS: &str = "/registry/revisions/";
-
 /// The (namespace, name) of a revision's store key.
 pub fn parse_revision_key(key: &str) -> Option<RevisionKey> {
-    let (ns, name) = key.strip_prefix(REVISIONS)?.split_once('/')?;
-    (!ns.is_empty() && !name.is_empty() && !name.contains('/'))
-        .then(|| (ns.to_owned(), name.to_owned()))
-}
-
-/// The store prefix under which a Service's revisions lie: every revision name starts with
-/// `<service>-` (validation insists), so one short range holds them, shared only with
-/// Services whose names extend this one's.
-fn revisions_of_service(ns: &str, service: &str) -> String {
-    format!("{REVISIONS}{ns}/{service}-")
+    let (ns, name) = keys::parse_revision(key)?;
+    Some((ns.to_owned(), name.to_owned()))
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T, ControllerError> {
@@ -253,7 +235,7 @@ impl Controller {
         refresh: bool,
         change: impl Fn(&mut Revision) -> bool,
     ) -> Result<Option<Revision>, ControllerError> {
-        let key = revision_key(ns, name);
+        let key = keys::revision(ns, name);
         for _ in 0..MAX_ATTEMPTS {
             let Some(kv) = self.store.get(&key).await? else {
                 return Ok(None);
@@ -279,7 +261,7 @@ impl Controller {
 
     /// Recomputes and stores a Service's status from its revisions.
     pub async fn refresh_service(&self, ns: &str, name: &str) -> Result<(), ControllerError> {
-        let key = service_key(ns, name);
+        let key = keys::service(ns, name);
         for _ in 0..MAX_ATTEMPTS {
             let Some(kv) = self.store.get(&key).await? else {
                 return Ok(());
@@ -317,7 +299,7 @@ impl Controller {
         ns: &str,
         name: &str,
     ) -> Result<Option<(StoredService, i64)>, ControllerError> {
-        match self.store.get(&service_key(ns, name)).await? {
+        match self.store.get(&keys::service(ns, name)).await? {
             Some(kv) => Ok(Some((decode(&kv)?, kv.mod_revision))),
             None => Ok(None),
         }
@@ -329,8 +311,8 @@ impl Controller {
         service: Option<&str>,
     ) -> Result<Vec<(Revision, i64)>, ControllerError> {
         let prefix = match service {
-            Some(s) => revisions_of_service(ns, s),
-            None => format!("{REVISIONS}{ns}/"),
+            Some(s) => keys::revisions_of_service(ns, s),
+            None => keys::revisions(Some(ns)),
         };
         let mut out = Vec::new();
         for kv in self.store.list(&prefix).await? {
@@ -517,12 +499,12 @@ impl Controller {
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("{name}-{config_gen:05}"));
-            if let Some(existing) = self.store.get(&revision_key(ns, &rev_name)).await? {
+            if let Some(existing) = self.store.get(&keys::revision(ns, &rev_name)).await? {
                 // A concurrent apply may have stamped this very revision since we read the
                 // Service: then recompute from the newer state instead of refusing.
                 let now_rev = self
                     .store
-                    .get(&service_key(ns, name))
+                    .get(&keys::service(ns, name))
                     .await?
                     .map_or(0, |kv| kv.mod_revision);
                 if now_rev != expected_rev {
@@ -651,12 +633,12 @@ impl Controller {
             }));
         }
 
-        let key = service_key(ns, name);
+        let key = keys::service(ns, name);
         let mut txn = Txn::new()
             .when_mod_revision(&key, expected_rev)
             .put(&key, encode(&stored));
         if let Some(r) = &new_revision {
-            let rkey = revision_key(ns, &r.metadata.name);
+            let rkey = keys::revision(ns, &r.metadata.name);
             txn = txn.when_mod_revision(&rkey, 0).put(rkey, encode(r));
         }
         match self.store.txn(txn).await? {
@@ -714,12 +696,8 @@ impl Controller {
     /// Lists Services of one namespace, or of all when `ns` is `None`, ordered by namespace
     /// and name.
     pub async fn list_services(&self, ns: Option<&str>) -> Result<Vec<Service>, ControllerError> {
-        let prefix = match ns {
-            Some(ns) => format!("/registry/services/{ns}/"),
-            None => "/registry/services/".to_owned(),
-        };
         let mut out = Vec::new();
-        for kv in self.store.list(&prefix).await? {
+        for kv in self.store.list(&keys::services(ns)).await? {
             let stored: StoredService = decode(&kv)?;
             let mut s = stored.service;
             s.metadata.resource_version = kv.mod_revision.to_string();
@@ -743,7 +721,7 @@ impl Controller {
                 .collect()),
             None => {
                 let mut out = Vec::new();
-                for kv in self.store.list("/registry/revisions/").await? {
+                for kv in self.store.list(keys::REVISIONS).await? {
                     let mut r: Revision = decode(&kv)?;
                     if service.is_none_or(|s| r.service_name() == Some(s)) {
                         r.metadata.resource_version = kv.mod_revision.to_string();
@@ -759,8 +737,9 @@ impl Controller {
     pub async fn revision_keys(&self) -> Result<Vec<RevisionKey>, ControllerError> {
         Ok(self
             .store
-            .list(REVISIONS)
+            .list(&keys::revisions(None))
             .await?
+            .kvs
             .iter()
             .filter_map(|kv| parse_revision_key(&kv.key))
             .collect())
@@ -782,7 +761,7 @@ impl Controller {
 
     /// Reads one revision.
     pub async fn get_revision(&self, ns: &str, name: &str) -> Result<Revision, ControllerError> {
-        match self.store.get(&revision_key(ns, name)).await? {
+        match self.store.get(&keys::revision(ns, name)).await? {
             Some(kv) => {
                 let mut r: Revision = decode(&kv)?;
                 r.metadata.resource_version = kv.mod_revision.to_string();
@@ -835,14 +814,14 @@ impl Controller {
             if dry_run {
                 return Ok((response, rev));
             }
-            let key = service_key(ns, name);
+            let key = keys::service(ns, name);
             // The manual override goes with its Service.
             let mut txn = Txn::new()
                 .when_mod_revision(&key, rev)
                 .delete(&key)
-                .delete(crate::instances::scale_key(ns, name));
+                .delete(keys::scale(ns, name));
             for (r, r_rev) in &revisions {
-                let rkey = revision_key(ns, &r.metadata.name);
+                let rkey = keys::revision(ns, &r.metadata.name);
                 txn = txn.when_mod_revision(&rkey, *r_rev).delete(rkey);
             }
             match self.store.txn(txn).await? {
@@ -867,7 +846,7 @@ impl Controller {
     /// and writes those that differ. Returns how many were updated.
     pub async fn reconcile_all(&self) -> Result<usize, ControllerError> {
         let mut updated = 0;
-        for kv in self.store.list("/registry/services/").await? {
+        for kv in self.store.list(keys::SERVICES).await? {
             let mut stored: StoredService = match decode(&kv) {
                 Ok(s) => s,
                 Err(e) => {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use skiff_api::object::Revision;
 use skiff_runtime::cgroups::Usage;
 use skiff_runtime::instance::{InstancePlan, InstanceStatus, Phase};
-use skiff_store::{Store, Txn};
+use skiff_store::{Store, Txn, keys};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use utoipa::ToSchema;
@@ -59,16 +59,6 @@ pub struct InstanceView {
     /// Resource usage read from its cgroups.
     #[schema(value_type = Object)]
     pub usage: Usage,
-}
-
-/// The store key of a Service's manual override.
-pub fn scale_key(ns: &str, svc: &str) -> String {
-    format!("/scale/{ns}/{svc}")
-}
-
-/// The store key of an instance's plan.
-pub fn instance_key(ns: &str, id: &str) -> String {
-    format!("/instances/{ns}/{id}")
 }
 
 /// One instance of the revision being planned.
@@ -234,7 +224,7 @@ impl InstanceManager {
         self.controller.get_service(ns, svc).await?;
         let value = serde_json::to_vec(&Scale { replicas }).expect("scale serializes");
         self.store
-            .txn(Txn::new().put(scale_key(ns, svc), value))
+            .txn(Txn::new().put(keys::scale(ns, svc), value))
             .await?;
         info!(namespace = ns, service = svc, replicas, "scale set");
         Ok(())
@@ -244,7 +234,7 @@ impl InstanceManager {
     pub async fn clear_scale(&self, ns: &str, svc: &str) -> Result<(), ControllerError> {
         self.controller.get_service(ns, svc).await?;
         self.store
-            .txn(Txn::new().delete(scale_key(ns, svc)))
+            .txn(Txn::new().delete(keys::scale(ns, svc)))
             .await?;
         info!(namespace = ns, service = svc, "scale override removed");
         Ok(())
@@ -252,7 +242,7 @@ impl InstanceManager {
 
     /// A Service's manual override, if set.
     pub async fn scale(&self, ns: &str, svc: &str) -> Result<Option<u32>, ControllerError> {
-        Ok(match self.store.get(&scale_key(ns, svc)).await? {
+        Ok(match self.store.get(&keys::scale(ns, svc)).await? {
             Some(kv) => serde_json::from_slice::<Scale>(&kv.value)
                 .map(|s| s.replicas)
                 .ok(),
@@ -297,7 +287,7 @@ impl InstanceManager {
     /// every other trace of it. Runs before the reconcilers start.
     pub async fn recover(&self) {
         let mut plans = Vec::new();
-        match self.store.list("/instances/").await {
+        match self.store.list(keys::INSTANCES).await {
             Ok(kvs) => {
                 for kv in kvs {
                     match serde_json::from_slice::<InstancePlan>(&kv.value) {
@@ -325,7 +315,7 @@ impl InstanceManager {
             if !report.adopted.contains(&id) {
                 let _ = self
                     .store
-                    .txn(Txn::new().delete(instance_key(&ns, &id)))
+                    .txn(Txn::new().delete(keys::instance(&ns, &id)))
                     .await;
             }
         }
@@ -340,7 +330,7 @@ impl InstanceManager {
         for i in all {
             let _ = self
                 .store
-                .txn(Txn::new().delete(instance_key(&i.plan.namespace, &i.plan.id)))
+                .txn(Txn::new().delete(keys::instance(&i.plan.namespace, &i.plan.id)))
                 .await;
         }
         self.runtime.remove_cgroup_parent();
@@ -391,7 +381,7 @@ impl InstanceManager {
             serving.drain(&plan.id, plan.stop_grace).await;
             rt.stop(&plan.id).await;
             let _ = store
-                .txn(Txn::new().delete(instance_key(&plan.namespace, &plan.id)))
+                .txn(Txn::new().delete(keys::instance(&plan.namespace, &plan.id)))
                 .await;
             serving.router().forget(&plan.id);
             retiring
@@ -425,7 +415,7 @@ impl InstanceManager {
         };
         let id = format!("{}-{suffix}", rev.metadata.name);
         let plan = crate::plan::plan(rev, &images, |d| self.images.layer_path(d), &id)?;
-        let key = instance_key(&plan.namespace, &plan.id);
+        let key = keys::instance(&plan.namespace, &plan.id);
         self.store
             .txn(Txn::new().put(&key, serde_json::to_vec(&plan).expect("plans serialize")))
             .await?;
@@ -476,7 +466,7 @@ impl Reconciler for InstanceManager {
     }
 
     fn watches(&self) -> &'static [&'static str] {
-        &["/registry/revisions/", "/registry/services/", "/scale/"]
+        &[keys::REVISIONS, keys::SERVICES, keys::SCALES]
     }
 
     async fn keys_for(&self, store_key: &str) -> Vec<RevisionKey> {
@@ -484,10 +474,9 @@ impl Reconciler for InstanceManager {
             return vec![key];
         }
         // A Service or its override: its revisions (the latest may have changed).
-        let rest = store_key
-            .strip_prefix("/registry/services/")
-            .or_else(|| store_key.strip_prefix("/scale/"));
-        let Some((ns, svc)) = rest.and_then(|r| r.split_once('/')) else {
+        let Some((ns, svc)) =
+            keys::parse_service(store_key).or_else(|| keys::parse_scale(store_key))
+        else {
             return Vec::new();
         };
         match self.controller.revision_keys_of(ns, svc).await {

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use skiff_store::Store;
-use tokio::sync::{broadcast, watch};
+use skiff_store::{Store, WatchError};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info_span, warn};
@@ -163,10 +163,7 @@ fn start<R: Reconciler>(
     tracker: &TaskTracker,
 ) {
     let span = info_span!("reconciler", name = r.name());
-    // The watch is open before the first listing, so no change falls between them.
-    let events = store.watch();
-    tracker
-        .spawn(feed(r.clone(), queue.clone(), events, shutdown.clone()).instrument(span.clone()));
+    tracker.spawn(feed(r.clone(), queue.clone(), store, shutdown.clone()).instrument(span.clone()));
     let settle = Arc::new(tokio::sync::Mutex::new(()));
     for _ in 0..r.workers().max(1) {
         tracker.spawn(
@@ -192,32 +189,49 @@ async fn queue_all<R: Reconciler>(r: &R, queue: &WorkQueue<R::Key>) {
     }
 }
 
-/// Turns store changes into keys on the queue.
+/// Turns store changes into keys on the queue: every key at first, then each change; when
+/// the watch cannot deliver every change (it lagged past the store's history), every key
+/// again.
 async fn feed<R: Reconciler>(
     r: Arc<R>,
     queue: WorkQueue<R::Key>,
-    mut events: broadcast::Receiver<skiff_store::Event>,
+    store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) {
-    queue_all(&*r, &queue).await;
     loop {
-        let ev = tokio::select! {
-            ev = events.recv() => ev,
-            () = shutdown.cancelled() => return,
+        // The revision is read before the listing, so no change falls between them (one
+        // may come twice, which a level-based reconcile does not mind).
+        let from = match store.revision().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %skiff_telemetry::ErrorChain(&e), "reading the store revision");
+                return;
+            }
         };
-        match ev {
-            Ok(ev) => {
-                if r.watches().iter().any(|p| ev.key.starts_with(p)) {
-                    for k in r.keys_for(&ev.key).await {
-                        queue.add_at(k, ev.revision);
+        queue_all(&*r, &queue).await;
+        let mut watch = store.watch("", from);
+        loop {
+            let ev = tokio::select! {
+                ev = watch.next() => ev,
+                () = shutdown.cancelled() => return,
+            };
+            match ev {
+                Ok(ev) => {
+                    if r.watches().iter().any(|p| ev.key.starts_with(p)) {
+                        for k in r.keys_for(&ev.key).await {
+                            queue.add_at(k, ev.revision);
+                        }
                     }
                 }
+                Err(WatchError::Compacted { requested, oldest }) => {
+                    warn!(
+                        requested,
+                        oldest, "the store watch fell behind; looking at every key again"
+                    );
+                    break;
+                }
+                Err(WatchError::Closed) => return,
             }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                warn!(missed, "the store watch lagged; looking at every key again");
-                queue_all(&*r, &queue).await;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }

@@ -86,7 +86,7 @@ impl Reconciler for ImageReconciler {
     }
 
     fn watches(&self) -> &'static [&'static str] {
-        &["/registry/revisions/"]
+        &[skiff_store::keys::REVISIONS]
     }
 
     async fn keys_for(&self, store_key: &str) -> Vec<RevisionKey> {

@@ -19,8 +19,8 @@ use crate::controller::{Controller, ControllerError, parse_revision_key};
 use crate::reconciler::{Next, ReconcileError, Reconciler};
 use crate::serving::Serving;
 
-const SERVICES: &str = "/registry/services/";
-const REVISIONS: &str = "/registry/revisions/";
+use skiff_store::keys::{self, REVISIONS, SERVICES};
+
 /// The key that stands for "everything", queued at start once the cache is filled.
 const ALL: &str = "";
 
@@ -53,7 +53,7 @@ impl RouteReconciler {
 }
 
 fn parse_service_key(key: &str) -> Option<(String, String)> {
-    let (ns, name) = key.strip_prefix(SERVICES)?.split_once('/')?;
+    let (ns, name) = keys::parse_service(key)?;
     Some((ns.to_owned(), name.to_owned()))
 }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use skiff_store::{Store, StoreError, Txn, TxnOutcome};
+use skiff_store::{Store, StoreError, Txn, TxnOutcome, keys};
 
 use crate::registry::sha256_hex;
 
@@ -180,9 +180,6 @@ pub struct ContentStore {
     store: Arc<dyn Store>,
 }
 
-const MANIFEST_PREFIX: &str = "/images/manifests/";
-const TAG_PREFIX: &str = "/images/tags/";
-
 impl ContentStore {
     /// Opens (creating) the content store under `root` and empties its staging area.
     pub fn open(root: &Path, store: Arc<dyn Store>) -> Result<Self, ContentError> {
@@ -279,7 +276,7 @@ impl ContentStore {
     /// Records an image and points each of its references at it, atomically.
     pub async fn put_image(&self, record: &ImageRecord) -> Result<(), ContentError> {
         for _ in 0..16 {
-            let key = format!("{MANIFEST_PREFIX}{}", record.digest);
+            let key = keys::image_manifest(&record.digest);
             let current = self.store.get(&key).await?;
             let mut merged = record.clone();
             let mut txn = Txn::new();
@@ -308,7 +305,7 @@ impl ContentStore {
             for r in &record.references {
                 if !r.contains('@') {
                     txn = txn.put(
-                        format!("{TAG_PREFIX}{r}"),
+                        keys::image_tag(r),
                         record
                             .index_digest
                             .clone()
@@ -330,7 +327,7 @@ impl ContentStore {
     /// Every image.
     pub async fn images(&self) -> Result<Vec<ImageRecord>, ContentError> {
         let mut out = Vec::new();
-        for kv in self.store.list(MANIFEST_PREFIX).await? {
+        for kv in self.store.list(keys::IMAGE_MANIFESTS).await? {
             out.push(serde_json::from_slice(&kv.value).map_err(|source| {
                 ContentError::Corrupt {
                     key: kv.key.clone(),
@@ -343,7 +340,7 @@ impl ContentStore {
 
     /// The image a tag (`registry/repo:tag`) points at.
     pub async fn by_tag(&self, reference: &str) -> Result<Option<ImageRecord>, ContentError> {
-        let Some(kv) = self.store.get(&format!("{TAG_PREFIX}{reference}")).await? else {
+        let Some(kv) = self.store.get(&keys::image_tag(reference)).await? else {
             return Ok(None);
         };
         let digest = String::from_utf8_lossy(&kv.value).into_owned();
@@ -352,11 +349,7 @@ impl ContentStore {
 
     /// The image with this manifest or index digest.
     pub async fn by_digest(&self, digest: &str) -> Result<Option<ImageRecord>, ContentError> {
-        if let Some(kv) = self
-            .store
-            .get(&format!("{MANIFEST_PREFIX}{digest}"))
-            .await?
-        {
+        if let Some(kv) = self.store.get(&keys::image_manifest(digest)).await? {
             return Ok(Some(serde_json::from_slice(&kv.value).map_err(
                 |source| ContentError::Corrupt {
                     key: kv.key.clone(),
@@ -373,8 +366,8 @@ impl ContentStore {
 
     /// Removes an image's record and the tags pointing at it (content stays until GC).
     pub async fn remove_image(&self, record: &ImageRecord) -> Result<(), ContentError> {
-        let mut txn = Txn::new().delete(format!("{MANIFEST_PREFIX}{}", record.digest));
-        for kv in self.store.list(TAG_PREFIX).await? {
+        let mut txn = Txn::new().delete(keys::image_manifest(&record.digest));
+        for kv in self.store.list(keys::IMAGE_TAGS).await? {
             let target = String::from_utf8_lossy(&kv.value).into_owned();
             if target == record.digest || Some(&target) == record.index_digest.as_ref() {
                 txn = txn

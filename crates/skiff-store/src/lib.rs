@@ -10,15 +10,24 @@
 //! all hold, and a list of operations applied atomically if they do. Optimistic concurrency is a
 //! comparison on `mod_revision` (0 meaning "the key must not exist").
 //!
+//! Reads are etcd's too: [`Store::list`] returns the revision it read at, and
+//! [`Store::watch`] delivers every change after a given revision, so a reader lists once and
+//! then follows changes without missing or repeating any. History is bounded: a watcher that
+//! asks for changes older than the store still remembers, or falls too far behind, gets
+//! [`WatchError::Compacted`] and re-lists (etcd's "required revision has been compacted").
+//! See [`watch`] for how history is kept. Every key skiff stores is built in [`keys`].
+//!
 //! The embedded backend is [`SqliteStore`] (see ARCHITECTURE.md for why SQLite over redb).
 #![forbid(unsafe_code)]
 
+pub mod keys;
 mod sqlite;
+pub mod watch;
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
 
-pub use sqlite::{OpenError, SCHEMA_VERSION, SqliteStore};
+pub use sqlite::{HISTORY_CAPACITY, OpenError, SCHEMA_VERSION, SqliteStore};
+pub use watch::{History, Watch, WatchError};
 
 /// One key with its value and revision bookkeeping, as read from the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +133,31 @@ pub enum TxnOutcome {
     },
 }
 
+/// The keys under a prefix, and the store revision they were read at.
+///
+/// The read is one snapshot: `kvs` is exactly the state at `revision`, so watching from
+/// `revision` on continues where the listing stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The store revision of the snapshot (0 for a never-written store). It can be above every
+    /// listed key's `mod_revision`: it counts writes to every key, not only these.
+    pub revision: i64,
+    /// The keys, in key order.
+    pub kvs: Vec<KeyValue>,
+}
+
+impl IntoIterator for Listing {
+    type Item = KeyValue;
+    type IntoIter = std::vec::IntoIter<KeyValue>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.kvs.into_iter()
+    }
+}
+
 /// A committed change, as seen by watchers.
+///
+/// It names the key, not the new value: whoever handles it reads the key's current state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     /// The store revision of the transaction.
@@ -171,8 +204,9 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one key.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
 
-    /// Reads every key that starts with `prefix`, in key order.
-    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError>;
+    /// Reads every key that starts with `prefix`, in key order, with the revision read at
+    /// (one consistent snapshot).
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError>;
 
     /// Applies a transaction atomically.
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError>;
@@ -180,9 +214,17 @@ pub trait Store: Send + Sync + 'static {
     /// The current store revision (0 for an empty, never-written store).
     async fn revision(&self) -> Result<i64, StoreError>;
 
-    /// Subscribes to committed changes from now on. A slow subscriber that falls behind sees
-    /// `RecvError::Lagged` and must re-list.
-    fn watch(&self) -> broadcast::Receiver<Event>;
+    /// Follows changes to keys that start with `prefix`: [`Watch::next`] yields every change
+    /// with a revision above `from_revision`, in revision order, each once, then waits for
+    /// more. Changes committed before this call are included, so
+    /// `watch(prefix, list(prefix).revision)` misses nothing. Watching from the current
+    /// revision ([`Store::revision`]) means "from now on".
+    ///
+    /// History is bounded: if `from_revision` is older than the store remembers, or the
+    /// watcher falls too far behind the writers, `next` returns [`WatchError::Compacted`] and
+    /// the caller re-lists. After [`Store::close`] (or once the store is dropped) it returns
+    /// [`WatchError::Closed`], once every earlier change was delivered.
+    fn watch(&self, prefix: &str, from_revision: i64) -> Watch;
 
     /// Flushes and closes the store; later calls fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;

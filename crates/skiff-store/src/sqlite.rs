@@ -5,8 +5,9 @@
 //! The whole store is one file (plus SQLite's `-wal` and `-shm` companions) with two tables:
 //!
 //! - `kv(key, value, create_revision, mod_revision, version)`: one row per live key. Deleted
-//!   keys are removed; there is no history, so unlike etcd a watcher cannot resume from an old
-//!   revision (it re-lists instead, see [`Store::watch`]).
+//!   keys are removed; there is no history on disk. Watch history is the in-memory
+//!   [`History`] of the last [`HISTORY_CAPACITY`] changes (see [`crate::watch`] for why
+//!   memory is enough); after a restart it starts empty at the stored revision.
 //! - `meta(id = 1, revision)`: the store-wide revision counter, bumped by exactly one in every
 //!   transaction that has at least one operation.
 //!
@@ -15,9 +16,11 @@
 //! calls are serialized: reads and writes are linearizable because they run one at a time on
 //! one connection. A transaction runs under `BEGIN IMMEDIATE`, which takes SQLite's write lock
 //! before its first read, so another process sharing the file (an operator's `sqlite3` shell)
-//! cannot slip a write between the comparisons and the operations. Watch events are broadcast
-//! after `COMMIT` returns and while the mutex is still held, so watchers see transactions in
-//! revision order and never see one that was rolled back.
+//! cannot slip a write between the comparisons and the operations. Watch events are published
+//! to the history after `COMMIT` returns and while the mutex is still held, so watchers see
+//! transactions in revision order, never see one that was rolled back, and a [`Store::list`]
+//! (which reads its rows and the revision in one SQLite read transaction, under the same
+//! mutex) never reads a revision whose events are not yet in the history.
 //!
 //! The schema version lives in `PRAGMA user_version`. [`SqliteStore::open`] applies the
 //! missing steps of `MIGRATIONS` in one transaction (a fresh file is version 0, so creating the
@@ -70,10 +73,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
-use crate::{Compare, Event, EventKind, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
+use crate::watch::{History, Watch};
+use crate::{Compare, Event, EventKind, KeyValue, Listing, Op, Store, StoreError, Txn, TxnOutcome};
 
 /// The schema version this build writes, recorded in `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -103,8 +106,11 @@ const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 /// How long a statement waits for another process's lock before failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How many events a watcher may fall behind before it sees `RecvError::Lagged`.
-const WATCH_CAPACITY: usize = 4096;
+/// How many recent changes [`SqliteStore::open`] keeps for watchers: a watcher may fall this
+/// far behind, or start this far back, before it sees [`crate::WatchError::Compacted`]. An
+/// event is a key and two words, so this is about 1 MB; it covers several full passes over a
+/// thousand Services.
+pub const HISTORY_CAPACITY: usize = 8192;
 
 /// The boxed source carried by [`OpenError`] variants.
 type BoxError = Box<dyn StdError + Send + Sync>;
@@ -272,9 +278,9 @@ struct Inner {
     path: PathBuf,
     /// The only connection; `None` once the store is closed.
     conn: Mutex<Option<Connection>>,
-    /// Committed changes, sent after each commit while `conn` is still locked so that
-    /// watchers see revisions in order.
-    events: broadcast::Sender<Event>,
+    /// Recent committed changes, published after each commit while `conn` is still locked so
+    /// that watchers see revisions in order and lists never get ahead of it.
+    history: History,
 }
 
 impl Inner {
@@ -303,6 +309,12 @@ impl SqliteStore {
     /// This blocks (it runs `PRAGMA quick_check` over the whole file and may migrate the schema);
     /// call it once at startup, before serving, or from `spawn_blocking`.
     pub fn open(path: &Path) -> Result<SqliteStore, OpenError> {
+        Self::open_with_history(path, HISTORY_CAPACITY)
+    }
+
+    /// [`SqliteStore::open`], keeping `history` recent changes for watchers instead of
+    /// [`HISTORY_CAPACITY`].
+    pub fn open_with_history(path: &Path, history: usize) -> Result<SqliteStore, OpenError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| OpenError::CreateDir {
                 path: parent.to_path_buf(),
@@ -355,12 +367,11 @@ impl SqliteStore {
             schema_version = SCHEMA_VERSION,
             "state store opened"
         );
-        let (events, _) = broadcast::channel(WATCH_CAPACITY);
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 conn: Mutex::new(Some(conn)),
-                events,
+                history: History::new(revision, history),
             }),
         })
     }
@@ -629,29 +640,40 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+    async fn list(&self, prefix: &str) -> Result<Listing, StoreError> {
+        const OP: &str = "list";
         let prefix = prefix.to_owned();
-        self.with_conn("list", move |_, conn| {
-            // Keys compare bytewise (BINARY collation on UTF-8, the same order as Rust's
-            // `str`), so the keys with this prefix are one contiguous run of the primary-key
-            // index starting at the prefix itself: scan from there and stop at the first
-            // key outside it.
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT key, value, create_revision, mod_revision, version FROM kv
-                     WHERE key >= ?1 ORDER BY key",
-                )
-                .during("list")?;
-            let rows = stmt.query_map([&prefix], row_to_kv).during("list")?;
-            let mut out = Vec::new();
-            for row in rows {
-                let kv = row.during("list")?;
-                if !kv.key.starts_with(&prefix) {
-                    break;
+        self.with_conn(OP, move |_, conn| {
+            // One read transaction, so that the rows and the revision are one snapshot even if
+            // another process (an operator's sqlite3 shell) writes the file meanwhile.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Deferred)
+                .during(OP)?;
+            let revision = read_revision(&tx).during(OP)?;
+            let mut kvs = Vec::new();
+            {
+                // Keys compare bytewise (BINARY collation on UTF-8, the same order as Rust's
+                // `str`), so the keys with this prefix are one contiguous run of the
+                // primary-key index starting at the prefix itself: scan from there and stop at
+                // the first key outside it.
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT key, value, create_revision, mod_revision, version FROM kv
+                         WHERE key >= ?1 ORDER BY key",
+                    )
+                    .during(OP)?;
+                let rows = stmt.query_map([&prefix], row_to_kv).during(OP)?;
+                for row in rows {
+                    let kv = row.during(OP)?;
+                    if !kv.key.starts_with(&prefix) {
+                        break;
+                    }
+                    kvs.push(kv);
                 }
-                out.push(kv);
             }
-            Ok(out)
+            // Nothing was written; ending the read transaction is all that is left.
+            tx.rollback().during(OP)?;
+            Ok(Listing { revision, kvs })
         })
         .await
     }
@@ -669,10 +691,7 @@ impl Store for SqliteStore {
                     actual,
                 } => debug!(key, expected, actual, "txn conflict"),
             }
-            for event in events {
-                // An error only means nobody is watching right now.
-                let _ = inner.events.send(event);
-            }
+            inner.history.publish(events);
             Ok(outcome)
         })
         .await
@@ -683,15 +702,17 @@ impl Store for SqliteStore {
             .await
     }
 
-    fn watch(&self) -> broadcast::Receiver<Event> {
-        self.inner.events.subscribe()
+    fn watch(&self, prefix: &str, from_revision: i64) -> Watch {
+        self.inner.history.watch(prefix, from_revision)
     }
 
     async fn close(&self) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let conn = inner.lock("close")?.take().ok_or(StoreError::Closed)?;
-            // The mutex is released here: from now on every call sees `Closed`.
+            // The mutex is released here: from now on every call sees `Closed`, and nothing
+            // more is published, so watchers can be told.
+            inner.history.close();
             close_connection(&inner.path, conn)
         })
         .await
@@ -707,9 +728,9 @@ mod tests {
     use std::sync::mpsc;
 
     use proptest::prelude::*;
-    use tokio::sync::broadcast::error::TryRecvError;
 
     use super::*;
+    use crate::WatchError;
 
     /// Formats an error with its whole source chain, for assertion messages.
     fn chain(err: &(dyn StdError + 'static)) -> String {
@@ -764,7 +785,7 @@ mod tests {
         let store = open(&dir.path().join("nested").join("dir").join("store.db"));
         assert_eq!(store.revision().await.expect("revision"), 0);
         assert_eq!(get(&store, "a/1").await, None);
-        assert_eq!(store.list("").await.expect("list"), vec![]);
+        assert_eq!(store.list("").await.expect("list").kvs, vec![]);
 
         assert_eq!(commit(&store, Txn::new().put("a/2", "two")).await, 1);
         assert_eq!(
@@ -779,15 +800,15 @@ mod tests {
 
         assert_eq!(get(&store, "a/1").await, Some(kv("a/1", b"eins", 2, 5, 3)));
         assert_eq!(
-            store.list("a/").await.expect("list"),
+            store.list("a/").await.expect("list").kvs,
             vec![
                 kv("a/1", b"eins", 2, 5, 3),
                 kv("a/10", b"ten", 3, 3, 1),
                 kv("a/2", b"two", 1, 1, 1),
             ]
         );
-        assert_eq!(store.list("").await.expect("list").len(), 5);
-        assert_eq!(store.list("c").await.expect("list"), vec![]);
+        assert_eq!(store.list("").await.expect("list").kvs.len(), 5);
+        assert_eq!(store.list("c").await.expect("list").kvs, vec![]);
 
         assert_eq!(commit(&store, Txn::new().delete("a/1")).await, 7);
         assert_eq!(get(&store, "a/1").await, None);
@@ -913,7 +934,7 @@ mod tests {
             Txn::new().put("a", "a1").put("b", "b1").put("c", "c1"),
         )
         .await;
-        let before = store.list("").await.expect("list");
+        let before = store.list("").await.expect("list").kvs;
 
         let outcome = store
             .txn(
@@ -935,7 +956,7 @@ mod tests {
                 actual: 1
             }
         );
-        assert_eq!(store.list("").await.expect("list"), before);
+        assert_eq!(store.list("").await.expect("list").kvs, before);
         assert_eq!(store.revision().await.expect("revision"), 1);
 
         // With every comparison holding, all operations land under one revision.
@@ -953,7 +974,7 @@ mod tests {
             2
         );
         assert_eq!(
-            store.list("").await.expect("list"),
+            store.list("").await.expect("list").kvs,
             vec![
                 kv("a", b"a2", 1, 2, 2),
                 kv("c", b"c1", 1, 1, 1),
@@ -1020,11 +1041,14 @@ mod tests {
         // Watchers get one event per applied operation with the transaction's revision, only
         // after the commit, and nothing for conflicts, no-op deletes or rolled-back writes.
         let (_dir, store) = temp_store();
-        let mut rx = store.watch();
+        let mut rx = store.watch("", 0);
 
         commit(&store, Txn::new().put("a", "1").put("b", "1")).await;
         for key in ["a", "b"] {
-            let event = rx.try_recv().expect("event after commit");
+            let event = rx
+                .try_next()
+                .expect("watching")
+                .expect("event after commit");
             assert_eq!(
                 event,
                 Event {
@@ -1044,7 +1068,7 @@ mod tests {
             .await
             .expect("txn");
         assert!(matches!(outcome, TxnOutcome::Conflict { .. }));
-        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(rx.try_next(), Ok(None));
 
         // A write that fails mid-transaction is rolled back and publishes nothing, although
         // its first operation had already been applied inside the transaction.
@@ -1068,21 +1092,327 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(rx.try_next(), Ok(None));
         assert_eq!(get(&store, "c").await, None);
         assert_eq!(store.revision().await.expect("revision"), 1);
 
         // Deleting an absent key publishes nothing; the present one does.
         commit(&store, Txn::new().delete("missing").delete("a")).await;
         assert_eq!(
-            rx.try_recv(),
-            Ok(Event {
+            rx.try_next(),
+            Ok(Some(Event {
                 revision: 2,
                 kind: EventKind::Delete,
                 key: "a".into()
+            }))
+        );
+        assert_eq!(rx.try_next(), Ok(None));
+    }
+
+    /// Waits for a watch's next change, failing the test after a generous deadline.
+    async fn next_event(watch: &mut Watch) -> Result<Event, WatchError> {
+        tokio::time::timeout(Duration::from_secs(30), watch.next())
+            .await
+            .expect("a watch event within 30 s")
+    }
+
+    fn event(revision: i64, kind: EventKind, key: &str) -> Event {
+        Event {
+            revision,
+            kind,
+            key: key.to_owned(),
+        }
+    }
+
+    /// `list` returns the store revision it read at: the latest one, even when the listed
+    /// keys were last written earlier, and 0 for a never-written store.
+    #[tokio::test]
+    async fn list_returns_the_revision_it_read_at() {
+        let (_dir, store) = temp_store();
+        assert_eq!(store.list("").await.expect("list"), Listing::default());
+        commit(&store, Txn::new().put("a/1", "1")).await;
+        commit(&store, Txn::new().put("b/1", "1")).await;
+        // A delete of an absent key changes nothing but still takes a revision.
+        commit(&store, Txn::new().delete("missing")).await;
+        let listing = store.list("a/").await.expect("list");
+        assert_eq!(listing.revision, 3);
+        assert_eq!(listing.kvs, vec![kv("a/1", b"1", 1, 1, 1)]);
+        let listing = store.list("c/").await.expect("list");
+        assert_eq!(
+            listing,
+            Listing {
+                revision: 3,
+                kvs: vec![]
+            }
+        );
+    }
+
+    /// A watch from a past revision replays every later change under its prefix, in
+    /// revision order, and then follows new commits live; other keys (including ones that
+    /// merely sort next to the prefix) never show up.
+    #[tokio::test]
+    async fn watch_replays_from_a_past_revision_then_follows_live() {
+        let (_dir, store) = temp_store();
+        let store = Arc::new(store);
+        commit(&store, Txn::new().put("a/1", "1")).await; // 1
+        commit(&store, Txn::new().put("a/2", "1").put("b", "1")).await; // 2
+        commit(&store, Txn::new().put("a0", "1").put("a", "1")).await; // 3
+        commit(&store, Txn::new().delete("a/1").put("a/3", "1")).await; // 4
+        commit(&store, Txn::new().put("ab/1", "1")).await; // 5
+
+        let mut watch = store.watch("a/", 1);
+        assert_eq!(
+            next_event(&mut watch).await,
+            Ok(event(2, EventKind::Put, "a/2"))
+        );
+        assert_eq!(
+            next_event(&mut watch).await,
+            Ok(event(4, EventKind::Delete, "a/1"))
+        );
+        assert_eq!(
+            next_event(&mut watch).await,
+            Ok(event(4, EventKind::Put, "a/3"))
+        );
+        assert_eq!(watch.try_next(), Ok(None));
+
+        let writer = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                commit(&store, Txn::new().put("b/2", "1")).await; // 6
+                commit(&store, Txn::new().put("a/2", "2")).await // 7
+            })
+        };
+        assert_eq!(
+            next_event(&mut watch).await,
+            Ok(event(7, EventKind::Put, "a/2"))
+        );
+        assert_eq!(writer.await.expect("writer"), 7);
+
+        // The empty prefix is every key; a prefix without keys sees nothing.
+        let mut everything = store.watch("", 5);
+        assert_eq!(
+            next_event(&mut everything).await,
+            Ok(event(6, EventKind::Put, "b/2"))
+        );
+        assert_eq!(
+            next_event(&mut everything).await,
+            Ok(event(7, EventKind::Put, "a/2"))
+        );
+        assert_eq!(store.watch("c", 0).try_next(), Ok(None));
+    }
+
+    /// Under concurrent writers, list-then-watch from the listing's revision sees every later
+    /// change exactly once and in order: each reader, started at a different moment, ends with
+    /// precisely the events the writers committed after its listing, and the listing itself is
+    /// exactly the state at its revision.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn list_then_watch_misses_nothing_under_concurrent_writers() {
+        const WRITERS: usize = 4;
+        const TXNS: usize = 60;
+        const READERS: i64 = 5;
+        const DONE: &str = "w/~done";
+        /// Every writer transaction takes one revision.
+        const TOTAL: i64 = (WRITERS * TXNS) as i64;
+        let (_dir, store) = temp_store();
+        let store = Arc::new(store);
+
+        // Each writer owns its keys, so it knows exactly which events its transactions cause.
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..WRITERS {
+            let store = Arc::clone(&store);
+            writers.spawn(async move {
+                let mut live = std::collections::BTreeSet::new();
+                let mut log: Vec<(i64, Vec<Event>)> = Vec::new();
+                for i in 0..TXNS {
+                    let put_key = format!("w/{w}/{}", i % 5);
+                    let del_key = format!("w/{w}/{}", (i + 2) % 5);
+                    let mut txn = Txn::new().put(&put_key, i.to_string());
+                    if i % 3 == 0 {
+                        txn = txn.delete(&del_key);
+                    }
+                    // A key outside the prefix, in the same transaction.
+                    txn = txn.put(format!("x/{w}"), i.to_string());
+                    let revision = commit(&store, txn).await;
+                    let mut events = vec![event(revision, EventKind::Put, &put_key)];
+                    live.insert(put_key);
+                    if i % 3 == 0 && live.remove(&del_key) {
+                        events.push(event(revision, EventKind::Delete, &del_key));
+                    }
+                    log.push((revision, events));
+                }
+                log
+            });
+        }
+
+        let mut readers = tokio::task::JoinSet::new();
+        for r in 0..READERS {
+            let store = Arc::clone(&store);
+            readers.spawn(async move {
+                let wait_for = |revision: i64| {
+                    let store = Arc::clone(&store);
+                    async move {
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                        while store.revision().await.expect("revision") < revision {
+                            assert!(tokio::time::Instant::now() < deadline, "writers stalled");
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                };
+                // Start at a different point of the writes for each reader.
+                wait_for(r * TOTAL / READERS).await;
+                let listing = store.list("w/").await.expect("list");
+                // Let writers commit between the list and the watch: those changes must come
+                // from the history.
+                wait_for((listing.revision + 10).min(TOTAL)).await;
+                let mut watch = store.watch("w/", listing.revision);
+                let mut seen = Vec::new();
+                loop {
+                    let event = next_event(&mut watch).await.expect("watching");
+                    if event.key == DONE {
+                        break;
+                    }
+                    seen.push(event);
+                }
+                (listing, seen)
+            });
+        }
+
+        let mut log = Vec::new();
+        while let Some(result) = writers.join_next().await {
+            log.extend(result.expect("writer"));
+        }
+        commit(&store, Txn::new().put(DONE, "")).await;
+        log.sort_by_key(|(revision, _)| *revision);
+        let all: Vec<Event> = log.into_iter().flat_map(|(_, events)| events).collect();
+
+        while let Some(result) = readers.join_next().await {
+            let (listing, seen) = result.expect("reader");
+            let want: Vec<Event> = all
+                .iter()
+                .filter(|e| e.revision > listing.revision)
+                .cloned()
+                .collect();
+            assert_eq!(seen, want, "reader that listed at {}", listing.revision);
+            // Replaying the writers' events up to the listing's revision gives its keys.
+            let mut state = BTreeMap::new();
+            for e in all.iter().filter(|e| e.revision <= listing.revision) {
+                match e.kind {
+                    EventKind::Put => state.insert(e.key.clone(), e.revision),
+                    EventKind::Delete => state.remove(&e.key),
+                };
+            }
+            let listed: BTreeMap<String, i64> = listing
+                .kvs
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.mod_revision))
+                .collect();
+            assert_eq!(listed, state, "listing at {}", listing.revision);
+        }
+    }
+
+    /// A watcher that falls further behind than the store's history gets `Compacted` (naming
+    /// what it needed and what is left), not a silent gap; re-listing and watching from the
+    /// new listing's revision then works.
+    #[tokio::test]
+    async fn lagging_watcher_gets_compacted() {
+        let dir = tempfile::tempdir().expect("creating a temp dir");
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open_with_history(&path, 4).expect("opening");
+        let mut watch = store.watch("k/", 0);
+        commit(&store, Txn::new().put("k/1", "1")).await;
+        commit(&store, Txn::new().put("k/2", "1")).await;
+        assert_eq!(
+            next_event(&mut watch).await,
+            Ok(event(1, EventKind::Put, "k/1"))
+        );
+        for n in 3..=10 {
+            commit(&store, Txn::new().put(format!("k/{n}"), "1")).await;
+        }
+        // Revisions 7 to 10 are retained; the watcher had delivered everything up to 1.
+        let compacted = Err(WatchError::Compacted {
+            requested: 1,
+            oldest: 6,
+        });
+        assert_eq!(next_event(&mut watch).await, compacted);
+        assert_eq!(
+            next_event(&mut watch).await,
+            compacted,
+            "the error is final"
+        );
+
+        let listing = store.list("k/").await.expect("list");
+        assert_eq!(listing.kvs.len(), 10);
+        let mut watch = store.watch("k/", listing.revision);
+        commit(&store, Txn::new().delete("k/1")).await;
+        assert_eq!(
+            next_event(&mut watch).await,
+            Ok(event(11, EventKind::Delete, "k/1"))
+        );
+    }
+
+    /// A watch from a revision older than the retained history gets `Compacted`: after a
+    /// restart the history starts empty at the stored revision, and a full ring has dropped
+    /// its oldest changes.
+    #[tokio::test]
+    async fn watch_from_before_the_history_gets_compacted() {
+        let dir = tempfile::tempdir().expect("creating a temp dir");
+        let path = dir.path().join("store.db");
+        {
+            let store = open(&path);
+            commit(&store, Txn::new().put("a", "1")).await;
+            commit(&store, Txn::new().put("a", "2")).await;
+            store.close().await.expect("close");
+        }
+        let store = SqliteStore::open_with_history(&path, 2).expect("reopening");
+        assert_eq!(
+            store.watch("", 1).try_next(),
+            Err(WatchError::Compacted {
+                requested: 1,
+                oldest: 2
             })
         );
-        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        // From the stored revision on, nothing is missing.
+        let mut from_now = store.watch("", 2);
+        for n in 3..=5 {
+            commit(&store, Txn::new().put("a", n.to_string())).await;
+        }
+        assert_eq!(
+            store.watch("", 2).try_next(),
+            Err(WatchError::Compacted {
+                requested: 2,
+                oldest: 3
+            })
+        );
+        assert_eq!(
+            store.watch("", 3).try_next(),
+            Ok(Some(event(4, EventKind::Put, "a")))
+        );
+        // A watcher created in time but not read since has fallen behind the same way.
+        assert!(matches!(
+            from_now.try_next(),
+            Err(WatchError::Compacted { .. })
+        ));
+    }
+
+    /// Closing the store wakes a waiting watcher with `Closed`, after it has delivered every
+    /// change committed before the close; a watch started after the close is closed too.
+    #[tokio::test]
+    async fn close_ends_watches() {
+        let (_dir, store) = temp_store();
+        let store = Arc::new(store);
+        let mut watch = store.watch("", 0);
+        commit(&store, Txn::new().put("a", "1")).await;
+        let waiter = tokio::spawn(async move {
+            let first = next_event(&mut watch).await;
+            let second = next_event(&mut watch).await;
+            (first, second)
+        });
+        store.close().await.expect("close");
+        assert_eq!(
+            waiter.await.expect("waiter"),
+            (Ok(event(1, EventKind::Put, "a")), Err(WatchError::Closed))
+        );
+        assert_eq!(store.watch("", 1).try_next(), Err(WatchError::Closed));
     }
 
     #[tokio::test]
@@ -1105,7 +1435,7 @@ mod tests {
         let store = open(&path);
         assert_eq!(store.revision().await.expect("revision"), 3);
         assert_eq!(
-            store.list("").await.expect("list"),
+            store.list("").await.expect("list").kvs,
             vec![kv("a", b"2", 1, 2, 2)]
         );
     }
@@ -1454,7 +1784,7 @@ mod tests {
                 .expect("building a runtime");
             runtime.block_on(async {
                 let (_dir, store) = temp_store();
-                let mut rx = store.watch();
+                let mut rx = store.watch("", 0);
                 let mut model = Model::default();
                 for gen_txn in &txns {
                     let txn = resolve(&model, gen_txn);
@@ -1462,13 +1792,15 @@ mod tests {
                     let got = store.txn(txn).await.expect("txn");
                     prop_assert_eq!(got, want);
                     let mut got_events = Vec::new();
-                    while let Ok(event) = rx.try_recv() {
+                    while let Some(event) = rx.try_next().expect("watching") {
                         got_events.push(event);
                     }
                     prop_assert_eq!(got_events, want_events);
                     prop_assert_eq!(store.revision().await.expect("revision"), model.revision);
                     let everything: Vec<KeyValue> = model.kv.values().cloned().collect();
-                    prop_assert_eq!(store.list("").await.expect("list"), everything);
+                    let listing = store.list("").await.expect("list");
+                    prop_assert_eq!(listing.revision, model.revision);
+                    prop_assert_eq!(listing.kvs, everything);
                 }
                 for prefix in ["a", "a/", "ab", "b", "c"] {
                     let want: Vec<KeyValue> = model
@@ -1477,7 +1809,7 @@ mod tests {
                         .filter(|kv| kv.key.starts_with(prefix))
                         .cloned()
                         .collect();
-                    prop_assert_eq!(store.list(prefix).await.expect("list"), want);
+                    prop_assert_eq!(store.list(prefix).await.expect("list").kvs, want);
                 }
                 for key in KEYS {
                     prop_assert_eq!(get(&store, key).await, model.kv.get(*key).cloned());
@@ -1755,7 +2087,7 @@ mod tests {
                 );
                 // The counter and the numbered keys are written in one transaction, so the
                 // keys must be exactly k/0..k/counter-1, each with its exact value.
-                let keys = store.list("k/").await.expect("listing keys");
+                let keys = store.list("k/").await.expect("listing keys").kvs;
                 assert_eq!(
                     keys.len() as u64,
                     counter,
