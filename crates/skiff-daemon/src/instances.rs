@@ -211,8 +211,9 @@ impl InstanceManager {
     }
 
     /// Re-adopts or cleans up what a previous run left, then reconciles until `shutdown`,
-    /// and finally stops every instance.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, stop_grace_cap: Duration) {
+    /// and finally stops every instance, each killed at most `stop_cap` after that (those
+    /// being retired too).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, stop_cap: Duration) {
         let mut plans = Vec::new();
         match self.store.list("/instances/").await {
             Ok(kvs) => {
@@ -265,7 +266,7 @@ impl InstanceManager {
         }
         info!("stopping every instance");
         let all = self.runtime.instances();
-        self.runtime.stop_all(stop_grace_cap).await;
+        self.runtime.stop_all(stop_cap).await;
         for i in all {
             let _ = self
                 .store
@@ -374,8 +375,9 @@ impl InstanceManager {
         Ok(())
     }
 
-    /// Drains an instance (no new requests; those in flight finish, up to its grace period),
-    /// then stops it and forgets its record.
+    /// Drains an instance (no new requests; those in flight finish, up to its drain timeout,
+    /// the revision's `timeoutSeconds`), then stops it (SIGTERM, SIGKILL after the
+    /// termination grace) and forgets its record.
     fn retire(&self, inst: Arc<Instance>) {
         {
             let mut r = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
@@ -392,7 +394,7 @@ impl InstanceManager {
         );
         info!(instance = %inst.plan.id, "draining and stopping instance");
         tokio::spawn(async move {
-            serving.drain(&inst.plan.id, inst.plan.stop_grace).await;
+            serving.drain(&inst.plan.id, inst.plan.drain_timeout).await;
             let _ = rt.stop(&inst.plan.id).await;
             let _ = store
                 .txn(Txn::new().delete(instance_key(&inst.plan.namespace, &inst.plan.id)))

@@ -197,6 +197,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let mut runtime_options = skiff_runtime::RuntimeOptions::new(data.path());
     runtime_options.runtime = config.runtime.clone();
     runtime_options.pids_limit = config.pids_limit;
+    runtime_options.termination_grace = config.termination_grace_period;
     let oci: Arc<dyn skiff_runtime::oci::OciRuntime> = Arc::new(skiff_runtime::oci::RuncCli::new(
         config.runtime.clone(),
         data.path().join("run/runc"),
@@ -353,7 +354,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     }
     let _ = watcher.await;
     let _ = reconciler.await;
-    info!("stopping instances: SIGTERM, then SIGKILL after each one's grace period");
+    info!(
+        termination_grace_seconds = config.termination_grace_period.as_secs(),
+        cap_seconds = config.shutdown_grace_period.as_secs(),
+        "stopping instances: SIGTERM, then SIGKILL after the termination grace or the cap"
+    );
     instances_stop.cancel();
     let _ = instance_task.await;
     let _ = follower.await;

@@ -106,7 +106,7 @@ async fn busybox_httpd_lifecycle() {
         serving: 0,
         port: 8080,
         volumes: vec![],
-        stop_grace: Duration::from_secs(5),
+        drain_timeout: Duration::from_secs(5),
     };
     let inst = rt.start(plan).await.expect("start");
     let mut rx = inst.subscribe();
