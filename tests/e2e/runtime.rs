@@ -564,7 +564,8 @@ async fn crash_loop_and_grace() {
     if skip_without_runc() {
         return;
     }
-    let (_reg, d, image) = registry_with_info_image(&[]).await;
+    let (_reg, d, image) =
+        registry_with_info_image(&["--termination-grace-period-seconds", "2"]).await;
     apply(
         &d,
         &service(
@@ -610,7 +611,8 @@ async fn crash_loop_and_grace() {
     );
     assert_code(&d.cli(&["scale", "rt-crash", "0"]), 0);
 
-    // Grace: timeoutSeconds 2 is the instance's grace period; the process ignores SIGTERM.
+    // Grace: the daemon's termination grace (2 s) is the instance's grace period; the
+    // process ignores SIGTERM.
     apply(
         &d,
         &service(

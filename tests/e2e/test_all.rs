@@ -6,6 +6,7 @@ mod crash;
 mod daemon;
 mod hardening;
 mod images;
+mod lifecycle;
 mod runtime;
 mod serving;
 

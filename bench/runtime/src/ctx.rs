@@ -128,7 +128,8 @@ impl Ctx {
 
         let skiff_runc_root = skiff_runc_root(work);
         let oci = Arc::new(TimedOci::new(RuncCli::new("runc", &skiff_runc_root)));
-        let opts = RuntimeOptions::new(&work.join("skiff"));
+        let mut opts = RuntimeOptions::new(&work.join("skiff"));
+        opts.termination_grace = STOP_GRACE;
         let rt = Runtime::new(opts, oci.clone() as Arc<dyn OciRuntime>)
             .context("starting the runtime")?;
 
@@ -204,7 +205,7 @@ impl Ctx {
             serving: 0,
             port: PORT,
             volumes: vec![],
-            stop_grace: STOP_GRACE,
+            drain_timeout: STOP_GRACE,
         }
     }
 }

@@ -321,8 +321,8 @@ impl InstanceManager {
         }
     }
 
-    /// Stops every instance, giving each at most `cap` between SIGTERM and SIGKILL, and
-    /// forgets their records (daemon shutdown, after the reconcilers have stopped).
+    /// Stops every instance, each killed at most `cap` after this (those being retired too),
+    /// and forgets their records (daemon shutdown, after the reconcilers have stopped).
     pub async fn stop_all(&self, cap: Duration) {
         info!("stopping every instance");
         let all = self.runtime.instances();
@@ -359,8 +359,9 @@ impl InstanceManager {
         })
     }
 
-    /// Drains an instance (no new requests; those in flight finish, up to its grace period),
-    /// then stops it and forgets its record.
+    /// Drains an instance (no new requests; those in flight finish, up to its drain timeout,
+    /// the revision's `timeoutSeconds`), then stops it (SIGTERM, SIGKILL after the
+    /// termination grace) and forgets its record.
     fn retire(&self, inst: InstanceInfo) {
         {
             let mut r = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
@@ -378,7 +379,7 @@ impl InstanceManager {
         info!(instance = %inst.plan.id, "draining and stopping instance");
         tokio::spawn(async move {
             let plan = inst.plan;
-            serving.drain(&plan.id, plan.stop_grace).await;
+            serving.drain(&plan.id, plan.drain_timeout).await;
             rt.stop(&plan.id).await;
             let _ = store
                 .txn(Txn::new().delete(keys::instance(&plan.namespace, &plan.id)))

@@ -304,7 +304,10 @@ pub fn plan(
         serving,
         port,
         volumes,
-        // Knative gives an instance its request timeout to finish in-flight work.
-        stop_grace: Duration::from_secs(spec.timeout_seconds.unwrap_or(300).clamp(1, 3600) as u64),
+        // Retiring waits for requests in flight up to the request timeout, as Knative does;
+        // SIGTERM to SIGKILL is the daemon's termination grace, not this.
+        drain_timeout: Duration::from_secs(
+            spec.timeout_seconds.unwrap_or(300).clamp(1, 3600) as u64
+        ),
     })
 }

@@ -40,6 +40,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long shutdown waits for in-flight API requests.
     pub shutdown_grace_period: Duration,
+    /// How long a stopped instance's containers have between SIGTERM and SIGKILL (Cloud
+    /// Run's 10 s); its requests in flight are drained before, up to `timeoutSeconds`.
+    pub termination_grace_period: Duration,
     /// A Docker `config.json` with registry credentials (`auths`).
     pub registry_auth_file: Option<PathBuf>,
     /// Registries reached over plain HTTP (loopback ones always are).
@@ -105,6 +108,7 @@ impl Config {
             log_format: LogFormat::Text,
             max_body_bytes: 1024 * 1024,
             shutdown_grace_period: Duration::from_secs(30),
+            termination_grace_period: Duration::from_secs(10),
             registry_auth_file: None,
             insecure_registries: Vec::new(),
             registry_mirrors: BTreeMap::new(),
@@ -172,6 +176,11 @@ const SETTINGS: &[Setting] = &[
         key: "shutdown_grace_period_seconds",
         env: "SKIFF_SHUTDOWN_GRACE_PERIOD_SECONDS",
         flag: "--shutdown-grace-period-seconds",
+    },
+    Setting {
+        key: "termination_grace_period_seconds",
+        env: "SKIFF_TERMINATION_GRACE_PERIOD_SECONDS",
+        flag: "--termination-grace-period-seconds",
     },
     Setting {
         key: "registry_auth_file",
@@ -621,6 +630,10 @@ pub fn load(
     }
     for (key, field) in [
         (
+            "termination_grace_period_seconds",
+            &mut config.termination_grace_period,
+        ),
+        (
             "activator_queue_timeout_seconds",
             &mut config.activator_queue_timeout,
         ),
@@ -885,6 +898,32 @@ max_scale_down_rate = 1.5
             text.contains("max_scale_down_rate (from flag --max-scale-down-rate)"),
             "{text}"
         );
+    }
+
+    /// The termination grace: 10 s by default (Cloud Run's), from the environment or a
+    /// flag, and 1 to 3600 s like the other seconds settings.
+    #[test]
+    fn termination_grace_setting() {
+        let (config, _) = load(None, &env(&[]), &Flags::new()).expect("valid");
+        assert_eq!(config.termination_grace_period, Duration::from_secs(10));
+        let vars = env(&[("SKIFF_TERMINATION_GRACE_PERIOD_SECONDS", "2")]);
+        let (config, _) = load(None, &vars, &Flags::new()).expect("valid");
+        assert_eq!(config.termination_grace_period, Duration::from_secs(2));
+        let mut flags = Flags::new();
+        flags.insert("termination_grace_period_seconds", "45".into());
+        let (config, _) = load(None, &vars, &flags).expect("valid");
+        assert_eq!(config.termination_grace_period, Duration::from_secs(45));
+        for bad in ["0", "3601", "soon"] {
+            let mut flags = Flags::new();
+            flags.insert("termination_grace_period_seconds", bad.into());
+            let err = load(None, &env(&[]), &flags).expect_err("invalid");
+            assert!(
+                err.to_string().contains(&format!(
+                    "termination_grace_period_seconds (from flag --termination-grace-period-seconds): `{bad}` must be a number of seconds from 1 to 3600"
+                )),
+                "{err}"
+            );
+        }
     }
 
     /// Unknown SKIFF_ variables are reported (likely typos) but CLI ones are not.

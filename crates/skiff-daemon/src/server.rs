@@ -174,6 +174,7 @@ fn runtime(config: &Config, data: &DataDir) -> Result<Arc<skiff_runtime::Runtime
     let mut options = skiff_runtime::RuntimeOptions::new(data.path());
     options.runtime = config.runtime.clone();
     options.pids_limit = config.pids_limit;
+    options.termination_grace = config.termination_grace_period;
     let oci: Arc<dyn skiff_runtime::oci::OciRuntime> = Arc::new(skiff_runtime::oci::RuncCli::new(
         config.runtime.clone(),
         data.path().join("run/runc"),
@@ -289,7 +290,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         }
         Err(_) => warn!("grace period over with requests still in flight; closing them"),
     }
-    info!("stopping instances: SIGTERM, then SIGKILL after each one's grace period");
+    info!(
+        termination_grace_seconds = config.termination_grace_period.as_secs(),
+        cap_seconds = grace.as_secs(),
+        "stopping instances: SIGTERM, then SIGKILL after the termination grace or the cap"
+    );
     plane.shutdown(grace).await;
     if let Err(e) = store.close().await {
         warn!(error = %skiff_telemetry::ErrorChain(&e), "closing the state store");

@@ -60,6 +60,9 @@ pub struct RuntimeOptions {
     pub restart_backoff_max: Duration,
     /// Log rotation.
     pub log_rotation: logs::Rotation,
+    /// How long a container has between SIGTERM and SIGKILL when it is stopped (Cloud Run
+    /// gives 10 s). Draining requests in flight comes before and is not counted here.
+    pub termination_grace: Duration,
 }
 
 impl RuntimeOptions {
@@ -73,6 +76,7 @@ impl RuntimeOptions {
             restart_backoff: Duration::from_secs(1),
             restart_backoff_max: Duration::from_secs(300),
             log_rotation: logs::Rotation::default(),
+            termination_grace: Duration::from_secs(10),
         }
     }
 }
@@ -175,8 +179,11 @@ pub struct InstancePlan {
     pub port: u16,
     /// Volumes.
     pub volumes: Vec<VolumePlan>,
-    /// SIGTERM to SIGKILL.
-    pub stop_grace: Duration,
+    /// How long retiring the instance waits for its requests in flight before stopping it
+    /// (the revision's `timeoutSeconds`). The daemon drains; the runtime never reads it.
+    /// Records written before it had this name call it `stopGrace`.
+    #[serde(alias = "stopGrace")]
+    pub drain_timeout: Duration,
 }
 
 /// How a container last ended.
@@ -290,6 +297,36 @@ fn now() -> String {
     jiff::Timestamp::now().to_string()
 }
 
+/// When SIGKILL is due for a container sent SIGTERM at `term_sent`: at the end of its
+/// termination `grace`, or at the shutdown's deadline (`shutdown_by`) if that comes first.
+fn kill_due(
+    term_sent: tokio::time::Instant,
+    grace: Duration,
+    shutdown_by: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    let own = term_sent + grace;
+    shutdown_by.map_or(own, |s| own.min(s))
+}
+
+/// Waits for `exit` until SIGKILL is due ([`kill_due`]), following the shutdown's deadline
+/// as it is set or moved meanwhile; `None` when SIGKILL is due first.
+async fn exit_or_kill_due<F: std::future::Future + Unpin>(
+    exit: &mut F,
+    term_sent: tokio::time::Instant,
+    grace: Duration,
+    shutdown_by: &mut watch::Receiver<Option<tokio::time::Instant>>,
+) -> Option<F::Output> {
+    let mut follow = true;
+    loop {
+        let due = kill_due(term_sent, grace, *shutdown_by.borrow_and_update());
+        tokio::select! {
+            out = &mut *exit => return Some(out),
+            () = tokio::time::sleep_until(due) => return None,
+            changed = shutdown_by.changed(), if follow => follow = changed.is_ok(),
+        }
+    }
+}
+
 /// A running instance.
 pub struct Instance {
     /// Its plan.
@@ -302,8 +339,6 @@ pub struct Instance {
     done: CancellationToken,
     tails: Vec<Tail>,
     start_instant: tokio::time::Instant,
-    /// A cap on the grace period (milliseconds), set by a bounded shutdown.
-    grace_cap_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Instance {
@@ -371,6 +406,9 @@ pub struct Runtime {
     instances: Mutex<HashMap<String, Arc<Instance>>>,
     events: broadcast::Sender<InstanceEvent>,
     tracker: TaskTracker,
+    /// The latest SIGKILL of every container, once a bounded shutdown has set it
+    /// ([`Runtime::stop_all`]); containers already between SIGTERM and SIGKILL follow it.
+    shutdown_by: watch::Sender<Option<tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -403,6 +441,7 @@ impl Runtime {
             instances: Mutex::new(HashMap::new()),
             events,
             tracker: TaskTracker::new(),
+            shutdown_by: watch::Sender::new(None),
         }))
     }
 
@@ -514,7 +553,6 @@ impl Runtime {
             stop: CancellationToken::new(),
             done: CancellationToken::new(),
             start_instant: t0,
-            grace_cap_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
         self.instances
             .lock()
@@ -549,7 +587,9 @@ impl Runtime {
         }
     }
 
-    /// Stops an instance: SIGTERM, SIGKILL after its grace period, then everything removed.
+    /// Stops an instance at once: SIGTERM, SIGKILL after the termination grace
+    /// ([`RuntimeOptions::termination_grace`]), then everything removed. Draining its
+    /// requests is the caller's business, before.
     pub async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
         let inst = self
             .instance(id)
@@ -559,13 +599,16 @@ impl Runtime {
         Ok(())
     }
 
-    /// Stops every instance (daemon shutdown), giving each at most `cap` between SIGTERM and
-    /// SIGKILL.
+    /// Stops every instance (daemon shutdown): SIGTERM to those not stopping yet, and
+    /// SIGKILL to every container still running `cap` from now, or at the end of its own
+    /// termination grace if that comes first. Instances already stopping (retired ones)
+    /// are held to the same deadline.
     pub async fn stop_all(&self, cap: Duration) {
+        let deadline = tokio::time::Instant::now() + cap;
+        self.shutdown_by
+            .send_modify(|d| *d = Some(d.map_or(deadline, |earlier| earlier.min(deadline))));
         let all = self.instances();
         for i in &all {
-            i.grace_cap_ms
-                .store(cap.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
             i.stop.cancel();
         }
         for i in all {
@@ -959,7 +1002,8 @@ impl Runtime {
         term
     }
 
-    /// SIGTERM, then SIGKILL once the grace period is over.
+    /// SIGTERM, then SIGKILL once the termination grace is over (or the shutdown's
+    /// deadline, if one comes first: see [`kill_due`]).
     async fn graceful_stop(
         &self,
         inst: &Instance,
@@ -973,13 +1017,14 @@ impl Runtime {
         {
             warn!(container = %id, error = %e, "SIGTERM failed");
         }
-        let cap =
-            Duration::from_millis(inst.grace_cap_ms.load(std::sync::atomic::Ordering::Relaxed));
-        let grace = inst.plan.stop_grace.min(cap);
-        match tokio::time::timeout(grace, &mut exit_rx).await {
-            Ok(e) => e.unwrap_or(Exit::Unknown),
-            Err(_) => {
-                warn!(container = %id, grace_seconds = grace.as_secs_f64(), "grace period over; sending SIGKILL");
+        let term_sent = tokio::time::Instant::now();
+        let grace = self.opts.termination_grace;
+        let mut shutdown_by = self.shutdown_by.subscribe();
+        match exit_or_kill_due(&mut exit_rx, term_sent, grace, &mut shutdown_by).await {
+            Some(e) => e.unwrap_or(Exit::Unknown),
+            None => {
+                let waited = term_sent.elapsed();
+                warn!(container = %id, waited_seconds = waited.as_secs_f64(), grace_seconds = grace.as_secs_f64(), "grace period over; sending SIGKILL");
                 let _ = self.oci.kill(&id, "KILL").await;
                 match tokio::time::timeout(Duration::from_secs(10), exit_rx).await {
                     Ok(e) => e.unwrap_or(Exit::Unknown),
@@ -1253,4 +1298,87 @@ pub struct RecoveryReport {
 /// The hostname of an instance (at most 63 characters).
 pub fn hostname(id: &str) -> String {
     id.chars().take(63).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    /// SIGKILL is due at the end of the termination grace, or at the shutdown's deadline
+    /// when that is sooner; a later shutdown deadline never extends the grace.
+    #[test]
+    fn kill_is_due_at_the_grace_or_the_shutdown_deadline() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(10);
+        assert_eq!(kill_due(t0, grace, None), t0 + grace);
+        let soon = t0 + Duration::from_secs(3);
+        assert_eq!(kill_due(t0, grace, Some(soon)), soon);
+        let late = t0 + Duration::from_secs(30);
+        assert_eq!(kill_due(t0, grace, Some(late)), t0 + grace);
+        // A shutdown that began before this SIGTERM (its deadline is already past): at once.
+        let past = t0 - Duration::from_secs(1);
+        assert_eq!(kill_due(t0, grace, Some(past)), past);
+    }
+
+    /// A container that ignores SIGTERM is killed at the end of its grace; one already
+    /// waiting out a long grace when shutdown begins is killed at the shutdown's deadline,
+    /// not at the end of its grace (the defect of issue 10: a 300 s wait past a 30 s cap).
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_deadline_shortens_a_grace_already_running() {
+        let (tx, mut rx) = watch::channel(None);
+        let mut never = std::future::pending::<()>();
+        let t0 = Instant::now();
+        let out = exit_or_kill_due(&mut never, t0, Duration::from_secs(2), &mut rx).await;
+        assert!(out.is_none());
+        assert_eq!(Instant::now(), t0 + Duration::from_secs(2));
+
+        let t1 = Instant::now();
+        let grace = Duration::from_secs(300);
+        let wait = tokio::spawn(async move {
+            let mut never = std::future::pending::<()>();
+            exit_or_kill_due(&mut never, t1, grace, &mut rx).await
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        tx.send_replace(Some(deadline));
+        assert!(wait.await.expect("join").is_none());
+        assert_eq!(Instant::now(), deadline);
+    }
+
+    /// An instance record written before the drain timeout had its name (`stopGrace`)
+    /// still reads, so a daemon upgraded in place re-adopts the instances it left running.
+    #[test]
+    fn records_with_the_old_field_name_still_read() {
+        let plan = InstancePlan {
+            id: "hello-00001-abcde".into(),
+            namespace: "default".into(),
+            service: "hello".into(),
+            revision: "hello-00001".into(),
+            containers: vec![],
+            serving: 0,
+            port: 8080,
+            volumes: vec![],
+            drain_timeout: Duration::from_secs(300),
+        };
+        let new = serde_json::to_string(&plan).expect("serializes");
+        assert!(new.contains("\"drainTimeout\""), "{new}");
+        let old = new.replace("\"drainTimeout\"", "\"stopGrace\"");
+        let read: InstancePlan = serde_json::from_str(&old).expect("old record reads");
+        assert_eq!(read, plan);
+    }
+
+    /// A container that exits within its grace is not killed: its exit is returned.
+    #[tokio::test(start_paused = true)]
+    async fn an_exit_within_the_grace_is_taken() {
+        let (_tx, mut rx) = watch::channel(None);
+        let t0 = Instant::now();
+        let mut exit = Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            7
+        });
+        let out = exit_or_kill_due(&mut exit, t0, Duration::from_secs(10), &mut rx).await;
+        assert_eq!(out, Some(7));
+        assert_eq!(Instant::now(), t0 + Duration::from_secs(1));
+    }
 }

@@ -70,7 +70,9 @@ async fn busybox_httpd_lifecycle() {
         .collect();
     let mut args = image.config.entrypoint.clone().unwrap_or_default();
     args.extend(image.config.cmd.clone().unwrap_or_default());
-    let opts = RuntimeOptions::new(&dir.path().join("data"));
+    let mut opts = RuntimeOptions::new(&dir.path().join("data"));
+    // httpd is PID 1 and ignores SIGTERM: every stop waits out the grace.
+    opts.termination_grace = Duration::from_secs(5);
     let oci: Arc<dyn OciRuntime> = Arc::new(RuncCli::new("runc", dir.path().join("data/runc")));
     let rt = Runtime::new(opts, oci.clone()).expect("runtime");
     let plan = InstancePlan {
@@ -106,7 +108,7 @@ async fn busybox_httpd_lifecycle() {
         serving: 0,
         port: 8080,
         volumes: vec![],
-        stop_grace: Duration::from_secs(5),
+        drain_timeout: Duration::from_secs(5),
     };
     let inst = rt.start(plan).await.expect("start");
     let mut rx = inst.subscribe();

@@ -42,6 +42,10 @@ pub struct ServerArgs {
     /// Seconds shutdown waits for in-flight requests [default: 30].
     #[arg(long)]
     pub shutdown_grace_period_seconds: Option<String>,
+    /// Seconds a stopped instance has between SIGTERM and SIGKILL, after its requests in
+    /// flight are done [default: 10].
+    #[arg(long)]
+    pub termination_grace_period_seconds: Option<String>,
     /// A Docker config.json with registry credentials.
     #[arg(long)]
     pub registry_auth_file: Option<String>,
@@ -96,7 +100,7 @@ pub struct ServerArgs {
 impl ServerArgs {
     fn flags(&self) -> Flags {
         let mut flags = Flags::new();
-        let pairs: [(&'static str, &Option<String>); 24] = [
+        let pairs: [(&'static str, &Option<String>); 25] = [
             ("data_dir", &self.data_dir),
             ("api_listen", &self.api_listen),
             ("ingress_listen", &self.ingress_listen),
@@ -107,6 +111,10 @@ impl ServerArgs {
             (
                 "shutdown_grace_period_seconds",
                 &self.shutdown_grace_period_seconds,
+            ),
+            (
+                "termination_grace_period_seconds",
+                &self.termination_grace_period_seconds,
             ),
             ("registry_auth_file", &self.registry_auth_file),
             ("insecure_registries", &self.insecure_registries),
