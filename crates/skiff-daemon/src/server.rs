@@ -218,7 +218,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             queue_timeout: config.activator_queue_timeout,
             threads: config.router_threads,
         },
-        runtime.connector().clone(),
+        crate::serving::NetnsConnect(runtime.connector().clone()),
         poke_tx,
         router_metrics,
     );

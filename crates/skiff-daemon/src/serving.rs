@@ -42,6 +42,21 @@ use crate::routes::{self, RouteTable};
 /// How many decisions that changed the desired scale are kept per revision.
 const DECISION_HISTORY: usize = 20;
 
+/// The router's [`skiff_router::Connect`] over the runtime's setns connector (the router
+/// does not depend on the runtime crate).
+#[derive(Debug, Clone)]
+pub struct NetnsConnect(pub skiff_runtime::netns::Connector);
+
+impl skiff_router::Connect for NetnsConnect {
+    fn connect(
+        &self,
+        netns: Arc<std::os::fd::OwnedFd>,
+        port: u16,
+    ) -> skiff_router::ConnectFuture<'_> {
+        Box::pin(self.0.connect(netns, port))
+    }
+}
+
 /// One scaling decision as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
