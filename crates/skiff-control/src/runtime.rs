@@ -120,6 +120,21 @@ impl InstanceRuntime for Runc {
     }
 }
 
+/// The router's [`skiff_router::Connect`] over the runtime's setns connector (the router
+/// does not depend on the runtime crate).
+#[derive(Debug, Clone)]
+pub struct NetnsConnect(pub skiff_runtime::netns::Connector);
+
+impl skiff_router::Connect for NetnsConnect {
+    fn connect(
+        &self,
+        netns: Arc<std::os::fd::OwnedFd>,
+        port: u16,
+    ) -> skiff_router::ConnectFuture<'_> {
+        Box::pin(self.0.connect(netns, port))
+    }
+}
+
 /// Where instances' images come from.
 #[async_trait]
 pub trait ImageStore: Send + Sync + 'static {

@@ -339,7 +339,7 @@ fn router(
             queue_timeout: config.activator_queue_timeout,
             threads: config.router_threads,
         },
-        runtime.connector().clone(),
+        skiff_control::runtime::NetnsConnect(runtime.connector().clone()),
         poke_tx,
         router_metrics,
     );

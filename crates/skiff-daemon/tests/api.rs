@@ -56,7 +56,7 @@ impl Api {
                 queue_timeout: std::time::Duration::from_secs(1),
                 threads: 1,
             },
-            runtime.connector().clone(),
+            skiff_control::runtime::NetnsConnect(runtime.connector().clone()),
             poke,
             skiff_router::RouterMetrics::unregistered(),
         );

@@ -1,38 +1,33 @@
-//! Connections into instances: an instance id names a network namespace, and the
-//! connection is made inside it through the runtime's connector.
+//! Connections into instances: the router asks a [`Connect`] for a TCP stream to a port
+//! inside an instance's network namespace, given the namespace handle its pool endpoint
+//! carries. The daemon passes one built on the runtime's setns connector; tests pass one that
+//! dials the host's loopback.
 
-use std::collections::HashMap;
+use std::future::Future;
+use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, RwLock};
+use std::pin::Pin;
+use std::sync::Arc;
 
-use skiff_runtime::netns::Connector;
+use tokio::net::TcpStream;
 
-/// Instance id → network namespace.
-pub type Namespaces = Arc<RwLock<HashMap<String, Arc<OwnedFd>>>>;
+/// What [`Connect::connect`] returns: a boxed future of the connected stream.
+pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send + 'a>>;
 
-/// Makes connections inside instances' network namespaces.
-#[derive(Clone)]
-pub struct NsConnector {
-    /// The runtime's connector.
-    pub connector: Connector,
-    /// Where each instance is.
-    pub namespaces: Namespaces,
+/// Makes TCP connections inside instances' network namespaces.
+pub trait Connect: Send + Sync + 'static {
+    /// Connects to `127.0.0.1:port` inside the network namespace `netns`.
+    fn connect(&self, netns: Arc<OwnedFd>, port: u16) -> ConnectFuture<'_>;
 }
 
-impl NsConnector {
-    /// Connects to `127.0.0.1:port` inside instance `id`'s network namespace.
-    pub async fn connect(&self, id: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-        let ns = self
-            .namespaces
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-            .ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "the instance is gone")
-            })?;
-        let stream = self.connector.connect(ns, port).await?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    }
+/// Connects through `connector` and turns Nagle's algorithm off on the stream (requests and
+/// responses are written whole; waiting for more to coalesce only adds latency).
+pub(crate) async fn dial(
+    connector: &dyn Connect,
+    netns: Arc<OwnedFd>,
+    port: u16,
+) -> io::Result<TcpStream> {
+    let stream = connector.connect(netns, port).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }

@@ -8,13 +8,21 @@
 //! `containerConcurrency`, or holds the request in a bounded queue while the autoscaler
 //! (poked at once) starts instances: the activator is this queue, in process. Upstream
 //! connections are kept per instance and router thread ([`upstream`]), made inside the
-//! instance's network namespace ([`connect::NsConnector`]). Bodies stream both ways; a slot
+//! network namespace of the endpoint the slot is on, through a [`Connect`] the router is
+//! given (it does not know how namespaces are entered). Bodies stream both ways; a slot
 //! is released only when the response body ends.
+//!
+//! A request goes through named steps (`proxy::handle`): request id, host routing and
+//! traffic split, forwarding headers, the activator's wait for a slot, the URI rewrite, the
+//! forward under the response-start deadline (retrying a request that could not be sent),
+//! then an upgrade tunnel or the guarded response body.
 //!
 //! Timeouts follow Knative and keep apart what Knative users ask to keep apart: the response
 //! must start within `responseStartTimeoutSeconds` (when set) and `timeoutSeconds`, or the
 //! client gets 504; once it has started, only `idleTimeoutSeconds` (silence between body
 //! chunks) ends it. A response that starts at once may stream past `timeoutSeconds`.
+
+#![forbid(unsafe_code)]
 
 pub mod connect;
 pub mod conns;
@@ -32,11 +40,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper_util::rt::TokioExecutor;
-use skiff_runtime::netns::Connector;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use connect::{Connect, ConnectFuture};
 pub use metrics::{RevisionLabels, RouterMetrics};
 pub use pool::{ColdStarts, Pool, PoolSpec, RevisionKey};
 
@@ -107,7 +115,6 @@ pub struct Router {
     cfg: RouterConfig,
     routes: RwLock<Arc<HashMap<String, Arc<Resolved>>>>,
     pools: RwLock<HashMap<RevisionKey, Arc<Pool>>>,
-    namespaces: connect::Namespaces,
     instance_pool: RwLock<HashMap<String, RevisionKey>>,
     /// Instances being removed: they never take requests again.
     retired: RwLock<std::collections::HashSet<String>>,
@@ -129,31 +136,27 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
-    /// A router; `poke` receives a revision's key when a request waits for it.
+    /// A router that reaches instances through `connector`; `poke` receives a revision's
+    /// key when a request waits for it.
     pub fn new(
         cfg: RouterConfig,
-        connector: Connector,
+        connector: impl Connect,
         poke: mpsc::UnboundedSender<RevisionKey>,
         metrics: RouterMetrics,
     ) -> Arc<Router> {
-        let namespaces: connect::Namespaces = Arc::default();
-        let nc = connect::NsConnector {
-            connector,
-            namespaces: namespaces.clone(),
-        };
+        let connector: Arc<dyn Connect> = Arc::new(connector);
         let threads = if cfg.threads == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
             cfg.threads
         };
         let upstreams = (0..threads)
-            .map(|_| Arc::new(upstream::Upstreams::new(nc.clone())))
+            .map(|_| Arc::new(upstream::Upstreams::new(connector.clone())))
             .collect();
         Arc::new(Router {
             cfg,
             routes: RwLock::new(Arc::default()),
             pools: RwLock::new(HashMap::new()),
-            namespaces,
             instance_pool: RwLock::new(HashMap::new()),
             retired: RwLock::default(),
             upstreams,
@@ -291,7 +294,7 @@ impl Router {
             .collect()
     }
 
-    /// An instance became ready.
+    /// An instance became ready; connections to it are made inside `netns`.
     pub fn instance_ready(&self, key: &RevisionKey, id: &str, netns: Arc<std::os::fd::OwnedFd>) {
         let Some(pool) = self.pool(key) else { return };
         if self
@@ -302,10 +305,6 @@ impl Router {
         {
             return;
         }
-        self.namespaces
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned(), netns.clone());
         self.instance_pool
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -331,10 +330,6 @@ impl Router {
     pub fn forget(&self, id: &str) {
         let key = self
             .instance_pool
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        self.namespaces
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);

@@ -1,5 +1,6 @@
 //! Sending a request to an instance, over connections made inside its network namespace
-//! ([`NsConnector`]) and kept per instance (and per router thread: see [`Upstreams`]).
+//! (through a [`Connect`], with the namespace handle of the instance's pool [`Endpoint`]) and
+//! kept per instance (and per router thread: see [`Upstreams`]).
 //!
 //! HTTP/1.1: a stack of idle connections per instance. A request takes one (or makes one),
 //! and the connection goes back when the response body has been read to its end — the same
@@ -21,7 +22,8 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::Body;
-use crate::connect::NsConnector;
+use crate::connect::{self, Connect};
+use crate::pool::Endpoint;
 
 /// Why a request did not get a response from an instance.
 #[derive(Debug)]
@@ -92,26 +94,26 @@ impl std::error::Error for UpstreamError {
 
 /// One HTTP/2 connection per h2c instance.
 pub(crate) struct H2Connections {
-    connector: NsConnector,
+    connector: Arc<dyn Connect>,
     conns: Mutex<HashMap<String, SendRequest<Body>>>,
 }
 
 impl H2Connections {
-    pub(crate) fn new(connector: NsConnector) -> Self {
+    pub(crate) fn new(connector: Arc<dyn Connect>) -> Self {
         H2Connections {
             connector,
             conns: Mutex::default(),
         }
     }
 
-    /// Sends `req` (whose URI carries the client's authority) to instance `id`'s `port`.
+    /// Sends `req` (whose URI carries the client's authority) to instance `ep`'s `port`.
     pub(crate) async fn request(
         &self,
-        id: &str,
+        ep: &Endpoint,
         port: u16,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, Failed> {
-        let mut sender = match self.sender(id, port).await {
+        let mut sender = match self.sender(ep, port).await {
             Ok(s) => s,
             Err(error) => return Err(Failed::unsent(error, req)),
         };
@@ -125,7 +127,8 @@ impl H2Connections {
             .map_err(|e| Failed::sent(UpstreamError::Http2(e)))
     }
 
-    async fn sender(&self, id: &str, port: u16) -> Result<SendRequest<Body>, UpstreamError> {
+    async fn sender(&self, ep: &Endpoint, port: u16) -> Result<SendRequest<Body>, UpstreamError> {
+        let id = ep.id.as_str();
         if let Some(s) = self
             .conns
             .lock()
@@ -135,9 +138,7 @@ impl H2Connections {
         {
             return Ok(s.clone());
         }
-        let io = self
-            .connector
-            .connect(id, port)
+        let io = connect::dial(&*self.connector, ep.netns.clone(), port)
             .await
             .map_err(UpstreamError::Connect)?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -171,7 +172,7 @@ const MAX_IDLE_PER_INSTANCE: usize = 512;
 
 /// Idle HTTP/1.1 connections per instance.
 pub(crate) struct H1Connections {
-    connector: NsConnector,
+    connector: Arc<dyn Connect>,
     idle: Mutex<HashMap<String, Vec<http1::SendRequest<Body>>>>,
 }
 
@@ -199,7 +200,7 @@ impl Lease {
 }
 
 impl H1Connections {
-    pub(crate) fn new(connector: NsConnector) -> Self {
+    pub(crate) fn new(connector: Arc<dyn Connect>) -> Self {
         H1Connections {
             connector,
             idle: Mutex::default(),
@@ -219,19 +220,17 @@ impl H1Connections {
 
     async fn connect(
         &self,
-        id: &str,
+        ep: &Endpoint,
         port: u16,
     ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let io = self
-            .connector
-            .connect(id, port)
+        let io = connect::dial(&*self.connector, ep.netns.clone(), port)
             .await
             .map_err(UpstreamError::Connect)?;
         let (sender, conn) = http1::Builder::new()
             .handshake::<_, Body>(TokioIo::new(io))
             .await
             .map_err(UpstreamError::Http1)?;
-        let id_owned = id.to_owned();
+        let id_owned = ep.id.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(instance = %id_owned, error = %e, "HTTP/1.1 connection to an instance ended");
@@ -240,15 +239,16 @@ impl H1Connections {
         Ok(sender)
     }
 
-    /// Sends `req` to instance `id`'s `port`. Returns the response and, unless the request
+    /// Sends `req` to instance `ep`'s `port`. Returns the response and, unless the request
     /// upgrades the connection, the lease of its connection.
     pub(crate) async fn request(
         self: &Arc<Self>,
-        id: &str,
+        ep: &Endpoint,
         port: u16,
         mut req: http::Request<Body>,
         upgrade: bool,
     ) -> Result<(http::Response<Incoming>, Option<Lease>), Failed> {
+        let id = ep.id.as_str();
         if !upgrade {
             while let Some(mut sender) = self.take_idle(id) {
                 // Given back as its response body ended, the connection may need a moment
@@ -273,7 +273,7 @@ impl H1Connections {
                 }
             }
         }
-        let mut sender = match self.connect(id, port).await {
+        let mut sender = match self.connect(ep, port).await {
             Ok(s) => s,
             Err(error) => return Err(Failed::unsent(error, req)),
         };
@@ -305,7 +305,7 @@ pub(crate) struct Upstreams {
 }
 
 impl Upstreams {
-    pub(crate) fn new(connector: NsConnector) -> Self {
+    pub(crate) fn new(connector: Arc<dyn Connect>) -> Self {
         Upstreams {
             h1: Arc::new(H1Connections::new(connector.clone())),
             h2: H2Connections::new(connector),

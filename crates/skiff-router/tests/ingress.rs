@@ -1,13 +1,17 @@
-//! The ingress's listener as clients see it, without instances (no root needed): when it
-//! starts taking connections and when it stops.
+//! The ingress as clients see it, with no root needed: when its listener starts taking
+//! connections and when it stops, and a request proxied to an "instance" on the host's
+//! loopback through a fake [`Connect`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use skiff_router::conns::{ConnLimits, ConnMetrics, Conns};
-use skiff_router::{HostRoute, PoolSpec, Router, RouterConfig, RouterMetrics};
+use skiff_router::{
+    Connect, ConnectFuture, HostRoute, PoolSpec, Router, RouterConfig, RouterMetrics,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -15,8 +19,31 @@ use tokio_util::sync::CancellationToken;
 /// Longest any condition here is waited for.
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// Dials the host's loopback whatever the namespace, and keeps the namespace handles it was
+/// given.
+#[derive(Clone, Default)]
+struct Loopback {
+    dialled: Arc<Mutex<Vec<Arc<OwnedFd>>>>,
+}
+
+impl Connect for Loopback {
+    fn connect(&self, netns: Arc<OwnedFd>, port: u16) -> ConnectFuture<'_> {
+        self.dialled.lock().expect("not poisoned").push(netns);
+        Box::pin(TcpStream::connect(("127.0.0.1", port)))
+    }
+}
+
 /// A router serving on a loopback port until `shutdown`.
 async fn serving(shutdown: &CancellationToken) -> (Arc<Router>, String) {
+    serving_with(shutdown, Loopback::default()).await
+}
+
+/// A router reaching instances through `connector`, serving on a loopback port until
+/// `shutdown`.
+async fn serving_with(
+    shutdown: &CancellationToken,
+    connector: impl Connect,
+) -> (Arc<Router>, String) {
     let (poke, _) = tokio::sync::mpsc::unbounded_channel();
     let router = Router::new(
         RouterConfig {
@@ -25,7 +52,7 @@ async fn serving(shutdown: &CancellationToken) -> (Arc<Router>, String) {
             queue_timeout: Duration::from_secs(30),
             threads: 1,
         },
-        skiff_runtime::netns::Connector::new(1).expect("connector"),
+        connector,
         poke,
         RouterMetrics::new(&mut Registry::default()),
     );
@@ -152,4 +179,78 @@ async fn shutdown_refuses_new_connections_at_once() {
         1,
         "new connections were refused only once the request in flight had ended"
     );
+}
+
+/// A request is proxied over a connection dialled with the namespace handle of the instance
+/// its slot is on (the one the router was given when the instance became ready), and the
+/// instance's answer comes back to the client.
+#[tokio::test]
+async fn connections_are_dialled_with_the_slots_namespace() {
+    let instance = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = instance.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = instance.accept().await {
+            tokio::spawn(async move {
+                let _ = read_head(&mut s).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let shutdown = CancellationToken::new();
+    let connector = Loopback::default();
+    let (router, addr) = serving_with(&shutdown, connector.clone()).await;
+    router.set_pool(PoolSpec {
+        namespace: "default".into(),
+        service: "s".into(),
+        revision: "s-00001".into(),
+        container_concurrency: 0,
+        port,
+        h2c: false,
+        timeout: Duration::from_secs(300),
+        response_start_timeout: None,
+        idle_timeout: None,
+        unavailable: None,
+    });
+    let netns: Arc<OwnedFd> = Arc::new(std::fs::File::open("/dev/null").expect("fd").into());
+    router.instance_ready(
+        &("default".into(), "s-00001".into()),
+        "s-00001-a",
+        netns.clone(),
+    );
+    router.set_routes(HashMap::from([(
+        "s.default.localhost".to_owned(),
+        HostRoute::Tag {
+            namespace: "default".into(),
+            service: "s".into(),
+            revision: "s-00001".into(),
+        },
+    )]));
+    let mut c = TcpStream::connect(&addr).await.expect("connect");
+    c.write_all(b"GET / HTTP/1.1\r\nHost: s.default.localhost\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(status(&mut c).await, 200);
+    let dialled = connector.dialled.lock().expect("not poisoned").clone();
+    assert_eq!(dialled.len(), 1, "one connection made");
+    assert!(
+        Arc::ptr_eq(&dialled[0], &netns),
+        "dialled with the instance's own namespace handle"
+    );
+    shutdown.cancel();
+}
+
+/// Reads a request head from `s` (up to its blank line).
+async fn read_head(s: &mut TcpStream) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(())
 }
