@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use skiff_api::object::{ConditionStatus, ContainerStatus, Revision, set_condition};
 use skiff_image::puller::{LayerStatus, PullEvent};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::controller::{Controller, ControllerError, RevisionKey, parse_revision_key};
@@ -44,8 +45,9 @@ fn human_bytes(n: u64) -> String {
 pub struct ImageReconciler {
     controller: Controller,
     images: Arc<dyn ImageStore>,
-    /// The next retry delay of each revision whose pull failed.
-    backoff: Mutex<HashMap<RevisionKey, Duration>>,
+    /// Each revision whose pull failed: its last retry delay and when it may be tried
+    /// again (its own condition writes queue it sooner; they must not pull again).
+    backoff: Mutex<HashMap<RevisionKey, (Duration, Instant)>>,
 }
 
 impl ImageReconciler {
@@ -60,9 +62,19 @@ impl ImageReconciler {
 
     fn next_retry(&self, key: &RevisionKey) -> Duration {
         let mut b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-        let d = b.get(key).map_or(RETRY_MIN, |d| (*d * 2).min(RETRY_MAX));
-        b.insert(key.clone(), d);
+        let d = b
+            .get(key)
+            .map_or(RETRY_MIN, |(d, _)| (*d * 2).min(RETRY_MAX));
+        b.insert(key.clone(), (d, Instant::now() + d));
         d
+    }
+
+    /// How long a revision whose pull failed still waits for its retry.
+    fn retry_in(&self, key: &RevisionKey) -> Option<Duration> {
+        let b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, at) = b.get(key)?;
+        let now = Instant::now();
+        (*at > now).then(|| *at - now)
     }
 }
 
@@ -107,6 +119,9 @@ impl Reconciler for ImageReconciler {
         };
         if !needs_images(&revision) {
             return Ok(Next::Done);
+        }
+        if let Some(wait) = self.retry_in(key) {
+            return Ok(Next::RequeueAfter(wait));
         }
         if resolve(&self.controller, &*self.images, &revision).await {
             let delay = self.next_retry(key);
