@@ -502,6 +502,12 @@ impl Reconciler for InstanceManager {
             Err(ControllerError::NotFound { .. }) => None,
             Err(e) => return Err(e.into()),
         };
+        // Until the autoscaler knows the revision (just after a restart, before the route
+        // reconciler's first table), its desired count reads 0: acting on that would retire
+        // the instances just adopted. It queues the key once it decides.
+        if revision.is_some() && !self.serving.has_decided(key) {
+            return Ok(Next::RequeueAfter(Duration::from_millis(50)));
+        }
         let desired = match &revision {
             Some(r) => self.desired(r).await?,
             None => 0,

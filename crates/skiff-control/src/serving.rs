@@ -469,6 +469,15 @@ impl Serving {
         self.router.drain(id, timeout).await;
     }
 
+    /// Whether the autoscaler has decided a scale for a revision yet (it decides once the
+    /// route reconciler has handed it the revision).
+    pub fn has_decided(&self, key: &RevisionKey) -> bool {
+        self.state()
+            .scalers
+            .get(key)
+            .is_some_and(|s| s.last.is_some())
+    }
+
     /// The autoscaler's desired scale of a revision (0 for one it does not know).
     pub fn desired_of(&self, key: &RevisionKey) -> u32 {
         self.state()

@@ -1,6 +1,7 @@
 //! Test support for skiff: [`TestDaemon`] runs the real `skiff server` binary on free
 //! loopback ports with a temporary data directory; [`wait_for`] polls a condition with a
-//! deadline instead of sleeping.
+//! deadline instead of sleeping; [`fakes`] holds in-memory stand-ins for the runtime and the
+//! image store, for reconcile tests without root.
 //!
 //! When a test panics, the daemon is killed but its data directory and log are kept, and
 //! their path is printed, so the evidence survives.
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use skiff_client::Client;
 
+pub mod fakes;
 pub mod images;
 pub mod net;
 pub mod oci;

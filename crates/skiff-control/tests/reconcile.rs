@@ -1,0 +1,642 @@
+//! Reconcile passes of the whole control plane, as an ordinary user: the real SQLite store,
+//! controller, reconcilers, serving and router, with the in-memory runtime and image store of
+//! `skiff_test_utils::fakes` in place of runc and the content store. Each test applies
+//! Services through the controller, drives the fake runtime as probes and crashes would, and
+//! waits (with a deadline) for what the reconcilers must make of it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skiff_api::manifest::parse_documents;
+use skiff_api::object::{ConditionStatus, Revision};
+use skiff_control::controller::{ApplyMode, SystemClock};
+use skiff_control::plane::{ControlPlane, Parts};
+use skiff_control::runtime::{ImageStore, InstanceRuntime};
+use skiff_control::serving::ServingConfig;
+use skiff_control::status::{conditions, reasons};
+use skiff_router::{Router, RouterConfig, RouterMetrics};
+use skiff_runtime::instance::InstancePlan;
+use skiff_store::keys::instance as instance_key;
+use skiff_store::{SqliteStore, Store, Txn};
+use skiff_test_utils::fakes::{FakeImages, FakeRuntime};
+
+/// The longest any condition is waited for.
+const WAIT: Duration = Duration::from_secs(10);
+const NS: &str = "default";
+const IMAGE: &str = "skiff.local/hello:v1";
+const CMD: &[&str] = &["/hello", "--serve"];
+
+/// Polls `check` until it returns `Some`, or panics after [`WAIT`] naming `what`.
+async fn until<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One control plane over a store, a router and the fakes.
+struct Plane {
+    plane: ControlPlane,
+    store: Arc<dyn Store>,
+    router: Arc<Router>,
+    runtime: Arc<FakeRuntime>,
+    images: Arc<FakeImages>,
+}
+
+fn open_store(dir: &Path) -> Arc<dyn Store> {
+    Arc::new(SqliteStore::open(&dir.join("state.db")).expect("opening the store"))
+}
+
+impl Plane {
+    /// Starts a control plane on `store` with `runtime` and `images`.
+    async fn start(
+        store: Arc<dyn Store>,
+        runtime: Arc<FakeRuntime>,
+        images: Arc<FakeImages>,
+    ) -> Plane {
+        let (poke, pokes) = tokio::sync::mpsc::unbounded_channel();
+        let connector = skiff_runtime::netns::Connector::new(1).expect("a connector");
+        let router = Router::new(
+            RouterConfig {
+                domain: "example.test".into(),
+                queue_depth: 10,
+                queue_timeout: Duration::from_secs(1),
+                threads: 1,
+            },
+            skiff_control::runtime::NetnsConnect(connector),
+            poke,
+            RouterMetrics::unregistered(),
+        );
+        let metrics = skiff_telemetry::Metrics::new("test");
+        let plane = ControlPlane::start(
+            Parts {
+                store: store.clone(),
+                router: router.clone(),
+                pokes,
+                runtime: runtime.clone() as Arc<dyn InstanceRuntime>,
+                images: images.clone() as Arc<dyn ImageStore>,
+                clock: Arc::new(SystemClock),
+                domain: "example.test".into(),
+                ingress_port: 8080,
+                serving: ServingConfig::default(),
+            },
+            &metrics,
+        )
+        .await
+        .expect("the control plane starts");
+        Plane {
+            plane,
+            store,
+            router,
+            runtime,
+            images,
+        }
+    }
+
+    /// A fresh store in `dir` and fresh fakes, with [`IMAGE`] registered.
+    async fn new(dir: &Path) -> Plane {
+        let images = FakeImages::new();
+        images.add(IMAGE, CMD);
+        Plane::start(open_store(dir), FakeRuntime::new(), images).await
+    }
+
+    /// Applies Service `name` running `image`, with `annotations` on its template, as the
+    /// API does with a manifest body.
+    async fn apply(&self, name: &str, image: &str, annotations: &[(&str, &str)]) {
+        let annotations: serde_json::Map<String, serde_json::Value> = annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+            .collect();
+        let body = serde_json::json!({
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"template": {
+                "metadata": {"annotations": annotations},
+                "spec": {"containers": [{"image": image}]}
+            }}
+        })
+        .to_string();
+        let mut docs = parse_documents(&body).expect("a manifest");
+        let doc = docs.remove(0);
+        self.plane
+            .controller
+            .apply(NS, Some(name), &doc, ApplyMode::CreateOrReplace, false)
+            .await
+            .expect("apply");
+    }
+
+    async fn revision(&self, name: &str) -> Revision {
+        self.plane
+            .controller
+            .get_revision(NS, name)
+            .await
+            .expect("the revision exists")
+    }
+
+    /// Waits until revision `name`'s condition `t` has `status` (and `reason`, when given);
+    /// returns the revision.
+    async fn wait_condition(
+        &self,
+        name: &str,
+        t: &str,
+        status: ConditionStatus,
+        reason: Option<&str>,
+    ) -> Revision {
+        until(
+            &format!("{name} {t}={status:?} reason {reason:?}"),
+            async || {
+                let r = self.revision(name).await;
+                let c = r.condition(t)?;
+                (c.status == status && (reason.is_none() || c.reason.as_deref() == reason))
+                    .then_some(r.clone())
+            },
+        )
+        .await
+    }
+
+    /// Waits until revision `name` reports `n` ready instances in its status.
+    async fn wait_actual(&self, name: &str, n: u32) -> Revision {
+        until(&format!("{name} actualReplicas={n}"), async || {
+            let r = self.revision(name).await;
+            (r.status.actual_replicas == n).then_some(r)
+        })
+        .await
+    }
+
+    /// The number of ready instances in revision `name`'s router pool.
+    fn pool_ready(&self, name: &str) -> usize {
+        self.router
+            .pool(&(NS.to_owned(), name.to_owned()))
+            .map_or(0, |p| p.ready())
+    }
+
+    async fn wait_pool_ready(&self, name: &str, n: usize) {
+        until(&format!("{name}'s pool to count {n} ready"), async || {
+            (self.pool_ready(name) == n).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until the runtime has started `n` instances in all; returns their plans.
+    async fn wait_started(&self, n: usize) -> Vec<InstancePlan> {
+        until(&format!("{n} instance(s) started"), async || {
+            let s = self.runtime.started();
+            (s.len() >= n).then_some(s)
+        })
+        .await
+    }
+
+    /// The stored instance record of `id`.
+    async fn record(&self, id: &str) -> Option<InstancePlan> {
+        self.store
+            .get(&instance_key(NS, id))
+            .await
+            .expect("reading the store")
+            .map(|kv| serde_json::from_slice(&kv.value).expect("an instance plan"))
+    }
+
+    async fn shutdown(self) -> (Arc<dyn Store>, Arc<FakeRuntime>, Arc<FakeImages>) {
+        self.plane.shutdown(Duration::from_secs(1)).await;
+        (self.store, self.runtime, self.images)
+    }
+}
+
+fn condition<'a>(r: &'a Revision, t: &str) -> &'a skiff_api::object::Condition {
+    r.condition(t)
+        .unwrap_or_else(|| panic!("{} has no {t} condition", r.metadata.name))
+}
+
+/// Start: a min-scale-1 Service gets one instance with the plan its revision and image make,
+/// recorded in the store; the revision is Deploying until the instance is ready, then Ready
+/// with the instance counted ready in the router's pool; shutdown stops it and forgets its
+/// record.
+#[tokio::test]
+async fn a_min_scale_service_starts_one_instance_that_becomes_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Plane::new(dir.path()).await;
+    p.apply(
+        "hello",
+        IMAGE,
+        &[("autoscaling.knative.dev/min-scale", "1")],
+    )
+    .await;
+
+    let plan = p.wait_started(1).await.remove(0);
+    assert_eq!(
+        (
+            plan.namespace.as_str(),
+            plan.service.as_str(),
+            plan.revision.as_str()
+        ),
+        (NS, "hello", "hello-00001")
+    );
+    assert!(plan.id.starts_with("hello-00001-"), "{}", plan.id);
+    assert_eq!(plan.port, 8080);
+    assert_eq!(plan.containers.len(), 1);
+    let c = &plan.containers[0];
+    assert_eq!(c.args, CMD);
+    for (k, v) in [
+        ("PORT", "8080"),
+        ("K_SERVICE", "hello"),
+        ("K_REVISION", "hello-00001"),
+        ("PATH", "/usr/bin:/bin"),
+    ] {
+        assert!(
+            c.env.contains(&(k.to_owned(), v.to_owned())),
+            "{k}={v} missing from {:?}",
+            c.env
+        );
+    }
+    let image = skiff_test_utils::fakes::image_record(IMAGE, CMD);
+    assert_eq!(
+        c.lowers,
+        vec![p.images.layer_path(&image.layers[0].diff_id)]
+    );
+    assert!(c.readiness.is_some(), "the serving container gets a probe");
+    assert_eq!(p.record(&plan.id).await.as_ref(), Some(&plan));
+    let pinned = p.revision("hello-00001").await.status.container_statuses;
+    assert_eq!(
+        pinned[0].image_digest.as_deref(),
+        Some(image.pinned().as_str())
+    );
+
+    // Started, not ready: the status says so and the pool has no ready instance.
+    let r = p
+        .wait_condition(
+            "hello-00001",
+            conditions::READY,
+            ConditionStatus::Unknown,
+            Some(reasons::DEPLOYING),
+        )
+        .await;
+    assert_eq!(
+        condition(&r, conditions::ACTIVE).status,
+        ConditionStatus::True
+    );
+    assert_eq!(p.pool_ready("hello-00001"), 0);
+
+    p.runtime.set_ready(&plan.id, true);
+    let r = p
+        .wait_condition(
+            "hello-00001",
+            conditions::READY,
+            ConditionStatus::True,
+            None,
+        )
+        .await;
+    assert_eq!(
+        condition(&r, conditions::RESOURCES_AVAILABLE).status,
+        ConditionStatus::True
+    );
+    p.wait_actual("hello-00001", 1).await;
+    p.wait_pool_ready("hello-00001", 1).await;
+    let svc = until("the Service to be Ready", async || {
+        let s = p
+            .plane
+            .controller
+            .get_service(NS, "hello")
+            .await
+            .expect("service");
+        s.status
+            .conditions
+            .iter()
+            .any(|c| c.condition_type == conditions::READY && c.status == ConditionStatus::True)
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(
+        svc.status.latest_ready_revision_name.as_deref(),
+        Some("hello-00001")
+    );
+    assert_eq!(p.runtime.started_ids(), vec![plan.id.clone()]);
+
+    let (store, runtime, _) = p.shutdown().await;
+    assert!(runtime.running_ids().is_empty());
+    assert_eq!(runtime.stopped_ids(), vec![plan.id.clone()]);
+    assert!(
+        store
+            .list(skiff_store::keys::INSTANCES)
+            .await
+            .expect("list")
+            .kvs
+            .is_empty()
+    );
+}
+
+/// Pull failure: a Service whose image cannot be resolved gets a revision that is Ready False
+/// with ImagePullFailed (and the image in the message), and no instance is started for it,
+/// while a Service applied after it does get one.
+#[tokio::test]
+async fn an_unknown_image_fails_the_revision_and_starts_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Plane::new(dir.path()).await;
+    p.apply(
+        "broken",
+        "skiff.local/missing:v1",
+        &[("autoscaling.knative.dev/min-scale", "1")],
+    )
+    .await;
+    let r = p
+        .wait_condition(
+            "broken-00001",
+            conditions::READY,
+            ConditionStatus::False,
+            Some(reasons::PULL_FAILED),
+        )
+        .await;
+    let message = condition(&r, conditions::READY)
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(message.contains("skiff.local/missing:v1"), "{message}");
+    assert!(r.status.container_statuses.is_empty(), "nothing is pinned");
+    assert_eq!(
+        p.images.resolved(),
+        vec!["skiff.local/missing:v1".to_owned()],
+        "one pull until the retry backoff is over, however often the revision is written"
+    );
+
+    // A later Service's instance starts: the failed revision's key, queued before it, has been
+    // reconciled by then, and it started nothing.
+    p.apply(
+        "hello",
+        IMAGE,
+        &[("autoscaling.knative.dev/min-scale", "1")],
+    )
+    .await;
+    let started = p.wait_started(1).await;
+    assert!(
+        started.iter().all(|plan| plan.service == "hello"),
+        "{started:?}"
+    );
+    let r = p.revision("broken-00001").await;
+    assert_eq!(
+        condition(&r, conditions::READY).reason.as_deref(),
+        Some(reasons::PULL_FAILED),
+        "the failure stays"
+    );
+    assert!(
+        p.runtime
+            .started()
+            .iter()
+            .all(|plan| plan.service != "broken")
+    );
+    let pulls = p.images.resolved();
+    assert_eq!(
+        pulls.iter().filter(|i| i.contains("missing")).count(),
+        1,
+        "{pulls:?}"
+    );
+    p.shutdown().await;
+}
+
+/// Crash loop: an instance whose container keeps exiting makes its revision Ready False with
+/// reason CrashLoopBackOff, the exit code and the last log lines in the message.
+#[tokio::test]
+async fn a_crashing_instance_fails_the_revision_with_its_exit_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Plane::new(dir.path()).await;
+    p.apply(
+        "hello",
+        IMAGE,
+        &[("autoscaling.knative.dev/min-scale", "1")],
+    )
+    .await;
+    let id = p.wait_started(1).await.remove(0).id;
+    p.runtime.crash(&id, 3, &["panic: boom"]);
+    let r = p
+        .wait_condition(
+            "hello-00001",
+            conditions::READY,
+            ConditionStatus::False,
+            Some(reasons::CRASH_LOOP),
+        )
+        .await;
+    let message = condition(&r, conditions::READY)
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(message.contains("exited with code 3"), "{message}");
+    assert!(message.contains("panic: boom"), "{message}");
+    let healthy = condition(&r, conditions::CONTAINER_HEALTHY);
+    assert_eq!(
+        (healthy.status, healthy.reason.as_deref()),
+        (ConditionStatus::False, Some(reasons::CRASH_LOOP))
+    );
+    assert_eq!(p.pool_ready("hello-00001"), 0);
+    // The Service's status is refreshed just after the revision's.
+    until("the Service to be Ready False", async || {
+        let s = p
+            .plane
+            .controller
+            .get_service(NS, "hello")
+            .await
+            .expect("service");
+        s.status
+            .conditions
+            .iter()
+            .any(|c| c.condition_type == conditions::READY && c.status == ConditionStatus::False)
+            .then_some(())
+    })
+    .await;
+    p.shutdown().await;
+}
+
+/// Readiness flap: ready, not ready, ready again: the router's pool counts 1, 0, 1 ready and
+/// the revision's actual replicas follow, while the revision stays Ready once it has been.
+#[tokio::test]
+async fn a_readiness_flap_moves_the_pool_and_keeps_the_revision_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Plane::new(dir.path()).await;
+    p.apply(
+        "hello",
+        IMAGE,
+        &[("autoscaling.knative.dev/min-scale", "1")],
+    )
+    .await;
+    let id = p.wait_started(1).await.remove(0).id;
+    let rev = "hello-00001";
+
+    p.runtime.set_ready(&id, true);
+    p.wait_pool_ready(rev, 1).await;
+    p.wait_condition(rev, conditions::READY, ConditionStatus::True, None)
+        .await;
+    p.wait_actual(rev, 1).await;
+
+    p.runtime.set_ready(&id, false);
+    p.wait_pool_ready(rev, 0).await;
+    let r = p.wait_actual(rev, 0).await;
+    assert_eq!(
+        condition(&r, conditions::READY).status,
+        ConditionStatus::True,
+        "a revision that has served stays Ready while an instance is not ready"
+    );
+    assert_eq!(
+        condition(&r, conditions::ACTIVE).status,
+        ConditionStatus::True
+    );
+
+    p.runtime.set_ready(&id, true);
+    p.wait_pool_ready(rev, 1).await;
+    let r = p.wait_actual(rev, 1).await;
+    assert_eq!(
+        condition(&r, conditions::READY).status,
+        ConditionStatus::True
+    );
+    assert_eq!(p.runtime.started_ids(), vec![id], "nothing else started");
+    assert!(p.runtime.stopped_ids().is_empty(), "nothing was stopped");
+    p.shutdown().await;
+}
+
+/// Scale to zero and back: an override of 0 drains and stops the ready instance, removes its
+/// record and turns the revision's Active False (Ready stays True: it starts on demand); an
+/// override of 2 then starts two new instances, each recorded.
+#[tokio::test]
+async fn scaling_to_zero_stops_and_forgets_then_scaling_up_starts_two() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Plane::new(dir.path()).await;
+    p.apply("hello", IMAGE, &[]).await;
+    let rev = "hello-00001";
+    let first = p.wait_started(1).await.remove(0).id;
+    p.runtime.set_ready(&first, true);
+    p.wait_pool_ready(rev, 1).await;
+    p.wait_condition(rev, conditions::READY, ConditionStatus::True, None)
+        .await;
+    assert!(p.record(&first).await.is_some());
+
+    p.plane
+        .instances
+        .set_scale(NS, "hello", 0)
+        .await
+        .expect("scale to 0");
+    until("the instance to be stopped", async || {
+        p.runtime.stopped_ids().contains(&first).then_some(())
+    })
+    .await;
+    until("the instance record to be removed", async || {
+        p.record(&first).await.is_none().then_some(())
+    })
+    .await;
+    let r = p
+        .wait_condition(
+            rev,
+            conditions::ACTIVE,
+            ConditionStatus::False,
+            Some(reasons::NO_INSTANCES),
+        )
+        .await;
+    assert_eq!(
+        condition(&r, conditions::READY).status,
+        ConditionStatus::True
+    );
+    assert_eq!(p.pool_ready(rev), 0);
+    assert!(p.runtime.running_ids().is_empty());
+
+    p.plane
+        .instances
+        .set_scale(NS, "hello", 2)
+        .await
+        .expect("scale to 2");
+    let started = p.wait_started(3).await;
+    let new: Vec<String> = started[1..].iter().map(|plan| plan.id.clone()).collect();
+    assert!(!new.contains(&first) && new[0] != new[1], "{new:?}");
+    until("two instances running", async || {
+        (p.runtime.running_ids().len() == 2).then_some(())
+    })
+    .await;
+    for id in &new {
+        assert!(p.record(id).await.is_some(), "{id} is recorded");
+    }
+    p.wait_condition(rev, conditions::ACTIVE, ConditionStatus::True, None)
+        .await;
+    assert_eq!(
+        p.runtime.started().len(),
+        3,
+        "no more than two were started"
+    );
+    p.shutdown().await;
+}
+
+/// Daemon restart: a record whose instance still runs is adopted (kept, routed once ready, and
+/// no new instance is started for the min-scale-1 Service); a record whose instance is gone
+/// is removed.
+#[tokio::test]
+async fn a_restart_adopts_running_instances_and_forgets_stale_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The previous run: a ready instance of a min-scale-1 Service.
+    let p = Plane::new(dir.path()).await;
+    p.apply(
+        "hello",
+        IMAGE,
+        &[("autoscaling.knative.dev/min-scale", "1")],
+    )
+    .await;
+    let rev = "hello-00001";
+    let plan = p.wait_started(1).await.remove(0);
+    p.runtime.set_ready(&plan.id, true);
+    p.wait_condition(rev, conditions::READY, ConditionStatus::True, None)
+        .await;
+    p.wait_actual(rev, 1).await;
+    let (store, _, images) = p.shutdown().await;
+
+    // What a `kill -9` leaves: the instance's record (a clean shutdown removed it), and the
+    // record of an instance that did not survive.
+    let mut stale = plan.clone();
+    stale.id = format!("{rev}-stale");
+    for p in [&plan, &stale] {
+        store
+            .txn(Txn::new().put(
+                instance_key(NS, &p.id),
+                serde_json::to_vec(p).expect("serializes"),
+            ))
+            .await
+            .expect("writing a record");
+    }
+    let runtime = FakeRuntime::new();
+    // Adopted not ready yet, so the first pass over the revision shows in its status.
+    runtime.survive(&plan.id, false);
+    let p = Plane::start(store, runtime, images).await;
+
+    assert_eq!(p.runtime.offered().len(), 2, "both records were offered");
+    assert_eq!(p.runtime.running_ids(), vec![plan.id.clone()]);
+    assert!(
+        p.record(&stale.id).await.is_none(),
+        "the stale record is gone"
+    );
+    assert_eq!(p.record(&plan.id).await.as_ref(), Some(&plan));
+
+    // The instance reconciler has looked at the revision once it writes the adopted
+    // instance's state (not ready: 0 actual replicas).
+    let r = p.wait_actual(rev, 0).await;
+    assert_eq!(
+        condition(&r, conditions::ACTIVE).status,
+        ConditionStatus::True
+    );
+    assert!(
+        p.runtime.started().is_empty(),
+        "the adopted instance counts: {:?}",
+        p.runtime.started_ids()
+    );
+    p.runtime.set_ready(&plan.id, true);
+    p.wait_pool_ready(rev, 1).await;
+    p.wait_actual(rev, 1).await;
+    assert!(
+        p.runtime.started().is_empty(),
+        "{:?}",
+        p.runtime.started_ids()
+    );
+    assert!(
+        p.runtime.stopped_ids().is_empty(),
+        "the adopted instance was kept"
+    );
+    p.shutdown().await;
+}
