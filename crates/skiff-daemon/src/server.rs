@@ -282,14 +282,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         grace_seconds = grace.as_secs(),
         "shutting down: no new connections; draining requests"
     );
-    match tokio::time::timeout(grace, futures::future::join_all(servers)).await {
-        Ok(ended) => {
-            for join in ended.into_iter().filter_map(Result::err) {
-                warn!(error = %join, "a server task ended abnormally");
-            }
-        }
-        Err(_) => warn!("grace period over with requests still in flight; closing them"),
-    }
+    drain(servers, grace).await;
     info!(
         termination_grace_seconds = config.termination_grace_period.as_secs(),
         cap_seconds = grace.as_secs(),
@@ -302,6 +295,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     data.remove_endpoints();
     info!("skiff stopped");
     Ok(())
+}
+
+/// Lets the servers finish the requests in flight, for up to `grace`.
+async fn drain(servers: [tokio::task::JoinHandle<()>; 2], grace: std::time::Duration) {
+    match tokio::time::timeout(grace, futures::future::join_all(servers)).await {
+        Ok(ended) => {
+            for join in ended.into_iter().filter_map(Result::err) {
+                warn!(error = %join, "a server task ended abnormally");
+            }
+        }
+        Err(_) => warn!("grace period over with requests still in flight; closing them"),
+    }
 }
 
 /// The router (ingress and activator) and the connection bookkeeping of both listeners.
