@@ -399,6 +399,9 @@ impl Controller {
     }
 
     /// One attempt; `Ok(None)` means a concurrent write won and the caller should retry.
+    ///
+    /// Reads the Service and its revisions, decides what to write with [`plan_apply`] (a pure
+    /// function of what was read), then writes it in one transaction guarded by what was read.
     #[allow(clippy::too_many_arguments)]
     async fn try_apply(
         &self,
@@ -412,232 +415,92 @@ impl Controller {
     ) -> Result<Option<ApplyOutcome>, ControllerError> {
         let now = self.clock.now_rfc3339();
         let current = self.read_service(ns, name).await?;
-        let pinned = valid
-            .manifest
-            .metadata
-            .resource_version
-            .as_deref()
-            .and_then(|rv| rv.parse::<i64>().ok());
-        match (&current, pinned) {
-            (Some(_), _) if generated => return Ok(None),
-            (Some(_), _) if mode == ApplyMode::CreateOnly => {
-                return Err(ControllerError::Conflict {
-                    message: format!("service `{name}` already exists in namespace `{ns}`"),
-                });
-            }
-            (None, Some(rv)) => {
-                return Err(ControllerError::Conflict {
-                    message: format!(
-                        "service `{name}` does not exist, but the manifest expects resourceVersion {rv}; drop metadata.resourceVersion to create it"
-                    ),
-                });
-            }
-            (Some((_, have)), Some(rv)) if *have != rv => {
-                return Err(ControllerError::Conflict {
-                    message: format!(
-                        "service `{name}` changed since resourceVersion {rv} (now {have}); get it again, reapply your change, and retry"
-                    ),
-                });
-            }
-            _ => {}
+        let have = current.as_ref().map(|(_, rev)| *rev);
+        let pinned = pinned_version(valid);
+        if !check_current(ns, name, generated, mode, have, pinned)? {
+            // The generated name is taken: try another.
+            return Ok(None);
         }
+        let expected_rev = have.unwrap_or(0);
         let revisions = self.read_revisions(ns, Some(name)).await?;
         let spec: ServiceSpec = valid.manifest.spec.clone().unwrap_or_default();
-        let meta = &valid.manifest.metadata;
-        let (mut stored, expected_rev, result) = match &current {
-            None => (
-                StoredService {
-                    service: Service {
-                        api_version: SERVING_API_VERSION.to_owned(),
-                        kind: "Service".to_owned(),
-                        metadata: ObjectMeta {
-                            name: name.to_owned(),
-                            namespace: ns.to_owned(),
-                            generate_name: if generated {
-                                meta.generate_name.clone()
-                            } else {
-                                None
-                            },
-                            uid: uuid::Uuid::new_v4().to_string(),
-                            generation: 1,
-                            resource_version: String::new(),
-                            creation_timestamp: now.clone(),
-                            labels: meta.labels.clone(),
-                            annotations: meta.annotations.clone(),
-                        },
-                        spec: spec.clone(),
-                        status: Default::default(),
-                    },
-                    configuration_generation: 0,
-                },
-                0,
-                ApplyResult::Created,
-            ),
-            Some((old, rev)) => {
-                let mut s = old.clone();
-                if s.service.spec != spec {
-                    s.service.metadata.generation += 1;
-                }
-                s.service.spec = spec.clone();
-                s.service.metadata.labels = meta.labels.clone();
-                s.service.metadata.annotations = meta.annotations.clone();
-                (s, *rev, ApplyResult::Configured)
-            }
+        let input = ApplyInput {
+            ns,
+            name,
+            generated,
+            doc,
+            valid,
+            spec: &spec,
+            current: current.as_ref().map(|(s, _)| s),
+            revisions: &revisions,
+            now: &now,
         };
-
-        // A new revision whenever the template changes (or on creation).
-        let template_changed = match &current {
-            None => true,
-            Some((old, _)) => old.service.spec.template != spec.template,
-        };
-        let mut new_revision: Option<Revision> = None;
-        if template_changed {
-            let template = valid.template();
-            let config_gen = stored.configuration_generation + 1;
-            let rev_name = template
-                .metadata
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("{name}-{config_gen:05}"));
-            if let Some(existing) = self.store.get(&keys::revision(ns, &rev_name)).await? {
-                // A concurrent apply may have stamped this very revision since we read the
-                // Service: then recompute from the newer state instead of refusing.
-                let now_rev = self
-                    .store
-                    .get(&keys::service(ns, name))
-                    .await?
-                    .map_or(0, |kv| kv.mod_revision);
-                if now_rev != expected_rev {
-                    return Ok(None);
-                }
-                let existing: Revision = decode(&existing)?;
-                let message = if template.metadata.name.is_some() {
-                    format!(
-                        "revision `{rev_name}` already exists{}; give every template change a new spec.template.metadata.name",
-                        match existing.service_name() {
-                            Some(s) if s != name => format!(" (it belongs to service `{s}`)"),
-                            _ => String::new(),
-                        }
-                    )
-                } else {
-                    format!(
-                        "revision `{rev_name}` already exists; set spec.template.metadata.name to another name"
-                    )
-                };
-                return Err(invalid_at(
-                    doc,
-                    "spec.template.metadata.name",
-                    ProblemKind::Conflict,
-                    message,
-                ));
-            }
-            let mut rev_spec = template.spec.clone().unwrap_or_default();
-            defaults::apply(&mut rev_spec);
-            let mut labels = template.metadata.labels.clone();
-            labels.insert(LABEL_SERVICE.to_owned(), name.to_owned());
-            labels.insert(LABEL_CONFIGURATION.to_owned(), name.to_owned());
-            labels.insert(
-                LABEL_CONFIGURATION_GENERATION.to_owned(),
-                config_gen.to_string(),
-            );
-            labels.insert(
-                LABEL_SERVICE_UID.to_owned(),
-                stored.service.metadata.uid.clone(),
-            );
-            new_revision = Some(Revision {
-                api_version: SERVING_API_VERSION.to_owned(),
-                kind: "Revision".to_owned(),
-                metadata: ObjectMeta {
-                    name: rev_name,
-                    namespace: ns.to_owned(),
-                    generate_name: None,
-                    uid: uuid::Uuid::new_v4().to_string(),
-                    generation: 1,
-                    resource_version: String::new(),
-                    creation_timestamp: now.clone(),
-                    labels,
-                    annotations: template.metadata.annotations.clone(),
-                },
-                spec: rev_spec,
-                autoscaling: valid.autoscaling.clone(),
-                status: status::initial_revision_status(&now),
-            });
-            stored.configuration_generation = config_gen;
+        let next = next_revision(&input);
+        if let Some(next) = &next
+            && !self.revision_name_free(&input, next, expected_rev).await?
+        {
+            return Ok(None);
         }
-
-        // Pinned traffic targets must name revisions of this Service.
-        let known: BTreeMap<&str, ()> = revisions
-            .iter()
-            .map(|(r, _)| (r.metadata.name.as_str(), ()))
-            .chain(new_revision.iter().map(|r| (r.metadata.name.as_str(), ())))
-            .collect();
-        let mut traffic_problems = Problems::new();
-        for (i, t) in spec.traffic.iter().flatten().enumerate() {
-            if let Some(rev) = &t.revision_name
-                && !known.contains_key(rev.as_str())
-            {
-                let have: Vec<&str> = known.keys().copied().collect();
-                traffic_problems.push(
-                    &FieldPath::parse("spec.traffic")
-                        .index(i)
-                        .key("revisionName"),
-                    ProblemKind::Conflict,
-                    format!(
-                        "service `{name}` has no revision `{rev}` (it has: {})",
-                        if have.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            have.join(", ")
-                        }
-                    ),
-                );
-            }
-        }
-        if !traffic_problems.is_empty() {
-            return Err(ControllerError::Invalid {
-                problems: doc.place(traffic_problems, false),
-            });
-        }
-
-        let all_revisions: Vec<&Revision> = revisions
-            .iter()
-            .map(|(r, _)| r)
-            .chain(new_revision.iter())
-            .collect();
-        stored.service.status =
-            status::service_status(&stored.service, &all_revisions, &self.status_context());
-
-        let result = match (&current, result) {
-            (Some((old, _)), ApplyResult::Configured)
-                if old.service.spec == stored.service.spec
-                    && old.service.metadata == stored.service.metadata
-                    && old.service.status == stored.service.status =>
-            {
-                ApplyResult::Unchanged
-            }
-            (_, r) => r,
-        };
-        let created_revision = new_revision.as_ref().map(|r| r.metadata.name.clone());
-        if dry_run || result == ApplyResult::Unchanged {
-            let mut service = stored.service;
-            service.metadata.resource_version = if expected_rev > 0 {
+        let plan = plan_apply(&input, next, &self.status_context())?;
+        if dry_run || plan.result == ApplyResult::Unchanged {
+            // Nothing is written: the Service keeps the version it was read at.
+            let resource_version = if expected_rev > 0 {
                 expected_rev.to_string()
             } else {
                 String::new()
             };
-            return Ok(Some(ApplyOutcome {
-                service,
-                result,
-                created_revision,
-                warnings: valid.warnings(),
-            }));
+            return Ok(Some(plan.into_outcome(resource_version, valid)));
         }
+        self.commit_apply(ns, name, plan, expected_rev, pinned, valid)
+            .await
+    }
 
+    /// Checks that the revision an apply would stamp has a free name. `Ok(false)` means a
+    /// concurrent apply stamped this very revision since the Service was read (at
+    /// `expected_rev`): then the caller recomputes from the newer state instead of refusing.
+    async fn revision_name_free(
+        &self,
+        input: &ApplyInput<'_>,
+        next: &NextRevision,
+        expected_rev: i64,
+    ) -> Result<bool, ControllerError> {
+        let Some(existing) = self
+            .store
+            .get(&keys::revision(input.ns, &next.name))
+            .await?
+        else {
+            return Ok(true);
+        };
+        let now_rev = self
+            .store
+            .get(&keys::service(input.ns, input.name))
+            .await?
+            .map_or(0, |kv| kv.mod_revision);
+        if now_rev != expected_rev {
+            return Ok(false);
+        }
+        let existing: Revision = decode(&existing)?;
+        Err(revision_name_taken(input, next, &existing))
+    }
+
+    /// Writes an apply's plan in one transaction, guarded by the Service's version as read
+    /// (`expected_rev`, 0 when it did not exist) and by the new revision's key being free.
+    /// `Ok(None)` means a concurrent write won; that is the caller's conflict (409) only when
+    /// it pinned a `resourceVersion`.
+    async fn commit_apply(
+        &self,
+        ns: &str,
+        name: &str,
+        plan: ApplyPlan,
+        expected_rev: i64,
+        pinned: Option<i64>,
+        valid: &ValidatedService,
+    ) -> Result<Option<ApplyOutcome>, ControllerError> {
         let key = keys::service(ns, name);
         let mut txn = Txn::new()
             .when_mod_revision(&key, expected_rev)
-            .put(&key, encode(&stored));
-        if let Some(r) = &new_revision {
+            .put(&key, encode(&plan.stored));
+        if let Some(r) = &plan.new_revision {
             let rkey = keys::revision(ns, &r.metadata.name);
             txn = txn.when_mod_revision(&rkey, 0).put(rkey, encode(r));
         }
@@ -646,19 +509,15 @@ impl Controller {
                 info!(
                     namespace = ns,
                     service = name,
-                    result = result.as_str(),
-                    revision = created_revision.as_deref().unwrap_or("-"),
+                    result = plan.result.as_str(),
+                    revision = plan
+                        .new_revision
+                        .as_ref()
+                        .map_or("-", |r| r.metadata.name.as_str()),
                     store_revision = revision,
                     "service applied"
                 );
-                let mut service = stored.service;
-                service.metadata.resource_version = revision.to_string();
-                Ok(Some(ApplyOutcome {
-                    service,
-                    result,
-                    created_revision,
-                    warnings: valid.warnings(),
-                }))
+                Ok(Some(plan.into_outcome(revision.to_string(), valid)))
             }
             TxnOutcome::Conflict {
                 key: k,
@@ -696,8 +555,12 @@ impl Controller {
     /// Lists Services of one namespace, or of all when `ns` is `None`, ordered by namespace
     /// and name.
     pub async fn list_services(&self, ns: Option<&str>) -> Result<Vec<Service>, ControllerError> {
+        let prefix = match ns {
+            Some(ns) => keys::services(Some(ns)),
+            None => keys::SERVICES.to_owned(),
+        };
         let mut out = Vec::new();
-        for kv in self.store.list(&keys::services(ns)).await? {
+        for kv in self.store.list(&prefix).await? {
             let stored: StoredService = decode(&kv)?;
             let mut s = stored.service;
             s.metadata.resource_version = kv.mod_revision.to_string();
@@ -737,7 +600,7 @@ impl Controller {
     pub async fn revision_keys(&self) -> Result<Vec<RevisionKey>, ControllerError> {
         Ok(self
             .store
-            .list(&keys::revisions(None))
+            .list(keys::REVISIONS)
             .await?
             .kvs
             .iter()
@@ -870,5 +733,313 @@ impl Controller {
             }
         }
         Ok(updated)
+    }
+}
+
+// Planning an apply: pure functions over what one attempt read; `Controller::try_apply` reads
+// and writes around them.
+
+/// What one apply attempt decides from: the request and what it read from the store.
+struct ApplyInput<'a> {
+    /// The namespace.
+    ns: &'a str,
+    /// The Service's name.
+    name: &'a str,
+    /// Whether `name` was generated from `metadata.generateName`.
+    generated: bool,
+    /// The manifest document, to place problems at their lines.
+    doc: &'a Document,
+    /// The validated manifest.
+    valid: &'a ValidatedService,
+    /// The manifest's spec (the default when it has none).
+    spec: &'a ServiceSpec,
+    /// The Service as stored, if it exists.
+    current: Option<&'a StoredService>,
+    /// The Service's revisions as stored, with their versions.
+    revisions: &'a [(Revision, i64)],
+    /// Now, for timestamps.
+    now: &'a str,
+}
+
+/// The revision an apply stamps because the template changed (or the Service is new).
+struct NextRevision {
+    /// Its name: the template's `metadata.name`, or `<service>-<generation>`.
+    name: String,
+    /// Whether the template named it (rather than skiff).
+    named: bool,
+    /// The Service's configuration generation once this revision exists.
+    generation: i64,
+}
+
+/// What one apply attempt writes.
+struct ApplyPlan {
+    /// The Service to store, status included.
+    stored: StoredService,
+    /// The revision to stamp, if the template changed.
+    new_revision: Option<Revision>,
+    /// What the apply amounts to.
+    result: ApplyResult,
+}
+
+impl ApplyPlan {
+    /// The outcome to report, with the Service at `resource_version`.
+    fn into_outcome(self, resource_version: String, valid: &ValidatedService) -> ApplyOutcome {
+        let mut service = self.stored.service;
+        service.metadata.resource_version = resource_version;
+        ApplyOutcome {
+            service,
+            result: self.result,
+            created_revision: self.new_revision.map(|r| r.metadata.name),
+            warnings: valid.warnings(),
+        }
+    }
+}
+
+/// The `metadata.resourceVersion` the manifest pins, if any.
+fn pinned_version(valid: &ValidatedService) -> Option<i64> {
+    valid
+        .manifest
+        .metadata
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse::<i64>().ok())
+}
+
+/// Checks what the request expects against the stored Service (`have`: its version, when it
+/// exists). `Ok(false)` means a generated name is taken: the caller retries with another.
+fn check_current(
+    ns: &str,
+    name: &str,
+    generated: bool,
+    mode: ApplyMode,
+    have: Option<i64>,
+    pinned: Option<i64>,
+) -> Result<bool, ControllerError> {
+    match (have, pinned) {
+        (Some(_), _) if generated => Ok(false),
+        (Some(_), _) if mode == ApplyMode::CreateOnly => Err(ControllerError::Conflict {
+            message: format!("service `{name}` already exists in namespace `{ns}`"),
+        }),
+        (None, Some(rv)) => Err(ControllerError::Conflict {
+            message: format!(
+                "service `{name}` does not exist, but the manifest expects resourceVersion {rv}; drop metadata.resourceVersion to create it"
+            ),
+        }),
+        (Some(have), Some(rv)) if have != rv => Err(ControllerError::Conflict {
+            message: format!(
+                "service `{name}` changed since resourceVersion {rv} (now {have}); get it again, reapply your change, and retry"
+            ),
+        }),
+        _ => Ok(true),
+    }
+}
+
+/// The revision to stamp: a new one whenever the template changes (or on creation).
+fn next_revision(input: &ApplyInput<'_>) -> Option<NextRevision> {
+    let template_changed = match input.current {
+        None => true,
+        Some(old) => old.service.spec.template != input.spec.template,
+    };
+    if !template_changed {
+        return None;
+    }
+    let generation = input.current.map_or(0, |s| s.configuration_generation) + 1;
+    let named = input.valid.template().metadata.name.clone();
+    Some(NextRevision {
+        named: named.is_some(),
+        name: named.unwrap_or_else(|| format!("{}-{generation:05}", input.name)),
+        generation,
+    })
+}
+
+/// The error for a revision name that `existing` already holds.
+fn revision_name_taken(
+    input: &ApplyInput<'_>,
+    next: &NextRevision,
+    existing: &Revision,
+) -> ControllerError {
+    let (name, rev_name) = (input.name, &next.name);
+    let message = if next.named {
+        format!(
+            "revision `{rev_name}` already exists{}; give every template change a new spec.template.metadata.name",
+            match existing.service_name() {
+                Some(s) if s != name => format!(" (it belongs to service `{s}`)"),
+                _ => String::new(),
+            }
+        )
+    } else {
+        format!(
+            "revision `{rev_name}` already exists; set spec.template.metadata.name to another name"
+        )
+    };
+    invalid_at(
+        input.doc,
+        "spec.template.metadata.name",
+        ProblemKind::Conflict,
+        message,
+    )
+}
+
+/// Decides what one apply attempt writes, from what it read: the Service (new, or the stored
+/// one with the manifest's spec, labels and annotations), the revision `next` says to stamp,
+/// and the Service's status over all its revisions. Refuses traffic pinned to a revision the
+/// Service does not have.
+fn plan_apply(
+    input: &ApplyInput<'_>,
+    next: Option<NextRevision>,
+    ctx: &StatusContext,
+) -> Result<ApplyPlan, ControllerError> {
+    let mut stored = match input.current {
+        None => new_service(input),
+        Some(old) => changed_service(old, input),
+    };
+    let new_revision = next.map(|next| {
+        stored.configuration_generation = next.generation;
+        stamp_revision(input, next, &stored.service.metadata.uid)
+    });
+    check_traffic(input, new_revision.as_ref())?;
+    let all_revisions: Vec<&Revision> = input
+        .revisions
+        .iter()
+        .map(|(r, _)| r)
+        .chain(new_revision.iter())
+        .collect();
+    stored.service.status = status::service_status(&stored.service, &all_revisions, ctx);
+    let result = match input.current {
+        None => ApplyResult::Created,
+        Some(old)
+            if old.service.spec == stored.service.spec
+                && old.service.metadata == stored.service.metadata
+                && old.service.status == stored.service.status =>
+        {
+            ApplyResult::Unchanged
+        }
+        Some(_) => ApplyResult::Configured,
+    };
+    Ok(ApplyPlan {
+        stored,
+        new_revision,
+        result,
+    })
+}
+
+/// A new Service from the manifest (its configuration generation is 0 until a revision is
+/// stamped).
+fn new_service(input: &ApplyInput<'_>) -> StoredService {
+    let meta = &input.valid.manifest.metadata;
+    StoredService {
+        service: Service {
+            api_version: SERVING_API_VERSION.to_owned(),
+            kind: "Service".to_owned(),
+            metadata: ObjectMeta {
+                name: input.name.to_owned(),
+                namespace: input.ns.to_owned(),
+                generate_name: if input.generated {
+                    meta.generate_name.clone()
+                } else {
+                    None
+                },
+                uid: uuid::Uuid::new_v4().to_string(),
+                generation: 1,
+                resource_version: String::new(),
+                creation_timestamp: input.now.to_owned(),
+                labels: meta.labels.clone(),
+                annotations: meta.annotations.clone(),
+            },
+            spec: input.spec.clone(),
+            status: Default::default(),
+        },
+        configuration_generation: 0,
+    }
+}
+
+/// The stored Service with the manifest's spec, labels and annotations; its generation moves
+/// on when the spec changes.
+fn changed_service(old: &StoredService, input: &ApplyInput<'_>) -> StoredService {
+    let meta = &input.valid.manifest.metadata;
+    let mut s = old.clone();
+    if s.service.spec != *input.spec {
+        s.service.metadata.generation += 1;
+    }
+    s.service.spec = input.spec.clone();
+    s.service.metadata.labels = meta.labels.clone();
+    s.service.metadata.annotations = meta.annotations.clone();
+    s
+}
+
+/// A new Revision from the manifest's template: defaults applied, labelled with its Service
+/// (whose uid is `service_uid`) and configuration generation.
+fn stamp_revision(input: &ApplyInput<'_>, next: NextRevision, service_uid: &str) -> Revision {
+    let template = input.valid.template();
+    let mut rev_spec = template.spec.clone().unwrap_or_default();
+    defaults::apply(&mut rev_spec);
+    let mut labels = template.metadata.labels.clone();
+    labels.insert(LABEL_SERVICE.to_owned(), input.name.to_owned());
+    labels.insert(LABEL_CONFIGURATION.to_owned(), input.name.to_owned());
+    labels.insert(
+        LABEL_CONFIGURATION_GENERATION.to_owned(),
+        next.generation.to_string(),
+    );
+    labels.insert(LABEL_SERVICE_UID.to_owned(), service_uid.to_owned());
+    Revision {
+        api_version: SERVING_API_VERSION.to_owned(),
+        kind: "Revision".to_owned(),
+        metadata: ObjectMeta {
+            name: next.name,
+            namespace: input.ns.to_owned(),
+            generate_name: None,
+            uid: uuid::Uuid::new_v4().to_string(),
+            generation: 1,
+            resource_version: String::new(),
+            creation_timestamp: input.now.to_owned(),
+            labels,
+            annotations: template.metadata.annotations.clone(),
+        },
+        spec: rev_spec,
+        autoscaling: input.valid.autoscaling.clone(),
+        status: status::initial_revision_status(input.now),
+    }
+}
+
+/// Pinned traffic targets must name revisions of this Service (stored, or `new_revision`).
+fn check_traffic(
+    input: &ApplyInput<'_>,
+    new_revision: Option<&Revision>,
+) -> Result<(), ControllerError> {
+    let known: BTreeMap<&str, ()> = input
+        .revisions
+        .iter()
+        .map(|(r, _)| (r.metadata.name.as_str(), ()))
+        .chain(new_revision.map(|r| (r.metadata.name.as_str(), ())))
+        .collect();
+    let mut problems = Problems::new();
+    for (i, t) in input.spec.traffic.iter().flatten().enumerate() {
+        if let Some(rev) = &t.revision_name
+            && !known.contains_key(rev.as_str())
+        {
+            let have: Vec<&str> = known.keys().copied().collect();
+            problems.push(
+                &FieldPath::parse("spec.traffic")
+                    .index(i)
+                    .key("revisionName"),
+                ProblemKind::Conflict,
+                format!(
+                    "service `{}` has no revision `{rev}` (it has: {})",
+                    input.name,
+                    if have.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        have.join(", ")
+                    }
+                ),
+            );
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ControllerError::Invalid {
+            problems: input.doc.place(problems, false),
+        })
     }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use skiff_api::object::{LABEL_CONFIGURATION, Revision};
 use skiff_api::quantity::Quantity;
-use skiff_api::types::{Container, IntOrString, Probe};
+use skiff_api::types::{Container, EnvVar, IntOrString, Probe, SecurityContext, Volume};
 use skiff_image::ImageRecord;
+use skiff_image::content::RunConfig;
 use skiff_runtime::instance::{ContainerPlan, InstancePlan, MountPlan, UserPlan, VolumePlan};
 use skiff_runtime::probe::{ProbeAction, ProbeSpec};
 use skiff_runtime::spec::{CPU_PERIOD_US, capabilities};
@@ -147,6 +148,22 @@ fn probe(p: &Probe, port: u16, default_period: u64) -> ProbeSpec {
     }
 }
 
+/// What every container of one instance shares.
+struct InstanceContext<'a> {
+    /// The revision the instance runs.
+    revision: &'a Revision,
+    /// The instance's id (its `metadata.name` for the downward API).
+    id: &'a str,
+    /// The index of the serving container.
+    serving: usize,
+    /// The port the serving container listens on.
+    port: u16,
+    /// The Service's name (`K_SERVICE`).
+    service: &'a str,
+    /// The Configuration's name (`K_CONFIGURATION`).
+    configuration: &'a str,
+}
+
 /// The plan of a new instance `id` of `revision`, whose containers run `images` (in the
 /// order of its containers).
 pub fn plan(
@@ -164,123 +181,196 @@ pub fn plan(
         .get(LABEL_CONFIGURATION)
         .cloned()
         .unwrap_or_else(|| service.clone());
+    let ctx = InstanceContext {
+        revision,
+        id,
+        serving,
+        port,
+        service: &service,
+        configuration: &configuration,
+    };
     let mut containers = Vec::new();
     for (i, c) in spec.containers.iter().enumerate() {
         let image = images
             .get(i)
             .ok_or_else(|| PlanError(format!("no pinned image for container {i}")))?;
-        let cfg = &image.config;
-        // Kubernetes: `command` replaces the Entrypoint (and drops the Cmd); `args` replace the Cmd.
-        let mut args: Vec<String> = if c.command.is_empty() {
-            cfg.entrypoint.clone().unwrap_or_default()
-        } else {
-            c.command.clone()
-        };
-        if !c.args.is_empty() {
-            args.extend(c.args.iter().cloned());
-        } else if c.command.is_empty() {
-            args.extend(cfg.cmd.clone().unwrap_or_default());
-        }
-        if args.is_empty() {
-            return Err(PlanError(format!(
-                "container `{}` has no command: the image sets no Entrypoint or Cmd, and the manifest no command",
-                c.name.as_deref().unwrap_or_default()
-            )));
-        }
-        let mut env: Vec<(String, String)> = cfg
-            .env
-            .iter()
-            .flatten()
-            .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect();
-        let mut set = |k: &str, v: String| {
-            env.retain(|(n, _)| n != k);
-            env.push((k.to_owned(), v));
-        };
-        set("PORT", port.to_string());
-        set("K_SERVICE", service.clone());
-        set("K_CONFIGURATION", configuration.clone());
-        set("K_REVISION", revision.metadata.name.clone());
-        for e in &c.env {
-            let Some(name) = &e.name else { continue };
-            let value = match (&e.value, &e.value_from) {
-                (Some(v), _) => v.clone(),
-                (None, Some(from)) => {
-                    if let Some(f) = &from.field_ref {
-                        field_value(f.field_path.as_deref().unwrap_or_default(), revision, id)
-                    } else if let Some(r) = &from.resource_field_ref {
-                        resource_value(revision, c, r)
-                    } else {
-                        String::new()
-                    }
-                }
-                (None, None) => String::new(),
-            };
-            set(name, value);
-        }
-        let sc = c.security_context.clone().unwrap_or_default();
-        let caps = sc.capabilities.clone().unwrap_or_default();
-        let memory_limit = quantity(c, "limits", "memory").map(|q| q.as_units() as i64);
-        let cpu_quota = quantity(c, "limits", "cpu")
-            .map(|q| (q.as_millis() * CPU_PERIOD_US / 1000).max(1000) as i64);
-        let cpu_shares = quantity(c, "requests", "cpu")
-            .or_else(|| quantity(c, "limits", "cpu"))
-            .map(|q| (q.as_millis() * 1024 / 1000).max(2));
-        let is_serving = i == serving;
-        let readiness = match &c.readiness_probe {
-            Some(p) => Some(probe(p, port, 10)),
-            None if is_serving => Some(probe(&Probe::default(), port, 1)),
-            None => None,
-        };
-        containers.push(ContainerPlan {
-            name: c.name.clone().unwrap_or_else(|| format!("container-{i}")),
-            lowers: image
-                .layers
-                .iter()
-                .rev()
-                .map(|l| layer_dir(&l.diff_id))
-                .collect(),
-            args,
-            env,
-            working_dir: c
-                .working_dir
-                .clone()
-                .or_else(|| cfg.working_dir.clone().filter(|w| !w.is_empty())),
-            user: UserPlan {
-                run_as_user: sc.run_as_user.and_then(|u| u32::try_from(u).ok()),
-                run_as_group: sc.run_as_group.and_then(|g| u32::try_from(g).ok()),
-                image_user: cfg.user.clone().filter(|u| !u.is_empty()),
-                run_as_non_root: sc.run_as_non_root == Some(true),
-            },
-            read_only_rootfs: sc.read_only_root_filesystem == Some(true),
-            capabilities: capabilities(&caps.add, &caps.drop),
-            seccomp: sc
-                .seccomp_profile
-                .as_ref()
-                .and_then(|p| p.profile_type.as_deref())
-                != Some("Unconfined"),
-            memory_limit,
-            cpu_quota,
-            cpu_shares,
-            mounts: c
-                .volume_mounts
-                .iter()
-                .filter_map(|m| {
-                    Some(MountPlan {
-                        volume: m.name.clone()?,
-                        path: m.mount_path.clone()?,
-                        read_only: m.read_only == Some(true),
-                        sub_path: m.sub_path.clone(),
-                    })
-                })
-                .collect(),
-            readiness,
-            liveness: c.liveness_probe.as_ref().map(|p| probe(p, port, 10)),
-            startup: c.startup_probe.as_ref().map(|p| probe(p, port, 10)),
-        });
+        containers.push(container_plan(&ctx, i, c, image, &layer_dir)?);
     }
-    let volumes = spec
-        .volumes
+    Ok(InstancePlan {
+        id: id.to_owned(),
+        namespace: revision.metadata.namespace.clone(),
+        service,
+        revision: revision.metadata.name.clone(),
+        containers,
+        serving,
+        port,
+        volumes: volume_plans(&spec.volumes),
+        // Knative gives an instance its request timeout to finish in-flight work.
+        // Retiring waits for requests in flight up to the request timeout, as Knative does;
+        // SIGTERM to SIGKILL is the daemon's termination grace, not this.
+        drain_timeout: Duration::from_secs(
+            spec.timeout_seconds.unwrap_or(300).clamp(1, 3600) as u64
+        ),
+    })
+}
+
+/// The plan of container `i`, `c`, running `image`.
+fn container_plan(
+    ctx: &InstanceContext<'_>,
+    i: usize,
+    c: &Container,
+    image: &ImageRecord,
+    layer_dir: &impl Fn(&str) -> std::path::PathBuf,
+) -> Result<ContainerPlan, PlanError> {
+    let cfg = &image.config;
+    let args = command(c, cfg)?;
+    let env = environment(ctx, c, cfg);
+    let sc = c.security_context.clone().unwrap_or_default();
+    let caps = sc.capabilities.clone().unwrap_or_default();
+    let memory_limit = quantity(c, "limits", "memory").map(|q| q.as_units() as i64);
+    let cpu_quota = quantity(c, "limits", "cpu")
+        .map(|q| (q.as_millis() * CPU_PERIOD_US / 1000).max(1000) as i64);
+    let cpu_shares = quantity(c, "requests", "cpu")
+        .or_else(|| quantity(c, "limits", "cpu"))
+        .map(|q| (q.as_millis() * 1024 / 1000).max(2));
+    let port = ctx.port;
+    Ok(ContainerPlan {
+        name: c.name.clone().unwrap_or_else(|| format!("container-{i}")),
+        lowers: image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| layer_dir(&l.diff_id))
+            .collect(),
+        args,
+        env,
+        working_dir: c
+            .working_dir
+            .clone()
+            .or_else(|| cfg.working_dir.clone().filter(|w| !w.is_empty())),
+        user: user_plan(&sc, cfg),
+        read_only_rootfs: sc.read_only_root_filesystem == Some(true),
+        capabilities: capabilities(&caps.add, &caps.drop),
+        seccomp: sc
+            .seccomp_profile
+            .as_ref()
+            .and_then(|p| p.profile_type.as_deref())
+            != Some("Unconfined"),
+        memory_limit,
+        cpu_quota,
+        cpu_shares,
+        mounts: mount_plans(c),
+        readiness: readiness(c, port, i == ctx.serving),
+        liveness: c.liveness_probe.as_ref().map(|p| probe(p, port, 10)),
+        startup: c.startup_probe.as_ref().map(|p| probe(p, port, 10)),
+    })
+}
+
+/// What a container runs. Kubernetes: `command` replaces the Entrypoint (and drops the Cmd);
+/// `args` replace the Cmd.
+fn command(c: &Container, cfg: &RunConfig) -> Result<Vec<String>, PlanError> {
+    let mut args: Vec<String> = if c.command.is_empty() {
+        cfg.entrypoint.clone().unwrap_or_default()
+    } else {
+        c.command.clone()
+    };
+    if !c.args.is_empty() {
+        args.extend(c.args.iter().cloned());
+    } else if c.command.is_empty() {
+        args.extend(cfg.cmd.clone().unwrap_or_default());
+    }
+    if args.is_empty() {
+        return Err(PlanError(format!(
+            "container `{}` has no command: the image sets no Entrypoint or Cmd, and the manifest no command",
+            c.name.as_deref().unwrap_or_default()
+        )));
+    }
+    Ok(args)
+}
+
+/// A container's environment: the image's, then the runtime contract's variables, then the
+/// manifest's (each replacing an earlier one of the same name).
+fn environment(ctx: &InstanceContext<'_>, c: &Container, cfg: &RunConfig) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = cfg
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let mut set = |k: &str, v: String| {
+        env.retain(|(n, _)| n != k);
+        env.push((k.to_owned(), v));
+    };
+    set("PORT", ctx.port.to_string());
+    set("K_SERVICE", ctx.service.to_owned());
+    set("K_CONFIGURATION", ctx.configuration.to_owned());
+    set("K_REVISION", ctx.revision.metadata.name.clone());
+    for e in &c.env {
+        let Some(name) = &e.name else { continue };
+        set(name, env_value(ctx, c, e));
+    }
+    env
+}
+
+/// The value of a manifest's environment variable: literal, or from a `valueFrom` reference.
+fn env_value(ctx: &InstanceContext<'_>, c: &Container, e: &EnvVar) -> String {
+    match (&e.value, &e.value_from) {
+        (Some(v), _) => v.clone(),
+        (None, Some(from)) => {
+            if let Some(f) = &from.field_ref {
+                field_value(
+                    f.field_path.as_deref().unwrap_or_default(),
+                    ctx.revision,
+                    ctx.id,
+                )
+            } else if let Some(r) = &from.resource_field_ref {
+                resource_value(ctx.revision, c, r)
+            } else {
+                String::new()
+            }
+        }
+        (None, None) => String::new(),
+    }
+}
+
+/// Whom a container runs as: the manifest's securityContext, else the image's user.
+fn user_plan(sc: &SecurityContext, cfg: &RunConfig) -> UserPlan {
+    UserPlan {
+        run_as_user: sc.run_as_user.and_then(|u| u32::try_from(u).ok()),
+        run_as_group: sc.run_as_group.and_then(|g| u32::try_from(g).ok()),
+        image_user: cfg.user.clone().filter(|u| !u.is_empty()),
+        run_as_non_root: sc.run_as_non_root == Some(true),
+    }
+}
+
+/// A container's volume mounts (those naming a volume and a path).
+fn mount_plans(c: &Container) -> Vec<MountPlan> {
+    c.volume_mounts
+        .iter()
+        .filter_map(|m| {
+            Some(MountPlan {
+                volume: m.name.clone()?,
+                path: m.mount_path.clone()?,
+                read_only: m.read_only == Some(true),
+                sub_path: m.sub_path.clone(),
+            })
+        })
+        .collect()
+}
+
+/// A container's readiness probe: its own, or for the serving container a TCP check of its
+/// port every second.
+fn readiness(c: &Container, port: u16, is_serving: bool) -> Option<ProbeSpec> {
+    match &c.readiness_probe {
+        Some(p) => Some(probe(p, port, 10)),
+        None if is_serving => Some(probe(&Probe::default(), port, 1)),
+        None => None,
+    }
+}
+
+/// An instance's volumes: the revision's emptyDir volumes.
+fn volume_plans(volumes: &[Volume]) -> Vec<VolumePlan> {
+    volumes
         .iter()
         .filter_map(|v| {
             let ed = v.empty_dir.as_ref()?;
@@ -294,20 +384,5 @@ pub fn plan(
                     .map(|q| q.as_units()),
             })
         })
-        .collect();
-    Ok(InstancePlan {
-        id: id.to_owned(),
-        namespace: revision.metadata.namespace.clone(),
-        service,
-        revision: revision.metadata.name.clone(),
-        containers,
-        serving,
-        port,
-        volumes,
-        // Retiring waits for requests in flight up to the request timeout, as Knative does;
-        // SIGTERM to SIGKILL is the daemon's termination grace, not this.
-        drain_timeout: Duration::from_secs(
-            spec.timeout_seconds.unwrap_or(300).clamp(1, 3600) as u64
-        ),
-    })
+        .collect()
 }

@@ -18,6 +18,7 @@ use skiff_image::puller::{LayerStatus, PullEvent};
 use tracing::{info, warn};
 
 use crate::controller::{Controller, ControllerError, RevisionKey, parse_revision_key};
+use crate::images::ResolveError;
 use crate::reconciler::{Next, ReconcileError, Reconciler};
 use crate::runtime::ImageStore;
 use crate::status::{MESSAGE_NO_INSTANCES, conditions, needs_images, reasons};
@@ -150,140 +151,185 @@ async fn resolve(controller: &Controller, images: &dyn ImageStore, revision: &Re
         revision.metadata.name.as_str(),
     );
     let now = controller.now();
-    let pulling = |message: String| {
-        let now = now.clone();
-        move |r: &mut Revision| {
-            let mut changed = false;
-            for t in IMAGE_CONDITIONS {
-                let before = r.status.conditions.clone();
-                set_condition(
-                    &mut r.status.conditions,
-                    t,
-                    ConditionStatus::Unknown,
-                    Some(reasons::PULLING),
-                    Some(message.clone()),
-                    &now,
-                );
-                changed |= before != r.status.conditions;
-            }
-            changed
-        }
-    };
     let _ = controller
-        .update_revision(ns, name, true, pulling("pulling images".into()))
+        .update_revision(ns, name, true, |r: &mut Revision| {
+            set_image_conditions(
+                r,
+                ConditionStatus::Unknown,
+                reasons::PULLING,
+                "pulling images",
+                &now,
+            )
+        })
         .await;
 
     let mut statuses = Vec::new();
     for c in &revision.spec.containers {
         let image = c.image.clone().unwrap_or_default();
-        let cname = c.name.clone().unwrap_or_default();
-        // Progress: aggregate layer bytes, write at most once a second.
-        let state: Arc<Mutex<PullTally>> =
-            Arc::new(Mutex::new((HashMap::new(), tokio::time::Instant::now())));
-        let (c2, ns2, name2, image2, now2) = (
-            controller.clone(),
-            ns.to_owned(),
-            name.to_owned(),
-            image.clone(),
-            now.clone(),
-        );
-        let progress: skiff_image::puller::Progress = Arc::new(move |ev: PullEvent| {
-            let message = {
-                let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-                match ev {
-                    PullEvent::Resolved { layers, .. } => {
-                        for l in layers {
-                            s.0.insert(l.digest, (0, l.size));
-                        }
-                    }
-                    PullEvent::Layer {
-                        digest,
-                        status,
-                        done,
-                        total,
-                    } => {
-                        let done = if status == LayerStatus::Downloading {
-                            done
-                        } else {
-                            total
-                        };
-                        s.0.insert(digest, (done, total));
-                    }
-                    _ => {}
-                }
-                if s.1.elapsed() < Duration::from_secs(1) {
-                    return;
-                }
-                s.1 = tokio::time::Instant::now();
-                let (done, total) = s.0.values().fold((0, 0), |a, (d, t)| (a.0 + d, a.1 + t));
-                format!(
-                    "pulling {image2}: {} of {}",
-                    human_bytes(done),
-                    human_bytes(total)
-                )
-            };
-            let (c3, ns3, name3, now3) = (c2.clone(), ns2.clone(), name2.clone(), now2.clone());
-            tokio::spawn(async move {
-                let _ = c3
-                    .update_revision(&ns3, &name3, false, move |r: &mut Revision| {
-                        // Only while still pulling: a late progress note must not overwrite
-                        // the outcome.
-                        let still_pulling = r
-                            .condition(conditions::READY)
-                            .is_some_and(|c| c.reason.as_deref() == Some(reasons::PULLING));
-                        if !still_pulling {
-                            return false;
-                        }
-                        let before = r.status.conditions.clone();
-                        for t in IMAGE_CONDITIONS {
-                            set_condition(
-                                &mut r.status.conditions,
-                                t,
-                                ConditionStatus::Unknown,
-                                Some(reasons::PULLING),
-                                Some(message.clone()),
-                                &now3,
-                            );
-                        }
-                        before != r.status.conditions
-                    })
-                    .await;
-            });
-        });
+        let progress = progress_reporter(controller, ns, name, &image, &now);
         match images
             .resolve(&image, c.image_pull_policy.as_deref(), progress)
             .await
         {
             Ok(record) => statuses.push(ContainerStatus {
-                name: cname,
+                name: c.name.clone().unwrap_or_default(),
                 image_digest: Some(record.pinned()),
             }),
             Err(e) => {
-                let message = format!(
-                    "failed to pull {image}: {}",
-                    skiff_telemetry::ErrorChain(&e)
-                );
-                warn!(image = %image, reason = e.reason(), error = %message, "image resolution failed");
-                let now = controller.now();
-                let _ = controller
-                    .update_revision(ns, name, true, move |r: &mut Revision| {
-                        for t in IMAGE_CONDITIONS {
-                            set_condition(
-                                &mut r.status.conditions,
-                                t,
-                                ConditionStatus::False,
-                                Some(reasons::PULL_FAILED),
-                                Some(message.clone()),
-                                &now,
-                            );
-                        }
-                        true
-                    })
-                    .await;
+                mark_failed(controller, ns, name, &image, &e).await;
                 return true;
             }
         }
     }
+    mark_pinned(controller, ns, name, statuses).await;
+    false
+}
+
+/// Sets the conditions the image reconciler owns; returns whether that changed anything.
+fn set_image_conditions(
+    r: &mut Revision,
+    status: ConditionStatus,
+    reason: &str,
+    message: &str,
+    now: &str,
+) -> bool {
+    let before = r.status.conditions.clone();
+    for t in IMAGE_CONDITIONS {
+        set_condition(
+            &mut r.status.conditions,
+            t,
+            status,
+            Some(reason),
+            Some(message.to_owned()),
+            now,
+        );
+    }
+    before != r.status.conditions
+}
+
+/// A progress callback for pulling `image`: it tallies layer bytes and notes them in the
+/// revision's conditions at most once a second.
+fn progress_reporter(
+    controller: &Controller,
+    ns: &str,
+    name: &str,
+    image: &str,
+    now: &str,
+) -> skiff_image::puller::Progress {
+    let tally: Mutex<PullTally> = Mutex::new((HashMap::new(), tokio::time::Instant::now()));
+    let (controller, ns, name, image, now) = (
+        controller.clone(),
+        ns.to_owned(),
+        name.to_owned(),
+        image.to_owned(),
+        now.to_owned(),
+    );
+    Arc::new(move |ev: PullEvent| {
+        let message = {
+            let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+            record_progress(&mut t, ev, &image)
+        };
+        if let Some(message) = message {
+            note_progress(&controller, &ns, &name, message, &now);
+        }
+    })
+}
+
+/// Adds a pull event to `tally`; returns the progress message when one is due (a second
+/// after the last).
+fn record_progress(tally: &mut PullTally, ev: PullEvent, image: &str) -> Option<String> {
+    match ev {
+        PullEvent::Resolved { layers, .. } => {
+            for l in layers {
+                tally.0.insert(l.digest, (0, l.size));
+            }
+        }
+        PullEvent::Layer {
+            digest,
+            status,
+            done,
+            total,
+        } => {
+            let done = if status == LayerStatus::Downloading {
+                done
+            } else {
+                total
+            };
+            tally.0.insert(digest, (done, total));
+        }
+        _ => {}
+    }
+    if tally.1.elapsed() < Duration::from_secs(1) {
+        return None;
+    }
+    tally.1 = tokio::time::Instant::now();
+    let (done, total) = tally
+        .0
+        .values()
+        .fold((0, 0), |a, (d, t)| (a.0 + d, a.1 + t));
+    Some(format!(
+        "pulling {image}: {} of {}",
+        human_bytes(done),
+        human_bytes(total)
+    ))
+}
+
+/// Writes a progress note into a revision's conditions, in the background (the callback
+/// runs inside the pull and must not wait on the store).
+fn note_progress(controller: &Controller, ns: &str, name: &str, message: String, now: &str) {
+    let (controller, ns, name, now) = (
+        controller.clone(),
+        ns.to_owned(),
+        name.to_owned(),
+        now.to_owned(),
+    );
+    tokio::spawn(async move {
+        let _ = controller
+            .update_revision(&ns, &name, false, move |r: &mut Revision| {
+                // Only while still pulling: a late progress note must not overwrite
+                // the outcome.
+                let still_pulling = r
+                    .condition(conditions::READY)
+                    .is_some_and(|c| c.reason.as_deref() == Some(reasons::PULLING));
+                still_pulling
+                    && set_image_conditions(
+                        r,
+                        ConditionStatus::Unknown,
+                        reasons::PULLING,
+                        &message,
+                        &now,
+                    )
+            })
+            .await;
+    });
+}
+
+/// Fails a revision whose `image` could not be resolved, saying why.
+async fn mark_failed(controller: &Controller, ns: &str, name: &str, image: &str, e: &ResolveError) {
+    let message = format!("failed to pull {image}: {}", skiff_telemetry::ErrorChain(e));
+    warn!(image = %image, reason = e.reason(), error = %message, "image resolution failed");
+    let now = controller.now();
+    let _ = controller
+        .update_revision(ns, name, true, move |r: &mut Revision| {
+            set_image_conditions(
+                r,
+                ConditionStatus::False,
+                reasons::PULL_FAILED,
+                &message,
+                &now,
+            );
+            true
+        })
+        .await;
+}
+
+/// Records a revision's pinned images; it then waits for instances.
+async fn mark_pinned(
+    controller: &Controller,
+    ns: &str,
+    name: &str,
+    statuses: Vec<ContainerStatus>,
+) {
     let now = controller.now();
     let pinned: Vec<String> = statuses
         .iter()
@@ -293,18 +339,14 @@ async fn resolve(controller: &Controller, images: &dyn ImageStore, revision: &Re
     let _ = controller
         .update_revision(ns, name, true, move |r: &mut Revision| {
             r.status.container_statuses = statuses.clone();
-            for t in IMAGE_CONDITIONS {
-                set_condition(
-                    &mut r.status.conditions,
-                    t,
-                    ConditionStatus::Unknown,
-                    Some(reasons::NO_INSTANCES),
-                    Some(MESSAGE_NO_INSTANCES.to_owned()),
-                    &now,
-                );
-            }
+            set_image_conditions(
+                r,
+                ConditionStatus::Unknown,
+                reasons::NO_INSTANCES,
+                MESSAGE_NO_INSTANCES,
+                &now,
+            );
             true
         })
         .await;
-    false
 }

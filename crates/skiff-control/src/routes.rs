@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use skiff_api::object::{ConditionStatus, Revision, Service};
+use skiff_api::types::TrafficTarget;
 use skiff_router::{HostRoute, PoolSpec, RevisionKey};
 
 use crate::status::{public_failure, traffic_targets};
@@ -85,9 +86,26 @@ pub fn pool_spec(r: &Revision) -> PoolSpec {
     }
 }
 
+/// A traffic target resolved to a revision: (revision, percent, tag).
+type Target = (String, u32, Option<String>);
+
 /// Builds the table for `services` and their `revisions` under `domain`.
 pub fn build(services: &[Service], revisions: &[Revision], domain: &str) -> RouteTable {
-    let mut table = RouteTable::default();
+    let mut table = RouteTable {
+        pools: revisions.iter().map(pool_spec).collect(),
+        ..Default::default()
+    };
+    let mut by_service = revisions_by_service(revisions);
+    for s in services {
+        let key = (s.metadata.namespace.clone(), s.metadata.name.clone());
+        let revs = by_service.remove(&key).unwrap_or_default();
+        route_service(&mut table, s, revs, domain);
+    }
+    table
+}
+
+/// The revisions of each Service, by (namespace, service).
+fn revisions_by_service(revisions: &[Revision]) -> BTreeMap<(String, String), Vec<&Revision>> {
     let mut by_service: BTreeMap<(String, String), Vec<&Revision>> = BTreeMap::new();
     for r in revisions {
         if let Some(svc) = r.service_name() {
@@ -96,136 +114,172 @@ pub fn build(services: &[Service], revisions: &[Revision], domain: &str) -> Rout
                 .or_default()
                 .push(r);
         }
-        table.pools.push(pool_spec(r));
     }
-    for s in services {
-        let ns = &s.metadata.namespace;
-        let name = &s.metadata.name;
-        let host = format!("{name}.{ns}.{domain}");
-        let mut revs = by_service
-            .remove(&(ns.clone(), name.clone()))
-            .unwrap_or_default();
-        revs.sort_by_key(|r| r.configuration_generation());
-        let latest_created = revs.last().copied();
-        let latest_ready = revs.iter().rev().find(|r| ready(r)).copied();
-        // The latest created revision runs its initial scale to become ready (a failing one
-        // keeps retrying with back-off until its autoscaler lets it go after a window).
-        if let Some(r) = latest_created {
-            table
-                .reachable
-                .insert((ns.clone(), r.metadata.name.clone()));
-        }
-        // (revision, percent, tag)
-        let mut targets: Vec<(String, u32, Option<String>)> = Vec::new();
-        let mut problem: Option<String> = None;
-        if !s.status.traffic.is_empty() {
-            for t in &s.status.traffic {
-                targets.push((
-                    t.revision_name.clone(),
-                    u32::try_from(t.percent).unwrap_or(0),
-                    t.tag.clone(),
-                ));
-            }
-        } else {
-            for t in traffic_targets(s) {
-                let resolved = match &t.revision_name {
-                    Some(rev) => match revs.iter().find(|r| &r.metadata.name == rev) {
-                        Some(r) => match failed(r) {
-                            None => Some(r.metadata.name.clone()),
-                            Some(why) => {
-                                problem.get_or_insert(why);
-                                None
-                            }
-                        },
-                        None => {
-                            problem.get_or_insert(format!("revision `{rev}` does not exist"));
-                            None
-                        }
-                    },
-                    None => match (latest_ready, latest_created) {
-                        (Some(r), _) => Some(r.metadata.name.clone()),
-                        (None, Some(r)) => match failed(r) {
-                            None => Some(r.metadata.name.clone()),
-                            Some(why) => {
-                                problem.get_or_insert(why);
-                                None
-                            }
-                        },
-                        (None, None) => {
-                            problem.get_or_insert("no revision has been created".to_owned());
-                            None
-                        }
-                    },
-                };
-                if let Some(rev) = resolved {
-                    targets.push((
-                        rev,
-                        u32::try_from(t.percent.unwrap_or(0)).unwrap_or(0),
-                        t.tag.clone(),
-                    ));
-                }
+    by_service
+}
+
+/// Adds one Service's hosts and reachable revisions to `table`, from its revisions `revs`.
+fn route_service(table: &mut RouteTable, s: &Service, mut revs: Vec<&Revision>, domain: &str) {
+    revs.sort_by_key(|r| r.configuration_generation());
+    let latest_created = revs.last().copied();
+    let latest_ready = revs.iter().rev().find(|r| ready(r)).copied();
+    // The latest created revision runs its initial scale to become ready (a failing one
+    // keeps retrying with back-off until its autoscaler lets it go after a window).
+    if let Some(r) = latest_created {
+        table
+            .reachable
+            .insert((s.metadata.namespace.clone(), r.metadata.name.clone()));
+    }
+    let (targets, problem) = if s.status.traffic.is_empty() {
+        resolve_targets(s, &revs, latest_ready, latest_created)
+    } else {
+        (status_targets(s), None)
+    };
+    // A revision whose images are not pinned yet can still be waited for; one that
+    // failed (or vanished) takes the whole Service down with its reason, as Knative's
+    // Route does not become ready either.
+    match problem {
+        Some(why) => route_unavailable(table, s, &targets, &why, domain),
+        None => route_targets(table, s, &targets, domain),
+    }
+}
+
+/// The targets of a Service whose `status.traffic` is resolved: exactly as it says.
+fn status_targets(s: &Service) -> Vec<Target> {
+    s.status
+        .traffic
+        .iter()
+        .map(|t| {
+            (
+                t.revision_name.clone(),
+                u32::try_from(t.percent).unwrap_or(0),
+                t.tag.clone(),
+            )
+        })
+        .collect()
+}
+
+/// The targets of a Service whose traffic is not resolved yet, each resolved as Knative
+/// would hold it (see [`resolve_target`]); and why the first that does not resolve cannot.
+fn resolve_targets(
+    s: &Service,
+    revs: &[&Revision],
+    latest_ready: Option<&Revision>,
+    latest_created: Option<&Revision>,
+) -> (Vec<Target>, Option<String>) {
+    let mut targets = Vec::new();
+    let mut problem: Option<String> = None;
+    for t in traffic_targets(s) {
+        match resolve_target(&t, revs, latest_ready, latest_created) {
+            Ok(rev) => targets.push((
+                rev,
+                u32::try_from(t.percent.unwrap_or(0)).unwrap_or(0),
+                t.tag.clone(),
+            )),
+            Err(why) => {
+                problem.get_or_insert(why);
             }
         }
-        // A revision whose images are not pinned yet can still be waited for; one that
-        // failed (or vanished) takes the whole Service down with its reason, as Knative's
-        // Route does not become ready either.
-        if let Some(why) = problem {
-            let message =
-                format!("service `{name}` in namespace `{ns}` cannot serve requests: {why}");
+    }
+    (targets, problem)
+}
+
+/// The revision a target goes to: the one it names if that has not failed; for the latest,
+/// the latest ready revision, else the latest created one if that has not failed. Otherwise
+/// why not.
+fn resolve_target(
+    t: &TrafficTarget,
+    revs: &[&Revision],
+    latest_ready: Option<&Revision>,
+    latest_created: Option<&Revision>,
+) -> Result<String, String> {
+    match &t.revision_name {
+        Some(rev) => match revs.iter().find(|r| &r.metadata.name == rev) {
+            Some(r) => unless_failed(r),
+            None => Err(format!("revision `{rev}` does not exist")),
+        },
+        None => match (latest_ready, latest_created) {
+            (Some(r), _) => Ok(r.metadata.name.clone()),
+            (None, Some(r)) => unless_failed(r),
+            (None, None) => Err("no revision has been created".to_owned()),
+        },
+    }
+}
+
+/// A revision's name, or why it failed.
+fn unless_failed(r: &Revision) -> Result<String, String> {
+    match failed(r) {
+        None => Ok(r.metadata.name.clone()),
+        Some(why) => Err(why),
+    }
+}
+
+/// Routes a Service that cannot serve, and its tags, to a 503 saying `why`.
+fn route_unavailable(
+    table: &mut RouteTable,
+    s: &Service,
+    targets: &[Target],
+    why: &str,
+    domain: &str,
+) {
+    let (ns, name) = (&s.metadata.namespace, &s.metadata.name);
+    let message = format!("service `{name}` in namespace `{ns}` cannot serve requests: {why}");
+    table.hosts.insert(
+        format!("{name}.{ns}.{domain}"),
+        HostRoute::Unavailable {
+            message: message.clone(),
+        },
+    );
+    for (_, _, tag) in targets {
+        if let Some(tag) = tag {
             table.hosts.insert(
-                host,
+                format!("{tag}-{name}.{ns}.{domain}"),
                 HostRoute::Unavailable {
                     message: message.clone(),
                 },
             );
-            for (_, _, tag) in &targets {
-                if let Some(tag) = tag {
-                    table.hosts.insert(
-                        format!("{tag}-{name}.{ns}.{domain}"),
-                        HostRoute::Unavailable {
-                            message: message.clone(),
-                        },
-                    );
-                }
-            }
-            continue;
         }
-        let mut split: Vec<(String, u32)> = Vec::new();
-        for (rev, percent, tag) in &targets {
-            table.reachable.insert((ns.clone(), rev.clone()));
-            if *percent > 0 {
-                match split.iter_mut().find(|(r, _)| r == rev) {
-                    Some((_, p)) => *p += percent,
-                    None => split.push((rev.clone(), *percent)),
-                }
-            }
-            if let Some(tag) = tag {
-                table.hosts.insert(
-                    format!("{tag}-{name}.{ns}.{domain}"),
-                    HostRoute::Tag {
-                        namespace: ns.clone(),
-                        service: name.clone(),
-                        revision: rev.clone(),
-                    },
-                );
-            }
-        }
-        let route = if split.is_empty() {
-            HostRoute::Unavailable {
-                message: format!(
-                    "service `{name}` in namespace `{ns}` sends no traffic to any revision (every target has 0%); use a tag URL"
-                ),
-            }
-        } else {
-            HostRoute::Service {
-                namespace: ns.clone(),
-                service: name.clone(),
-                split,
-            }
-        };
-        table.hosts.insert(host, route);
     }
-    table
+}
+
+/// Routes a Service's host by its targets' shares (summed per revision; 0% targets are
+/// reachable only through their tags) and each tag's host to its revision.
+fn route_targets(table: &mut RouteTable, s: &Service, targets: &[Target], domain: &str) {
+    let (ns, name) = (&s.metadata.namespace, &s.metadata.name);
+    let mut split: Vec<(String, u32)> = Vec::new();
+    for (rev, percent, tag) in targets {
+        table.reachable.insert((ns.clone(), rev.clone()));
+        if *percent > 0 {
+            match split.iter_mut().find(|(r, _)| r == rev) {
+                Some((_, p)) => *p += percent,
+                None => split.push((rev.clone(), *percent)),
+            }
+        }
+        if let Some(tag) = tag {
+            table.hosts.insert(
+                format!("{tag}-{name}.{ns}.{domain}"),
+                HostRoute::Tag {
+                    namespace: ns.clone(),
+                    service: name.clone(),
+                    revision: rev.clone(),
+                },
+            );
+        }
+    }
+    let route = if split.is_empty() {
+        HostRoute::Unavailable {
+            message: format!(
+                "service `{name}` in namespace `{ns}` sends no traffic to any revision (every target has 0%); use a tag URL"
+            ),
+        }
+    } else {
+        HostRoute::Service {
+            namespace: ns.clone(),
+            service: name.clone(),
+            split,
+        }
+    };
+    table.hosts.insert(format!("{name}.{ns}.{domain}"), route);
 }
 
 #[cfg(test)]

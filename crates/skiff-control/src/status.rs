@@ -3,11 +3,11 @@
 //! at start (so a changed domain or port shows at once).
 
 use skiff_api::object::{
-    Addressable, ConditionStatus, Revision, RevisionStatus, Service, ServiceStatus, TrafficStatus,
-    condition, set_condition,
+    Addressable, Condition, ConditionStatus, Revision, RevisionStatus, Service, ServiceStatus,
+    TrafficStatus, condition, set_condition,
 };
 use skiff_api::types::TrafficTarget;
-use skiff_runtime::instance::{InstanceStatus, Phase};
+use skiff_runtime::instance::{ContainerStatus, InstanceStatus, Phase, Termination};
 
 /// What status computation needs to know besides the objects.
 #[derive(Debug, Clone)]
@@ -174,33 +174,7 @@ pub fn service_status(
     status.latest_created_revision_name = latest_created.map(|r| r.metadata.name.clone());
     status.latest_ready_revision_name = latest_ready.map(|r| r.metadata.name.clone());
 
-    // ConfigurationsReady mirrors the latest created revision.
-    let (cfg_status, cfg_reason, cfg_message) =
-        match latest_created.and_then(|r| r.condition("Ready")) {
-            Some(c) if c.status == ConditionStatus::True => (ConditionStatus::True, None, None),
-            Some(c) => (
-                c.status,
-                Some(if c.status == ConditionStatus::False {
-                    "RevisionFailed".to_owned()
-                } else {
-                    c.reason
-                        .clone()
-                        .unwrap_or_else(|| "RevisionNotReady".to_owned())
-                }),
-                Some(format!(
-                    "revision {} is not ready: {}",
-                    latest_created
-                        .map(|r| r.metadata.name.as_str())
-                        .unwrap_or_default(),
-                    c.message.clone().unwrap_or_default()
-                )),
-            ),
-            None => (
-                ConditionStatus::Unknown,
-                Some("RevisionMissing".to_owned()),
-                Some("no revision has been created".to_owned()),
-            ),
-        };
+    let (cfg_status, cfg_reason, cfg_message) = configurations_ready(latest_created);
     set_condition(
         &mut status.conditions,
         "ConfigurationsReady",
@@ -209,41 +183,9 @@ pub fn service_status(
         cfg_message,
         &ctx.now,
     );
-
-    // RoutesReady: every traffic target resolves to a ready revision.
-    let mut resolved = Vec::new();
-    let mut missing: Option<String> = None;
-    for t in traffic_targets(service) {
-        let target = match &t.revision_name {
-            Some(rev) => ordered.iter().find(|r| &r.metadata.name == rev).copied(),
-            None => latest_ready,
-        };
-        match target {
-            Some(r) if is_ready(r) => resolved.push(TrafficStatus {
-                tag: t.tag.clone(),
-                revision_name: r.metadata.name.clone(),
-                latest_revision: t.revision_name.is_none(),
-                percent: t.percent.unwrap_or(0),
-                url: t
-                    .tag
-                    .as_ref()
-                    .map(|tag| ctx.url(&format!("{tag}-{name}.{ns}.{}", ctx.domain))),
-            }),
-            _ => {
-                if missing.is_none() {
-                    missing = Some(match &t.revision_name {
-                        Some(rev) => format!("revision {rev} is not ready"),
-                        None => format!(
-                            "configuration {name} is waiting for a revision to become ready"
-                        ),
-                    });
-                }
-            }
-        }
-    }
-    match missing {
-        None => {
-            status.traffic = resolved;
+    match resolve_traffic(service, &ordered, latest_ready, ctx) {
+        Ok(traffic) => {
+            status.traffic = traffic;
             set_condition(
                 &mut status.conditions,
                 "RoutesReady",
@@ -253,7 +195,7 @@ pub fn service_status(
                 &ctx.now,
             );
         }
-        Some(message) => set_condition(
+        Err(message) => set_condition(
             &mut status.conditions,
             "RoutesReady",
             ConditionStatus::Unknown,
@@ -262,19 +204,7 @@ pub fn service_status(
             &ctx.now,
         ),
     }
-
-    let cfg = condition(&status.conditions, "ConfigurationsReady").cloned();
-    let routes = condition(&status.conditions, "RoutesReady").cloned();
-    let (ready, reason, message) = match (cfg, routes) {
-        (Some(c), Some(r))
-            if c.status == ConditionStatus::True && r.status == ConditionStatus::True =>
-        {
-            (ConditionStatus::True, None, None)
-        }
-        (Some(c), _) if c.status != ConditionStatus::True => (c.status, c.reason, c.message),
-        (_, Some(r)) => (r.status, r.reason, r.message),
-        _ => (ConditionStatus::Unknown, None, None),
-    };
+    let (ready, reason, message) = service_ready(&status.conditions);
     set_condition(
         &mut status.conditions,
         "Ready",
@@ -292,6 +222,95 @@ pub fn service_status(
     };
     status.conditions.sort_by_key(|c| order(&c.condition_type));
     status
+}
+
+/// A condition's status, reason and message, as [`set_condition`] takes them.
+type ConditionParts = (ConditionStatus, Option<String>, Option<String>);
+
+/// A Service's ConfigurationsReady: it mirrors the latest created revision.
+fn configurations_ready(latest_created: Option<&Revision>) -> ConditionParts {
+    match latest_created.and_then(|r| r.condition("Ready")) {
+        Some(c) if c.status == ConditionStatus::True => (ConditionStatus::True, None, None),
+        Some(c) => (
+            c.status,
+            Some(if c.status == ConditionStatus::False {
+                "RevisionFailed".to_owned()
+            } else {
+                c.reason
+                    .clone()
+                    .unwrap_or_else(|| "RevisionNotReady".to_owned())
+            }),
+            Some(format!(
+                "revision {} is not ready: {}",
+                latest_created
+                    .map(|r| r.metadata.name.as_str())
+                    .unwrap_or_default(),
+                c.message.clone().unwrap_or_default()
+            )),
+        ),
+        None => (
+            ConditionStatus::Unknown,
+            Some("RevisionMissing".to_owned()),
+            Some("no revision has been created".to_owned()),
+        ),
+    }
+}
+
+/// A Service's traffic, for RoutesReady: every traffic target must resolve to a ready
+/// revision (`ordered` by configuration generation; a latest target goes to `latest_ready`).
+/// Otherwise says why the first target that does not is not ready.
+fn resolve_traffic(
+    service: &Service,
+    ordered: &[&Revision],
+    latest_ready: Option<&Revision>,
+    ctx: &StatusContext,
+) -> Result<Vec<TrafficStatus>, String> {
+    let name = &service.metadata.name;
+    let ns = &service.metadata.namespace;
+    traffic_targets(service)
+        .into_iter()
+        .map(|t| {
+            let target = match &t.revision_name {
+                Some(rev) => ordered.iter().find(|r| &r.metadata.name == rev).copied(),
+                None => latest_ready,
+            };
+            match target {
+                Some(r) if is_ready(r) => Ok(TrafficStatus {
+                    tag: t.tag.clone(),
+                    revision_name: r.metadata.name.clone(),
+                    latest_revision: t.revision_name.is_none(),
+                    percent: t.percent.unwrap_or(0),
+                    url: t
+                        .tag
+                        .as_ref()
+                        .map(|tag| ctx.url(&format!("{tag}-{name}.{ns}.{}", ctx.domain))),
+                }),
+                _ => Err(match &t.revision_name {
+                    Some(rev) => format!("revision {rev} is not ready"),
+                    None => {
+                        format!("configuration {name} is waiting for a revision to become ready")
+                    }
+                }),
+            }
+        })
+        .collect()
+}
+
+/// A Service's Ready: True when ConfigurationsReady and RoutesReady are, else the first of
+/// them that is not.
+fn service_ready(conditions: &[Condition]) -> ConditionParts {
+    let cfg = condition(conditions, "ConfigurationsReady").cloned();
+    let routes = condition(conditions, "RoutesReady").cloned();
+    match (cfg, routes) {
+        (Some(c), Some(r))
+            if c.status == ConditionStatus::True && r.status == ConditionStatus::True =>
+        {
+            (ConditionStatus::True, None, None)
+        }
+        (Some(c), _) if c.status != ConditionStatus::True => (c.status, c.reason, c.message),
+        (_, Some(r)) => (r.status, r.reason, r.message),
+        _ => (ConditionStatus::Unknown, None, None),
+    }
 }
 
 /// Derives a revision's runtime conditions from its instances.
@@ -321,150 +340,159 @@ pub fn apply_instance_status(
     let ever_ready = ready_now > 0
         || condition(&r.status.conditions, conditions::RESOURCES_AVAILABLE)
             .is_some_and(|c| c.status == ConditionStatus::True);
-    // A container that keeps failing: the newest termination of a container waiting in
-    // CrashLoopBackOff.
-    let crash = live
-        .iter()
+    match newest_crash(&live) {
+        Some((c, t)) if ready_now == 0 => set_crashed(r, c, t, now),
+        _ => {
+            let serves = ready_now > 0 || was_ready || (actual == 0 && ever_ready);
+            set_health(r, serves, actual, now);
+        }
+    }
+    set_resources_available(r, ever_ready, actual, now);
+    set_active(r, ready_now, actual, now);
+}
+
+/// A container that keeps failing: the newest termination of a container waiting in
+/// CrashLoopBackOff.
+fn newest_crash<'a>(live: &[&'a InstanceStatus]) -> Option<(&'a ContainerStatus, &'a Termination)> {
+    live.iter()
         .flat_map(|s| s.containers.iter())
         .filter(|c| c.waiting_reason.as_deref() == Some(reasons::CRASH_LOOP))
         .filter_map(|c| c.last_termination.as_ref().map(|t| (c, t)))
-        .max_by(|a, b| a.1.at.cmp(&b.1.at));
-    let set = |r: &mut Revision,
-               t: &str,
-               s: ConditionStatus,
-               reason: Option<&str>,
-               msg: Option<String>| {
-        set_condition(&mut r.status.conditions, t, s, reason, msg, now)
+        .max_by(|a, b| a.1.at.cmp(&b.1.at))
+}
+
+/// Sets a revision's ContainerHealthy and Ready alike.
+fn set_health_and_ready(
+    r: &mut Revision,
+    status: ConditionStatus,
+    reason: Option<&str>,
+    message: Option<String>,
+    now: &str,
+) {
+    set_condition(
+        &mut r.status.conditions,
+        conditions::CONTAINER_HEALTHY,
+        status,
+        reason,
+        message.clone(),
+        now,
+    );
+    set_condition(
+        &mut r.status.conditions,
+        conditions::READY,
+        status,
+        reason,
+        message,
+        now,
+    );
+}
+
+/// A crash-looping container `c` (whose last termination is `t`) fails the revision, saying
+/// how it ended, with its last log lines.
+fn set_crashed(r: &mut Revision, c: &ContainerStatus, t: &Termination, now: &str) {
+    let reason = if t.reason == reasons::OOM_KILLED {
+        reasons::OOM_KILLED
+    } else {
+        reasons::CRASH_LOOP
     };
-    match crash {
-        Some((c, t)) if ready_now == 0 => {
-            let reason = if t.reason == reasons::OOM_KILLED {
-                reasons::OOM_KILLED
-            } else {
-                reasons::CRASH_LOOP
-            };
-            let lines = if t.last_lines.is_empty() {
-                String::new()
-            } else {
-                format!("; last log lines:\n{}", t.last_lines.join("\n"))
-            };
-            let msg = format!(
-                "container {} {} ({}; restarted {} times){lines}",
-                c.name,
-                match t.exit_code {
-                    Some(code) => format!("exited with code {code}"),
-                    None => "failed to start".to_owned(),
-                },
-                t.message,
-                c.restarts
-            );
-            set(
-                r,
-                conditions::CONTAINER_HEALTHY,
-                ConditionStatus::False,
-                Some(reason),
-                Some(msg.clone()),
-            );
-            set(
-                r,
-                conditions::READY,
-                ConditionStatus::False,
-                Some(reason),
-                Some(msg),
-            );
-        }
-        _ => {
-            if ready_now > 0 || was_ready || (actual == 0 && ever_ready) {
-                set(
-                    r,
-                    conditions::CONTAINER_HEALTHY,
-                    ConditionStatus::True,
-                    None,
-                    None,
-                );
-                set(r, conditions::READY, ConditionStatus::True, None, None);
-            } else if actual > 0 {
-                let msg = format!("waiting for {actual} instance(s) to become ready");
-                set(
-                    r,
-                    conditions::CONTAINER_HEALTHY,
-                    ConditionStatus::Unknown,
-                    Some(reasons::DEPLOYING),
-                    Some(msg.clone()),
-                );
-                set(
-                    r,
-                    conditions::READY,
-                    ConditionStatus::Unknown,
-                    Some(reasons::DEPLOYING),
-                    Some(msg),
-                );
-            } else if condition(&r.status.conditions, conditions::READY)
-                .is_some_and(|c| c.status == ConditionStatus::False)
-            {
-                // A revision that never served and failed keeps saying why after its
-                // instances are gone.
-            } else {
-                let msg = MESSAGE_NO_INSTANCES.to_owned();
-                set(
-                    r,
-                    conditions::CONTAINER_HEALTHY,
-                    ConditionStatus::Unknown,
-                    Some(reasons::NO_INSTANCES),
-                    Some(msg.clone()),
-                );
-                set(
-                    r,
-                    conditions::READY,
-                    ConditionStatus::Unknown,
-                    Some(reasons::NO_INSTANCES),
-                    Some(msg),
-                );
-            }
-        }
-    }
-    if ever_ready {
-        set(
-            r,
-            conditions::RESOURCES_AVAILABLE,
-            ConditionStatus::True,
-            None,
-            None,
-        );
+    let lines = if t.last_lines.is_empty() {
+        String::new()
     } else {
-        set(
+        format!("; last log lines:\n{}", t.last_lines.join("\n"))
+    };
+    let msg = format!(
+        "container {} {} ({}; restarted {} times){lines}",
+        c.name,
+        match t.exit_code {
+            Some(code) => format!("exited with code {code}"),
+            None => "failed to start".to_owned(),
+        },
+        t.message,
+        c.restarts
+    );
+    set_health_and_ready(r, ConditionStatus::False, Some(reason), Some(msg), now);
+}
+
+/// ContainerHealthy and Ready when nothing crash-loops: True when the revision `serves`;
+/// Deploying while `actual` instances start; else NoInstances, unless it failed.
+fn set_health(r: &mut Revision, serves: bool, actual: u32, now: &str) {
+    if serves {
+        set_health_and_ready(r, ConditionStatus::True, None, None, now);
+    } else if actual > 0 {
+        let msg = format!("waiting for {actual} instance(s) to become ready");
+        set_health_and_ready(
             r,
-            conditions::RESOURCES_AVAILABLE,
             ConditionStatus::Unknown,
-            Some(if actual > 0 {
-                reasons::DEPLOYING
-            } else {
-                reasons::NO_INSTANCES
-            }),
-            Some(if actual > 0 {
-                "no instance has been ready yet".into()
-            } else {
-                "no instance is running".into()
-            }),
+            Some(reasons::DEPLOYING),
+            Some(msg),
+            now,
+        );
+    } else if condition(&r.status.conditions, conditions::READY)
+        .is_some_and(|c| c.status == ConditionStatus::False)
+    {
+        // A revision that never served and failed keeps saying why after its
+        // instances are gone.
+    } else {
+        set_health_and_ready(
+            r,
+            ConditionStatus::Unknown,
+            Some(reasons::NO_INSTANCES),
+            Some(MESSAGE_NO_INSTANCES.to_owned()),
+            now,
         );
     }
-    if actual > 0 {
-        set(
-            r,
-            conditions::ACTIVE,
+}
+
+/// ResourcesAvailable: True once an instance has been ready (`ever_ready`), else why not yet.
+fn set_resources_available(r: &mut Revision, ever_ready: bool, actual: u32, now: &str) {
+    let (status, reason, message) = if ever_ready {
+        (ConditionStatus::True, None, None)
+    } else if actual > 0 {
+        (
+            ConditionStatus::Unknown,
+            Some(reasons::DEPLOYING),
+            Some("no instance has been ready yet".to_owned()),
+        )
+    } else {
+        (
+            ConditionStatus::Unknown,
+            Some(reasons::NO_INSTANCES),
+            Some("no instance is running".to_owned()),
+        )
+    };
+    set_condition(
+        &mut r.status.conditions,
+        conditions::RESOURCES_AVAILABLE,
+        status,
+        reason,
+        message,
+        now,
+    );
+}
+
+/// Active: True while instances run (`actual`, of which `ready_now` are ready).
+fn set_active(r: &mut Revision, ready_now: usize, actual: u32, now: &str) {
+    let (status, reason, message) = if actual > 0 {
+        (
             ConditionStatus::True,
             None,
-            Some(format!("{ready_now} of {actual} instance(s) ready")),
-        );
+            format!("{ready_now} of {actual} instance(s) ready"),
+        )
     } else {
-        set(
-            r,
-            conditions::ACTIVE,
+        (
             ConditionStatus::False,
             Some(reasons::NO_INSTANCES),
-            Some("no instance is running".into()),
-        );
-    }
+            "no instance is running".to_owned(),
+        )
+    };
+    set_condition(
+        &mut r.status.conditions,
+        conditions::ACTIVE,
+        status,
+        reason,
+        Some(message),
+        now,
+    );
 }
 
 #[cfg(test)]
