@@ -89,7 +89,7 @@ fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
         .collect();
     // After the command: state (3), …, utime (14), stime (15).
     let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    let hz = u64::from(rustix::param::clock_ticks_per_second()).max(1);
+    let hz = rustix::param::clock_ticks_per_second().max(1);
     Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
 }
 
