@@ -166,9 +166,13 @@ impl InstanceManager {
         })
     }
 
-    /// Gives the manager its queue (once registered) and starts following runtime events
-    /// into it until `shutdown`.
-    pub fn attach(self: &Arc<Self>, handle: Handle<RevisionKey>, shutdown: CancellationToken) {
+    /// Gives the manager its queue (once registered) and follows runtime events into it
+    /// until `shutdown` (the returned task).
+    pub fn attach(
+        self: &Arc<Self>,
+        handle: Handle<RevisionKey>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let _ = self.handle.set(handle.clone());
         let mut events = self.runtime.events();
         let me = self.clone();
@@ -187,7 +191,7 @@ impl InstanceManager {
                     () = shutdown.cancelled() => break,
                 }
             }
-        });
+        })
     }
 
     fn enqueue(&self, key: RevisionKey) {

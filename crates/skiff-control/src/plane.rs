@@ -93,9 +93,10 @@ impl ControlPlane {
             parts.images,
         )));
         let instance_queue = controllers.add(instances.clone());
-        instances.attach(instance_queue, stop.clone());
+        let follower = instances.attach(instance_queue, stop.clone());
         serving.on_scaled(Box::new(on_scaled(&instances)));
         let tasks = vec![
+            follower,
             tokio::spawn(serving.clone().follow_runtime(stop.clone())),
             tokio::spawn(serving.run_autoscaler(parts.pokes, stop.clone())),
             tokio::spawn(controllers.run(stop.clone())),
