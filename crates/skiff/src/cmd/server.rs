@@ -158,7 +158,8 @@ impl ServerArgs {
 pub async fn run(args: ServerArgs) -> Result<i32, Exit> {
     let (config, report) = config::load(args.config.as_deref(), &ProcessEnv, &args.flags())
         .map_err(|e| Exit::new(crate::exit::USAGE, e.to_string()))?;
-    skiff_telemetry::init_logging(&config.log, config.log_format).context("setting up logging")?;
+    skiff_telemetry::init_logging(&config.log.filter, config.log.format)
+        .context("setting up logging")?;
     if let Some(file) = &report.file {
         info!(file = %file.display(), "configuration file read");
     }
