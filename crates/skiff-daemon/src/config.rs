@@ -104,12 +104,23 @@ impl Config {
     }
 }
 
-/// Where a setting is read from: its flat file key, environment variable and flag.
+/// Where a setting is read from: its flat file key, environment variable and flag (with
+/// the flag's help).
 #[derive(Debug)]
-struct Spec {
-    key: &'static str,
-    env: &'static str,
-    flag: &'static str,
+pub struct Spec {
+    /// The key in the TOML file, and the key of [`Flags`].
+    pub key: &'static str,
+    /// The `SKIFF_*` environment variable.
+    pub env: &'static str,
+    /// The `skiff server` flag, `--` included.
+    pub flag: &'static str,
+    /// The flag's one-line help.
+    pub help: &'static str,
+}
+
+/// Every setting, section by section: `skiff server` offers a flag for each.
+pub fn settings() -> Vec<&'static Spec> {
+    Config::specs()
 }
 
 /// What is wrong with one value (a list may have several problems).
@@ -129,15 +140,17 @@ struct Setting<S> {
     apply: fn(&mut S, &str) -> Result<(), Problems>,
 }
 
-/// A [`Setting`]: `setting!(KEY, ENV, FLAG, field = parser)`, where the parser turns the
-/// value's text into the field's type or says what is wrong with it.
+/// A [`Setting`]: `setting!(KEY, ENV, FLAG, field = parser, HELP)`, where the parser turns
+/// the value's text into the field's type or says what is wrong with it, and `HELP` is the
+/// flag's help in `skiff server --help`.
 macro_rules! setting {
-    ($key:literal, $env:literal, $flag:literal, $field:ident = $parse:expr) => {
+    ($key:literal, $env:literal, $flag:literal, $field:ident = $parse:expr, $help:literal $(,)?) => {
         Setting {
             spec: Spec {
                 key: $key,
                 env: $env,
                 flag: $flag,
+                help: $help,
             },
             apply: |section, text| {
                 section.$field = ($parse)(text)?;
@@ -209,14 +222,22 @@ impl Section for DaemonConfig {
             "data_dir",
             "SKIFF_DATA_DIR",
             "--data-dir",
-            data_dir = parse::absolute_path
+            data_dir = parse::absolute_path,
+            "Data directory [default: /var/lib/skiff]",
         ),
-        setting!("domain", "SKIFF_DOMAIN", "--domain", domain = parse::domain),
+        setting!(
+            "domain",
+            "SKIFF_DOMAIN",
+            "--domain",
+            domain = parse::domain,
+            "Domain of service URLs [default: localhost]",
+        ),
         setting!(
             "shutdown_grace_period_seconds",
             "SKIFF_SHUTDOWN_GRACE_PERIOD_SECONDS",
             "--shutdown-grace-period-seconds",
-            shutdown_grace_period = |v| parse::seconds(v, 0)
+            shutdown_grace_period = |v| parse::seconds(v, 0),
+            "Seconds shutdown waits for in-flight requests [default: 30]",
         ),
     ];
 }
@@ -241,12 +262,19 @@ impl Default for LogConfig {
 
 impl Section for LogConfig {
     const SETTINGS: &'static [Setting<Self>] = &[
-        setting!("log", "SKIFF_LOG", "--log", filter = parse::log_filter),
+        setting!(
+            "log",
+            "SKIFF_LOG",
+            "--log",
+            filter = parse::log_filter,
+            "Log filter, e.g. `info` or `info,skiff_store=debug` [default: info]",
+        ),
         setting!(
             "log_format",
             "SKIFF_LOG_FORMAT",
             "--log-format",
-            format = str::parse::<LogFormat>
+            format = str::parse::<LogFormat>,
+            "Log format: `text` or `json` [default: text]",
         ),
     ];
 }
@@ -278,7 +306,8 @@ impl Section for ApiConfig {
             "api_listen",
             "SKIFF_API_LISTEN",
             "--api-listen",
-            listen = parse::address
+            listen = parse::address,
+            "API address [default: 127.0.0.1:7070]",
         ),
         setting!(
             "max_body_bytes",
@@ -288,13 +317,15 @@ impl Section for ApiConfig {
                 v,
                 1024..=64 * 1024 * 1024,
                 "a number of bytes from 1024 to 67108864"
-            )
+            ),
+            "Largest API request body in bytes [default: 1048576]",
         ),
         setting!(
             "api_max_connections",
             "SKIFF_API_MAX_CONNECTIONS",
             "--api-max-connections",
-            max_connections = |v| parse::connections(v, false)
+            max_connections = |v| parse::connections(v, false),
+            "Most client connections the API keeps open [default: 512]",
         ),
     ];
 }
@@ -334,25 +365,29 @@ impl Section for IngressConfig {
             "ingress_listen",
             "SKIFF_INGRESS_LISTEN",
             "--ingress-listen",
-            listen = parse::address
+            listen = parse::address,
+            "HTTP ingress address [default: 127.0.0.1:8080]",
         ),
         setting!(
             "ingress_max_connections",
             "SKIFF_INGRESS_MAX_CONNECTIONS",
             "--ingress-max-connections",
-            max_connections = |v| parse::connections(v, true)
+            max_connections = |v| parse::connections(v, true),
+            "Most client connections the ingress keeps open, 0 for 40% of the open-file limit [default: 0]",
         ),
         setting!(
             "ingress_header_read_timeout_seconds",
             "SKIFF_INGRESS_HEADER_READ_TIMEOUT_SECONDS",
             "--ingress-header-read-timeout-seconds",
-            header_read_timeout = |v| parse::seconds(v, 1)
+            header_read_timeout = |v| parse::seconds(v, 1),
+            "Seconds a new ingress connection has to send a complete request head [default: 30]",
         ),
         setting!(
             "ingress_idle_timeout_seconds",
             "SKIFF_INGRESS_IDLE_TIMEOUT_SECONDS",
             "--ingress-idle-timeout-seconds",
-            idle_timeout = |v| parse::seconds(v, 1)
+            idle_timeout = |v| parse::seconds(v, 1),
+            "Seconds an ingress connection may stay open with no request in flight [default: 60]",
         ),
         setting!(
             "router_threads",
@@ -362,7 +397,8 @@ impl Section for IngressConfig {
                 v,
                 0..=1024,
                 "a number of threads from 0 (one per core) to 1024"
-            )
+            ),
+            "Threads the router serves on, 0 for one per core [default: 0]",
         ),
     ];
 }
@@ -392,13 +428,15 @@ impl Section for ActivatorConfig {
             "SKIFF_ACTIVATOR_QUEUE_DEPTH",
             "--activator-queue-depth",
             queue_depth =
-                |v| parse::within(v, 1..=1_000_000, "a number of requests from 1 to 1000000")
+                |v| parse::within(v, 1..=1_000_000, "a number of requests from 1 to 1000000"),
+            "Most requests waiting for instances of one revision [default: 1000]",
         ),
         setting!(
             "activator_queue_timeout_seconds",
             "SKIFF_ACTIVATOR_QUEUE_TIMEOUT_SECONDS",
             "--activator-queue-timeout-seconds",
-            queue_timeout = |v| parse::seconds(v, 1)
+            queue_timeout = |v| parse::seconds(v, 1),
+            "Seconds a request waits for an instance before a 503 [default: 60]",
         ),
     ];
 }
@@ -437,25 +475,29 @@ impl Section for AutoscalingConfig {
             "scale_to_zero_grace_period_seconds",
             "SKIFF_SCALE_TO_ZERO_GRACE_PERIOD_SECONDS",
             "--scale-to-zero-grace-period-seconds",
-            scale_to_zero_grace_period = |v| parse::seconds(v, 1)
+            scale_to_zero_grace_period = |v| parse::seconds(v, 1),
+            "Seconds an idle revision keeps its last instance before scaling to zero [default: 30]",
         ),
         setting!(
             "enable_scale_to_zero",
             "SKIFF_ENABLE_SCALE_TO_ZERO",
             "--enable-scale-to-zero",
-            enable_scale_to_zero = parse::boolean
+            enable_scale_to_zero = parse::boolean,
+            "Whether idle revisions may scale to zero: true or false [default: true]",
         ),
         setting!(
             "max_scale_up_rate",
             "SKIFF_MAX_SCALE_UP_RATE",
             "--max-scale-up-rate",
-            max_scale_up_rate = parse::rate
+            max_scale_up_rate = parse::rate,
+            "Most growth per autoscaler decision, as a factor of ready instances [default: 1000]",
         ),
         setting!(
             "max_scale_down_rate",
             "SKIFF_MAX_SCALE_DOWN_RATE",
             "--max-scale-down-rate",
-            max_scale_down_rate = parse::rate
+            max_scale_down_rate = parse::rate,
+            "Most shrinking per decision, as a divisor of ready instances [default: 2]",
         ),
     ];
 }
@@ -488,19 +530,22 @@ impl Section for RuntimeConfig {
             "runtime",
             "SKIFF_RUNTIME",
             "--runtime",
-            binary = parse::runtime
+            binary = parse::runtime,
+            "The OCI runtime: `runc` or `crun` [default: runc]",
         ),
         setting!(
             "pids_limit",
             "SKIFF_PIDS_LIMIT",
             "--pids-limit",
-            pids_limit = |v| parse::within(v, 16..=1_000_000, "a number from 16 to 1000000")
+            pids_limit = |v| parse::within(v, 16..=1_000_000, "a number from 16 to 1000000"),
+            "The pids limit of every container [default: 1024]",
         ),
         setting!(
             "termination_grace_period_seconds",
             "SKIFF_TERMINATION_GRACE_PERIOD_SECONDS",
             "--termination-grace-period-seconds",
-            termination_grace_period = |v| parse::seconds(v, 1)
+            termination_grace_period = |v| parse::seconds(v, 1),
+            "Seconds a stopped instance has between SIGTERM and SIGKILL, after its requests in flight are done [default: 10]",
         ),
     ];
 }
@@ -511,19 +556,22 @@ impl Section for ImageSettings {
             "registry_auth_file",
             "SKIFF_REGISTRY_AUTH_FILE",
             "--registry-auth-file",
-            registry_auth_file = parse::auth_file
+            registry_auth_file = parse::auth_file,
+            "A Docker config.json with registry credentials",
         ),
         setting!(
             "insecure_registries",
             "SKIFF_INSECURE_REGISTRIES",
             "--insecure-registry",
-            insecure_registries = parse::registries
+            insecure_registries = parse::registries,
+            "Registries reached over plain HTTP, comma-separated",
         ),
         setting!(
             "registry_mirrors",
             "SKIFF_REGISTRY_MIRRORS",
             "--registry-mirror",
-            registry_mirrors = parse::mirrors
+            registry_mirrors = parse::mirrors,
+            "Registry mirrors: `REGISTRY=MIRROR[,MIRROR][;REGISTRY2=…]`",
         ),
     ];
 }
