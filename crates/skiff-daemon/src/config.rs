@@ -1,13 +1,24 @@
 //! The daemon's configuration: one [`Config`] read from a TOML file, then overridden by
 //! `SKIFF_*` environment variables, then by command-line flags, and validated as a whole
 //! before anything starts, with every problem reported at once and attributed to its source.
+//!
+//! Like linkerd's composed `Config { inbound, outbound, admin, … }`, [`Config`] is one
+//! section per component ([`DaemonConfig`], [`LogConfig`], [`ApiConfig`],
+//! [`IngressConfig`], [`ActivatorConfig`], [`AutoscalingConfig`], [`RuntimeConfig`] and the
+//! image puller's [`ImageSettings`]). Each section owns its defaults ([`Default`]) and its
+//! settings: one [`setting!`] entry per setting gives its flat file key, its environment
+//! variable, its flag and the parser that checks a value and sets the field, and the file,
+//! the environment and the flags are all read through those entries. Adding a setting is a
+//! field, its default, one entry — and its `skiff server` flag.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
+use skiff_control::images::ImageSettings;
 use skiff_telemetry::LogFormat;
 
 /// Default data directory.
@@ -21,40 +32,420 @@ pub const DEFAULT_DOMAIN: &str = "localhost";
 /// Config file read when none is named and it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/skiff/skiff.toml";
 
-/// The validated configuration of a daemon.
-#[derive(Debug, Clone, PartialEq)]
+/// The share of the open-file limit the ingress's connections may use by default (each may
+/// also hold a connection into an instance).
+pub const INGRESS_FD_SHARE_PERCENT: u64 = 40;
+
+/// The validated configuration of a daemon, one section per component.
+#[derive(Debug, Clone, Default)]
 pub struct Config {
-    /// Where the state store, the API token and (later) images and logs live.
+    /// Where state lives and what the daemon is called on the network.
+    pub daemon: DaemonConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// The REST API's server.
+    pub api: ApiConfig,
+    /// The HTTP ingress (the router) that serves services.
+    pub ingress: IngressConfig,
+    /// The activator: where requests wait for instances.
+    pub activator: ActivatorConfig,
+    /// The cluster-wide autoscaling settings (Knative's `config-autoscaler`).
+    pub autoscaling: AutoscalingConfig,
+    /// The OCI runtime instances run under.
+    pub runtime: RuntimeConfig,
+    /// The registry settings the image puller uses.
+    pub images: ImageSettings,
+}
+
+impl Config {
+    /// The registry settings the image puller uses.
+    pub fn image_settings(&self) -> ImageSettings {
+        self.images.clone()
+    }
+
+    /// The defaults, as `skiff server` runs with no file, environment or flags.
+    pub fn defaults() -> Self {
+        Self::default()
+    }
+
+    /// Every setting's key, environment variable and flag, section by section.
+    fn specs() -> Vec<&'static Spec> {
+        let mut specs = Vec::new();
+        specs.extend(DaemonConfig::SETTINGS.iter().map(|s| &s.spec));
+        specs.extend(LogConfig::SETTINGS.iter().map(|s| &s.spec));
+        specs.extend(ApiConfig::SETTINGS.iter().map(|s| &s.spec));
+        specs.extend(IngressConfig::SETTINGS.iter().map(|s| &s.spec));
+        specs.extend(ActivatorConfig::SETTINGS.iter().map(|s| &s.spec));
+        specs.extend(AutoscalingConfig::SETTINGS.iter().map(|s| &s.spec));
+        specs.extend(RuntimeConfig::SETTINGS.iter().map(|s| &s.spec));
+        specs.extend(ImageSettings::SETTINGS.iter().map(|s| &s.spec));
+        specs
+    }
+
+    /// Each section read from `raw` and validated, then the checks across sections.
+    fn from_raw(raw: &Raw, problems: &mut Vec<String>) -> Self {
+        let config = Config {
+            daemon: DaemonConfig::load(raw, problems),
+            log: LogConfig::load(raw, problems),
+            api: ApiConfig::load(raw, problems),
+            ingress: IngressConfig::load(raw, problems),
+            activator: ActivatorConfig::load(raw, problems),
+            autoscaling: AutoscalingConfig::load(raw, problems),
+            runtime: RuntimeConfig::load(raw, problems),
+            images: ImageSettings::load(raw, problems),
+        };
+        if config.api.listen == config.ingress.listen && config.api.listen.port() != 0 {
+            problems.push(format!(
+                "api_listen and ingress_listen are both {}; they must differ",
+                config.api.listen
+            ));
+        }
+        config
+    }
+}
+
+/// Where a setting is read from: its flat file key, environment variable and flag (with
+/// the flag's help).
+#[derive(Debug)]
+pub struct Spec {
+    /// The key in the TOML file, and the key of [`Flags`].
+    pub key: &'static str,
+    /// The `SKIFF_*` environment variable.
+    pub env: &'static str,
+    /// The `skiff server` flag, `--` included.
+    pub flag: &'static str,
+    /// The flag's one-line help.
+    pub help: &'static str,
+}
+
+/// Every setting, section by section: `skiff server` offers a flag for each.
+pub fn settings() -> Vec<&'static Spec> {
+    Config::specs()
+}
+
+/// What is wrong with one value (a list may have several problems).
+#[derive(Debug)]
+struct Problems(Vec<String>);
+
+impl From<String> for Problems {
+    fn from(problem: String) -> Self {
+        Problems(vec![problem])
+    }
+}
+
+/// One setting of section `S`: where it is read from, and how its text (trimmed) is
+/// checked and set on the section.
+struct Setting<S> {
+    spec: Spec,
+    apply: fn(&mut S, &str) -> Result<(), Problems>,
+}
+
+/// A [`Setting`]: `setting!(KEY, ENV, FLAG, field = parser, HELP)`, where the parser turns
+/// the value's text into the field's type or says what is wrong with it, and `HELP` is the
+/// flag's help in `skiff server --help`.
+macro_rules! setting {
+    ($key:literal, $env:literal, $flag:literal, $field:ident = $parse:expr, $help:literal $(,)?) => {
+        Setting {
+            spec: Spec {
+                key: $key,
+                env: $env,
+                flag: $flag,
+                help: $help,
+            },
+            apply: |section, text| {
+                section.$field = ($parse)(text)?;
+                Ok(())
+            },
+        }
+    };
+}
+
+/// The values given, by file key, with where each came from (the last source wins).
+type Raw = BTreeMap<&'static str, (String, Source)>;
+
+/// A section of [`Config`]: its defaults and its settings.
+trait Section: Default + 'static {
+    /// The section's settings, one entry each.
+    const SETTINGS: &'static [Setting<Self>];
+
+    /// The problems between the section's own fields, once each value is valid.
+    fn validate(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The defaults overridden by each value given, with every problem (and its source)
+    /// added to `problems`.
+    fn load(raw: &Raw, problems: &mut Vec<String>) -> Self {
+        let mut section = Self::default();
+        for setting in Self::SETTINGS {
+            let Some((text, source)) = raw.get(setting.spec.key) else {
+                continue;
+            };
+            if let Err(Problems(found)) = (setting.apply)(&mut section, text.trim()) {
+                let key = setting.spec.key;
+                problems.extend(
+                    found
+                        .into_iter()
+                        .map(|p| format!("{key} (from {source}): {p}")),
+                );
+            }
+        }
+        problems.extend(section.validate());
+        section
+    }
+}
+
+/// The daemon itself: where its state lives and its service URLs' domain.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Where the state store, the API token, images and logs live.
     pub data_dir: PathBuf,
-    /// Address of the REST API.
-    pub api_listen: SocketAddr,
-    /// Address of the HTTP ingress that routes to services.
-    pub ingress_listen: SocketAddr,
     /// Domain of service URLs: `http://<service>.<namespace>.<domain>`.
     pub domain: String,
-    /// Log filter, in `tracing-subscriber`'s `EnvFilter` syntax.
-    pub log: String,
-    /// Log line format.
-    pub log_format: LogFormat,
-    /// Largest API request body accepted, in bytes.
-    pub max_body_bytes: usize,
     /// How long shutdown waits for in-flight API requests.
     pub shutdown_grace_period: Duration,
-    /// How long a stopped instance's containers have between SIGTERM and SIGKILL (Cloud
-    /// Run's 10 s); its requests in flight are drained before, up to `timeoutSeconds`.
-    pub termination_grace_period: Duration,
-    /// A Docker `config.json` with registry credentials (`auths`).
-    pub registry_auth_file: Option<PathBuf>,
-    /// Registries reached over plain HTTP (loopback ones always are).
-    pub insecure_registries: Vec<String>,
-    /// Mirrors per registry, tried in order before the registry itself.
-    pub registry_mirrors: BTreeMap<String, Vec<String>>,
-    /// The OCI runtime binary: `runc` or `crun`.
-    pub runtime: String,
-    /// The pids limit of every container.
-    pub pids_limit: i64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            domain: DEFAULT_DOMAIN.to_owned(),
+            shutdown_grace_period: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Section for DaemonConfig {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "data_dir",
+            "SKIFF_DATA_DIR",
+            "--data-dir",
+            data_dir = parse::absolute_path,
+            "Data directory [default: /var/lib/skiff]",
+        ),
+        setting!(
+            "domain",
+            "SKIFF_DOMAIN",
+            "--domain",
+            domain = parse::domain,
+            "Domain of service URLs [default: localhost]",
+        ),
+        setting!(
+            "shutdown_grace_period_seconds",
+            "SKIFF_SHUTDOWN_GRACE_PERIOD_SECONDS",
+            "--shutdown-grace-period-seconds",
+            shutdown_grace_period = |v| parse::seconds(v, 0),
+            "Seconds shutdown waits for in-flight requests [default: 30]",
+        ),
+    ];
+}
+
+/// Logging.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Log filter, in `tracing-subscriber`'s `EnvFilter` syntax.
+    pub filter: String,
+    /// Log line format.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Section for LogConfig {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "log",
+            "SKIFF_LOG",
+            "--log",
+            filter = parse::log_filter,
+            "Log filter, e.g. `info` or `info,skiff_store=debug` [default: info]",
+        ),
+        setting!(
+            "log_format",
+            "SKIFF_LOG_FORMAT",
+            "--log-format",
+            format = str::parse::<LogFormat>,
+            "Log format: `text` or `json` [default: text]",
+        ),
+    ];
+}
+
+/// The REST API's server.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Address of the REST API.
+    pub listen: SocketAddr,
+    /// Largest API request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most client connections the API keeps open.
+    pub max_connections: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: DEFAULT_API_LISTEN.parse().expect("constant address"),
+            max_body_bytes: 1024 * 1024,
+            max_connections: 512,
+        }
+    }
+}
+
+impl Section for ApiConfig {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "api_listen",
+            "SKIFF_API_LISTEN",
+            "--api-listen",
+            listen = parse::address,
+            "API address [default: 127.0.0.1:7070]",
+        ),
+        setting!(
+            "max_body_bytes",
+            "SKIFF_MAX_BODY_BYTES",
+            "--max-body-bytes",
+            max_body_bytes = |v| parse::within(
+                v,
+                1024..=64 * 1024 * 1024,
+                "a number of bytes from 1024 to 67108864"
+            ),
+            "Largest API request body in bytes [default: 1048576]",
+        ),
+        setting!(
+            "api_max_connections",
+            "SKIFF_API_MAX_CONNECTIONS",
+            "--api-max-connections",
+            max_connections = |v| parse::connections(v, false),
+            "Most client connections the API keeps open [default: 512]",
+        ),
+    ];
+}
+
+/// The HTTP ingress (the router) that serves services, and its connections.
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    /// Address of the HTTP ingress that routes to services.
+    pub listen: SocketAddr,
+    /// Most client connections the ingress keeps open; 0 means a share of the open-file
+    /// limit ([`INGRESS_FD_SHARE_PERCENT`]).
+    pub max_connections: usize,
+    /// Longest a new ingress connection may take to send a complete request head (from
+    /// accept), and a started head to finish.
+    pub header_read_timeout: Duration,
+    /// Longest an ingress connection may stay open without a request in flight.
+    pub idle_timeout: Duration,
+    /// Threads the router serves on; 0 means one per core.
+    pub router_threads: usize,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            listen: DEFAULT_INGRESS_LISTEN.parse().expect("constant address"),
+            max_connections: 0,
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            router_threads: 0,
+        }
+    }
+}
+
+impl Section for IngressConfig {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "ingress_listen",
+            "SKIFF_INGRESS_LISTEN",
+            "--ingress-listen",
+            listen = parse::address,
+            "HTTP ingress address [default: 127.0.0.1:8080]",
+        ),
+        setting!(
+            "ingress_max_connections",
+            "SKIFF_INGRESS_MAX_CONNECTIONS",
+            "--ingress-max-connections",
+            max_connections = |v| parse::connections(v, true),
+            "Most client connections the ingress keeps open, 0 for 40% of the open-file limit [default: 0]",
+        ),
+        setting!(
+            "ingress_header_read_timeout_seconds",
+            "SKIFF_INGRESS_HEADER_READ_TIMEOUT_SECONDS",
+            "--ingress-header-read-timeout-seconds",
+            header_read_timeout = |v| parse::seconds(v, 1),
+            "Seconds a new ingress connection has to send a complete request head [default: 30]",
+        ),
+        setting!(
+            "ingress_idle_timeout_seconds",
+            "SKIFF_INGRESS_IDLE_TIMEOUT_SECONDS",
+            "--ingress-idle-timeout-seconds",
+            idle_timeout = |v| parse::seconds(v, 1),
+            "Seconds an ingress connection may stay open with no request in flight [default: 60]",
+        ),
+        setting!(
+            "router_threads",
+            "SKIFF_ROUTER_THREADS",
+            "--router-threads",
+            router_threads = |v| parse::within(
+                v,
+                0..=1024,
+                "a number of threads from 0 (one per core) to 1024"
+            ),
+            "Threads the router serves on, 0 for one per core [default: 0]",
+        ),
+    ];
+}
+
+/// The activator: where requests wait for a revision's instances.
+#[derive(Debug, Clone)]
+pub struct ActivatorConfig {
+    /// Most requests that may wait for instances of one revision.
+    pub queue_depth: usize,
+    /// Longest a request waits for an instance with room.
+    pub queue_timeout: Duration,
+}
+
+impl Default for ActivatorConfig {
+    fn default() -> Self {
+        ActivatorConfig {
+            queue_depth: 1000,
+            queue_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Section for ActivatorConfig {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "activator_queue_depth",
+            "SKIFF_ACTIVATOR_QUEUE_DEPTH",
+            "--activator-queue-depth",
+            queue_depth =
+                |v| parse::within(v, 1..=1_000_000, "a number of requests from 1 to 1000000"),
+            "Most requests waiting for instances of one revision [default: 1000]",
+        ),
+        setting!(
+            "activator_queue_timeout_seconds",
+            "SKIFF_ACTIVATOR_QUEUE_TIMEOUT_SECONDS",
+            "--activator-queue-timeout-seconds",
+            queue_timeout = |v| parse::seconds(v, 1),
+            "Seconds a request waits for an instance before a 503 [default: 60]",
+        ),
+    ];
+}
+
+/// The cluster-wide autoscaling settings (Knative's `config-autoscaler`).
+#[derive(Debug, Clone)]
+pub struct AutoscalingConfig {
     /// How long an idle revision keeps its last instance before going to zero (Knative's
-    /// cluster-wide `scale-to-zero-grace-period`).
+    /// `scale-to-zero-grace-period`).
     pub scale_to_zero_grace_period: Duration,
     /// Whether idle revisions may go to zero (Knative's `enable-scale-to-zero`); when not,
     /// every revision keeps at least one instance.
@@ -65,204 +456,284 @@ pub struct Config {
     /// Most shrinking per decision, as a divisor of ready instances (Knative's
     /// `max-scale-down-rate`).
     pub max_scale_down_rate: f64,
-    /// Most requests that may wait for instances of one revision (the activator's queue).
-    pub activator_queue_depth: usize,
-    /// Longest a request waits in the activator for an instance with room.
-    pub activator_queue_timeout: Duration,
-    /// Threads the router serves on; 0 means one per core.
-    pub router_threads: usize,
-    /// Most client connections the ingress keeps open; 0 means a share of the open-file
-    /// limit ([`INGRESS_FD_SHARE_PERCENT`]).
-    pub ingress_max_connections: usize,
-    /// Longest a new ingress connection may take to send a complete request head (from
-    /// accept), and a started head to finish.
-    pub ingress_header_read_timeout: Duration,
-    /// Longest an ingress connection may stay open without a request in flight.
-    pub ingress_idle_timeout: Duration,
-    /// Most client connections the API keeps open.
-    pub api_max_connections: usize,
 }
 
-/// The share of the open-file limit the ingress's connections may use by default (each may
-/// also hold a connection into an instance).
-pub const INGRESS_FD_SHARE_PERCENT: u64 = 40;
-
-impl Config {
-    /// The registry settings the image puller uses.
-    pub fn image_settings(&self) -> skiff_control::images::ImageSettings {
-        skiff_control::images::ImageSettings {
-            registry_auth_file: self.registry_auth_file.clone(),
-            insecure_registries: self.insecure_registries.clone(),
-            registry_mirrors: self.registry_mirrors.clone(),
-        }
-    }
-
-    /// The defaults, as `skiff server` runs with no file, environment or flags.
-    pub fn defaults() -> Self {
-        Config {
-            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
-            api_listen: DEFAULT_API_LISTEN.parse().expect("constant address"),
-            ingress_listen: DEFAULT_INGRESS_LISTEN.parse().expect("constant address"),
-            domain: DEFAULT_DOMAIN.to_owned(),
-            log: "info".to_owned(),
-            log_format: LogFormat::Text,
-            max_body_bytes: 1024 * 1024,
-            shutdown_grace_period: Duration::from_secs(30),
-            termination_grace_period: Duration::from_secs(10),
-            registry_auth_file: None,
-            insecure_registries: Vec::new(),
-            registry_mirrors: BTreeMap::new(),
-            runtime: "runc".to_owned(),
-            pids_limit: 1024,
+impl Default for AutoscalingConfig {
+    fn default() -> Self {
+        AutoscalingConfig {
             scale_to_zero_grace_period: Duration::from_secs(30),
             enable_scale_to_zero: true,
             max_scale_up_rate: 1000.0,
             max_scale_down_rate: 2.0,
-            activator_queue_depth: 1000,
-            activator_queue_timeout: Duration::from_secs(60),
-            router_threads: 0,
-            ingress_max_connections: 0,
-            ingress_header_read_timeout: Duration::from_secs(30),
-            ingress_idle_timeout: Duration::from_secs(60),
-            api_max_connections: 512,
         }
     }
 }
 
-/// One setting: its file key, environment variable and flag.
-struct Setting {
-    key: &'static str,
-    env: &'static str,
-    flag: &'static str,
+impl Section for AutoscalingConfig {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "scale_to_zero_grace_period_seconds",
+            "SKIFF_SCALE_TO_ZERO_GRACE_PERIOD_SECONDS",
+            "--scale-to-zero-grace-period-seconds",
+            scale_to_zero_grace_period = |v| parse::seconds(v, 1),
+            "Seconds an idle revision keeps its last instance before scaling to zero [default: 30]",
+        ),
+        setting!(
+            "enable_scale_to_zero",
+            "SKIFF_ENABLE_SCALE_TO_ZERO",
+            "--enable-scale-to-zero",
+            enable_scale_to_zero = parse::boolean,
+            "Whether idle revisions may scale to zero: true or false [default: true]",
+        ),
+        setting!(
+            "max_scale_up_rate",
+            "SKIFF_MAX_SCALE_UP_RATE",
+            "--max-scale-up-rate",
+            max_scale_up_rate = parse::rate,
+            "Most growth per autoscaler decision, as a factor of ready instances [default: 1000]",
+        ),
+        setting!(
+            "max_scale_down_rate",
+            "SKIFF_MAX_SCALE_DOWN_RATE",
+            "--max-scale-down-rate",
+            max_scale_down_rate = parse::rate,
+            "Most shrinking per decision, as a divisor of ready instances [default: 2]",
+        ),
+    ];
 }
 
-const SETTINGS: &[Setting] = &[
-    Setting {
-        key: "data_dir",
-        env: "SKIFF_DATA_DIR",
-        flag: "--data-dir",
-    },
-    Setting {
-        key: "api_listen",
-        env: "SKIFF_API_LISTEN",
-        flag: "--api-listen",
-    },
-    Setting {
-        key: "ingress_listen",
-        env: "SKIFF_INGRESS_LISTEN",
-        flag: "--ingress-listen",
-    },
-    Setting {
-        key: "domain",
-        env: "SKIFF_DOMAIN",
-        flag: "--domain",
-    },
-    Setting {
-        key: "log",
-        env: "SKIFF_LOG",
-        flag: "--log",
-    },
-    Setting {
-        key: "log_format",
-        env: "SKIFF_LOG_FORMAT",
-        flag: "--log-format",
-    },
-    Setting {
-        key: "max_body_bytes",
-        env: "SKIFF_MAX_BODY_BYTES",
-        flag: "--max-body-bytes",
-    },
-    Setting {
-        key: "shutdown_grace_period_seconds",
-        env: "SKIFF_SHUTDOWN_GRACE_PERIOD_SECONDS",
-        flag: "--shutdown-grace-period-seconds",
-    },
-    Setting {
-        key: "termination_grace_period_seconds",
-        env: "SKIFF_TERMINATION_GRACE_PERIOD_SECONDS",
-        flag: "--termination-grace-period-seconds",
-    },
-    Setting {
-        key: "registry_auth_file",
-        env: "SKIFF_REGISTRY_AUTH_FILE",
-        flag: "--registry-auth-file",
-    },
-    Setting {
-        key: "insecure_registries",
-        env: "SKIFF_INSECURE_REGISTRIES",
-        flag: "--insecure-registry",
-    },
-    Setting {
-        key: "registry_mirrors",
-        env: "SKIFF_REGISTRY_MIRRORS",
-        flag: "--registry-mirror",
-    },
-    Setting {
-        key: "runtime",
-        env: "SKIFF_RUNTIME",
-        flag: "--runtime",
-    },
-    Setting {
-        key: "pids_limit",
-        env: "SKIFF_PIDS_LIMIT",
-        flag: "--pids-limit",
-    },
-    Setting {
-        key: "scale_to_zero_grace_period_seconds",
-        env: "SKIFF_SCALE_TO_ZERO_GRACE_PERIOD_SECONDS",
-        flag: "--scale-to-zero-grace-period-seconds",
-    },
-    Setting {
-        key: "enable_scale_to_zero",
-        env: "SKIFF_ENABLE_SCALE_TO_ZERO",
-        flag: "--enable-scale-to-zero",
-    },
-    Setting {
-        key: "max_scale_up_rate",
-        env: "SKIFF_MAX_SCALE_UP_RATE",
-        flag: "--max-scale-up-rate",
-    },
-    Setting {
-        key: "max_scale_down_rate",
-        env: "SKIFF_MAX_SCALE_DOWN_RATE",
-        flag: "--max-scale-down-rate",
-    },
-    Setting {
-        key: "activator_queue_depth",
-        env: "SKIFF_ACTIVATOR_QUEUE_DEPTH",
-        flag: "--activator-queue-depth",
-    },
-    Setting {
-        key: "activator_queue_timeout_seconds",
-        env: "SKIFF_ACTIVATOR_QUEUE_TIMEOUT_SECONDS",
-        flag: "--activator-queue-timeout-seconds",
-    },
-    Setting {
-        key: "router_threads",
-        env: "SKIFF_ROUTER_THREADS",
-        flag: "--router-threads",
-    },
-    Setting {
-        key: "ingress_max_connections",
-        env: "SKIFF_INGRESS_MAX_CONNECTIONS",
-        flag: "--ingress-max-connections",
-    },
-    Setting {
-        key: "ingress_header_read_timeout_seconds",
-        env: "SKIFF_INGRESS_HEADER_READ_TIMEOUT_SECONDS",
-        flag: "--ingress-header-read-timeout-seconds",
-    },
-    Setting {
-        key: "ingress_idle_timeout_seconds",
-        env: "SKIFF_INGRESS_IDLE_TIMEOUT_SECONDS",
-        flag: "--ingress-idle-timeout-seconds",
-    },
-    Setting {
-        key: "api_max_connections",
-        env: "SKIFF_API_MAX_CONNECTIONS",
-        flag: "--api-max-connections",
-    },
-];
+/// The OCI runtime instances run under.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The OCI runtime binary: `runc`, `crun` or an absolute path to one of them.
+    pub binary: String,
+    /// The pids limit of every container.
+    pub pids_limit: i64,
+    /// How long a stopped instance's containers have between SIGTERM and SIGKILL (Cloud
+    /// Run's 10 s); its requests in flight are drained before, up to `timeoutSeconds`.
+    pub termination_grace_period: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            binary: "runc".to_owned(),
+            pids_limit: 1024,
+            termination_grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Section for RuntimeConfig {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "runtime",
+            "SKIFF_RUNTIME",
+            "--runtime",
+            binary = parse::runtime,
+            "The OCI runtime: `runc` or `crun` [default: runc]",
+        ),
+        setting!(
+            "pids_limit",
+            "SKIFF_PIDS_LIMIT",
+            "--pids-limit",
+            pids_limit = |v| parse::within(v, 16..=1_000_000, "a number from 16 to 1000000"),
+            "The pids limit of every container [default: 1024]",
+        ),
+        setting!(
+            "termination_grace_period_seconds",
+            "SKIFF_TERMINATION_GRACE_PERIOD_SECONDS",
+            "--termination-grace-period-seconds",
+            termination_grace_period = |v| parse::seconds(v, 1),
+            "Seconds a stopped instance has between SIGTERM and SIGKILL, after its requests in flight are done [default: 10]",
+        ),
+    ];
+}
+
+impl Section for ImageSettings {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "registry_auth_file",
+            "SKIFF_REGISTRY_AUTH_FILE",
+            "--registry-auth-file",
+            registry_auth_file = parse::auth_file,
+            "A Docker config.json with registry credentials",
+        ),
+        setting!(
+            "insecure_registries",
+            "SKIFF_INSECURE_REGISTRIES",
+            "--insecure-registry",
+            insecure_registries = parse::registries,
+            "Registries reached over plain HTTP, comma-separated",
+        ),
+        setting!(
+            "registry_mirrors",
+            "SKIFF_REGISTRY_MIRRORS",
+            "--registry-mirror",
+            registry_mirrors = parse::mirrors,
+            "Registry mirrors: `REGISTRY=MIRROR[,MIRROR][;REGISTRY2=…]`",
+        ),
+    ];
+}
+
+/// The settings' parsers: each turns a value's text into a field or says what is wrong.
+mod parse {
+    use super::*;
+
+    /// A number of type `T` within `range`; else "must be `what`".
+    pub(super) fn within<T: FromStr + PartialOrd>(
+        v: &str,
+        range: std::ops::RangeInclusive<T>,
+        what: &str,
+    ) -> Result<T, String> {
+        match v.parse::<T>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(format!("`{v}` must be {what}")),
+        }
+    }
+
+    /// Whole seconds from `min` to an hour.
+    pub(super) fn seconds(v: &str, min: u64) -> Result<Duration, String> {
+        let what = format!("a number of seconds from {min} to 3600");
+        within(v, min..=3600, &what).map(Duration::from_secs)
+    }
+
+    /// A connection cap from 16 to 1000000; 0 too when `zero_is_share` (the ingress's
+    /// share of the open-file limit; the API has no such default).
+    pub(super) fn connections(v: &str, zero_is_share: bool) -> Result<usize, String> {
+        let what = "a number of connections from 16 to 1000000";
+        match v.parse::<usize>() {
+            Ok(0) if zero_is_share => Ok(0),
+            _ if zero_is_share => within(
+                v,
+                16..=1_000_000,
+                &format!("{what} (or 0: a share of the open-file limit)"),
+            ),
+            _ => within(v, 16..=1_000_000, what),
+        }
+    }
+
+    /// An autoscaling rate: Knative requires it above 1 (a rate of 1 would never scale).
+    pub(super) fn rate(v: &str) -> Result<f64, String> {
+        match v.parse::<f64>() {
+            Ok(n) if n > 1.0 && n <= 1_000_000.0 => Ok(n),
+            _ => Err(format!("`{v}` must be a number above 1 (at most 1000000)")),
+        }
+    }
+
+    pub(super) fn boolean(v: &str) -> Result<bool, String> {
+        match v {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(format!("`{v}` must be true or false")),
+        }
+    }
+
+    pub(super) fn absolute_path(v: &str) -> Result<PathBuf, String> {
+        if v.starts_with('/') {
+            Ok(PathBuf::from(v))
+        } else {
+            Err(format!("`{v}` must be an absolute path"))
+        }
+    }
+
+    pub(super) fn address(v: &str) -> Result<SocketAddr, String> {
+        v.parse()
+            .map_err(|_| format!("`{v}` is not an address such as 127.0.0.1:7070"))
+    }
+
+    /// A DNS subdomain, lowercased, without a trailing dot.
+    pub(super) fn domain(v: &str) -> Result<String, String> {
+        let v = v.trim_end_matches('.').to_ascii_lowercase();
+        skiff_api::names::check_dns1123_subdomain(&v)?;
+        Ok(v)
+    }
+
+    pub(super) fn log_filter(v: &str) -> Result<String, String> {
+        match skiff_telemetry::parse_filter(v) {
+            Ok(_) => Ok(v.to_owned()),
+            Err(e) => Err(skiff_telemetry::ErrorChain(&e).to_string()),
+        }
+    }
+
+    pub(super) fn runtime(v: &str) -> Result<String, String> {
+        match v {
+            "runc" | "crun" => Ok(v.to_owned()),
+            p if p.starts_with('/') => Ok(v.to_owned()),
+            other => Err(format!(
+                "`{other}` must be runc, crun or an absolute path to one of them"
+            )),
+        }
+    }
+
+    /// A Docker `config.json` that can be read now.
+    pub(super) fn auth_file(v: &str) -> Result<Option<PathBuf>, String> {
+        let path = PathBuf::from(v);
+        match skiff_image::auth::CredentialStore::from_file(&path) {
+            Ok(_) => Ok(Some(path)),
+            Err(e) => Err(skiff_telemetry::ErrorChain(&e).to_string()),
+        }
+    }
+
+    /// Registry hosts, comma-separated.
+    pub(super) fn registries(v: &str) -> Result<Vec<String>, Problems> {
+        let mut hosts = Vec::new();
+        let mut problems = Vec::new();
+        for h in v.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            match check_registry_host(h) {
+                Ok(()) => hosts.push(h.to_owned()),
+                Err(e) => problems.push(e),
+            }
+        }
+        if problems.is_empty() {
+            Ok(hosts)
+        } else {
+            Err(Problems(problems))
+        }
+    }
+
+    /// Mirrors per registry: `REGISTRY=MIRROR[,MIRROR][;REGISTRY2=…]`.
+    pub(super) fn mirrors(v: &str) -> Result<BTreeMap<String, Vec<String>>, Problems> {
+        let mut mirrors = BTreeMap::new();
+        let mut problems = Vec::new();
+        for part in v.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((registry, list)) = part.split_once('=') else {
+                problems.push(format!("`{part}` must be REGISTRY=MIRROR[,MIRROR]"));
+                continue;
+            };
+            let registry = registry.trim().trim_matches('"').to_owned();
+            let mut hosts = Vec::new();
+            for m in list.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+                let host = m
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://");
+                match check_registry_host(host).and(check_registry_host(&registry)) {
+                    Ok(()) => hosts.push(m.to_owned()),
+                    Err(e) => problems.push(e),
+                }
+            }
+            mirrors.insert(registry, hosts);
+        }
+        if problems.is_empty() {
+            Ok(mirrors)
+        } else {
+            Err(Problems(problems))
+        }
+    }
+
+    fn check_registry_host(h: &str) -> Result<(), String> {
+        let ok = !h.is_empty()
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{h}` is not a registry host such as registry.example.com:5000"
+            ))
+        }
+    }
+}
 
 /// Environment variables the CLI reads; the daemon ignores them without a warning.
 pub const CLIENT_ENV: &[&str] = &[
@@ -360,19 +831,6 @@ fn toml_value_to_string(v: &toml::Value) -> Option<String> {
     }
 }
 
-fn check_registry_host(h: &str) -> Result<(), String> {
-    let ok = !h.is_empty()
-        && h.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{h}` is not a registry host such as registry.example.com:5000"
-        ))
-    }
-}
-
 /// Reads the configuration: the file (`config_file`, else `SKIFF_CONFIG`, else
 /// [`DEFAULT_CONFIG_FILE`] when it exists), then the environment, then `flags`.
 pub fn load(
@@ -380,54 +838,26 @@ pub fn load(
     env: &dyn Environment,
     flags: &Flags,
 ) -> Result<(Config, LoadReport), ConfigError> {
+    let specs = Config::specs();
     let mut problems = Vec::new();
     let mut report = LoadReport::default();
-    let mut raw: BTreeMap<&'static str, (String, Source)> = BTreeMap::new();
+    let mut raw = Raw::new();
     let vars = env.skiff_vars();
-
-    let file = match (config_file, vars.get("SKIFF_CONFIG")) {
-        (Some(p), _) => Some((p.to_path_buf(), true)),
-        (None, Some(p)) => Some((PathBuf::from(p), true)),
-        (None, None) => Some((PathBuf::from(DEFAULT_CONFIG_FILE), false)),
+    let (path, explicit) = match (config_file, vars.get("SKIFF_CONFIG")) {
+        (Some(p), _) => (p.to_path_buf(), true),
+        (None, Some(p)) => (PathBuf::from(p), true),
+        (None, None) => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
     };
-    if let Some((path, explicit)) = file {
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                report.file = Some(path.clone());
-                match text.parse::<toml::Table>() {
-                    Ok(table) => {
-                        for (k, v) in &table {
-                            match SETTINGS.iter().find(|s| s.key == k) {
-                                Some(s) => match toml_value_to_string(v) {
-                                    Some(v) => {
-                                        raw.insert(s.key, (v, Source::File(path.clone())));
-                                    }
-                                    None => problems.push(format!(
-                                        "{k} ({}): must be a string, a number, a list of strings, or (registry_mirrors) a table of lists",
-                                        path.display()
-                                    )),
-                                },
-                                None => problems.push(format!(
-                                    "{k} ({}): unknown setting; known: {}",
-                                    path.display(),
-                                    SETTINGS
-                                        .iter()
-                                        .map(|s| s.key)
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                )),
-                            }
-                        }
-                    }
-                    Err(e) => problems.push(format!("{}: not valid TOML: {e}", path.display())),
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
-            Err(e) => problems.push(format!("config file {}: {e}", path.display())),
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            read_file(&specs, &path, &text, &mut raw, &mut problems);
+            report.file = Some(path);
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
+        Err(e) => problems.push(format!("config file {}: {e}", path.display())),
     }
     for (k, v) in &vars {
-        match SETTINGS.iter().find(|s| s.env == k) {
+        match specs.iter().find(|s| s.env == k) {
             Some(s) => {
                 raw.insert(s.key, (v.clone(), Source::Env(s.env)));
             }
@@ -436,269 +866,48 @@ pub fn load(
         }
     }
     for (k, v) in flags {
-        if let Some(s) = SETTINGS.iter().find(|s| s.key == *k) {
+        if let Some(s) = specs.iter().find(|s| s.key == *k) {
             raw.insert(s.key, (v.clone(), Source::Flag(s.flag)));
         }
     }
-
-    let mut config = Config::defaults();
-    let get = |key: &str| raw.get(key).cloned().map(|(v, s)| (v.trim().to_owned(), s));
-    let mut bad = |key: &str, source: &Source, msg: String| {
-        problems.push(format!("{key} (from {source}): {msg}"));
-    };
-    if let Some((v, s)) = get("data_dir") {
-        if v.is_empty() || !v.starts_with('/') {
-            bad("data_dir", &s, format!("`{v}` must be an absolute path"));
-        } else {
-            config.data_dir = PathBuf::from(v);
-        }
-    }
-    for key in ["api_listen", "ingress_listen"] {
-        if let Some((v, s)) = get(key) {
-            match v.parse::<SocketAddr>() {
-                Ok(addr) if key == "api_listen" => config.api_listen = addr,
-                Ok(addr) => config.ingress_listen = addr,
-                Err(_) => bad(
-                    key,
-                    &s,
-                    format!("`{v}` is not an address such as 127.0.0.1:7070"),
-                ),
-            }
-        }
-    }
-    if let Some((v, s)) = get("domain") {
-        let v = v.trim_end_matches('.').to_ascii_lowercase();
-        match skiff_api::names::check_dns1123_subdomain(&v) {
-            Ok(()) => config.domain = v,
-            Err(e) => bad("domain", &s, e),
-        }
-    }
-    if let Some((v, s)) = get("log") {
-        match skiff_telemetry::parse_filter(&v) {
-            Ok(_) => config.log = v,
-            Err(e) => bad("log", &s, skiff_telemetry::ErrorChain(&e).to_string()),
-        }
-    }
-    if let Some((v, s)) = get("log_format") {
-        match v.parse::<LogFormat>() {
-            Ok(f) => config.log_format = f,
-            Err(e) => bad("log_format", &s, e),
-        }
-    }
-    if let Some((v, s)) = get("max_body_bytes") {
-        match v.parse::<usize>() {
-            Ok(n) if (1024..=64 * 1024 * 1024).contains(&n) => config.max_body_bytes = n,
-            _ => bad(
-                "max_body_bytes",
-                &s,
-                format!("`{v}` must be a number of bytes from 1024 to 67108864"),
-            ),
-        }
-    }
-    if let Some((v, s)) = get("shutdown_grace_period_seconds") {
-        match v.parse::<u64>() {
-            Ok(n) if n <= 3600 => config.shutdown_grace_period = Duration::from_secs(n),
-            _ => bad(
-                "shutdown_grace_period_seconds",
-                &s,
-                format!("`{v}` must be a number of seconds from 0 to 3600"),
-            ),
-        }
-    }
-    if let Some((v, s)) = get("registry_auth_file") {
-        let path = PathBuf::from(&v);
-        match skiff_image::auth::CredentialStore::from_file(&path) {
-            Ok(_) => config.registry_auth_file = Some(path),
-            Err(e) => bad(
-                "registry_auth_file",
-                &s,
-                skiff_telemetry::ErrorChain(&e).to_string(),
-            ),
-        }
-    }
-    if let Some((v, s)) = get("insecure_registries") {
-        for h in v.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-            match check_registry_host(h) {
-                Ok(()) => config.insecure_registries.push(h.to_owned()),
-                Err(e) => bad("insecure_registries", &s, e),
-            }
-        }
-    }
-    if let Some((v, s)) = get("registry_mirrors") {
-        for part in v.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let Some((registry, mirrors)) = part.split_once('=') else {
-                bad(
-                    "registry_mirrors",
-                    &s,
-                    format!("`{part}` must be REGISTRY=MIRROR[,MIRROR]"),
-                );
-                continue;
-            };
-            let registry = registry.trim().trim_matches('"').to_owned();
-            let mut list = Vec::new();
-            for m in mirrors.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-                let host = m
-                    .trim_start_matches("http://")
-                    .trim_start_matches("https://");
-                match check_registry_host(host).and(check_registry_host(&registry)) {
-                    Ok(()) => list.push(m.to_owned()),
-                    Err(e) => bad("registry_mirrors", &s, e),
-                }
-            }
-            config.registry_mirrors.insert(registry, list);
-        }
-    }
-    if let Some((v, s)) = get("runtime") {
-        match v.as_str() {
-            "runc" | "crun" => config.runtime = v,
-            p if p.starts_with('/') => config.runtime = v,
-            other => bad(
-                "runtime",
-                &s,
-                format!("`{other}` must be runc, crun or an absolute path to one of them"),
-            ),
-        }
-    }
-    if let Some((v, s)) = get("pids_limit") {
-        match v.parse::<i64>() {
-            Ok(n) if (16..=1_000_000).contains(&n) => config.pids_limit = n,
-            _ => bad(
-                "pids_limit",
-                &s,
-                format!("`{v}` must be a number from 16 to 1000000"),
-            ),
-        }
-    }
-    if let Some((v, s)) = get("scale_to_zero_grace_period_seconds") {
-        match v.parse::<u64>() {
-            Ok(n) if (1..=3600).contains(&n) => {
-                config.scale_to_zero_grace_period = Duration::from_secs(n)
-            }
-            _ => bad(
-                "scale_to_zero_grace_period_seconds",
-                &s,
-                format!("`{v}` must be a number of seconds from 1 to 3600"),
-            ),
-        }
-    }
-    if let Some((v, s)) = get("enable_scale_to_zero") {
-        match v.as_str() {
-            "true" => config.enable_scale_to_zero = true,
-            "false" => config.enable_scale_to_zero = false,
-            _ => bad(
-                "enable_scale_to_zero",
-                &s,
-                format!("`{v}` must be true or false"),
-            ),
-        }
-    }
-    for (key, field) in [
-        ("max_scale_up_rate", &mut config.max_scale_up_rate),
-        ("max_scale_down_rate", &mut config.max_scale_down_rate),
-    ] {
-        if let Some((v, s)) = get(key) {
-            // Knative requires both rates to be above 1 (a rate of 1 would never scale).
-            match v.parse::<f64>() {
-                Ok(n) if n > 1.0 && n <= 1_000_000.0 => *field = n,
-                _ => bad(
-                    key,
-                    &s,
-                    format!("`{v}` must be a number above 1 (at most 1000000)"),
-                ),
-            }
-        }
-    }
-    if let Some((v, s)) = get("router_threads") {
-        match v.parse::<usize>() {
-            Ok(n) if n <= 1024 => config.router_threads = n,
-            _ => bad(
-                "router_threads",
-                &s,
-                format!("`{v}` must be a number of threads from 0 (one per core) to 1024"),
-            ),
-        }
-    }
-    if let Some((v, s)) = get("activator_queue_depth") {
-        match v.parse::<usize>() {
-            Ok(n) if (1..=1_000_000).contains(&n) => config.activator_queue_depth = n,
-            _ => bad(
-                "activator_queue_depth",
-                &s,
-                format!("`{v}` must be a number of requests from 1 to 1000000"),
-            ),
-        }
-    }
-    for (key, field) in [
-        (
-            "termination_grace_period_seconds",
-            &mut config.termination_grace_period,
-        ),
-        (
-            "activator_queue_timeout_seconds",
-            &mut config.activator_queue_timeout,
-        ),
-        (
-            "ingress_header_read_timeout_seconds",
-            &mut config.ingress_header_read_timeout,
-        ),
-        (
-            "ingress_idle_timeout_seconds",
-            &mut config.ingress_idle_timeout,
-        ),
-    ] {
-        if let Some((v, s)) = get(key) {
-            match v.parse::<u64>() {
-                Ok(n) if (1..=3600).contains(&n) => *field = Duration::from_secs(n),
-                _ => bad(
-                    key,
-                    &s,
-                    format!("`{v}` must be a number of seconds from 1 to 3600"),
-                ),
-            }
-        }
-    }
-    // 0 leaves the ingress's cap to a share of the open-file limit; the API has no such
-    // default.
-    for (key, field, zero_is_share) in [
-        (
-            "ingress_max_connections",
-            &mut config.ingress_max_connections,
-            true,
-        ),
-        (
-            "api_max_connections",
-            &mut config.api_max_connections,
-            false,
-        ),
-    ] {
-        if let Some((v, s)) = get(key) {
-            match v.parse::<usize>() {
-                Ok(n) if (16..=1_000_000).contains(&n) || (zero_is_share && n == 0) => *field = n,
-                _ => bad(
-                    key,
-                    &s,
-                    format!(
-                        "`{v}` must be a number of connections from 16 to 1000000{}",
-                        if zero_is_share {
-                            " (or 0: a share of the open-file limit)"
-                        } else {
-                            ""
-                        }
-                    ),
-                ),
-            }
-        }
-    }
-    if config.api_listen == config.ingress_listen && config.api_listen.port() != 0 {
-        problems.push(format!(
-            "api_listen and ingress_listen are both {}; they must differ",
-            config.api_listen
-        ));
-    }
+    let config = Config::from_raw(&raw, &mut problems);
     if problems.is_empty() {
         Ok((config, report))
     } else {
         Err(ConfigError { problems })
+    }
+}
+
+/// The values of the file at `path` (read as `text`) into `raw`, and its problems.
+fn read_file(
+    specs: &[&'static Spec],
+    path: &Path,
+    text: &str,
+    raw: &mut Raw,
+    problems: &mut Vec<String>,
+) {
+    let table = match text.parse::<toml::Table>() {
+        Ok(table) => table,
+        Err(e) => return problems.push(format!("{}: not valid TOML: {e}", path.display())),
+    };
+    for (k, v) in &table {
+        let Some(spec) = specs.iter().find(|s| s.key == k) else {
+            let known = specs.iter().map(|s| s.key).collect::<Vec<_>>().join(", ");
+            problems.push(format!(
+                "{k} ({}): unknown setting; known: {known}",
+                path.display()
+            ));
+            continue;
+        };
+        match toml_value_to_string(v) {
+            Some(v) => {
+                raw.insert(spec.key, (v, Source::File(path.to_path_buf())));
+            }
+            None => problems.push(format!(
+                "{k} ({}): must be a string, a number, a list of strings, or (registry_mirrors) a table of lists",
+                path.display()
+            )),
+        }
     }
 }
 
@@ -726,10 +935,10 @@ mod tests {
         let err = load(None, &vars, &Flags::new()).expect_err("explicit missing file");
         assert!(err.to_string().contains("none.toml"));
         let (config, report) = load(None, &env(&[]), &Flags::new()).expect("defaults");
-        assert_eq!(config.data_dir, PathBuf::from("/var/lib/skiff"));
-        assert_eq!(config.api_listen.to_string(), "127.0.0.1:7070");
-        assert_eq!(config.ingress_listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(config.domain, "localhost");
+        assert_eq!(config.daemon.data_dir, PathBuf::from("/var/lib/skiff"));
+        assert_eq!(config.api.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(config.ingress.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.daemon.domain, "localhost");
         assert!(report.unknown_env.is_empty());
     }
 
@@ -750,10 +959,10 @@ mod tests {
         let mut flags = Flags::new();
         flags.insert("domain", "flag.example".into());
         let (config, _) = load(Some(&file), &vars, &flags).expect("valid");
-        assert_eq!(config.data_dir, PathBuf::from("/srv/skiff"));
-        assert_eq!(config.api_listen.to_string(), "127.0.0.1:9001");
-        assert_eq!(config.domain, "flag.example");
-        assert_eq!(config.max_body_bytes, 2048);
+        assert_eq!(config.daemon.data_dir, PathBuf::from("/srv/skiff"));
+        assert_eq!(config.api.listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(config.daemon.domain, "flag.example");
+        assert_eq!(config.api.max_body_bytes, 2048);
     }
 
     /// Every problem is reported at once, each with its source.
@@ -789,10 +998,10 @@ mod tests {
     #[test]
     fn router_threads() {
         let (config, _) = load(None, &env(&[]), &Flags::new()).expect("valid");
-        assert_eq!(config.router_threads, 0);
+        assert_eq!(config.ingress.router_threads, 0);
         let (config, _) =
             load(None, &env(&[("SKIFF_ROUTER_THREADS", "2")]), &Flags::new()).expect("valid");
-        assert_eq!(config.router_threads, 2);
+        assert_eq!(config.ingress.router_threads, 2);
         let mut flags = Flags::new();
         flags.insert("router_threads", "many".into());
         let err = load(None, &env(&[]), &flags).expect_err("invalid");
@@ -810,10 +1019,10 @@ mod tests {
         let (config, _) = load(None, &env(&[]), &Flags::new()).expect("valid");
         assert_eq!(
             (
-                config.ingress_max_connections,
-                config.ingress_header_read_timeout,
-                config.ingress_idle_timeout,
-                config.api_max_connections
+                config.ingress.max_connections,
+                config.ingress.header_read_timeout,
+                config.ingress.idle_timeout,
+                config.api.max_connections
             ),
             (0, Duration::from_secs(30), Duration::from_secs(60), 512)
         );
@@ -827,10 +1036,10 @@ mod tests {
         let (config, _) = load(None, &vars, &flags).expect("valid");
         assert_eq!(
             (
-                config.ingress_max_connections,
-                config.ingress_header_read_timeout,
-                config.ingress_idle_timeout,
-                config.api_max_connections
+                config.ingress.max_connections,
+                config.ingress.header_read_timeout,
+                config.ingress.idle_timeout,
+                config.api.max_connections
             ),
             (500, Duration::from_secs(5), Duration::from_secs(10), 64)
         );
@@ -859,9 +1068,12 @@ mod tests {
     #[test]
     fn autoscaling_settings() {
         let (config, _) = load(None, &env(&[]), &Flags::new()).expect("valid");
-        assert!(config.enable_scale_to_zero);
+        assert!(config.autoscaling.enable_scale_to_zero);
         assert_eq!(
-            (config.max_scale_up_rate, config.max_scale_down_rate),
+            (
+                config.autoscaling.max_scale_up_rate,
+                config.autoscaling.max_scale_down_rate
+            ),
             (1000.0, 2.0)
         );
         let dir = no_file();
@@ -875,9 +1087,12 @@ max_scale_down_rate = 1.5
         )
         .expect("write");
         let (config, _) = load(Some(&file), &env(&[]), &Flags::new()).expect("valid");
-        assert!(!config.enable_scale_to_zero);
+        assert!(!config.autoscaling.enable_scale_to_zero);
         assert_eq!(
-            (config.max_scale_up_rate, config.max_scale_down_rate),
+            (
+                config.autoscaling.max_scale_up_rate,
+                config.autoscaling.max_scale_down_rate
+            ),
             (10.0, 1.5)
         );
         let vars = env(&[
@@ -905,14 +1120,23 @@ max_scale_down_rate = 1.5
     #[test]
     fn termination_grace_setting() {
         let (config, _) = load(None, &env(&[]), &Flags::new()).expect("valid");
-        assert_eq!(config.termination_grace_period, Duration::from_secs(10));
+        assert_eq!(
+            config.runtime.termination_grace_period,
+            Duration::from_secs(10)
+        );
         let vars = env(&[("SKIFF_TERMINATION_GRACE_PERIOD_SECONDS", "2")]);
         let (config, _) = load(None, &vars, &Flags::new()).expect("valid");
-        assert_eq!(config.termination_grace_period, Duration::from_secs(2));
+        assert_eq!(
+            config.runtime.termination_grace_period,
+            Duration::from_secs(2)
+        );
         let mut flags = Flags::new();
         flags.insert("termination_grace_period_seconds", "45".into());
         let (config, _) = load(None, &vars, &flags).expect("valid");
-        assert_eq!(config.termination_grace_period, Duration::from_secs(45));
+        assert_eq!(
+            config.runtime.termination_grace_period,
+            Duration::from_secs(45)
+        );
         for bad in ["0", "3601", "soon"] {
             let mut flags = Flags::new();
             flags.insert("termination_grace_period_seconds", bad.into());
@@ -945,7 +1169,7 @@ max_scale_down_rate = 1.5
         let (config, report) =
             load(Some(&example), &env(&[]), &Flags::new()).expect("valid example");
         assert_eq!(report.file.as_deref(), Some(example.as_path()));
-        assert_eq!(config.domain, "localhost");
+        assert_eq!(config.daemon.domain, "localhost");
     }
 
     /// Registry settings come as TOML lists and tables, or as strings from env and flags.
@@ -960,11 +1184,11 @@ max_scale_down_rate = 1.5
         .expect("write");
         let (config, _) = load(Some(&file), &env(&[]), &Flags::new()).expect("valid");
         assert_eq!(
-            config.insecure_registries,
+            config.images.insecure_registries,
             vec!["registry.lan:5000".to_owned()]
         );
         assert_eq!(
-            config.registry_mirrors.get("docker.io"),
+            config.images.registry_mirrors.get("docker.io"),
             Some(&vec![
                 "127.0.0.1:5001".to_owned(),
                 "https://mirror.example".to_owned()
@@ -975,9 +1199,9 @@ max_scale_down_rate = 1.5
             ("SKIFF_INSECURE_REGISTRIES", "a:1, b:2"),
         ]);
         let (config, _) = load(Some(&file), &vars, &Flags::new()).expect("valid");
-        assert_eq!(config.registry_mirrors.len(), 2);
+        assert_eq!(config.images.registry_mirrors.len(), 2);
         assert_eq!(
-            config.insecure_registries,
+            config.images.insecure_registries,
             vec!["a:1".to_owned(), "b:2".to_owned()]
         );
         let vars = env(&[

@@ -119,7 +119,7 @@ fn conn_limits(config: &Config, nofile: u64) -> (ConnLimits, ConnLimits) {
         nofile,
         crate::config::INGRESS_FD_SHARE_PERCENT,
     );
-    let ingress_max = match config.ingress_max_connections {
+    let ingress_max = match config.ingress.max_connections {
         0 => room,
         n if n > room => {
             warn!(
@@ -134,11 +134,11 @@ fn conn_limits(config: &Config, nofile: u64) -> (ConnLimits, ConnLimits) {
     };
     let ingress = ConnLimits {
         max_connections: ingress_max.max(16),
-        header_read_timeout: config.ingress_header_read_timeout,
-        idle_timeout: config.ingress_idle_timeout,
+        header_read_timeout: config.ingress.header_read_timeout,
+        idle_timeout: config.ingress.idle_timeout,
     };
     let api = ConnLimits {
-        max_connections: config.api_max_connections,
+        max_connections: config.api.max_connections,
         ..ingress
     };
     (ingress, api)
@@ -154,8 +154,8 @@ struct Listeners {
 
 impl Listeners {
     async fn bind(config: &Config) -> Result<Self, DaemonError> {
-        let api = bind("the API", config.api_listen).await?;
-        let ingress = bind("the ingress", config.ingress_listen).await?;
+        let api = bind("the API", config.api.listen).await?;
+        let ingress = bind("the ingress", config.ingress.listen).await?;
         let addr = |l: &TcpListener, what| {
             l.local_addr()
                 .map_err(|source| DaemonError::Serve { what, source })
@@ -172,11 +172,11 @@ impl Listeners {
 /// The container runtime, from the daemon's settings.
 fn runtime(config: &Config, data: &DataDir) -> Result<Arc<skiff_runtime::Runtime>, DaemonError> {
     let mut options = skiff_runtime::RuntimeOptions::new(data.path());
-    options.runtime = config.runtime.clone();
-    options.pids_limit = config.pids_limit;
-    options.termination_grace = config.termination_grace_period;
+    options.runtime = config.runtime.binary.clone();
+    options.pids_limit = config.runtime.pids_limit;
+    options.termination_grace = config.runtime.termination_grace_period;
     let oci: Arc<dyn skiff_runtime::oci::OciRuntime> = Arc::new(skiff_runtime::oci::RuncCli::new(
-        config.runtime.clone(),
+        config.runtime.binary.clone(),
         data.path().join("run/runc"),
     ));
     skiff_runtime::Runtime::new(options, oci).map_err(|source| DaemonError::Runtime { source })
@@ -205,13 +205,13 @@ async fn control_plane(
         runtime: Arc::new(Runc(built.runtime)),
         images: built.images,
         clock: Arc::new(SystemClock),
-        domain: config.domain.clone(),
+        domain: config.daemon.domain.clone(),
         ingress_port: built.ingress_port,
         serving: ServingConfig {
-            scale_to_zero_grace: config.scale_to_zero_grace_period,
-            enable_scale_to_zero: config.enable_scale_to_zero,
-            max_scale_up_rate: config.max_scale_up_rate,
-            max_scale_down_rate: config.max_scale_down_rate,
+            scale_to_zero_grace: config.autoscaling.scale_to_zero_grace_period,
+            enable_scale_to_zero: config.autoscaling.enable_scale_to_zero,
+            max_scale_up_rate: config.autoscaling.max_scale_up_rate,
+            max_scale_down_rate: config.autoscaling.max_scale_down_rate,
         },
     };
     ControlPlane::start(parts, metrics)
@@ -222,7 +222,7 @@ async fn control_plane(
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let (ingress_limits, api_limits) = conn_limits(&config, raise_nofile_limit());
-    let data = DataDir::open(&config.data_dir)?;
+    let data = DataDir::open(&config.daemon.data_dir)?;
     let token = data.ensure_token()?;
     let store_path = data.path().join(STORE_FILE);
     let store: Arc<dyn Store> = Arc::new(tokio::task::block_in_place(|| {
@@ -231,7 +231,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let listen = Listeners::bind(&config).await?;
     let metrics = Arc::new(skiff_telemetry::Metrics::new(env!("CARGO_PKG_VERSION")));
     let images = Arc::new(Images::open(
-        &config.image_settings(),
+        &config.images,
         data.path(),
         store.clone(),
         &metrics,
@@ -251,7 +251,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let api_router = api::router(ApiState {
         controller: plane.controller.clone(),
         token: Arc::new(token),
-        max_body_bytes: config.max_body_bytes,
+        max_body_bytes: config.api.max_body_bytes,
         images,
         gc_lock: Arc::default(),
         metrics,
@@ -265,8 +265,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         pid: std::process::id(),
     })?;
     info!(api = %listen.api_addr, ingress = %listen.ingress_addr,
-        data_dir = %config.data_dir.display(), domain = %config.domain, "skiff is ready");
-    let grace = config.shutdown_grace_period;
+        data_dir = %config.daemon.data_dir.display(), domain = %config.daemon.domain, "skiff is ready");
+    let grace = config.daemon.shutdown_grace_period;
     let servers = [
         tokio::spawn(serve_api(
             listen.api,
@@ -284,7 +284,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     );
     drain(servers, grace).await;
     info!(
-        termination_grace_seconds = config.termination_grace_period.as_secs(),
+        termination_grace_seconds = config.runtime.termination_grace_period.as_secs(),
         cap_seconds = grace.as_secs(),
         "stopping instances: SIGTERM, then SIGKILL after the termination grace or the cap"
     );
@@ -339,10 +339,10 @@ fn router(
     let api_conn_metrics = metrics.register("api", skiff_router::conns::ConnMetrics::new);
     let router = skiff_router::Router::new(
         skiff_router::RouterConfig {
-            domain: config.domain.clone(),
-            queue_depth: config.activator_queue_depth,
-            queue_timeout: config.activator_queue_timeout,
-            threads: config.router_threads,
+            domain: config.daemon.domain.clone(),
+            queue_depth: config.activator.queue_depth,
+            queue_timeout: config.activator.queue_timeout,
+            threads: config.ingress.router_threads,
         },
         skiff_control::runtime::NetnsConnect(runtime.connector().clone()),
         poke_tx,
@@ -413,15 +413,15 @@ mod tests {
         let mut config = Config::defaults();
         let (ingress, api) = conn_limits(&config, 20_000);
         assert_eq!((ingress.max_connections, api.max_connections), (8_000, 512));
-        config.ingress_max_connections = 500;
+        config.ingress.max_connections = 500;
         assert_eq!(conn_limits(&config, 20_000).0.max_connections, 500);
-        config.ingress_max_connections = 100_000;
+        config.ingress.max_connections = 100_000;
         assert_eq!(conn_limits(&config, 1_024).0.max_connections, 409);
-        config.api_max_connections = 64;
+        config.api.max_connections = 64;
         assert_eq!(conn_limits(&config, 1_024).1.max_connections, 64);
         assert_eq!(
             conn_limits(&config, 1_024).1.header_read_timeout,
-            config.ingress_header_read_timeout
+            config.ingress.header_read_timeout
         );
     }
 }
