@@ -674,11 +674,8 @@ async fn abandoned_requests_leave_the_queue() {
                     let client = client.clone();
                     async move {
                         let s = client.scale("default", "queue").await.ok()?;
-                        let r = s["revisions"]
-                            .as_array()?
-                            .iter()
-                            .find(|r| r["revision"] == "queue-00001")?
-                            .clone();
+                        let r = s.revisions.iter().find(|r| r.revision == "queue-00001")?;
+                        let r = serde_json::to_value(r).expect("a revision scale is JSON");
                         (r[field].as_u64() == Some(want)).then_some(())
                     }
                 },

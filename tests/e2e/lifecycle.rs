@@ -48,8 +48,8 @@ async fn ready_instance(d: &TestDaemon, svc: &str) -> String {
             let client = client.clone();
             async move {
                 let list = client.instances("default", svc).await.ok()?;
-                let ready = list.iter().find(|i| i["status"]["ready"] == true)?;
-                ready["id"].as_str().map(str::to_owned)
+                let ready = list.iter().find(|i| i.status.ready)?;
+                Some(ready.id.clone())
             }
         },
     )

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use skiff_client::Client;
 use skiff_runtime::netns::Connector;
 use skiff_test_utils::{MAX_WAIT, TestDaemon, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,7 +41,7 @@ async fn instance_where(
         let svc = svc.to_owned();
         let pred = &pred;
         async move {
-            let list = client.instances("default", &svc).await.ok()?;
+            let list = instances_json(&client, &svc).await?;
             *last.lock().expect("lock") = Value::Array(list.clone());
             list.into_iter().find(|i| pred(i))
         }
@@ -50,6 +51,16 @@ async fn instance_where(
         Ok(v) => v,
         Err(e) => panic!("{e}; last instances: {:#}", last.lock().expect("lock")),
     }
+}
+
+/// The Service's instances as JSON, the form these tests inspect.
+async fn instances_json(client: &Client, svc: &str) -> Option<Vec<Value>> {
+    let list = client.instances("default", svc).await.ok()?;
+    Some(
+        list.iter()
+            .map(|i| serde_json::to_value(i).expect("an instance view is JSON"))
+            .collect(),
+    )
 }
 
 fn ready(i: &Value) -> bool {
@@ -736,7 +747,7 @@ async fn recovery_after_kill_9() {
         || {
             let c = client.clone();
             async move {
-                let l = c.instances("default", "rt-recover").await.ok()?;
+                let l = instances_json(&c, "rt-recover").await?;
                 (l.len() == 2 && l.iter().all(ready)).then_some(l)
             }
         },
@@ -764,7 +775,7 @@ async fn recovery_after_kill_9() {
         || {
             let c = client.clone();
             async move {
-                let l = c.instances("default", "rt-recover").await.ok()?;
+                let l = instances_json(&c, "rt-recover").await?;
                 (l.len() == 2 && l.iter().all(ready)).then_some(l)
             }
         },

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
+use skiff_api::wire::InstanceView;
 use skiff_test_utils::{MAX_WAIT, TestDaemon, wait_for};
 
 use crate::{
@@ -82,7 +83,8 @@ fn revision_of(a: &Answer) -> String {
 
 /// The Service's scale (override, per-revision desired/ready, cold starts, decisions).
 async fn scale(d: &TestDaemon, svc: &str) -> Value {
-    d.client().scale("default", svc).await.expect("scale")
+    let s = d.client().scale("default", svc).await.expect("scale");
+    serde_json::to_value(s).expect("a scale status is JSON")
 }
 
 fn revision_scale<'a>(s: &'a Value, rev: &str) -> &'a Value {
@@ -97,7 +99,12 @@ fn ready_instances(s: &Value, rev: &str) -> u64 {
 }
 
 /// Waits until the Service's running instance count (any phase) satisfies `pred`.
-async fn wait_instances(d: &TestDaemon, svc: &str, what: &str, pred: impl Fn(&[Value]) -> bool) {
+async fn wait_instances(
+    d: &TestDaemon,
+    svc: &str,
+    what: &str,
+    pred: impl Fn(&[InstanceView]) -> bool,
+) {
     let client = d.client();
     let pred = &pred;
     let r = wait_for(what, Duration::from_millis(100), MAX_WAIT, || {
@@ -373,11 +380,11 @@ async fn scale_to_zero_and_back() {
             async move {
                 let s = client.scale("default", "sv-zero").await.ok()?;
                 // A restarted daemon's first decision for a revision is always recorded.
-                let decided = s["revisions"].as_array()?.iter().any(|r| {
-                    r["revision"] == "sv-zero-00001"
-                        && r["decisions"].as_array().is_some_and(|d| !d.is_empty())
-                });
-                decided.then_some(s)
+                let decided = s
+                    .revisions
+                    .iter()
+                    .any(|r| r.revision == "sv-zero-00001" && !r.decisions.is_empty());
+                decided.then(|| serde_json::to_value(s).expect("a scale status is JSON"))
             }
         },
     )
@@ -656,7 +663,7 @@ async fn deploy_under_load_loses_nothing() {
     apply(&d, &service("sv-deploy", &image, "", "", "two", ""));
     // The old revision's instances drain and stop once the new one serves.
     wait_instances(&d, "sv-deploy", "only the new revision's instances", |l| {
-        !l.is_empty() && l.iter().all(|i| i["revision"] == "sv-deploy-00002")
+        !l.is_empty() && l.iter().all(|i| i.revision == "sv-deploy-00002")
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -235,7 +235,8 @@ pub async fn run(b: &Bench, s: &BurstSettings) -> anyhow::Result<BurstResults> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                if let Ok(v) = client.scale("default", &name).await {
+                if let Ok(s) = client.scale("default", &name).await {
+                    let v = serde_json::to_value(s).unwrap_or_default();
                     let r = &v["revisions"][0];
                     let n = |k: &str| r[k].as_u64().unwrap_or(0);
                     out.push(ScaleSample {

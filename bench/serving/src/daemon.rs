@@ -222,18 +222,24 @@ impl Daemon {
             .scale("default", name)
             .await
             .with_context(|| format!("reading the scale of {name}"))?;
-        Ok(v["revisions"]
-            .get(0)
-            .cloned()
+        Ok(v.revisions
+            .first()
+            .map(serde_json::to_value)
+            .transpose()?
             .unwrap_or(serde_json::Value::Null))
     }
 
     /// A Service's instances (`GET …/services/{name}/instances`).
     pub async fn instances(&self, name: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-        self.client
+        let list = self
+            .client
             .instances("default", name)
             .await
-            .with_context(|| format!("listing the instances of {name}"))
+            .with_context(|| format!("listing the instances of {name}"))?;
+        Ok(list
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Whether every container of the Service's revisions has its image pinned to a digest.

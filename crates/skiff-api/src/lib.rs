@@ -19,6 +19,7 @@ pub mod quantity;
 mod suggest;
 pub mod types;
 pub mod validate;
+pub mod wire;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use object::{Revision, Service};

@@ -10,40 +10,11 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use skiff_api::object::{DeleteResponse, List, Revision, Service};
+use skiff_api::wire::{
+    APPLY_RESULT_HEADER, CREATED_REVISION_HEADER, GcReport, ImageView, InstanceView, LogLine,
+    PullEvent, Scale, ScaleStatus, VersionInfo,
+};
 use skiff_api::{ErrorBody, ErrorCode};
-pub use skiff_image::ImageRecord;
-
-/// One log line of an instance.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct LogLine {
-    /// When skiff read it (RFC 3339).
-    pub ts: String,
-    /// `stdout` or `stderr`.
-    pub stream: String,
-    /// The instance.
-    pub instance: String,
-    /// The container.
-    pub container: String,
-    /// The text.
-    pub line: String,
-}
-pub use skiff_image::gc::GcReport;
-pub use skiff_image::puller::{LayerStatus, PullEvent};
-
-/// An image with whether revisions use it (the API's `ImageView`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageView {
-    /// The image.
-    pub image: ImageRecord,
-    /// Whether a revision is pinned to it.
-    pub in_use: bool,
-}
-
-/// Header saying what an apply did.
-pub const APPLY_RESULT_HEADER: &str = "skiff-apply-result";
-/// Header naming the revision an apply stamped.
-pub const CREATED_REVISION_HEADER: &str = "skiff-created-revision";
 
 /// A call to the API failed.
 #[derive(Debug, thiserror::Error)]
@@ -466,26 +437,28 @@ impl Client {
         })
     }
 
-    /// Sets how many instances of a Service's latest revision run (manual override).
+    /// Sets how many instances of a Service's latest revision run (manual override); returns
+    /// the override as stored.
     pub async fn set_scale(
         &self,
         namespace: &str,
         name: &str,
         replicas: u32,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Scale, ClientError> {
         let url = self.url(
             &format!("/api/v1/namespaces/{namespace}/services/{name}/scale"),
             &[],
         );
-        let body = serde_json::json!({ "replicas": replicas }).to_string();
-        self.send(
-            self.http
-                .put(url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body),
-        )
-        .await?;
-        Ok(())
+        let body = serde_json::to_string(&Scale { replicas }).expect("a scale serializes");
+        let response = self
+            .send(
+                self.http
+                    .put(url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body),
+            )
+            .await?;
+        self.json(response).await
     }
 
     /// Removes the manual override: the autoscaler decides again.
@@ -499,12 +472,8 @@ impl Client {
     }
 
     /// A Service's scale: the override, and per revision desired and ready instances, load,
-    /// cold starts and recent scaling decisions (as JSON).
-    pub async fn scale(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<serde_json::Value, ClientError> {
+    /// cold starts and recent scaling decisions.
+    pub async fn scale(&self, namespace: &str, name: &str) -> Result<ScaleStatus, ClientError> {
         self.get(
             &format!("/api/v1/namespaces/{namespace}/services/{name}/scale"),
             &[],
@@ -517,7 +486,7 @@ impl Client {
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<Vec<serde_json::Value>, ClientError> {
+    ) -> Result<Vec<InstanceView>, ClientError> {
         self.get(
             &format!("/api/v1/namespaces/{namespace}/services/{name}/instances"),
             &[],
@@ -566,7 +535,7 @@ impl Client {
     }
 
     /// The daemon's version information.
-    pub async fn version(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn version(&self) -> Result<VersionInfo, ClientError> {
         self.get("/api/v1/version", &[]).await
     }
 }

@@ -22,44 +22,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use skiff_api::object::Revision;
-use skiff_runtime::cgroups::Usage;
+use skiff_api::wire::{InstanceView, Scale, ScaleStatus};
 use skiff_runtime::instance::{InstancePlan, InstanceStatus, Phase};
 use skiff_store::{Store, Txn, keys};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use utoipa::ToSchema;
 
 use crate::controller::{Controller, ControllerError, RevisionKey};
 use crate::reconciler::{Handle, Next, ReconcileError, Reconciler};
 use crate::runtime::{ImageStore, InstanceInfo, InstanceRuntime};
-use crate::serving::{ScaleStatus, Serving};
+use crate::serving::Serving;
 use crate::status::{self, needs_images, pull_failed};
-
-/// A manual override of how many instances of a Service's latest revision run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Scale {
-    /// Instances wanted for the latest revision.
-    pub replicas: u32,
-}
-
-/// An instance as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct InstanceView {
-    /// The instance id.
-    pub id: String,
-    /// Its revision.
-    pub revision: String,
-    /// Its state.
-    #[schema(value_type = Object)]
-    pub status: InstanceStatus,
-    /// Resource usage read from its cgroups.
-    #[schema(value_type = Object)]
-    pub usage: Usage,
-}
 
 /// One instance of the revision being planned.
 #[derive(Debug, Clone, PartialEq)]

@@ -27,9 +27,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
 use skiff_api::autoscaling::AutoscalingSettings;
 use skiff_api::object::{Revision, Service};
+use skiff_api::wire::{DecisionView, RevisionScale};
 use skiff_autoscaler::{Aggregation, Autoscaler, Bucket, Decision, Metric, Settings};
 use skiff_router::{RevisionKey, RevisionLabels, Router};
 use skiff_runtime::instance::{InstanceEvent, Phase};
@@ -37,7 +37,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
-use utoipa::ToSchema;
 
 use crate::routes::{self, RouteTable};
 use crate::runtime::InstanceRuntime;
@@ -47,68 +46,6 @@ pub type ScaledHook = Box<dyn Fn(&RevisionKey) + Send + Sync>;
 
 /// How many decisions that changed the desired scale are kept per revision.
 const DECISION_HISTORY: usize = 20;
-
-/// One scaling decision as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DecisionView {
-    /// When (RFC 3339).
-    pub at: String,
-    /// Instances wanted.
-    pub desired: u32,
-    /// Ready instances when it was made.
-    pub ready: u32,
-    /// Whether panic mode was on.
-    pub panicking: bool,
-    /// Why.
-    pub reason: String,
-}
-
-/// A revision's scale, load, cold starts and recent decisions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RevisionScale {
-    /// The revision.
-    pub revision: String,
-    /// Instances wanted now (the override when one applies, else the autoscaler's).
-    pub desired: u32,
-    /// The autoscaler's last decision.
-    pub autoscaler_desired: u32,
-    /// Instances ready and taking requests.
-    pub ready: u32,
-    /// Requests in flight to its instances.
-    pub in_flight: u32,
-    /// Requests waiting in the activator.
-    pub waiting: u32,
-    /// Whether traffic can reach it.
-    pub routed: bool,
-    /// Whether the autoscaler is in panic mode.
-    pub panicking: bool,
-    /// Stable-window average of the scaling metric.
-    pub stable_average: f64,
-    /// Panic-window average of the scaling metric.
-    pub panic_average: f64,
-    /// Cold starts (scale from zero with requests waiting).
-    pub cold_starts: u64,
-    /// Their total duration, seconds.
-    pub cold_start_seconds_total: f64,
-    /// The last one's duration, seconds.
-    pub last_cold_start_seconds: Option<f64>,
-    /// Requests that waited through a cold start.
-    pub cold_start_requests: u64,
-    /// Recent decisions that changed the desired scale, newest first.
-    pub decisions: Vec<DecisionView>,
-}
-
-/// A Service's scale.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ScaleStatus {
-    /// The manual override of the latest revision's instance count, if set.
-    pub replicas_override: Option<u32>,
-    /// Its revisions that run, are routed, or have been scaled.
-    pub revisions: Vec<RevisionScale>,
-}
 
 /// The autoscaler's metrics under `skiff_autoscaler_`, one series per revision and family.
 #[derive(Debug, Clone)]

@@ -11,44 +11,14 @@
 //! which layers, the parsed config) live in the state store under `/images/manifests/<digest>`
 //! and tags under `/images/tags/<reference>`, written only after all their content exists.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+pub use skiff_api::wire::{ImageRecord, LayerRecord, RunConfig};
 use skiff_store::{Store, StoreError, Txn, TxnOutcome, keys};
 
 use crate::registry::sha256_hex;
-
-/// What the runtime needs from an image's config (`config` of the OCI/Docker image config).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct RunConfig {
-    /// The user (`uid`, `uid:gid`, or a name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// `PORT/tcp` keys.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
-    /// `NAME=value` entries.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<String>>,
-    /// The entrypoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entrypoint: Option<Vec<String>>,
-    /// The default arguments.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cmd: Option<Vec<String>>,
-    /// The working directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<String>,
-    /// Labels.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<BTreeMap<String, String>>,
-    /// The signal that stops the process.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_signal: Option<String>,
-}
 
 /// An image config file, as far as skiff reads it.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,60 +44,6 @@ pub struct RootFs {
     pub kind: String,
     /// `sha256:` of each uncompressed layer, base first.
     pub diff_ids: Vec<String>,
-}
-
-/// One layer of an image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LayerRecord {
-    /// The compressed blob's digest.
-    pub digest: String,
-    /// The uncompressed content's digest (the unpacked directory's name).
-    pub diff_id: String,
-    /// The compressed size.
-    pub size: u64,
-    /// The media type.
-    pub media_type: String,
-}
-
-/// An image in the content store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageRecord {
-    /// The platform manifest's digest (the image's identity).
-    pub digest: String,
-    /// The index digest, when the image was chosen from an index.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index_digest: Option<String>,
-    /// Names it is known by: `registry/repo:tag` or `registry/repo@digest`.
-    pub references: Vec<String>,
-    /// `registry/repo` it came from.
-    pub repository: String,
-    /// `os/arch`.
-    pub platform: String,
-    /// The config blob's digest.
-    pub config_digest: String,
-    /// What to run.
-    pub config: RunConfig,
-    /// Layers, base first.
-    pub layers: Vec<LayerRecord>,
-    /// Sum of the compressed layer sizes.
-    pub size: u64,
-    /// When it was pulled or imported (RFC 3339).
-    pub created_at: String,
-    /// `registry` or `import`.
-    pub source: String,
-}
-
-impl ImageRecord {
-    /// `repository@digest`, the pinned reference (the index digest when there is one).
-    pub fn pinned(&self) -> String {
-        format!(
-            "{}@{}",
-            self.repository,
-            self.index_digest.as_deref().unwrap_or(&self.digest)
-        )
-    }
 }
 
 /// A content-store operation failed.

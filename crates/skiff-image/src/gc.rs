@@ -3,23 +3,10 @@
 
 use std::collections::HashSet;
 
+pub use skiff_api::wire::GcReport;
 use tracing::info;
 
 use crate::content::{ContentError, ContentStore, ImageRecord};
-
-/// What a collection removed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GcReport {
-    /// Images whose records were removed.
-    pub images: Vec<String>,
-    /// Blobs deleted.
-    pub blobs: u64,
-    /// Unpacked layers deleted.
-    pub layers: u64,
-    /// Bytes freed.
-    pub bytes: u64,
-}
 
 /// Whether `image` is one of `in_use` (pinned references or digests).
 pub fn used(image: &ImageRecord, in_use: &HashSet<String>) -> bool {

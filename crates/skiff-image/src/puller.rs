@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
 use skiff_api::image::ImageRef;
+pub use skiff_api::wire::{LayerInfo, LayerStatus, PullEvent};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -26,78 +26,6 @@ use crate::unpack::{UnpackError, unpack_layer};
 
 /// How many layers download at once per pull.
 pub const LAYER_CONCURRENCY: usize = 3;
-
-/// The state of one layer during a pull.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum LayerStatus {
-    /// Downloading (bytes in `done`).
-    Downloading,
-    /// Already unpacked; nothing to download.
-    Cached,
-    /// Unpacking.
-    Unpacking,
-    /// Ready.
-    Done,
-}
-
-/// A layer in a `resolved` event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LayerInfo {
-    /// The blob digest.
-    pub digest: String,
-    /// Its size.
-    pub size: u64,
-}
-
-/// Progress of a pull or import.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "camelCase")]
-pub enum PullEvent {
-    /// The manifest is known.
-    #[serde(rename_all = "camelCase")]
-    Resolved {
-        /// The reference pulled.
-        reference: String,
-        /// The manifest (or index) digest.
-        digest: String,
-        /// The endpoint that served it.
-        registry: String,
-        /// The layers.
-        layers: Vec<LayerInfo>,
-    },
-    /// A layer's progress.
-    #[serde(rename_all = "camelCase")]
-    Layer {
-        /// The blob digest.
-        digest: String,
-        /// What is happening.
-        status: LayerStatus,
-        /// Bytes downloaded.
-        done: u64,
-        /// The layer's size.
-        total: u64,
-    },
-    /// The image is ready.
-    #[serde(rename_all = "camelCase")]
-    Done {
-        /// The image.
-        image: Box<ImageRecord>,
-        /// Seconds the pull took.
-        seconds: f64,
-        /// Bytes downloaded (0 when everything was present).
-        bytes: u64,
-    },
-    /// The pull failed.
-    #[serde(rename_all = "camelCase")]
-    Error {
-        /// What went wrong, with the registry's own message.
-        message: String,
-        /// A short reason (`not_found`, `unauthorized`, `corrupt`, …).
-        reason: String,
-    },
-}
 
 /// Where progress goes.
 pub type Progress = Arc<dyn Fn(PullEvent) + Send + Sync>;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use skiff_api::wire::Usage;
 
 const ROOT: &str = "/sys/fs/cgroup";
 const V1: &[&str] = &[
@@ -23,42 +23,6 @@ const V1: &[&str] = &[
     "rdma",
     "misc",
 ];
-
-/// Resource usage of one container.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Usage {
-    /// CPU time used, in nanoseconds.
-    pub cpu_nanos: u64,
-    /// Memory in use now, in bytes.
-    pub memory_bytes: u64,
-    /// Highest memory use, in bytes.
-    pub memory_peak_bytes: u64,
-    /// The memory limit, in bytes (0: none).
-    pub memory_limit_bytes: u64,
-    /// Processes and threads now.
-    pub pids: u64,
-    /// Times the OOM killer killed a process here.
-    pub oom_kills: u64,
-    /// CFS periods in which the container was throttled.
-    pub throttled_periods: u64,
-    /// Times a fork or thread creation failed at the pids limit.
-    pub pids_limit_hits: u64,
-}
-
-impl Usage {
-    /// Adds another container's usage (for an instance's total).
-    pub fn add(&mut self, o: &Usage) {
-        self.cpu_nanos += o.cpu_nanos;
-        self.memory_bytes += o.memory_bytes;
-        self.memory_peak_bytes += o.memory_peak_bytes;
-        self.memory_limit_bytes += o.memory_limit_bytes;
-        self.pids += o.pids;
-        self.oom_kills += o.oom_kills;
-        self.throttled_periods += o.throttled_periods;
-        self.pids_limit_hits += o.pids_limit_hits;
-    }
-}
 
 fn is_v2() -> bool {
     Path::new(ROOT).join("cgroup.controllers").exists()

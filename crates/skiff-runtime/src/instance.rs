@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+pub use skiff_api::wire::{ContainerStatus, InstanceStatus, Phase, Termination};
+
 use crate::cgroups::{self, Usage};
 use crate::logs::{self, LogStore, PumpTarget, Tail};
 use crate::netns::{Connector, NetNs, NetnsError};
@@ -184,77 +186,6 @@ pub struct InstancePlan {
     /// Records written before it had this name call it `stopGrace`.
     #[serde(alias = "stopGrace")]
     pub drain_timeout: Duration,
-}
-
-/// How a container last ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Termination {
-    /// `Completed`, `Error`, `OOMKilled`, `StartError`, `LivenessFailed`, `Unknown`.
-    pub reason: String,
-    /// The exit code (128+signal for signals), when known.
-    pub exit_code: Option<i32>,
-    /// When (RFC 3339).
-    pub at: String,
-    /// What happened, for people.
-    pub message: String,
-    /// The container's last log lines.
-    pub last_lines: Vec<String>,
-}
-
-/// A container's state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerStatus {
-    /// The container's name.
-    pub name: String,
-    /// The runtime's container id.
-    pub runtime_id: String,
-    /// Its init pid on the host, while running.
-    pub pid: Option<i32>,
-    /// Whether its process runs.
-    pub running: bool,
-    /// Whether its readiness probe passes.
-    pub ready: bool,
-    /// Restarts so far.
-    pub restarts: u32,
-    /// Why it is not running (`ContainerCreating`, `CrashLoopBackOff`, …).
-    pub waiting_reason: Option<String>,
-    /// How it last ended.
-    pub last_termination: Option<Termination>,
-}
-
-/// The phase of an instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Phase {
-    /// Containers starting, not ready yet.
-    #[default]
-    Starting,
-    /// Running (ready or not: see `ready`).
-    Running,
-    /// Being stopped.
-    Stopping,
-    /// Gone; nothing left behind.
-    Stopped,
-}
-
-/// An instance's state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InstanceStatus {
-    /// The phase.
-    pub phase: Phase,
-    /// Whether the instance takes traffic.
-    pub ready: bool,
-    /// Whether it was ever ready.
-    pub was_ready: bool,
-    /// When it started (RFC 3339).
-    pub started_at: String,
-    /// Milliseconds from start to first readiness.
-    pub start_to_ready_ms: Option<f64>,
-    /// Per container.
-    pub containers: Vec<ContainerStatus>,
 }
 
 /// A change of an instance's status.

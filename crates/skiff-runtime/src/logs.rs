@@ -17,26 +17,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+pub use skiff_api::wire::LogLine;
 use tokio::io::AsyncBufReadExt;
 
 /// Longest line kept; longer ones are split.
 pub const MAX_LINE: usize = 16 * 1024;
-
-/// One log line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogLine {
-    /// When skiff read it (RFC 3339, nanoseconds).
-    pub ts: String,
-    /// `stdout` or `stderr`.
-    pub stream: String,
-    /// The instance.
-    pub instance: String,
-    /// The container.
-    pub container: String,
-    /// The text, without the newline.
-    pub line: String,
-}
 
 /// Rotation settings.
 #[derive(Debug, Clone, Copy)]

@@ -3,6 +3,7 @@
 use comfy_table::{Table, presets};
 use serde::Serialize;
 use skiff_api::object::{ConditionStatus, Revision, Service};
+use skiff_api::wire::{InstanceView, ScaleStatus};
 
 /// Makes a CLI verb end quietly, with status 0, when whoever reads its standard output has
 /// gone (`skiff get services | head -1`, `… | grep -q`): the reader has what it wanted.
@@ -329,14 +330,14 @@ pub fn describe_service(s: &Service, revisions: &[Revision]) -> String {
 
 /// The scaling part of `skiff describe service`: per revision desired and ready instances,
 /// load, cold starts, and the last decisions with their reasons.
-pub fn describe_scaling(scale: &serde_json::Value) -> String {
+pub fn describe_scaling(scale: &ScaleStatus) -> String {
     let mut out = String::from("\nScaling:\n");
-    if let Some(n) = scale["replicasOverride"].as_u64() {
+    if let Some(n) = scale.replicas_override {
         out.push_str(&format!(
             "  manual override: the latest revision runs {n} instance(s) (`skiff scale SERVICE auto` undoes it)\n"
         ));
     }
-    let revisions = scale["revisions"].as_array().cloned().unwrap_or_default();
+    let revisions = &scale.revisions;
     if revisions.is_empty() {
         out.push_str("  no revision is scaled yet\n");
         return out;
@@ -353,39 +354,28 @@ pub fn describe_scaling(scale: &serde_json::Value) -> String {
         "COLD STARTS",
         "LAST COLD START",
     ]);
-    let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0).to_string();
-    for r in &revisions {
-        let cold = r["coldStarts"].as_u64().unwrap_or(0);
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
+    for r in revisions {
+        let cold = r.cold_starts;
         let avg = if cold > 0 {
             format!(
                 "{cold} (avg {:.0}ms)",
-                r["coldStartSecondsTotal"].as_f64().unwrap_or(0.0) * 1000.0 / cold as f64
+                r.cold_start_seconds_total * 1000.0 / cold as f64
             )
         } else {
             "0".into()
         };
         t.add_row(vec![
-            r["revision"].as_str().unwrap_or_default().to_owned(),
-            if r["routed"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                "no"
-            }
-            .to_owned(),
-            num(&r["desired"]),
-            num(&r["ready"]),
-            num(&r["inFlight"]),
-            num(&r["waiting"]),
-            if r["panicking"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                "no"
-            }
-            .to_owned(),
-            format!("{:.2}", r["stableAverage"].as_f64().unwrap_or(0.0)),
+            r.revision.clone(),
+            yes_no(r.routed),
+            r.desired.to_string(),
+            r.ready.to_string(),
+            r.in_flight.to_string(),
+            r.waiting.to_string(),
+            yes_no(r.panicking),
+            format!("{:.2}", r.stable_average),
             avg,
-            r["lastColdStartSeconds"]
-                .as_f64()
+            r.last_cold_start_seconds
                 .map(|s| format!("{:.0}ms", s * 1000.0))
                 .unwrap_or_else(|| "-".into()),
         ]);
@@ -395,16 +385,16 @@ pub fn describe_scaling(scale: &serde_json::Value) -> String {
     }
     out.push_str("\nScaling decisions (newest first):\n");
     let mut any = false;
-    for r in &revisions {
-        for d in r["decisions"].as_array().into_iter().flatten().take(5) {
+    for r in revisions {
+        for d in r.decisions.iter().take(5) {
             any = true;
             out.push_str(&format!(
                 "  {:<5} {} → {} instance(s) (ready {}): {}\n",
-                age(d["at"].as_str().unwrap_or_default()),
-                r["revision"].as_str().unwrap_or_default(),
-                num(&d["desired"]),
-                num(&d["ready"]),
-                d["reason"].as_str().unwrap_or_default()
+                age(&d.at),
+                r.revision,
+                d.desired,
+                d.ready,
+                d.reason
             ));
         }
     }
@@ -415,7 +405,7 @@ pub fn describe_scaling(scale: &serde_json::Value) -> String {
 }
 
 /// The instances part of `skiff describe service`: state, restarts and usage.
-pub fn describe_instances(instances: &[serde_json::Value]) -> String {
+pub fn describe_instances(instances: &[InstanceView]) -> String {
     let mut out = String::from("\nInstances:\n");
     if instances.is_empty() {
         out.push_str("  none running\n");
@@ -425,66 +415,44 @@ pub fn describe_instances(instances: &[serde_json::Value]) -> String {
         "INSTANCE", "REVISION", "PHASE", "READY", "RESTARTS", "CPU", "MEMORY", "PEAK", "LIMIT",
         "PIDS", "OOM", "START", "AGE",
     ]);
+    let mib = |b: u64| format!("{:.1}Mi", b as f64 / 1048576.0);
     let mut notes = Vec::new();
     for i in instances {
-        let s = &i["status"];
-        let u = &i["usage"];
-        let restarts: u64 = s["containers"]
-            .as_array()
-            .map(|c| c.iter().filter_map(|c| c["restarts"].as_u64()).sum())
-            .unwrap_or(0);
-        let mib = |v: &serde_json::Value| {
-            v.as_u64()
-                .map(|b| format!("{:.1}Mi", b as f64 / 1048576.0))
-                .unwrap_or_default()
-        };
+        let s = &i.status;
+        let u = &i.usage;
+        let restarts: u64 = s.containers.iter().map(|c| u64::from(c.restarts)).sum();
         t.add_row(vec![
-            i["id"].as_str().unwrap_or_default().to_owned(),
-            i["revision"].as_str().unwrap_or_default().to_owned(),
-            s["phase"].as_str().unwrap_or_default().to_owned(),
-            s["ready"]
-                .as_bool()
-                .map(|b| if b { "yes" } else { "no" })
-                .unwrap_or_default()
-                .to_owned(),
+            i.id.clone(),
+            i.revision.clone(),
+            s.phase.as_str().to_owned(),
+            if s.ready { "yes" } else { "no" }.to_owned(),
             restarts.to_string(),
-            u["cpuNanos"]
-                .as_u64()
-                .map(|n| format!("{:.2}s", n as f64 / 1e9))
-                .unwrap_or_default(),
-            mib(&u["memoryBytes"]),
-            mib(&u["memoryPeakBytes"]),
-            if u["memoryLimitBytes"].as_u64() == Some(0) {
+            format!("{:.2}s", u.cpu_nanos as f64 / 1e9),
+            mib(u.memory_bytes),
+            mib(u.memory_peak_bytes),
+            if u.memory_limit_bytes == 0 {
                 "-".into()
             } else {
-                mib(&u["memoryLimitBytes"])
+                mib(u.memory_limit_bytes)
             },
-            u["pids"]
-                .as_u64()
-                .map(|n| n.to_string())
-                .unwrap_or_default(),
-            u["oomKills"]
-                .as_u64()
-                .map(|n| n.to_string())
-                .unwrap_or_default(),
-            s["startToReadyMs"]
-                .as_f64()
+            u.pids.to_string(),
+            u.oom_kills.to_string(),
+            s.start_to_ready_ms
                 .map(|ms| format!("{ms:.0}ms"))
                 .unwrap_or_else(|| "-".into()),
-            age(s["startedAt"].as_str().unwrap_or_default()),
+            age(&s.started_at),
         ]);
-        for c in s["containers"].as_array().into_iter().flatten() {
-            if let Some(term) = c.get("lastTermination").filter(|t| !t.is_null()) {
+        for c in &s.containers {
+            if let Some(term) = &c.last_termination {
                 notes.push(format!(
                     "  {}/{}: last ended {} ({}), {}",
-                    i["id"].as_str().unwrap_or_default(),
-                    c["name"].as_str().unwrap_or_default(),
-                    term["reason"].as_str().unwrap_or_default(),
-                    term["exitCode"]
-                        .as_i64()
+                    i.id,
+                    c.name,
+                    term.reason,
+                    term.exit_code
                         .map(|c| format!("exit code {c}"))
                         .unwrap_or_else(|| "no exit code".into()),
-                    term["message"].as_str().unwrap_or_default()
+                    term.message
                 ));
             }
         }

@@ -10,14 +10,13 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use skiff_api::ErrorCode;
 use skiff_api::image::ImageRef;
-use skiff_image::ImageRecord;
-use skiff_image::gc::{self, GcReport};
-use skiff_image::puller::PullEvent;
+use skiff_api::wire::{GcReport, ImageRecord, ImageView, LayerStatus, PullEvent};
+use skiff_image::gc;
 use tokio::io::AsyncWriteExt;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
 use super::{ApiError, ApiState};
 use skiff_control::images::digests_in_use;
@@ -40,17 +39,6 @@ pub struct ImportParams {
     /// The name to give the imported image (required when the archive names none).
     #[serde(default)]
     pub tag: Option<String>,
-}
-
-/// An image with whether revisions use it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageView {
-    /// The image.
-    #[schema(value_type = Object)]
-    pub image: ImageRecord,
-    /// Whether a revision is pinned to it.
-    pub in_use: bool,
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -113,7 +101,7 @@ where
         // At most ten progress lines a second per layer.
         if let PullEvent::Layer {
             digest,
-            status: skiff_image::puller::LayerStatus::Downloading,
+            status: LayerStatus::Downloading,
             done,
             total,
         } = &ev
@@ -227,7 +215,7 @@ pub async fn remove_image(
 
 /// Removes every image no revision uses, and every blob and layer no image needs.
 #[utoipa::path(post, path = "/api/v1/images/prune", tag = "images",
-    responses((status = 200, body = GcReportView), (status = 401, body = skiff_api::ErrorBody)))]
+    responses((status = 200, body = GcReport), (status = 401, body = skiff_api::ErrorBody)))]
 pub async fn prune_images(State(state): State<ApiState>) -> Result<Json<GcReport>, ApiError> {
     let _guard = state.gc_lock.lock().await;
     let used = in_use(&state).await?;
@@ -240,20 +228,6 @@ pub async fn prune_images(State(state): State<ApiState>) -> Result<Json<GcReport
             )
         })?;
     Ok(Json(report))
-}
-
-/// What a prune removed.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GcReportView {
-    /// Images removed.
-    pub images: Vec<String>,
-    /// Blobs deleted.
-    pub blobs: u64,
-    /// Layers deleted.
-    pub layers: u64,
-    /// Bytes freed.
-    pub bytes: u64,
 }
 
 /// Pulls an image; the answer streams progress as NDJSON `PullEvent`s, the last being

@@ -34,8 +34,7 @@ pub use error::ApiError;
 use error::REQUEST_ID;
 use skiff_control::controller::Controller;
 
-/// Header carrying the request id, in and out.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub use skiff_api::wire::REQUEST_ID_HEADER;
 
 /// What every handler shares.
 #[derive(Clone)]

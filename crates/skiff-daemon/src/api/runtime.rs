@@ -12,12 +12,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use skiff_api::ErrorCode;
-use skiff_runtime::logs::{self, LogLine};
+use skiff_api::wire::{InstanceView, LogLine, Scale, ScaleStatus};
+use skiff_runtime::logs;
 use utoipa::IntoParams;
 
 use super::{ApiError, ApiState};
-use skiff_control::instances::{InstanceView, Scale};
-use skiff_control::serving::ScaleStatus;
 
 /// Query of a log request.
 #[derive(Debug, Deserialize, IntoParams)]

@@ -7,19 +7,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use skiff_api::ErrorCode;
 use skiff_api::manifest::{self, Document};
 use skiff_api::object::{DeleteResponse, List, Revision, Service};
-use utoipa::{IntoParams, ToSchema};
+use skiff_api::wire::{APPLY_RESULT_HEADER, CREATED_REVISION_HEADER, VersionInfo};
+use utoipa::IntoParams;
 
 use super::{ApiError, ApiState};
 use skiff_control::controller::{ApplyMode, ApplyOutcome};
-
-/// Response header saying what an apply did: `created`, `configured` or `unchanged`.
-pub const APPLY_RESULT_HEADER: &str = "skiff-apply-result";
-/// Response header naming the revision an apply stamped, when it stamped one.
-pub const CREATED_REVISION_HEADER: &str = "skiff-created-revision";
 
 /// Query parameters of writes.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -52,16 +48,6 @@ pub struct RevisionListParams {
     /// Only the revisions of this Service.
     #[serde(default)]
     pub service: Option<String>,
-}
-
-/// The daemon's version.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct VersionInfo {
-    /// The skiff version.
-    pub version: String,
-    /// The store's schema version.
-    pub store_schema_version: i64,
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {

@@ -5,7 +5,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use skiff_client::{Client, LayerStatus, PullEvent};
+use skiff_api::wire::{LayerStatus, PullEvent};
+use skiff_client::Client;
 
 use crate::connect::ConnectArgs;
 use crate::exit::{self, Exit, OK};

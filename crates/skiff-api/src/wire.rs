@@ -1,0 +1,504 @@
+//! What crosses the REST API besides the manifests and objects of [`crate::object`]: the
+//! bodies of the scale, instance, log, image and version endpoints, and the names of the
+//! headers skiff adds. The daemon serves these types, the control plane, the runtime and the
+//! image store build them, and the client reads them back, so a field exists in one place.
+//!
+//! Plain data only: no I/O. The runtime and the image store re-export the types they produce
+//! (`skiff_runtime::instance::InstanceStatus`, `skiff_image::ImageRecord`, …).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Request header carrying the request id; the response repeats it (or the one skiff made).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Response header saying what an apply did: `created`, `configured` or `unchanged`.
+pub const APPLY_RESULT_HEADER: &str = "skiff-apply-result";
+/// Response header naming the revision an apply stamped, when it stamped one.
+pub const CREATED_REVISION_HEADER: &str = "skiff-created-revision";
+
+// Scale: `/services/{name}/scale`.
+
+/// A manual override of how many instances of a Service's latest revision run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Scale {
+    /// Instances wanted for the latest revision.
+    pub replicas: u32,
+}
+
+/// A Service's scale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleStatus {
+    /// The manual override of the latest revision's instance count, if set.
+    pub replicas_override: Option<u32>,
+    /// Its revisions that run, are routed, or have been scaled.
+    pub revisions: Vec<RevisionScale>,
+}
+
+/// A revision's scale, load, cold starts and recent decisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionScale {
+    /// The revision.
+    pub revision: String,
+    /// Instances wanted now (the override when one applies, else the autoscaler's).
+    pub desired: u32,
+    /// The autoscaler's last decision.
+    pub autoscaler_desired: u32,
+    /// Instances ready and taking requests.
+    pub ready: u32,
+    /// Requests in flight to its instances.
+    pub in_flight: u32,
+    /// Requests waiting in the activator.
+    pub waiting: u32,
+    /// Whether traffic can reach it.
+    pub routed: bool,
+    /// Whether the autoscaler is in panic mode.
+    pub panicking: bool,
+    /// Stable-window average of the scaling metric.
+    pub stable_average: f64,
+    /// Panic-window average of the scaling metric.
+    pub panic_average: f64,
+    /// Cold starts (scale from zero with requests waiting).
+    pub cold_starts: u64,
+    /// Their total duration, seconds.
+    pub cold_start_seconds_total: f64,
+    /// The last one's duration, seconds.
+    pub last_cold_start_seconds: Option<f64>,
+    /// Requests that waited through a cold start.
+    pub cold_start_requests: u64,
+    /// Recent decisions that changed the desired scale, newest first.
+    pub decisions: Vec<DecisionView>,
+}
+
+/// One scaling decision as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionView {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Instances wanted.
+    pub desired: u32,
+    /// Ready instances when it was made.
+    pub ready: u32,
+    /// Whether panic mode was on.
+    pub panicking: bool,
+    /// Why.
+    pub reason: String,
+}
+
+// Instances: `/services/{name}/instances`.
+
+/// An instance as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceView {
+    /// The instance id.
+    pub id: String,
+    /// Its revision.
+    pub revision: String,
+    /// Its state.
+    #[schema(value_type = Object)]
+    pub status: InstanceStatus,
+    /// Resource usage read from its cgroups.
+    #[schema(value_type = Object)]
+    pub usage: Usage,
+}
+
+/// An instance's state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// The phase.
+    pub phase: Phase,
+    /// Whether the instance takes traffic.
+    pub ready: bool,
+    /// Whether it was ever ready.
+    pub was_ready: bool,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Milliseconds from start to first readiness.
+    pub start_to_ready_ms: Option<f64>,
+    /// Per container.
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// The phase of an instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Phase {
+    /// Containers starting, not ready yet.
+    #[default]
+    Starting,
+    /// Running (ready or not: see `ready`).
+    Running,
+    /// Being stopped.
+    Stopping,
+    /// Gone; nothing left behind.
+    Stopped,
+}
+
+impl Phase {
+    /// The phase as the API writes it: `starting`, `running`, `stopping`, `stopped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+/// A container's state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    /// The container's name.
+    pub name: String,
+    /// The runtime's container id.
+    pub runtime_id: String,
+    /// Its init pid on the host, while running.
+    pub pid: Option<i32>,
+    /// Whether its process runs.
+    pub running: bool,
+    /// Whether its readiness probe passes.
+    pub ready: bool,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Why it is not running (`ContainerCreating`, `CrashLoopBackOff`, …).
+    pub waiting_reason: Option<String>,
+    /// How it last ended.
+    pub last_termination: Option<Termination>,
+}
+
+/// How a container last ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Termination {
+    /// `Completed`, `Error`, `OOMKilled`, `StartError`, `LivenessFailed`, `Unknown`.
+    pub reason: String,
+    /// The exit code (128+signal for signals), when known.
+    pub exit_code: Option<i32>,
+    /// When (RFC 3339).
+    pub at: String,
+    /// What happened, for people.
+    pub message: String,
+    /// The container's last log lines.
+    pub last_lines: Vec<String>,
+}
+
+/// Resource usage of one container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// CPU time used, in nanoseconds.
+    pub cpu_nanos: u64,
+    /// Memory in use now, in bytes.
+    pub memory_bytes: u64,
+    /// Highest memory use, in bytes.
+    pub memory_peak_bytes: u64,
+    /// The memory limit, in bytes (0: none).
+    pub memory_limit_bytes: u64,
+    /// Processes and threads now.
+    pub pids: u64,
+    /// Times the OOM killer killed a process here.
+    pub oom_kills: u64,
+    /// CFS periods in which the container was throttled.
+    pub throttled_periods: u64,
+    /// Times a fork or thread creation failed at the pids limit.
+    pub pids_limit_hits: u64,
+}
+
+impl Usage {
+    /// Adds another container's usage (for an instance's total).
+    pub fn add(&mut self, o: &Usage) {
+        self.cpu_nanos += o.cpu_nanos;
+        self.memory_bytes += o.memory_bytes;
+        self.memory_peak_bytes += o.memory_peak_bytes;
+        self.memory_limit_bytes += o.memory_limit_bytes;
+        self.pids += o.pids;
+        self.oom_kills += o.oom_kills;
+        self.throttled_periods += o.throttled_periods;
+        self.pids_limit_hits += o.pids_limit_hits;
+    }
+}
+
+// Logs: `/services/{name}/logs` (NDJSON).
+
+/// One log line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// When skiff read it (RFC 3339, nanoseconds).
+    pub ts: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The instance.
+    pub instance: String,
+    /// The container.
+    pub container: String,
+    /// The text, without the newline.
+    pub line: String,
+}
+
+// Images: `/images…`; pulls and imports stream `PullEvent`s as NDJSON.
+
+/// An image with whether revisions use it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageView {
+    /// The image.
+    #[schema(value_type = Object)]
+    pub image: ImageRecord,
+    /// Whether a revision is pinned to it.
+    pub in_use: bool,
+}
+
+/// An image in the content store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRecord {
+    /// The platform manifest's digest (the image's identity).
+    pub digest: String,
+    /// The index digest, when the image was chosen from an index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<String>,
+    /// Names it is known by: `registry/repo:tag` or `registry/repo@digest`.
+    pub references: Vec<String>,
+    /// `registry/repo` it came from.
+    pub repository: String,
+    /// `os/arch`.
+    pub platform: String,
+    /// The config blob's digest.
+    pub config_digest: String,
+    /// What to run.
+    pub config: RunConfig,
+    /// Layers, base first.
+    pub layers: Vec<LayerRecord>,
+    /// Sum of the compressed layer sizes.
+    pub size: u64,
+    /// When it was pulled or imported (RFC 3339).
+    pub created_at: String,
+    /// `registry` or `import`.
+    pub source: String,
+}
+
+impl ImageRecord {
+    /// `repository@digest`, the pinned reference (the index digest when there is one).
+    pub fn pinned(&self) -> String {
+        format!(
+            "{}@{}",
+            self.repository,
+            self.index_digest.as_deref().unwrap_or(&self.digest)
+        )
+    }
+}
+
+/// What the runtime needs from an image's config (`config` of the OCI/Docker image config).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunConfig {
+    /// The user (`uid`, `uid:gid`, or a name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `PORT/tcp` keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    /// `NAME=value` entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    /// The entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// The default arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// The working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// The signal that stops the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+}
+
+/// One layer of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerRecord {
+    /// The compressed blob's digest.
+    pub digest: String,
+    /// The uncompressed content's digest (the unpacked directory's name).
+    pub diff_id: String,
+    /// The compressed size.
+    pub size: u64,
+    /// The media type.
+    pub media_type: String,
+}
+
+/// What a prune (a garbage collection) removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcReport {
+    /// Images whose records were removed.
+    pub images: Vec<String>,
+    /// Blobs deleted.
+    pub blobs: u64,
+    /// Unpacked layers deleted.
+    pub layers: u64,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+/// Progress of a pull or import.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+pub enum PullEvent {
+    /// The manifest is known.
+    #[serde(rename_all = "camelCase")]
+    Resolved {
+        /// The reference pulled.
+        reference: String,
+        /// The manifest (or index) digest.
+        digest: String,
+        /// The endpoint that served it.
+        registry: String,
+        /// The layers.
+        layers: Vec<LayerInfo>,
+    },
+    /// A layer's progress.
+    #[serde(rename_all = "camelCase")]
+    Layer {
+        /// The blob digest.
+        digest: String,
+        /// What is happening.
+        status: LayerStatus,
+        /// Bytes downloaded.
+        done: u64,
+        /// The layer's size.
+        total: u64,
+    },
+    /// The image is ready.
+    #[serde(rename_all = "camelCase")]
+    Done {
+        /// The image.
+        image: Box<ImageRecord>,
+        /// Seconds the pull took.
+        seconds: f64,
+        /// Bytes downloaded (0 when everything was present).
+        bytes: u64,
+    },
+    /// The pull failed.
+    #[serde(rename_all = "camelCase")]
+    Error {
+        /// What went wrong, with the registry's own message.
+        message: String,
+        /// A short reason (`not_found`, `unauthorized`, `corrupt`, …).
+        reason: String,
+    },
+}
+
+/// The state of one layer during a pull.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LayerStatus {
+    /// Downloading (bytes in `done`).
+    Downloading,
+    /// Already unpacked; nothing to download.
+    Cached,
+    /// Unpacking.
+    Unpacking,
+    /// Ready.
+    Done,
+}
+
+/// A layer in a `resolved` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerInfo {
+    /// The blob digest.
+    pub digest: String,
+    /// Its size.
+    pub size: u64,
+}
+
+// Meta: `/version`.
+
+/// The daemon's version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionInfo {
+    /// The skiff version.
+    pub version: String,
+    /// The store's schema version.
+    pub store_schema_version: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Phase::as_str` is the phase's JSON form, for every phase.
+    #[test]
+    fn phase_names_are_their_json() {
+        for p in [
+            Phase::Starting,
+            Phase::Running,
+            Phase::Stopping,
+            Phase::Stopped,
+        ] {
+            assert_eq!(
+                serde_json::to_value(p).expect("a phase serializes"),
+                serde_json::Value::from(p.as_str())
+            );
+        }
+    }
+
+    /// An instance view serializes with the field names the API has always used, nested
+    /// status and usage included.
+    #[test]
+    fn instance_view_shape() {
+        let v = InstanceView {
+            id: "i1".into(),
+            revision: "hello-00001".into(),
+            status: InstanceStatus {
+                phase: Phase::Running,
+                ready: true,
+                was_ready: true,
+                started_at: "2026-01-01T00:00:00Z".into(),
+                start_to_ready_ms: Some(12.0),
+                containers: vec![ContainerStatus {
+                    name: "user-container".into(),
+                    last_termination: Some(Termination {
+                        reason: "Error".into(),
+                        exit_code: Some(1),
+                        at: "2026-01-01T00:00:00Z".into(),
+                        message: "exited".into(),
+                        last_lines: vec![],
+                    }),
+                    ..ContainerStatus::default()
+                }],
+            },
+            usage: Usage {
+                memory_limit_bytes: 1,
+                ..Usage::default()
+            },
+        };
+        let json = serde_json::to_value(&v).expect("a view serializes");
+        assert_eq!(json["status"]["phase"], "running");
+        assert_eq!(json["status"]["startToReadyMs"], 12.0);
+        assert_eq!(
+            json["status"]["containers"][0]["lastTermination"]["exitCode"],
+            1
+        );
+        assert_eq!(json["usage"]["memoryLimitBytes"], 1);
+        let back: InstanceView = serde_json::from_value(json).expect("and reads back");
+        assert_eq!(back.status, v.status);
+        assert_eq!(back.usage, v.usage);
+    }
+}
