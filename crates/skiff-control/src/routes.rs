@@ -90,12 +90,17 @@ pub fn pool_spec(r: &Revision) -> PoolSpec {
 type Target = (String, u32, Option<String>);
 
 /// Builds the table for `services` and their `revisions` under `domain`.
-pub fn build(services: &[Service], revisions: &[Revision], domain: &str) -> RouteTable {
+pub fn build<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    revisions: impl IntoIterator<Item = &'a Revision>,
+    domain: &str,
+) -> RouteTable {
+    let revisions: Vec<&Revision> = revisions.into_iter().collect();
     let mut table = RouteTable {
-        pools: revisions.iter().map(pool_spec).collect(),
+        pools: revisions.iter().map(|r| pool_spec(r)).collect(),
         ..Default::default()
     };
-    let mut by_service = revisions_by_service(revisions);
+    let mut by_service = revisions_by_service(&revisions);
     for s in services {
         let key = (s.metadata.namespace.clone(), s.metadata.name.clone());
         let revs = by_service.remove(&key).unwrap_or_default();
@@ -105,9 +110,11 @@ pub fn build(services: &[Service], revisions: &[Revision], domain: &str) -> Rout
 }
 
 /// The revisions of each Service, by (namespace, service).
-fn revisions_by_service(revisions: &[Revision]) -> BTreeMap<(String, String), Vec<&Revision>> {
-    let mut by_service: BTreeMap<(String, String), Vec<&Revision>> = BTreeMap::new();
-    for r in revisions {
+fn revisions_by_service<'a>(
+    revisions: &[&'a Revision],
+) -> BTreeMap<(String, String), Vec<&'a Revision>> {
+    let mut by_service: BTreeMap<(String, String), Vec<&'a Revision>> = BTreeMap::new();
+    for &r in revisions {
         if let Some(svc) = r.service_name() {
             by_service
                 .entry((r.metadata.namespace.clone(), svc.to_owned()))

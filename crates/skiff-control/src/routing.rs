@@ -116,13 +116,11 @@ impl Reconciler for RouteReconciler {
     }
 
     async fn settled(&self) {
-        let (services, revisions): (Vec<Service>, Vec<Revision>) = {
-            let cache = self.cache();
-            (
-                cache.services.values().cloned().collect(),
-                cache.revisions.values().cloned().collect(),
-            )
-        };
+        // Built from the cache in place (no copies of the objects): the lock is held only by
+        // this reconciler's one worker and the table build, which does not wait.
+        let cache = self.cache();
+        let services: Vec<&Service> = cache.services.values().collect();
+        let revisions: Vec<&Revision> = cache.revisions.values().collect();
         self.serving.sync(&services, &revisions);
     }
 }

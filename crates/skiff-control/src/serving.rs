@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::routes::{self, RouteTable};
+use crate::routes;
 use crate::runtime::InstanceRuntime;
 
 /// What [`Serving`] calls when a revision's desired scale changes.
@@ -280,17 +280,21 @@ impl Serving {
     }
 
     /// Brings the router and the autoscalers in line with `services` and `revisions`.
-    pub fn sync(&self, services: &[Service], revisions: &[Revision]) -> RouteTable {
-        let table = routes::build(services, revisions, self.router.domain());
-        for p in &table.pools {
-            self.router.set_pool(p.clone());
-        }
+    pub fn sync(&self, services: &[&Service], revisions: &[&Revision]) {
+        let table = routes::build(
+            services.iter().copied(),
+            revisions.iter().copied(),
+            self.router.domain(),
+        );
         let keys: HashSet<RevisionKey> = table
             .pools
             .iter()
             .map(|p| (p.namespace.clone(), p.revision.clone()))
             .collect();
-        self.router.set_routes(table.hosts.clone());
+        for p in table.pools {
+            self.router.set_pool(p);
+        }
+        self.router.set_routes(table.hosts);
         self.router.retain_pools(&keys);
         let now = self.now_ms();
         let mut new = Vec::new();
@@ -339,7 +343,7 @@ impl Serving {
                     }
                 }
             }
-            st.reachable = table.reachable.clone();
+            st.reachable = table.reachable;
         }
         // A new revision gets its initial scale now, not at the next tick.
         for k in &new {
@@ -348,7 +352,6 @@ impl Serving {
             }
         }
         self.sync_instances();
-        table
     }
 
     /// Puts every ready instance in its pool and takes the others out.
