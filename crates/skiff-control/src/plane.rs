@@ -58,8 +58,8 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// Recomputes stored status, re-adopts the previous run's instances, starts every
-    /// reconciler and returns once the first route table is in the router.
+    /// Re-adopts the previous run's instances, starts every reconciler (and a recompute of
+    /// stored status) and returns once the first route table is in the router.
     pub async fn start(
         parts: Parts,
         metrics: &skiff_telemetry::Metrics,
@@ -70,8 +70,6 @@ impl ControlPlane {
             parts.ingress_port,
             parts.clock,
         );
-        let updated = controller.reconcile_all().await?;
-        info!(updated, "stored services reconciled");
         let serving = Serving::new(parts.router, parts.runtime.clone(), parts.serving, metrics);
         let instances = InstanceManager::new(
             parts.runtime,
@@ -95,7 +93,21 @@ impl ControlPlane {
         let instance_queue = controllers.add(instances.clone());
         let follower = instances.attach(instance_queue, stop.clone());
         serving.on_scaled(Box::new(on_scaled(&instances)));
+        // Stored status is recomputed (a changed domain or port shows in URLs) beside serving:
+        // routing does not depend on it, so a restart does not wait for every Service.
+        let refresh = {
+            let controller = controller.clone();
+            tokio::spawn(async move {
+                match controller.reconcile_all().await {
+                    Ok(updated) => info!(updated, "stored services reconciled"),
+                    Err(e) => {
+                        warn!(error = %skiff_telemetry::ErrorChain(&e), "recomputing stored status")
+                    }
+                }
+            })
+        };
         let tasks = vec![
+            refresh,
             follower,
             tokio::spawn(serving.clone().follow_runtime(stop.clone())),
             tokio::spawn(serving.run_autoscaler(parts.pokes, stop.clone())),
