@@ -1,16 +1,18 @@
 //! Serving: ties the router, the autoscaler and the runtime together.
 //!
 //! # Design
-//! * **Routes.** Every instance-reconcile pass rebuilds the routing table from the stored
-//!   Services and revisions ([`crate::routes::build`]) before it starts or stops anything, so
-//!   a revision is never drained while the router could still choose it.
+//! * **Routes.** The route reconciler ([`crate::routing`]) hands [`Serving::sync`] the stored
+//!   Services and revisions; the table ([`crate::routes::build`]) goes to the router and the
+//!   autoscalers follow it. The instance reconciler drains a deleted revision's instances
+//!   only once the router has let the revision go.
 //! * **Readiness.** Runtime events move instances in and out of their revision's pool: an
 //!   instance takes requests once ready and until it is not (or is being removed).
 //! * **Autoscaling.** Each revision has an [`Autoscaler`] (Knative's KPA, a pure function).
 //!   Every second the router's pools hand over a bucket of average concurrency and request
 //!   count; every 2 s each revision gets a decision. A request that has to wait pokes its
 //!   revision's autoscaler at once, so a revision at zero starts an instance without waiting
-//!   for the tick. A revision that no traffic target names goes to zero at once (Knative's
+//!   for the tick. A decision that changes a revision's scale queues it with the instance
+//!   reconciler. A revision that no traffic target names goes to zero at once (Knative's
 //!   unreachable revisions), unless requests still wait for it.
 //! * **Visible state.** The last decisions of each revision, with their reasons, and its cold
 //!   starts are kept in memory for `skiff describe` and exported as metrics.
