@@ -19,11 +19,15 @@ pub const IMAGE: &str = "skiff.local/scale-bench/httpd:v1";
 /// The port busybox httpd listens on (`PORT`, the Knative default).
 const PORT: u16 = 8080;
 /// The daemon's flags besides its addresses and data directory.
-pub const DAEMON_ARGS: [&str; 4] = [
+pub const DAEMON_ARGS: [&str; 6] = [
     "--log-format",
     "json",
     "--shutdown-grace-period-seconds",
     "5",
+    // busybox httpd as PID 1 ignores SIGTERM: a cold-start sample's teardown would otherwise
+    // wait out the default 10 s termination grace (not a measured figure).
+    "--termination-grace-period-seconds",
+    "1",
 ];
 
 /// A Service that runs nothing until a request comes: `initial-scale: "0"` (its revision
