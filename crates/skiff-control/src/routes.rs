@@ -96,31 +96,54 @@ pub fn build<'a>(
     domain: &str,
 ) -> RouteTable {
     let revisions: Vec<&Revision> = revisions.into_iter().collect();
-    let mut table = RouteTable {
-        pools: revisions.iter().map(|r| pool_spec(r)).collect(),
-        ..Default::default()
-    };
     let mut by_service = revisions_by_service(&revisions);
+    let mut table = RouteTable::default();
     for s in services {
         let key = (s.metadata.namespace.clone(), s.metadata.name.clone());
         let revs = by_service.remove(&key).unwrap_or_default();
-        route_service(&mut table, s, revs, domain);
+        table.merge(build_service(Some(s), revs, domain));
+    }
+    for (_, revs) in by_service {
+        table.merge(build_service(None, revs, domain));
     }
     table
 }
 
-/// The revisions of each Service, by (namespace, service).
+/// The part of the table that one Service (`None` once it is deleted) and its revisions
+/// make: its hosts, and its revisions' pools and reachability.
+pub fn build_service(s: Option<&Service>, revisions: Vec<&Revision>, domain: &str) -> RouteTable {
+    let mut table = RouteTable {
+        pools: revisions.iter().map(|r| pool_spec(r)).collect(),
+        ..Default::default()
+    };
+    if let Some(s) = s {
+        route_service(&mut table, s, revisions, domain);
+    }
+    table
+}
+
+impl RouteTable {
+    fn merge(&mut self, other: RouteTable) {
+        self.hosts.extend(other.hosts);
+        self.pools.extend(other.pools);
+        self.reachable.extend(other.reachable);
+    }
+}
+
+/// The revisions of each Service, by (namespace, service); revisions of no Service under an
+/// empty name.
 fn revisions_by_service<'a>(
     revisions: &[&'a Revision],
 ) -> BTreeMap<(String, String), Vec<&'a Revision>> {
     let mut by_service: BTreeMap<(String, String), Vec<&'a Revision>> = BTreeMap::new();
     for &r in revisions {
-        if let Some(svc) = r.service_name() {
-            by_service
-                .entry((r.metadata.namespace.clone(), svc.to_owned()))
-                .or_default()
-                .push(r);
-        }
+        by_service
+            .entry((
+                r.metadata.namespace.clone(),
+                r.service_name().unwrap_or_default().to_owned(),
+            ))
+            .or_default()
+            .push(r);
     }
     by_service
 }

@@ -1,9 +1,9 @@
 //! Serving: ties the router, the autoscaler and the runtime together.
 //!
 //! # Design
-//! * **Routes.** The route reconciler ([`crate::routing`]) hands [`Serving::sync`] the stored
-//!   Services and revisions; the table ([`crate::routes::build`]) goes to the router and the
-//!   autoscalers follow it. The instance reconciler drains a deleted revision's instances
+//! * **Routes.** The route reconciler ([`crate::routing`]) hands [`Serving::update`] the part
+//!   of the route table ([`crate::routes::build_service`]) of each Service that changed; only
+//!   those hosts and pools change in the router, and the autoscalers follow. The instance reconciler drains a deleted revision's instances
 //!   only once the router has let the revision go.
 //! * **Readiness.** Runtime events move instances in and out of their revision's pool: an
 //!   instance takes requests once ready and until it is not (or is being removed).
@@ -17,9 +17,9 @@
 //! * **Visible state.** The last decisions of each revision, with their reasons, and its cold
 //!   starts are kept in memory for `skiff describe` and exported as metrics.
 //! * **Metric series follow revisions.** A revision's autoscaler series (and, through
-//!   [`Router::retain_pools`], its router series) are removed when [`Serving::sync`] no longer
-//!   finds the revision, that is when it or its Service is deleted; a revision at zero keeps
-//!   them.
+//!   [`Router::remove_pools`], its router series) are removed when [`Serving::update`] no
+//!   longer finds the revision, that is when it or its Service is deleted; a revision at zero
+//!   keeps them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use skiff_api::autoscaling::AutoscalingSettings;
-use skiff_api::object::{Revision, Service};
+use skiff_api::object::Revision;
 use skiff_api::wire::{DecisionView, RevisionScale};
 use skiff_autoscaler::{Aggregation, Autoscaler, Bucket, Decision, Metric, Settings};
 use skiff_router::{RevisionKey, RevisionLabels, Router};
@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::routes;
+use crate::routes::RouteTable;
 use crate::runtime::InstanceRuntime;
 
 /// What [`Serving`] calls when a revision's desired scale changes.
@@ -131,12 +131,114 @@ struct Scaler {
 }
 
 impl Scaler {
+    fn new(r: &Revision, autoscaler: Autoscaler, settings: Settings) -> Self {
+        Scaler {
+            service: r.service_name().unwrap_or_default().to_owned(),
+            autoscaler,
+            settings,
+            last: None,
+            history: VecDeque::new(),
+        }
+    }
+
     /// The labels of the revision's series.
     fn labels(&self, key: &RevisionKey) -> RevisionLabels {
         RevisionLabels {
             namespace: key.0.clone(),
             service: self.service.clone(),
             revision: key.1.clone(),
+        }
+    }
+}
+
+/// A revision's age, so that after a restart old revisions do not get their initial scale
+/// again.
+fn age_ms(r: &Revision) -> u64 {
+    r.metadata
+        .creation_timestamp
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .and_then(|t| jiff::Timestamp::now().duration_since(t).try_into().ok())
+        .map_or(0, |d: Duration| d.as_millis() as u64)
+}
+
+/// (namespace, Service).
+pub type ServiceKey = (String, String);
+
+/// One Service's share of the route table, as the route reconciler built it.
+#[derive(Debug)]
+pub struct ServiceRoutes<'a> {
+    /// The Service (which may be deleted: then `table` has only its revisions' pools).
+    pub key: ServiceKey,
+    /// Its hosts, its revisions' pools and which of them are reachable.
+    pub table: RouteTable,
+    /// Its revisions.
+    pub revisions: Vec<&'a Revision>,
+}
+
+/// What each Service last gave the router, so an update touches only what changed.
+#[derive(Default)]
+struct Applied {
+    services: HashMap<ServiceKey, Given>,
+    /// Which Service a host belongs to (the last one to claim it, when two make the same
+    /// host: a tag `b` on `a` and a Service `b-a`).
+    owners: HashMap<String, ServiceKey>,
+}
+
+#[derive(Default)]
+struct Given {
+    hosts: Vec<String>,
+    pools: Vec<RevisionKey>,
+    reachable: Vec<RevisionKey>,
+}
+
+/// The router changes of one update.
+#[derive(Default)]
+struct Delta {
+    hosts: HashMap<String, skiff_router::HostRoute>,
+    hosts_gone: Vec<String>,
+    pools_gone: Vec<RevisionKey>,
+    pools_new: Vec<RevisionKey>,
+    unreachable: Vec<RevisionKey>,
+}
+
+impl Applied {
+    /// Sets the pools of one Service's `c` in the router and records what else changes.
+    fn apply(&mut self, router: &Router, c: &ServiceRoutes<'_>, delta: &mut Delta) {
+        let old = self.services.remove(&c.key).unwrap_or_default();
+        let mut pools = Vec::with_capacity(c.table.pools.len());
+        for p in &c.table.pools {
+            let key = (p.namespace.clone(), p.revision.clone());
+            if router.set_pool(p.clone()) {
+                delta.pools_new.push(key.clone());
+            }
+            pools.push(key);
+        }
+        delta
+            .pools_gone
+            .extend(old.pools.into_iter().filter(|k| !pools.contains(k)));
+        delta.unreachable.extend(old.reachable);
+        for h in old.hosts {
+            if !c.table.hosts.contains_key(&h) && self.owners.get(&h) == Some(&c.key) {
+                self.owners.remove(&h);
+                delta.hosts_gone.push(h);
+            }
+        }
+        let hosts: Vec<String> = c.table.hosts.keys().cloned().collect();
+        for (h, route) in &c.table.hosts {
+            self.owners.insert(h.clone(), c.key.clone());
+            delta.hosts.insert(h.clone(), route.clone());
+        }
+        if !(hosts.is_empty() && pools.is_empty()) {
+            let reachable = c.table.reachable.iter().cloned().collect();
+            self.services.insert(
+                c.key.clone(),
+                Given {
+                    hosts,
+                    pools,
+                    reachable,
+                },
+            );
         }
     }
 }
@@ -180,6 +282,7 @@ pub struct Serving {
     cfg: ServingConfig,
     epoch: Instant,
     state: Mutex<State>,
+    applied: Mutex<Applied>,
     /// Called with each revision whose desired scale changed (queues it with the instance
     /// reconciler).
     on_scaled: std::sync::OnceLock<ScaledHook>,
@@ -252,6 +355,7 @@ impl Serving {
             cfg,
             epoch: Instant::now(),
             state: Mutex::default(),
+            applied: Mutex::default(),
             on_scaled: std::sync::OnceLock::new(),
             metrics: metrics.register("autoscaler", AutoscalerMetrics::new),
         })
@@ -281,37 +385,69 @@ impl Serving {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Brings the router and the autoscalers in line with `services` and `revisions`.
-    pub fn sync(&self, services: &[&Service], revisions: &[&Revision]) {
-        let table = routes::build(
-            services.iter().copied(),
-            revisions.iter().copied(),
-            self.router.domain(),
-        );
-        let keys: HashSet<RevisionKey> = table
-            .pools
-            .iter()
-            .map(|p| (p.namespace.clone(), p.revision.clone()))
-            .collect();
-        for p in table.pools {
-            self.router.set_pool(p);
+    fn applied(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings the router and the autoscalers in line with the Services in `changed` (each
+    /// with the part of the route table it makes and its revisions); with `full`, every
+    /// Service not in `changed` is gone. Costs what changed, not every Service.
+    pub fn update(&self, changed: Vec<ServiceRoutes<'_>>, full: bool) {
+        let mut applied = self.applied();
+        let mut changed = changed;
+        if full {
+            let named: HashSet<&ServiceKey> = changed.iter().map(|c| &c.key).collect();
+            let gone: Vec<ServiceKey> = applied
+                .services
+                .keys()
+                .filter(|k| !named.contains(k))
+                .cloned()
+                .collect();
+            changed.extend(gone.into_iter().map(|key| ServiceRoutes {
+                key,
+                table: RouteTable::default(),
+                revisions: Vec::new(),
+            }));
         }
-        self.router.set_routes(table.hosts);
-        self.router.retain_pools(&keys);
+        let mut delta = Delta::default();
+        for c in &changed {
+            applied.apply(&self.router, c, &mut delta);
+        }
+        drop(applied);
+        let hosts = std::mem::take(&mut delta.hosts);
+        self.router.update_routes(&delta.hosts_gone, hosts);
+        self.router.remove_pools(&delta.pools_gone);
+        let new = self.update_scalers(&changed, &delta);
+        // A new revision gets its initial scale now, not at the next tick.
+        for k in &new {
+            if self.decide(k) {
+                self.scaled(k);
+            }
+        }
+        if !delta.pools_new.is_empty() {
+            self.sync_instances_of(&delta.pools_new.into_iter().collect());
+        }
+    }
+
+    /// Drops the autoscalers of gone revisions, makes or updates those of `changed`, and
+    /// moves reachability; returns the revisions that are new.
+    fn update_scalers(&self, changed: &[ServiceRoutes<'_>], delta: &Delta) -> Vec<RevisionKey> {
         let now = self.now_ms();
         let mut new = Vec::new();
-        {
-            let mut st = self.state();
-            // Under the state lock, as `decide` sets the series: a deleted revision's are
-            // not made again.
-            st.scalers.retain(|k, sc| {
-                let kept = keys.contains(k);
-                if !kept {
-                    self.metrics.forget_revision(&sc.labels(k));
-                }
-                kept
-            });
-            for r in revisions {
+        // Under the state lock, as `decide` sets the series: a deleted revision's are not
+        // made again.
+        let mut st = self.state();
+        for k in &delta.pools_gone {
+            if let Some(sc) = st.scalers.remove(k) {
+                self.metrics.forget_revision(&sc.labels(k));
+            }
+        }
+        for k in &delta.unreachable {
+            st.reachable.remove(k);
+        }
+        for c in changed {
+            st.reachable.extend(c.table.reachable.iter().cloned());
+            for r in &c.revisions {
                 let key = (r.metadata.namespace.clone(), r.metadata.name.clone());
                 let cc = r
                     .spec
@@ -323,37 +459,13 @@ impl Serving {
                     Some(sc) => sc.settings = s,
                     None => {
                         new.push(key.clone());
-                        // After a restart, old revisions are not new: their age keeps them
-                        // from getting their initial scale again.
-                        let age_ms = r
-                            .metadata
-                            .creation_timestamp
-                            .parse::<jiff::Timestamp>()
-                            .ok()
-                            .and_then(|t| jiff::Timestamp::now().duration_since(t).try_into().ok())
-                            .map_or(0, |d: Duration| d.as_millis() as u64);
-                        st.scalers.insert(
-                            key,
-                            Scaler {
-                                service: r.service_name().unwrap_or_default().to_owned(),
-                                autoscaler: Autoscaler::with_age(now, age_ms),
-                                settings: s,
-                                last: None,
-                                history: VecDeque::new(),
-                            },
-                        );
+                        st.scalers
+                            .insert(key, Scaler::new(r, Autoscaler::with_age(now, age_ms(r)), s));
                     }
                 }
             }
-            st.reachable = table.reachable;
         }
-        // A new revision gets its initial scale now, not at the next tick.
-        for k in &new {
-            if self.decide(k) {
-                self.scaled(k);
-            }
-        }
-        self.sync_instances();
+        new
     }
 
     /// Puts every ready instance in its pool and takes the others out.
@@ -366,6 +478,22 @@ impl Serving {
             }
         }
         for i in all {
+            self.apply(&InstanceEvent {
+                id: i.plan.id,
+                namespace: i.plan.namespace,
+                revision: i.plan.revision,
+                status: i.status,
+            });
+        }
+    }
+
+    /// Puts the ready instances of new pools in them (instances that became ready before
+    /// their revision had a pool).
+    fn sync_instances_of(&self, pools: &HashSet<RevisionKey>) {
+        for i in self.runtime.instances() {
+            if !pools.contains(&(i.plan.namespace.clone(), i.plan.revision.clone())) {
+                continue;
+            }
             self.apply(&InstanceEvent {
                 id: i.plan.id,
                 namespace: i.plan.namespace,
@@ -474,7 +602,11 @@ impl Serving {
             .set(d.panic_average);
         if changed {
             self.metrics.decisions.get_or_create(&labels).inc();
-            info!(
+            // A first decision of 0 (every idle revision after a restart) is not news.
+            if before.is_none() && d.desired == 0 {
+                debug!(revision = %key.1, reason = %d.reason, "first decision: 0");
+            } else {
+                info!(
                 revision = %key.1,
                 from = before.unwrap_or(0),
                 to = d.desired,
@@ -483,7 +615,8 @@ impl Serving {
                 panicking = d.panicking,
                 reason = %d.reason,
                 "scale changed"
-            );
+                );
+            }
             sc.history.push_front(DecisionView {
                 at: jiff::Timestamp::now().to_string(),
                 desired: d.desired,
@@ -596,7 +729,6 @@ impl Serving {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     /// Annotations map onto the autoscaler's settings; the cluster-wide grace comes from the
     /// daemon.
     #[test]

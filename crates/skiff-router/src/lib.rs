@@ -174,13 +174,37 @@ impl Router {
     /// Replaces the routing table (host → route). Set the pools the routes name first
     /// ([`Router::set_pool`]); a route to a revision without a pool answers 503.
     pub fn set_routes(&self, routes: HashMap<String, HostRoute>) {
+        let resolved = self.resolve(routes);
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(resolved);
+        self.routed.send_replace(true);
+    }
+
+    /// Changes the routing table in place: removes `remove`, then adds or replaces `add`.
+    /// Costs what changes, not the size of the table. As with [`Router::set_routes`], set
+    /// the pools the routes name first.
+    pub fn update_routes(&self, remove: &[String], add: HashMap<String, HostRoute>) {
+        let resolved = self.resolve(add);
+        {
+            let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+            // Requests clone a route out, never the table: this does not copy it.
+            let table = Arc::make_mut(&mut routes);
+            for host in remove {
+                table.remove(host);
+            }
+            table.extend(resolved);
+        }
+        self.routed.send_replace(true);
+    }
+
+    /// Routes resolved against the pools there are now.
+    fn resolve(&self, routes: HashMap<String, HostRoute>) -> HashMap<String, Arc<Resolved>> {
         let pools = self.pools.read().unwrap_or_else(|p| p.into_inner());
         let missing = |ns: &str, rev: &str| {
             Resolved::Unavailable(format!(
                 "revision `{rev}` in namespace `{ns}` is not available"
             ))
         };
-        let resolved: HashMap<String, Arc<Resolved>> = routes
+        routes
             .into_iter()
             .map(|(host, route)| {
                 let r = match route {
@@ -216,10 +240,20 @@ impl Router {
                 };
                 (host, Arc::new(r))
             })
+            .collect()
+    }
+
+    /// The hosts routed now, sorted.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
             .collect();
-        drop(pools);
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(resolved);
-        self.routed.send_replace(true);
+        hosts.sort();
+        hosts
     }
 
     pub(crate) fn route(&self, host: &str) -> Option<Arc<Resolved>> {
@@ -230,8 +264,8 @@ impl Router {
             .cloned()
     }
 
-    /// Creates or updates a revision's pool.
-    pub fn set_pool(&self, spec: PoolSpec) {
+    /// Creates or updates a revision's pool; returns whether it was created.
+    pub fn set_pool(&self, spec: PoolSpec) -> bool {
         let key = (spec.namespace.clone(), spec.revision.clone());
         let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
         match pools.get(&key) {
@@ -241,30 +275,33 @@ impl Router {
                     // A revision that became unavailable releases its waiters with the reason.
                     p.wake_all();
                 }
+                false
             }
             None => {
                 let handles = self.metrics.handles(&spec);
                 pools.insert(key, Pool::with_handles(spec, handles));
+                true
             }
         }
     }
 
-    /// Removes revisions' pools that are not in `keep`, and their metric series.
-    pub fn retain_pools(&self, keep: &std::collections::HashSet<RevisionKey>) {
+    /// Removes revisions' pools and their metric series.
+    pub fn remove_pools(&self, remove: &[RevisionKey]) {
+        if remove.is_empty() {
+            return;
+        }
         let mut gone = Vec::new();
-        self.pools
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, p| {
-                let kept = keep.contains(k);
-                if !kept {
+        {
+            let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
+            for k in remove {
+                if let Some(p) = pools.remove(k) {
                     // Under the pools lock, so a pool made again for this revision starts
                     // its series after they are removed.
                     self.metrics.forget_revision(&p.handles.labels);
-                    gone.push(p.clone());
+                    gone.push(p);
                 }
-                kept
-            });
+            }
+        }
         // Requests still waiting for a deleted revision are answered now, not at their
         // queue timeout.
         for p in gone {
