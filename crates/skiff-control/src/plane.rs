@@ -81,41 +81,42 @@ impl ControlPlane {
         instances.recover().await;
 
         let stop = CancellationToken::new();
-        let mut controllers = Controllers::new(parts.store);
-        let routes = controllers.add(Arc::new(RouteReconciler::new(
+        // The route reconciler runs first, alone: the ingress waits for its first table, and
+        // the others' first passes (every revision each) would only compete with it.
+        let mut first = Controllers::new(parts.store.clone());
+        let routes = first.add(Arc::new(RouteReconciler::new(
             controller.clone(),
             serving.clone(),
         )));
-        controllers.add(Arc::new(ImageReconciler::new(
+        let mut rest = Controllers::new(parts.store);
+        rest.add(Arc::new(ImageReconciler::new(
             controller.clone(),
             parts.images,
         )));
-        let instance_queue = controllers.add(instances.clone());
+        let instance_queue = rest.add(instances.clone());
         let follower = instances.attach(instance_queue, stop.clone());
         serving.on_scaled(Box::new(on_scaled(&instances)));
-        // Stored status is recomputed (a changed domain or port shows in URLs) beside serving:
-        // routing does not depend on it, so a restart does not wait for every Service.
-        let refresh = {
-            let controller = controller.clone();
-            tokio::spawn(async move {
-                match controller.reconcile_all().await {
-                    Ok(updated) => info!(updated, "stored services reconciled"),
-                    Err(e) => {
-                        warn!(error = %skiff_telemetry::ErrorChain(&e), "recomputing stored status")
-                    }
-                }
-            })
-        };
-        let tasks = vec![
-            refresh,
+        let mut tasks = vec![
             follower,
             tokio::spawn(serving.clone().follow_runtime(stop.clone())),
             tokio::spawn(serving.run_autoscaler(parts.pokes, stop.clone())),
-            tokio::spawn(controllers.run(stop.clone())),
+            tokio::spawn(first.run(stop.clone())),
         ];
         // The first route table, before the ingress accepts: a restart never answers an
         // existing Service with 404.
         routes.wait_observed(0, Duration::MAX).await;
+        tasks.push(tokio::spawn(rest.run(stop.clone())));
+        // Stored status is recomputed (a changed domain or port shows in URLs) beside serving:
+        // routing does not depend on it, so a restart does not wait for every Service.
+        let refresh = controller.clone();
+        tasks.push(tokio::spawn(async move {
+            match refresh.reconcile_all().await {
+                Ok(updated) => info!(updated, "stored services reconciled"),
+                Err(e) => {
+                    warn!(error = %skiff_telemetry::ErrorChain(&e), "recomputing stored status")
+                }
+            }
+        }));
         Ok(ControlPlane {
             controller,
             instances,
