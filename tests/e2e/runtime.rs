@@ -468,6 +468,108 @@ async fn limits() {
     d.cleanup().await.expect("cleanup");
 }
 
+/// Free bytes of the file system holding `path`, for an unprivileged user.
+fn free_bytes(path: &Path) -> u64 {
+    let st = rustix::fs::statvfs(path).expect("statvfs");
+    st.f_bavail * st.f_frsize
+}
+
+/// Storage: a non-root user writes to a disk emptyDir and to an emptyDir mounted at /tmp
+/// (which replaces the runtime's), each bounded (ENOSPC past its sizeLimit); a 2 GiB write
+/// into the writable layer of an instance limited to 256Mi ends in ENOSPC or an OOM kill,
+/// and the host's disk keeps its free space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_is_writable_and_bounded() {
+    if skip_without_runc() {
+        return;
+    }
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
+    apply(
+        &d,
+        &service(
+            "rt-storage",
+            &image,
+            "securityContext: {runAsUser: 2020, runAsGroup: 2021}\nresources:\n  limits: {memory: 256Mi}\nvolumeMounts:\n- {name: data, mountPath: /data}\n- {name: scratch, mountPath: /tmp}\n",
+            "volumes:\n- name: data\n  emptyDir: {}\n- name: scratch\n  emptyDir: {sizeLimit: 16Mi}\n",
+        ),
+    );
+    apply(
+        &d,
+        &service(
+            "rt-layer",
+            &image,
+            "resources:\n  limits: {memory: 256Mi}\n",
+            "",
+        ),
+    );
+    assert_code(&d.cli(&["scale", "rt-storage", "1"]), 0);
+    assert_code(&d.cli(&["scale", "rt-layer", "1"]), 0);
+    let inst = instance_where(&d, "rt-storage", "a ready instance", ready).await;
+    let id = inst["id"].as_str().expect("id").to_owned();
+    let (_, body) = http(&d, &id, "GET", "/info").await;
+    let info: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(info["uid"], 2020, "{body}");
+    for path in ["/data/a", "/tmp/a"] {
+        let (status, body) = http(&d, &id, "POST", &format!("/write?path={path}&mib=4")).await;
+        assert_eq!(status, 200, "uid 2020 writes {path}: {body}");
+    }
+    // The /tmp emptyDir is the volume (16Mi), not the runtime's tmpfs (half the limit).
+    let (status, body) = http(&d, &id, "POST", "/write?path=/tmp/big&mib=64").await;
+    assert_eq!(status, 507, "past the sizeLimit: {body}");
+    let answer: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(answer["errno"], 28, "ENOSPC: {body}");
+    assert!(answer["written_mib"].as_u64().unwrap_or(99) < 16, "{body}");
+
+    let layer = instance_where(&d, "rt-layer", "a ready instance", ready).await;
+    let layer_id = layer["id"].as_str().expect("id").to_owned();
+    let free_before = free_bytes(d.data_dir());
+    let (status, body) = http(&d, &layer_id, "POST", "/write?path=/big&mib=2048").await;
+    let free_after = free_bytes(d.data_dir());
+    eprintln!("a 2 GiB write into the writable layer of a 256Mi instance: {status} {body}");
+    match status {
+        // ENOSPC: the layer's tmpfs is full.
+        507 => {
+            let answer: Value = serde_json::from_str(&body).expect("json");
+            assert_eq!(answer["errno"], 28, "{body}");
+        }
+        // The connection was cut: the memory limit's OOM kill, which the instance records.
+        0 => {
+            instance_where(&d, "rt-layer", "an OOM kill recorded", |i| {
+                i["id"] == layer_id.as_str()
+                    && i["status"]["containers"][0]["lastTermination"]["reason"] == "OOMKilled"
+            })
+            .await;
+        }
+        other => panic!("a 2 GiB write into a 256Mi instance answered {other}: {body}"),
+    }
+    assert!(
+        free_after + (64 << 20) >= free_before,
+        "the host disk lost {} MiB",
+        (free_before - free_after) >> 20
+    );
+
+    for svc in ["rt-storage", "rt-layer"] {
+        assert_code(&d.cli(&["delete", "service", svc]), 0);
+    }
+    wait_for(
+        "the instances to go",
+        Duration::from_millis(50),
+        MAX_WAIT,
+        || {
+            let data = d.data_dir().join("run/instances");
+            async move {
+                std::fs::read_dir(&data)
+                    .map_or(true, |mut r| r.next().is_none())
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .expect("instances gone");
+    assert_nothing_left(d.data_dir(), &["rt-storage", "rt-layer"]);
+    d.cleanup().await.expect("cleanup");
+}
+
 /// Probes: readiness gates Ready (httpGet and exec); a liveness failure restarts the
 /// container and it recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -188,6 +188,8 @@ impl Ctx {
                 capabilities: skiff_runtime::spec::capabilities(&[], &[]),
                 seccomp: true,
                 memory_limit: Some(MEMORY_LIMIT),
+                // As the daemon plans it: the writable layer in a tmpfs of the memory limit.
+                scratch_limit: Some(MEMORY_LIMIT as u64),
                 cpu_quota: None,
                 cpu_shares: None,
                 mounts: vec![],

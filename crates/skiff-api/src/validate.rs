@@ -22,8 +22,9 @@ pub const MAX_TIMEOUT_SECONDS: i64 = 3600;
 pub const MAX_CONTAINER_CONCURRENCY: i64 = 1000;
 /// Environment variables skiff sets itself (Knative's runtime contract).
 pub const RESERVED_ENV: &[&str] = &["PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"];
-/// Paths a volume may not be mounted on (Knative's reserved paths).
-pub const RESERVED_MOUNT_PATHS: &[&str] = &["/", "/dev", "/dev/log", "/tmp", "/var", "/var/log"];
+/// Paths a volume may not be mounted on (Knative's reserved paths, except `/tmp`: an emptyDir
+/// there replaces the runtime's own `/tmp` tmpfs).
+pub const RESERVED_MOUNT_PATHS: &[&str] = &["/", "/dev", "/dev/log", "/var", "/var/log"];
 /// Trees a volume may not be mounted on or under: the kernel's file systems the runtime
 /// mounts itself (`/dev/shm` excepted: a Memory emptyDir there is common).
 pub const RUNTIME_MOUNT_TREES: &[&str] = &["/proc", "/sys", "/dev"];
@@ -757,11 +758,7 @@ fn validate_resources(r: &ResourceRequirements, at: &FieldPath, p: &mut Problems
         for (res, q) in map {
             let path = at.key(kind).key(res.clone());
             match res.as_str() {
-                "cpu" | "memory" => {}
-                "ephemeral-storage" => {
-                    p.not_supported(&path, "disk limits; instance disk use is not limited yet");
-                    continue;
-                }
+                "cpu" | "memory" | "ephemeral-storage" => {}
                 other if other.contains('/') || other.starts_with("hugepages-") => {
                     p.not_supported(&path, format!("the resource `{other}`"));
                     continue;
@@ -769,7 +766,7 @@ fn validate_resources(r: &ResourceRequirements, at: &FieldPath, p: &mut Problems
                 other => {
                     p.invalid(
                         &path,
-                        format!("unknown resource `{other}`: use cpu or memory"),
+                        format!("unknown resource `{other}`: use cpu, memory or ephemeral-storage"),
                     );
                     continue;
                 }
@@ -788,7 +785,7 @@ fn validate_resources(r: &ResourceRequirements, at: &FieldPath, p: &mut Problems
             }
         }
     }
-    for res in ["cpu", "memory"] {
+    for res in ["cpu", "memory", "ephemeral-storage"] {
         if let (Some(req), Some(lim)) =
             (parsed.get(&("requests", res)), parsed.get(&("limits", res)))
         {

@@ -204,7 +204,12 @@ pub fn plan(
         containers,
         serving,
         port,
-        volumes: volume_plans(&spec.volumes),
+        volumes: volume_plans(
+            &spec.volumes,
+            spec.containers
+                .get(serving)
+                .map_or(DEFAULT_SCRATCH_BYTES, scratch_bytes),
+        ),
         // Knative gives an instance its request timeout to finish in-flight work.
         // Retiring waits for requests in flight up to the request timeout, as Knative does;
         // SIGTERM to SIGKILL is the daemon's termination grace, not this.
@@ -228,6 +233,7 @@ fn container_plan(
     let sc = c.security_context.clone().unwrap_or_default();
     let caps = sc.capabilities.clone().unwrap_or_default();
     let memory_limit = quantity(c, "limits", "memory").map(|q| q.as_units() as i64);
+    let scratch_limit = Some(scratch_bytes(c));
     let cpu_quota = quantity(c, "limits", "cpu")
         .map(|q| (q.as_millis() * CPU_PERIOD_US / 1000).max(1000) as i64);
     let cpu_shares = quantity(c, "requests", "cpu")
@@ -257,6 +263,7 @@ fn container_plan(
             .and_then(|p| p.profile_type.as_deref())
             != Some("Unconfined"),
         memory_limit,
+        scratch_limit,
         cpu_quota,
         cpu_shares,
         mounts: mount_plans(c),
@@ -368,8 +375,22 @@ fn readiness(c: &Container, port: u16, is_serving: bool) -> Option<ProbeSpec> {
     }
 }
 
-/// An instance's volumes: the revision's emptyDir volumes.
-fn volume_plans(volumes: &[Volume]) -> Vec<VolumePlan> {
+/// What bounds a container's writable layer when neither `ephemeral-storage` nor `memory`
+/// is limited.
+pub const DEFAULT_SCRATCH_BYTES: u64 = 1 << 30;
+
+/// The bound of a container's writable layer (and the default of a disk emptyDir's): its
+/// `ephemeral-storage` limit, else its memory limit (Cloud Run's in-memory file system),
+/// else [`DEFAULT_SCRATCH_BYTES`]. Either way it is memory, charged to the container.
+fn scratch_bytes(c: &Container) -> u64 {
+    quantity(c, "limits", "ephemeral-storage")
+        .or_else(|| quantity(c, "limits", "memory"))
+        .map_or(DEFAULT_SCRATCH_BYTES, |q| q.as_units())
+}
+
+/// An instance's volumes: the revision's emptyDir volumes; a disk one without a
+/// `sizeLimit` is bounded by `default_size` (the serving container's).
+fn volume_plans(volumes: &[Volume], default_size: u64) -> Vec<VolumePlan> {
     volumes
         .iter()
         .filter_map(|v| {
@@ -377,12 +398,59 @@ fn volume_plans(volumes: &[Volume]) -> Vec<VolumePlan> {
             Some(VolumePlan {
                 name: v.name.clone()?,
                 memory: ed.medium.as_deref() == Some("Memory"),
-                size_limit: ed
-                    .size_limit
-                    .as_ref()
-                    .and_then(|q| Quantity::parse(&q.0).ok())
-                    .map(|q| q.as_units()),
+                size_limit: Some(
+                    ed.size_limit
+                        .as_ref()
+                        .and_then(|q| Quantity::parse(&q.0).ok())
+                        .map_or(default_size, |q| q.as_units()),
+                ),
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(limits: serde_json::Value) -> Container {
+        serde_json::from_value(serde_json::json!({
+            "image": "x",
+            "resources": {"limits": limits}
+        }))
+        .expect("a container")
+    }
+
+    /// The writable layer is bounded by ephemeral-storage, else memory, else the default.
+    #[test]
+    fn scratch_is_bounded_by_the_limits() {
+        let both = container(serde_json::json!({"memory": "256Mi", "ephemeral-storage": "100Mi"}));
+        assert_eq!(scratch_bytes(&both), 100 << 20);
+        let memory = container(serde_json::json!({"memory": "256Mi"}));
+        assert_eq!(scratch_bytes(&memory), 256 << 20);
+        let none = container(serde_json::json!({}));
+        assert_eq!(scratch_bytes(&none), DEFAULT_SCRATCH_BYTES);
+    }
+
+    /// Every emptyDir gets a size: its own sizeLimit, else the default given.
+    #[test]
+    fn empty_dirs_get_a_size() {
+        let volumes: Vec<Volume> = serde_json::from_value(serde_json::json!([
+            {"name": "a", "emptyDir": {}},
+            {"name": "b", "emptyDir": {"sizeLimit": "16Mi"}},
+            {"name": "c", "emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"}},
+        ]))
+        .expect("volumes");
+        let plans = volume_plans(&volumes, 256 << 20);
+        let sizes: Vec<(bool, Option<u64>)> =
+            plans.iter().map(|v| (v.memory, v.size_limit)).collect();
+        assert_eq!(
+            sizes,
+            [
+                (false, Some(256 << 20)),
+                (false, Some(16 << 20)),
+                (true, Some(8 << 20))
+            ]
+        );
+    }
 }

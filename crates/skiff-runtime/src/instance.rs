@@ -89,9 +89,10 @@ impl RuntimeOptions {
 pub struct VolumePlan {
     /// The volume's name.
     pub name: String,
-    /// A tmpfs (`medium: Memory`) rather than a directory.
+    /// A tmpfs inside each container (`medium: Memory`) rather than one shared by them.
     pub memory: bool,
-    /// Size of a tmpfs.
+    /// Size of the tmpfs (the shared one of a disk emptyDir is a tmpfs too, so that it is
+    /// bounded; `None` in plans made before then: a plain directory).
     pub size_limit: Option<u64>,
 }
 
@@ -147,6 +148,11 @@ pub struct ContainerPlan {
     pub seccomp: bool,
     /// Memory limit in bytes.
     pub memory_limit: Option<i64>,
+    /// The bound of the writable layer, in bytes: its upper directory is a tmpfs of this
+    /// size (charged to the container's memory). `None` in plans made before it existed:
+    /// the upper directory is then a plain directory in the data directory.
+    #[serde(default)]
+    pub scratch_limit: Option<u64>,
     /// CFS quota (µs per 100 ms).
     pub cpu_quota: Option<i64>,
     /// CPU shares.
@@ -443,6 +449,13 @@ impl Runtime {
         for v in &plan.volumes {
             let p = dir.join("volumes").join(&v.name);
             std::fs::create_dir_all(&p).map_err(io(&p))?;
+            // Kubernetes makes an emptyDir 0777: any user of any container may write to it.
+            if let (false, Some(size)) = (v.memory, v.size_limit) {
+                rootfs::mount_tmpfs(&p, size, 0o777).map_err(|e| RuntimeError::Io {
+                    path: p.clone(),
+                    source: std::io::Error::other(crate::chain(&e)),
+                })?;
+            }
         }
         self.launch(plan, dir, netns.handle(), netns_path, None, t0)
             .await
@@ -607,7 +620,7 @@ impl Runtime {
         for m in rootfs::mounts_under(&cdir) {
             let _ = rootfs::unmount(&m);
         }
-        for d in ["upper", "work"] {
+        for d in ["upper", "work", "scratch"] {
             let _ = std::fs::remove_dir_all(cdir.join(d));
         }
         cgroups::remove(&cgroup_path(&inst.plan.id, i));
@@ -617,8 +630,20 @@ impl Runtime {
     async fn start_container(&self, inst: &Arc<Instance>, i: usize) -> Result<i32, String> {
         let plan = &inst.plan.containers[i];
         let cdir = inst.container_dir(i);
-        let (rootfs_dir, upper, work) =
-            (cdir.join("rootfs"), cdir.join("upper"), cdir.join("work"));
+        let rootfs_dir = cdir.join("rootfs");
+        // The writable layer lives in a tmpfs bounded by the container's limit: filling it
+        // gives the app ENOSPC (or meets its memory limit), never a full host disk.
+        let base = match plan.scratch_limit {
+            Some(size) => {
+                let scratch = cdir.join("scratch");
+                std::fs::create_dir_all(&scratch)
+                    .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
+                rootfs::mount_tmpfs(&scratch, size, 0o700).map_err(|e| crate::chain(&e))?;
+                scratch
+            }
+            None => cdir.clone(),
+        };
+        let (upper, work) = (base.join("upper"), base.join("work"));
         for d in [&rootfs_dir, &upper, &work] {
             std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
         }

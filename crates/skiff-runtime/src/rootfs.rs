@@ -73,6 +73,23 @@ pub fn mount_overlay(
     Ok(())
 }
 
+/// Mounts a tmpfs of at most `size` bytes at `target` (which must exist), its root directory
+/// with `mode`. Its pages are charged to the memory cgroup of whoever writes them, so a
+/// container that fills it meets its own memory limit, never the host's disk.
+pub fn mount_tmpfs(target: &Path, size: u64, mode: u32) -> Result<(), RootfsError> {
+    use rustix::mount::MountFlags;
+    let data = std::ffi::CString::new(format!("size={size},mode={mode:o}"))
+        .map_err(|e| sys("mounting a tmpfs on", target)(std::io::Error::other(e)))?;
+    rustix::mount::mount(
+        "tmpfs",
+        target,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        data.as_c_str(),
+    )
+    .map_err(|e| sys("mounting a tmpfs on", target)(e.into()))
+}
+
 /// Unmounts `target` if it is mounted (detached, so a busy mount does not block).
 pub fn unmount(target: &Path) -> Result<(), RootfsError> {
     match rustix::mount::unmount(target, UnmountFlags::DETACH) {

@@ -280,13 +280,20 @@ pub fn build(c: &ContainerConfig) -> Result<Spec, OciSpecError> {
             }
         })
         .collect::<Result<_, _>>()?;
-    let tmp_size = format!("size={}", c.tmp_size);
-    mounts.push(mount(
-        "/tmp",
-        "tmpfs",
-        "tmpfs",
-        &["nosuid", "nodev", "mode=1777", &tmp_size],
-    )?);
+    // A volume mounted at /tmp replaces the runtime's own.
+    let tmp_volume = c.volumes.iter().any(|v| {
+        let (VolumeMount::Bind { destination, .. } | VolumeMount::Tmpfs { destination, .. }) = v;
+        destination.trim_end_matches('/') == "/tmp"
+    });
+    if !tmp_volume {
+        let tmp_size = format!("size={}", c.tmp_size);
+        mounts.push(mount(
+            "/tmp",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "mode=1777", &tmp_size],
+        )?);
+    }
     for f in ["hosts", "hostname", "resolv.conf"] {
         let src = c.etc_dir.join(f);
         mounts.push(mount(

@@ -91,6 +91,7 @@ async fn busybox_httpd_lifecycle() {
             capabilities: skiff_runtime::spec::capabilities(&[], &[]),
             seccomp: true,
             memory_limit: Some(64 << 20),
+            scratch_limit: Some(64 << 20),
             cpu_quota: None,
             cpu_shares: None,
             mounts: vec![],

@@ -5,7 +5,7 @@
 //! what a runtime test needs to observe: its environment, ids, cgroup limits, mounts,
 //! devices and capabilities (`/info`), the request as received (`/headers`), and behaviour
 //! on demand: memory allocation (`/alloc`), thread creation (`/forkbomb`), CPU burn
-//! (`/burn`), failing health and readiness checks, delays, streaming, a concurrency
+//! (`/burn`), file writes (`/write`), failing health and readiness checks, delays, streaming, a concurrency
 //! detector, exits and log lines. See the list in [`USAGE`].
 //!
 //! On start it prints `skiff-test-server listening on :PORT pid=N` to stdout and
@@ -78,6 +78,7 @@ reports them.
 Endpoints: GET / /info /headers /alloc?mb=N /forkbomb?max=N /burn?ms=N /healthz /ready
 /delay?ms=N /stream?chunks=N&interval_ms=M /concurrency[?hold_ms=N] /exit?code=N
 /log?line=TEXT&stream=stdout|stderr; POST /start-failing /set-ready?v=true|false /echo
+/write?path=P&mib=N
 ";
 
 /// The port used when `PORT` is not set.

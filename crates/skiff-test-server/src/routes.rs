@@ -92,6 +92,7 @@ enum Route {
     Concurrency,
     Exit,
     Log,
+    Write,
 }
 
 impl Route {
@@ -119,6 +120,7 @@ impl Route {
             "/concurrency" => (Route::Concurrency, GET),
             "/exit" => (Route::Exit, GET),
             "/log" => (Route::Log, GET),
+            "/write" => (Route::Write, &["POST"]),
             _ => return None,
         })
     }
@@ -205,6 +207,13 @@ fn dispatch(route: Route, req: &Request, state: &State) -> Result<(Response, The
             body: Body::Full(req.body.clone()),
             ..Response::text(200, "")
         }),
+        Route::Write => {
+            let path = req
+                .param("path")?
+                .ok_or("query parameter `path` is required")?;
+            let mib = number(req, "mib", None, 1 << 20)?;
+            ok(write_file(&path, mib))
+        }
         Route::Alloc => {
             let mb = number(req, "mb", None, u64::from(u32::MAX))?;
             ok(alloc(mb))
@@ -336,6 +345,35 @@ fn alloc(mb: u64) -> Response {
     // Keep the writes: they are never read, and the buffer is freed right after.
     std::hint::black_box(&mut buf);
     Response::text(200, format!("allocated {mb} MiB\n"))
+}
+
+/// Writes `mib` MiB (of a non-zero pattern) to a new file at `path`, 1 MiB at a time, and
+/// fsyncs it; 200 with `written_mib` when all of it was written, else 507 with how much
+/// was, the error and its errno (28 is ENOSPC).
+fn write_file(path: &str, mib: u64) -> Response {
+    use std::io::Write as _;
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut written = 0u64;
+    let result = std::fs::File::create(path).and_then(|mut f| {
+        while written < mib {
+            f.write_all(&chunk)?;
+            written += 1;
+        }
+        f.sync_all()
+    });
+    let mut fields = vec![
+        ("path", Json::Str(path.to_owned())),
+        ("written_mib", Json::UInt(written)),
+    ];
+    match result {
+        Ok(()) => Response::json(200, Json::obj(fields)),
+        Err(e) => {
+            fields.push(("error", Json::Str(e.to_string())));
+            let errno = e.raw_os_error().and_then(|n| u64::try_from(n).ok());
+            fields.push(("errno", errno.map_or(Json::Null, Json::UInt)));
+            Response::json(507, Json::obj(fields))
+        }
+    }
 }
 
 /// Starts up to `max` threads that park forever, stopping at the first failure (`EAGAIN`

@@ -444,6 +444,7 @@ mod tests {
                 capabilities: vec![],
                 seccomp: true,
                 memory_limit: None,
+                scratch_limit: None,
                 cpu_quota: None,
                 cpu_shares: None,
                 mounts: vec![],
