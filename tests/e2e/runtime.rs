@@ -570,6 +570,103 @@ async fn storage_is_writable_and_bounded() {
     d.cleanup().await.expect("cleanup");
 }
 
+/// A request through the ingress to Service `svc`: (status, body).
+async fn ingress_get(d: &TestDaemon, svc: &str, path: &str) -> (u16, String) {
+    let resp = crate::http()
+        .get(format!("http://{}{path}", d.ingress()))
+        .header("host", format!("{svc}.default.localhost"))
+        .send()
+        .await
+        .expect("the ingress answers");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+/// Failures that explain themselves: an app listening on the wrong port shows in the
+/// revision's condition with the refused probe and the port, turns into
+/// ProgressDeadlineExceeded at its deadline, and a request waiting for it gets that reason
+/// in a 503 then (not at the activator's 60 s timeout); a request cut by an OOM kill gets a
+/// 502 naming the instance and its memory limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_explain_themselves() {
+    if skip_without_runc() {
+        return;
+    }
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
+    // busybox httpd on 9090 while the Service says 8080.
+    apply(
+        &d,
+        &format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: rt-port\nspec:\n  template:\n    metadata:\n      annotations:\n        serving.knative.dev/progress-deadline: 4s\n    spec:\n      containers:\n      - image: {image}\n        command: [httpd, -f, -p, \"9090\", -h, /]\n        ports: [{{containerPort: 8080}}]\n"
+        ),
+    );
+    let (status, body) = ingress_get(&d, "rt-port", "/").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("ProgressDeadlineExceeded") && body.contains("rt-port-00001"),
+        "the waiting request is told why: {body}"
+    );
+    assert!(
+        !body.contains("refused"),
+        "the public answer has no detail: {body}"
+    );
+    let r = d
+        .client()
+        .get_revision("default", "rt-port-00001")
+        .await
+        .expect("the revision");
+    let ready = r
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.condition_type == "Ready")
+        .expect("Ready")
+        .clone();
+    assert_eq!(
+        ready.reason.as_deref(),
+        Some("ProgressDeadlineExceeded"),
+        "{ready:?}"
+    );
+    let m = ready.message.unwrap_or_default();
+    assert!(
+        m.contains("readiness probe failing since")
+            && m.contains("port 8080")
+            && m.contains("refused")
+            && m.contains("is the app listening on $PORT=8080?"),
+        "{m}"
+    );
+    let o = d.cli(&["describe", "revision", "rt-port-00001"]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("ProgressDeadlineExceeded") && stdout(&o).contains("$PORT=8080"),
+        "{}",
+        stdout(&o)
+    );
+
+    apply(
+        &d,
+        &service(
+            "rt-oom",
+            &image,
+            "resources:\n  limits: {memory: 64Mi}\n",
+            "",
+        ),
+    );
+    let (status, body) = ingress_get(&d, "rt-oom", "/alloc?mb=300").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("out of memory")
+            && body.contains("memory limit 64Mi")
+            && body.contains("rt-oom-00001-"),
+        "the 502 names the instance and its limit: {body}"
+    );
+
+    for svc in ["rt-port", "rt-oom"] {
+        assert_code(&d.cli(&["delete", "service", svc]), 0);
+    }
+    d.cleanup().await.expect("cleanup");
+}
+
 /// Probes: readiness gates Ready (httpGet and exec); a liveness failure restarts the
 /// container and it recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 //! revision exist?) are checked by the daemon.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::autoscaling::AutoscalingSettings;
 use crate::image::ImageRef;
@@ -46,6 +47,24 @@ pub const SYSTEM_LABELS: &[&str] = &[
     "serving.knative.dev/revisionUID",
     "serving.knative.dev/route",
 ];
+/// Knative's annotation bounding how long a revision may take to become ready.
+pub const PROGRESS_DEADLINE_ANNOTATION: &str = "serving.knative.dev/progress-deadline";
+/// The progress deadline when the annotation is not set (Knative's default is 600 s; a user
+/// trying skiff on one machine learns sooner).
+pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(120);
+/// The longest progress deadline accepted.
+pub const MAX_PROGRESS_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// A revision's progress deadline from its annotations (unparsable values were refused by
+/// validation; they read as the default).
+pub fn progress_deadline(annotations: &BTreeMap<String, String>) -> Duration {
+    annotations
+        .get(PROGRESS_DEADLINE_ANNOTATION)
+        .and_then(|v| crate::names::parse_go_duration(v.trim()).ok())
+        .filter(|d| !d.is_zero() && *d <= MAX_PROGRESS_DEADLINE)
+        .unwrap_or(DEFAULT_PROGRESS_DEADLINE)
+}
+
 /// Largest total size of one object's annotations (Kubernetes: 256 KiB).
 pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 /// Characters the server appends to `generateName`.
@@ -133,6 +152,13 @@ fn check_annotations(
         // Annotations can reach a container's environment (fieldRef), which cannot hold NUL.
         if v.contains('\0') {
             p.invalid(&path, "must not contain a NUL byte");
+        }
+        if k == PROGRESS_DEADLINE_ANNOTATION {
+            match crate::names::parse_go_duration(v.trim()) {
+                Ok(d) if !d.is_zero() && d <= MAX_PROGRESS_DEADLINE => {}
+                Ok(_) => p.invalid(&path, format!("`{v}` is out of range (1s to 1h)")),
+                Err(e) => p.invalid(&path, e),
+            }
         }
         if k.starts_with(SKIFF_ANNOTATION_PREFIX) && !SKIFF_ANNOTATIONS.contains(&k.as_str()) {
             let known = if SKIFF_ANNOTATIONS.is_empty() {

@@ -173,6 +173,19 @@ pub struct ContainerStatus {
     pub waiting_reason: Option<String>,
     /// How it last ended.
     pub last_termination: Option<Termination>,
+    /// While its readiness probe fails (and the container is not ready): how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_failure: Option<ProbeFailure>,
+}
+
+/// A readiness probe that keeps failing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeFailure {
+    /// The last failure, e.g. `tcp connect to port 8080: Connection refused (os error 111)`.
+    pub message: String,
+    /// When the probe first failed in this run of failures (RFC 3339).
+    pub since: String,
 }
 
 /// How a container last ended.

@@ -915,3 +915,18 @@ fn yaml_1_1_booleans_stay_strings() {
         "must be a string",
     );
 }
+
+/// Knative's progress deadline: a Go duration from 1s to 1h.
+#[test]
+fn progress_deadline_annotation() {
+    let key = "serving.knative.dev/progress-deadline";
+    assert_accepted(&with_annotations(&format!("{key}: 30s\n")));
+    let path = format!("spec.template.metadata.annotations.{key}");
+    for (value, says) in [
+        ("soon", "duration"),
+        ("0s", "out of range"),
+        ("2h", "out of range"),
+    ] {
+        assert_refused(&with_annotations(&format!("{key}: {value}\n")), &path, says);
+    }
+}

@@ -549,6 +549,13 @@ impl Reconciler for InstanceManager {
                 .filter(|i| i.plan.namespace == key.0 && i.plan.revision == key.1)
                 .collect();
             self.write_status(r, &now, desired).await?;
+            // A revision still trying to become ready is looked at again at its deadline.
+            let statuses: Vec<InstanceStatus> = now.iter().map(|i| i.status.clone()).collect();
+            if failed.is_none()
+                && let Some(after) = status::progress_recheck(r, &statuses, &self.controller.now())
+            {
+                return Ok(Next::RequeueAfter(after));
+            }
         }
         match failed {
             Some(e) => Err(e),

@@ -70,6 +70,11 @@ impl ControlPlane {
             parts.ingress_port,
             parts.clock,
         );
+        parts
+            .router
+            .set_explain(Arc::new(crate::runtime::ExplainFailures(
+                parts.runtime.clone(),
+            )));
         let serving = Serving::new(parts.router, parts.runtime.clone(), parts.serving, metrics);
         let instances = InstanceManager::new(
             parts.runtime,

@@ -135,6 +135,82 @@ impl skiff_router::Connect for NetnsConnect {
     }
 }
 
+/// How long the router's 502 waits for the runtime to record why an instance cut a request.
+const EXPLAIN_WAIT: Duration = Duration::from_millis(500);
+/// A termination this recent is the one that cut the request.
+const RECENT: Duration = Duration::from_secs(10);
+
+/// The router's [`skiff_router::Explain`]: why an instance cut a request, from the runtime's
+/// record of its containers (an OOM kill with the memory limit, or an exit code; never its
+/// output, which the public answer must not carry).
+pub struct ExplainFailures(pub Arc<dyn InstanceRuntime>);
+
+impl ExplainFailures {
+    /// What the runtime says now: `Some` once it recorded a recent end of a container.
+    fn now(&self, instance: &str) -> Option<String> {
+        let info = self
+            .0
+            .instances()
+            .into_iter()
+            .find(|i| i.plan.id == instance)?;
+        let now = jiff::Timestamp::now();
+        info.status
+            .containers
+            .iter()
+            .zip(&info.plan.containers)
+            .find_map(|(c, plan)| {
+                let t = c.last_termination.as_ref()?;
+                let at = t.at.parse::<jiff::Timestamp>().ok()?;
+                let age = Duration::try_from(now.duration_since(at)).ok()?;
+                (age <= RECENT).then(|| termination(instance, &c.name, t, plan.memory_limit))
+            })
+    }
+}
+
+/// A container's end for the client, in one line.
+fn termination(
+    instance: &str,
+    container: &str,
+    t: &skiff_runtime::instance::Termination,
+    memory_limit: Option<i64>,
+) -> String {
+    if t.reason == crate::status::reasons::OOM_KILLED {
+        let limit = match memory_limit {
+            Some(b) if b % (1 << 20) == 0 => format!("{}Mi", b >> 20),
+            Some(b) => format!("{b} bytes"),
+            None => "none set".to_owned(),
+        };
+        format!(
+            "instance `{instance}` was killed for running out of memory (container `{container}`, memory limit {limit}) while answering; raise resources.limits.memory"
+        )
+    } else {
+        let how = t
+            .exit_code
+            .map_or_else(|| t.reason.clone(), |c| format!("exited with code {c}"));
+        format!("instance `{instance}`: container `{container}` {how} while answering")
+    }
+}
+
+impl skiff_router::Explain for ExplainFailures {
+    fn explain(&self, instance: &str) -> skiff_router::ExplainFuture<'_> {
+        let instance = instance.to_owned();
+        Box::pin(async move {
+            // The connection is cut as the process dies; the runtime records the end a
+            // moment later.
+            let deadline = tokio::time::Instant::now() + EXPLAIN_WAIT;
+            loop {
+                if let Some(why) = self.now(&instance) {
+                    return Some(why);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    }
+}
+
 /// Where instances' images come from.
 #[async_trait]
 pub trait ImageStore: Send + Sync + 'static {

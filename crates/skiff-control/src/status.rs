@@ -2,11 +2,14 @@
 //! daemon can observe. The controller stores the result with every write, and recomputes it
 //! at start (so a changed domain or port shows at once).
 
+use std::time::Duration;
+
 use skiff_api::object::{
     Addressable, Condition, ConditionStatus, Revision, RevisionStatus, Service, ServiceStatus,
     TrafficStatus, condition, set_condition,
 };
 use skiff_api::types::TrafficTarget;
+use skiff_api::wire::ProbeFailure;
 use skiff_runtime::instance::{ContainerStatus, InstanceStatus, Phase, Termination};
 
 /// What status computation needs to know besides the objects.
@@ -63,6 +66,8 @@ pub mod reasons {
     pub const CRASH_LOOP: &str = "CrashLoopBackOff";
     /// A container ran out of memory.
     pub const OOM_KILLED: &str = "OOMKilled";
+    /// No instance became ready within the revision's progress deadline.
+    pub const PROGRESS_DEADLINE: &str = "ProgressDeadlineExceeded";
 }
 
 /// Why a revision has no instance yet (with [`reasons::NO_INSTANCES`]).
@@ -81,6 +86,10 @@ pub fn public_failure(reason: Option<&str>) -> String {
         Some("CrashLoopBackOff") => "its container keeps exiting (CrashLoopBackOff)".to_owned(),
         Some("OOMKilled") => "its container ran out of memory (OOMKilled)".to_owned(),
         Some(reasons::PULL_FAILED) => "its image could not be pulled (ImagePullFailed)".to_owned(),
+        Some(reasons::PROGRESS_DEADLINE) => {
+            "no instance became ready within its progress deadline (ProgressDeadlineExceeded)"
+                .to_owned()
+        }
         // Reasons are skiff's own CamelCase words; anything else is not repeated.
         Some(r)
             if !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric()) =>
@@ -340,15 +349,104 @@ pub fn apply_instance_status(
     let ever_ready = ready_now > 0
         || condition(&r.status.conditions, conditions::RESOURCES_AVAILABLE)
             .is_some_and(|c| c.status == ConditionStatus::True);
+    let progress = Progress::of(r, &live, ever_ready, now);
     match newest_crash(&live) {
         Some((c, t)) if ready_now == 0 => set_crashed(r, c, t, now),
         _ => {
             let serves = ready_now > 0 || was_ready || (actual == 0 && ever_ready);
-            set_health(r, serves, actual, now);
+            set_health(r, serves, actual, &progress, now);
         }
     }
-    set_resources_available(r, ever_ready, actual, now);
+    set_resources_available(r, ever_ready, actual, &progress, now);
     set_active(r, ready_now, actual, now);
+}
+
+/// How a revision that has never been ready is getting on: its readiness probe's failure and
+/// how long its oldest instance has tried, against its progress deadline.
+struct Progress {
+    /// The serving container's readiness failure, said for people (with a hint).
+    probe: Option<String>,
+    /// The deadline.
+    deadline: Duration,
+    /// Time left before it (None: not counting: ready once, or nothing runs).
+    left: Option<Duration>,
+}
+
+impl Progress {
+    fn of(r: &Revision, live: &[&InstanceStatus], ever_ready: bool, now: &str) -> Progress {
+        let (serving, port) = skiff_api::validate::serving_port(&r.spec);
+        let probe = live
+            .iter()
+            .filter_map(|s| s.containers.get(serving))
+            .find_map(|c| c.readiness_failure.as_ref())
+            .map(|f| probe_failure(f, port));
+        let deadline = skiff_api::validate::progress_deadline(&r.metadata.annotations);
+        let now = now.parse::<jiff::Timestamp>().ok();
+        let oldest = live
+            .iter()
+            .filter_map(|s| s.started_at.parse::<jiff::Timestamp>().ok())
+            .min();
+        let left = match (ever_ready, now, oldest) {
+            (false, Some(now), Some(start)) => {
+                let tried = Duration::try_from(now.duration_since(start)).unwrap_or_default();
+                Some(deadline.saturating_sub(tried))
+            }
+            _ => None,
+        };
+        Progress {
+            probe,
+            deadline,
+            left,
+        }
+    }
+
+    fn overdue(&self) -> bool {
+        self.left.is_some_and(|l| l.is_zero())
+    }
+
+    /// What the revision waits for, for people.
+    fn waiting(&self, actual: u32) -> String {
+        let waiting = format!("waiting for {actual} instance(s) to become ready");
+        match &self.probe {
+            Some(p) => format!("{waiting}: {p}"),
+            None => waiting,
+        }
+    }
+}
+
+/// A readiness failure for people: what failed, since when, and the likely cause.
+fn probe_failure(f: &ProbeFailure, port: u16) -> String {
+    let m = f.message.to_ascii_lowercase();
+    let hint = if m.contains("refused") {
+        format!("; is the app listening on $PORT={port}?")
+    } else if m.contains("timed out") {
+        "; the app does not answer within the probe's timeout".to_owned()
+    } else if m.contains("http ") {
+        "; the app answers the probe with an error status".to_owned()
+    } else {
+        String::new()
+    };
+    format!(
+        "readiness probe failing since {}: {}{hint}",
+        f.since, f.message
+    )
+}
+
+/// When a revision's instances should be looked at again: at its progress deadline, while
+/// one that has never been ready is still within it.
+pub fn progress_recheck(r: &Revision, instances: &[InstanceStatus], now: &str) -> Option<Duration> {
+    let live: Vec<&InstanceStatus> = instances
+        .iter()
+        .filter(|s| !matches!(s.phase, Phase::Stopped))
+        .collect();
+    let ever_ready = live.iter().any(|s| s.ready)
+        || condition(&r.status.conditions, conditions::RESOURCES_AVAILABLE)
+            .is_some_and(|c| c.status == ConditionStatus::True);
+    Progress::of(r, &live, ever_ready, now)
+        .left
+        .filter(|l| !l.is_zero())
+        // Just past the deadline, so that it is overdue when looked at.
+        .map(|l| l + Duration::from_millis(10))
 }
 
 /// A container that keeps failing: the newest termination of a container waiting in
@@ -414,12 +512,32 @@ fn set_crashed(r: &mut Revision, c: &ContainerStatus, t: &Termination, now: &str
 }
 
 /// ContainerHealthy and Ready when nothing crash-loops: True when the revision `serves`;
-/// Deploying while `actual` instances start; else NoInstances, unless it failed.
-fn set_health(r: &mut Revision, serves: bool, actual: u32, now: &str) {
+/// Deploying while `actual` instances start (with why they are not ready), failed with
+/// ProgressDeadlineExceeded once they have tried longer than the deadline (until one is
+/// ready); else NoInstances, unless it failed.
+fn set_health(r: &mut Revision, serves: bool, actual: u32, progress: &Progress, now: &str) {
+    let failed_deadline = condition(&r.status.conditions, conditions::READY).is_some_and(|c| {
+        c.status == ConditionStatus::False
+            && c.reason.as_deref() == Some(reasons::PROGRESS_DEADLINE)
+    });
     if serves {
         set_health_and_ready(r, ConditionStatus::True, None, None, now);
+    } else if actual > 0 && (progress.overdue() || failed_deadline) {
+        let msg = format!(
+            "not ready within the progress deadline of {}s ({}): {}",
+            progress.deadline.as_secs(),
+            skiff_api::validate::PROGRESS_DEADLINE_ANNOTATION,
+            progress.waiting(actual)
+        );
+        set_health_and_ready(
+            r,
+            ConditionStatus::False,
+            Some(reasons::PROGRESS_DEADLINE),
+            Some(msg),
+            now,
+        );
     } else if actual > 0 {
-        let msg = format!("waiting for {actual} instance(s) to become ready");
+        let msg = progress.waiting(actual);
         set_health_and_ready(
             r,
             ConditionStatus::Unknown,
@@ -444,9 +562,21 @@ fn set_health(r: &mut Revision, serves: bool, actual: u32, now: &str) {
 }
 
 /// ResourcesAvailable: True once an instance has been ready (`ever_ready`), else why not yet.
-fn set_resources_available(r: &mut Revision, ever_ready: bool, actual: u32, now: &str) {
+fn set_resources_available(
+    r: &mut Revision,
+    ever_ready: bool,
+    actual: u32,
+    progress: &Progress,
+    now: &str,
+) {
     let (status, reason, message) = if ever_ready {
         (ConditionStatus::True, None, None)
+    } else if actual > 0 && progress.overdue() {
+        (
+            ConditionStatus::False,
+            Some(reasons::PROGRESS_DEADLINE),
+            Some(progress.waiting(actual)),
+        )
     } else if actual > 0 {
         (
             ConditionStatus::Unknown,
@@ -728,6 +858,104 @@ mod instance_status_tests {
         assert!(
             c.message.as_deref().is_some_and(|m| m.contains("boom")),
             "{c:?}"
+        );
+    }
+
+    /// A not-ready instance whose readiness probe is refused, started at `started`.
+    fn refused(started: &str) -> InstanceStatus {
+        InstanceStatus {
+            phase: Phase::Running,
+            started_at: started.into(),
+            containers: vec![ContainerStatus {
+                name: "user-container".into(),
+                running: true,
+                readiness_failure: Some(ProbeFailure {
+                    message: "tcp connect to port 8080: Connection refused (os error 111)".into(),
+                    since: started.into(),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn ready_condition(r: &Revision) -> Condition {
+        condition(&r.status.conditions, "Ready")
+            .cloned()
+            .expect("Ready")
+    }
+
+    /// A revision whose probe is refused says so while deploying, fails with
+    /// ProgressDeadlineExceeded past its deadline (and stays failed while it is not ready),
+    /// and heals when an instance becomes ready.
+    #[test]
+    fn a_refused_probe_explains_itself_and_meets_the_deadline() {
+        let mut r = revision();
+        r.metadata.annotations.insert(
+            skiff_api::validate::PROGRESS_DEADLINE_ANNOTATION.into(),
+            "30s".into(),
+        );
+        let start = "2026-12-04T10:00:00Z";
+        let inst = [refused(start)];
+        apply_instance_status(&mut r, &inst, 1, "2026-12-04T10:00:10Z");
+        let c = ready_condition(&r);
+        assert_eq!(c.status, ConditionStatus::Unknown);
+        assert_eq!(c.reason.as_deref(), Some(reasons::DEPLOYING));
+        let m = c.message.unwrap_or_default();
+        assert!(
+            m.contains("readiness probe failing since 2026-12-04T10:00:00Z")
+                && m.contains("Connection refused")
+                && m.contains("is the app listening on $PORT=8080?"),
+            "{m}"
+        );
+        assert_eq!(
+            progress_recheck(&r, &inst, "2026-12-04T10:00:10Z"),
+            Some(Duration::from_millis(20_010))
+        );
+
+        apply_instance_status(&mut r, &inst, 1, "2026-12-04T10:00:31Z");
+        let c = ready_condition(&r);
+        assert_eq!(c.status, ConditionStatus::False);
+        assert_eq!(c.reason.as_deref(), Some(reasons::PROGRESS_DEADLINE));
+        assert!(
+            c.message.as_deref().is_some_and(|m| m.contains("progress deadline of 30s")
+                && m.contains("$PORT=8080")),
+            "{c:?}"
+        );
+        assert_eq!(progress_recheck(&r, &inst, "2026-12-04T10:00:31Z"), None);
+        assert_eq!(
+            public_failure(c.reason.as_deref()),
+            "no instance became ready within its progress deadline (ProgressDeadlineExceeded)"
+        );
+        // A replacement instance within the deadline does not make it Deploying again.
+        apply_instance_status(
+            &mut r,
+            &[refused("2026-12-04T10:00:40Z")],
+            1,
+            "2026-12-04T10:00:41Z",
+        );
+        assert_eq!(
+            ready_condition(&r).reason.as_deref(),
+            Some(reasons::PROGRESS_DEADLINE)
+        );
+        apply_instance_status(&mut r, &[running(true)], 1, "2026-12-04T10:01:00Z");
+        assert_eq!(ready_condition(&r).status, ConditionStatus::True);
+    }
+
+    /// The default deadline is 120 s.
+    #[test]
+    fn the_default_progress_deadline() {
+        let mut r = revision();
+        let inst = [refused("2026-12-04T10:00:00Z")];
+        apply_instance_status(&mut r, &inst, 1, "2026-12-04T10:01:59Z");
+        assert_eq!(
+            ready_condition(&r).reason.as_deref(),
+            Some(reasons::DEPLOYING)
+        );
+        apply_instance_status(&mut r, &inst, 1, "2026-12-04T10:02:01Z");
+        assert_eq!(
+            ready_condition(&r).reason.as_deref(),
+            Some(reasons::PROGRESS_DEADLINE)
         );
     }
 }

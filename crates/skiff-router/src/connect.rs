@@ -20,6 +20,18 @@ pub trait Connect: Send + Sync + 'static {
     fn connect(&self, netns: Arc<OwnedFd>, port: u16) -> ConnectFuture<'_>;
 }
 
+/// What [`Explain::explain`] returns.
+pub type ExplainFuture<'a> = Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>>;
+
+/// Why an instance failed a request the router saw only as a cut connection: the runtime
+/// knows (an OOM kill, an exit). Set with [`crate::Router::set_explain`].
+pub trait Explain: Send + Sync + 'static {
+    /// One line for the client about what happened to `instance` just now (naming the
+    /// instance and, for an OOM kill, its memory limit), waiting briefly for the runtime to
+    /// record it; `None` when it knows of nothing.
+    fn explain(&self, instance: &str) -> ExplainFuture<'_>;
+}
+
 /// Connects through `connector` and turns Nagle's algorithm off on the stream (requests and
 /// responses are written whole; waiting for more to coalesce only adds latency).
 pub(crate) async fn dial(

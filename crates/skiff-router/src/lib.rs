@@ -44,7 +44,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use connect::{Connect, ConnectFuture};
+pub use connect::{Connect, ConnectFuture, Explain, ExplainFuture};
 pub use metrics::{RevisionLabels, RouterMetrics};
 pub use pool::{ColdStarts, Pool, PoolSpec, RevisionKey};
 
@@ -125,6 +125,8 @@ pub struct Router {
     metrics: RouterMetrics,
     /// True once the first route table is in; [`Router::serve`] accepts only then.
     routed: tokio::sync::watch::Sender<bool>,
+    /// Explains an instance's failures (set once by the daemon).
+    explain: std::sync::OnceLock<Arc<dyn Explain>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -163,7 +165,21 @@ impl Router {
             poke,
             metrics,
             routed: tokio::sync::watch::Sender::new(false),
+            explain: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets what explains an instance's failure to answer (once).
+    pub fn set_explain(&self, explain: Arc<dyn Explain>) {
+        let _ = self.explain.set(explain);
+    }
+
+    /// Why `instance` failed a request, if the runtime knows.
+    pub(crate) async fn explain(&self, instance: &str) -> Option<String> {
+        match self.explain.get() {
+            Some(e) => e.explain(instance).await,
+            None => None,
+        }
     }
 
     /// The domain of service hosts.

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
+use skiff_api::wire::ProbeFailure;
 pub use skiff_api::wire::{ContainerStatus, InstanceStatus, Phase, Termination};
 
 use crate::cgroups::{self, Usage};
@@ -1081,14 +1082,33 @@ impl Runtime {
                         failures[i] = 0;
                         successes[i] += 1;
                         if successes[i] >= p.success_threshold.max(1) && !c.ready {
-                            self.update(&inst, |s| s.containers[i].ready = true);
+                            self.update(&inst, |s| {
+                                s.containers[i].ready = true;
+                                s.containers[i].readiness_failure = None;
+                            });
                         }
                     }
-                    Err(_) => {
+                    Err(why) => {
                         successes[i] = 0;
                         failures[i] += 1;
                         if c.ready && failures[i] >= p.failure_threshold.max(1) {
                             self.update(&inst, |s| s.containers[i].ready = false);
+                        }
+                        // Recorded when it says something new (not at every attempt: until
+                        // ready the probe runs every millisecond), so a revision that does
+                        // not become ready can say why.
+                        let known = c.readiness_failure.as_ref().map(|f| f.message.as_str());
+                        if known != Some(why.as_str()) {
+                            self.update(&inst, |s| {
+                                let since = s.containers[i]
+                                    .readiness_failure
+                                    .take()
+                                    .map_or_else(now, |f| f.since);
+                                s.containers[i].readiness_failure = Some(ProbeFailure {
+                                    message: why,
+                                    since,
+                                });
+                            });
                         }
                     }
                 }

@@ -100,7 +100,7 @@ impl Prober {
                         .connector
                         .connect(netns.clone(), *port)
                         .await
-                        .map_err(|e| format!("connect to port {port}: {e}"))?;
+                        .map_err(|e| format!("GET :{port}{path}: connect: {e}"))?;
                     let mut req = format!(
                         "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nUser-Agent: skiff-probe\r\nConnection: close\r\n"
                     );
@@ -110,14 +110,14 @@ impl Prober {
                     req.push_str("\r\n");
                     s.write_all(req.as_bytes())
                         .await
-                        .map_err(|e| format!("write: {e}"))?;
+                        .map_err(|e| format!("GET :{port}{path}: write: {e}"))?;
                     let mut buf = vec![0u8; 256];
                     let mut got = 0;
                     while got < 12 {
                         let n = s
                             .read(&mut buf[got..])
                             .await
-                            .map_err(|e| format!("read: {e}"))?;
+                            .map_err(|e| format!("GET :{port}{path}: read: {e}"))?;
                         if n == 0 {
                             break;
                         }
@@ -128,16 +128,16 @@ impl Prober {
                         .strip_prefix("HTTP/1.")
                         .and_then(|r| r.get(2..5))
                         .and_then(|c| c.parse().ok())
-                        .ok_or_else(|| format!("GET {path}: not an HTTP response"))?;
+                        .ok_or_else(|| format!("GET :{port}{path}: not an HTTP response"))?;
                     if (200..400).contains(&status) {
                         Ok(())
                     } else {
-                        Err(format!("GET {path}: HTTP {status}"))
+                        Err(format!("GET :{port}{path}: HTTP {status}"))
                     }
                 };
                 match tokio::time::timeout(timeout, work).await {
                     Ok(r) => r,
-                    Err(_) => Err(format!("GET {path}: timed out after {timeout:?}")),
+                    Err(_) => Err(format!("GET :{port}{path}: timed out after {timeout:?}")),
                 }
             }
             ProbeAction::Exec { command } => match self.oci.exec(container, command, timeout).await

@@ -311,9 +311,15 @@ pub fn describe_service(s: &Service, revisions: &[Revision]) -> String {
         out.push_str("  (not served yet: no target resolves to a ready revision)\n");
     }
 
-    out.push_str("\nConditions:\n");
+    out.push_str(&conditions(&s.status.conditions));
+    out
+}
+
+/// A conditions table under "Conditions:".
+fn conditions(list: &[skiff_api::object::Condition]) -> String {
+    let mut out = String::from("\nConditions:\n");
     let mut t = table(&["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]);
-    for c in &s.status.conditions {
+    for c in list {
         t.add_row(vec![
             c.condition_type.clone(),
             c.status.to_string(),
@@ -325,6 +331,42 @@ pub fn describe_service(s: &Service, revisions: &[Revision]) -> String {
     for l in t.to_string().lines() {
         out.push_str(&format!("  {}\n", l.trim_end()));
     }
+    out
+}
+
+/// `skiff describe revision`: one revision, its images, scale and conditions (whose
+/// messages say why it is not ready).
+pub fn describe_revision(r: &Revision) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: &str| out.push_str(&format!("{:<14}{v}\n", format!("{k}:")));
+    line("Name", &r.metadata.name);
+    line("Namespace", &r.metadata.namespace);
+    line("Service", r.service_name().unwrap_or("-"));
+    line("Age", &age(&r.metadata.creation_timestamp));
+    let images: Vec<String> = r
+        .spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let digest = r
+                .status
+                .container_statuses
+                .get(i)
+                .and_then(|s| s.image_digest.clone())
+                .unwrap_or_else(|| "(not resolved yet)".into());
+            format!("{} → {digest}", c.image.clone().unwrap_or_default())
+        })
+        .collect();
+    line("Images", &images.join(", "));
+    line(
+        "Instances",
+        &format!(
+            "{} ready of {} wanted",
+            r.status.actual_replicas, r.status.desired_replicas
+        ),
+    );
+    out.push_str(&conditions(&r.status.conditions));
     out
 }
 

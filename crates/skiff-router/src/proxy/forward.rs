@@ -156,7 +156,7 @@ pub(super) async fn forward(
                 slot = activate(router, pool, spec).await?;
             }
             Ok(Err(Failed { error, .. })) => {
-                return Err(failed(pool, spec, &slot.endpoint, &error));
+                return Err(failed(router, pool, spec, &slot.endpoint, &error).await);
             }
         }
     }
@@ -192,8 +192,15 @@ fn timed_out(pool: &Pool, spec: &PoolSpec, first_byte: Duration) -> Answer {
 }
 
 /// The request failed: the client's 400 when its own body was bad (an invalid chunk, cut
-/// short), else the instance's failure, 502.
-fn failed(pool: &Pool, spec: &PoolSpec, ep: &Endpoint, error: &UpstreamError) -> Answer {
+/// short), else the instance's failure, 502, saying what happened to the instance when the
+/// runtime knows (an OOM kill names the instance and its memory limit).
+async fn failed(
+    router: &Router,
+    pool: &Pool,
+    spec: &PoolSpec,
+    ep: &Endpoint,
+    error: &UpstreamError,
+) -> Answer {
     let revision = &spec.revision;
     if let Some(ClientBody(why)) = client_body_error(error) {
         info!(revision = %revision, error = %why, "the client sent a bad request body; answered 400");
@@ -207,11 +214,12 @@ fn failed(pool: &Pool, spec: &PoolSpec, ep: &Endpoint, error: &UpstreamError) ->
     warn!(revision = %revision, instance = %ep.id, error = %ErrorChain(error), "forwarding to an instance failed");
     let status = StatusCode::BAD_GATEWAY;
     pool.handles.answered(status);
-    Answer::new(
-        status,
-        format!(
+    let body = match router.explain(&ep.id).await {
+        Some(why) => format!("skiff: {why}"),
+        None => format!(
             "skiff: the instance of revision `{revision}` failed to answer: {}",
             ErrorChain(error)
         ),
-    )
+    };
+    Answer::new(status, body)
 }

@@ -1,5 +1,6 @@
 //! `skiff describe service NAME`: one Service, its revisions, traffic, conditions, scaling
-//! (with cold starts and the last decisions) and instances.
+//! (with cold starts and the last decisions) and instances. `skiff describe revision NAME`:
+//! one revision, its images and conditions.
 
 use crate::connect::ConnectArgs;
 use crate::exit::{Exit, OK};
@@ -11,14 +12,17 @@ pub enum Kind {
     /// A Service (also: services, svc, ksvc).
     #[value(alias = "services", alias = "svc", alias = "ksvc")]
     Service,
+    /// A revision (also: revisions, rev).
+    #[value(alias = "revisions", alias = "rev")]
+    Revision,
 }
 
-/// Show a Service in detail.
+/// Show a Service or a revision in detail.
 #[derive(Debug, clap::Args)]
 pub struct DescribeArgs {
-    /// `service`.
+    /// `service` or `revision`.
     pub kind: Kind,
-    /// The Service's name.
+    /// Its name.
     pub name: String,
     /// The namespace [default: default].
     #[arg(short = 'n', long, env = "SKIFF_NAMESPACE", default_value = "default")]
@@ -30,7 +34,11 @@ pub struct DescribeArgs {
 /// Runs the command.
 pub async fn run(args: DescribeArgs) -> Result<i32, Exit> {
     let client = args.connect.client()?;
-    let Kind::Service = args.kind;
+    if args.kind == Kind::Revision {
+        let r = client.get_revision(&args.namespace, &args.name).await?;
+        print!("{}", output::describe_revision(&r));
+        return Ok(OK);
+    }
     let service = client.get_service(&args.namespace, &args.name).await?;
     let revisions = client
         .list_revisions(Some(&args.namespace), Some(&args.name))
