@@ -60,7 +60,21 @@ async fn kill_9_never_loses_an_acknowledged_write() {
                 }
             }
         });
-        let delay_ms = rand::rng().random_range(5..120);
+        // At a random moment once this cycle has an acknowledged write (on a loaded machine
+        // a fixed delay may pass before the first apply is answered, and prove nothing).
+        let acked_c = acked.clone();
+        skiff_test_utils::wait_for(
+            "a first acknowledged write in this cycle",
+            std::time::Duration::from_millis(2),
+            skiff_test_utils::MAX_WAIT,
+            || {
+                let n = acked_c.lock().expect("lock").writes.len();
+                async move { (n > 0).then_some(()) }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        let delay_ms = rand::rng().random_range(0..100);
         tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
         d.kill9();
         counter = writer.await.expect("writer");

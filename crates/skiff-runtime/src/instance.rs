@@ -45,6 +45,9 @@ use crate::spec::{self, ContainerConfig, VolumeMount};
 pub const CGROUP_PARENT: &str = "/skiff";
 /// Prefix of every runtime container id.
 pub const CONTAINER_PREFIX: &str = "skiff-";
+/// How long a container's exit waits for its log pumps to read what it wrote last (a child
+/// that keeps its output open must not hold the exit up).
+const PUMP_DRAIN: Duration = Duration::from_millis(500);
 
 /// Runtime settings.
 #[derive(Debug, Clone)]
@@ -276,6 +279,8 @@ pub struct Instance {
     stop: CancellationToken,
     done: CancellationToken,
     tails: Vec<Tail>,
+    /// Each container's log pumps of its current run (they end when its output closes).
+    pumps: Vec<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     start_instant: tokio::time::Instant,
 }
 
@@ -490,6 +495,7 @@ impl Runtime {
         });
         let instance = Arc::new(Instance {
             tails: plan.containers.iter().map(|_| Tail::default()).collect(),
+            pumps: plan.containers.iter().map(|_| Default::default()).collect(),
             plan,
             dir,
             netns,
@@ -776,6 +782,7 @@ impl Runtime {
         out: tokio::net::unix::pipe::Receiver,
         err: tokio::net::unix::pipe::Receiver,
     ) {
+        let mut handles = Vec::with_capacity(2);
         for (reader, stream) in [(out, "stdout"), (err, "stderr")] {
             let target = PumpTarget {
                 store: self.logs.clone(),
@@ -786,8 +793,16 @@ impl Runtime {
                 stream,
                 tail: inst.tails[i].clone(),
             };
-            tokio::spawn(logs::pump(reader, target));
+            handles.push(tokio::spawn(logs::pump(reader, target)));
         }
+        *inst.pumps[i].lock().unwrap_or_else(|p| p.into_inner()) = handles;
+    }
+
+    /// Waits (at most [`PUMP_DRAIN`]) for container `i`'s log pumps to reach the end of its
+    /// output, so that the last lines it wrote before exiting are in its tail.
+    async fn drain_pumps(&self, inst: &Instance, i: usize) {
+        let handles = std::mem::take(&mut *inst.pumps[i].lock().unwrap_or_else(|p| p.into_inner()));
+        let _ = tokio::time::timeout(PUMP_DRAIN, futures::future::join_all(handles)).await;
     }
 
     fn backoff(&self, restarts: u32) -> Duration {
@@ -875,10 +890,12 @@ impl Runtime {
                 }
                 () = stop.cancelled() => {
                     let exit = self.graceful_stop(&inst, i, exit_rx).await;
+                    self.drain_pumps(&inst, i).await;
                     self.record_exit(&inst, i, exit, None, oom_before);
                     return;
                 }
             };
+            self.drain_pumps(&inst, i).await;
             let term = self.record_exit(&inst, i, exit, liveness_failed, oom_before);
             self.cleanup_container(&inst, i).await;
             if inst.stop.is_cancelled() {
