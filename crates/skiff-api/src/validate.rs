@@ -446,6 +446,18 @@ fn validate_revision_spec(rs: &RevisionSpec, at: &FieldPath, p: &mut Problems) {
     }
 }
 
+/// Checks the `name` of a reference to a Secret or ConfigMap at `at`.
+fn check_object_name(name: Option<&str>, at: &FieldPath, p: &mut Problems) {
+    match name {
+        None => p.required(&at.key("name")),
+        Some(n) => {
+            if let Err(e) = check_dns1123_subdomain(n) {
+                p.invalid(&at.key("name"), e);
+            }
+        }
+    }
+}
+
 struct ContainerCtx<'a> {
     serving: bool,
     port: u16,
@@ -491,14 +503,8 @@ fn validate_container(
         match (&e.config_map_ref, &e.secret_ref) {
             (Some(_), Some(_)) => p.invalid(&ep, "set only one of configMapRef and secretRef"),
             (None, None) => p.invalid(&ep, "set configMapRef or secretRef"),
-            (Some(_), None) => p.not_supported(
-                &ep.key("configMapRef"),
-                "ConfigMaps arrive with skiff's secret store",
-            ),
-            (None, Some(_)) => p.not_supported(
-                &ep.key("secretRef"),
-                "secrets arrive with skiff's secret store",
-            ),
+            (Some(r), None) => check_object_name(r.name.as_deref(), &ep.key("configMapRef"), p),
+            (None, Some(r)) => check_object_name(r.name.as_deref(), &ep.key("secretRef"), p),
         }
     }
     if c.ports.len() > 1 {
@@ -691,17 +697,21 @@ fn validate_env(e: &EnvVar, at: &FieldPath, containers: &BTreeSet<&str>, p: &mut
         1 => {}
         _ => p.invalid(&fp, "set only one source"),
     }
-    if from.secret_key_ref.is_some() {
-        p.not_supported(
-            &fp.key("secretKeyRef"),
-            "secrets arrive with skiff's secret store",
-        );
-    }
-    if from.config_map_key_ref.is_some() {
-        p.not_supported(
-            &fp.key("configMapKeyRef"),
-            "ConfigMaps arrive with skiff's secret store",
-        );
+    for (field, sel) in [
+        ("secretKeyRef", &from.secret_key_ref),
+        ("configMapKeyRef", &from.config_map_key_ref),
+    ] {
+        let Some(sel) = sel else { continue };
+        let sp = fp.key(field);
+        check_object_name(sel.name.as_deref(), &sp, p);
+        match sel.key.as_deref() {
+            None => p.required(&sp.key("key")),
+            Some(k) => {
+                if let Err(e) = crate::config::check_data_key(k) {
+                    p.invalid(&sp.key("key"), e);
+                }
+            }
+        }
     }
     if let Some(f) = &from.field_ref {
         let path = fp.key("fieldRef").key("fieldPath");

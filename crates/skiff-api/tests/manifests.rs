@@ -208,12 +208,8 @@ fn unsupported_fields_are_refused_by_name() {
             "spec.template.spec.containers[0].terminationMessagePath",
         ),
         (
-            with_container("env:\n- name: A\n  valueFrom:\n    secretKeyRef: {name: s, key: k}\n"),
-            "spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef",
-        ),
-        (
-            with_container("envFrom:\n- configMapRef: {name: c}\n"),
-            "spec.template.spec.containers[0].envFrom[0].configMapRef",
+            with_revision("volumes:\n- name: v\n  secret: {secretName: s}\n"),
+            "spec.template.spec.volumes[0].secret",
         ),
         (
             with_container("readinessProbe:\n  grpc: {port: 8080}\n"),
@@ -914,4 +910,69 @@ fn yaml_1_1_booleans_stay_strings() {
         "spec.template.spec.containers[0].env[0].value",
         "must be a string",
     );
+}
+
+/// Secret and ConfigMap references in env and envFrom are accepted; a reference without a
+/// name or key, or with a key Kubernetes would refuse, is not.
+#[test]
+fn secret_and_config_map_references() {
+    let c = "spec.template.spec.containers[0]";
+    assert_accepted(&with_container(
+        "env:\n- name: A\n  valueFrom:\n    secretKeyRef: {name: s, key: k, optional: true}\n- name: B\n  valueFrom:\n    configMapKeyRef: {name: c, key: k.x}\nenvFrom:\n- secretRef: {name: s}\n  prefix: S_\n- configMapRef: {name: c, optional: true}\n",
+    ));
+    assert_refused(
+        &with_container("env:\n- name: A\n  valueFrom:\n    secretKeyRef: {name: s}\n"),
+        &format!("{c}.env[0].valueFrom.secretKeyRef.key"),
+        "required",
+    );
+    assert_refused(
+        &with_container(
+            "env:\n- name: A\n  valueFrom:\n    configMapKeyRef: {name: c, key: a/b}\n",
+        ),
+        &format!("{c}.env[0].valueFrom.configMapKeyRef.key"),
+        "[-._a-zA-Z0-9]+",
+    );
+    assert_refused(
+        &with_container("envFrom:\n- secretRef: {optional: true}\n"),
+        &format!("{c}.envFrom[0].secretRef.name"),
+        "required",
+    );
+    assert_refused(
+        &with_container(
+            "env:\n- name: A\n  valueFrom:\n    secretKeyRef: {name: s, key: k, optinal: true}\n",
+        ),
+        &format!("{c}.env[0].valueFrom.secretKeyRef.optinal"),
+        "did you mean `optional`",
+    );
+}
+
+/// Secrets and ConfigMaps share files with Services; each document is read by its kind, and
+/// problems name their path (never a value).
+#[test]
+fn secrets_and_config_maps_in_multi_document_files() {
+    use skiff_api::manifest::{Object, parse_objects};
+    let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {password: hunter2}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: ns}\ndata: {a: '1'}\n---\n".to_owned()
+        + &with_container("");
+    let input = parse_objects(&text).expect("parses");
+    assert!(input.problems().is_empty(), "{:?}", input.problems());
+    let kinds: Vec<&str> = input
+        .documents
+        .iter()
+        .map(|(_, r)| match r.as_ref().expect("valid") {
+            Object::Service(_) => "Service",
+            Object::Config(c) => c.kind.as_str(),
+        })
+        .collect();
+    assert_eq!(kinds, ["Secret", "ConfigMap", "Service"]);
+
+    let bad = "apiVersion: v1\nkind: Secret\nmetadata: {name: db, uid: x}\ntpye: Opaque\ndata:\n  password: 'not base64 hunter2!'\n  a/b: eA==\n";
+    let input = parse_objects(bad).expect("parses");
+    let problems = input.problems();
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["tpye", "data.password", "data.a/b"], "{problems:?}");
+    assert!(problems[0].message.contains("did you mean `type`"));
+    assert_eq!(problems[1].line, Some(6));
+    for p in &problems {
+        assert!(!p.message.contains("hunter2"), "{p}");
+    }
 }

@@ -3,21 +3,53 @@
 //! `K_CONFIGURATION`, `K_REVISION`), resolved `valueFrom` references, limits, probes and
 //! volumes.
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use skiff_api::config::{ConfigKind, Data};
 
 use skiff_api::object::{LABEL_CONFIGURATION, Revision};
 use skiff_api::quantity::Quantity;
-use skiff_api::types::{Container, EnvVar, IntOrString, Probe, SecurityContext, Volume};
+use skiff_api::types::{
+    Container, EnvVar, IntOrString, KeySelector, Probe, RevisionSpec, SecurityContext, Volume,
+};
 use skiff_image::ImageRecord;
 use skiff_image::content::RunConfig;
-use skiff_runtime::instance::{ContainerPlan, InstancePlan, MountPlan, UserPlan, VolumePlan};
+use skiff_runtime::instance::{
+    ContainerPlan, InstancePlan, MountPlan, SecretEnv, UserPlan, VolumePlan,
+};
 use skiff_runtime::probe::{ProbeAction, ProbeSpec};
 use skiff_runtime::spec::{CPU_PERIOD_US, capabilities};
 
 /// Why a plan cannot be made.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct PlanError(pub String);
+pub enum PlanError {
+    /// The revision cannot run as it is.
+    #[error("{0}")]
+    Invalid(String),
+    /// A Secret, ConfigMap or key it needs is missing (Kubernetes'
+    /// `CreateContainerConfigError`). The message names them, never a value.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The values of the Secrets and ConfigMaps a revision references, read for one instance
+/// start and dropped after it. An absent object is simply not here.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigValues {
+    objects: HashMap<(ConfigKind, String), Data>,
+}
+
+impl ConfigValues {
+    /// Adds an object's values.
+    pub fn insert(&mut self, kind: ConfigKind, name: String, data: Data) {
+        self.objects.insert((kind, name), data);
+    }
+
+    fn get(&self, kind: ConfigKind, name: &str) -> Option<&Data> {
+        self.objects.get(&(kind, name.to_owned()))
+    }
+}
 
 fn quantity(c: &Container, kind: &str, res: &str) -> Option<Quantity> {
     let r = c.resources.as_ref()?;
@@ -162,6 +194,8 @@ struct InstanceContext<'a> {
     service: &'a str,
     /// The Configuration's name (`K_CONFIGURATION`).
     configuration: &'a str,
+    /// The Secrets and ConfigMaps it references.
+    values: &'a ConfigValues,
 }
 
 /// The plan of a new instance `id` of `revision`, whose containers run `images` (in the
@@ -171,8 +205,13 @@ pub fn plan(
     images: &[ImageRecord],
     layer_dir: impl Fn(&str) -> std::path::PathBuf,
     id: &str,
+    values: &ConfigValues,
 ) -> Result<InstancePlan, PlanError> {
     let spec = &revision.spec;
+    let missing = missing_config(spec, values);
+    if !missing.is_empty() {
+        return Err(PlanError::Config(missing.join("; ")));
+    }
     let (serving, port) = skiff_api::validate::serving_port(spec);
     let service = revision.service_name().unwrap_or_default().to_owned();
     let configuration = revision
@@ -188,12 +227,13 @@ pub fn plan(
         port,
         service: &service,
         configuration: &configuration,
+        values,
     };
     let mut containers = Vec::new();
     for (i, c) in spec.containers.iter().enumerate() {
         let image = images
             .get(i)
-            .ok_or_else(|| PlanError(format!("no pinned image for container {i}")))?;
+            .ok_or_else(|| PlanError::Invalid(format!("no pinned image for container {i}")))?;
         containers.push(container_plan(&ctx, i, c, image, &layer_dir)?);
     }
     Ok(InstancePlan {
@@ -229,7 +269,7 @@ fn container_plan(
 ) -> Result<ContainerPlan, PlanError> {
     let cfg = &image.config;
     let args = command(c, cfg)?;
-    let env = environment(ctx, c, cfg);
+    let (env, secret_env) = environment(ctx, c, cfg)?;
     let sc = c.security_context.clone().unwrap_or_default();
     let caps = sc.capabilities.clone().unwrap_or_default();
     let memory_limit = quantity(c, "limits", "memory").map(|q| q.as_units() as i64);
@@ -250,6 +290,7 @@ fn container_plan(
             .collect(),
         args,
         env,
+        secret_env,
         working_dir: c
             .working_dir
             .clone()
@@ -287,7 +328,7 @@ fn command(c: &Container, cfg: &RunConfig) -> Result<Vec<String>, PlanError> {
         args.extend(cfg.cmd.clone().unwrap_or_default());
     }
     if args.is_empty() {
-        return Err(PlanError(format!(
+        return Err(PlanError::Invalid(format!(
             "container `{}` has no command: the image sets no Entrypoint or Cmd, and the manifest no command",
             c.name.as_deref().unwrap_or_default()
         )));
@@ -295,31 +336,149 @@ fn command(c: &Container, cfg: &RunConfig) -> Result<Vec<String>, PlanError> {
     Ok(args)
 }
 
-/// A container's environment: the image's, then the runtime contract's variables, then the
-/// manifest's (each replacing an earlier one of the same name).
-fn environment(ctx: &InstanceContext<'_>, c: &Container, cfg: &RunConfig) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = cfg
+/// A container's environment: the image's, then the runtime contract's variables, then
+/// `envFrom` in order, then the manifest's `env` (each replacing an earlier one of the same
+/// name). Returns the variables that may be recorded and, apart, those whose values come
+/// from Secrets (never recorded in the store).
+fn environment(
+    ctx: &InstanceContext<'_>,
+    c: &Container,
+    cfg: &RunConfig,
+) -> Result<(Vec<(String, String)>, SecretEnv), PlanError> {
+    // (name, value, from a Secret)
+    let mut env: Vec<(String, String, bool)> = cfg
         .env
         .iter()
         .flatten()
-        .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .filter_map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned(), false))
+        })
         .collect();
-    let mut set = |k: &str, v: String| {
-        env.retain(|(n, _)| n != k);
-        env.push((k.to_owned(), v));
+    let mut set = |k: &str, v: String, secret: bool| {
+        env.retain(|(n, _, _)| n != k);
+        env.push((k.to_owned(), v, secret));
     };
-    set("PORT", ctx.port.to_string());
-    set("K_SERVICE", ctx.service.to_owned());
-    set("K_CONFIGURATION", ctx.configuration.to_owned());
-    set("K_REVISION", ctx.revision.metadata.name.clone());
+    set("PORT", ctx.port.to_string(), false);
+    set("K_SERVICE", ctx.service.to_owned(), false);
+    set("K_CONFIGURATION", ctx.configuration.to_owned(), false);
+    set("K_REVISION", ctx.revision.metadata.name.clone(), false);
+    for from in &c.env_from {
+        let (kind, r) = match (&from.secret_ref, &from.config_map_ref) {
+            (Some(r), _) => (ConfigKind::Secret, r),
+            (None, Some(r)) => (ConfigKind::ConfigMap, r),
+            (None, None) => continue,
+        };
+        // Absent and optional (a required one was refused by `missing_config`).
+        let Some(data) = ctx.values.get(kind, r.name.as_deref().unwrap_or_default()) else {
+            continue;
+        };
+        let prefix = from.prefix.as_deref().unwrap_or_default();
+        for (k, v) in &data.0 {
+            let var = format!("{prefix}{k}");
+            // Kubernetes skips keys that are not valid variable names; so does skiff. Values
+            // that are not text or hold a NUL cannot be passed either.
+            if skiff_api::names::check_env_name(&var).is_err()
+                || skiff_api::validate::RESERVED_ENV.contains(&var.as_str())
+            {
+                continue;
+            }
+            if let Some(text) = env_text(v) {
+                set(&var, text, kind == ConfigKind::Secret);
+            }
+        }
+    }
     for e in &c.env {
         let Some(name) = &e.name else { continue };
-        set(name, env_value(ctx, c, e));
+        match key_selector(e) {
+            Some((kind, sel)) => {
+                let value = ctx
+                    .values
+                    .get(kind, sel.name.as_deref().unwrap_or_default())
+                    .and_then(|d| d.0.get(sel.key.as_deref().unwrap_or_default()))
+                    .and_then(|v| env_text(v));
+                // Absent and optional: the variable is not set, as in Kubernetes.
+                if let Some(text) = value {
+                    set(name, text, kind == ConfigKind::Secret);
+                }
+            }
+            None => set(name, env_value(ctx, c, e), false),
+        }
     }
-    env
+    let (secret, plain): (Vec<_>, Vec<_>) = env.into_iter().partition(|(_, _, s)| *s);
+    let strip = |v: Vec<(String, String, bool)>| v.into_iter().map(|(k, v, _)| (k, v)).collect();
+    Ok((strip(plain), SecretEnv(strip(secret))))
 }
 
-/// The value of a manifest's environment variable: literal, or from a `valueFrom` reference.
+/// The Secret or ConfigMap key an env entry takes its value from.
+fn key_selector(e: &EnvVar) -> Option<(ConfigKind, &KeySelector)> {
+    let f = e.value_from.as_ref()?;
+    f.secret_key_ref
+        .as_ref()
+        .map(|s| (ConfigKind::Secret, s))
+        .or(f
+            .config_map_key_ref
+            .as_ref()
+            .map(|s| (ConfigKind::ConfigMap, s)))
+}
+
+/// What a revision needs from Secrets and ConfigMaps that `values` lacks (objects and keys
+/// not marked optional, and values that cannot be environment variables), one phrase each,
+/// naming the object and key and never a value. Empty when every container can start.
+pub fn missing_config(spec: &RevisionSpec, values: &ConfigValues) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let container = c.name.clone().unwrap_or_else(|| format!("container-{i}"));
+        for from in &c.env_from {
+            let (kind, r) = match (&from.secret_ref, &from.config_map_ref) {
+                (Some(r), _) => (ConfigKind::Secret, r),
+                (None, Some(r)) => (ConfigKind::ConfigMap, r),
+                (None, None) => continue,
+            };
+            let obj = r.name.as_deref().unwrap_or_default();
+            if r.optional != Some(true) && values.get(kind, obj).is_none() {
+                missing.push(format!(
+                    "{kind} `{obj}` not found (container `{container}`, envFrom)"
+                ));
+            }
+        }
+        for e in &c.env {
+            let Some((kind, sel)) = key_selector(e) else {
+                continue;
+            };
+            let name = e.name.as_deref().unwrap_or_default();
+            let obj = sel.name.as_deref().unwrap_or_default();
+            let key = sel.key.as_deref().unwrap_or_default();
+            let optional = sel.optional == Some(true);
+            match values.get(kind, obj).map(|d| d.0.get(key)) {
+                None if optional => {}
+                None => missing.push(format!(
+                    "{kind} `{obj}` not found (container `{container}`, env `{name}`)"
+                )),
+                Some(None) if optional => {}
+                Some(None) => missing.push(format!(
+                    "key `{key}` not found in {kind} `{obj}` (container `{container}`, env `{name}`)"
+                )),
+                Some(Some(v)) if env_text(v).is_none() => missing.push(format!(
+                    "key `{key}` of {kind} `{obj}` is not UTF-8 text without NUL bytes, so it cannot be env `{name}`"
+                )),
+                Some(Some(_)) => {}
+            }
+        }
+    }
+    missing
+}
+
+/// A value as an environment variable's: UTF-8 without NUL, else nothing.
+fn env_text(v: &[u8]) -> Option<String> {
+    std::str::from_utf8(v)
+        .ok()
+        .filter(|s| !s.contains('\0'))
+        .map(str::to_owned)
+}
+
+/// The value of a manifest's environment variable: literal, or from a `valueFrom` reference
+/// to the instance's own fields or resources.
 fn env_value(ctx: &InstanceContext<'_>, c: &Container, e: &EnvVar) -> String {
     match (&e.value, &e.value_from) {
         (Some(v), _) => v.clone(),

@@ -17,6 +17,7 @@ use crate::reconciler::{Controllers, Handle};
 use crate::revisions::ImageReconciler;
 use crate::routing::RouteReconciler;
 use crate::runtime::{ImageStore, InstanceRuntime};
+use crate::secrets::SecretStore;
 use crate::serving::{Serving, ServingConfig};
 
 /// How long shutdown waits for reconciles in progress (an image pull is abandoned; its
@@ -43,6 +44,8 @@ pub struct Parts {
     pub ingress_port: u16,
     /// Autoscaling settings.
     pub serving: ServingConfig,
+    /// Secrets and ConfigMaps.
+    pub secrets: Arc<SecretStore>,
 }
 
 /// The running control plane.
@@ -77,6 +80,7 @@ impl ControlPlane {
             parts.images.clone(),
             parts.store.clone(),
             serving.clone(),
+            parts.secrets,
         );
         instances.recover().await;
 

@@ -124,6 +124,18 @@ pub struct UserPlan {
     pub run_as_non_root: bool,
 }
 
+/// Environment variables whose values come from Secrets. `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretEnv(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
+    }
+}
+
 /// One container of an instance, fully resolved by the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -136,6 +148,11 @@ pub struct ContainerPlan {
     pub args: Vec<String>,
     /// Environment, in order.
     pub env: Vec<(String, String)>,
+    /// Environment from Secrets (names distinct from `env`'s). Never serialized: the plan
+    /// is recorded in the store for re-adoption, and a Secret's value must not be. A plan
+    /// read back from the store has none until the daemon fills them in again.
+    #[serde(skip)]
+    pub secret_env: SecretEnv,
     /// Working directory (image's or the manifest's).
     pub working_dir: Option<String>,
     /// Who it runs as.
@@ -686,7 +703,12 @@ impl Runtime {
             let _ = std::fs::create_dir_all(&cwd_in);
         }
         let mut env: Vec<String> = Vec::new();
-        let has = |k: &str| plan.env.iter().any(|(n, _)| n == k);
+        let has = |k: &str| {
+            plan.env
+                .iter()
+                .chain(&plan.secret_env.0)
+                .any(|(n, _)| n == k)
+        };
         if !has("PATH") {
             env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
         }
@@ -696,7 +718,12 @@ impl Runtime {
         if !has("HOSTNAME") {
             env.push(format!("HOSTNAME={}", hostname(&inst.plan.id)));
         }
-        env.extend(plan.env.iter().map(|(k, v)| format!("{k}={v}")));
+        env.extend(
+            plan.env
+                .iter()
+                .chain(&plan.secret_env.0)
+                .map(|(k, v)| format!("{k}={v}")),
+        );
         let mut volumes = Vec::new();
         for m in &plan.mounts {
             let Some(v) = inst.plan.volumes.iter().find(|v| v.name == m.volume) else {

@@ -50,7 +50,7 @@ pub struct RevisionListParams {
     pub service: Option<String>,
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t).map_err(|e| {
         ApiError::new(
             ErrorCode::BadRequest,
@@ -59,7 +59,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     })
 }
 
-fn dry_run(value: &Option<String>) -> Result<bool, ApiError> {
+pub(super) fn dry_run(value: &Option<String>) -> Result<bool, ApiError> {
     match value.as_deref() {
         None | Some("false") => Ok(false),
         Some("All") | Some("true") => Ok(true),
@@ -70,7 +70,7 @@ fn dry_run(value: &Option<String>) -> Result<bool, ApiError> {
     }
 }
 
-fn check_segment(what: &str, value: &str) -> Result<(), ApiError> {
+pub(super) fn check_segment(what: &str, value: &str) -> Result<(), ApiError> {
     skiff_api::names::check_dns1123_label(value).map_err(|e| {
         ApiError::new(
             ErrorCode::BadRequest,
@@ -81,7 +81,7 @@ fn check_segment(what: &str, value: &str) -> Result<(), ApiError> {
 
 /// Reads a manifest body (JSON or YAML, one document) within the size limit, and parses it
 /// once a manifest permit is free (held until the apply is done).
-async fn read_manifest(
+pub(super) async fn read_manifest(
     state: &ApiState,
     headers: &HeaderMap,
     body: Body,
