@@ -11,14 +11,17 @@ pub enum Kind {
     /// A Service (also: services, svc, ksvc).
     #[value(alias = "services", alias = "svc", alias = "ksvc")]
     Service,
+    /// A Secret (also: secrets): its type, keys and sizes, never a value.
+    #[value(alias = "secrets")]
+    Secret,
 }
 
-/// Show a Service in detail.
+/// Show a Service or a Secret in detail.
 #[derive(Debug, clap::Args)]
 pub struct DescribeArgs {
-    /// `service`.
+    /// `service` or `secret`.
     pub kind: Kind,
-    /// The Service's name.
+    /// The name.
     pub name: String,
     /// The namespace [default: default].
     #[arg(short = 'n', long, env = "SKIFF_NAMESPACE", default_value = "default")]
@@ -30,7 +33,11 @@ pub struct DescribeArgs {
 /// Runs the command.
 pub async fn run(args: DescribeArgs) -> Result<i32, Exit> {
     let client = args.connect.client()?;
-    let Kind::Service = args.kind;
+    if args.kind == Kind::Secret {
+        let s = client.get_secret(&args.namespace, &args.name).await?;
+        print!("{}", output::describe_secret(&s));
+        return Ok(OK);
+    }
     let service = client.get_service(&args.namespace, &args.name).await?;
     let revisions = client
         .list_revisions(Some(&args.namespace), Some(&args.name))
