@@ -157,8 +157,9 @@ async fn ready_condition(d: &TestDaemon, rev: &str) -> Option<(String, String, S
 
 /// A revision whose Secret is missing is `CreateContainerConfigError` naming the Secret;
 /// it heals when the Secret is created; its container gets env, envFrom with a prefix and a
-/// ConfigMap key, and nothing for an optional missing key; the plaintext is in no byte of
-/// the store, no answer and no log line, even after rotate-key.
+/// ConfigMap key, nothing for an optional missing key, and secret, configMap and projected
+/// volumes (items, paths, modes, read-only); the plaintext is in no byte of the store, no
+/// answer and no log line, even after rotate-key.
 #[tokio::test]
 async fn secret_env_reaches_the_container_and_heals() {
     if skip_without_runc() {
@@ -172,8 +173,8 @@ async fn secret_env_reaches_the_container_and_heals() {
     let yaml = service(
         "sec-env",
         &image,
-        "env:\n- name: DB_PASSWORD\n  valueFrom:\n    secretKeyRef: {name: app-secret, key: password}\n- name: OPTIONAL\n  valueFrom:\n    secretKeyRef: {name: app-secret, key: absent, optional: true}\n- name: MODE\n  valueFrom:\n    configMapKeyRef: {name: app-config, key: MODE}\nenvFrom:\n- secretRef: {name: app-secret}\n  prefix: S_\n- configMapRef: {name: absent-config, optional: true}\n",
-        "",
+        "env:\n- name: DB_PASSWORD\n  valueFrom:\n    secretKeyRef: {name: app-secret, key: password}\n- name: OPTIONAL\n  valueFrom:\n    secretKeyRef: {name: app-secret, key: absent, optional: true}\n- name: MODE\n  valueFrom:\n    configMapKeyRef: {name: app-config, key: MODE}\nenvFrom:\n- secretRef: {name: app-secret}\n  prefix: S_\n- configMapRef: {name: absent-config, optional: true}\nvolumeMounts:\n- {name: creds, mountPath: /etc/creds, readOnly: true}\n- {name: cfg, mountPath: /etc/cfg, readOnly: true}\n- {name: proj, mountPath: /etc/proj, readOnly: true}\n",
+        "volumes:\n- name: creds\n  secret:\n    secretName: app-secret\n    defaultMode: 256\n    items: [{key: password, path: db/pw, mode: 288}]\n- name: cfg\n  configMap: {name: app-config}\n- name: proj\n  projected:\n    sources:\n    - secret: {name: app-secret, items: [{key: user, path: u}]}\n    - configMap: {name: app-config}\n    - configMap: {name: absent-config, optional: true}\n",
     );
     apply(&d, &yaml);
     let (_, reason, message) = wait_for(
@@ -227,6 +228,28 @@ async fn secret_env_reaches_the_container_and_heals() {
     assert_eq!(env["S_user"], "admin", "{env}");
     assert_eq!(env["MODE"], "fast", "{env}");
     assert!(env.get("OPTIONAL").is_none(), "{env}");
+    // Volumes: items at their paths with their modes, read-only.
+    let file = async |path: &str| -> (u16, Value) {
+        let (status, body) = http(&d, &id, "GET", &format!("/file?path={path}")).await;
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
+    };
+    let (status, f) = file("/etc/creds/db/pw").await;
+    assert_eq!(status, 200, "{f}");
+    assert_eq!(f["content"], "env-PLAINTEXT");
+    assert_eq!(f["mode"], "440");
+    assert_eq!(f["writable"], false, "{f}");
+    let (status, _) = file("/etc/creds/user").await;
+    assert_eq!(status, 404, "only the listed items");
+    let (_, f) = file("/etc/cfg/MODE").await;
+    assert_eq!(f["content"], "fast");
+    assert_eq!(f["mode"], "644");
+    let (_, f) = file("/etc/proj/u").await;
+    assert_eq!(f["content"], "admin");
+    let (_, f) = file("/etc/proj/MODE").await;
+    assert_eq!(f["content"], "fast");
     wait_for(
         "Ready=True",
         Duration::from_millis(50),

@@ -542,9 +542,10 @@ fn classify(parent: &str, key: &str) -> Option<Refusal> {
         (p, "host") if p.ends_with(".httpGet") || p.ends_with(".tcpSocket") => {
             NotSupported("probing another host; probes go to the instance itself")
         }
-        ("spec.template.spec.volumes[]", "secret" | "configMap" | "projected") => {
-            NotSupported("secret, configMap and projected volumes arrive with skiff's secret store")
-        }
+        (
+            "spec.template.spec.volumes[].projected.sources[]",
+            "downwardAPI" | "serviceAccountToken" | "clusterTrustBundle" | "podCertificate",
+        ) => NotSupported("this projected volume source; secret and configMap are supported"),
         ("spec.template.spec.volumes[]", "persistentVolumeClaim") => {
             NotSupported("persistent volume claims")
         }
@@ -589,6 +590,17 @@ fn accepted_fields(pattern: &str) -> &'static [&'static str] {
         "spec.template.spec.containers[].volumeMounts[]" => fields::of::<VolumeMount>(),
         "spec.template.spec.volumes[]" => fields::of::<Volume>(),
         "spec.template.spec.volumes[].emptyDir" => fields::of::<EmptyDirVolumeSource>(),
+        "spec.template.spec.volumes[].secret" => fields::of::<SecretVolumeSource>(),
+        "spec.template.spec.volumes[].configMap" => fields::of::<ConfigMapVolumeSource>(),
+        "spec.template.spec.volumes[].projected" => fields::of::<ProjectedVolumeSource>(),
+        "spec.template.spec.volumes[].projected.sources[]" => fields::of::<VolumeProjection>(),
+        "spec.template.spec.volumes[].projected.sources[].secret"
+        | "spec.template.spec.volumes[].projected.sources[].configMap" => {
+            fields::of::<ObjectProjection>()
+        }
+        p if p.ends_with(".items[]") && p.starts_with("spec.template.spec.volumes[]") => {
+            fields::of::<KeyToPath>()
+        }
         "spec.template.spec.imagePullSecrets[]" => fields::of::<LocalObjectReference>(),
         "spec.traffic[]" => fields::of::<TrafficTarget>(),
         p if probe(p) => fields::of::<Probe>(),

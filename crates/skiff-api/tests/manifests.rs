@@ -116,9 +116,14 @@ fn knative_fixtures_accepted_or_refused_with_paths() {
                 assert_eq!(problems[1].line, Some(42));
             }
             "secrets-go.yaml" => {
-                assert_eq!(paths, ["spec.template.spec.volumes[0].secret"]);
-                assert_eq!(problems[0].kind, ProblemKind::NotSupported);
-                assert!(problems[0].message.contains("not supported by skiff yet"));
+                // Knative requires `readOnly: true` on a secret volume's mount; the sample
+                // predates that rule.
+                assert_eq!(
+                    paths,
+                    ["spec.template.spec.containers[0].volumeMounts[0].readOnly"]
+                );
+                assert_eq!(problems[0].kind, ProblemKind::Invalid);
+                assert!(problems[0].message.contains("must be true"));
             }
             other => panic!("unexpected fixture {other}: {problems:?}"),
         }
@@ -206,10 +211,6 @@ fn unsupported_fields_are_refused_by_name() {
         (
             with_container("terminationMessagePath: /x\n"),
             "spec.template.spec.containers[0].terminationMessagePath",
-        ),
-        (
-            with_revision("volumes:\n- name: v\n  secret: {secretName: s}\n"),
-            "spec.template.spec.volumes[0].secret",
         ),
         (
             with_container("readinessProbe:\n  grpc: {port: 8080}\n"),
@@ -975,4 +976,56 @@ fn secrets_and_config_maps_in_multi_document_files() {
     for p in &problems {
         assert!(!p.message.contains("hunter2"), "{p}");
     }
+}
+
+/// Secret, configMap and projected volumes: items with relative paths and modes, mounted
+/// read-only; each problem at its path.
+#[test]
+fn secret_and_config_map_volumes() {
+    let c = "spec.template.spec.containers[0]";
+    let v = "spec.template.spec.volumes[0]";
+    let mount = "volumeMounts:\n- {name: v, mountPath: /etc/v, readOnly: true}\n";
+    let full = |vol: &str| {
+        format!(
+            "{}      volumes:\n{}",
+            with_container(mount),
+            indent(vol, 6)
+        )
+    };
+    assert_accepted(&full(
+        "- name: v\n  secret:\n    secretName: s\n    defaultMode: 0o400\n    items: [{key: a, path: x/a, mode: 288}]\n",
+    ));
+    assert_accepted(&full("- name: v\n  configMap: {name: c, optional: true}\n"));
+    assert_accepted(&full(
+        "- name: v\n  projected:\n    sources:\n    - secret: {name: s}\n    - configMap: {name: c, items: [{key: k, path: k2}]}\n",
+    ));
+    assert_refused(
+        &full("- name: v\n  secret:\n    secretName: s\n    items: [{key: a, path: ../x}]\n"),
+        &format!("{v}.secret.items[0].path"),
+        "must not contain `..`",
+    );
+    assert_refused(
+        &full("- name: v\n  secret:\n    secretName: s\n    items: [{key: a, path: /abs}]\n"),
+        &format!("{v}.secret.items[0].path"),
+        "relative",
+    );
+    assert_refused(
+        &full("- name: v\n  secret: {secretName: s, defaultMode: 4095}\n"),
+        &format!("{v}.secret.defaultMode"),
+        "file mode",
+    );
+    assert_refused(
+        &full("- name: v\n  projected:\n    sources:\n    - downwardAPI: {}\n"),
+        &format!("{v}.projected.sources[0].downwardAPI"),
+        "not supported by skiff yet",
+    );
+    let rw = format!(
+        "{}      volumes:\n      - name: v\n        secret: {{secretName: s}}\n",
+        with_container("volumeMounts:\n- {name: v, mountPath: /etc/v}\n")
+    );
+    assert_refused(
+        &rw,
+        &format!("{c}.volumeMounts[0].readOnly"),
+        "must be true",
+    );
 }

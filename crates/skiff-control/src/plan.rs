@@ -16,7 +16,8 @@ use skiff_api::types::{
 use skiff_image::ImageRecord;
 use skiff_image::content::RunConfig;
 use skiff_runtime::instance::{
-    ContainerPlan, InstancePlan, MountPlan, SecretEnv, UserPlan, VolumePlan,
+    ContainerPlan, InstancePlan, MountPlan, SecretEnv, UserPlan, VolumeFile, VolumeFiles,
+    VolumePlan,
 };
 use skiff_runtime::probe::{ProbeAction, ProbeSpec};
 use skiff_runtime::spec::{CPU_PERIOD_US, capabilities};
@@ -249,6 +250,7 @@ pub fn plan(
             spec.containers
                 .get(serving)
                 .map_or(DEFAULT_SCRATCH_BYTES, scratch_bytes),
+            values,
         ),
         // Knative gives an instance its request timeout to finish in-flight work.
         // Retiring waits for requests in flight up to the request timeout, as Knative does;
@@ -427,6 +429,31 @@ fn key_selector(e: &EnvVar) -> Option<(ConfigKind, &KeySelector)> {
 /// naming the object and key and never a value. Empty when every container can start.
 pub fn missing_config(spec: &RevisionSpec, values: &ConfigValues) -> Vec<String> {
     let mut missing = Vec::new();
+    for v in &spec.volumes {
+        let volume = v.name.as_deref().unwrap_or_default();
+        for (is_secret, name, items, optional) in v.config_sources() {
+            let kind = if is_secret {
+                ConfigKind::Secret
+            } else {
+                ConfigKind::ConfigMap
+            };
+            let obj = name.unwrap_or_default();
+            let Some(data) = values.get(kind, obj) else {
+                if !optional {
+                    missing.push(format!("{kind} `{obj}` not found (volume `{volume}`)"));
+                }
+                continue;
+            };
+            for it in items {
+                let key = it.key.as_deref().unwrap_or_default();
+                if !optional && !data.0.contains_key(key) {
+                    missing.push(format!(
+                        "key `{key}` not found in {kind} `{obj}` (volume `{volume}`)"
+                    ));
+                }
+            }
+        }
+    }
     for (i, c) in spec.containers.iter().enumerate() {
         let container = c.name.clone().unwrap_or_else(|| format!("container-{i}"));
         for from in &c.env_from {
@@ -547,12 +574,65 @@ fn scratch_bytes(c: &Container) -> u64 {
         .map_or(DEFAULT_SCRATCH_BYTES, |q| q.as_units())
 }
 
-/// An instance's volumes: the revision's emptyDir volumes; a disk one without a
-/// `sizeLimit` is bounded by `default_size` (the serving container's).
-fn volume_plans(volumes: &[Volume], default_size: u64) -> Vec<VolumePlan> {
+/// The files of a secret, configMap or projected volume, from `values`: each source's
+/// items (or every key at its own name), later sources replacing earlier files at the same
+/// path. Absent optional objects and keys give no file (missing required ones were refused
+/// by [`missing_config`]).
+fn volume_files(v: &Volume, values: &ConfigValues) -> VolumeFiles {
+    let default_mode = v.default_mode().unwrap_or(0o644) as u32 & 0o777;
+    let mut files: Vec<VolumeFile> = Vec::new();
+    let mut put = |path: &str, mode: u32, data: &[u8]| {
+        files.retain(|f| f.path != path);
+        files.push(VolumeFile {
+            path: path.to_owned(),
+            mode,
+            data: data.to_vec(),
+        });
+    };
+    for (is_secret, name, items, _) in v.config_sources() {
+        let kind = if is_secret {
+            ConfigKind::Secret
+        } else {
+            ConfigKind::ConfigMap
+        };
+        let Some(data) = values.get(kind, name.unwrap_or_default()) else {
+            continue;
+        };
+        if items.is_empty() {
+            for (k, bytes) in &data.0 {
+                put(k, default_mode, bytes);
+            }
+        } else {
+            for it in items {
+                let (Some(k), Some(path)) = (it.key.as_deref(), it.path.as_deref()) else {
+                    continue;
+                };
+                if let Some(bytes) = data.0.get(k) {
+                    let mode = it.mode.map_or(default_mode, |m| m as u32 & 0o777);
+                    put(path, mode, bytes);
+                }
+            }
+        }
+    }
+    VolumeFiles(files)
+}
+
+/// An instance's volumes: the revision's emptyDir volumes (a disk one without a `sizeLimit`
+/// is bounded by `default_size`, the serving container's) and its volumes of Secret and
+/// ConfigMap keys, with their files from `values`.
+fn volume_plans(volumes: &[Volume], default_size: u64, values: &ConfigValues) -> Vec<VolumePlan> {
     volumes
         .iter()
         .filter_map(|v| {
+            if v.is_config() {
+                return Some(VolumePlan {
+                    name: v.name.clone()?,
+                    memory: false,
+                    size_limit: None,
+                    config: true,
+                    files: volume_files(v, values),
+                });
+            }
             let ed = v.empty_dir.as_ref()?;
             Some(VolumePlan {
                 name: v.name.clone()?,
@@ -563,6 +643,8 @@ fn volume_plans(volumes: &[Volume], default_size: u64) -> Vec<VolumePlan> {
                         .and_then(|q| Quantity::parse(&q.0).ok())
                         .map_or(default_size, |q| q.as_units()),
                 ),
+                config: false,
+                files: VolumeFiles::default(),
             })
         })
         .collect()
@@ -600,7 +682,7 @@ mod tests {
             {"name": "c", "emptyDir": {"medium": "Memory", "sizeLimit": "8Mi"}},
         ]))
         .expect("volumes");
-        let plans = volume_plans(&volumes, 256 << 20);
+        let plans = volume_plans(&volumes, 256 << 20, &ConfigValues::default());
         let sizes: Vec<(bool, Option<u64>)> =
             plans.iter().map(|v| (v.memory, v.size_limit)).collect();
         assert_eq!(
@@ -609,6 +691,103 @@ mod tests {
                 (false, Some(256 << 20)),
                 (false, Some(16 << 20)),
                 (true, Some(8 << 20))
+            ]
+        );
+    }
+
+    fn values() -> ConfigValues {
+        let mut v = ConfigValues::default();
+        v.insert(
+            ConfigKind::Secret,
+            "db".into(),
+            Data(
+                [
+                    ("password".to_owned(), b"pw".to_vec()),
+                    ("user".to_owned(), b"u".to_vec()),
+                ]
+                .into(),
+            ),
+        );
+        v.insert(
+            ConfigKind::ConfigMap,
+            "cfg".into(),
+            Data([("mode".to_owned(), b"fast".to_vec())].into()),
+        );
+        v
+    }
+
+    fn spec(v: serde_json::Value) -> RevisionSpec {
+        serde_json::from_value(v).expect("spec")
+    }
+
+    /// Volume files: items with paths and modes, every key otherwise, projected sources in
+    /// order; an optional missing object gives nothing.
+    #[test]
+    fn volume_files_follow_items_and_modes() {
+        let s = spec(serde_json::json!({
+            "containers": [{"image": "x"}],
+            "volumes": [
+                {"name": "a", "secret": {"secretName": "db", "defaultMode": 0o400,
+                    "items": [{"key": "password", "path": "sub/pw", "mode": 0o440}, {"key": "user", "path": "u"}]}},
+                {"name": "b", "configMap": {"name": "cfg"}},
+                {"name": "c", "projected": {"sources": [
+                    {"secret": {"name": "db"}},
+                    {"configMap": {"name": "absent", "optional": true}},
+                    {"configMap": {"name": "cfg", "items": [{"key": "mode", "path": "password"}]}}
+                ]}}
+            ]
+        }));
+        let vals = values();
+        assert!(missing_config(&s, &vals).is_empty());
+        let plans = volume_plans(&s.volumes, 1 << 20, &vals);
+        let files = |i: usize| -> Vec<(String, u32, Vec<u8>)> {
+            plans[i]
+                .files
+                .0
+                .iter()
+                .map(|f| (f.path.clone(), f.mode, f.data.clone()))
+                .collect()
+        };
+        assert!(plans.iter().all(|p| p.config));
+        assert_eq!(
+            files(0),
+            [
+                ("sub/pw".into(), 0o440, b"pw".to_vec()),
+                ("u".into(), 0o400, b"u".to_vec())
+            ]
+        );
+        assert_eq!(files(1), [("mode".into(), 0o644, b"fast".to_vec())]);
+        // The ConfigMap's file replaces the Secret's at the same path.
+        assert_eq!(
+            files(2),
+            [
+                ("user".into(), 0o644, b"u".to_vec()),
+                ("password".into(), 0o644, b"fast".to_vec())
+            ]
+        );
+        // Serialized (the recorded plan), no file content.
+        let json = serde_json::to_string(&plans).expect("json");
+        assert!(!json.contains("pw\"") && !json.contains("fast"), "{json}");
+        assert!(!format!("{plans:?}").contains("fast"));
+    }
+
+    /// Missing objects and keys are named, per volume and env entry; optional ones are not.
+    #[test]
+    fn missing_config_names_objects_and_keys() {
+        let s = spec(serde_json::json!({
+            "containers": [{"image": "x", "name": "app",
+                "env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "db", "key": "nope"}}},
+                        {"name": "B", "valueFrom": {"secretKeyRef": {"name": "db", "key": "nope", "optional": true}}}],
+                "envFrom": [{"configMapRef": {"name": "gone"}}, {"secretRef": {"name": "gone2", "optional": true}}]}],
+            "volumes": [{"name": "v", "secret": {"secretName": "db", "items": [{"key": "k2", "path": "p"}]}}]
+        }));
+        let m = missing_config(&s, &values());
+        assert_eq!(
+            m,
+            [
+                "key `k2` not found in Secret `db` (volume `v`)",
+                "ConfigMap `gone` not found (container `app`, envFrom)",
+                "key `nope` not found in Secret `db` (container `app`, env `A`)",
             ]
         );
     }

@@ -729,9 +729,21 @@ fn secret_error(e: SecretError) -> ControllerError {
     ControllerError::Secret(e)
 }
 
-/// The Secrets and ConfigMaps a revision's containers reference (env, envFrom).
+/// The Secrets and ConfigMaps a revision references (env, envFrom, volumes).
 pub fn references(spec: &RevisionSpec) -> BTreeSet<(ConfigKind, String)> {
     let mut out = BTreeSet::new();
+    for v in &spec.volumes {
+        for (is_secret, name, _, _) in v.config_sources() {
+            let kind = if is_secret {
+                ConfigKind::Secret
+            } else {
+                ConfigKind::ConfigMap
+            };
+            if let Some(n) = name {
+                out.insert((kind, n.to_owned()));
+            }
+        }
+    }
     for c in &spec.containers {
         for e in &c.env {
             let Some(from) = &e.value_from else { continue };
