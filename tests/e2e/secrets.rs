@@ -274,3 +274,88 @@ async fn secret_env_reaches_the_container_and_heals() {
     assert_no_plaintext("the daemon's log", d.log_text().as_bytes());
     d.cleanup().await.expect("cleanup");
 }
+
+/// `imagePullSecrets`: a `kubernetes.io/dockerconfigjson` Secret's credentials pull from a
+/// registry that requires them (without it the pull is refused); naming a Secret of another
+/// type is refused at apply with the field's path.
+#[tokio::test]
+async fn image_pull_secrets_authenticate_the_pull() {
+    if skip_without_runc() {
+        return;
+    }
+    use skiff_test_utils::registry::{PushFormat, Registry};
+    let reg = Registry::start_with_htpasswd("puller", "pull-PLAINTEXT")
+        .await
+        .expect("registry");
+    let layout = tempfile::tempdir().expect("layout");
+    skiff_test_utils::images::runtime_info_image()
+        .expect("image")
+        .write_oci_layout(layout.path(), "v1")
+        .expect("layout");
+    reg.push_oci_layout(layout.path(), "v1", "skiff/info:v1", PushFormat::Oci, false)
+        .await
+        .expect("push");
+    let image = format!("{}/skiff/info:v1", reg.addr());
+    let d = TestDaemon::start(crate::SKIFF).await.expect("daemon");
+
+    // An Opaque Secret named as a pull secret: refused with its path.
+    let o = d.cli(&["secrets", "create", "opaque", "--from-literal", "a=b"]);
+    assert_code(&o, 0);
+    let svc = |name: &str, secret: &str| {
+        service(
+            name,
+            &image,
+            "",
+            &format!("imagePullSecrets:\n- name: {secret}\n"),
+        )
+    };
+    let o = d.cli_with_stdin(&["apply", "-f", "-"], Some(&svc("pull-bad", "opaque")));
+    assert_code(&o, 3);
+    assert!(
+        stderr(&o).contains("spec.template.spec.imagePullSecrets[0].name"),
+        "{}",
+        stderr(&o)
+    );
+
+    let config = format!(
+        "{{\"auths\": {{\"{}\": {{\"username\": \"puller\", \"password\": \"pull-PLAINTEXT\"}}}}}}",
+        reg.addr()
+    );
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: regcred}}\ntype: kubernetes.io/dockerconfigjson\nstringData:\n  .dockerconfigjson: '{config}'\n"
+    );
+    apply(&d, &secret);
+    apply(&d, &svc("pull-ok", "regcred"));
+    let inst = instance_where(
+        &d,
+        "pull-ok",
+        "a ready instance pulled with the pull secret",
+        ready,
+    )
+    .await;
+    assert!(inst["id"].as_str().is_some());
+
+    // Without the pull secret the registry refuses the pull.
+    apply(&d, &service("pull-none", &image, "", ""));
+    let (_, reason, _) = wait_for(
+        "ImagePullFailed",
+        Duration::from_millis(50),
+        MAX_WAIT,
+        || async {
+            ready_condition(&d, "pull-none-00001")
+                .await
+                .filter(|(s, _, _)| s == "False")
+        },
+    )
+    .await
+    .expect("refused without credentials");
+    assert_eq!(reason, "ImagePullFailed");
+
+    let mut all = store_bytes(&d);
+    all.extend(d.log_text().into_bytes());
+    assert!(
+        !all.windows(14).any(|w| w == b"pull-PLAINTEXT"),
+        "the pull secret's password is in the store or the log"
+    );
+    d.cleanup().await.expect("cleanup");
+}

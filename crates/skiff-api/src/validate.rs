@@ -468,13 +468,7 @@ fn validate_revision_spec(rs: &RevisionSpec, at: &FieldPath, p: &mut Problems) {
     );
     for (i, s) in rs.image_pull_secrets.iter().enumerate() {
         let sp = at.key("imagePullSecrets").index(i);
-        match &s.name {
-            None => p.required(&sp.key("name")),
-            Some(_) => p.not_supported(
-                &sp,
-                "pull secrets arrive with skiff's secret store; give the daemon a Docker config.json with the registry's credentials",
-            ),
-        }
+        check_object_name(s.name.as_deref(), &sp, p);
     }
 }
 

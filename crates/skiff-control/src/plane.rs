@@ -80,7 +80,7 @@ impl ControlPlane {
             parts.images.clone(),
             parts.store.clone(),
             serving.clone(),
-            parts.secrets,
+            parts.secrets.clone(),
         );
         instances.recover().await;
 
@@ -96,6 +96,7 @@ impl ControlPlane {
         rest.add(Arc::new(ImageReconciler::new(
             controller.clone(),
             parts.images,
+            parts.secrets.clone(),
         )));
         let instance_queue = rest.add(instances.clone());
         let follower = instances.attach(instance_queue, stop.clone());

@@ -770,6 +770,48 @@ pub fn references(spec: &RevisionSpec) -> BTreeSet<(ConfigKind, String)> {
     out
 }
 
+/// The registry credentials of a revision's `imagePullSecrets`: every existing
+/// `kubernetes.io/dockerconfigjson` Secret named, the first one naming a registry winning.
+/// A missing Secret is skipped (as Kubernetes does: the pull may not need it); one of
+/// another type or with an unreadable config is skipped with a warning naming it.
+pub async fn pull_credentials(
+    secrets: &SecretStore,
+    revision: &skiff_api::object::Revision,
+) -> Result<skiff_image::auth::CredentialStore, ControllerError> {
+    let mut out = skiff_image::auth::CredentialStore::default();
+    let ns = &revision.metadata.namespace;
+    for r in &revision.spec.image_pull_secrets {
+        let Some(name) = r.name.as_deref() else {
+            continue;
+        };
+        let Some(o) = secrets.get(ConfigKind::Secret, ns, name).await? else {
+            continue;
+        };
+        if o.type_ != skiff_api::config::SECRET_TYPE_DOCKER_CONFIG_JSON {
+            tracing::warn!(namespace = %ns, secret = name, r#type = %o.type_, "an imagePullSecret is not of type kubernetes.io/dockerconfigjson; not used");
+            continue;
+        }
+        let auths = o
+            .data
+            .0
+            .get(skiff_api::config::DOCKER_CONFIG_JSON_KEY)
+            .map(|b| skiff_api::config::docker_auths(b));
+        match auths {
+            Some(Ok(auths)) => {
+                for (host, (username, password)) in auths {
+                    if out.get(&host).is_none() {
+                        out.insert(&host, skiff_image::auth::Credentials { username, password });
+                    }
+                }
+            }
+            _ => {
+                tracing::warn!(namespace = %ns, secret = name, "an imagePullSecret holds no usable Docker config.json; not used")
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The kind, namespace and name of a Secret or ConfigMap store key.
 pub fn parse_config_key(key: &str) -> Option<(ConfigKind, &str, &str)> {
     if let Some((ns, n)) = keys::parse_secret(key) {
