@@ -205,8 +205,10 @@ fn unsupported_fields_are_refused_by_name() {
             "spec.template.spec.nodeSelector",
         ),
         (
-            with_revision("imagePullSecrets:\n- name: regcred\n"),
-            "spec.template.spec.imagePullSecrets[0]",
+            with_revision(
+                "volumes:\n- name: v\n  projected:\n    sources: [{serviceAccountToken: {path: t}}]\n",
+            ),
+            "spec.template.spec.volumes[0].projected.sources[0].serviceAccountToken",
         ),
         (
             with_container("terminationMessagePath: /x\n"),
