@@ -16,7 +16,7 @@ use crate::{apply, assert_code, indent, registry_with_info_image, skip_without_r
 
 /// A Service of the runtime-info image with `extra` container fields and `spec_extra`
 /// revision fields (YAML, indented as container / spec fields).
-fn service(name: &str, image: &str, container_extra: &str, spec_extra: &str) -> String {
+pub(crate) fn service(name: &str, image: &str, container_extra: &str, spec_extra: &str) -> String {
     format!(
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n{}      containers:\n      - image: {image}\n{}",
         indent(spec_extra, 6),
@@ -25,7 +25,7 @@ fn service(name: &str, image: &str, container_extra: &str, spec_extra: &str) -> 
 }
 
 /// Waits until the Service has an instance satisfying `pred`, and returns it.
-async fn instance_where(
+pub(crate) async fn instance_where(
     d: &TestDaemon,
     svc: &str,
     what: &str,
@@ -63,13 +63,18 @@ async fn instances_json(client: &Client, svc: &str) -> Option<Vec<Value>> {
     )
 }
 
-fn ready(i: &Value) -> bool {
+pub(crate) fn ready(i: &Value) -> bool {
     i["status"]["ready"] == true
 }
 
 /// An HTTP request into an instance's network namespace (no IP, no router: the namespace
 /// the project created itself).
-async fn http(d: &TestDaemon, instance: &str, method: &str, path: &str) -> (u16, String) {
+pub(crate) async fn http(
+    d: &TestDaemon,
+    instance: &str,
+    method: &str,
+    path: &str,
+) -> (u16, String) {
     let ns = d
         .data_dir()
         .join("run/instances")

@@ -8,6 +8,7 @@ mod hardening;
 mod images;
 mod lifecycle;
 mod runtime;
+mod secrets;
 mod serving;
 
 /// The skiff binary under test.

@@ -182,6 +182,7 @@ impl Ctx {
                 lowers: self.lowers.clone(),
                 args: self.args.clone(),
                 env: self.env(),
+                secret_env: Default::default(),
                 working_dir: None,
                 user: UserPlan::default(),
                 read_only_rootfs: false,

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod autoscaling;
+pub mod config;
 pub mod defaults;
 pub mod error;
 mod fields;

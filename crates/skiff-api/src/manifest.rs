@@ -24,6 +24,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_saphyr::granit_parser;
 
+use crate::config::{
+    self, CORE_API_VERSION, ConfigKind, ConfigMapManifest, ConfigMeta, SecretManifest,
+    ValidatedConfig,
+};
 use crate::fields;
 use crate::problems::{FieldPath, Problem, ProblemKind, Problems, Segment};
 use crate::suggest;
@@ -538,9 +542,10 @@ fn classify(parent: &str, key: &str) -> Option<Refusal> {
         (p, "host") if p.ends_with(".httpGet") || p.ends_with(".tcpSocket") => {
             NotSupported("probing another host; probes go to the instance itself")
         }
-        ("spec.template.spec.volumes[]", "secret" | "configMap" | "projected") => {
-            NotSupported("secret, configMap and projected volumes arrive with skiff's secret store")
-        }
+        (
+            "spec.template.spec.volumes[].projected.sources[]",
+            "downwardAPI" | "serviceAccountToken" | "clusterTrustBundle" | "podCertificate",
+        ) => NotSupported("this projected volume source; secret and configMap are supported"),
         ("spec.template.spec.volumes[]", "persistentVolumeClaim") => {
             NotSupported("persistent volume claims")
         }
@@ -585,6 +590,17 @@ fn accepted_fields(pattern: &str) -> &'static [&'static str] {
         "spec.template.spec.containers[].volumeMounts[]" => fields::of::<VolumeMount>(),
         "spec.template.spec.volumes[]" => fields::of::<Volume>(),
         "spec.template.spec.volumes[].emptyDir" => fields::of::<EmptyDirVolumeSource>(),
+        "spec.template.spec.volumes[].secret" => fields::of::<SecretVolumeSource>(),
+        "spec.template.spec.volumes[].configMap" => fields::of::<ConfigMapVolumeSource>(),
+        "spec.template.spec.volumes[].projected" => fields::of::<ProjectedVolumeSource>(),
+        "spec.template.spec.volumes[].projected.sources[]" => fields::of::<VolumeProjection>(),
+        "spec.template.spec.volumes[].projected.sources[].secret"
+        | "spec.template.spec.volumes[].projected.sources[].configMap" => {
+            fields::of::<ObjectProjection>()
+        }
+        p if p.ends_with(".items[]") && p.starts_with("spec.template.spec.volumes[]") => {
+            fields::of::<KeyToPath>()
+        }
         "spec.template.spec.imagePullSecrets[]" => fields::of::<LocalObjectReference>(),
         "spec.traffic[]" => fields::of::<TrafficTarget>(),
         p if probe(p) => fields::of::<Probe>(),
@@ -663,6 +679,16 @@ fn type_error_message(raw: &str) -> String {
 /// Reads a typed value from `value`, reporting unknown fields (all of them) and the first type
 /// error, each at its path.
 fn typed<T: for<'de> Deserialize<'de>>(value: &Value, problems: &mut Problems) -> Option<T> {
+    typed_as(value, problems, classify, accepted_fields)
+}
+
+/// [`typed`] for any kind of object, with its own refusals and field lists.
+fn typed_as<T: for<'de> Deserialize<'de>>(
+    value: &Value,
+    problems: &mut Problems,
+    classify: fn(&str, &str) -> Option<Refusal>,
+    accepted_fields: fn(&str) -> &'static [&'static str],
+) -> Option<T> {
     let mut ignored: Vec<FieldPath> = Vec::new();
     let result = {
         let mut record = |path: serde_ignored::Path<'_>| ignored.push(ignored_path(&path));
@@ -700,6 +726,160 @@ fn typed<T: for<'de> Deserialize<'de>>(value: &Value, problems: &mut Problems) -
             None
         }
     }
+}
+
+/// Why an unknown key of a Secret or ConfigMap is refused.
+fn classify_config(parent: &str, key: &str) -> Option<Refusal> {
+    Some(match (parent, key) {
+        ("metadata", k) if OUTPUT_ONLY_META.contains(&k) => Refusal::OutputOnly,
+        ("metadata", "ownerReferences" | "finalizers") => {
+            Refusal::NotSupported("owner references and finalizers")
+        }
+        _ => return None,
+    })
+}
+
+fn secret_fields(pattern: &str) -> &'static [&'static str] {
+    match pattern {
+        "" => fields::of::<SecretManifest>(),
+        "metadata" => fields::of::<ConfigMeta>(),
+        _ => &[],
+    }
+}
+
+fn config_map_fields(pattern: &str) -> &'static [&'static str] {
+    match pattern {
+        "" => fields::of::<ConfigMapManifest>(),
+        "metadata" => fields::of::<ConfigMeta>(),
+        _ => &[],
+    }
+}
+
+/// Reads and validates one document as a Secret or ConfigMap.
+pub fn config_from_document(doc: &Document, kind: ConfigKind) -> Result<ValidatedConfig, Problems> {
+    let mut problems = Problems::new();
+    if !doc.value.is_object() {
+        problems.invalid(
+            &FieldPath::root(),
+            "a manifest must be a mapping with apiVersion, kind and metadata",
+        );
+        return Err(problems);
+    }
+    let valid = match kind {
+        ConfigKind::Secret => {
+            let m: Option<SecretManifest> =
+                typed_as(&doc.value, &mut problems, classify_config, secret_fields);
+            m.and_then(|m| config::validate_secret(m, &mut problems))
+        }
+        ConfigKind::ConfigMap => {
+            let m: Option<ConfigMapManifest> = typed_as(
+                &doc.value,
+                &mut problems,
+                classify_config,
+                config_map_fields,
+            );
+            m.and_then(|m| config::validate_config_map(m, &mut problems))
+        }
+    };
+    match valid {
+        Some(v) if problems.is_empty() => Ok(v),
+        _ => Err(problems),
+    }
+}
+
+/// The kind of configuration object a document is, by its `apiVersion` and `kind`; `None`
+/// for anything else (read as a Service, which then says what is wrong).
+pub fn config_kind(doc: &Document) -> Option<ConfigKind> {
+    let core = matches!(
+        doc.value.get("apiVersion").and_then(Value::as_str),
+        Some(CORE_API_VERSION) | None
+    );
+    match doc.kind() {
+        Some("Secret") if core => Some(ConfigKind::Secret),
+        Some("ConfigMap") if core => Some(ConfigKind::ConfigMap),
+        _ => None,
+    }
+}
+
+/// One object of an input: a Service, a Secret or a ConfigMap.
+#[derive(Debug)]
+pub enum Object {
+    /// A Knative Service.
+    Service(Box<ValidatedService>),
+    /// A Secret or ConfigMap.
+    Config(ValidatedConfig),
+}
+
+impl Object {
+    /// The object's name (a Service may have only `generateName`).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Object::Service(s) => s.name(),
+            Object::Config(c) => Some(&c.name),
+        }
+    }
+
+    /// The namespace the manifest names, if it names one.
+    pub fn manifest_namespace(&self) -> Option<&str> {
+        match self {
+            Object::Service(s) => s.manifest.metadata.namespace.as_deref(),
+            Object::Config(c) => c.manifest_namespace.as_deref(),
+        }
+    }
+
+    /// Warnings to show on applying (Services only).
+    pub fn warnings(&self) -> Vec<String> {
+        match self {
+            Object::Service(s) => s.warnings(),
+            Object::Config(_) => Vec::new(),
+        }
+    }
+}
+
+/// Every document of an input with its object or its problems.
+#[derive(Debug)]
+pub struct ParsedObjects {
+    /// Each non-empty document and what it held.
+    pub documents: Vec<(Document, Result<Object, Vec<Problem>>)>,
+}
+
+impl ParsedObjects {
+    /// Every problem of every document, in order.
+    pub fn problems(&self) -> Vec<Problem> {
+        self.documents
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().err())
+            .flatten()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Reads every document of a YAML or JSON input as a Service, Secret or ConfigMap (by its
+/// `kind`). A syntax error refuses the whole input; otherwise each document carries its own
+/// result.
+pub fn parse_objects(text: &str) -> Result<ParsedObjects, Problem> {
+    let docs = parse_documents(text)?;
+    if docs.is_empty() {
+        return Err(syntax_problem(
+            "the input holds no document".into(),
+            None,
+            None,
+        ));
+    }
+    let multi = docs.len() > 1;
+    let documents = docs
+        .into_iter()
+        .map(|doc| {
+            let result = match config_kind(&doc) {
+                Some(kind) => config_from_document(&doc, kind).map(Object::Config),
+                None => service_from_document(&doc).map(|s| Object::Service(Box::new(s))),
+            }
+            .map_err(|p| doc.place(p, multi));
+            (doc, result)
+        })
+        .collect();
+    Ok(ParsedObjects { documents })
 }
 
 /// Reads and validates one document as a Service.

@@ -601,6 +601,180 @@ pub struct Volume {
     /// A scratch directory that lives as long as the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub empty_dir: Option<EmptyDirVolumeSource>,
+    /// The keys of a Secret as files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretVolumeSource>,
+    /// The keys of a ConfigMap as files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapVolumeSource>,
+    /// Keys of several Secrets and ConfigMaps as files in one directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected: Option<ProjectedVolumeSource>,
+}
+
+/// A Secret as a volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretVolumeSource {
+    /// The Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Only these keys, at these paths; every key at its own name when empty.
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub items: Vec<KeyToPath>,
+    /// Mode of the files (default 0644).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_mode: Option<i64>,
+    /// Whether a missing Secret (or key) is allowed: the volume is then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// A ConfigMap as a volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapVolumeSource {
+    /// The ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Only these keys, at these paths; every key at its own name when empty.
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub items: Vec<KeyToPath>,
+    /// Mode of the files (default 0644).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_mode: Option<i64>,
+    /// Whether a missing ConfigMap (or key) is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// Several Secrets and ConfigMaps in one volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectedVolumeSource {
+    /// The sources, in order (a later file replaces an earlier one at the same path).
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub sources: Vec<VolumeProjection>,
+    /// Mode of the files (default 0644).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_mode: Option<i64>,
+}
+
+/// One source of a projected volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeProjection {
+    /// A Secret's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<ObjectProjection>,
+    /// A ConfigMap's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ObjectProjection>,
+}
+
+/// The keys of one Secret or ConfigMap in a projected volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectProjection {
+    /// The object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Only these keys, at these paths; every key at its own name when empty.
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub items: Vec<KeyToPath>,
+    /// Whether a missing object (or key) is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// A key and the file it becomes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyToPath {
+    /// The key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The file's path, relative to the volume, without `..`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The file's mode (default: the volume's `defaultMode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<i64>,
+}
+
+impl Volume {
+    /// The Secrets and ConfigMaps whose keys this volume shows, each with its items and
+    /// whether it is optional: `(is_secret, name, items, optional)`.
+    pub fn config_sources(&self) -> Vec<(bool, Option<&str>, &[KeyToPath], bool)> {
+        let mut out = Vec::new();
+        if let Some(s) = &self.secret {
+            out.push((
+                true,
+                s.secret_name.as_deref(),
+                s.items.as_slice(),
+                s.optional == Some(true),
+            ));
+        }
+        if let Some(c) = &self.config_map {
+            out.push((
+                false,
+                c.name.as_deref(),
+                c.items.as_slice(),
+                c.optional == Some(true),
+            ));
+        }
+        if let Some(p) = &self.projected {
+            for src in &p.sources {
+                if let Some(s) = &src.secret {
+                    out.push((
+                        true,
+                        s.name.as_deref(),
+                        s.items.as_slice(),
+                        s.optional == Some(true),
+                    ));
+                }
+                if let Some(c) = &src.config_map {
+                    out.push((
+                        false,
+                        c.name.as_deref(),
+                        c.items.as_slice(),
+                        c.optional == Some(true),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The mode of files without one of their own.
+    pub fn default_mode(&self) -> Option<i64> {
+        self.secret
+            .as_ref()
+            .and_then(|s| s.default_mode)
+            .or(self.config_map.as_ref().and_then(|c| c.default_mode))
+            .or(self.projected.as_ref().and_then(|p| p.default_mode))
+    }
+
+    /// Whether the volume shows Secrets or ConfigMaps (read-only files).
+    pub fn is_config(&self) -> bool {
+        self.secret.is_some() || self.config_map.is_some() || self.projected.is_some()
+    }
 }
 
 /// A scratch directory.

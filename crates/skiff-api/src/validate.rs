@@ -412,6 +412,38 @@ fn validate_revision_spec(rs: &RevisionSpec, at: &FieldPath, p: &mut Problems) {
                 }
             }
         }
+        let sources = [
+            v.empty_dir.is_some(),
+            v.secret.is_some(),
+            v.config_map.is_some(),
+            v.projected.is_some(),
+        ];
+        match sources.iter().filter(|s| **s).count() {
+            0 => p.invalid(&vp, "set one of emptyDir, secret, configMap or projected"),
+            1 => {}
+            _ => p.invalid(
+                &vp,
+                "set only one of emptyDir, secret, configMap and projected",
+            ),
+        }
+        validate_config_volume(v, &vp, p);
+        if v.is_config() {
+            // Knative: a volume of Secrets or ConfigMaps is mounted read-only.
+            for (ci, c) in rs.containers.iter().enumerate() {
+                for (mi, m) in c.volume_mounts.iter().enumerate() {
+                    if m.name == v.name && m.read_only != Some(true) {
+                        p.invalid(
+                            &containers_path
+                                .index(ci)
+                                .key("volumeMounts")
+                                .index(mi)
+                                .key("readOnly"),
+                            "must be true: secret, configMap and projected volumes are read-only",
+                        );
+                    }
+                }
+            }
+        }
         if let Some(ed) = &v.empty_dir {
             let ep = vp.key("emptyDir");
             match ed.medium.as_deref() {
@@ -462,12 +494,116 @@ fn validate_revision_spec(rs: &RevisionSpec, at: &FieldPath, p: &mut Problems) {
     );
     for (i, s) in rs.image_pull_secrets.iter().enumerate() {
         let sp = at.key("imagePullSecrets").index(i);
-        match &s.name {
-            None => p.required(&sp.key("name")),
-            Some(_) => p.not_supported(
-                &sp,
-                "pull secrets arrive with skiff's secret store; give the daemon a Docker config.json with the registry's credentials",
-            ),
+        check_object_name(s.name.as_deref(), &sp, p);
+    }
+}
+
+/// Checks a file mode (`defaultMode`, `items[].mode`): 0 to 0777.
+fn check_mode(mode: Option<i64>, at: &FieldPath, p: &mut Problems) {
+    if let Some(m) = mode
+        && !(0..=0o777).contains(&m)
+    {
+        p.invalid(at, format!("{m} is not a file mode (0 to 0777, i.e. 511)"));
+    }
+}
+
+/// Checks the items of a Secret or ConfigMap volume source at `at`.
+fn check_items(items: &[KeyToPath], at: &FieldPath, p: &mut Problems) {
+    let mut paths = BTreeSet::new();
+    for (i, it) in items.iter().enumerate() {
+        let ip = at.key("items").index(i);
+        match it.key.as_deref() {
+            None => p.required(&ip.key("key")),
+            Some(k) => {
+                if let Err(e) = crate::config::check_data_key(k) {
+                    p.invalid(&ip.key("key"), e);
+                }
+            }
+        }
+        match it.path.as_deref() {
+            None => p.required(&ip.key("path")),
+            Some(path) => {
+                if let Err(e) = check_item_path(path) {
+                    p.invalid(&ip.key("path"), e);
+                } else if !paths.insert(path) {
+                    p.invalid(&ip.key("path"), format!("duplicate path `{path}`"));
+                }
+            }
+        }
+        check_mode(it.mode, &ip.key("mode"), p);
+    }
+}
+
+/// A file path inside a volume: relative, no `..` element, not empty, no NUL.
+pub fn check_item_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if path.starts_with('/') {
+        return Err(format!("`{path}` must be a relative path"));
+    }
+    if path.contains('\0') {
+        return Err("must not contain a NUL byte".into());
+    }
+    if path.split('/').any(|s| s == "..") {
+        return Err(format!("`{path}` must not contain `..`"));
+    }
+    if path.split('/').all(|s| s.is_empty() || s == ".") {
+        return Err(format!("`{path}` names no file"));
+    }
+    Ok(())
+}
+
+/// Checks a secret, configMap or projected volume at `vp`.
+fn validate_config_volume(v: &Volume, vp: &FieldPath, p: &mut Problems) {
+    if let Some(s) = &v.secret {
+        let sp = vp.key("secret");
+        match s.secret_name.as_deref() {
+            None => p.required(&sp.key("secretName")),
+            Some(n) => {
+                if let Err(e) = check_dns1123_subdomain(n) {
+                    p.invalid(&sp.key("secretName"), e);
+                }
+            }
+        }
+        check_items(&s.items, &sp, p);
+        check_mode(s.default_mode, &sp.key("defaultMode"), p);
+    }
+    if let Some(c) = &v.config_map {
+        let cp = vp.key("configMap");
+        check_object_name(c.name.as_deref(), &cp, p);
+        check_items(&c.items, &cp, p);
+        check_mode(c.default_mode, &cp.key("defaultMode"), p);
+    }
+    if let Some(pr) = &v.projected {
+        let pp = vp.key("projected");
+        check_mode(pr.default_mode, &pp.key("defaultMode"), p);
+        for (i, src) in pr.sources.iter().enumerate() {
+            let sp = pp.key("sources").index(i);
+            match (&src.secret, &src.config_map) {
+                (Some(_), Some(_)) => p.invalid(&sp, "set only one of secret and configMap"),
+                (None, None) => p.invalid(&sp, "set secret or configMap"),
+                (Some(o), None) => {
+                    check_object_name(o.name.as_deref(), &sp.key("secret"), p);
+                    check_items(&o.items, &sp.key("secret"), p);
+                }
+                (None, Some(o)) => {
+                    check_object_name(o.name.as_deref(), &sp.key("configMap"), p);
+                    check_items(&o.items, &sp.key("configMap"), p);
+                }
+            }
+        }
+    }
+}
+
+/// Checks the `name` of a reference to a Secret or ConfigMap at `at`.
+fn check_object_name(name: Option<&str>, at: &FieldPath, p: &mut Problems) {
+    match name {
+        None => p.required(&at.key("name")),
+        Some(n) => {
+            if let Err(e) = check_dns1123_subdomain(n) {
+                p.invalid(&at.key("name"), e);
+            }
         }
     }
 }
@@ -517,14 +653,8 @@ fn validate_container(
         match (&e.config_map_ref, &e.secret_ref) {
             (Some(_), Some(_)) => p.invalid(&ep, "set only one of configMapRef and secretRef"),
             (None, None) => p.invalid(&ep, "set configMapRef or secretRef"),
-            (Some(_), None) => p.not_supported(
-                &ep.key("configMapRef"),
-                "ConfigMaps arrive with skiff's secret store",
-            ),
-            (None, Some(_)) => p.not_supported(
-                &ep.key("secretRef"),
-                "secrets arrive with skiff's secret store",
-            ),
+            (Some(r), None) => check_object_name(r.name.as_deref(), &ep.key("configMapRef"), p),
+            (None, Some(r)) => check_object_name(r.name.as_deref(), &ep.key("secretRef"), p),
         }
     }
     if c.ports.len() > 1 {
@@ -717,17 +847,21 @@ fn validate_env(e: &EnvVar, at: &FieldPath, containers: &BTreeSet<&str>, p: &mut
         1 => {}
         _ => p.invalid(&fp, "set only one source"),
     }
-    if from.secret_key_ref.is_some() {
-        p.not_supported(
-            &fp.key("secretKeyRef"),
-            "secrets arrive with skiff's secret store",
-        );
-    }
-    if from.config_map_key_ref.is_some() {
-        p.not_supported(
-            &fp.key("configMapKeyRef"),
-            "ConfigMaps arrive with skiff's secret store",
-        );
+    for (field, sel) in [
+        ("secretKeyRef", &from.secret_key_ref),
+        ("configMapKeyRef", &from.config_map_key_ref),
+    ] {
+        let Some(sel) = sel else { continue };
+        let sp = fp.key(field);
+        check_object_name(sel.name.as_deref(), &sp, p);
+        match sel.key.as_deref() {
+            None => p.required(&sp.key("key")),
+            Some(k) => {
+                if let Err(e) = crate::config::check_data_key(k) {
+                    p.invalid(&sp.key("key"), e);
+                }
+            }
+        }
     }
     if let Some(f) = &from.field_ref {
         let path = fp.key("fieldRef").key("fieldPath");

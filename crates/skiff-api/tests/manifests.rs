@@ -116,9 +116,14 @@ fn knative_fixtures_accepted_or_refused_with_paths() {
                 assert_eq!(problems[1].line, Some(42));
             }
             "secrets-go.yaml" => {
-                assert_eq!(paths, ["spec.template.spec.volumes[0].secret"]);
-                assert_eq!(problems[0].kind, ProblemKind::NotSupported);
-                assert!(problems[0].message.contains("not supported by skiff yet"));
+                // Knative requires `readOnly: true` on a secret volume's mount; the sample
+                // predates that rule.
+                assert_eq!(
+                    paths,
+                    ["spec.template.spec.containers[0].volumeMounts[0].readOnly"]
+                );
+                assert_eq!(problems[0].kind, ProblemKind::Invalid);
+                assert!(problems[0].message.contains("must be true"));
             }
             other => panic!("unexpected fixture {other}: {problems:?}"),
         }
@@ -200,20 +205,14 @@ fn unsupported_fields_are_refused_by_name() {
             "spec.template.spec.nodeSelector",
         ),
         (
-            with_revision("imagePullSecrets:\n- name: regcred\n"),
-            "spec.template.spec.imagePullSecrets[0]",
+            with_revision(
+                "volumes:\n- name: v\n  projected:\n    sources: [{serviceAccountToken: {path: t}}]\n",
+            ),
+            "spec.template.spec.volumes[0].projected.sources[0].serviceAccountToken",
         ),
         (
             with_container("terminationMessagePath: /x\n"),
             "spec.template.spec.containers[0].terminationMessagePath",
-        ),
-        (
-            with_container("env:\n- name: A\n  valueFrom:\n    secretKeyRef: {name: s, key: k}\n"),
-            "spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef",
-        ),
-        (
-            with_container("envFrom:\n- configMapRef: {name: c}\n"),
-            "spec.template.spec.containers[0].envFrom[0].configMapRef",
         ),
         (
             with_container("readinessProbe:\n  grpc: {port: 8080}\n"),
@@ -929,4 +928,121 @@ fn progress_deadline_annotation() {
     ] {
         assert_refused(&with_annotations(&format!("{key}: {value}\n")), &path, says);
     }
+}
+
+/// Secret and ConfigMap references in env and envFrom are accepted; a reference without a
+/// name or key, or with a key Kubernetes would refuse, is not.
+#[test]
+fn secret_and_config_map_references() {
+    let c = "spec.template.spec.containers[0]";
+    assert_accepted(&with_container(
+        "env:\n- name: A\n  valueFrom:\n    secretKeyRef: {name: s, key: k, optional: true}\n- name: B\n  valueFrom:\n    configMapKeyRef: {name: c, key: k.x}\nenvFrom:\n- secretRef: {name: s}\n  prefix: S_\n- configMapRef: {name: c, optional: true}\n",
+    ));
+    assert_refused(
+        &with_container("env:\n- name: A\n  valueFrom:\n    secretKeyRef: {name: s}\n"),
+        &format!("{c}.env[0].valueFrom.secretKeyRef.key"),
+        "required",
+    );
+    assert_refused(
+        &with_container(
+            "env:\n- name: A\n  valueFrom:\n    configMapKeyRef: {name: c, key: a/b}\n",
+        ),
+        &format!("{c}.env[0].valueFrom.configMapKeyRef.key"),
+        "[-._a-zA-Z0-9]+",
+    );
+    assert_refused(
+        &with_container("envFrom:\n- secretRef: {optional: true}\n"),
+        &format!("{c}.envFrom[0].secretRef.name"),
+        "required",
+    );
+    assert_refused(
+        &with_container(
+            "env:\n- name: A\n  valueFrom:\n    secretKeyRef: {name: s, key: k, optinal: true}\n",
+        ),
+        &format!("{c}.env[0].valueFrom.secretKeyRef.optinal"),
+        "did you mean `optional`",
+    );
+}
+
+/// Secrets and ConfigMaps share files with Services; each document is read by its kind, and
+/// problems name their path (never a value).
+#[test]
+fn secrets_and_config_maps_in_multi_document_files() {
+    use skiff_api::manifest::{Object, parse_objects};
+    let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {password: hunter2}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: ns}\ndata: {a: '1'}\n---\n".to_owned()
+        + &with_container("");
+    let input = parse_objects(&text).expect("parses");
+    assert!(input.problems().is_empty(), "{:?}", input.problems());
+    let kinds: Vec<&str> = input
+        .documents
+        .iter()
+        .map(|(_, r)| match r.as_ref().expect("valid") {
+            Object::Service(_) => "Service",
+            Object::Config(c) => c.kind.as_str(),
+        })
+        .collect();
+    assert_eq!(kinds, ["Secret", "ConfigMap", "Service"]);
+
+    let bad = "apiVersion: v1\nkind: Secret\nmetadata: {name: db, uid: x}\ntpye: Opaque\ndata:\n  password: 'not base64 hunter2!'\n  a/b: eA==\n";
+    let input = parse_objects(bad).expect("parses");
+    let problems = input.problems();
+    let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["tpye", "data.password", "data.a/b"], "{problems:?}");
+    assert!(problems[0].message.contains("did you mean `type`"));
+    assert_eq!(problems[1].line, Some(6));
+    for p in &problems {
+        assert!(!p.message.contains("hunter2"), "{p}");
+    }
+}
+
+/// Secret, configMap and projected volumes: items with relative paths and modes, mounted
+/// read-only; each problem at its path.
+#[test]
+fn secret_and_config_map_volumes() {
+    let c = "spec.template.spec.containers[0]";
+    let v = "spec.template.spec.volumes[0]";
+    let mount = "volumeMounts:\n- {name: v, mountPath: /etc/v, readOnly: true}\n";
+    let full = |vol: &str| {
+        format!(
+            "{}      volumes:\n{}",
+            with_container(mount),
+            indent(vol, 6)
+        )
+    };
+    assert_accepted(&full(
+        "- name: v\n  secret:\n    secretName: s\n    defaultMode: 0o400\n    items: [{key: a, path: x/a, mode: 288}]\n",
+    ));
+    assert_accepted(&full("- name: v\n  configMap: {name: c, optional: true}\n"));
+    assert_accepted(&full(
+        "- name: v\n  projected:\n    sources:\n    - secret: {name: s}\n    - configMap: {name: c, items: [{key: k, path: k2}]}\n",
+    ));
+    assert_refused(
+        &full("- name: v\n  secret:\n    secretName: s\n    items: [{key: a, path: ../x}]\n"),
+        &format!("{v}.secret.items[0].path"),
+        "must not contain `..`",
+    );
+    assert_refused(
+        &full("- name: v\n  secret:\n    secretName: s\n    items: [{key: a, path: /abs}]\n"),
+        &format!("{v}.secret.items[0].path"),
+        "relative",
+    );
+    assert_refused(
+        &full("- name: v\n  secret: {secretName: s, defaultMode: 4095}\n"),
+        &format!("{v}.secret.defaultMode"),
+        "file mode",
+    );
+    assert_refused(
+        &full("- name: v\n  projected:\n    sources:\n    - downwardAPI: {}\n"),
+        &format!("{v}.projected.sources[0].downwardAPI"),
+        "not supported by skiff yet",
+    );
+    let rw = format!(
+        "{}      volumes:\n      - name: v\n        secret: {{secretName: s}}\n",
+        with_container("volumeMounts:\n- {name: v, mountPath: /etc/v}\n")
+    );
+    assert_refused(
+        &rw,
+        &format!("{c}.volumeMounts[0].readOnly"),
+        "must be true",
+    );
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+use skiff_api::config::{ConfigKind, ConfigMapView, RotateKeyReport, SecretView};
 use skiff_api::object::{DeleteResponse, List, Revision, Service};
 use skiff_api::wire::{
     APPLY_RESULT_HEADER, CREATED_REVISION_HEADER, GcReport, ImageView, InstanceView, LogLine,
@@ -269,6 +270,113 @@ impl Client {
             created_revision,
             warnings,
         })
+    }
+
+    /// Reads a Service.
+    /// Creates or replaces a Secret or ConfigMap from a manifest body; returns what the apply
+    /// did (`created`, `configured`, `unchanged`).
+    pub async fn apply_config(
+        &self,
+        kind: ConfigKind,
+        namespace: &str,
+        name: &str,
+        body: String,
+        content_type: &str,
+        dry_run: bool,
+    ) -> Result<String, ClientError> {
+        let query: &[(&str, &str)] = if dry_run { &[("dryRun", "All")] } else { &[] };
+        let path = format!(
+            "/api/v1/namespaces/{namespace}/{}/{name}",
+            config_path(kind)
+        );
+        let request = self
+            .http
+            .put(self.url(&path, query))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        let response = self.send(request).await?;
+        let result = response
+            .headers()
+            .get(APPLY_RESULT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(|| "configured".to_owned());
+        let _: serde_json::Value = self.json(response).await?;
+        Ok(result)
+    }
+
+    /// A Secret: its type, keys and sizes (never values).
+    pub async fn get_secret(&self, namespace: &str, name: &str) -> Result<SecretView, ClientError> {
+        self.get(
+            &format!("/api/v1/namespaces/{namespace}/secrets/{name}"),
+            &[],
+        )
+        .await
+    }
+
+    /// The Secrets of a namespace, or of all (`None`).
+    pub async fn list_secrets(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<Vec<SecretView>, ClientError> {
+        let path = match namespace {
+            Some(ns) => format!("/api/v1/namespaces/{ns}/secrets"),
+            None => "/api/v1/secrets".to_owned(),
+        };
+        let list: List<SecretView> = self.get(&path, &[]).await?;
+        Ok(list.items)
+    }
+
+    /// A ConfigMap.
+    pub async fn get_config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<ConfigMapView, ClientError> {
+        self.get(
+            &format!("/api/v1/namespaces/{namespace}/configmaps/{name}"),
+            &[],
+        )
+        .await
+    }
+
+    /// The ConfigMaps of a namespace, or of all (`None`).
+    pub async fn list_config_maps(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<Vec<ConfigMapView>, ClientError> {
+        let path = match namespace {
+            Some(ns) => format!("/api/v1/namespaces/{ns}/configmaps"),
+            None => "/api/v1/configmaps".to_owned(),
+        };
+        let list: List<ConfigMapView> = self.get(&path, &[]).await?;
+        Ok(list.items)
+    }
+
+    /// Deletes a Secret or ConfigMap.
+    pub async fn delete_config(
+        &self,
+        kind: ConfigKind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), ClientError> {
+        let url = self.url(
+            &format!(
+                "/api/v1/namespaces/{namespace}/{}/{name}",
+                config_path(kind)
+            ),
+            &[],
+        );
+        self.send(self.http.delete(url)).await?;
+        Ok(())
+    }
+
+    /// Re-encrypts every Secret under a new key.
+    pub async fn rotate_secret_key(&self) -> Result<RotateKeyReport, ClientError> {
+        let response = self
+            .send(self.http.post(self.url("/api/v1/secrets/rotate-key", &[])))
+            .await?;
+        self.json(response).await
     }
 
     /// Reads a Service.
@@ -537,6 +645,14 @@ impl Client {
     /// The daemon's version information.
     pub async fn version(&self) -> Result<VersionInfo, ClientError> {
         self.get("/api/v1/version", &[]).await
+    }
+}
+
+/// The path segment of a kind of configuration object.
+fn config_path(kind: ConfigKind) -> &'static str {
+    match kind {
+        ConfigKind::Secret => "secrets",
+        ConfigKind::ConfigMap => "configmaps",
     }
 }
 

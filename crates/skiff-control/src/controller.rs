@@ -78,6 +78,9 @@ pub enum ControllerError {
     /// The state store failed.
     #[error("state store failed")]
     Store(#[from] StoreError),
+    /// The secret store's key could not be used.
+    #[error("secret store")]
+    Secret(#[from] crate::secrets::SecretError),
     /// A stored value could not be decoded.
     #[error("stored value at `{key}` is unreadable")]
     Corrupt {

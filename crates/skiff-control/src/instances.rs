@@ -32,6 +32,7 @@ use tracing::{info, warn};
 use crate::controller::{Controller, ControllerError, RevisionKey};
 use crate::reconciler::{Handle, Next, ReconcileError, Reconciler};
 use crate::runtime::{ImageStore, InstanceInfo, InstanceRuntime};
+use crate::secrets::{self, SecretStore};
 use crate::serving::Serving;
 use crate::status::{self, needs_images, pull_failed};
 
@@ -114,6 +115,8 @@ pub struct InstanceManager {
     images: Arc<dyn ImageStore>,
     store: Arc<dyn Store>,
     serving: Arc<Serving>,
+    /// Secrets and ConfigMaps, read when an instance starts.
+    secrets: Arc<SecretStore>,
     /// Instances being drained and stopped: no longer counted as live.
     retiring: Arc<Mutex<HashSet<String>>>,
     /// This reconciler's own queue, for what finishes outside a pass.
@@ -128,6 +131,7 @@ impl InstanceManager {
         images: Arc<dyn ImageStore>,
         store: Arc<dyn Store>,
         serving: Arc<Serving>,
+        secrets: Arc<SecretStore>,
     ) -> Arc<Self> {
         Arc::new(InstanceManager {
             runtime,
@@ -135,6 +139,7 @@ impl InstanceManager {
             images,
             store,
             serving,
+            secrets,
             retiring: Arc::default(),
             handle: OnceLock::new(),
         })
@@ -280,6 +285,13 @@ impl InstanceManager {
             .iter()
             .map(|p| (p.namespace.clone(), p.id.clone()))
             .collect();
+        // Values from Secrets are not recorded: read them again, so a re-adopted
+        // instance's restarts get them (the values of now).
+        for p in &mut plans {
+            if let Err(e) = self.refill_secret_env(p).await {
+                warn!(instance = %p.id, error = %skiff_telemetry::ErrorChain(&*e), "re-reading the Secrets of a re-adopted instance; its restarts will lack them");
+            }
+        }
         let report = self.runtime.recover(plans).await;
         info!(
             adopted = report.adopted.len(),
@@ -297,6 +309,53 @@ impl InstanceManager {
                     .await;
             }
         }
+    }
+
+    /// Fills in a recorded plan's environment from Secrets (which the record leaves out).
+    async fn refill_secret_env(&self, p: &mut InstancePlan) -> Result<(), ReconcileError> {
+        let rev = self
+            .controller
+            .get_revision(&p.namespace, &p.revision)
+            .await?;
+        if secrets::references(&rev.spec).is_empty() {
+            return Ok(());
+        }
+        let images = self.pinned_images(&rev).await?;
+        let values = secrets::values_for(&self.secrets, &p.namespace, &rev.spec).await?;
+        let fresh =
+            crate::plan::plan(&rev, &images, |d| self.images.layer_path(d), &p.id, &values)?;
+        for (c, f) in p.containers.iter_mut().zip(fresh.containers) {
+            c.secret_env = f.secret_env;
+        }
+        Ok(())
+    }
+
+    async fn pinned_images(
+        &self,
+        rev: &Revision,
+    ) -> Result<Vec<skiff_image::ImageRecord>, ReconcileError> {
+        let mut images = Vec::new();
+        for cs in &rev.status.container_statuses {
+            let pinned = cs.image_digest.as_deref().unwrap_or_default();
+            let digest = pinned.rsplit_once('@').map(|(_, d)| d).unwrap_or(pinned);
+            let image = self
+                .images
+                .by_digest(digest)
+                .await?
+                .ok_or_else(|| format!("image {pinned} is no longer in the content store"))?;
+            images.push(image);
+        }
+        Ok(images)
+    }
+
+    /// What `r` needs from Secrets and ConfigMaps that is missing now (see
+    /// [`crate::plan::missing_config`]).
+    async fn missing_config(&self, r: &Revision) -> Result<Vec<String>, ControllerError> {
+        if secrets::references(&r.spec).is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = secrets::values_for(&self.secrets, &r.metadata.namespace, &r.spec).await?;
+        Ok(crate::plan::missing_config(&r.spec, &values))
     }
 
     /// Stops every instance, each killed at most `cap` after this (those being retired too),
@@ -374,17 +433,7 @@ impl InstanceManager {
     }
 
     async fn start_instance(&self, rev: &Revision) -> Result<(), ReconcileError> {
-        let mut images = Vec::new();
-        for cs in &rev.status.container_statuses {
-            let pinned = cs.image_digest.as_deref().unwrap_or_default();
-            let digest = pinned.rsplit_once('@').map(|(_, d)| d).unwrap_or(pinned);
-            let image = self
-                .images
-                .by_digest(digest)
-                .await?
-                .ok_or_else(|| format!("image {pinned} is no longer in the content store"))?;
-            images.push(image);
-        }
+        let images = self.pinned_images(rev).await?;
         let suffix: String = {
             const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
             let mut rng = rand::rng();
@@ -393,7 +442,10 @@ impl InstanceManager {
                 .collect()
         };
         let id = format!("{}-{suffix}", rev.metadata.name);
-        let plan = crate::plan::plan(rev, &images, |d| self.images.layer_path(d), &id)?;
+        // The values of the Secrets and ConfigMaps it references live in memory only for
+        // this start: the recorded plan leaves Secrets' out.
+        let values = secrets::values_for(&self.secrets, &rev.metadata.namespace, &rev.spec).await?;
+        let plan = crate::plan::plan(rev, &images, |d| self.images.layer_path(d), &id, &values)?;
         let key = keys::instance(&plan.namespace, &plan.id);
         self.store
             .txn(Txn::new().put(&key, serde_json::to_vec(&plan).expect("plans serialize")))
@@ -412,6 +464,7 @@ impl InstanceManager {
         r: &Revision,
         instances: &[InstanceInfo],
         desired: u32,
+        missing: Vec<String>,
     ) -> Result<(), ControllerError> {
         if needs_images(r) || pull_failed(r) {
             return Ok(());
@@ -420,7 +473,12 @@ impl InstanceManager {
         // Nothing to write when nothing changes.
         let now = self.controller.now();
         let mut probe = r.clone();
-        status::apply_instance_status(&mut probe, &statuses, desired, &now);
+        let apply = move |r: &mut Revision| {
+            status::apply_config_error(r, &missing, &now, false);
+            status::apply_instance_status(r, &statuses, desired, &now);
+            status::apply_config_error(r, &missing, &now, true);
+        };
+        apply(&mut probe);
         if probe.status == r.status {
             return Ok(());
         }
@@ -428,7 +486,7 @@ impl InstanceManager {
         self.controller
             .update_revision(ns, name, true, move |r| {
                 let before = r.status.clone();
-                status::apply_instance_status(r, &statuses, desired, &now);
+                apply(r);
                 before != r.status
             })
             .await?;
@@ -445,12 +503,28 @@ impl Reconciler for InstanceManager {
     }
 
     fn watches(&self) -> &'static [&'static str] {
-        &[keys::REVISIONS, keys::SERVICES, keys::SCALES]
+        &[
+            keys::REVISIONS,
+            keys::SERVICES,
+            keys::SCALES,
+            keys::SECRETS,
+            keys::CONFIGMAPS,
+        ]
     }
 
     async fn keys_for(&self, store_key: &str) -> Vec<RevisionKey> {
         if let Some(key) = crate::controller::parse_revision_key(store_key) {
             return vec![key];
+        }
+        // A Secret or ConfigMap: the revisions of its namespace that reference it.
+        if let Some((kind, ns, name)) = secrets::parse_config_key(store_key) {
+            return match self.controller.list_revisions(Some(ns), None).await {
+                Ok(revisions) => referencing(&revisions, kind, name),
+                Err(e) => {
+                    warn!(error = %skiff_telemetry::ErrorChain(&e), "listing the revisions of a namespace");
+                    Vec::new()
+                }
+            };
         }
         // A Service or its override: its revisions (the latest may have changed).
         let Some((ns, svc)) =
@@ -521,6 +595,10 @@ impl Reconciler for InstanceManager {
                 })
                 .collect(),
         };
+        let missing = match &revision {
+            Some(r) => self.missing_config(r).await?,
+            None => Vec::new(),
+        };
         let mut failed = None;
         for action in plan(&state) {
             match action {
@@ -532,6 +610,11 @@ impl Reconciler for InstanceManager {
                 }
                 Action::Start(n) => {
                     let Some(r) = &revision else { continue };
+                    // Nothing can start without what it needs; the status says what, and a
+                    // change to the Secret or ConfigMap queues the revision again.
+                    if !missing.is_empty() {
+                        continue;
+                    }
                     for _ in 0..n {
                         if let Err(e) = self.start_instance(r).await {
                             failed = Some(e);
@@ -548,7 +631,7 @@ impl Reconciler for InstanceManager {
                 .into_iter()
                 .filter(|i| i.plan.namespace == key.0 && i.plan.revision == key.1)
                 .collect();
-            self.write_status(r, &now, desired).await?;
+            self.write_status(r, &now, desired, missing).await?;
             // A revision still trying to become ready is looked at again at its deadline.
             let statuses: Vec<InstanceStatus> = now.iter().map(|i| i.status.clone()).collect();
             if failed.is_none()
@@ -566,6 +649,19 @@ impl Reconciler for InstanceManager {
     fn workers(&self) -> usize {
         4
     }
+}
+
+/// The keys of the revisions among `revisions` that reference the Secret or ConfigMap `name`.
+pub fn referencing(
+    revisions: &[Revision],
+    kind: skiff_api::config::ConfigKind,
+    name: &str,
+) -> Vec<RevisionKey> {
+    revisions
+        .iter()
+        .filter(|r| secrets::references(&r.spec).contains(&(kind, name.to_owned())))
+        .map(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()))
+        .collect()
 }
 
 /// Queues a revision's key with the instance reconciler (the autoscaler's hook).

@@ -20,5 +20,6 @@ pub mod revisions;
 pub mod routes;
 pub mod routing;
 pub mod runtime;
+pub mod secrets;
 pub mod serving;
 pub mod status;

@@ -17,6 +17,7 @@ use crate::reconciler::{Controllers, Handle};
 use crate::revisions::ImageReconciler;
 use crate::routing::RouteReconciler;
 use crate::runtime::{ImageStore, InstanceRuntime};
+use crate::secrets::SecretStore;
 use crate::serving::{Serving, ServingConfig};
 
 /// How long shutdown waits for reconciles in progress (an image pull is abandoned; its
@@ -43,6 +44,8 @@ pub struct Parts {
     pub ingress_port: u16,
     /// Autoscaling settings.
     pub serving: ServingConfig,
+    /// Secrets and ConfigMaps.
+    pub secrets: Arc<SecretStore>,
 }
 
 /// The running control plane.
@@ -82,6 +85,7 @@ impl ControlPlane {
             parts.images.clone(),
             parts.store.clone(),
             serving.clone(),
+            parts.secrets.clone(),
         );
         instances.recover().await;
 
@@ -97,6 +101,7 @@ impl ControlPlane {
         rest.add(Arc::new(ImageReconciler::new(
             controller.clone(),
             parts.images,
+            parts.secrets.clone(),
         )));
         let instance_queue = rest.add(instances.clone());
         let follower = instances.attach(instance_queue, stop.clone());

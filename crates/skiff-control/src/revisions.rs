@@ -45,6 +45,8 @@ fn human_bytes(n: u64) -> String {
 pub struct ImageReconciler {
     controller: Controller,
     images: Arc<dyn ImageStore>,
+    /// Where a revision's `imagePullSecrets` are read.
+    secrets: Arc<crate::secrets::SecretStore>,
     /// Each revision whose pull failed: its last retry delay, and when it may try again.
     /// (Its own status writes queue the key again; they must not bring the retry forward.)
     backoff: Mutex<HashMap<RevisionKey, (Duration, tokio::time::Instant)>>,
@@ -52,10 +54,15 @@ pub struct ImageReconciler {
 
 impl ImageReconciler {
     /// A reconciler resolving through `images`.
-    pub fn new(controller: Controller, images: Arc<dyn ImageStore>) -> Self {
+    pub fn new(
+        controller: Controller,
+        images: Arc<dyn ImageStore>,
+        secrets: Arc<crate::secrets::SecretStore>,
+    ) -> Self {
         ImageReconciler {
             controller,
             images,
+            secrets,
             backoff: Mutex::default(),
         }
     }
@@ -123,7 +130,15 @@ impl Reconciler for ImageReconciler {
         if let Some(left) = self.waiting(key) {
             return Ok(Next::RequeueAfter(left));
         }
-        if resolve(&self.controller, &*self.images, &revision).await {
+        // The revision's pull secrets are tried first for their registries; the Docker
+        // config.json stays in this pull's memory.
+        let creds = crate::secrets::pull_credentials(&self.secrets, &revision).await?;
+        let retry = skiff_image::auth::with_pull_credentials(
+            creds,
+            resolve(&self.controller, &*self.images, &revision),
+        )
+        .await;
+        if retry {
             let delay = self.next_retry(key);
             info!(
                 revision = %key.1,

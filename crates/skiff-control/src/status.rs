@@ -68,6 +68,8 @@ pub mod reasons {
     pub const OOM_KILLED: &str = "OOMKilled";
     /// No instance became ready within the revision's progress deadline.
     pub const PROGRESS_DEADLINE: &str = "ProgressDeadlineExceeded";
+    /// A Secret, ConfigMap or key the revision needs is missing (Kubernetes' reason).
+    pub const CREATE_CONTAINER_CONFIG_ERROR: &str = "CreateContainerConfigError";
 }
 
 /// Why a revision has no instance yet (with [`reasons::NO_INSTANCES`]).
@@ -481,6 +483,39 @@ fn set_health_and_ready(
         status,
         reason,
         message,
+        now,
+    );
+}
+
+/// What a missing Secret, ConfigMap or key does to a revision's status, given `missing`
+/// (one phrase per problem, from [`crate::plan::missing_config`]; empty when nothing is
+/// missing). A revision without a ready instance is `Ready=False` with
+/// [`reasons::CREATE_CONTAINER_CONFIG_ERROR`]; once nothing is missing that failure is
+/// cleared, so the instance conditions are computed afresh (call this before and after
+/// [`apply_instance_status`]: `clear` first, then `set`).
+pub fn apply_config_error(r: &mut Revision, missing: &[String], now: &str, set: bool) {
+    let failed_for_config = condition(&r.status.conditions, conditions::READY)
+        .is_some_and(|c| c.reason.as_deref() == Some(reasons::CREATE_CONTAINER_CONFIG_ERROR));
+    if !set {
+        if missing.is_empty() && failed_for_config {
+            set_health_and_ready(
+                r,
+                ConditionStatus::Unknown,
+                Some(reasons::NO_INSTANCES),
+                Some(MESSAGE_NO_INSTANCES.to_owned()),
+                now,
+            );
+        }
+        return;
+    }
+    if missing.is_empty() || r.status.actual_replicas > 0 {
+        return;
+    }
+    set_health_and_ready(
+        r,
+        ConditionStatus::False,
+        Some(reasons::CREATE_CONTAINER_CONFIG_ERROR),
+        Some(format!("cannot start an instance: {}", missing.join("; "))),
         now,
     );
 }

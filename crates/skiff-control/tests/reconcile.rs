@@ -13,6 +13,7 @@ use skiff_api::object::{ConditionStatus, Revision};
 use skiff_control::controller::{ApplyMode, SystemClock};
 use skiff_control::plane::{ControlPlane, Parts};
 use skiff_control::runtime::{ImageStore, InstanceRuntime};
+use skiff_control::secrets::{KeyFile, SecretStore};
 use skiff_control::serving::ServingConfig;
 use skiff_control::status::{conditions, reasons};
 use skiff_router::{Router, RouterConfig, RouterMetrics};
@@ -49,6 +50,8 @@ struct Plane {
     router: Arc<Router>,
     runtime: Arc<FakeRuntime>,
     images: Arc<FakeImages>,
+    secrets: Arc<SecretStore>,
+    _keys: tempfile::TempDir,
 }
 
 fn open_store(dir: &Path) -> Arc<dyn Store> {
@@ -76,6 +79,14 @@ impl Plane {
             RouterMetrics::unregistered(),
         );
         let metrics = skiff_telemetry::Metrics::new("test");
+        let keys = tempfile::tempdir().expect("a key directory");
+        let secrets = SecretStore::open(
+            store.clone(),
+            KeyFile::new(keys.path().join("secret.key")),
+            Arc::new(SystemClock),
+        )
+        .await
+        .expect("the secret store opens");
         let plane = ControlPlane::start(
             Parts {
                 store: store.clone(),
@@ -87,6 +98,7 @@ impl Plane {
                 domain: "example.test".into(),
                 ingress_port: 8080,
                 serving: ServingConfig::default(),
+                secrets: secrets.clone(),
             },
             &metrics,
         )
@@ -98,6 +110,8 @@ impl Plane {
             router,
             runtime,
             images,
+            secrets,
+            _keys: keys,
         }
     }
 
@@ -639,4 +653,143 @@ async fn a_restart_adopts_running_instances_and_forgets_stale_records() {
         "the adopted instance was kept"
     );
     p.shutdown().await;
+}
+
+/// Applies a Service whose container takes env from a Secret and a ConfigMap, through the
+/// controller as the API does.
+async fn apply_with_secrets(p: &Plane, name: &str) {
+    let body = serde_json::json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": {"containers": [{
+            "image": IMAGE,
+            "env": [
+                {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                {"name": "MAYBE", "valueFrom": {"secretKeyRef": {"name": "db", "key": "nope", "optional": true}}},
+                {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}}
+            ],
+            "envFrom": [{"secretRef": {"name": "db"}, "prefix": "DB_"}]
+        }]}}}
+    })
+    .to_string();
+    let mut docs = parse_documents(&body).expect("a manifest");
+    let doc = docs.remove(0);
+    p.plane
+        .controller
+        .apply(NS, Some(name), &doc, ApplyMode::CreateOrReplace, false)
+        .await
+        .expect("apply");
+}
+
+async fn put_config(p: &Plane, yaml: &str) {
+    let doc = parse_documents(yaml).expect("yaml").remove(0);
+    let kind = skiff_api::manifest::config_kind(&doc).expect("a config object");
+    let v = skiff_api::manifest::config_from_document(&doc, kind).expect("valid");
+    p.secrets.apply(v, false).await.expect("stored");
+}
+
+/// A revision that needs a missing Secret is not ready, says which Secret and key (never a
+/// value), and heals when the Secret and ConfigMap appear; the instance gets the values in
+/// memory while its record in the store holds none of the Secret's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_secret_fails_the_revision_until_it_appears() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Plane::new(dir.path()).await;
+    apply_with_secrets(&p, "sec").await;
+    let r = p
+        .wait_condition(
+            "sec-00001",
+            conditions::READY,
+            ConditionStatus::False,
+            Some(reasons::CREATE_CONTAINER_CONFIG_ERROR),
+        )
+        .await;
+    let msg = r
+        .condition(conditions::READY)
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(msg.contains("Secret `db` not found"), "{msg}");
+    assert!(msg.contains("ConfigMap `cfg` not found"), "{msg}");
+    assert!(
+        p.runtime.started().is_empty(),
+        "nothing starts without its Secret"
+    );
+
+    put_config(&p, "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {password: s3cr3t-value, user: admin}\n").await;
+    // Still missing the ConfigMap: the message now names only it.
+    let r = until("the message to name only the ConfigMap", async || {
+        let r = p.revision("sec-00001").await;
+        let m = r.condition(conditions::READY)?.message.clone()?;
+        (!m.contains("Secret `db`")).then_some(r)
+    })
+    .await;
+    let msg = r
+        .condition(conditions::READY)
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("key `mode` not found") || msg.contains("ConfigMap `cfg` not found"),
+        "{msg}"
+    );
+
+    put_config(
+        &p,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {mode: fast}\n",
+    )
+    .await;
+    let started = p.wait_started(1).await;
+    let c = &started[0].containers[0];
+    let secret: Vec<(&str, &str)> = c
+        .secret_env
+        .0
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert!(
+        secret.contains(&("DB_PASSWORD", "s3cr3t-value")),
+        "{secret:?}"
+    );
+    assert!(
+        secret.contains(&("DB_password", "s3cr3t-value")),
+        "{secret:?}"
+    );
+    assert!(secret.contains(&("DB_user", "admin")), "{secret:?}");
+    assert!(
+        !c.env.iter().any(|(k, _)| k == "MAYBE"),
+        "an optional missing key sets nothing"
+    );
+    assert!(
+        c.env.contains(&("MODE".into(), "fast".into())),
+        "{:?}",
+        c.env
+    );
+    assert!(
+        !format!("{c:?}").contains("s3cr3t-value"),
+        "Debug hides values"
+    );
+    p.runtime.set_ready(&started[0].id, true);
+    p.wait_condition("sec-00001", conditions::READY, ConditionStatus::True, None)
+        .await;
+
+    // Neither the instance record nor the Secret's own record holds the value.
+    for kv in p.store.list("/").await.expect("list") {
+        let text = String::from_utf8_lossy(&kv.value);
+        assert!(!text.contains("s3cr3t-value"), "plaintext under {}", kv.key);
+    }
+    let record = p.record(&started[0].id).await.expect("recorded");
+    assert!(record.containers[0].secret_env.0.is_empty());
+
+    // Rotation re-seals the Secret; it still reads back.
+    let before = p.secrets.key_id();
+    let report = p.secrets.rotate_key().await.expect("rotated");
+    assert_ne!(report.key_id, before);
+    assert_eq!(report.rewritten, 1);
+    let db = p
+        .secrets
+        .get(skiff_api::config::ConfigKind::Secret, NS, "db")
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(db.data.0["password"], b"s3cr3t-value");
 }

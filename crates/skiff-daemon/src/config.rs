@@ -204,6 +204,9 @@ pub struct DaemonConfig {
     pub domain: String,
     /// How long shutdown waits for in-flight API requests.
     pub shutdown_grace_period: Duration,
+    /// The key Secrets are encrypted with (32 random bytes, created when missing);
+    /// `<data_dir>/secret.key` when unset.
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -212,6 +215,7 @@ impl Default for DaemonConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             domain: DEFAULT_DOMAIN.to_owned(),
             shutdown_grace_period: Duration::from_secs(30),
+            secret_key_file: None,
         }
     }
 }
@@ -238,6 +242,13 @@ impl Section for DaemonConfig {
             "--shutdown-grace-period-seconds",
             shutdown_grace_period = |v| parse::seconds(v, 0),
             "Seconds shutdown waits for in-flight requests [default: 30]",
+        ),
+        setting!(
+            "secret_key_file",
+            "SKIFF_SECRET_KEY_FILE",
+            "--secret-key-file",
+            secret_key_file = |v| parse::absolute_path(v).map(Some),
+            "The key Secrets are encrypted with, 32 random bytes (created when missing) [default: DATA_DIR/secret.key]",
         ),
     ];
 }

@@ -22,6 +22,8 @@ pub const TOKEN_FILE: &str = "token";
 pub const ENDPOINTS_FILE: &str = "endpoints.json";
 /// The state store file.
 pub const STORE_FILE: &str = "state.db";
+/// The key Secrets are encrypted with (unless `secret_key_file` names another).
+pub const SECRET_KEY_FILE: &str = "secret.key";
 const LOCK_FILE: &str = "skiff.lock";
 
 /// A data-directory operation failed.

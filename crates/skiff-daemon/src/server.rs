@@ -19,7 +19,7 @@ use skiff_control::serving::ServingConfig;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::datadir::{DataDir, DataDirError, Endpoints, STORE_FILE};
+use crate::datadir::{DataDir, DataDirError, Endpoints, SECRET_KEY_FILE, STORE_FILE};
 
 /// The daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,9 @@ pub enum DaemonError {
     /// Recomputing stored status at start failed.
     #[error("reconciling stored services")]
     Reconcile(#[source] skiff_control::controller::ControllerError),
+    /// The secret store (its key file) could not be opened.
+    #[error("opening the secret store")]
+    Secrets(#[source] skiff_control::controller::ControllerError),
     /// A server failed while running.
     #[error("serving {what}")]
     Serve {
@@ -190,6 +193,7 @@ struct Built {
     pokes: tokio::sync::mpsc::UnboundedReceiver<skiff_router::RevisionKey>,
     images: Arc<Images>,
     ingress_port: u16,
+    secrets: Arc<skiff_control::secrets::SecretStore>,
 }
 
 /// The control plane over the store, the router and the runtime.
@@ -213,6 +217,7 @@ async fn control_plane(
             max_scale_up_rate: config.autoscaling.max_scale_up_rate,
             max_scale_down_rate: config.autoscaling.max_scale_down_rate,
         },
+        secrets: built.secrets,
     };
     ControlPlane::start(parts, metrics)
         .await
@@ -239,7 +244,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let runtime = runtime(&config, &data)?;
     let (router, pokes, ingress_conns, api_conns) =
         router(&config, &runtime, &metrics, ingress_limits, api_limits);
+    let key_file = config
+        .daemon
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| data.path().join(SECRET_KEY_FILE));
+    let secrets = skiff_control::secrets::SecretStore::open(
+        store.clone(),
+        skiff_control::secrets::KeyFile::new(key_file),
+        Arc::new(SystemClock),
+    )
+    .await
+    .map_err(DaemonError::Secrets)?;
     let built = Built {
+        secrets: secrets.clone(),
         store: store.clone(),
         runtime,
         router: router.clone(),
@@ -258,6 +276,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         instances: plane.instances.clone(),
         routes: plane.routes.clone(),
         manifest_permits: api::manifest_permits(),
+        secrets,
     });
     data.write_endpoints(&Endpoints {
         api: format!("http://{}", listen.api_addr),

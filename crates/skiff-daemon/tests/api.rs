@@ -76,12 +76,19 @@ impl Api {
             serving.clone(),
         )));
         tokio::spawn(controllers.run(tokio_util::sync::CancellationToken::new()));
+        let secrets = skiff_control::secrets::SecretStore::new(
+            store.clone(),
+            skiff_control::secrets::KeyFile::new(dir.path().join("secret.key")),
+            Arc::new(SystemClock),
+        )
+        .expect("the secret store opens");
         let instances = skiff_control::instances::InstanceManager::new(
             runtime,
             controller.clone(),
             images.clone(),
             store,
             serving,
+            secrets.clone(),
         );
         let router = api::router(ApiState {
             controller,
@@ -93,6 +100,7 @@ impl Api {
             instances,
             routes,
             manifest_permits: api::manifest_permits(),
+            secrets,
         });
         Api { router, _dir: dir }
     }
@@ -634,4 +642,65 @@ async fn request_ids() {
         .expect("req");
     let (_, headers, _) = api.send(req).await;
     assert_ne!(headers["x-request-id"], "evil\tid with spaces");
+}
+
+/// Secrets: stored and read back as keys and sizes (never a value, in any answer); bad
+/// input is a 400 naming the path; the kind must match the endpoint; deletes; rotation.
+#[tokio::test]
+async fn secrets_show_keys_and_sizes_only() {
+    let api = Api::new();
+    let uri = "/api/v1/namespaces/default/secrets/db";
+    let body = "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\ndata: {password: aHVudGVyMi1zZWNyZXQ=}\nstringData: {user: admin}\n";
+    let (status, headers, v) = api.call("PUT", uri, Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(headers["skiff-apply-result"], "created");
+    let mut answers = vec![v.to_string()];
+    assert_eq!(v["sizes"]["password"], 14);
+    assert_eq!(v["sizes"]["user"], 5);
+    let (status, headers, v) = api.call("PUT", uri, Some(body)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["skiff-apply-result"], "unchanged");
+    answers.push(v.to_string());
+    let (status, _, v) = api.call("GET", uri, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["type"], "Opaque");
+    answers.push(v.to_string());
+    let (_, _, v) = api.call("GET", "/api/v1/secrets", None).await;
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(1));
+    answers.push(v.to_string());
+    let (status, _, v) = api.call("POST", "/api/v1/secrets/rotate-key", None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["rewritten"], 1);
+    for a in &answers {
+        assert!(!a.contains("hunter2"), "{a}");
+        assert!(!a.contains("aHVudGVy"), "{a}");
+    }
+
+    // Bad base64 and a bad key: 400, each at its path, no value quoted.
+    let bad = "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\ndata: {password: 'hunter2!!'}\nstringData: {a/b: x}\n";
+    let (status, _, v) = api.call("PUT", uri, Some(bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let paths: Vec<&str> = v["details"]
+        .as_array()
+        .expect("details")
+        .iter()
+        .filter_map(|d| d["path"].as_str())
+        .collect();
+    assert_eq!(paths, ["data.password", "stringData.a/b"], "{v}");
+    assert!(!v.to_string().contains("hunter2"), "{v}");
+    // A ConfigMap sent to the Secrets endpoint.
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: db}\ndata: {a: b}\n";
+    let (status, _, v) = api.call("PUT", uri, Some(cm)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    // ConfigMaps show their values.
+    let (status, _, v) = api
+        .call("PUT", "/api/v1/namespaces/default/configmaps/db", Some(cm))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(v["data"]["a"], "b");
+
+    let (status, _, _) = api.call("DELETE", uri, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, v) = api.call("GET", uri, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
 }

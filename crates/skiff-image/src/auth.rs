@@ -183,3 +183,32 @@ mod tests {
         );
     }
 }
+
+tokio::task_local! {
+    /// Credentials of the pull in progress (a revision's `imagePullSecrets`), tried before
+    /// the daemon's own for the same registry.
+    static PULL_CREDENTIALS: CredentialStore;
+}
+
+/// Runs `f` (a pull) with `creds` tried first for their registries.
+pub async fn with_pull_credentials<F: std::future::Future>(
+    creds: CredentialStore,
+    f: F,
+) -> F::Output {
+    PULL_CREDENTIALS.scope(creds, f).await
+}
+
+/// The credentials of the pull in progress, if it has any of its own.
+pub fn pull_credentials() -> Option<CredentialStore> {
+    PULL_CREDENTIALS.try_with(Clone::clone).ok()
+}
+
+/// The credentials for `registry`: the pull's own (see [`with_pull_credentials`]), else
+/// `daemon`'s.
+pub fn credentials_for(daemon: &CredentialStore, registry: &str) -> Option<Credentials> {
+    PULL_CREDENTIALS
+        .try_with(|c| c.get(registry).cloned())
+        .ok()
+        .flatten()
+        .or_else(|| daemon.get(registry).cloned())
+}

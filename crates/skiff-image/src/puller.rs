@@ -141,7 +141,11 @@ impl Flights {
             return (f.done.clone(), f.bytes.clone());
         }
         let (tx, rx) = watch::channel(0u64);
-        let task = tokio::spawn(start(tx));
+        // A download shared by pulls runs with the credentials of the pull that started it.
+        let task = match crate::auth::pull_credentials() {
+            Some(creds) => tokio::spawn(crate::auth::with_pull_credentials(creds, start(tx))),
+            None => tokio::spawn(start(tx)),
+        };
         let done = async move {
             match task.await {
                 Ok(r) => r.map_err(Arc::new),

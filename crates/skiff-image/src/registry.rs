@@ -455,7 +455,7 @@ impl RegistryClient {
             q.append_pair("scope", scope);
         }
         let mut req = self.http.get(url);
-        if let Some(c) = self.credentials.get(&ep.host) {
+        if let Some(c) = crate::auth::credentials_for(&self.credentials, &ep.host) {
             req = req.basic_auth(&c.username, Some(&c.password));
         }
         let resp = req.send().await.map_err(|source| RegistryError::Connect {
@@ -535,7 +535,7 @@ impl RegistryClient {
             match &auth {
                 AuthState::Bearer(t) => req = req.header(AUTHORIZATION, format!("Bearer {t}")),
                 AuthState::Basic => {
-                    if let Some(c) = self.credentials.get(&ep.host) {
+                    if let Some(c) = crate::auth::credentials_for(&self.credentials, &ep.host) {
                         req = req.basic_auth(&c.username, Some(&c.password));
                     }
                 }
@@ -562,7 +562,10 @@ impl RegistryClient {
                             );
                             continue;
                         }
-                        Some(Challenge::Basic) if self.credentials.get(&ep.host).is_some() => {
+                        Some(Challenge::Basic)
+                            if crate::auth::credentials_for(&self.credentials, &ep.host)
+                                .is_some() =>
+                        {
                             auth = AuthState::Basic;
                             continue;
                         }
@@ -619,7 +622,7 @@ impl RegistryClient {
     }
 
     fn unauthorized(&self, ep: &Endpoint, body: &[u8]) -> RegistryError {
-        let hint = if self.credentials.get(&ep.host).is_some() {
+        let hint = if crate::auth::credentials_for(&self.credentials, &ep.host).is_some() {
             "the credentials the daemon has for it were refused"
         } else {
             "the daemon has no credentials for it (set registry_auth_file to a Docker config.json)"

@@ -98,6 +98,83 @@ pub struct VolumePlan {
     /// Size of the tmpfs (the shared one of a disk emptyDir is a tmpfs too, so that it is
     /// bounded; `None` in plans made before then: a plain directory).
     pub size_limit: Option<u64>,
+    /// A volume of Secret and ConfigMap keys: a tmpfs holding [`VolumePlan::files`], mounted
+    /// read-only.
+    #[serde(default)]
+    pub config: bool,
+    /// The files of a `config` volume. Never serialized: the plan is recorded in the store,
+    /// and a Secret's value must not be.
+    #[serde(skip)]
+    pub files: VolumeFiles,
+}
+
+/// One file of a Secret or ConfigMap volume.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VolumeFile {
+    /// Relative path in the volume (checked: no `..`, not absolute).
+    pub path: String,
+    /// Mode bits.
+    pub mode: u32,
+    /// Contents.
+    pub data: Vec<u8>,
+}
+
+/// The files of a volume. `Debug` shows paths and sizes only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct VolumeFiles(pub Vec<VolumeFile>);
+
+impl std::fmt::Debug for VolumeFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|v| (&v.path, format!("<{} bytes, {:o}>", v.data.len(), v.mode))),
+            )
+            .finish()
+    }
+}
+
+impl VolumeFiles {
+    /// The tmpfs size that holds them: their bytes, a page per file and directory, and
+    /// room to spare.
+    pub fn tmpfs_size(&self) -> u64 {
+        let bytes: u64 = self
+            .0
+            .iter()
+            .map(|f| f.data.len().next_multiple_of(4096) as u64)
+            .sum();
+        bytes + (self.0.len() as u64 * 2 + 16) * 4096 + (1 << 20)
+    }
+
+    /// Writes the files under `dir` (directories 0755), each with its mode.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        for f in &self.0 {
+            let rel: PathBuf = f
+                .path
+                .split('/')
+                .filter(|s| !s.is_empty() && *s != ".")
+                .collect();
+            if rel.as_os_str().is_empty()
+                || rel
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(std::io::Error::other(format!(
+                    "`{}` is not a path inside the volume",
+                    f.path
+                )));
+            }
+            let path = dir.join(&rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, &f.data)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))?;
+        }
+        Ok(())
+    }
 }
 
 /// Where a volume appears in a container.
@@ -128,6 +205,18 @@ pub struct UserPlan {
     pub run_as_non_root: bool,
 }
 
+/// Environment variables whose values come from Secrets. `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretEnv(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
+    }
+}
+
 /// One container of an instance, fully resolved by the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -140,6 +229,11 @@ pub struct ContainerPlan {
     pub args: Vec<String>,
     /// Environment, in order.
     pub env: Vec<(String, String)>,
+    /// Environment from Secrets (names distinct from `env`'s). Never serialized: the plan
+    /// is recorded in the store for re-adoption, and a Secret's value must not be. A plan
+    /// read back from the store has none until the daemon fills them in again.
+    #[serde(skip)]
+    pub secret_env: SecretEnv,
     /// Working directory (image's or the manifest's).
     pub working_dir: Option<String>,
     /// Who it runs as.
@@ -455,6 +549,18 @@ impl Runtime {
         for v in &plan.volumes {
             let p = dir.join("volumes").join(&v.name);
             std::fs::create_dir_all(&p).map_err(io(&p))?;
+            if v.config {
+                // Secret and ConfigMap keys: a tmpfs of their size, mounted read-only into
+                // the containers.
+                rootfs::mount_tmpfs(&p, v.files.tmpfs_size(), 0o755).map_err(|e| {
+                    RuntimeError::Io {
+                        path: p.clone(),
+                        source: std::io::Error::other(crate::chain(&e)),
+                    }
+                })?;
+                v.files.write(&p).map_err(io(&p))?;
+                continue;
+            }
             // Kubernetes makes an emptyDir 0777: any user of any container may write to it.
             if let (false, Some(size)) = (v.memory, v.size_limit) {
                 rootfs::mount_tmpfs(&p, size, 0o777).map_err(|e| RuntimeError::Io {
@@ -693,7 +799,12 @@ impl Runtime {
             let _ = std::fs::create_dir_all(&cwd_in);
         }
         let mut env: Vec<String> = Vec::new();
-        let has = |k: &str| plan.env.iter().any(|(n, _)| n == k);
+        let has = |k: &str| {
+            plan.env
+                .iter()
+                .chain(&plan.secret_env.0)
+                .any(|(n, _)| n == k)
+        };
         if !has("PATH") {
             env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
         }
@@ -703,13 +814,18 @@ impl Runtime {
         if !has("HOSTNAME") {
             env.push(format!("HOSTNAME={}", hostname(&inst.plan.id)));
         }
-        env.extend(plan.env.iter().map(|(k, v)| format!("{k}={v}")));
+        env.extend(
+            plan.env
+                .iter()
+                .chain(&plan.secret_env.0)
+                .map(|(k, v)| format!("{k}={v}")),
+        );
         let mut volumes = Vec::new();
         for m in &plan.mounts {
             let Some(v) = inst.plan.volumes.iter().find(|v| v.name == m.volume) else {
                 continue;
             };
-            if v.memory && m.sub_path.is_none() {
+            if v.memory && !v.config && m.sub_path.is_none() {
                 volumes.push(VolumeMount::Tmpfs {
                     destination: m.path.clone(),
                     size: v.size_limit.unwrap_or(64 << 20),
@@ -724,7 +840,7 @@ impl Runtime {
                 volumes.push(VolumeMount::Bind {
                     source: src,
                     destination: m.path.clone(),
-                    read_only: m.read_only,
+                    read_only: m.read_only || v.config,
                 });
             }
         }

@@ -85,6 +85,7 @@ async fn busybox_httpd_lifecycle() {
             lowers,
             args,
             env: vec![("PORT".into(), "8080".into())],
+            secret_env: Default::default(),
             working_dir: None,
             user: UserPlan::default(),
             read_only_rootfs: false,

@@ -6,6 +6,8 @@
 //! | `/registry/revisions/<ns>/<name>` | a Revision (spec immutable, status changes) | the controller |
 //! | `/scale/<ns>/<service>` | a manual instance count (`skiff scale`) | the instance reconciler |
 //! | `/instances/<ns>/<id>` | a running instance's plan, for re-adoption after a restart | the instance reconciler |
+//! | `/secrets/<ns>/<name>` | a Secret: metadata, key sizes and its values encrypted (an envelope naming its key) | the secret store |
+//! | `/configmaps/<ns>/<name>` | a ConfigMap | the secret store |
 //! | `/images/manifests/<digest>` | an image record | the content store |
 //! | `/images/tags/<reference>` | the digest a tag points at | the content store |
 //!
@@ -26,6 +28,10 @@ pub const REVISIONS: &str = "/registry/revisions/";
 pub const SCALES: &str = "/scale/";
 /// Every recorded instance.
 pub const INSTANCES: &str = "/instances/";
+/// Every Secret (outside [`REGISTRY`]: the route reconciler has no use for them).
+pub const SECRETS: &str = "/secrets/";
+/// Every ConfigMap.
+pub const CONFIGMAPS: &str = "/configmaps/";
 /// Every image record.
 pub const IMAGE_MANIFESTS: &str = "/images/manifests/";
 /// Every image tag.
@@ -116,6 +122,36 @@ pub fn parse_instance(key: &str) -> Option<(&str, &str)> {
     parse_namespaced(INSTANCES, key)
 }
 
+/// A Secret: `/secrets/<ns>/<name>`.
+pub fn secret(ns: &str, name: &str) -> String {
+    namespaced(SECRETS, ns, name)
+}
+
+/// The prefix of the Secrets of one namespace, or of all of them.
+pub fn secrets(ns: Option<&str>) -> String {
+    namespace_prefix(SECRETS, ns)
+}
+
+/// `(ns, name)` of a Secret key.
+pub fn parse_secret(key: &str) -> Option<(&str, &str)> {
+    parse_namespaced(SECRETS, key)
+}
+
+/// A ConfigMap: `/configmaps/<ns>/<name>`.
+pub fn configmap(ns: &str, name: &str) -> String {
+    namespaced(CONFIGMAPS, ns, name)
+}
+
+/// The prefix of the ConfigMaps of one namespace, or of all of them.
+pub fn configmaps(ns: Option<&str>) -> String {
+    namespace_prefix(CONFIGMAPS, ns)
+}
+
+/// `(ns, name)` of a ConfigMap key.
+pub fn parse_configmap(key: &str) -> Option<(&str, &str)> {
+    parse_namespaced(CONFIGMAPS, key)
+}
+
 /// An image record: `/images/manifests/<digest>` (the manifest's digest).
 pub fn image_manifest(digest: &str) -> String {
     format!("{IMAGE_MANIFESTS}{digest}")
@@ -166,6 +202,11 @@ mod tests {
         assert_eq!(instances(None), "/instances/");
         assert_eq!(instances(Some("ns")), "/instances/ns/");
         assert_eq!(image_manifest("sha256:abc"), "/images/manifests/sha256:abc");
+        assert_eq!(secret("ns", "db"), "/secrets/ns/db");
+        assert_eq!(secrets(Some("ns")), "/secrets/ns/");
+        assert_eq!(configmap("ns", "c"), "/configmaps/ns/c");
+        assert_eq!(configmaps(None), "/configmaps/");
+        assert!(!secret("a", "b").starts_with(REGISTRY));
         assert_eq!(
             image_tag("docker.io/library/busybox:1.36"),
             "/images/tags/docker.io/library/busybox:1.36"
@@ -194,6 +235,9 @@ mod tests {
             Some("r.io/a/b:t")
         );
 
+        assert_eq!(parse_secret(&secret("ns", "s")), Some(("ns", "s")));
+        assert_eq!(parse_configmap(&configmap("ns", "c")), Some(("ns", "c")));
+        assert_eq!(parse_secret(&configmap("ns", "c")), None);
         assert_eq!(parse_service(&revision("ns", "n")), None);
         assert_eq!(parse_revision(&service("ns", "n")), None);
         assert_eq!(parse_scale(&instance("ns", "i")), None);

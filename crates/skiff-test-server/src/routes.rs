@@ -93,6 +93,7 @@ enum Route {
     Exit,
     Log,
     Write,
+    File,
 }
 
 impl Route {
@@ -121,6 +122,7 @@ impl Route {
             "/exit" => (Route::Exit, GET),
             "/log" => (Route::Log, GET),
             "/write" => (Route::Write, &["POST"]),
+            "/file" => (Route::File, GET),
             _ => return None,
         })
     }
@@ -207,6 +209,12 @@ fn dispatch(route: Route, req: &Request, state: &State) -> Result<(Response, The
             body: Body::Full(req.body.clone()),
             ..Response::text(200, "")
         }),
+        Route::File => {
+            let path = req
+                .param("path")?
+                .ok_or("query parameter `path` is required")?;
+            ok(read_file(&path))
+        }
         Route::Write => {
             let path = req
                 .param("path")?
@@ -320,6 +328,32 @@ fn dispatch(route: Route, req: &Request, state: &State) -> Result<(Response, The
             })
         }
     }
+}
+
+/// A file's contents (as text) and mode, and whether it can be written: `{"mode": "440",
+/// "content": "…", "writable": false}`, or 404 with the error.
+fn read_file(path: &str) -> Response {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(err) => return Response::text(404, format!("{path}: {err}\n")),
+    };
+    let content = match std::fs::read(path) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(err) => return Response::text(403, format!("{path}: {err}\n")),
+    };
+    let writable = std::fs::OpenOptions::new().append(true).open(path).is_ok();
+    Response::json(
+        200,
+        Json::obj([
+            (
+                "mode",
+                Json::str(format!("{:o}", meta.permissions().mode() & 0o7777)),
+            ),
+            ("content", Json::str(content)),
+            ("writable", Json::Bool(writable)),
+        ]),
+    )
 }
 
 /// Allocates `mb` MiB and writes one byte in every 4 KiB page, so that the memory is

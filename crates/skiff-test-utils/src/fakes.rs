@@ -438,6 +438,7 @@ mod tests {
                 lowers: vec![],
                 args: vec!["/hello".into()],
                 env: vec![],
+                secret_env: Default::default(),
                 working_dir: None,
                 user: Default::default(),
                 read_only_rootfs: false,

@@ -181,6 +181,27 @@ pub fn runtime_info_image() -> anyhow::Result<ImageBuilder> {
     })
 }
 
+/// The page of [`sample_image`].
+pub const SAMPLE_PAGE: &str = "<!doctype html><title>skiff</title><h1>Hello from skiff!</h1>\n";
+
+/// skiff's sample image (the quick start's `skiff.local/hello:v1`): busybox, and httpd
+/// serving [`SAMPLE_PAGE`] from `/www` on `$PORT` behind a shell that forwards SIGTERM.
+pub fn sample_image() -> anyhow::Result<ImageBuilder> {
+    Ok(ImageBuilder::new()
+        .layer(busybox_layer(Compression::Gzip)?)
+        .layer(layer(
+            &[Entry::dir("www"), Entry::file("www/index.html", SAMPLE_PAGE)],
+            Compression::Gzip,
+        ))
+        .entrypoint(&["/bin/sh", "-c"])
+        // httpd as PID 1 would ignore SIGTERM (PID 1 has no default signal actions), so the
+        // shell stays PID 1 and forwards it: the instance stops at once instead of after its
+        // whole grace period.
+        .cmd(&["echo \"hello: serving /www on port ${PORT:-8080} as $(id -un)\"; httpd -f -v -p \"${PORT:-8080}\" -h /www & pid=$!; trap 'kill -TERM $pid; wait $pid; exit 0' TERM INT; wait $pid"])
+        .expose("8080/tcp")
+        .label("org.opencontainers.image.title", "skiff sample: hello"))
+}
+
 /// An image whose only content is `skiff-test-h2` at [`H2_SERVER_PATH`] (mode 0755), like
 /// a `FROM scratch` image: no shell, no libc, no `/etc`. Entrypoint `[H2_SERVER_PATH]`, no
 /// `Cmd`, no `User` (so root), `Env` with a `PATH` and `PORT=8080` (the runtime's `PORT`

@@ -37,13 +37,13 @@ struct Cli {
 enum Command {
     /// Run the daemon in the foreground.
     Server(Box<cmd::server::ServerArgs>),
-    /// Create or update Services from manifests.
+    /// Create or update Services, Secrets and ConfigMaps from manifests.
     Apply(cmd::apply::ApplyArgs),
-    /// List Services or Revisions.
+    /// List Services, Revisions, Secrets or ConfigMaps.
     Get(cmd::get::GetArgs),
-    /// Show a Service in detail.
+    /// Show a Service or a Secret in detail.
     Describe(cmd::describe::DescribeArgs),
-    /// Delete Services and their revisions.
+    /// Delete Services (with their revisions), Secrets or ConfigMaps.
     Delete(cmd::delete::DeleteArgs),
     /// Check manifests offline, with the daemon's own rules.
     Validate(cmd::validate::ValidateArgs),
@@ -54,6 +54,9 @@ enum Command {
     /// Pull, import, list and remove images.
     #[command(alias = "image")]
     Images(cmd::images::ImagesArgs),
+    /// Create Secrets and rotate the key they are encrypted with.
+    #[command(alias = "secret")]
+    Secrets(cmd::secrets::SecretsArgs),
 }
 
 fn main() {
@@ -74,6 +77,7 @@ fn main() {
                     Command::Images(args) => cmd::images::run(args).await,
                     Command::Scale(args) => cmd::scale::run(args).await,
                     Command::Logs(args) => cmd::logs::run(args).await,
+                    Command::Secrets(args) => cmd::secrets::run(args).await,
                     Command::Server(_) | Command::Validate(_) => unreachable!("handled above"),
                 }
             })

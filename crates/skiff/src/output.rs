@@ -163,6 +163,75 @@ pub fn services_table(services: &[Service], revisions: &[Revision], all_namespac
     t
 }
 
+/// Secrets: name, type, keys with their sizes, age. Never a value.
+pub fn secrets_table(items: &[skiff_api::config::SecretView], all_namespaces: bool) -> Table {
+    let mut header = vec!["NAME", "TYPE", "DATA", "AGE"];
+    if all_namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    let mut t = table(&header);
+    for s in items {
+        let mut row = vec![
+            s.metadata.name.clone(),
+            s.type_.clone(),
+            s.sizes.len().to_string(),
+            age(&s.metadata.creation_timestamp),
+        ];
+        if all_namespaces {
+            row.insert(0, s.metadata.namespace.clone());
+        }
+        t.add_row(row);
+    }
+    t
+}
+
+/// ConfigMaps: name, number of keys, age.
+pub fn config_maps_table(
+    items: &[skiff_api::config::ConfigMapView],
+    all_namespaces: bool,
+) -> Table {
+    let mut header = vec!["NAME", "DATA", "AGE"];
+    if all_namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    let mut t = table(&header);
+    for c in items {
+        let mut row = vec![
+            c.metadata.name.clone(),
+            (c.data.len() + c.binary_data.len()).to_string(),
+            age(&c.metadata.creation_timestamp),
+        ];
+        if all_namespaces {
+            row.insert(0, c.metadata.namespace.clone());
+        }
+        t.add_row(row);
+    }
+    t
+}
+
+/// A Secret in detail, as `kubectl describe secret`: its keys and their sizes, no value.
+pub fn describe_secret(s: &skiff_api::config::SecretView) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "Name:         {}", s.metadata.name);
+    let _ = writeln!(out, "Namespace:    {}", s.metadata.namespace);
+    let _ = writeln!(out, "Type:         {}", s.type_);
+    let _ = writeln!(
+        out,
+        "Created:      {} ({} ago)",
+        s.metadata.creation_timestamp,
+        age(&s.metadata.creation_timestamp)
+    );
+    for (k, v) in &s.metadata.labels {
+        let _ = writeln!(out, "Label:        {k}={v}");
+    }
+    let _ = writeln!(out, "\nData\n====");
+    for (k, size) in &s.sizes {
+        let _ = writeln!(out, "{k}:  {size} bytes");
+    }
+    out
+}
+
 /// The `skiff get revisions` table.
 pub fn revisions_table(revisions: &[Revision], all_namespaces: bool) -> Table {
     let mut header = vec![

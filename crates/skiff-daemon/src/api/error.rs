@@ -90,6 +90,13 @@ impl From<ControllerError> for ApiError {
                     "the state store is unavailable; the daemon log has details under this request id",
                 )
             }
+            e @ ControllerError::Secret(_) => {
+                error!(request_id = %current_request_id(), error = %skiff_telemetry::ErrorChain(&e), "secret store failed");
+                ApiError::new(
+                    ErrorCode::Internal,
+                    "the secret store failed; the daemon log has details under this request id",
+                )
+            }
             e @ ControllerError::Corrupt { .. } => {
                 warn!(request_id = %current_request_id(), error = %skiff_telemetry::ErrorChain(&e), "unreadable stored value");
                 ApiError::new(

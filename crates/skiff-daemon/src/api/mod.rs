@@ -11,6 +11,7 @@ pub mod error;
 mod images;
 pub mod openapi;
 mod runtime;
+mod secrets;
 mod services;
 
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub struct ApiState {
     /// times a body's size in memory, so this bounds the daemon's memory under parallel
     /// applies.
     pub manifest_permits: Arc<tokio::sync::Semaphore>,
+    /// Secrets and ConfigMaps.
+    pub secrets: Arc<skiff_control::secrets::SecretStore>,
 }
 
 /// The manifests one daemon parses at once: one per core (parsing is CPU-bound, more at
@@ -97,6 +100,21 @@ pub(crate) fn documented_routes() -> OpenApiRouter<ApiState> {
         ))
         .routes(routes!(runtime::list_instances))
         .routes(routes!(runtime::logs))
+        .routes(routes!(secrets::list_all_secrets))
+        .routes(routes!(secrets::rotate_key))
+        .routes(routes!(secrets::list_secrets))
+        .routes(routes!(
+            secrets::get_secret,
+            secrets::apply_secret,
+            secrets::delete_secret
+        ))
+        .routes(routes!(secrets::list_all_config_maps))
+        .routes(routes!(secrets::list_config_maps))
+        .routes(routes!(
+            secrets::get_config_map,
+            secrets::apply_config_map,
+            secrets::delete_config_map
+        ))
 }
 
 /// Builds the API router.

@@ -50,7 +50,7 @@ pub struct RevisionListParams {
     pub service: Option<String>,
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t).map_err(|e| {
         ApiError::new(
             ErrorCode::BadRequest,
@@ -59,7 +59,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     })
 }
 
-fn dry_run(value: &Option<String>) -> Result<bool, ApiError> {
+pub(super) fn dry_run(value: &Option<String>) -> Result<bool, ApiError> {
     match value.as_deref() {
         None | Some("false") => Ok(false),
         Some("All") | Some("true") => Ok(true),
@@ -70,7 +70,7 @@ fn dry_run(value: &Option<String>) -> Result<bool, ApiError> {
     }
 }
 
-fn check_segment(what: &str, value: &str) -> Result<(), ApiError> {
+pub(super) fn check_segment(what: &str, value: &str) -> Result<(), ApiError> {
     skiff_api::names::check_dns1123_label(value).map_err(|e| {
         ApiError::new(
             ErrorCode::BadRequest,
@@ -81,7 +81,7 @@ fn check_segment(what: &str, value: &str) -> Result<(), ApiError> {
 
 /// Reads a manifest body (JSON or YAML, one document) within the size limit, and parses it
 /// once a manifest permit is free (held until the apply is done).
-async fn read_manifest(
+pub(super) async fn read_manifest(
     state: &ApiState,
     headers: &HeaderMap,
     body: Body,
@@ -172,6 +172,58 @@ async fn read_manifest(
     }
 }
 
+/// Refuses `imagePullSecrets` naming a stored Secret that is not of type
+/// `kubernetes.io/dockerconfigjson` (a Secret not stored yet is allowed: it may come later,
+/// and a pull without it may not need it).
+async fn check_pull_secrets(
+    state: &ApiState,
+    namespace: &str,
+    doc: &Document,
+) -> Result<(), ApiError> {
+    let Some(list) = doc
+        .value
+        .pointer("/spec/template/spec/imagePullSecrets")
+        .and_then(serde_json::Value::as_array)
+    else {
+        return Ok(());
+    };
+    let mut problems = skiff_api::problems::Problems::new();
+    for (i, r) in list.iter().enumerate() {
+        let Some(name) = r.get("name").and_then(serde_json::Value::as_str) else {
+            continue;
+        };
+        if skiff_api::names::check_dns1123_subdomain(name).is_err() {
+            continue;
+        }
+        let Some(secret) = state
+            .secrets
+            .get(skiff_api::config::ConfigKind::Secret, namespace, name)
+            .await?
+        else {
+            continue;
+        };
+        if secret.type_ != skiff_api::config::SECRET_TYPE_DOCKER_CONFIG_JSON {
+            problems.invalid(
+                &skiff_api::FieldPath::parse("spec.template.spec.imagePullSecrets")
+                    .index(i)
+                    .key("name"),
+                format!(
+                    "Secret `{name}` is of type `{}`; an image pull secret must be `{}`",
+                    secret.type_,
+                    skiff_api::config::SECRET_TYPE_DOCKER_CONFIG_JSON
+                ),
+            );
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(skiff_control::controller::ControllerError::Invalid {
+        problems: doc.place(problems, false),
+    }
+    .into())
+}
+
 fn apply_response(outcome: ApplyOutcome) -> Response {
     let status = match outcome.result {
         skiff_control::controller::ApplyResult::Created => StatusCode::CREATED,
@@ -253,6 +305,7 @@ pub async fn create_service(
     let params = query(params)?;
     let dry = dry_run(&params.dry_run)?;
     let (_permit, doc) = read_manifest(&state, &headers, body).await?;
+    check_pull_secrets(&state, &namespace, &doc).await?;
     let outcome = state
         .controller
         .apply(&namespace, None, &doc, ApplyMode::CreateOnly, dry)
@@ -286,6 +339,7 @@ pub async fn apply_service(
     let params = query(params)?;
     let dry = dry_run(&params.dry_run)?;
     let (_permit, doc) = read_manifest(&state, &headers, body).await?;
+    check_pull_secrets(&state, &namespace, &doc).await?;
     let outcome = state
         .controller
         .apply(

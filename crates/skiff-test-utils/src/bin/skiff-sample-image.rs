@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use skiff_test_utils::oci::{Compression, Entry, ImageBuilder, big_layer, busybox_layer, layer};
+use skiff_test_utils::oci::{Compression, big_layer};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -38,20 +38,7 @@ fn main() -> anyhow::Result<()> {
     }
     let out = out.context("usage: skiff-sample-image OUT_DIR [--tag TAG] [--big-layer-mib N]")?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let page = "<!doctype html><title>skiff</title><h1>Hello from skiff!</h1>\n";
-    let mut image = ImageBuilder::new()
-        .layer(busybox_layer(Compression::Gzip)?)
-        .layer(layer(
-            &[Entry::dir("www"), Entry::file("www/index.html", page)],
-            Compression::Gzip,
-        ))
-        .entrypoint(&["/bin/sh", "-c"])
-        // httpd as PID 1 would ignore SIGTERM (PID 1 has no default signal actions), so the
-        // shell stays PID 1 and forwards it: the instance stops at once instead of after its
-        // whole grace period.
-        .cmd(&["echo \"hello: serving /www on port ${PORT:-8080} as $(id -un)\"; httpd -f -v -p \"${PORT:-8080}\" -h /www & pid=$!; trap 'kill -TERM $pid; wait $pid; exit 0' TERM INT; wait $pid"])
-        .expose("8080/tcp")
-        .label("org.opencontainers.image.title", "skiff sample: hello");
+    let mut image = skiff_test_utils::images::sample_image()?;
     if big_mib > 0 {
         image = image.layer(big_layer("srv/data.bin", big_mib << 20, Compression::Gzip)?);
     }

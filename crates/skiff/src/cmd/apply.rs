@@ -1,6 +1,6 @@
 //! `skiff apply -f FILE`: makes the daemon's Services match the manifests.
 
-use skiff_api::manifest::{Document, parse_services};
+use skiff_api::manifest::{Document, Object, parse_objects};
 use skiff_api::{ErrorCode, FieldPath, Problem};
 use skiff_client::ClientError;
 
@@ -8,7 +8,7 @@ use super::{display_name, read_input};
 use crate::connect::ConnectArgs;
 use crate::exit::{self, Exit, INVALID, OK};
 
-/// Create or update Services from Knative Service manifests (YAML or JSON).
+/// Create or update Services, Secrets and ConfigMaps from manifests (YAML or JSON).
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
     /// A YAML or JSON file (many documents allowed), or `-` for standard input. Repeatable.
@@ -46,7 +46,7 @@ pub async fn run(args: ApplyArgs) -> Result<i32, Exit> {
         let (problems, _) = super::validate::report(display_name(path), &text, false);
         invalid += problems;
         if problems == 0
-            && let Ok(parsed) = parse_services(&text)
+            && let Ok(parsed) = parse_objects(&text)
         {
             inputs.push((display_name(path).to_owned(), parsed));
         }
@@ -70,18 +70,60 @@ pub async fn run(args: ApplyArgs) -> Result<i32, Exit> {
             } else {
                 file.clone()
             };
-            let namespace = match (&valid.manifest.metadata.namespace, &args.namespace) {
+            let namespace = match (&valid.manifest_namespace(), &args.namespace) {
                 (Some(m), Some(flag)) if m != flag => {
                     eprintln!("{where_}: metadata.namespace is `{m}` but --namespace is `{flag}`");
                     code = code.max(INVALID);
                     continue;
                 }
-                (Some(m), _) => m.clone(),
+                (Some(m), _) => (*m).to_owned(),
                 (None, Some(flag)) => flag.clone(),
                 (None, None) => skiff_api::validate::DEFAULT_NAMESPACE.to_owned(),
             };
             let body = serde_json::to_string(&doc.value)
                 .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
+            let ns_suffix = if namespace == skiff_api::validate::DEFAULT_NAMESPACE {
+                String::new()
+            } else {
+                format!(" -n {namespace}")
+            };
+            let valid = match valid {
+                Object::Service(s) => s,
+                Object::Config(c) => {
+                    let what = c.kind.as_str().to_lowercase();
+                    match client
+                        .apply_config(
+                            c.kind,
+                            &namespace,
+                            &c.name,
+                            body,
+                            "application/json",
+                            args.dry_run,
+                        )
+                        .await
+                    {
+                        Ok(result) => println!("{what}/{}{ns_suffix} {result}{suffix}", c.name),
+                        Err(ClientError::Api { body, .. })
+                            if body.code == ErrorCode::Invalid && !body.details.is_empty() =>
+                        {
+                            eprintln!("{where_}: refused by the server:");
+                            for p in place(&doc, body.details) {
+                                eprintln!("  {p}");
+                            }
+                            code = code.max(INVALID);
+                        }
+                        Err(e) => {
+                            let e = Exit::from(e);
+                            eprintln!("{where_}: {}", e.message);
+                            if e.code == exit::UNREACHABLE || e.code == exit::UNAUTHORIZED {
+                                return Ok(e.code);
+                            }
+                            code = code.max(e.code);
+                        }
+                    }
+                    continue;
+                }
+            };
             match client
                 .apply_service(
                     &namespace,

@@ -1,4 +1,5 @@
-//! `skiff delete service NAME`: removes a Service and its revisions.
+//! `skiff delete service|secret|configmap NAME`: removes a Service (with its revisions), a
+//! Secret or a ConfigMap.
 
 use crate::connect::ConnectArgs;
 use crate::exit::{Exit, OK};
@@ -9,14 +10,20 @@ pub enum Kind {
     /// A Service (also: services, svc, ksvc).
     #[value(alias = "services", alias = "svc", alias = "ksvc")]
     Service,
+    /// A Secret (also: secrets).
+    #[value(alias = "secrets")]
+    Secret,
+    /// A ConfigMap (also: configmaps, cm).
+    #[value(alias = "configmaps", alias = "cm")]
+    Configmap,
 }
 
-/// Delete Services with all their revisions.
+/// Delete Services with all their revisions, Secrets or ConfigMaps.
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
-    /// `service`.
+    /// `service`, `secret` or `configmap`.
     pub kind: Kind,
-    /// The Services' names.
+    /// The names.
     #[arg(required = true)]
     pub names: Vec<String>,
     /// The namespace [default: default].
@@ -32,8 +39,32 @@ pub struct DeleteArgs {
 /// Runs the command.
 pub async fn run(args: DeleteArgs) -> Result<i32, Exit> {
     let client = args.connect.client()?;
-    let Kind::Service = args.kind;
+    let config = match args.kind {
+        Kind::Service => None,
+        Kind::Secret => Some(skiff_api::config::ConfigKind::Secret),
+        Kind::Configmap => Some(skiff_api::config::ConfigKind::ConfigMap),
+    };
     let mut code = OK;
+    if let Some(kind) = config {
+        for name in &args.names {
+            if args.dry_run {
+                println!(
+                    "{}/{name} would be deleted (dry run)",
+                    kind.as_str().to_lowercase()
+                );
+                continue;
+            }
+            match client.delete_config(kind, &args.namespace, name).await {
+                Ok(()) => println!("{}/{name} deleted", kind.as_str().to_lowercase()),
+                Err(e) => {
+                    let e = Exit::from(e);
+                    eprintln!("error: {}", e.message);
+                    code = code.max(e.code);
+                }
+            }
+        }
+        return Ok(code);
+    }
     for name in &args.names {
         match client
             .delete_service(&args.namespace, name, args.dry_run)

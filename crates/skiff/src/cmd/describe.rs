@@ -1,6 +1,7 @@
 //! `skiff describe service NAME`: one Service, its revisions, traffic, conditions, scaling
 //! (with cold starts and the last decisions) and instances. `skiff describe revision NAME`:
-//! one revision, its images and conditions.
+//! one revision, its images and conditions. `skiff describe secret NAME`: its type, keys and
+//! sizes, never a value.
 
 use crate::connect::ConnectArgs;
 use crate::exit::{Exit, OK};
@@ -15,12 +16,15 @@ pub enum Kind {
     /// A revision (also: revisions, rev).
     #[value(alias = "revisions", alias = "rev")]
     Revision,
+    /// A Secret (also: secrets): its type, keys and sizes, never a value.
+    #[value(alias = "secrets")]
+    Secret,
 }
 
-/// Show a Service or a revision in detail.
+/// Show a Service, a revision or a Secret in detail.
 #[derive(Debug, clap::Args)]
 pub struct DescribeArgs {
-    /// `service` or `revision`.
+    /// `service`, `revision` or `secret`.
     pub kind: Kind,
     /// Its name.
     pub name: String,
@@ -37,6 +41,11 @@ pub async fn run(args: DescribeArgs) -> Result<i32, Exit> {
     if args.kind == Kind::Revision {
         let r = client.get_revision(&args.namespace, &args.name).await?;
         print!("{}", output::describe_revision(&r));
+        return Ok(OK);
+    }
+    if args.kind == Kind::Secret {
+        let s = client.get_secret(&args.namespace, &args.name).await?;
+        print!("{}", output::describe_secret(&s));
         return Ok(OK);
     }
     let service = client.get_service(&args.namespace, &args.name).await?;

@@ -1,4 +1,4 @@
-//! `skiff get services|revisions`: lists objects.
+//! `skiff get services|revisions|secrets|configmaps`: lists objects.
 
 use skiff_api::object::List;
 
@@ -15,12 +15,18 @@ pub enum Kind {
     /// Revisions (also: revision, rev).
     #[value(alias = "revision", alias = "rev")]
     Revisions,
+    /// Secrets (also: secret): keys and sizes, never values.
+    #[value(alias = "secret")]
+    Secrets,
+    /// ConfigMaps (also: configmap, cm).
+    #[value(alias = "configmap", alias = "cm")]
+    Configmaps,
 }
 
-/// List Services or Revisions.
+/// List Services, Revisions, Secrets or ConfigMaps.
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// `services` or `revisions`.
+    /// `services`, `revisions`, `secrets` or `configmaps`.
     pub kind: Kind,
     /// Show only this one.
     pub name: Option<String>,
@@ -40,6 +46,15 @@ pub struct GetArgs {
     pub connect: ConnectArgs,
 }
 
+/// A `v1` list.
+fn config_list<T>(kind: &str, items: Vec<T>) -> List<T> {
+    List {
+        api_version: skiff_api::config::CORE_API_VERSION.to_owned(),
+        kind: kind.to_owned(),
+        items,
+    }
+}
+
 /// Runs the command.
 pub async fn run(args: GetArgs) -> Result<i32, Exit> {
     let client = args.connect.client()?;
@@ -49,6 +64,43 @@ pub async fn run(args: GetArgs) -> Result<i32, Exit> {
         Some(args.namespace.as_str())
     };
     match args.kind {
+        Kind::Secrets => {
+            let items = match &args.name {
+                Some(name) => vec![client.get_secret(&args.namespace, name).await?],
+                None => client.list_secrets(ns).await?,
+            };
+            match (args.output, &args.name) {
+                (Format::Table, _) if items.is_empty() => eprintln!(
+                    "no secrets found{}",
+                    ns.map(|n| format!(" in namespace {n}")).unwrap_or_default()
+                ),
+                (Format::Table, _) => {
+                    output::print_table(&output::secrets_table(&items, args.all_namespaces))
+                }
+                (f, Some(_)) => print!("{}", output::render(&items[0], f)?),
+                (f, None) => print!("{}", output::render(&config_list("SecretList", items), f)?),
+            }
+        }
+        Kind::Configmaps => {
+            let items = match &args.name {
+                Some(name) => vec![client.get_config_map(&args.namespace, name).await?],
+                None => client.list_config_maps(ns).await?,
+            };
+            match (args.output, &args.name) {
+                (Format::Table, _) if items.is_empty() => eprintln!(
+                    "no configmaps found{}",
+                    ns.map(|n| format!(" in namespace {n}")).unwrap_or_default()
+                ),
+                (Format::Table, _) => {
+                    output::print_table(&output::config_maps_table(&items, args.all_namespaces))
+                }
+                (f, Some(_)) => print!("{}", output::render(&items[0], f)?),
+                (f, None) => print!(
+                    "{}",
+                    output::render(&config_list("ConfigMapList", items), f)?
+                ),
+            }
+        }
         Kind::Services => {
             let services = match &args.name {
                 Some(name) => vec![client.get_service(&args.namespace, name).await?],

@@ -7,6 +7,7 @@ pub mod get;
 pub mod images;
 pub mod logs;
 pub mod scale;
+pub mod secrets;
 pub mod server;
 pub mod validate;
 

@@ -1,6 +1,6 @@
 //! `skiff validate -f FILE`: checks manifests offline with the server's own validator.
 
-use skiff_api::manifest::parse_services;
+use skiff_api::manifest::{Object, parse_objects};
 
 use super::{display_name, read_input};
 use crate::exit::{Exit, INVALID, OK};
@@ -17,10 +17,21 @@ pub struct ValidateArgs {
 /// every warning as `Warning: FILE[ (document N)]: warning`); returns how many problems
 /// and documents. `apply` leaves the warnings to the server, which says them on applying.
 pub fn report(file: &str, text: &str, warnings: bool) -> (usize, usize) {
-    match parse_services(text) {
+    let (problems, kinds) = report_kinds(file, text, warnings);
+    (problems, kinds.values().sum())
+}
+
+/// [`report`], counting the valid documents by kind (`Service`, `Secret`, `ConfigMap`).
+pub fn report_kinds(
+    file: &str,
+    text: &str,
+    warnings: bool,
+) -> (usize, std::collections::BTreeMap<&'static str, usize>) {
+    let mut kinds = std::collections::BTreeMap::new();
+    match parse_objects(text) {
         Err(p) => {
             eprintln!("{file}: {p}");
-            (1, 0)
+            (1, kinds)
         }
         Ok(input) => {
             let multi = input.documents.len() > 1;
@@ -31,6 +42,13 @@ pub fn report(file: &str, text: &str, warnings: bool) -> (usize, usize) {
                 } else {
                     file.to_owned()
                 };
+                if let Ok(valid) = result {
+                    let kind = match valid {
+                        Object::Service(_) => "Service",
+                        Object::Config(c) => c.kind.as_str(),
+                    };
+                    *kinds.entry(kind).or_default() += 1;
+                }
                 if let Ok(valid) = result
                     && warnings
                 {
@@ -45,7 +63,7 @@ pub fn report(file: &str, text: &str, warnings: bool) -> (usize, usize) {
                     }
                 }
             }
-            (problems, input.documents.len())
+            (problems, kinds)
         }
     }
 }
@@ -55,13 +73,13 @@ pub fn run(args: ValidateArgs) -> Result<i32, Exit> {
     let mut total = 0;
     for path in &args.files {
         let text = read_input(path)?;
-        let (problems, documents) = report(display_name(path), &text, true);
+        let (problems, kinds) = report_kinds(display_name(path), &text, true);
         if problems == 0 {
-            println!(
-                "{}: {documents} valid Service{}",
-                display_name(path),
-                if documents == 1 { "" } else { "s" }
-            );
+            let counts: Vec<String> = kinds
+                .iter()
+                .map(|(k, n)| format!("{n} valid {k}{}", if *n == 1 { "" } else { "s" }))
+                .collect();
+            println!("{}: {}", display_name(path), counts.join(", "));
         }
         total += problems;
     }
