@@ -8,6 +8,7 @@
 
 pub mod autoscaling;
 pub mod defaults;
+pub mod egress;
 pub mod error;
 mod fields;
 pub mod image;
