@@ -208,6 +208,7 @@ impl Ctx {
             port: PORT,
             volumes: vec![],
             drain_timeout: STOP_GRACE,
+            egress: None,
         }
     }
 }
