@@ -55,6 +55,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// The registry settings the image puller uses.
     pub images: ImageSettings,
+    /// What instances reach outside their namespace, and how names resolve.
+    pub network: NetworkConfig,
 }
 
 impl Config {
@@ -79,6 +81,7 @@ impl Config {
         specs.extend(AutoscalingConfig::SETTINGS.iter().map(|s| &s.spec));
         specs.extend(RuntimeConfig::SETTINGS.iter().map(|s| &s.spec));
         specs.extend(ImageSettings::SETTINGS.iter().map(|s| &s.spec));
+        specs.extend(NetworkConfig::SETTINGS.iter().map(|s| &s.spec));
         specs
     }
 
@@ -93,6 +96,7 @@ impl Config {
             autoscaling: AutoscalingConfig::load(raw, problems),
             runtime: RuntimeConfig::load(raw, problems),
             images: ImageSettings::load(raw, problems),
+            network: NetworkConfig::load(raw, problems),
         };
         if config.api.listen == config.ingress.listen && config.api.listen.port() != 0 {
             problems.push(format!(
@@ -546,6 +550,35 @@ impl Section for RuntimeConfig {
             "--termination-grace-period-seconds",
             termination_grace_period = |v| parse::seconds(v, 1),
             "Seconds a stopped instance has between SIGTERM and SIGKILL, after its requests in flight are done [default: 10]",
+        ),
+    ];
+}
+
+/// Instances' resolver and outbound connections.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkConfig {
+    /// The egress policy of a revision without a `skiff.dev/egress` annotation.
+    pub egress_default: skiff_api::egress::EgressPolicy,
+    /// The DNS server outside names are resolved with; `None`: the host's (its
+    /// `/etc/resolv.conf`).
+    pub dns_upstream: Option<SocketAddr>,
+}
+
+impl Section for NetworkConfig {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "egress_default",
+            "SKIFF_EGRESS_DEFAULT",
+            "--egress-default",
+            egress_default = |v: &str| v.parse().map_err(|e: skiff_api::egress::PolicyError| e.0),
+            "What instances may reach outside when their revision has no skiff.dev/egress annotation: none, public, all, or HOST[:PORT] and A.B.C.D/N entries, comma-separated [default: public]",
+        ),
+        setting!(
+            "dns_upstream",
+            "SKIFF_DNS_UPSTREAM",
+            "--dns-upstream",
+            dns_upstream = |v| parse::address(v).map(Some),
+            "The DNS server (ADDR:PORT) instances' outside names are resolved with [default: the host's, from /etc/resolv.conf]",
         ),
     ];
 }
