@@ -540,10 +540,9 @@ impl Shared {
                 self.router.clone(),
             );
             let check = router.clone();
-            let rewrite: Arc<dyn Fn(&str) -> Option<String> + Send + Sync> =
-                Arc::new(move |host: &str| {
-                    service_host(host, &ns, &domain).filter(|h| check.has_host(h))
-                });
+            let rewrite: skiff_router::HostRewrite = Arc::new(move |host: &str| {
+                service_host(host, &ns, &domain).filter(|h| check.has_host(h))
+            });
             router
                 .serve_internal(stream, peer, self.conns.clone(), rewrite)
                 .await;

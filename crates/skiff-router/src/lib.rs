@@ -48,6 +48,10 @@ pub use connect::{Connect, ConnectFuture};
 pub use metrics::{RevisionLabels, RouterMetrics};
 pub use pool::{ColdStarts, Pool, PoolSpec, RevisionKey};
 
+/// Maps the host a request from inside an instance names (`backend`, `backend.ns.svc`, …)
+/// to the Service's host at the ingress ([`Router::serve_internal`]).
+pub type HostRewrite = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// An error of a body in flight.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -541,7 +545,7 @@ impl Router {
         stream: tokio::net::TcpStream,
         peer: SocketAddr,
         conns: conns::Conns,
-        rewrite: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+        rewrite: HostRewrite,
     ) {
         let handle = match conns.admit() {
             conns::Admitted::Yes(h) => h,

@@ -147,7 +147,7 @@ fn fetch(url: &str) -> Response {
     let fail = |stage: &str, e: &dyn std::fmt::Display| {
         Response::json(
             502,
-            Json::obj([("error", Json::str(&format!("{stage}: {e}")))]),
+            Json::obj([("error", Json::str(format!("{stage}: {e}")))]),
         )
     };
     let Some(rest) = url.strip_prefix("http://") else {
@@ -191,10 +191,10 @@ fn fetch(url: &str) -> Response {
         return fail("send", &e);
     }
     let mut raw = Vec::new();
-    if let Err(e) = stream.read_to_end(&mut raw) {
-        if raw.is_empty() {
-            return fail("receive", &e);
-        }
+    if let Err(e) = stream.read_to_end(&mut raw)
+        && raw.is_empty()
+    {
+        return fail("receive", &e);
     }
     let text = String::from_utf8_lossy(&raw);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
