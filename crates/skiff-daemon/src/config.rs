@@ -1205,6 +1205,42 @@ max_scale_down_rate = 1.5
         assert_eq!(config.daemon.domain, "localhost");
     }
 
+    /// The network settings: a policy and an upstream, from the file or the environment;
+    /// a bad policy is reported with its source.
+    #[test]
+    fn network_settings() {
+        let dir = no_file();
+        let file = dir.path().join("skiff.toml");
+        std::fs::write(
+            &file,
+            "egress_default = \"none\"\ndns_upstream = \"127.0.0.1:5353\"\n",
+        )
+        .expect("write");
+        let (config, _) = load(Some(&file), &env(&[]), &Flags::new()).expect("valid");
+        assert_eq!(
+            config.network.egress_default,
+            skiff_api::egress::EgressPolicy::None
+        );
+        assert_eq!(
+            config.network.dns_upstream,
+            Some("127.0.0.1:5353".parse().expect("addr"))
+        );
+        let vars = env(&[("SKIFF_EGRESS_DEFAULT", "api.example.test:443, 10.0.0.0/8")]);
+        let (config, _) = load(Some(&file), &vars, &Flags::new()).expect("valid");
+        assert!(
+            config
+                .network
+                .egress_default
+                .allows_named("api.example.test", Some(443))
+        );
+        let vars = env(&[("SKIFF_EGRESS_DEFAULT", "none,all")]);
+        let e = load(Some(&file), &vars, &Flags::new()).expect_err("invalid");
+        assert!(e.to_string().contains("egress_default"), "{e}");
+        assert!(
+            Config::defaults().network.egress_default == skiff_api::egress::EgressPolicy::Public
+        );
+    }
+
     /// Registry settings come as TOML lists and tables, or as strings from env and flags.
     #[test]
     fn registry_settings() {

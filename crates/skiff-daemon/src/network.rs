@@ -807,6 +807,195 @@ mod tests {
         }
     }
 
+    struct NoConnect;
+
+    impl skiff_router::Connect for NoConnect {
+        fn connect(&self, _: Arc<OwnedFd>, _: u16) -> skiff_router::ConnectFuture<'_> {
+            Box::pin(async { Err(std::io::Error::other("no instances here")) })
+        }
+    }
+
+    /// A DNS server on loopback: `api.test` is 127.0.0.1, `pub.test` 8.8.8.8, nothing else.
+    async fn upstream() -> SocketAddr {
+        use simple_dns::rdata::{A, RData};
+        use simple_dns::{CLASS, Packet, RCODE, ResourceRecord};
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = sock.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let Ok(q) = Packet::parse(&buf[..n]) else {
+                    continue;
+                };
+                let mut r = Packet::new_reply(q.id());
+                let Some(question) = q.questions.first().cloned() else {
+                    continue;
+                };
+                let ip = match question.qname.to_string().as_str() {
+                    "api.test" => Some(Ipv4Addr::LOCALHOST),
+                    "pub.test" => Some(Ipv4Addr::new(8, 8, 8, 8)),
+                    _ => None,
+                };
+                match ip {
+                    Some(ip) => r.answers.push(ResourceRecord::new(
+                        question.qname.clone(),
+                        CLASS::IN,
+                        5,
+                        RData::A(A {
+                            address: u32::from(ip),
+                        }),
+                    )),
+                    None => *r.rcode_mut() = RCODE::NameError,
+                }
+                r.questions.push(question);
+                if let Ok(bytes) = r.build_bytes_vec() {
+                    let _ = sock.send_to(&bytes, from).await;
+                }
+            }
+        });
+        addr
+    }
+
+    /// A daemon side with one routed Service, `backend` in `default`.
+    async fn shared() -> Arc<Shared> {
+        let mut reg = prometheus_client::registry::Registry::default();
+        let (poke, _) = tokio::sync::mpsc::unbounded_channel();
+        let router = Router::new(
+            skiff_router::RouterConfig {
+                domain: "localhost".into(),
+                queue_depth: 1,
+                queue_timeout: Duration::from_secs(1),
+                threads: 1,
+            },
+            NoConnect,
+            poke,
+            skiff_router::RouterMetrics::new(&mut reg),
+        );
+        router.set_routes(HashMap::from([(
+            "backend.default.localhost".to_owned(),
+            skiff_router::HostRoute::Unavailable {
+                message: "test".into(),
+            },
+        )]));
+        let conns = Conns::new(
+            skiff_router::conns::ConnLimits {
+                max_connections: 16,
+                header_read_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(1),
+            },
+            skiff_router::conns::ConnMetrics::new(&mut reg),
+        );
+        Arc::new(Shared {
+            router,
+            connector: Connector::new(1).expect("connector"),
+            conns,
+            default_policy: EgressPolicy::Public,
+            upstreams: vec![upstream().await],
+            domain: "localhost".into(),
+            metrics: EgressMetrics::new(&mut reg),
+        })
+    }
+
+    fn inst(policy: &str) -> InstanceNet {
+        InstanceNet {
+            id: "i".into(),
+            namespace: "default".into(),
+            revision: "r".into(),
+            policy: policy.parse().expect("policy"),
+            names: Mutex::new(NameTable::default()),
+        }
+    }
+
+    /// What the resolver answers under each policy: Services always, named hosts whatever
+    /// they resolve to, public addresses by default, the host only when named.
+    #[tokio::test]
+    async fn answers_follow_the_policy() {
+        let s = shared().await;
+        let none = inst("none");
+        assert_eq!(
+            s.resolve(&none, "backend", true).await,
+            Reply::Addr(SERVICE_VIP)
+        );
+        assert_eq!(
+            s.resolve(&none, "backend.default.svc.cluster.local.", true)
+                .await,
+            Reply::Addr(SERVICE_VIP)
+        );
+        assert_eq!(s.resolve(&none, "backend", false).await, Reply::NoData);
+        assert_eq!(s.resolve(&none, "api.test", true).await, Reply::NxDomain);
+        assert_eq!(s.resolve(&none, "frontend", true).await, Reply::NxDomain);
+
+        let named = inst("api.test:8080");
+        let Reply::Addr(ip) = s.resolve(&named, "api.test", true).await else {
+            panic!("named host not resolved");
+        };
+        assert!(in_pool(ip));
+        let entry = named.names.lock().expect("lock").lookup(ip);
+        assert_eq!(entry, Some(("api.test".into(), vec![Ipv4Addr::LOCALHOST])));
+        assert_eq!(s.resolve(&named, "api.test", false).await, Reply::NoData);
+        assert_eq!(s.resolve(&named, "pub.test", true).await, Reply::NxDomain);
+
+        let public = inst("public");
+        assert_eq!(s.resolve(&public, "api.test", true).await, Reply::NxDomain);
+        let Reply::Addr(ip) = s.resolve(&public, "pub.test", true).await else {
+            panic!("public host not resolved");
+        };
+        assert_eq!(
+            public.names.lock().expect("lock").lookup(ip),
+            Some(("pub.test".into(), vec![Ipv4Addr::new(8, 8, 8, 8)]))
+        );
+        assert_eq!(s.resolve(&public, "gone.test", true).await, Reply::NxDomain);
+        assert_eq!(s.resolve(&public, HOST_NAME, true).await, Reply::NxDomain);
+        let host = inst("host.skiff.internal:7070");
+        assert_eq!(
+            s.resolve(&host, HOST_NAME, true).await,
+            Reply::Addr(HOST_VIP)
+        );
+
+        let refused = s
+            .metrics
+            .refused
+            .get_or_create(&RefusedLabels {
+                namespace: "default".into(),
+                kind: "dns".into(),
+            })
+            .get();
+        assert_eq!(refused, 4, "api.test twice, pub.test, the host");
+    }
+
+    /// The wire answer: an A record for a Service, NXDOMAIN for a refused name.
+    #[tokio::test]
+    async fn wire_answers() {
+        use simple_dns::rdata::RData;
+        use simple_dns::{CLASS, Name, Packet, QCLASS, QTYPE, Question, RCODE, TYPE};
+        let s = shared().await;
+        let none = inst("none");
+        let query = |name: &'static str| {
+            let mut q = Packet::new_query(7);
+            q.questions.push(Question::new(
+                Name::new_unchecked(name),
+                QTYPE::TYPE(TYPE::A),
+                QCLASS::CLASS(CLASS::IN),
+                false,
+            ));
+            q.build_bytes_vec().expect("query")
+        };
+        let bytes = s.answer(&none, &query("backend")).await.expect("answer");
+        let r = Packet::parse(&bytes).expect("reply");
+        assert_eq!(r.id(), 7);
+        assert_eq!(r.rcode(), RCODE::NoError);
+        assert!(matches!(
+            &r.answers[0].rdata,
+            RData::A(a) if Ipv4Addr::from(a.address) == SERVICE_VIP
+        ));
+        let bytes = s.answer(&none, &query("api.test")).await.expect("answer");
+        assert_eq!(
+            Packet::parse(&bytes).expect("reply").rcode(),
+            RCODE::NameError
+        );
+        assert!(s.answer(&none, b"garbage").await.is_none());
+    }
+
     #[test]
     fn resolv_conf_nameservers() {
         assert_eq!(
