@@ -456,7 +456,13 @@ impl Runtime {
         let netns_path = dir.join("netns");
         let network = self.network.get();
         let ruleset = network.and_then(|n| n.ruleset(&plan));
-        let (netns, egress_error) = NetNs::create_with(&netns_path, ruleset.as_deref())?;
+        // `nft` and `ip` run for ~10 ms: off the async workers.
+        let (netns, egress_error) = {
+            let path = netns_path.clone();
+            tokio::task::spawn_blocking(move || NetNs::create_with(&path, ruleset.as_deref()))
+                .await
+                .map_err(|_| RuntimeError::Netns(NetnsError::Worker))??
+        };
         if let Some(e) = egress_error {
             warn!(instance = %plan.id, error = %e, "the instance's outbound connections cannot be set up (nftables in its namespace); it has loopback and the resolver only");
         }
