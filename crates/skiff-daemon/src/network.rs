@@ -589,7 +589,7 @@ impl Shared {
         }
         let Some(mut out) = out else {
             debug!(instance = %inst.id, ?targets, "egress: no target answered");
-            // As the target itself would: the app sees the connection refused.
+            // Nothing answered: the app's connection is reset at once.
             let _ = rustix::net::sockopt::set_socket_linger(&stream, Some(Duration::ZERO));
             return;
         };
