@@ -996,6 +996,54 @@ mod tests {
         assert!(s.answer(&none, b"garbage").await.is_none());
     }
 
+    /// The resolver over UDP and over TCP (length-prefixed), as an instance's C library
+    /// uses them; both stop with the guard's token.
+    #[tokio::test]
+    async fn udp_and_tcp_transports() {
+        use simple_dns::rdata::RData;
+        use simple_dns::{CLASS, Name, Packet, QCLASS, QTYPE, Question, TYPE};
+        let s = shared().await;
+        let inst = Arc::new(inst("none"));
+        let stop = CancellationToken::new();
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+        let udp_addr = udp.local_addr().expect("addr");
+        tokio::spawn(s.clone().serve_udp(inst.clone(), udp, stop.clone()));
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("tcp");
+        let tcp_addr = tcp.local_addr().expect("addr");
+        tokio::spawn(s.clone().serve_tcp(inst.clone(), tcp, stop.clone()));
+        let mut q = Packet::new_query(9);
+        q.questions.push(Question::new(
+            Name::new_unchecked("backend.default"),
+            QTYPE::TYPE(TYPE::A),
+            QCLASS::CLASS(CLASS::IN),
+            false,
+        ));
+        let query = q.build_bytes_vec().expect("query");
+        let is_vip = |bytes: &[u8]| {
+            let r = Packet::parse(bytes).expect("reply");
+            r.id() == 9
+                && matches!(&r.answers[0].rdata, RData::A(a) if Ipv4Addr::from(a.address) == SERVICE_VIP)
+        };
+        let client = UdpSocket::bind("127.0.0.1:0").await.expect("client");
+        client.send_to(&query, udp_addr).await.expect("send");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), client.recv(&mut buf))
+            .await
+            .expect("a UDP answer")
+            .expect("recv");
+        assert!(is_vip(&buf[..n]));
+        let mut c = TcpStream::connect(tcp_addr).await.expect("connect");
+        c.write_u16(u16::try_from(query.len()).expect("len"))
+            .await
+            .expect("write");
+        c.write_all(&query).await.expect("write");
+        let len = c.read_u16().await.expect("length");
+        let mut reply = vec![0u8; usize::from(len)];
+        c.read_exact(&mut reply).await.expect("reply");
+        assert!(is_vip(&reply));
+        stop.cancel();
+    }
+
     #[test]
     fn resolv_conf_nameservers() {
         assert_eq!(
