@@ -51,6 +51,12 @@ const TTL: u32 = 30;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an upstream DNS server has to answer.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most DNS questions one instance has answered at once (more are dropped: the client
+/// asks again).
+const MAX_QUERIES: usize = 64;
+/// Most outbound connections (and DNS over TCP) one instance holds through the daemon at
+/// once: each costs the daemon file descriptors, so an instance must not exhaust them.
+const MAX_CONNECTIONS: usize = 1024;
 
 /// Labels of the refusal counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -274,6 +280,24 @@ struct InstanceNet {
     revision: String,
     policy: EgressPolicy,
     names: Mutex<NameTable>,
+    /// Questions being answered ([`MAX_QUERIES`]).
+    queries: Arc<tokio::sync::Semaphore>,
+    /// Connections held ([`MAX_CONNECTIONS`]).
+    connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl InstanceNet {
+    fn new(plan_id: &str, namespace: &str, revision: &str, policy: EgressPolicy) -> Self {
+        InstanceNet {
+            id: plan_id.to_owned(),
+            namespace: namespace.to_owned(),
+            revision: revision.to_owned(),
+            policy,
+            names: Mutex::new(NameTable::default()),
+            queries: Arc::new(tokio::sync::Semaphore::new(MAX_QUERIES)),
+            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        }
+    }
 }
 
 /// What the resolver answers to one question.
@@ -424,9 +448,14 @@ impl Shared {
                 },
                 () = stop.cancelled() => return,
             };
+            let Ok(permit) = inst.queries.clone().try_acquire_owned() else {
+                debug!(instance = %inst.id, "resolver: too many questions at once; dropped one");
+                continue;
+            };
             let query = buf[..n].to_vec();
             let (me, inst, sock, stop) = (self.clone(), inst.clone(), sock.clone(), stop.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 tokio::select! {
                     reply = me.answer(&inst, &query) => {
                         if let Some(reply) = reply {
@@ -454,8 +483,12 @@ impl Shared {
                 },
                 () = stop.cancelled() => return,
             };
+            let Ok(permit) = inst.connections.clone().try_acquire_owned() else {
+                continue;
+            };
             let (me, inst, stop) = (self.clone(), inst.clone(), stop.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 let serve = async {
                     loop {
                         let len = stream.read_u16().await? as usize;
@@ -492,8 +525,14 @@ impl Shared {
                 },
                 () = stop.cancelled() => return,
             };
+            let Ok(permit) = inst.connections.clone().try_acquire_owned() else {
+                warn!(instance = %inst.id, limit = MAX_CONNECTIONS, "egress: the instance holds too many connections; reset a new one");
+                let _ = rustix::net::sockopt::set_socket_linger(&stream, Some(Duration::ZERO));
+                continue;
+            };
             let (me, inst, stop) = (self.clone(), inst.clone(), stop.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 tokio::select! {
                     () = me.connection(&inst, stream, peer) => {}
                     () = stop.cancelled() => {}
@@ -671,13 +710,12 @@ impl InstanceNetwork for Network {
         netns: Arc<OwnedFd>,
     ) -> futures::future::BoxFuture<'static, Box<dyn std::any::Any + Send + Sync>> {
         let shared = self.0.clone();
-        let inst = Arc::new(InstanceNet {
-            id: plan.id.clone(),
-            namespace: plan.namespace.clone(),
-            revision: plan.revision.clone(),
-            policy: shared.policy_of(plan),
-            names: Mutex::new(NameTable::default()),
-        });
+        let inst = Arc::new(InstanceNet::new(
+            &plan.id,
+            &plan.namespace,
+            &plan.revision,
+            shared.policy_of(plan),
+        ));
         Box::pin(async move {
             let stop = CancellationToken::new();
             let c = &shared.connector;
@@ -897,13 +935,7 @@ mod tests {
     }
 
     fn inst(policy: &str) -> InstanceNet {
-        InstanceNet {
-            id: "i".into(),
-            namespace: "default".into(),
-            revision: "r".into(),
-            policy: policy.parse().expect("policy"),
-            names: Mutex::new(NameTable::default()),
-        }
+        InstanceNet::new("i", "default", "r", policy.parse().expect("policy"))
     }
 
     /// What the resolver answers under each policy: Services always, named hosts whatever
