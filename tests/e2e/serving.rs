@@ -18,7 +18,7 @@ use crate::{
 
 /// A Service of the test server image: `annotations` on the template (YAML map lines),
 /// `spec_extra` revision fields, `env_target` as `TARGET`, and `traffic` (YAML list lines).
-fn service(
+pub(crate) fn service(
     name: &str,
     image: &str,
     annotations: &str,
@@ -46,13 +46,13 @@ fn service(
 }
 
 /// A response from the ingress.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     headers: reqwest::header::HeaderMap,
-    body: String,
+    pub(crate) body: String,
 }
 
-async fn get(http: &reqwest::Client, d: &TestDaemon, host: &str, path: &str) -> Answer {
+pub(crate) async fn get(http: &reqwest::Client, d: &TestDaemon, host: &str, path: &str) -> Answer {
     let r = http
         .get(format!("http://{}{path}", d.ingress()))
         .header("host", host)
@@ -69,7 +69,7 @@ async fn get(http: &reqwest::Client, d: &TestDaemon, host: &str, path: &str) -> 
     }
 }
 
-fn host(svc: &str) -> String {
+pub(crate) fn host(svc: &str) -> String {
     format!("{svc}.default.localhost")
 }
 
@@ -99,7 +99,7 @@ fn ready_instances(s: &Value, rev: &str) -> u64 {
 }
 
 /// Waits until the Service's running instance count (any phase) satisfies `pred`.
-async fn wait_instances(
+pub(crate) async fn wait_instances(
     d: &TestDaemon,
     svc: &str,
     what: &str,
@@ -877,7 +877,7 @@ async fn failing_revision_never_takes_traffic() {
 }
 
 /// The daemon's `/metrics` text.
-async fn metrics_text(d: &TestDaemon) -> Option<String> {
+pub(crate) async fn metrics_text(d: &TestDaemon) -> Option<String> {
     crate::http()
         .get(format!("{}/metrics", d.api()))
         .send()

@@ -7,6 +7,7 @@ mod daemon;
 mod hardening;
 mod images;
 mod lifecycle;
+mod network;
 mod runtime;
 mod secrets;
 mod serving;

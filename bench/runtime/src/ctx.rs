@@ -209,6 +209,7 @@ impl Ctx {
             port: PORT,
             volumes: vec![],
             drain_timeout: STOP_GRACE,
+            egress: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod autoscaling;
 pub mod config;
 pub mod defaults;
+pub mod egress;
 pub mod error;
 mod fields;
 pub mod image;

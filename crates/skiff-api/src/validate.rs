@@ -33,9 +33,9 @@ pub const RUNTIME_MOUNT_TREES: &[&str] = &["/proc", "/sys", "/dev"];
 pub const RUNTIME_MOUNT_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"];
 /// Annotation prefix of skiff's own settings.
 pub const SKIFF_ANNOTATION_PREFIX: &str = "skiff.dev/";
-/// The `skiff.dev/` annotations this version understands (none yet: each later feature that
-/// adds one lists it here, and any other `skiff.dev/` key is an error).
-pub const SKIFF_ANNOTATIONS: &[&str] = &[];
+/// The `skiff.dev/` annotations this version understands (each feature that adds one lists
+/// it here, and any other `skiff.dev/` key is an error).
+pub const SKIFF_ANNOTATIONS: &[&str] = &[crate::egress::EGRESS_ANNOTATION];
 /// Labels skiff sets on revisions, which users may not set.
 pub const SYSTEM_LABELS: &[&str] = &[
     "serving.knative.dev/service",
@@ -140,6 +140,7 @@ fn check_labels(labels: &BTreeMap<String, String>, at: &FieldPath, p: &mut Probl
 fn check_annotations(
     annotations: &BTreeMap<String, String>,
     at: &FieldPath,
+    template: bool,
     p: &mut Problems,
 ) -> AutoscalingSettings {
     let mut size = 0usize;
@@ -171,6 +172,16 @@ fn check_annotations(
                 ProblemKind::UnknownField,
                 format!("unknown skiff annotation ({known})"),
             );
+        }
+        if k == crate::egress::EGRESS_ANNOTATION {
+            if !template {
+                p.invalid(
+                    &path,
+                    "set it on the revision template (spec.template.metadata.annotations)",
+                );
+            } else if let Err(e) = v.parse::<crate::egress::EgressPolicy>() {
+                p.invalid(&path, e.0);
+            }
         }
     }
     if size > MAX_ANNOTATIONS_BYTES {
@@ -261,7 +272,7 @@ pub fn validate_service(m: ServiceManifest, p: &mut Problems) -> Option<Validate
     check_labels(&m.metadata.labels, &meta.key("labels"), p);
     // Knative validates autoscaling annotations on the Service too, though only the
     // template's take effect.
-    check_annotations(&m.metadata.annotations, &meta.key("annotations"), p);
+    check_annotations(&m.metadata.annotations, &meta.key("annotations"), false, p);
 
     let spec_path = root.key("spec");
     let Some(spec) = &m.spec else {
@@ -301,8 +312,12 @@ pub fn validate_service(m: ServiceManifest, p: &mut Problems) -> Option<Validate
                 );
             }
             check_labels(&template.metadata.labels, &tmeta.key("labels"), p);
-            autoscaling =
-                check_annotations(&template.metadata.annotations, &tmeta.key("annotations"), p);
+            autoscaling = check_annotations(
+                &template.metadata.annotations,
+                &tmeta.key("annotations"),
+                true,
+                p,
+            );
             match &template.spec {
                 None => p.required(&template_path.key("spec")),
                 Some(rs) => validate_revision_spec(rs, &template_path.key("spec"), p),

@@ -757,6 +757,26 @@ fn annotations() {
         "spec.template.metadata.annotations.skiff.dev/unknown",
         "unknown skiff annotation",
     );
+    assert_accepted(&with_annotations(
+        "skiff.dev/egress: \"api.example.test, db.test:5432, 10.0.0.0/8\"\n",
+    ));
+    assert_accepted(&with_annotations("skiff.dev/egress: none\n"));
+    assert_refused(
+        &with_annotations("skiff.dev/egress: \"none, api.example.test\"\n"),
+        "spec.template.metadata.annotations.skiff.dev/egress",
+        "stands alone",
+    );
+    assert_refused(
+        &with_annotations("skiff.dev/egress: \"api.example.test:http\"\n"),
+        "spec.template.metadata.annotations.skiff.dev/egress",
+        "port",
+    );
+    let on_service = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: a\n  annotations: {skiff.dev/egress: all}\nspec: {template: {spec: {containers: [{image: nginx}]}}}\n";
+    assert_refused(
+        on_service,
+        "metadata.annotations.skiff.dev/egress",
+        "revision template",
+    );
     assert_refused(
         &with_annotations("autoscaling.knative.dev/min-scale: 1\n"),
         "spec.template.metadata.annotations.autoscaling.knative.dev/min-scale",

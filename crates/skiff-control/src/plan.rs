@@ -258,6 +258,11 @@ pub fn plan(
         drain_timeout: Duration::from_secs(
             spec.timeout_seconds.unwrap_or(300).clamp(1, 3600) as u64
         ),
+        egress: revision
+            .metadata
+            .annotations
+            .get(skiff_api::egress::EGRESS_ANNOTATION)
+            .cloned(),
     })
 }
 

@@ -55,6 +55,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// The registry settings the image puller uses.
     pub images: ImageSettings,
+    /// What instances reach outside their namespace, and how names resolve.
+    pub network: NetworkConfig,
 }
 
 impl Config {
@@ -79,6 +81,7 @@ impl Config {
         specs.extend(AutoscalingConfig::SETTINGS.iter().map(|s| &s.spec));
         specs.extend(RuntimeConfig::SETTINGS.iter().map(|s| &s.spec));
         specs.extend(ImageSettings::SETTINGS.iter().map(|s| &s.spec));
+        specs.extend(NetworkConfig::SETTINGS.iter().map(|s| &s.spec));
         specs
     }
 
@@ -93,6 +96,7 @@ impl Config {
             autoscaling: AutoscalingConfig::load(raw, problems),
             runtime: RuntimeConfig::load(raw, problems),
             images: ImageSettings::load(raw, problems),
+            network: NetworkConfig::load(raw, problems),
         };
         if config.api.listen == config.ingress.listen && config.api.listen.port() != 0 {
             problems.push(format!(
@@ -557,6 +561,35 @@ impl Section for RuntimeConfig {
             "--termination-grace-period-seconds",
             termination_grace_period = |v| parse::seconds(v, 1),
             "Seconds a stopped instance has between SIGTERM and SIGKILL, after its requests in flight are done [default: 10]",
+        ),
+    ];
+}
+
+/// Instances' resolver and outbound connections.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkConfig {
+    /// The egress policy of a revision without a `skiff.dev/egress` annotation.
+    pub egress_default: skiff_api::egress::EgressPolicy,
+    /// The DNS server outside names are resolved with; `None`: the host's (its
+    /// `/etc/resolv.conf`).
+    pub dns_upstream: Option<SocketAddr>,
+}
+
+impl Section for NetworkConfig {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "egress_default",
+            "SKIFF_EGRESS_DEFAULT",
+            "--egress-default",
+            egress_default = |v: &str| v.parse().map_err(|e: skiff_api::egress::PolicyError| e.0),
+            "What instances may reach outside when their revision has no skiff.dev/egress annotation: none, public, all, or HOST[:PORT] and A.B.C.D/N entries, comma-separated [default: public]",
+        ),
+        setting!(
+            "dns_upstream",
+            "SKIFF_DNS_UPSTREAM",
+            "--dns-upstream",
+            dns_upstream = |v| parse::address(v).map(Some),
+            "The DNS server (ADDR:PORT) instances' outside names are resolved with [default: the host's, from /etc/resolv.conf]",
         ),
     ];
 }
@@ -1181,6 +1214,42 @@ max_scale_down_rate = 1.5
             load(Some(&example), &env(&[]), &Flags::new()).expect("valid example");
         assert_eq!(report.file.as_deref(), Some(example.as_path()));
         assert_eq!(config.daemon.domain, "localhost");
+    }
+
+    /// The network settings: a policy and an upstream, from the file or the environment;
+    /// a bad policy is reported with its source.
+    #[test]
+    fn network_settings() {
+        let dir = no_file();
+        let file = dir.path().join("skiff.toml");
+        std::fs::write(
+            &file,
+            "egress_default = \"none\"\ndns_upstream = \"127.0.0.1:5353\"\n",
+        )
+        .expect("write");
+        let (config, _) = load(Some(&file), &env(&[]), &Flags::new()).expect("valid");
+        assert_eq!(
+            config.network.egress_default,
+            skiff_api::egress::EgressPolicy::None
+        );
+        assert_eq!(
+            config.network.dns_upstream,
+            Some("127.0.0.1:5353".parse().expect("addr"))
+        );
+        let vars = env(&[("SKIFF_EGRESS_DEFAULT", "api.example.test:443, 10.0.0.0/8")]);
+        let (config, _) = load(Some(&file), &vars, &Flags::new()).expect("valid");
+        assert!(
+            config
+                .network
+                .egress_default
+                .allows_named("api.example.test", Some(443))
+        );
+        let vars = env(&[("SKIFF_EGRESS_DEFAULT", "none,all")]);
+        let e = load(Some(&file), &vars, &Flags::new()).expect_err("invalid");
+        assert!(e.to_string().contains("egress_default"), "{e}");
+        assert!(
+            Config::defaults().network.egress_default == skiff_api::egress::EgressPolicy::Public
+        );
     }
 
     /// Registry settings come as TOML lists and tables, or as strings from env and flags.

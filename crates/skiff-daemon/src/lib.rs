@@ -9,4 +9,5 @@
 pub mod api;
 pub mod config;
 pub mod datadir;
+pub mod network;
 pub mod server;

@@ -256,6 +256,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     )
     .await
     .map_err(DaemonError::Secrets)?;
+    network(&config, &runtime, &router, &ingress_conns, &metrics);
     let built = Built {
         secrets: secrets.clone(),
         store: store.clone(),
@@ -317,6 +318,38 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
 }
 
 /// Lets the servers finish the requests in flight, for up to `grace`.
+/// Serves instances' resolvers and outbound connections (set before the control plane
+/// starts: re-adopted instances get them too).
+fn network(
+    config: &Config,
+    runtime: &skiff_runtime::Runtime,
+    router: &Arc<skiff_router::Router>,
+    ingress_conns: &Conns,
+    metrics: &skiff_telemetry::Metrics,
+) {
+    let upstreams = match config.network.dns_upstream {
+        Some(addr) => vec![addr],
+        None => crate::network::host_resolvers(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ),
+    };
+    if upstreams.is_empty() {
+        warn!(
+            "no DNS server for instances' outside names: set dns_upstream, or nameserver in /etc/resolv.conf"
+        );
+    }
+    info!(egress_default = %config.network.egress_default, dns_upstreams = ?upstreams, "instances' network: resolver and egress through the daemon");
+    let egress_metrics = metrics.register("egress", crate::network::EgressMetrics::new);
+    runtime.set_network(Arc::new(crate::network::Network::new(
+        router.clone(),
+        runtime.connector().clone(),
+        ingress_conns.clone(),
+        config.network.egress_default.clone(),
+        upstreams,
+        egress_metrics,
+    )));
+}
+
 async fn drain(servers: [tokio::task::JoinHandle<()>; 2], grace: std::time::Duration) {
     match tokio::time::timeout(grace, futures::future::join_all(servers)).await {
         Ok(ended) => {

@@ -48,6 +48,10 @@ pub use connect::{Connect, ConnectFuture, Explain, ExplainFuture};
 pub use metrics::{RevisionLabels, RouterMetrics};
 pub use pool::{ColdStarts, Pool, PoolSpec, RevisionKey};
 
+/// Maps the host a request from inside an instance names (`backend`, `backend.ns.svc`, …)
+/// to the Service's host at the ingress ([`Router::serve_internal`]).
+pub type HostRewrite = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// An error of a body in flight.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -121,6 +125,9 @@ pub struct Router {
     /// Connections into instances, one set per router thread (a request and its upstream
     /// connection stay on one thread).
     upstreams: Vec<Arc<upstream::Upstreams>>,
+    /// Connections into instances for requests made from inside instances
+    /// ([`Router::serve_internal`]), which run on the daemon's runtime.
+    internal: Arc<upstream::Upstreams>,
     poke: mpsc::UnboundedSender<RevisionKey>,
     metrics: RouterMetrics,
     /// True once the first route table is in; [`Router::serve`] accepts only then.
@@ -155,6 +162,7 @@ impl Router {
         let upstreams = (0..threads)
             .map(|_| Arc::new(upstream::Upstreams::new(connector.clone())))
             .collect();
+        let internal = Arc::new(upstream::Upstreams::new(connector));
         Arc::new(Router {
             cfg,
             routes: RwLock::new(Arc::default()),
@@ -162,6 +170,7 @@ impl Router {
             instance_pool: RwLock::new(HashMap::new()),
             retired: RwLock::default(),
             upstreams,
+            internal,
             poke,
             metrics,
             routed: tokio::sync::watch::Sender::new(false),
@@ -270,6 +279,14 @@ impl Router {
             .collect();
         hosts.sort();
         hosts
+    }
+
+    /// Whether `host` (lowercase, no port) is routed now.
+    pub fn has_host(&self, host: &str) -> bool {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(host)
     }
 
     pub(crate) fn route(&self, host: &str) -> Option<Arc<Resolved>> {
@@ -389,7 +406,7 @@ impl Router {
         if let Some(pool) = key.and_then(|k| self.pool(&k)) {
             pool.remove(id);
         }
-        for u in &self.upstreams {
+        for u in self.upstreams.iter().chain(std::iter::once(&self.internal)) {
             u.forget(id);
         }
         self.retired
@@ -530,6 +547,50 @@ impl Router {
         drop(threads);
         for rx in done {
             let _ = rx.await;
+        }
+    }
+
+    /// Serves one HTTP/1.1 connection made from inside an instance to a Service by name
+    /// (service-to-service): each request's host is passed through `rewrite` (the name the
+    /// instance used → the Service's host at the ingress), then the request is handled
+    /// exactly as one from outside (traffic split, tags, the activator, timeouts). A host
+    /// `rewrite` does not know stays as it is (and is answered 404). The connection counts
+    /// against `conns` (the ingress's), with its idle and header timeouts.
+    pub async fn serve_internal(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        conns: conns::Conns,
+        rewrite: HostRewrite,
+    ) {
+        let handle = match conns.admit() {
+            conns::Admitted::Yes(h) => h,
+            conns::Admitted::Refused => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let up = self.internal.clone();
+        let peer = Arc::new(proxy::Peer::new(peer, handle.clone()));
+        let router = self.clone();
+        let service = hyper::service::service_fn(move |mut req| {
+            let (router, up, peer, rewrite) =
+                (router.clone(), up.clone(), peer.clone(), rewrite.clone());
+            async move {
+                proxy::rewrite_host(&mut req, &*rewrite);
+                let busy = peer.conn.busy();
+                let response = proxy::handle(&router, &up, req, &peer).await;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| conns::BusyBody::new(body, busy)),
+                )
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(conns.limits().header_read_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::select! {
+            _ = conn => {}
+            () = conns.expired(&handle) => {}
         }
     }
 

@@ -34,7 +34,7 @@ pub use skiff_api::wire::{ContainerStatus, InstanceStatus, Phase, Termination};
 
 use crate::cgroups::{self, Usage};
 use crate::logs::{self, LogStore, PumpTarget, Tail};
-use crate::netns::{Connector, NetNs, NetnsError};
+use crate::netns::{Connector, InstanceNetwork, NetNs, NetnsError};
 use crate::oci::{OciError, OciRuntime};
 use crate::probe::{ProbeSpec, Prober};
 use crate::reaper::{Exit, Reaper};
@@ -290,6 +290,10 @@ pub struct InstancePlan {
     /// Records written before it had this name call it `stopGrace`.
     #[serde(alias = "stopGrace")]
     pub drain_timeout: Duration,
+    /// The revision's `skiff.dev/egress` annotation, if it has one (the daemon's
+    /// `egress_default` applies otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<String>,
 }
 
 /// A change of an instance's status.
@@ -376,6 +380,8 @@ pub struct Instance {
     /// Each container's log pumps of its current run (they end when its output closes).
     pumps: Vec<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     start_instant: tokio::time::Instant,
+    /// What serves the namespace (resolver, egress) while the instance lives.
+    network: Mutex<Option<Box<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -446,6 +452,8 @@ pub struct Runtime {
     /// The latest SIGKILL of every container, once a bounded shutdown has set it
     /// ([`Runtime::stop_all`]); containers already between SIGTERM and SIGKILL follow it.
     shutdown_by: watch::Sender<Option<tokio::time::Instant>>,
+    /// The daemon's resolver and egress, when it serves them ([`Runtime::set_network`]).
+    network: std::sync::OnceLock<Arc<dyn InstanceNetwork>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -479,7 +487,14 @@ impl Runtime {
             events,
             tracker: TaskTracker::new(),
             shutdown_by: watch::Sender::new(None),
+            network: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Has every instance started from now on served by `network` (its resolver and
+    /// outbound connections). Without it instances have loopback only. Set once.
+    pub fn set_network(&self, network: Arc<dyn InstanceNetwork>) {
+        let _ = self.network.set(network);
     }
 
     /// The OCI runtime.
@@ -539,13 +554,25 @@ impl Runtime {
         };
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let netns_path = dir.join("netns");
-        let netns = NetNs::create(&netns_path)?;
-        rootfs::write_etc_files(&dir.join("etc"), &hostname(&plan.id)).map_err(|e| {
-            RuntimeError::Io {
+        let network = self.network.get();
+        let ruleset = network.and_then(|n| n.ruleset(&plan));
+        // `nft` and `ip` run for ~10 ms: off the async workers.
+        let (netns, egress_error) = {
+            let path = netns_path.clone();
+            tokio::task::spawn_blocking(move || NetNs::create_with(&path, ruleset.as_deref()))
+                .await
+                .map_err(|_| RuntimeError::Netns(NetnsError::Worker))??
+        };
+        if let Some(e) = egress_error {
+            warn!(instance = %plan.id, error = %e, "the instance's outbound connections cannot be set up (nftables in its namespace); it has loopback and the resolver only");
+        }
+        let resolver = network.is_some().then_some(crate::netns::DNS_ADDR);
+        rootfs::write_etc_files_with(&dir.join("etc"), &hostname(&plan.id), resolver).map_err(
+            |e| RuntimeError::Io {
                 path: dir.join("etc"),
                 source: std::io::Error::other(e.to_string()),
-            }
-        })?;
+            },
+        )?;
         for v in &plan.volumes {
             let p = dir.join("volumes").join(&v.name);
             std::fs::create_dir_all(&p).map_err(io(&p))?;
@@ -610,7 +637,12 @@ impl Runtime {
             stop: CancellationToken::new(),
             done: CancellationToken::new(),
             start_instant: t0,
+            network: Mutex::new(None),
         });
+        if let Some(n) = self.network.get() {
+            let guard = n.attach(&instance.plan, instance.netns.clone()).await;
+            *instance.network.lock().unwrap_or_else(|p| p.into_inner()) = Some(guard);
+        }
         self.instances
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -710,6 +742,13 @@ impl Runtime {
         for i in 0..inst.plan.containers.len() {
             self.cleanup_container(inst, i).await;
         }
+        // The resolver and egress listeners go with the namespace.
+        drop(
+            inst.network
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         for m in rootfs::mounts_under(&inst.dir) {
             let _ = rootfs::unmount(&m);
         }
@@ -1469,6 +1508,7 @@ mod tests {
             port: 8080,
             volumes: vec![],
             drain_timeout: Duration::from_secs(300),
+            egress: None,
         };
         let new = serde_json::to_string(&plan).expect("serializes");
         assert!(new.contains("\"drainTimeout\""), "{new}");

@@ -14,12 +14,43 @@
 //! microseconds; it never runs on a tokio worker, whose namespace must not change.
 
 use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 
 use rustix::thread::{LinkNameSpaceType, UnshareFlags};
 use tokio::sync::oneshot;
+
+/// Where an instance's resolver listens (UDP and TCP), inside its namespace.
+pub const DNS_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 11), 53);
+/// Where the daemon takes every outbound TCP connection of an instance, inside its namespace
+/// (the namespace's own nftables table redirects them here).
+pub const EGRESS_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 10), 15001);
+/// The address Services answer at inside an instance (port 80).
+pub const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The address of `host.skiff.internal` inside an instance.
+pub const HOST_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// Addresses the resolver hands out for outside names (one per name and instance); with
+/// the two above, inside 198.18.0.0/15 (RFC 2544's benchmarking range: never a real peer).
+pub const NAME_POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 19, 0, 0), 16);
+/// skiff's own range inside instances (the VIPs and the name pool).
+pub const SKIFF_RANGE: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 18, 0, 0), 15);
+
+/// Network set-up and services the daemon adds to an instance's namespace.
+pub trait InstanceNetwork: Send + Sync + 'static {
+    /// The nftables ruleset (`nft -f` syntax, in the namespace's own table) for a new
+    /// instance; with it the namespace gets a default route through `lo`. `None`: the
+    /// namespace keeps loopback only.
+    fn ruleset(&self, plan: &crate::InstancePlan) -> Option<String>;
+    /// Starts serving the instance's namespace (its resolver, its outbound connections)
+    /// until the returned guard is dropped (when the instance is torn down).
+    fn attach(
+        &self,
+        plan: &crate::InstancePlan,
+        netns: Arc<OwnedFd>,
+    ) -> futures::future::BoxFuture<'static, Box<dyn std::any::Any + Send + Sync>>;
+}
 
 /// A network-namespace operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +105,52 @@ fn loopback_up() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Adds `default dev lo scope host` to the current thread's namespace (with `ip`, forked
+/// from this thread, so in this namespace): every destination is routed, so that the
+/// namespace's nftables rules can redirect outbound connections to the daemon. (The
+/// `SIOCADDRT` ioctl can only add a link-scoped route, whose connections never complete
+/// once redirected to a loopback address.)
+fn default_route_via_lo() -> std::io::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(["route", "add", "default", "dev", "lo", "scope", "host"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "ip route: {} ({})",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            out.status
+        )));
+    }
+    Ok(())
+}
+
+/// Loads `ruleset` with `nft -f -` in the current thread's namespace (a child inherits the
+/// namespaces of the thread that forks it).
+fn load_ruleset(ruleset: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(ruleset.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "nft: {} ({})",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            out.status
+        )));
+    }
+    Ok(())
+}
+
 /// An instance's network namespace, bind-mounted at a path.
 #[derive(Debug)]
 pub struct NetNs {
@@ -84,28 +161,46 @@ pub struct NetNs {
 impl NetNs {
     /// Creates a namespace with `lo` up and pins it at `path` (a file that must not exist).
     pub fn create(path: &Path) -> Result<NetNs, NetnsError> {
+        Self::create_with(path, None).map(|(ns, _)| ns)
+    }
+
+    /// Creates a namespace with `lo` up, and, given a `ruleset`, loads it into the
+    /// namespace (never the host's) and routes every destination through `lo`; pins it at
+    /// `path`. The second value is whether the ruleset is in: when loading it fails the
+    /// namespace stays loopback-only (the error is returned beside it).
+    pub fn create_with(
+        path: &Path,
+        ruleset: Option<&str>,
+    ) -> Result<(NetNs, Option<std::io::Error>), NetnsError> {
         File::create(path).map_err(sys("creating the mount point", path))?;
         let p = path.to_path_buf();
+        let ruleset = ruleset.map(str::to_owned);
         let result = std::thread::Builder::new()
             .name("skiff-netns".into())
-            .spawn(move || -> Result<(), NetnsError> {
+            .spawn(move || -> Result<Option<std::io::Error>, NetnsError> {
                 // SAFETY: only the network namespace is unshared, on a thread that exists
                 // for this and exits right after; no fd table is unshared.
                 unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNET) }
                     .map_err(|e| sys("unshare", &p)(e.into()))?;
                 loopback_up().map_err(sys("bringing lo up", &p))?;
+                // The rules first: a route without them would send packets nowhere.
+                let egress = ruleset
+                    .map(|r| load_ruleset(&r).and_then(|()| default_route_via_lo()))
+                    .and_then(Result::err);
                 rustix::mount::mount_bind("/proc/thread-self/ns/net", &p)
                     .map_err(|e| sys("bind-mounting", &p)(e.into()))?;
-                Ok(())
+                Ok(egress)
             })
             .map_err(sys("spawning the namespace thread", path))?
             .join()
             .unwrap_or(Err(NetnsError::Worker));
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(path);
-            return Err(e);
+        match result {
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
+            Ok(egress) => Ok((Self::open(path)?, egress)),
         }
-        Self::open(path)
     }
 
     /// Opens an existing pinned namespace (recovery).
@@ -141,7 +236,12 @@ impl NetNs {
     }
 }
 
-type Job = (Arc<OwnedFd>, oneshot::Sender<std::io::Result<OwnedFd>>);
+type SocketFn = Box<dyn FnOnce() -> std::io::Result<OwnedFd> + Send>;
+type Job = (
+    Arc<OwnedFd>,
+    SocketFn,
+    oneshot::Sender<std::io::Result<OwnedFd>>,
+);
 
 /// Creates TCP sockets inside instances' network namespaces, on dedicated threads.
 #[derive(Clone)]
@@ -155,14 +255,18 @@ impl std::fmt::Debug for Connector {
     }
 }
 
-fn socket_in(host: &OwnedFd, netns: &OwnedFd) -> std::io::Result<OwnedFd> {
-    rustix::thread::move_into_link_name_space(netns.as_fd(), Some(LinkNameSpaceType::Network))?;
-    let sock = rustix::net::socket_with(
+fn tcp_socket() -> std::io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
         rustix::net::AddressFamily::INET,
         rustix::net::SocketType::STREAM,
         rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
         None,
-    );
+    )?)
+}
+
+fn socket_in(host: &OwnedFd, netns: &OwnedFd, make: SocketFn) -> std::io::Result<OwnedFd> {
+    rustix::thread::move_into_link_name_space(netns.as_fd(), Some(LinkNameSpaceType::Network))?;
+    let sock = make();
     // Return to the host namespace whatever happened; a thread stuck in an instance's
     // namespace would create every later socket there.
     let back =
@@ -171,7 +275,7 @@ fn socket_in(host: &OwnedFd, netns: &OwnedFd) -> std::io::Result<OwnedFd> {
         // This thread is no longer trustworthy: end it.
         panic!("cannot return to the host network namespace: {e}");
     }
-    Ok(sock?)
+    sock
 }
 
 impl Connector {
@@ -194,28 +298,88 @@ impl Connector {
                                 Err(_) => return,
                             }
                         };
-                        let (netns, reply) = job;
-                        let _ = reply.send(socket_in(&host, &netns));
+                        let (netns, make, reply) = job;
+                        let _ = reply.send(socket_in(&host, &netns, make));
                     }
                 })?;
         }
         Ok(Connector { tx })
     }
 
-    /// A TCP socket inside the namespace, not yet connected.
-    pub async fn socket(&self, netns: Arc<OwnedFd>) -> Result<tokio::net::TcpSocket, NetnsError> {
+    /// Runs `make` inside the namespace and returns the socket it made (a socket keeps the
+    /// namespace it was created in, whatever happens to the thread afterwards).
+    pub async fn make_socket(
+        &self,
+        netns: Arc<OwnedFd>,
+        make: impl FnOnce() -> std::io::Result<OwnedFd> + Send + 'static,
+    ) -> Result<OwnedFd, NetnsError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send((netns, reply))
+            .send((netns, Box::new(make), reply))
             .map_err(|_| NetnsError::Worker)?;
-        let fd = rx
-            .await
+        rx.await
             .map_err(|_| NetnsError::Worker)?
             .map_err(|source| NetnsError::Sys {
                 what: "creating a socket",
                 path: PathBuf::new(),
                 source,
-            })?;
+            })
+    }
+
+    /// A TCP listener on `addr` inside the namespace.
+    pub async fn listen_tcp(
+        &self,
+        netns: Arc<OwnedFd>,
+        addr: SocketAddrV4,
+    ) -> Result<tokio::net::TcpListener, NetnsError> {
+        let fd = self
+            .make_socket(netns, move || {
+                let fd = tcp_socket()?;
+                rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+                rustix::net::bind(&fd, &std::net::SocketAddr::V4(addr))?;
+                rustix::net::listen(&fd, 1024)?;
+                Ok(fd)
+            })
+            .await?;
+        tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd)).map_err(|source| {
+            NetnsError::Sys {
+                what: "registering a listener",
+                path: PathBuf::new(),
+                source,
+            }
+        })
+    }
+
+    /// A UDP socket bound to `addr` inside the namespace.
+    pub async fn bind_udp(
+        &self,
+        netns: Arc<OwnedFd>,
+        addr: SocketAddrV4,
+    ) -> Result<tokio::net::UdpSocket, NetnsError> {
+        let fd = self
+            .make_socket(netns, move || {
+                let fd = rustix::net::socket_with(
+                    rustix::net::AddressFamily::INET,
+                    rustix::net::SocketType::DGRAM,
+                    rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+                    None,
+                )?;
+                rustix::net::bind(&fd, &std::net::SocketAddr::V4(addr))?;
+                Ok(fd)
+            })
+            .await?;
+        tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(fd)).map_err(|source| {
+            NetnsError::Sys {
+                what: "registering a socket",
+                path: PathBuf::new(),
+                source,
+            }
+        })
+    }
+
+    /// A TCP socket inside the namespace, not yet connected.
+    pub async fn socket(&self, netns: Arc<OwnedFd>) -> Result<tokio::net::TcpSocket, NetnsError> {
+        let fd = self.make_socket(netns, tcp_socket).await?;
         let std_stream = std::net::TcpStream::from(fd);
         Ok(tokio::net::TcpSocket::from_std_stream(std_stream))
     }

@@ -216,6 +216,16 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<ResolvedUser, RootfsErr
 /// Writes `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` for an instance into `dir`
 /// (they are bind-mounted into each container).
 pub fn write_etc_files(dir: &Path, hostname: &str) -> Result<(), RootfsError> {
+    write_etc_files_with(dir, hostname, None)
+}
+
+/// [`write_etc_files`], with `/etc/resolv.conf` naming `resolver` (the daemon's resolver
+/// inside the instance) when there is one.
+pub fn write_etc_files_with(
+    dir: &Path,
+    hostname: &str,
+    resolver: Option<std::net::SocketAddrV4>,
+) -> Result<(), RootfsError> {
     std::fs::create_dir_all(dir).map_err(sys("creating", dir))?;
     let hosts =
         format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
@@ -224,7 +234,13 @@ pub fn write_etc_files(dir: &Path, hostname: &str) -> Result<(), RootfsError> {
         .map_err(sys("writing hostname", dir))?;
     // The instance has loopback only: it resolves nothing but its own names. The host's
     // resolvers would be unreachable from it anyway.
-    let resolv = "# skiff: this instance has a loopback-only network; names resolve from /etc/hosts\noptions ndots:0\n";
+    let resolv = match resolver {
+        Some(addr) => format!(
+            "# skiff: the daemon's resolver inside this instance (Services by name, outside names by policy)\nnameserver {}\noptions ndots:0\n",
+            addr.ip()
+        ),
+        None => "# skiff: this instance has a loopback-only network; names resolve from /etc/hosts\noptions ndots:0\n".to_owned(),
+    };
     std::fs::write(dir.join("resolv.conf"), resolv).map_err(sys("writing resolv.conf", dir))?;
     Ok(())
 }

@@ -111,6 +111,7 @@ async fn busybox_httpd_lifecycle() {
         port: 8080,
         volumes: vec![],
         drain_timeout: Duration::from_secs(5),
+        egress: None,
     };
     let inst = rt.start(plan).await.expect("start");
     let mut rx = inst.subscribe();

@@ -94,6 +94,7 @@ enum Route {
     Log,
     Write,
     File,
+    Fetch,
 }
 
 impl Route {
@@ -123,6 +124,7 @@ impl Route {
             "/log" => (Route::Log, GET),
             "/write" => (Route::Write, &["POST"]),
             "/file" => (Route::File, GET),
+            "/fetch" => (Route::Fetch, GET),
             _ => return None,
         })
     }
@@ -136,6 +138,82 @@ impl Route {
 )]
 pub fn pause(d: Duration) {
     std::thread::sleep(d);
+}
+
+/// `GET url` (plain `http://HOST[:PORT][/PATH]`) from inside the container, over HTTP/1.0,
+/// names resolved with the C library (`/etc/resolv.conf`): `{"status", "body"}`, or a 502
+/// with `{"error"}` saying whether resolving or connecting failed.
+fn fetch(url: &str) -> Response {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let fail = |stage: &str, e: &dyn std::fmt::Display| {
+        Response::json(
+            502,
+            Json::obj([("error", Json::str(format!("{stage}: {e}")))]),
+        )
+    };
+    let Some(rest) = url.strip_prefix("http://") else {
+        return fail("url", &"only http:// URLs");
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(p) => (h, p),
+            Err(_) => return fail("url", &format!("bad port `{p}`")),
+        },
+        None => (authority, 80),
+    };
+    let addrs: Vec<std::net::SocketAddr> = match (host, port).to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => return fail("resolve", &e),
+    };
+    let mut last = None;
+    let mut stream = None;
+    for a in &addrs {
+        match std::net::TcpStream::connect_timeout(a, Duration::from_secs(10)) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some(mut stream) = stream else {
+        return match last {
+            Some(e) => fail("connect", &e),
+            None => fail("resolve", &"no address"),
+        };
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    if let Err(e) = stream.write_all(request.as_bytes()) {
+        return fail("send", &e);
+    }
+    let mut raw = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut raw)
+        && raw.is_empty()
+    {
+        return fail("receive", &e);
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return fail(
+            "receive",
+            &format!("no complete response ({} bytes)", raw.len()),
+        );
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    Response::json(
+        200,
+        Json::obj([("status", Json::UInt(status)), ("body", Json::str(body))]),
+    )
 }
 
 /// A 400 naming what was wrong.
@@ -214,6 +292,12 @@ fn dispatch(route: Route, req: &Request, state: &State) -> Result<(Response, The
                 .param("path")?
                 .ok_or("query parameter `path` is required")?;
             ok(read_file(&path))
+        }
+        Route::Fetch => {
+            let url = req
+                .param("url")?
+                .ok_or("query parameter `url` is required")?;
+            ok(fetch(&url))
         }
         Route::Write => {
             let path = req

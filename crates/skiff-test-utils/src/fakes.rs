@@ -457,6 +457,7 @@ mod tests {
             port: 8080,
             volumes: vec![],
             drain_timeout: Duration::from_secs(1),
+            egress: None,
         }
     }
 

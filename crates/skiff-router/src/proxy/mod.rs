@@ -108,6 +108,28 @@ impl Answer {
     }
 }
 
+/// Rewrites the host of a request made from inside an instance (`backend`,
+/// `backend.ns.svc`, …) to the Service's host at the ingress, as `rewrite` maps it; an
+/// absolute-form target becomes origin-form. Unknown hosts are left as they are.
+pub(crate) fn rewrite_host<B>(req: &mut Request<B>, rewrite: &dyn Fn(&str) -> Option<String>) {
+    let Ok(host) = route::host(req) else { return };
+    let Some(new) = rewrite(&host) else { return };
+    let Ok(value) = HeaderValue::from_str(&new) else {
+        return;
+    };
+    if req.uri().authority().is_some() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        if let Ok(uri) = pq.parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+    req.headers_mut().insert(header::HOST, value);
+}
+
 /// Handles one request: the request id first, so that every answer carries it, then the
 /// steps of [`proxy`].
 pub(crate) async fn handle(
