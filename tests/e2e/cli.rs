@@ -366,7 +366,7 @@ fn knative_samples_validate() {
         (
             "secrets-go.yaml",
             3,
-            "spec.template.spec.volumes[0].secret (line 34, column 9): not supported by skiff yet",
+            "spec.template.spec.containers[0].volumeMounts[0].readOnly (line 27, column 11): must be true",
         ),
         (
             "tag-header-based-routing.yaml",

@@ -276,8 +276,9 @@ async fn secret_env_reaches_the_container_and_heals() {
 }
 
 /// `imagePullSecrets`: a `kubernetes.io/dockerconfigjson` Secret's credentials pull from a
-/// registry that requires them (without it the pull is refused); naming a Secret of another
-/// type is refused at apply with the field's path.
+/// registry that requires them; a revision naming one not created yet fails to pull and
+/// heals when it is created; naming a Secret of another type is refused at apply with the
+/// field's path.
 #[tokio::test]
 async fn image_pull_secrets_authenticate_the_pull() {
     if skip_without_runc() {
@@ -335,14 +336,15 @@ async fn image_pull_secrets_authenticate_the_pull() {
     .await;
     assert!(inst["id"].as_str().is_some());
 
-    // Without the pull secret the registry refuses the pull.
-    apply(&d, &service("pull-none", &image, "", ""));
+    // Naming a pull secret not created yet: the registry refuses the pull; creating the
+    // Secret makes the revision try again at once, and it heals.
+    apply(&d, &svc("pull-late", "late-cred"));
     let (_, reason, _) = wait_for(
         "ImagePullFailed",
         Duration::from_millis(50),
         MAX_WAIT,
         || async {
-            ready_condition(&d, "pull-none-00001")
+            ready_condition(&d, "pull-late-00001")
                 .await
                 .filter(|(s, _, _)| s == "False")
         },
@@ -350,6 +352,14 @@ async fn image_pull_secrets_authenticate_the_pull() {
     .await
     .expect("refused without credentials");
     assert_eq!(reason, "ImagePullFailed");
+    apply(&d, &secret.replace("name: regcred", "name: late-cred"));
+    instance_where(
+        &d,
+        "pull-late",
+        "a ready instance once the pull secret exists",
+        ready,
+    )
+    .await;
 
     let mut all = store_bytes(&d);
     all.extend(d.log_text().into_bytes());

@@ -85,7 +85,7 @@ pub struct SecretManifest {
     #[serde(default, deserialize_with = "null_default")]
     #[schema(value_type = BTreeMap<String, String>)]
     pub string_data: BTreeMap<String, Value>,
-    /// Accepted as Kubernetes has it; skiff never changes a stored value by itself.
+    /// Only `false` (the default): immutable objects are not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub immutable: Option<bool>,
 }
@@ -122,7 +122,7 @@ pub struct ConfigMapManifest {
     #[serde(default, deserialize_with = "null_default")]
     #[schema(value_type = BTreeMap<String, String>)]
     pub binary_data: BTreeMap<String, Value>,
-    /// Accepted as Kubernetes has it.
+    /// Only `false` (the default): immutable objects are not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub immutable: Option<bool>,
 }
@@ -312,6 +312,16 @@ fn take_value(
     }
 }
 
+/// `immutable: true` is refused by name: skiff would not keep the promise yet.
+fn check_immutable(immutable: Option<bool>, p: &mut Problems) {
+    if immutable == Some(true) {
+        p.not_supported(
+            &FieldPath::root().key("immutable"),
+            "immutable Secrets and ConfigMaps",
+        );
+    }
+}
+
 /// Checks a Secret manifest.
 pub fn validate_secret(m: SecretManifest, p: &mut Problems) -> Option<ValidatedConfig> {
     let root = FieldPath::root();
@@ -335,6 +345,7 @@ pub fn validate_secret(m: SecretManifest, p: &mut Problems) -> Option<ValidatedC
             ),
         );
     }
+    check_immutable(m.immutable, p);
     let mut data = BTreeMap::new();
     for (k, v) in &m.data {
         take_value(&mut data, &root.key("data"), k, v, true, p);
@@ -436,6 +447,7 @@ pub fn validate_config_map(m: ConfigMapManifest, p: &mut Problems) -> Option<Val
         &m.metadata,
         p,
     );
+    check_immutable(m.immutable, p);
     let mut data = BTreeMap::new();
     for (k, v) in &m.data {
         take_value(&mut data, &root.key("data"), k, v, false, p);
@@ -636,6 +648,21 @@ mod tests {
         let auths = docker_auths(&s.expect("valid").data.0[DOCKER_CONFIG_JSON_KEY]).expect("auths");
         assert_eq!(auths["r.io"], ("u".into(), "p".into()));
         assert_eq!(auths["q.io"], ("a".into(), "b".into()));
+    }
+
+    /// `immutable: true` is refused by name; `false` is the default.
+    #[test]
+    fn immutable_is_refused() {
+        let (_, p) = secret(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "i"}, "immutable": true
+        }));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].0, "immutable");
+        assert!(p[0].1.contains("not supported by skiff yet"));
+        let (_, p) = secret(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "i"}, "immutable": false
+        }));
+        assert!(p.is_empty());
     }
 
     /// Keys follow Kubernetes' rule.

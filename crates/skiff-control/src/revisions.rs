@@ -94,10 +94,37 @@ impl Reconciler for ImageReconciler {
     }
 
     fn watches(&self) -> &'static [&'static str] {
-        &[skiff_store::keys::REVISIONS]
+        &[skiff_store::keys::REVISIONS, skiff_store::keys::SECRETS]
     }
 
     async fn keys_for(&self, store_key: &str) -> Vec<RevisionKey> {
+        // A Secret: the revisions of its namespace still waiting for images that name it
+        // in imagePullSecrets try again now (their backoff is forgotten).
+        if let Some((ns, name)) = skiff_store::keys::parse_secret(store_key) {
+            let revisions = match self.controller.list_revisions(Some(ns), None).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %skiff_telemetry::ErrorChain(&e), "listing the revisions of a namespace");
+                    return Vec::new();
+                }
+            };
+            let keys: Vec<RevisionKey> = revisions
+                .into_iter()
+                .filter(needs_images)
+                .filter(|r| {
+                    r.spec
+                        .image_pull_secrets
+                        .iter()
+                        .any(|s| s.name.as_deref() == Some(name))
+                })
+                .map(|r| (r.metadata.namespace, r.metadata.name))
+                .collect();
+            let mut b = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+            for k in &keys {
+                b.remove(k);
+            }
+            return keys;
+        }
         parse_revision_key(store_key).into_iter().collect()
     }
 
