@@ -151,6 +151,7 @@ NETNS="$DATA/run/instances/$FRONTEND/netns"
 
 mkdir -p "$WORK/www"
 printf 'hello from the host\n' >"$WORK/www/index.html"
+chmod a+rx "$WORK" "$WORK/www"   # nginx's workers run as www-data
 cat >"$WORK/nginx.conf" <<EOF
 daemon off;
 worker_processes 1;
