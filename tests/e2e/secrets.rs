@@ -369,3 +369,41 @@ async fn image_pull_secrets_authenticate_the_pull() {
     );
     d.cleanup().await.expect("cleanup");
 }
+
+/// Bad Secret input gets a clear error naming where (never the value): YAML that does not
+/// parse, base64 that does not decode, a key with `/`, and 2 MiB of values.
+#[tokio::test]
+async fn bad_secrets_are_refused_by_path() {
+    let d = TestDaemon::start(crate::SKIFF).await.expect("daemon");
+    let cases = [
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: a\n",
+            "not valid YAML",
+        ),
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: a}\ndata: {k: 'not base64 hunter2!'}\n",
+            "data.k (line 4",
+        ),
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: a}\nstringData: {a/b: hunter2}\n",
+            "stringData.a/b (line 4",
+        ),
+    ];
+    for (yaml, says) in cases {
+        let o = d.cli_with_stdin(&["apply", "-f", "-"], Some(yaml));
+        assert_ne!(o.status.code(), Some(0), "{yaml}");
+        let err = stderr(&o);
+        assert!(err.contains(says), "{yaml}: {err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+    let big = d.data_dir().with_file_name("big-value");
+    std::fs::write(&big, vec![b'x'; 2 << 20]).expect("a 2 MiB file");
+    let from = format!("k={}", big.display());
+    let o = d.cli(&["secrets", "create", "big", "--from-file", &from]);
+    assert_ne!(o.status.code(), Some(0));
+    let err = stderr(&o);
+    assert!(err.contains("MiB") || err.contains("too large"), "{err}");
+    let o = d.cli(&["get", "secrets"]);
+    assert!(!stdout(&o).contains("big"), "nothing stored");
+    d.cleanup().await.expect("cleanup");
+}
