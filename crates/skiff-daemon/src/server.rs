@@ -224,6 +224,27 @@ async fn control_plane(
         .map_err(DaemonError::Reconcile)
 }
 
+/// The secret store over `store`, with the key file of `secret_key_file` or the data
+/// directory's (made at first start).
+async fn secret_store(
+    config: &Config,
+    data: &DataDir,
+    store: &Arc<dyn Store>,
+) -> Result<Arc<skiff_control::secrets::SecretStore>, DaemonError> {
+    let key_file = config
+        .daemon
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| data.path().join(SECRET_KEY_FILE));
+    skiff_control::secrets::SecretStore::open(
+        store.clone(),
+        skiff_control::secrets::KeyFile::new(key_file),
+        Arc::new(SystemClock),
+    )
+    .await
+    .map_err(DaemonError::Secrets)
+}
+
 /// Runs the daemon until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let (ingress_limits, api_limits) = conn_limits(&config, raise_nofile_limit());
@@ -244,18 +265,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let runtime = runtime(&config, &data)?;
     let (router, pokes, ingress_conns, api_conns) =
         router(&config, &runtime, &metrics, ingress_limits, api_limits);
-    let key_file = config
-        .daemon
-        .secret_key_file
-        .clone()
-        .unwrap_or_else(|| data.path().join(SECRET_KEY_FILE));
-    let secrets = skiff_control::secrets::SecretStore::open(
-        store.clone(),
-        skiff_control::secrets::KeyFile::new(key_file),
-        Arc::new(SystemClock),
-    )
-    .await
-    .map_err(DaemonError::Secrets)?;
+    let secrets = secret_store(&config, &data, &store).await?;
     network(&config, &runtime, &router, &ingress_conns, &metrics);
     let built = Built {
         secrets: secrets.clone(),
@@ -298,6 +308,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         tokio::spawn(router.serve(listen.ingress, ingress_conns, shutdown.clone(), grace)),
     ];
     shutdown.cancelled().await;
+    stop(servers, plane, &store, &config).await;
+    data.remove_endpoints();
+    info!("skiff stopped");
+    Ok(())
+}
+
+/// Shuts down in order: the listeners close and requests in flight drain (up to the
+/// shutdown grace), then every instance stops (each held to the same cap), then the store.
+async fn stop(
+    servers: [tokio::task::JoinHandle<()>; 2],
+    plane: ControlPlane,
+    store: &Arc<dyn Store>,
+    config: &Config,
+) {
+    let grace = config.daemon.shutdown_grace_period;
     info!(
         grace_seconds = grace.as_secs(),
         "shutting down: no new connections; draining requests"
@@ -312,9 +337,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     if let Err(e) = store.close().await {
         warn!(error = %skiff_telemetry::ErrorChain(&e), "closing the state store");
     }
-    data.remove_endpoints();
-    info!("skiff stopped");
-    Ok(())
 }
 
 /// Lets the servers finish the requests in flight, for up to `grace`.
