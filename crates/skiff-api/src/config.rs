@@ -520,6 +520,19 @@ pub struct ConfigMapView {
     pub binary_data: BTreeMap<String, String>,
 }
 
+impl SecretView {
+    /// The view of a Secret of type `type_` holding `data`: its keys and their sizes.
+    pub fn new(metadata: ObjectMeta, type_: String, data: &Data) -> Self {
+        SecretView {
+            api_version: CORE_API_VERSION.into(),
+            kind: "Secret".into(),
+            metadata,
+            type_,
+            sizes: data.sizes(),
+        }
+    }
+}
+
 impl ConfigMapView {
     /// The view of `data`.
     pub fn new(metadata: ObjectMeta, data: &Data) -> Self {

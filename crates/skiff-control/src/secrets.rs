@@ -716,13 +716,7 @@ impl SecretStore {
 
 /// A Secret as the API shows it.
 pub fn secret_view(o: ConfigObject) -> SecretView {
-    SecretView {
-        api_version: skiff_api::config::CORE_API_VERSION.into(),
-        kind: "Secret".into(),
-        metadata: o.metadata,
-        type_: o.type_,
-        sizes: o.data.sizes(),
-    }
+    SecretView::new(o.metadata, o.type_, &o.data)
 }
 
 fn secret_error(e: SecretError) -> ControllerError {

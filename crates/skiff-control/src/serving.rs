@@ -478,12 +478,7 @@ impl Serving {
             }
         }
         for i in all {
-            self.apply(&InstanceEvent {
-                id: i.plan.id,
-                namespace: i.plan.namespace,
-                revision: i.plan.revision,
-                status: i.status,
-            });
+            self.apply_info(i);
         }
     }
 
@@ -491,16 +486,20 @@ impl Serving {
     /// their revision had a pool).
     fn sync_instances_of(&self, pools: &HashSet<RevisionKey>) {
         for i in self.runtime.instances() {
-            if !pools.contains(&(i.plan.namespace.clone(), i.plan.revision.clone())) {
-                continue;
+            if pools.contains(&(i.plan.namespace.clone(), i.plan.revision.clone())) {
+                self.apply_info(i);
             }
-            self.apply(&InstanceEvent {
-                id: i.plan.id,
-                namespace: i.plan.namespace,
-                revision: i.plan.revision,
-                status: i.status,
-            });
         }
+    }
+
+    /// [`Serving::apply`] of an instance's current state.
+    fn apply_info(&self, i: crate::runtime::InstanceInfo) {
+        self.apply(&InstanceEvent {
+            id: i.plan.id,
+            namespace: i.plan.namespace,
+            revision: i.plan.revision,
+            status: i.status,
+        });
     }
 
     fn apply(&self, ev: &InstanceEvent) {

@@ -331,10 +331,7 @@ pub fn apply_instance_status(
     desired: u32,
     now: &str,
 ) {
-    let live: Vec<&InstanceStatus> = instances
-        .iter()
-        .filter(|s| !matches!(s.phase, Phase::Stopped))
-        .collect();
+    let live = live(instances);
     let actual = live
         .iter()
         .filter(|s| matches!(s.phase, Phase::Running | Phase::Starting))
@@ -345,12 +342,7 @@ pub fn apply_instance_status(
     r.status.desired_replicas = desired;
     let was_ready = condition(&r.status.conditions, conditions::READY)
         .is_some_and(|c| c.status == ConditionStatus::True);
-    // ResourcesAvailable turns True when an instance is first ready and stays so (as in
-    // Knative): the revision is known to be able to serve, so scaled to zero it is Ready
-    // and starts on demand.
-    let ever_ready = ready_now > 0
-        || condition(&r.status.conditions, conditions::RESOURCES_AVAILABLE)
-            .is_some_and(|c| c.status == ConditionStatus::True);
+    let ever_ready = ever_ready(r, ready_now > 0);
     let progress = Progress::of(r, &live, ever_ready, now);
     match newest_crash(&live) {
         Some((c, t)) if ready_now == 0 => set_crashed(r, c, t, now),
@@ -437,18 +429,31 @@ fn probe_failure(f: &ProbeFailure, port: u16) -> String {
 /// When a revision's instances should be looked at again: at its progress deadline, while
 /// one that has never been ready is still within it.
 pub fn progress_recheck(r: &Revision, instances: &[InstanceStatus], now: &str) -> Option<Duration> {
-    let live: Vec<&InstanceStatus> = instances
-        .iter()
-        .filter(|s| !matches!(s.phase, Phase::Stopped))
-        .collect();
-    let ever_ready = live.iter().any(|s| s.ready)
-        || condition(&r.status.conditions, conditions::RESOURCES_AVAILABLE)
-            .is_some_and(|c| c.status == ConditionStatus::True);
+    let live = live(instances);
+    let ever_ready = ever_ready(r, live.iter().any(|s| s.ready));
     Progress::of(r, &live, ever_ready, now)
         .left
         .filter(|l| !l.is_zero())
         // Just past the deadline, so that it is overdue when looked at.
         .map(|l| l + Duration::from_millis(10))
+}
+
+/// The instances not stopped.
+fn live(instances: &[InstanceStatus]) -> Vec<&InstanceStatus> {
+    instances
+        .iter()
+        .filter(|s| !matches!(s.phase, Phase::Stopped))
+        .collect()
+}
+
+/// Whether a revision has had a ready instance (`ready_now`: it has one now).
+/// ResourcesAvailable turns True when an instance is first ready and stays so (as in
+/// Knative): the revision is known to be able to serve, so scaled to zero it is Ready and
+/// starts on demand.
+fn ever_ready(r: &Revision, ready_now: bool) -> bool {
+    ready_now
+        || condition(&r.status.conditions, conditions::RESOURCES_AVAILABLE)
+            .is_some_and(|c| c.status == ConditionStatus::True)
 }
 
 /// A container that keeps failing: the newest termination of a container waiting in

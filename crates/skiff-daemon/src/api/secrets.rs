@@ -12,7 +12,7 @@ use skiff_api::config::{
     CORE_API_VERSION, ConfigKind, ConfigMapView, RotateKeyReport, SecretView, ValidatedConfig,
 };
 use skiff_api::manifest;
-use skiff_api::object::{List, ObjectMeta};
+use skiff_api::object::List;
 use skiff_api::wire::APPLY_RESULT_HEADER;
 use skiff_control::controller::{ApplyResult, ControllerError};
 
@@ -24,16 +24,6 @@ fn list<T>(kind: &str, items: Vec<T>) -> List<T> {
         api_version: CORE_API_VERSION.to_owned(),
         kind: kind.to_owned(),
         items,
-    }
-}
-
-fn secret_view(metadata: ObjectMeta, v: &ValidatedConfig) -> SecretView {
-    SecretView {
-        api_version: CORE_API_VERSION.into(),
-        kind: "Secret".into(),
-        metadata,
-        type_: v.type_.clone(),
-        sizes: v.data.sizes(),
     }
 }
 
@@ -91,7 +81,11 @@ async fn apply(
         _ => StatusCode::OK,
     };
     let mut response = match kind {
-        ConfigKind::Secret => (status, Json(secret_view(metadata, &v))).into_response(),
+        ConfigKind::Secret => (
+            status,
+            Json(SecretView::new(metadata, v.type_.clone(), &v.data)),
+        )
+            .into_response(),
         ConfigKind::ConfigMap => {
             (status, Json(ConfigMapView::new(metadata, &v.data))).into_response()
         }
