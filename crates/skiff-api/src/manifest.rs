@@ -836,14 +836,14 @@ impl Object {
     }
 }
 
-/// Every document of an input with its object or its problems.
+/// Every document of an input with what it held: its object or its problems.
 #[derive(Debug)]
-pub struct ParsedObjects {
+pub struct Parsed<T> {
     /// Each non-empty document and what it held.
-    pub documents: Vec<(Document, Result<Object, Vec<Problem>>)>,
+    pub documents: Vec<(Document, Result<T, Vec<Problem>>)>,
 }
 
-impl ParsedObjects {
+impl<T> Parsed<T> {
     /// Every problem of every document, in order.
     pub fn problems(&self) -> Vec<Problem> {
         self.documents
@@ -855,10 +855,19 @@ impl ParsedObjects {
     }
 }
 
-/// Reads every document of a YAML or JSON input as a Service, Secret or ConfigMap (by its
-/// `kind`). A syntax error refuses the whole input; otherwise each document carries its own
-/// result.
-pub fn parse_objects(text: &str) -> Result<ParsedObjects, Problem> {
+/// Every document of an input read as a Service, Secret or ConfigMap.
+pub type ParsedObjects = Parsed<Object>;
+
+/// Every document of an input read as a Service.
+pub type ParsedInput = Parsed<ValidatedService>;
+
+/// Reads every document of a YAML or JSON input with `read`. A syntax error refuses the
+/// whole input; otherwise each document carries its own result, its problems placed (with
+/// the document's number when there are several).
+fn parse_each<T>(
+    text: &str,
+    read: impl Fn(&Document) -> Result<T, Problems>,
+) -> Result<Parsed<T>, Problem> {
     let docs = parse_documents(text)?;
     if docs.is_empty() {
         return Err(syntax_problem(
@@ -871,15 +880,21 @@ pub fn parse_objects(text: &str) -> Result<ParsedObjects, Problem> {
     let documents = docs
         .into_iter()
         .map(|doc| {
-            let result = match config_kind(&doc) {
-                Some(kind) => config_from_document(&doc, kind).map(Object::Config),
-                None => service_from_document(&doc).map(|s| Object::Service(Box::new(s))),
-            }
-            .map_err(|p| doc.place(p, multi));
+            let result = read(&doc).map_err(|p| doc.place(p, multi));
             (doc, result)
         })
         .collect();
-    Ok(ParsedObjects { documents })
+    Ok(Parsed { documents })
+}
+
+/// Reads every document of a YAML or JSON input as a Service, Secret or ConfigMap (by its
+/// `kind`). A syntax error refuses the whole input; otherwise each document carries its own
+/// result.
+pub fn parse_objects(text: &str) -> Result<ParsedObjects, Problem> {
+    parse_each(text, |doc| match config_kind(doc) {
+        Some(kind) => config_from_document(doc, kind).map(Object::Config),
+        None => service_from_document(doc).map(|s| Object::Service(Box::new(s))),
+    })
 }
 
 /// Reads and validates one document as a Service.
@@ -902,43 +917,8 @@ pub fn service_from_document(doc: &Document) -> Result<ValidatedService, Problem
     }
 }
 
-/// The outcome of reading a whole input: every document with its result.
-#[derive(Debug)]
-pub struct ParsedInput {
-    /// Each non-empty document and what it held.
-    pub documents: Vec<(Document, Result<ValidatedService, Vec<Problem>>)>,
-}
-
-impl ParsedInput {
-    /// Every problem of every document, in order.
-    pub fn problems(&self) -> Vec<Problem> {
-        self.documents
-            .iter()
-            .filter_map(|(_, r)| r.as_ref().err())
-            .flatten()
-            .cloned()
-            .collect()
-    }
-}
-
 /// Reads every document of a YAML or JSON input as a Service. A syntax error refuses the
 /// whole input; otherwise each document carries its own result.
 pub fn parse_services(text: &str) -> Result<ParsedInput, Problem> {
-    let docs = parse_documents(text)?;
-    if docs.is_empty() {
-        return Err(syntax_problem(
-            "the input holds no document".into(),
-            None,
-            None,
-        ));
-    }
-    let multi = docs.len() > 1;
-    let documents = docs
-        .into_iter()
-        .map(|doc| {
-            let result = service_from_document(&doc).map_err(|p| doc.place(p, multi));
-            (doc, result)
-        })
-        .collect();
-    Ok(ParsedInput { documents })
+    parse_each(text, service_from_document)
 }
