@@ -953,7 +953,7 @@ async fn deleted_services_leave_no_metric_series() {
                 });
                 let counted = asked.iter().all(|svc| {
                     text.contains(&format!(
-                        r#"skiff_router_requests_total{{namespace="default",service="{svc}",revision="{svc}-00001",code_class="2xx"}} 1"#
+                        r#"skiff_router_requests_total{{namespace="default",service="{svc}",revision="{svc}-00001",code="200",code_class="2xx"}} 1"#
                     ))
                 });
                 (all && counted).then_some(text)

@@ -28,6 +28,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use skiff_api::autoscaling::AutoscalingSettings;
 use skiff_api::object::Revision;
@@ -59,6 +60,13 @@ struct AutoscalerMetrics {
     stable_concurrency: Family<RevisionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     panic_concurrency: Family<RevisionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     decisions: Family<RevisionLabels, Counter>,
+    reaction: Family<RevisionLabels, Histogram>,
+}
+
+fn reaction_buckets() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.01, 2.0, 14,
+    ))
 }
 
 impl AutoscalerMetrics {
@@ -71,6 +79,7 @@ impl AutoscalerMetrics {
             stable_concurrency: Family::default(),
             panic_concurrency: Family::default(),
             decisions: Family::default(),
+            reaction: Family::new_with_constructor(reaction_buckets),
         };
         r.register(
             "desired_instances",
@@ -107,6 +116,12 @@ impl AutoscalerMetrics {
             "Decisions that changed a revision's desired scale",
             m.decisions.clone(),
         );
+        r.register_with_unit(
+            "scale_up_reaction",
+            "From a scale-up's cause (the first waiting request, or the decision) to its instances ready",
+            prometheus_client::registry::Unit::Seconds,
+            m.reaction.clone(),
+        );
         m
     }
 
@@ -118,6 +133,7 @@ impl AutoscalerMetrics {
         self.waiting.remove(rl);
         self.stable_concurrency.remove(rl);
         self.panic_concurrency.remove(rl);
+        self.reaction.remove(rl);
         self.decisions.remove(rl);
     }
 }
@@ -575,6 +591,17 @@ impl Serving {
         let before = sc.last.as_ref().map(|d| d.desired);
         let changed = before != Some(d.desired);
         let labels = sc.labels(key);
+        if let Some(p) = &pool {
+            let max = sc.settings.max_scale;
+            p.set_at_max_scale(max > 0 && d.desired >= max);
+            if d.desired > ready {
+                let cause = p.waiting_since().unwrap_or_else(tokio::time::Instant::now);
+                let reaction = self.metrics.reaction.get_or_create_owned(&labels);
+                p.scaling_up(d.desired as usize, cause, reaction);
+            } else {
+                p.not_scaling_up();
+            }
+        }
         self.metrics
             .desired
             .get_or_create(&labels)

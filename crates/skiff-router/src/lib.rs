@@ -29,6 +29,7 @@ pub mod conns;
 mod metrics;
 pub mod pool;
 mod proxy;
+pub mod record;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -45,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use connect::{Connect, ConnectFuture, Explain, ExplainFuture};
-pub use metrics::{RevisionLabels, RouterMetrics};
+pub use metrics::{LATENCY_BUCKETS, RevisionLabels, RouterMetrics, Tally, TallySnapshot, Throttle};
 pub use pool::{ColdStarts, Pool, PoolSpec, RevisionKey};
 
 /// Maps the host a request from inside an instance names (`backend`, `backend.ns.svc`, …)
@@ -134,6 +135,8 @@ pub struct Router {
     routed: tokio::sync::watch::Sender<bool>,
     /// Explains an instance's failures (set once by the daemon).
     explain: std::sync::OnceLock<Arc<dyn Explain>>,
+    /// Gets a record of every request (set once by the daemon).
+    observer: std::sync::OnceLock<Arc<dyn record::RequestObserver>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -175,12 +178,18 @@ impl Router {
             metrics,
             routed: tokio::sync::watch::Sender::new(false),
             explain: std::sync::OnceLock::new(),
+            observer: std::sync::OnceLock::new(),
         })
     }
 
     /// Sets what explains an instance's failure to answer (once).
     pub fn set_explain(&self, explain: Arc<dyn Explain>) {
         let _ = self.explain.set(explain);
+    }
+
+    /// Sets what gets a record of every request that reached a revision (once).
+    pub fn set_observer(&self, observer: Arc<dyn record::RequestObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     /// Why `instance` failed a request, if the runtime knows.
@@ -330,7 +339,7 @@ impl Router {
                 if let Some(p) = pools.remove(k) {
                     // Under the pools lock, so a pool made again for this revision starts
                     // its series after they are removed.
-                    self.metrics.forget_revision(&p.handles.labels);
+                    self.metrics.forget_revision(&p.handles);
                     gone.push(p);
                 }
             }

@@ -101,6 +101,20 @@ pub struct Pool {
     tracker: Mutex<Tracker>,
     cold: Mutex<ColdStarts>,
     cold_since: Mutex<Option<Instant>>,
+    at_max_scale: std::sync::atomic::AtomicBool,
+    /// Since when requests have been waiting (the first of the current wait).
+    waiting_since: Mutex<Option<Instant>>,
+    /// A scale-up under way: its cause's time, the ready count it aims at, and where its
+    /// reaction time goes.
+    scale_up: Mutex<Option<ScaleUp>>,
+}
+
+/// A scale-up the autoscaler decided, until enough instances are ready.
+#[derive(Debug)]
+struct ScaleUp {
+    cause: Instant,
+    target: usize,
+    reaction: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Why a request got no instance.
@@ -158,7 +172,68 @@ impl Pool {
             }),
             cold: Mutex::new(ColdStarts::default()),
             cold_since: Mutex::new(None),
+            at_max_scale: std::sync::atomic::AtomicBool::new(false),
+            waiting_since: Mutex::new(None),
+            scale_up: Mutex::new(None),
         })
+    }
+
+    /// Whether the autoscaler runs the revision at its max scale (requests that then wait
+    /// too long are refused as `max_scale`, not `queue_timeout`).
+    pub fn at_max_scale(&self) -> bool {
+        self.at_max_scale.load(Ordering::Relaxed)
+    }
+
+    /// Since when requests have been waiting for a slot, if they are.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        *self.waiting_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The autoscaler scales up to `target` ready instances because of something at
+    /// `cause` (the first waiting request, or the decision itself): when that many are
+    /// ready, the time since `cause` goes to `reaction`. A scale-up already under way
+    /// keeps its cause and takes the new target.
+    pub fn scaling_up(
+        &self,
+        target: usize,
+        cause: Instant,
+        reaction: prometheus_client::metrics::histogram::Histogram,
+    ) {
+        let mut up = self.scale_up.lock().unwrap_or_else(|p| p.into_inner());
+        match up.as_mut() {
+            Some(u) => u.target = target,
+            None => {
+                *up = Some(ScaleUp {
+                    cause,
+                    target,
+                    reaction,
+                })
+            }
+        }
+    }
+
+    /// The autoscaler no longer wants more instances than are ready: no scale-up is under way.
+    pub fn not_scaling_up(&self) {
+        self.scale_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// Ends a scale-up whose target is reached.
+    fn check_scale_up(&self) {
+        let ready = self.ready();
+        let mut up = self.scale_up.lock().unwrap_or_else(|p| p.into_inner());
+        if up.as_ref().is_some_and(|u| ready >= u.target)
+            && let Some(u) = up.take()
+        {
+            u.reaction.observe(u.cause.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Says whether the revision runs at its max scale.
+    pub fn set_at_max_scale(&self, at: bool) {
+        self.at_max_scale.store(at, Ordering::Relaxed);
     }
 
     /// How it is served.
@@ -269,6 +344,7 @@ impl Pool {
         self.notify.notify_waiters();
         // notify_waiters only wakes tasks already waiting; a permit covers a racing one.
         self.notify.notify_one();
+        self.check_scale_up();
         ended
     }
 
@@ -383,6 +459,12 @@ impl Pool {
         }
         let before = self.waiting.fetch_add(1, Ordering::AcqRel);
         pending.waiting = true;
+        if before == 0 {
+            self.waiting_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(Instant::now);
+        }
         if before >= max_queue {
             return Err(AcquireError::QueueFull(max_queue));
         }
@@ -428,6 +510,12 @@ impl Pool {
     /// A request stopped waiting; `gave_up` when it got no slot.
     fn stop_waiting(&self, gave_up: bool) {
         let left = self.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 {
+            self.waiting_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        }
         if left == 0 && gave_up && self.ready() == 0 {
             // Every request that waited gave up: no cold start is under way any more.
             self.cold_since
@@ -666,5 +754,34 @@ mod tests {
         let (avg, reqs) = p.take_bucket();
         assert_eq!(reqs, 40);
         assert!(avg >= 0.0);
+    }
+
+    /// A scale-up's reaction time runs from its cause (the first waiting request) to the
+    /// moment the instances it aimed at are ready, on a paused clock; a later decision keeps
+    /// the cause and moves the target; it is observed once.
+    #[tokio::test(start_paused = true)]
+    async fn scale_up_reaction_runs_from_the_first_waiter_to_the_target() {
+        let p = Pool::new(spec(1));
+        let waiter = {
+            let p = p.clone();
+            tokio::spawn(async move { p.acquire(10, Duration::from_secs(60), || {}).await })
+        };
+        tokio::task::yield_now().await;
+        let cause = p.waiting_since().expect("a request waits");
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let reaction = prometheus_client::metrics::histogram::Histogram::new([1.0, 10.0]);
+        p.scaling_up(1, cause, reaction.clone());
+        tokio::time::advance(Duration::from_millis(200)).await;
+        p.scaling_up(2, Instant::now(), reaction.clone());
+        p.add("a", fd());
+        assert_eq!(reaction.count(), 0, "one of two instances ready");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        p.add("b", fd());
+        assert_eq!(reaction.count(), 1);
+        assert!((reaction.sum() - 1.0).abs() < 1e-6, "{}", reaction.sum());
+        p.add("c", fd());
+        assert_eq!(reaction.count(), 1, "observed once");
+        assert!(waiter.await.expect("joins").is_ok());
+        assert!(p.waiting_since().is_none(), "nobody waits any more");
     }
 }

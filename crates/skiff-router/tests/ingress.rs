@@ -254,3 +254,124 @@ async fn read_head(s: &mut TcpStream) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Hands every request record to a channel.
+struct Records(tokio::sync::mpsc::UnboundedSender<skiff_router::record::RequestRecord>);
+
+impl skiff_router::record::RequestObserver for Records {
+    fn finished(&self, record: skiff_router::record::RequestRecord) {
+        let _ = self.0.send(record);
+    }
+}
+
+/// A proxied request is accounted for once, when its response body has ended: the record
+/// has the path without its query, the status, the body's bytes, the instance, and the
+/// client's trace; the request counter and the latency histogram (with the trace id as
+/// exemplar) count it under its status code.
+#[tokio::test]
+async fn a_request_is_recorded_once_when_its_response_ends() {
+    let instance = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = instance.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = instance.accept().await {
+            tokio::spawn(async move {
+                let _ = read_head(&mut s).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 5\r\n\r\nhello")
+                    .await;
+            });
+        }
+    });
+    let shutdown = CancellationToken::new();
+    let (poke, _) = tokio::sync::mpsc::unbounded_channel();
+    let mut registry = Registry::with_prefix("skiff_router");
+    let router = Router::new(
+        RouterConfig {
+            domain: "localhost".into(),
+            queue_depth: 10,
+            queue_timeout: Duration::from_secs(30),
+            threads: 1,
+        },
+        Loopback::default(),
+        poke,
+        RouterMetrics::new(&mut registry),
+    );
+    let (tx, mut records) = tokio::sync::mpsc::unbounded_channel();
+    router.set_observer(Arc::new(Records(tx)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let limits = ConnLimits {
+        max_connections: 100,
+        header_read_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(60),
+    };
+    tokio::spawn(router.clone().serve(
+        listener,
+        Conns::new(limits, ConnMetrics::default()),
+        shutdown.clone(),
+        Duration::from_secs(5),
+    ));
+    router.set_pool(PoolSpec {
+        namespace: "default".into(),
+        service: "s".into(),
+        revision: "s-00001".into(),
+        container_concurrency: 0,
+        port,
+        h2c: false,
+        timeout: Duration::from_secs(300),
+        response_start_timeout: None,
+        idle_timeout: None,
+        unavailable: None,
+    });
+    let netns: Arc<OwnedFd> = Arc::new(std::fs::File::open("/dev/null").expect("fd").into());
+    router.instance_ready(&("default".into(), "s-00001".into()), "s-00001-a", netns);
+    router.set_routes(HashMap::from([(
+        "s.default.localhost".to_owned(),
+        HostRoute::Tag {
+            namespace: "default".into(),
+            service: "s".into(),
+            revision: "s-00001".into(),
+        },
+    )]));
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut c = TcpStream::connect(&addr).await.expect("connect");
+    c.write_all(
+        format!("GET /p/q?token=secret HTTP/1.1\r\nHost: s.default.localhost\r\ntraceparent: 00-{trace}-00f067aa0ba902b7-01\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("write");
+    assert_eq!(status(&mut c).await, 201);
+    let r = tokio::time::timeout(DEADLINE, records.recv())
+        .await
+        .expect("a record in time")
+        .expect("a record");
+    assert_eq!(
+        (
+            r.method.as_str(),
+            r.host.as_str(),
+            r.path.as_str(),
+            r.status,
+            r.bytes,
+            r.complete
+        ),
+        ("GET", "s.default.localhost", "/p/q", 201, 5, true)
+    );
+    assert_eq!((r.service.as_str(), r.revision.as_str()), ("s", "s-00001"));
+    assert_eq!(r.instance.as_deref(), Some("s-00001-a"));
+    assert_eq!(r.trace_id, trace);
+    assert_eq!(r.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+    assert!(r.cold_start.is_none() && r.throttled.is_none());
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+    assert!(
+        text.contains(r#"skiff_router_requests_total{namespace="default",service="s",revision="s-00001",code="201",code_class="2xx"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(r#"trace_id="{trace}""#)),
+        "no exemplar: {text}"
+    );
+    assert!(records.try_recv().is_err(), "recorded once");
+    shutdown.cancel();
+}

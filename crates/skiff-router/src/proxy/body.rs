@@ -1,6 +1,6 @@
 //! The guarded response body: it holds the request's instance slot (and its connection's
-//! lease) until it ends, and ends it when the instance stays silent longer than
-//! `idleTimeoutSeconds`.
+//! lease) until it ends, ends it when the instance stays silent longer than
+//! `idleTimeoutSeconds`, counts its bytes, and closes the request's account when it ends.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -12,6 +12,7 @@ use hyper::body::{Frame, Incoming};
 use tokio::time::Sleep;
 use tracing::warn;
 
+use super::Exchange;
 use crate::BoxError;
 use crate::pool::Slot;
 use crate::upstream::Lease;
@@ -24,16 +25,20 @@ pub(super) struct Guarded {
     slot: Option<Slot>,
     idle: Option<Duration>,
     sleep: Option<Pin<Box<Sleep>>>,
+    ex: Option<Exchange>,
+    status: http::StatusCode,
 }
 
 impl Guarded {
     /// Guards `inner`: `slot` and `lease` are released when it ends, and it is aborted after
-    /// `idle` of silence (if set).
+    /// `idle` of silence (if set); `ex` is finished with `status` then.
     pub(super) fn new(
         inner: Incoming,
         lease: Option<Lease>,
         slot: Slot,
         idle: Option<Duration>,
+        ex: Exchange,
+        status: http::StatusCode,
     ) -> Self {
         Guarded {
             inner,
@@ -41,6 +46,8 @@ impl Guarded {
             slot: Some(slot),
             idle,
             sleep: None,
+            ex: Some(ex),
+            status,
         }
     }
 
@@ -51,12 +58,18 @@ impl Guarded {
             l.give_back();
         }
         self.slot = None;
+        if let Some(ex) = self.ex.take() {
+            ex.finish(self.status, true, None);
+        }
     }
 
     /// The response failed or was cut short: the connection is closed, the slot freed.
     fn abort(&mut self) {
         self.lease = None;
         self.slot = None;
+        if let Some(ex) = self.ex.take() {
+            ex.finish(self.status, false, None);
+        }
     }
 }
 
@@ -103,6 +116,11 @@ impl hyper::body::Body for Guarded {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(f)) => {
+                if let (Ok(frame), Some(ex)) = (&f, this.ex.as_mut())
+                    && let Some(data) = frame.data_ref()
+                {
+                    ex.bytes += data.len() as u64;
+                }
                 if let Some(d) = this.idle {
                     this.sleep = Some(Box::pin(tokio::time::sleep(d)));
                 }

@@ -3,7 +3,6 @@
 //! connection could be made; failures become skiff's own answers (504, 502, or the client's
 //! 400 for a bad request body).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -13,10 +12,10 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{Answer, activate, headers};
+use super::{Answer, Exchange, activate, headers};
 use crate::pool::{Endpoint, Slot};
 use crate::upstream::{Failed, Lease, UpstreamError, Upstreams};
-use crate::{Body, BoxError, Pool, PoolSpec, Router};
+use crate::{Body, BoxError, PoolSpec, Router};
 
 /// Most times a request that could not be sent is sent again.
 const MAX_RETRIES: u32 = 3;
@@ -122,7 +121,7 @@ pub(super) struct Forwarded {
 pub(super) async fn forward(
     router: &Router,
     up: &Upstreams,
-    pool: &Arc<Pool>,
+    ex: &mut Exchange,
     spec: &PoolSpec,
     mut slot: Slot,
     mut req: Request<Body>,
@@ -132,8 +131,10 @@ pub(super) async fn forward(
         .response_start_timeout
         .map_or(spec.timeout, |r| r.min(spec.timeout));
     let deadline = Instant::now() + first_byte;
+    let pool = ex.pool.clone();
     let mut attempt = 0u32;
     loop {
+        ex.instance = Some(slot.endpoint.clone());
         let sent = tokio::time::timeout_at(deadline, send(up, &slot.endpoint, spec, req, upgrade));
         match sent.await {
             Ok(Ok((response, lease))) => {
@@ -143,7 +144,7 @@ pub(super) async fn forward(
                     slot,
                 });
             }
-            Err(_) => return Err(timed_out(pool, spec, first_byte)),
+            Err(_) => return Err(timed_out(spec, first_byte)),
             Ok(Err(Failed {
                 error,
                 unsent: Some(unsent),
@@ -153,10 +154,10 @@ pub(super) async fn forward(
                 req = unsent;
                 drop(slot);
                 tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
-                slot = activate(router, pool, spec).await?;
+                slot = activate(router, &pool, spec).await?;
             }
             Ok(Err(Failed { error, .. })) => {
-                return Err(failed(router, pool, spec, &slot.endpoint, &error).await);
+                return Err(failed(router, spec, &slot.endpoint, &error).await);
             }
         }
     }
@@ -178,11 +179,9 @@ async fn send(
 }
 
 /// The response did not start within `first_byte`: 504.
-fn timed_out(pool: &Pool, spec: &PoolSpec, first_byte: Duration) -> Answer {
-    let status = StatusCode::GATEWAY_TIMEOUT;
-    pool.handles.answered(status);
+fn timed_out(spec: &PoolSpec, first_byte: Duration) -> Answer {
     Answer::new(
-        status,
+        StatusCode::GATEWAY_TIMEOUT,
         format!(
             "skiff: revision `{}` did not start answering within {}s",
             spec.revision,
@@ -194,26 +193,17 @@ fn timed_out(pool: &Pool, spec: &PoolSpec, first_byte: Duration) -> Answer {
 /// The request failed: the client's 400 when its own body was bad (an invalid chunk, cut
 /// short), else the instance's failure, 502, saying what happened to the instance when the
 /// runtime knows (an OOM kill names the instance and its memory limit).
-async fn failed(
-    router: &Router,
-    pool: &Pool,
-    spec: &PoolSpec,
-    ep: &Endpoint,
-    error: &UpstreamError,
-) -> Answer {
+async fn failed(router: &Router, spec: &PoolSpec, ep: &Endpoint, error: &UpstreamError) -> Answer {
     let revision = &spec.revision;
     if let Some(ClientBody(why)) = client_body_error(error) {
         info!(revision = %revision, error = %why, "the client sent a bad request body; answered 400");
-        let status = StatusCode::BAD_REQUEST;
-        pool.handles.answered(status);
         return Answer::new(
-            status,
+            StatusCode::BAD_REQUEST,
             format!("skiff: the request body could not be read: {why}"),
         );
     }
     warn!(revision = %revision, instance = %ep.id, error = %ErrorChain(error), "forwarding to an instance failed");
     let status = StatusCode::BAD_GATEWAY;
-    pool.handles.answered(status);
     let body = match router.explain(&ep.id).await {
         Some(why) => format!("skiff: {why}"),
         None => format!(

@@ -74,15 +74,17 @@ fn new_traceparent() -> HeaderValue {
 
 /// The forwarding-headers step, Knative's request headers: the client appended to
 /// `X-Forwarded-For` and `Forwarded`, `X-Forwarded-Proto` when absent, a valid `traceparent`,
-/// and `Host` set to the host the request was routed by (`host_full`).
-pub(super) fn forwarding(h: &mut HeaderMap, peer: &Peer, host_full: &str) {
+/// and `Host` set to the host the request was routed by (`host_full`). True when the
+/// client's `traceparent` was kept.
+pub(super) fn forwarding(h: &mut HeaderMap, peer: &Peer, host_full: &str) -> bool {
     forwarded_for(h, peer, host_full);
-    trace_context(h);
+    let client_trace = trace_context(h);
     if h.get(header::HOST).and_then(|v| v.to_str().ok()) != Some(host_full)
         && let Ok(v) = HeaderValue::from_str(host_full)
     {
         h.insert(header::HOST, v);
     }
+    client_trace
 }
 
 /// `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded`.
@@ -111,8 +113,8 @@ fn forwarded_for(h: &mut HeaderMap, peer: &Peer, host_full: &str) {
     }
 }
 
-/// The client's `traceparent` when valid; else a new one, and no `tracestate`.
-fn trace_context(h: &mut HeaderMap) {
+/// The client's `traceparent` when valid (true); else a new one, and no `tracestate`.
+fn trace_context(h: &mut HeaderMap) -> bool {
     let tp_ok = h
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
@@ -121,6 +123,7 @@ fn trace_context(h: &mut HeaderMap) {
         h.remove(TRACESTATE);
         h.insert(TRACEPARENT, new_traceparent());
     }
+    tp_ok
 }
 
 /// Headers that belong to one connection and are not forwarded (RFC 9110 §7.6.1).

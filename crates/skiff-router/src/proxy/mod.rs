@@ -12,6 +12,7 @@
 //! on a path whose CPU per request is benchmarked.
 
 mod body;
+mod exchange;
 mod forward;
 mod headers;
 mod route;
@@ -30,9 +31,11 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use self::body::Guarded;
+use self::exchange::Exchange;
 use self::forward::Forwarded;
 use self::headers::X_REQUEST_ID;
 use crate::conns::ConnHandle;
+use crate::metrics::Throttle;
 use crate::pool::{AcquireError, Pool, PoolSpec, Slot};
 use crate::upstream::Upstreams;
 use crate::{Body, Router};
@@ -69,6 +72,8 @@ struct Answer {
     status: StatusCode,
     msg: String,
     retry_after: Option<&'static str>,
+    /// Why the router refused the request itself, if it did.
+    throttled: Option<Throttle>,
 }
 
 impl Answer {
@@ -77,6 +82,7 @@ impl Answer {
             status,
             msg,
             retry_after: None,
+            throttled: None,
         }
     }
 
@@ -146,7 +152,9 @@ pub(crate) async fn handle(
     }
 }
 
-/// The steps, in order; each either hands the request on or answers it.
+/// The steps, in order; each either hands the request on or answers it. Once the request
+/// has a revision, its [`Exchange`] counts it when it ends: here for skiff's own answers, at
+/// the end of the body for the instance's.
 async fn proxy(
     router: &Router,
     up: &Upstreams,
@@ -157,23 +165,41 @@ async fn proxy(
 ) -> Result<Response<Body>, Answer> {
     let host = route::host(&req)?;
     let pool = route::pick(router, &host)?;
-    let spec = pool.spec();
-    headers::forwarding(req.headers_mut(), peer, &host);
-    let slot = activate(router, &pool, &spec).await?;
-    let waited = started.elapsed();
-    if waited > Duration::from_millis(1) {
-        pool.handles.queue_wait.observe(waited.as_secs_f64());
+    let client_trace = headers::forwarding(req.headers_mut(), peer, &host);
+    let mut ex = Exchange::new(router, pool, started, request_id, &req, &host, client_trace);
+    match exchange(router, up, req, &mut ex, (started, &host)).await {
+        Ok((sent, client_upgrade)) => Ok(respond(sent, client_upgrade, ex, peer, request_id)),
+        Err(answer) => {
+            ex.finish(answer.status, true, answer.throttled);
+            Err(answer)
+        }
     }
-    let (req, client_upgrade) = forward::outbound(req, &spec, &host)?;
+}
+
+/// The activator's wait, then the exchange with an instance up to its response's start.
+async fn exchange(
+    router: &Router,
+    up: &Upstreams,
+    req: Request<Incoming>,
+    ex: &mut Exchange,
+    (started, host): (Instant, &str),
+) -> Result<(Forwarded, Option<OnUpgrade>), Answer> {
+    let pool = ex.pool.clone();
+    let spec = pool.spec();
+    let slot = activate(router, &pool, &spec).await?;
+    ex.waited = started.elapsed();
+    if ex.waited > Duration::from_millis(1) {
+        pool.handles.queue_wait.observe(ex.waited.as_secs_f64());
+    }
+    if slot.cold_start.is_some() {
+        ex.cold_start = slot.cold_start;
+        pool.handles.waited_for_cold_start();
+    }
+    let (req, client_upgrade) = forward::outbound(req, &spec, host)?;
     let upgrade = client_upgrade.is_some();
-    let sent = forward::forward(router, up, &pool, &spec, slot, req, upgrade).await?;
-    let status = sent.response.status();
-    pool.handles.answered(status);
-    pool.handles
-        .duration
-        .observe(started.elapsed().as_secs_f64());
-    debug!(revision = %spec.revision, instance = %sent.slot.endpoint.id, status = status.as_u16(), "proxied");
-    Ok(respond(sent, client_upgrade, &spec, peer, request_id))
+    let sent = forward::forward(router, up, ex, &spec, slot, req, upgrade).await?;
+    debug!(revision = %spec.revision, instance = %sent.slot.endpoint.id, status = sent.response.status().as_u16(), "proxied");
+    Ok((sent, client_upgrade))
 }
 
 /// The activator step: a slot on an instance of `pool`, waiting (and poking the revision's
@@ -191,10 +217,15 @@ async fn activate(router: &Router, pool: &Arc<Pool>, spec: &PoolSpec) -> Result<
 
 /// The activator's answer when a request got no instance.
 fn rejected(pool: &Pool, e: AcquireError) -> Answer {
-    pool.handles.rejected.inc();
     let spec = pool.spec();
     info!(revision = %spec.revision, reason = ?e, "activator refused a request");
     let revision = &spec.revision;
+    let throttled = match e {
+        AcquireError::QueueFull(_) => Some(Throttle::QueueFull),
+        AcquireError::Timeout(_) if pool.at_max_scale() => Some(Throttle::MaxScale),
+        AcquireError::Timeout(_) => Some(Throttle::QueueTimeout),
+        AcquireError::Unavailable(_) => None,
+    };
     let (msg, retry) = match e {
         AcquireError::QueueFull(n) => (
             format!(
@@ -217,9 +248,9 @@ fn rejected(pool: &Pool, e: AcquireError) -> Answer {
             "10",
         ),
     };
-    let status = StatusCode::SERVICE_UNAVAILABLE;
-    pool.handles.answered(status);
-    Answer::new(status, msg).retry_after(retry)
+    let mut answer = Answer::new(StatusCode::SERVICE_UNAVAILABLE, msg).retry_after(retry);
+    answer.throttled = throttled;
+    answer
 }
 
 /// The response step: an accepted upgrade becomes a tunnel; any other response goes back
@@ -227,7 +258,7 @@ fn rejected(pool: &Pool, e: AcquireError) -> Answer {
 fn respond(
     sent: Forwarded,
     client_upgrade: Option<OnUpgrade>,
-    spec: &PoolSpec,
+    ex: Exchange,
     peer: &Peer,
     request_id: &HeaderValue,
 ) -> Response<Body> {
@@ -239,12 +270,14 @@ fn respond(
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {
+        ex.finish(StatusCode::SWITCHING_PROTOCOLS, true, None);
         return tunnel(response, client_upgrade, slot, peer, request_id);
     }
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    let body = Guarded::new(body, lease, slot, spec.idle_timeout);
+    let idle = ex.pool.spec().idle_timeout;
+    let body = Guarded::new(body, lease, slot, idle, ex, parts.status);
     Response::from_parts(parts, body.boxed())
 }
 
