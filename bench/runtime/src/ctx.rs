@@ -191,6 +191,7 @@ impl Ctx {
                 memory_limit: Some(MEMORY_LIMIT),
                 // As the daemon plans it: the writable layer in a tmpfs of the memory limit.
                 scratch_limit: Some(MEMORY_LIMIT as u64),
+                memory_request: None,
                 cpu_quota: None,
                 cpu_shares: None,
                 mounts: vec![],

@@ -23,3 +23,4 @@ pub mod runtime;
 pub mod secrets;
 pub mod serving;
 pub mod status;
+pub mod telemetry;

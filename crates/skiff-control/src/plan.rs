@@ -280,6 +280,7 @@ fn container_plan(
     let sc = c.security_context.clone().unwrap_or_default();
     let caps = sc.capabilities.clone().unwrap_or_default();
     let memory_limit = quantity(c, "limits", "memory").map(|q| q.as_units() as i64);
+    let memory_request = quantity(c, "requests", "memory").map(|q| q.as_units() as i64);
     let scratch_limit = Some(scratch_bytes(c));
     let cpu_quota = quantity(c, "limits", "cpu")
         .map(|q| (q.as_millis() * CPU_PERIOD_US / 1000).max(1000) as i64);
@@ -311,6 +312,7 @@ fn container_plan(
             .and_then(|p| p.profile_type.as_deref())
             != Some("Unconfined"),
         memory_limit,
+        memory_request,
         scratch_limit,
         cpu_quota,
         cpu_shares,

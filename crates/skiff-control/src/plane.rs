@@ -46,6 +46,8 @@ pub struct Parts {
     pub serving: ServingConfig,
     /// Secrets and ConfigMaps.
     pub secrets: Arc<SecretStore>,
+    /// The prices cost is computed at.
+    pub prices: crate::telemetry::Prices,
 }
 
 /// The running control plane.
@@ -78,6 +80,12 @@ impl ControlPlane {
             .set_explain(Arc::new(crate::runtime::ExplainFailures(
                 parts.runtime.clone(),
             )));
+        let billing = crate::telemetry::register(
+            metrics,
+            parts.runtime.clone(),
+            parts.router.clone(),
+            parts.prices,
+        );
         let serving = Serving::new(parts.router, parts.runtime.clone(), parts.serving, metrics);
         let instances = InstanceManager::new(
             parts.runtime,
@@ -109,6 +117,7 @@ impl ControlPlane {
         let mut tasks = vec![
             follower,
             tokio::spawn(serving.clone().follow_runtime(stop.clone())),
+            tokio::spawn(billing.follow(stop.clone())),
             tokio::spawn(serving.run_autoscaler(parts.pokes, stop.clone())),
             tokio::spawn(first.run(stop.clone())),
         ];

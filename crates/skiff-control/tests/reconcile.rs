@@ -99,6 +99,7 @@ impl Plane {
                 ingress_port: 8080,
                 serving: ServingConfig::default(),
                 secrets: secrets.clone(),
+                prices: Default::default(),
             },
             &metrics,
         )

@@ -57,6 +57,8 @@ pub struct Config {
     pub images: ImageSettings,
     /// What instances reach outside their namespace, and how names resolve.
     pub network: NetworkConfig,
+    /// The prices cost is computed at.
+    pub cost: CostConfig,
 }
 
 impl Config {
@@ -82,6 +84,7 @@ impl Config {
         specs.extend(RuntimeConfig::SETTINGS.iter().map(|s| &s.spec));
         specs.extend(ImageSettings::SETTINGS.iter().map(|s| &s.spec));
         specs.extend(NetworkConfig::SETTINGS.iter().map(|s| &s.spec));
+        specs.extend(CostConfig::SETTINGS.iter().map(|s| &s.spec));
         specs
     }
 
@@ -97,6 +100,7 @@ impl Config {
             runtime: RuntimeConfig::load(raw, problems),
             images: ImageSettings::load(raw, problems),
             network: NetworkConfig::load(raw, problems),
+            cost: CostConfig::load(raw, problems),
         };
         if config.api.listen == config.ingress.listen && config.api.listen.port() != 0 {
             problems.push(format!(
@@ -594,6 +598,65 @@ impl Section for NetworkConfig {
     ];
 }
 
+/// The prices cost is computed at (Cloud Run's request-based ones by default).
+#[derive(Debug, Clone)]
+pub struct CostConfig {
+    /// Dollars per vCPU-second.
+    pub price_vcpu_second: f64,
+    /// Dollars per GiB-second.
+    pub price_gib_second: f64,
+    /// Dollars per million requests.
+    pub price_million_requests: f64,
+}
+
+impl Default for CostConfig {
+    fn default() -> Self {
+        let p = skiff_control::telemetry::Prices::default();
+        CostConfig {
+            price_vcpu_second: p.vcpu_second,
+            price_gib_second: p.gib_second,
+            price_million_requests: p.million_requests,
+        }
+    }
+}
+
+impl CostConfig {
+    /// The prices.
+    pub fn prices(&self) -> skiff_control::telemetry::Prices {
+        skiff_control::telemetry::Prices {
+            vcpu_second: self.price_vcpu_second,
+            gib_second: self.price_gib_second,
+            million_requests: self.price_million_requests,
+        }
+    }
+}
+
+impl Section for CostConfig {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "price_vcpu_second",
+            "SKIFF_PRICE_VCPU_SECOND",
+            "--price-vcpu-second",
+            price_vcpu_second = parse::price,
+            "Dollars per vCPU-second an instance is allotted [default: 0.000024, Cloud Run's]",
+        ),
+        setting!(
+            "price_gib_second",
+            "SKIFF_PRICE_GIB_SECOND",
+            "--price-gib-second",
+            price_gib_second = parse::price,
+            "Dollars per GiB-second of memory an instance is allotted [default: 0.0000025, Cloud Run's]",
+        ),
+        setting!(
+            "price_million_requests",
+            "SKIFF_PRICE_MILLION_REQUESTS",
+            "--price-million-requests",
+            price_million_requests = parse::price,
+            "Dollars per million requests [default: 0.40, Cloud Run's]",
+        ),
+    ];
+}
+
 impl Section for ImageSettings {
     const SETTINGS: &'static [Setting<Self>] = &[
         setting!(
@@ -633,6 +696,14 @@ mod parse {
         match v.parse::<T>() {
             Ok(n) if range.contains(&n) => Ok(n),
             _ => Err(format!("`{v}` must be {what}")),
+        }
+    }
+
+    /// A price: a finite number of dollars, 0 or more.
+    pub(super) fn price(v: &str) -> Result<f64, String> {
+        match v.parse::<f64>() {
+            Ok(p) if p.is_finite() && p >= 0.0 => Ok(p),
+            _ => Err(format!("`{v}` must be a price in dollars, 0 or more")),
         }
     }
 

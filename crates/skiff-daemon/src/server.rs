@@ -218,6 +218,7 @@ async fn control_plane(
             max_scale_down_rate: config.autoscaling.max_scale_down_rate,
         },
         secrets: built.secrets,
+        prices: config.cost.prices(),
     };
     ControlPlane::start(parts, metrics)
         .await

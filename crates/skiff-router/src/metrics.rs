@@ -144,6 +144,9 @@ const THROTTLES: [Throttle; 4] = [
     Throttle::Budget,
 ];
 
+/// Status codes whose series exist before any request.
+const PRESET_CODES: [u16; 2] = [200, 500];
+
 /// The router's metrics.
 #[derive(Debug, Clone)]
 pub struct RouterMetrics {
@@ -230,12 +233,17 @@ impl RouterMetrics {
     }
 
     /// The metrics of one revision, looked up once (requests then update them without
-    /// hashing labels, except the first time a status code is seen).
+    /// hashing labels, except the first time a status code is seen). The series of 200 and
+    /// 500 exist from the start, at 0, so error ratios and `rate()` have both from the first
+    /// request.
     pub fn handles(&self, spec: &crate::PoolSpec) -> PoolHandles {
         let rl = RevisionLabels::of(spec);
+        let codes = PRESET_CODES
+            .map(|c| (c, self.requests.get_or_create_owned(&rl.with_code(c))))
+            .to_vec();
         PoolHandles {
             requests: self.requests.clone(),
-            codes: RwLock::default(),
+            codes: RwLock::new(codes),
             duration: self.duration.get_or_create_owned(&rl),
             queue_wait: self.queue_wait.get_or_create_owned(&rl),
             throttled: THROTTLES.map(|t| self.throttled.get_or_create_owned(&rl.with_reason(t))),
@@ -350,6 +358,16 @@ impl PoolHandles {
         // Exemplars carry the time they were taken (OpenMetrics allows it).
         let at = exemplar.as_ref().map(|_| SystemTime::now());
         self.duration.observe(seconds, exemplar, at);
+    }
+
+    /// Requests answered since the revision's series began.
+    pub fn answered_total(&self) -> u64 {
+        self.codes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, c)| c.get())
+            .sum()
     }
 
     /// Counts a refusal (its answer is counted by [`PoolHandles::answered`]).

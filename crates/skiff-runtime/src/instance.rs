@@ -246,6 +246,9 @@ pub struct ContainerPlan {
     pub seccomp: bool,
     /// Memory limit in bytes.
     pub memory_limit: Option<i64>,
+    /// Memory request in bytes (what it is billed for without a limit).
+    #[serde(default)]
+    pub memory_request: Option<i64>,
     /// The bound of the writable layer, in bytes: its upper directory is a tmpfs of this
     /// size (charged to the container's memory). `None` in plans made before it existed:
     /// the upper directory is then a plain directory in the data directory.

@@ -93,6 +93,7 @@ async fn busybox_httpd_lifecycle() {
             seccomp: true,
             memory_limit: Some(64 << 20),
             scratch_limit: Some(64 << 20),
+            memory_request: None,
             cpu_quota: None,
             cpu_shares: None,
             mounts: vec![],

@@ -60,6 +60,15 @@ impl Metrics {
         f(root.sub_registry_with_prefix(component))
     }
 
+    /// Lets a component register metrics under `skiff_` itself.
+    pub fn register_root<T>(
+        &self,
+        f: impl FnOnce(&mut prometheus_client::registry::Registry) -> T,
+    ) -> T {
+        let mut root = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut root)
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let root = self.registry.lock().unwrap_or_else(|p| p.into_inner());

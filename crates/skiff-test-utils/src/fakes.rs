@@ -423,42 +423,48 @@ impl ImageStore for FakeImages {
     }
 }
 
+/// A one-container plan for `id` (revision `hello-00001` of Service `hello`), no limits.
+pub fn instance_plan(id: &str) -> InstancePlan {
+    InstancePlan {
+        id: id.into(),
+        namespace: "default".into(),
+        service: "hello".into(),
+        revision: "hello-00001".into(),
+        containers: vec![skiff_runtime::instance::ContainerPlan {
+            name: "user-container".into(),
+            lowers: vec![],
+            args: vec!["/hello".into()],
+            env: vec![],
+            secret_env: Default::default(),
+            working_dir: None,
+            user: Default::default(),
+            read_only_rootfs: false,
+            capabilities: vec![],
+            seccomp: true,
+            memory_limit: None,
+            scratch_limit: None,
+            memory_request: None,
+            cpu_quota: None,
+            cpu_shares: None,
+            mounts: vec![],
+            readiness: None,
+            liveness: None,
+            startup: None,
+        }],
+        serving: 0,
+        port: 8080,
+        volumes: vec![],
+        drain_timeout: Duration::from_secs(1),
+        egress: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn plan(id: &str) -> InstancePlan {
-        InstancePlan {
-            id: id.into(),
-            namespace: "default".into(),
-            service: "hello".into(),
-            revision: "hello-00001".into(),
-            containers: vec![skiff_runtime::instance::ContainerPlan {
-                name: "user-container".into(),
-                lowers: vec![],
-                args: vec!["/hello".into()],
-                env: vec![],
-                secret_env: Default::default(),
-                working_dir: None,
-                user: Default::default(),
-                read_only_rootfs: false,
-                capabilities: vec![],
-                seccomp: true,
-                memory_limit: None,
-                scratch_limit: None,
-                cpu_quota: None,
-                cpu_shares: None,
-                mounts: vec![],
-                readiness: None,
-                liveness: None,
-                startup: None,
-            }],
-            serving: 0,
-            port: 8080,
-            volumes: vec![],
-            drain_timeout: Duration::from_secs(1),
-            egress: None,
-        }
+        instance_plan(id)
     }
 
     /// Start, readiness, a crash and stop change the instance as the real runtime reports
