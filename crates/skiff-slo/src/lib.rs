@@ -92,9 +92,13 @@
 //! `namespace` and `service`.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
+pub mod budget;
 pub mod report;
 pub mod windows;
 
+pub use alerts::{AlertKey, AlertKind, Alerts, Condition, FiringAlert, Transition, slo_conditions};
+pub use budget::{budget_conditions, budget_period_start, budget_severities};
 pub use report::{
     ConditionReport, Counts, ObjectiveKind, ObjectiveReport, Report, Sli, SliKind, WindowBurn,
     evaluate, evaluate_with_min_window,
@@ -102,3 +106,6 @@ pub use report::{
 pub use windows::{
     BurnCondition, DEFAULT_MIN_WINDOW, Severity, budget_remaining, burn_conditions, burn_rate,
 };
+
+#[cfg(test)]
+mod sim_tests;
