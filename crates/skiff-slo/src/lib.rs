@@ -95,6 +95,7 @@
 pub mod alerts;
 pub mod budget;
 pub mod report;
+pub mod rules;
 pub mod windows;
 
 pub use alerts::{AlertKey, AlertKind, Alerts, Condition, FiringAlert, Transition, slo_conditions};
@@ -102,6 +103,9 @@ pub use budget::{budget_conditions, budget_period_start, budget_severities};
 pub use report::{
     ConditionReport, Counts, ObjectiveKind, ObjectiveReport, Report, Sli, SliKind, WindowBurn,
     evaluate, evaluate_with_min_window,
+};
+pub use rules::{
+    DEFAULT_RULES_MIN_WINDOW, ServiceSlo, prometheus_rules, prometheus_rules_with_min_window,
 };
 pub use windows::{
     BurnCondition, DEFAULT_MIN_WINDOW, Severity, budget_remaining, burn_conditions, burn_rate,
