@@ -18,6 +18,7 @@ pub mod names;
 pub mod object;
 pub mod problems;
 pub mod quantity;
+pub mod slo;
 mod suggest;
 pub mod types;
 pub mod validate;

@@ -35,7 +35,14 @@ pub const RUNTIME_MOUNT_FILES: &[&str] = &["/etc/hosts", "/etc/hostname", "/etc/
 pub const SKIFF_ANNOTATION_PREFIX: &str = "skiff.dev/";
 /// The `skiff.dev/` annotations this version understands (each feature that adds one lists
 /// it here, and any other `skiff.dev/` key is an error).
-pub const SKIFF_ANNOTATIONS: &[&str] = &[crate::egress::EGRESS_ANNOTATION];
+pub const SKIFF_ANNOTATIONS: &[&str] = &[
+    crate::egress::EGRESS_ANNOTATION,
+    crate::slo::SLO_AVAILABILITY_ANNOTATION,
+    crate::slo::SLO_LATENCY_ANNOTATION,
+    crate::slo::SLO_PERIOD_ANNOTATION,
+    crate::slo::SLO_POLICY_ANNOTATION,
+    crate::slo::BUDGET_ANNOTATION,
+];
 /// Labels skiff sets on revisions, which users may not set.
 pub const SYSTEM_LABELS: &[&str] = &[
     "serving.knative.dev/service",
@@ -181,6 +188,20 @@ fn check_annotations(
                 );
             } else if let Err(e) = v.parse::<crate::egress::EgressPolicy>() {
                 p.invalid(&path, e.0);
+            }
+        }
+        if template && crate::slo::SERVICE_ANNOTATIONS.contains(&k.as_str()) {
+            p.invalid(
+                &path,
+                "set it on the Service's metadata.annotations: it applies to the whole \
+                 Service, not to one revision",
+            );
+        }
+    }
+    if !template {
+        for e in crate::slo::slo_errors(annotations) {
+            for annotation in e.annotations() {
+                p.invalid(&at.key(annotation), e.reason());
             }
         }
     }

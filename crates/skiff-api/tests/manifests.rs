@@ -735,6 +735,68 @@ fn traffic_rules() {
     assert_refused(empty, "spec.traffic", "at least one target");
 }
 
+/// A valid Service with annotations on its own metadata.
+fn with_service_annotations(pairs: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n  annotations:\n{}spec:\n  template:\n    spec:\n      containers:\n      - image: nginx\n",
+        indent(pairs, 4)
+    )
+}
+
+/// SLO and budget annotations are accepted on the Service's metadata, refused on the
+/// revision template, and each bad value is refused at its own path saying what is accepted.
+#[test]
+fn slo_annotations() {
+    assert_accepted(&with_service_annotations(
+        "skiff.dev/slo-availability: \"99.9\"\nskiff.dev/slo-latency: \"300ms@95\"\nskiff.dev/slo-period: 7d\nskiff.dev/slo-policy: simple\nskiff.dev/budget: 5/day\n",
+    ));
+    assert_accepted(&with_service_annotations("skiff.dev/budget: 150/month\n"));
+    let at = |k: &str| format!("metadata.annotations.skiff.dev/{k}");
+    assert_refused(
+        &with_service_annotations(
+            "skiff.dev/slo-latency: \"250ms@95\"\nskiff.dev/slo-availability: \"100\"\n",
+        ),
+        &at("slo-availability"),
+        "above 0 and below 100",
+    );
+    assert_refused(
+        &with_service_annotations("skiff.dev/slo-latency: \"400ms@95\"\n"),
+        &at("slo-latency"),
+        "use one of 500us, 1ms",
+    );
+    assert_refused(
+        &with_service_annotations("skiff.dev/slo-availability: \"99\"\nskiff.dev/slo-period: 2w\n"),
+        &at("slo-period"),
+        "from 1h to 90d",
+    );
+    assert_refused(
+        &with_service_annotations(
+            "skiff.dev/slo-availability: \"99\"\nskiff.dev/slo-policy: strict\n",
+        ),
+        &at("slo-policy"),
+        "`workbook` or `simple`",
+    );
+    assert_refused(
+        &with_service_annotations("skiff.dev/budget: 5/week\n"),
+        &at("budget"),
+        "`day` or `month`",
+    );
+    let alone =
+        with_service_annotations("skiff.dev/slo-period: 7d\nskiff.dev/slo-policy: simple\n");
+    assert_refused(&alone, &at("slo-period"), "without an objective");
+    assert_refused(&alone, &at("slo-policy"), "without an objective");
+    assert_refused(
+        &with_annotations("skiff.dev/slo-availability: \"99.9\"\n"),
+        "spec.template.metadata.annotations.skiff.dev/slo-availability",
+        "set it on the Service's metadata.annotations",
+    );
+    assert_refused(
+        &with_service_annotations("skiff.dev/slo-availabilty: \"99.9\"\n"),
+        &at("slo-availabilty"),
+        "unknown skiff annotation",
+    );
+}
+
 /// Every documented autoscaling annotation is range-checked at its own path; unknown
 /// `skiff.dev/` annotations are errors; other annotations are kept.
 #[test]
