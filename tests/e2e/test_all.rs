@@ -9,6 +9,7 @@ mod hardening;
 mod images;
 mod lifecycle;
 mod network;
+mod observability;
 mod runtime;
 mod secrets;
 mod serving;

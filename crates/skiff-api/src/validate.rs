@@ -121,6 +121,17 @@ impl ValidatedService {
                  Knative's -1 asks, so requests are buffered whatever the spare capacity"
             ));
         }
+        // SLOs and budgets are checked and stored; their evaluation is not wired in yet.
+        let annotations = &self.manifest.metadata.annotations;
+        for key in crate::slo::SERVICE_ANNOTATIONS {
+            if annotations.contains_key(key) {
+                let path = FieldPath::parse("metadata.annotations").key(key);
+                out.push(format!(
+                    "{path}: stored, but this version does not evaluate SLOs or budgets yet \
+                     (no burn rates, alerts or scale-up stop)"
+                ));
+            }
+        }
         out
     }
 }

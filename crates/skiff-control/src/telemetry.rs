@@ -542,4 +542,13 @@ mod tests {
         let cost = 0.2 * p.vcpu_second + 0.2 * 0.5 * p.gib_second + p.million_requests / 1e6;
         assert!((cost - 0.000_005_45).abs() < 1e-12, "{cost}");
     }
+
+    /// Latency SLOs name a bound of the router's histogram: both lists are one.
+    #[test]
+    fn slo_latency_bounds_are_the_routers_buckets() {
+        assert_eq!(
+            skiff_api::slo::LATENCY_BUCKETS_SECONDS,
+            skiff_router::LATENCY_BUCKETS
+        );
+    }
 }

@@ -1,0 +1,248 @@
+//! The SLIs as a user's own Prometheus sees them: Debian's `prometheus`, started here on a
+//! loopback port, scrapes the daemon; PromQL over its HTTP API must give the requests this
+//! test sent (M1), their p95 in the right bucket (M2), the cold start (M3) and the cost of
+//! the requests (M10), with trace ids as exemplars.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_test_utils::{MAX_WAIT, TestDaemon, wait_for};
+
+use crate::serving::{get, host, service};
+use crate::{apply, registry_with_info_image, skip_without_runc};
+
+/// Whether `prometheus` is missing: a failure under CI (it installs it), else a skip.
+fn skip_without_prometheus() -> bool {
+    if Command::new("prometheus").arg("--version").output().is_ok() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run this test: apt-get install prometheus"
+    );
+    eprintln!("skipped: prometheus is not installed (apt-get install prometheus)");
+    true
+}
+
+/// A Prometheus scraping `target` every second, killed when dropped.
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-test-prometheus")
+            .tempdir()
+            .expect("tempdir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n- job_name: skiff\n  static_configs:\n  - targets: ['{target}']\n"
+            ),
+        )
+        .expect("config");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--enable-feature=exemplar-storage")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts");
+        Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// The single value of an instant query, once there is one.
+    async fn value(&self, query: &str) -> Option<f64> {
+        let r: Value = crate::http()
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", query)])
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        r["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Waits until `query` gives `pred`'s value; returns it.
+    async fn wait_value(&self, query: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let pred = &pred;
+        let r = wait_for(query, Duration::from_millis(250), MAX_WAIT, || async move {
+            self.value(query).await.filter(|v| pred(*v))
+        })
+        .await;
+        match r {
+            Ok(v) => v,
+            Err(e) => panic!("{e}: last value {:?}", self.value(query).await),
+        }
+    }
+}
+
+async fn requests(d: &TestDaemon, path: &str, n: usize, status: u16) {
+    let http = crate::http();
+    for _ in 0..n {
+        let a = get(&http, d, &host("obs"), path).await;
+        assert_eq!(a.status, status, "{path}: {}", a.body);
+    }
+}
+
+/// A cold request, 20 that take 350 ms and 10 that get the instance's 404, scraped by a
+/// real Prometheus: counts are exact, the p95 is in the 350 ms bucket, one request waited
+/// for a cold start, the requests' cost is 31 × $0.40 per million, instance time is billed,
+/// and latency buckets carry trace ids as exemplars.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_reads_the_slis() {
+    if skip_without_runc() || skip_without_prometheus() {
+        return;
+    }
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
+    apply(
+        &d,
+        &service(
+            "obs",
+            &image,
+            "autoscaling.knative.dev/initial-scale: \"0\"",
+            "",
+            "obs",
+            "",
+        ),
+    );
+    // The image is pinned before the first request, so that request waits for the instance
+    // to start, not for the pull.
+    let client = d.client();
+    wait_for(
+        "the revision to be pinned",
+        Duration::from_millis(50),
+        MAX_WAIT,
+        || {
+            let client = client.clone();
+            async move {
+                let r = client.get_revision("default", "obs-00001").await.ok()?;
+                r.status
+                    .container_statuses
+                    .first()?
+                    .image_digest
+                    .as_ref()
+                    .map(|_| ())
+            }
+        },
+    )
+    .await
+    .expect("pinned");
+    requests(&d, "/info", 1, 200).await;
+    requests(&d, "/delay?ms=350", 20, 200).await;
+    requests(&d, "/no-such-page", 10, 404).await;
+
+    let target = d.api().trim_start_matches("http://").to_owned();
+    let prom = Prometheus::start(&target);
+    let svc = r#"service="obs""#;
+    let ok = prom
+        .wait_value(
+            &format!("sum(skiff_router_requests_total{{{svc},code=\"200\"}})"),
+            |v| v == 21.0,
+        )
+        .await;
+    assert_eq!(ok, 21.0);
+    let not_found = prom
+        .wait_value(
+            &format!("sum(skiff_router_requests_total{{{svc},code_class=\"4xx\"}})"),
+            |v| v >= 0.0,
+        )
+        .await;
+    assert_eq!(not_found, 10.0);
+    let p95 = prom
+        .wait_value(
+            &format!("histogram_quantile(0.95, sum by (le) (skiff_router_request_duration_seconds_bucket{{{svc}}}))"),
+            |v| v > 0.0,
+        )
+        .await;
+    assert!(
+        p95 > 0.3 && p95 <= 0.5,
+        "p95 {p95}s: not in the (0.3, 0.5] bucket of the 350 ms requests"
+    );
+    let cold = prom
+        .wait_value(
+            &format!("sum(skiff_router_cold_start_requests_total{{{svc}}})"),
+            |v| v >= 0.0,
+        )
+        .await;
+    assert_eq!(cold, 1.0);
+    let cost = prom
+        .wait_value(
+            &format!("sum(skiff_cost_dollars_total{{{svc},resource=\"requests\"}})"),
+            |v| v > 0.0,
+        )
+        .await;
+    assert!(
+        (cost - 31.0 * 0.40 / 1e6).abs() < 1e-12,
+        "requests cost {cost}"
+    );
+    let billed = prom
+        .wait_value(
+            &format!("sum(skiff_billable_instance_seconds_total{{{svc}}})"),
+            |v| v > 0.0,
+        )
+        .await;
+    assert!(billed > 0.0);
+    eprintln!(
+        "prometheus: 200s {ok}, 4xx {not_found}, p95 {p95:.3}s, cold-start requests {cold}, requests cost ${cost:.8}, billed {billed:.1} instance-s"
+    );
+    let exemplars = wait_for("exemplars", Duration::from_millis(250), MAX_WAIT, || {
+        let url = format!("{}/api/v1/query_exemplars", prom.url);
+        async move {
+            let r: Value = crate::http()
+                .get(url)
+                .query(&[(
+                    "query",
+                    format!("skiff_router_request_duration_seconds_bucket{{{svc}}}"),
+                )])
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let ids: Vec<String> = r["data"][0]["exemplars"]
+                .as_array()?
+                .iter()
+                .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_owned))
+                .collect();
+            (!ids.is_empty()).then_some(ids)
+        }
+    })
+    .await
+    .expect("exemplars with trace ids");
+    assert!(
+        exemplars
+            .iter()
+            .all(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{exemplars:?}"
+    );
+    d.cleanup().await.expect("cleanup");
+}
