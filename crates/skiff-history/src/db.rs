@@ -20,10 +20,13 @@ pub const FILE_NAME: &str = "history.db";
 /// Schema steps: `MIGRATIONS[v]` upgrades a database at version `v` to `v + 1`; a fresh file is
 /// at version 0, so the first step creates the schema.
 const MIGRATIONS: &[&str] = &[
-    // 0 -> 1. Samples are keyed by (series, t) WITHOUT ROWID, so one series' rows are
-    // contiguous: a query, a roll-up or an expiry is one b-tree seek per series, never a scan
-    // of every series. There is no index on t alone, on purpose: it would cost ~15 bytes per
-    // row for the roll-up, which walks the series instead.
+    // 0 -> 1. samples_10s and samples_5m are keyed by (series, t) WITHOUT ROWID, so one
+    // series' rows are contiguous: a query, a roll-up or an expiry is one b-tree seek per
+    // series, never a scan of every series. recent_10s is keyed by (t, series) instead, so that
+    // a flush appends its rows at the end of one b-tree rather than into one page per series
+    // (see "Writes" in the crate documentation). There is no index on t alone for the other
+    // two, on purpose: it would cost ~15 bytes per row for the roll-up, which walks the series
+    // instead.
     "CREATE TABLE series (
          id        INTEGER PRIMARY KEY,
          namespace TEXT    NOT NULL,
@@ -31,6 +34,12 @@ const MIGRATIONS: &[&str] = &[
          revision  TEXT    NOT NULL,
          UNIQUE (namespace, service, revision)
      ) STRICT;
+     CREATE TABLE recent_10s (
+         t      INTEGER NOT NULL,
+         series INTEGER NOT NULL,
+         data   BLOB    NOT NULL,
+         PRIMARY KEY (t, series)
+     ) STRICT, WITHOUT ROWID;
      CREATE TABLE samples_10s (
          series INTEGER NOT NULL,
          t      INTEGER NOT NULL,
@@ -56,22 +65,26 @@ const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 /// before failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The two resolutions.
+/// The tables holding samples. Each sample is in exactly one of them: `Recent` from the
+/// current 5 min on, `Fine` for the 24 h before, `Coarse` before that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Table {
-    /// 10 s rows, for the last 24 h.
+    /// 10 s rows of the last few minutes, in time order: what flushes append to.
+    Recent,
+    /// 10 s rows, by series, for the last 24 h.
     Fine,
-    /// 5 min rows, for 35 days.
+    /// 5 min rows, by series, for 35 days.
     Coarse,
 }
 
 impl Table {
-    /// Both tables, finest first.
-    pub(crate) const ALL: [Table; 2] = [Table::Fine, Table::Coarse];
+    /// Every table.
+    pub(crate) const ALL: [Table; 3] = [Table::Recent, Table::Fine, Table::Coarse];
 
     /// The SQL table name.
     pub(crate) fn name(self) -> &'static str {
         match self {
+            Table::Recent => "recent_10s",
             Table::Fine => "samples_10s",
             Table::Coarse => "samples_5m",
         }
@@ -80,14 +93,30 @@ impl Table {
     /// Seconds covered by one row.
     pub(crate) fn width(self) -> i64 {
         match self {
-            Table::Fine => crate::FINE_STEP_SECS,
+            Table::Recent | Table::Fine => crate::FINE_STEP_SECS,
             Table::Coarse => crate::COARSE_STEP_SECS,
         }
     }
 }
 
+/// `recent_10s` rows before a time, in key order: `(before)`.
+pub(crate) const RECENT_BEFORE: &str = "SELECT series, t, data FROM recent_10s WHERE t < ?1";
+/// Deletes `recent_10s` rows before a time: `(before)`.
+pub(crate) const RECENT_DELETE_BEFORE: &str = "DELETE FROM recent_10s WHERE t < ?1";
+/// The first and last interval in `recent_10s`. Two subqueries, because SQLite finds a lone
+/// `min()` or `max()` by one b-tree descent but scans the table for both at once.
+pub(crate) const RECENT_SPAN: &str =
+    "SELECT (SELECT min(t) FROM recent_10s), (SELECT max(t) FROM recent_10s)";
+/// A Service's `recent_10s` rows (optionally one revision's) at one time, by primary key:
+/// `(namespace, service, revision or NULL, t)`.
+pub(crate) const RECENT_AT: &str = "SELECT s.id, r.data FROM series s
+     JOIN recent_10s r ON r.t = ?4 AND r.series = s.id
+     WHERE s.namespace = ?1 AND s.service = ?2 AND (?3 IS NULL OR s.revision = ?3)";
+
 /// The statements that differ only by table, written out once per table when the history
-/// opens so that `prepare_cached` finds them by the same text every time.
+/// opens so that `prepare_cached` finds them by the same text every time. `recent_10s` uses
+/// only `insert`, `select_one`, `update`, `delete_service` and `count`: its time-ordered
+/// reads have statements of their own (`RECENT_*`).
 #[derive(Debug)]
 pub(crate) struct TableSql {
     /// Inserts a row unless one exists: `(series, t, data)`.
@@ -172,7 +201,7 @@ pub(crate) struct Db {
     /// The only connection.
     pub(crate) conn: Connection,
     /// Per-table statements, indexed like [`Table::ALL`].
-    sql: [TableSql; 2],
+    sql: [TableSql; 3],
 }
 
 impl Db {
@@ -378,14 +407,45 @@ pub(crate) fn merge_row(
     t: i64,
     totals: &Totals,
 ) -> Result<(), DbError> {
-    let sql = db.sql(table);
-    let inserted =
-        db.conn
-            .prepare_cached(&sql.insert)?
-            .execute(params![series, t, encode(totals)])?;
+    let inserted = db
+        .conn
+        .prepare_cached(&db.sql(table).insert)?
+        .execute(params![series, t, encode(totals)])?;
     if inserted == 1 {
         return Ok(());
     }
+    merge_into_existing(db, table, series, t, totals)
+}
+
+/// [`merge_row`] for a row already encoded (moved from another table): copied as it is unless
+/// the row exists.
+pub(crate) fn merge_encoded(
+    db: &Db,
+    table: Table,
+    series: i64,
+    t: i64,
+    data: &[u8],
+) -> Result<(), DbError> {
+    let inserted = db
+        .conn
+        .prepare_cached(&db.sql(table).insert)?
+        .execute(params![series, t, data])?;
+    if inserted == 1 {
+        return Ok(());
+    }
+    let totals = decode_row(table, series, t, data)?;
+    merge_into_existing(db, table, series, t, &totals)
+}
+
+/// Adds `totals` into the existing row `(series, t)` of `table`.
+fn merge_into_existing(
+    db: &Db,
+    table: Table,
+    series: i64,
+    t: i64,
+    totals: &Totals,
+) -> Result<(), DbError> {
+    let sql = db.sql(table);
     let stored: Vec<u8> = db
         .conn
         .prepare_cached(&sql.select_one)?

@@ -8,7 +8,7 @@ use rusqlite::types::Type;
 use rusqlite::{Row, Transaction, TransactionBehavior, params};
 use tracing::info;
 
-use crate::db::{self, Db, DbError, Table, merge_row, series_id, series_ids};
+use crate::db::{self, Db, DbError, Table, merge_encoded, merge_row, series_id, series_ids};
 use crate::encoding::Totals;
 use crate::error::HistoryError;
 use crate::sample::Sample;
@@ -20,9 +20,11 @@ use crate::{
 /// What one [`History::flush`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Flushed {
-    /// Closed intervals written: as 10 s rows, or merged into a 5 min row when they arrived
-    /// after their time had been rolled up.
+    /// Closed intervals written: appended as 10 s rows, or merged into an older row when they
+    /// arrived late.
     pub written: usize,
+    /// 10 s rows moved from the append-only table to the per-series one.
+    pub moved: usize,
     /// 10 s rows rolled up into 5 min rows (and deleted).
     pub rolled_up: usize,
     /// 5 min rows deleted for being older than 35 days.
@@ -34,8 +36,10 @@ pub struct Flushed {
 pub struct Stats {
     /// Series (revisions) with a row.
     pub series: u64,
-    /// 10 s rows.
+    /// 10 s rows, in either table.
     pub rows_10s: u64,
+    /// Of `rows_10s`, those still in the append-only table (the last few minutes).
+    pub rows_recent: u64,
     /// 5 min rows.
     pub rows_5m: u64,
     /// Intervals recorded in memory and not yet flushed.
@@ -59,8 +63,12 @@ pub struct History {
     /// since the last flush have an entry, usually holding one interval.
     open: HashMap<SeriesKey, Intervals>,
     /// Where the resolutions meet, a multiple of 300: every 10 s row starts at or after it and
-    /// every 5 min row before it, so no time is counted twice. Stored in the `meta` table.
+    /// every 5 min row before it. Stored in the `meta` table.
     rolled_until: i64,
+    /// A multiple of 300: every row of `recent_10s` starts at or after it, and every row of
+    /// `samples_10s` before it. Kept only in memory: the first flush after opening moves
+    /// whatever the last process left in `recent_10s`.
+    moved_until: i64,
     /// Every 5 min row starting before this has been deleted. Kept only in memory: the first
     /// flush after opening runs the expiry again, which costs one seek per series.
     expired_until: i64,
@@ -99,6 +107,7 @@ impl History {
             db,
             open: HashMap::new(),
             rolled_until,
+            moved_until: i64::MIN,
             expired_until: i64::MIN,
         })
     }
@@ -143,18 +152,16 @@ impl History {
     /// moved.
     pub fn flush(&mut self, now_unix: i64) -> Result<Flushed, HistoryError> {
         let now = now_unix.clamp(0, MAX_TIMESTAMP);
-        let roll_to = align_down(now - FINE_RETENTION_SECS, COARSE_STEP_SECS);
-        let expire_to = align_down(now - COARSE_RETENTION_SECS, COARSE_STEP_SECS);
-        let roll = (roll_to > self.rolled_until).then_some(roll_to);
-        let expire = expire_to > self.expired_until;
+        let plan = Plan::at(now, self);
         let closed = self.take_closed(now);
-        if closed.is_empty() && roll.is_none() && !expire {
+        if closed.is_empty() && plan.is_idle() {
             return Ok(Flushed::default());
         }
-        match self.write(&closed, roll, expire.then_some(expire_to), expire_to) {
+        match self.write(&closed, &plan) {
             Ok(flushed) => {
-                self.rolled_until = roll.unwrap_or(self.rolled_until);
-                self.expired_until = self.expired_until.max(expire_to);
+                self.moved_until = plan.move_to.unwrap_or(self.moved_until);
+                self.rolled_until = plan.roll_to.unwrap_or(self.rolled_until);
+                self.expired_until = plan.expire_to.unwrap_or(self.expired_until);
                 Ok(flushed)
             }
             Err(err) => {
@@ -189,37 +196,46 @@ impl History {
         }
     }
 
-    /// The flush's transaction: closed intervals, then roll-up to `roll`, then expiry before
-    /// `expire` (each only when given). Late intervals older than `oldest` are dropped.
+    /// The flush's transaction: closed intervals, then each step of `plan`.
     fn write(
         &self,
         closed: &[(SeriesKey, Intervals)],
-        roll: Option<i64>,
-        expire: Option<i64>,
-        oldest: i64,
+        plan: &Plan,
     ) -> Result<Flushed, HistoryError> {
         let db = &self.db;
         let at = |operation| move |err: DbError| err.at(&db.path, operation);
         let tx = Transaction::new_unchecked(&db.conn, TransactionBehavior::Immediate)
             .map_err(|e| HistoryError::sqlite(&db.path, "starting a flush", e))?;
         let mut flushed = Flushed {
-            written: write_closed(db, closed, self.rolled_until, oldest)
+            written: write_closed(db, closed, self.route(plan))
                 .map_err(at("writing closed intervals"))?,
             ..Flushed::default()
         };
-        if roll.is_some() || expire.is_some() {
+        if let Some(to) = plan.move_to {
+            flushed.moved = move_recent(db, to).map_err(at("moving recent rows"))?;
+        }
+        if plan.roll_to.is_some() || plan.expire_to.is_some() {
             let ids = series_ids(&db.conn)
                 .map_err(|e| HistoryError::sqlite(&db.path, "listing series", e))?;
-            if let Some(to) = roll {
+            if let Some(to) = plan.roll_to {
                 flushed.rolled_up = roll_up(db, &ids, to).map_err(at("rolling up 10 s rows"))?;
             }
-            if let Some(to) = expire {
+            if let Some(to) = plan.expire_to {
                 flushed.expired = expire_before(db, &ids, to).map_err(at("expiring old rows"))?;
             }
         }
         tx.commit()
             .map_err(|e| HistoryError::sqlite(&db.path, "committing a flush", e))?;
         Ok(flushed)
+    }
+
+    /// Where this flush writes closed intervals.
+    fn route(&self, plan: &Plan) -> Route {
+        Route {
+            oldest: plan.oldest,
+            rolled_until: self.rolled_until,
+            moved_until: self.moved_until,
+        }
     }
 
     /// Everything `service` (or only its `revision`) recorded in `[from_unix, to_unix)`,
@@ -303,10 +319,12 @@ impl History {
         if from >= to {
             return Ok(());
         }
-        for table in Table::ALL {
+        for table in [Table::Fine, Table::Coarse] {
             self.visit_rows(table, service, revision, from, to, &mut f)
                 .map_err(|err| err.at(&self.db.path, "reading samples"))?;
         }
+        self.visit_recent(service, revision, from, to, &mut f)
+            .map_err(|err| err.at(&self.db.path, "reading recent samples"))?;
         let in_scope = |key: &SeriesKey| {
             key.namespace == service.namespace
                 && key.service == service.service
@@ -347,6 +365,39 @@ impl History {
         while let Some(row) = rows.next()? {
             let (series, t): (i64, i64) = (row.get(0)?, row.get(1)?);
             f(t, &db::decode_row(table, series, t, blob(row, 2)?)?);
+        }
+        Ok(())
+    }
+
+    /// [`History::visit`] over `recent_10s`, which is keyed by time: one primary-key lookup per
+    /// 10 s interval and series of the Service, over the few minutes the table spans.
+    fn visit_recent(
+        &self,
+        service: &ServiceKey,
+        revision: Option<&str>,
+        from: i64,
+        to: i64,
+        f: &mut impl FnMut(i64, &Totals),
+    ) -> Result<(), DbError> {
+        let span: (Option<i64>, Option<i64>) = self
+            .db
+            .conn
+            .prepare_cached(db::RECENT_SPAN)?
+            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        let (Some(first), Some(last)) = span else {
+            return Ok(());
+        };
+        let mut statement = self.db.conn.prepare_cached(db::RECENT_AT)?;
+        // Every start is a multiple of 10, so stepping from one visits them all.
+        let mut t = first.max(align_down(from, FINE_STEP_SECS));
+        while t <= last.min(to - 1) {
+            let keys = params![service.namespace, service.service, revision, t];
+            let mut rows = statement.query(keys)?;
+            while let Some(row) = rows.next()? {
+                let series: i64 = row.get(0)?;
+                f(t, &db::decode_row(Table::Recent, series, t, blob(row, 1)?)?);
+            }
+            t += FINE_STEP_SECS;
         }
         Ok(())
     }
@@ -408,9 +459,11 @@ impl History {
             Ok(u64::try_from(n).unwrap_or(0))
         };
         let page_size = count("PRAGMA page_size")?;
+        let rows_recent = count(&db.sql(Table::Recent).count)?;
         Ok(Stats {
             series: count("SELECT count(*) FROM series")?,
-            rows_10s: count(&db.sql(Table::Fine).count)?,
+            rows_10s: rows_recent + count(&db.sql(Table::Fine).count)?,
+            rows_recent,
             rows_5m: count(&db.sql(Table::Coarse).count)?,
             open_intervals: self.open.values().map(|i| i.len() as u64).sum(),
             bytes: count("PRAGMA page_count")? * page_size,
@@ -432,39 +485,106 @@ fn add_interval(intervals: &mut Intervals, t: i64, totals: &Totals) {
     }
 }
 
-/// Writes closed intervals: at or after `rolled_until` as 10 s rows, before it merged into
-/// their 5 min row; intervals before `oldest` are past retention and dropped. Returns how many
-/// were written.
+/// What a flush does besides writing closed intervals: each step is `Some(boundary)` when
+/// `now` crossed it since the last flush. All three advance at multiples of 300 s.
+#[derive(Debug)]
+struct Plan {
+    /// Move `recent_10s` rows before this into `samples_10s`.
+    move_to: Option<i64>,
+    /// Roll `samples_10s` rows before this into `samples_5m`.
+    roll_to: Option<i64>,
+    /// Delete `samples_5m` rows before this.
+    expire_to: Option<i64>,
+    /// Closed intervals before this are past retention and dropped.
+    oldest: i64,
+}
+
+impl Plan {
+    fn at(now: i64, history: &History) -> Plan {
+        let past = |boundary: i64, done: i64| (boundary > done).then_some(boundary);
+        let expire_to = align_down(now - COARSE_RETENTION_SECS, COARSE_STEP_SECS);
+        Plan {
+            move_to: past(align_down(now, COARSE_STEP_SECS), history.moved_until),
+            roll_to: past(
+                align_down(now - FINE_RETENTION_SECS, COARSE_STEP_SECS),
+                history.rolled_until,
+            ),
+            expire_to: past(expire_to, history.expired_until),
+            oldest: expire_to,
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.move_to.is_none() && self.roll_to.is_none() && self.expire_to.is_none()
+    }
+}
+
+/// Which table a closed interval goes to, by its start.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    /// Before this: dropped.
+    oldest: i64,
+    /// Before this: merged into its 5 min row.
+    rolled_until: i64,
+    /// Before this: merged into `samples_10s`; from it on, appended to `recent_10s`.
+    moved_until: i64,
+}
+
+impl Route {
+    /// The table and row start for an interval starting at `t`, or `None` to drop it.
+    fn of(self, t: i64) -> Option<(Table, i64)> {
+        if t < self.oldest {
+            None
+        } else if t < self.rolled_until {
+            Some((Table::Coarse, align_down(t, COARSE_STEP_SECS)))
+        } else if t < self.moved_until {
+            Some((Table::Fine, t))
+        } else {
+            Some((Table::Recent, t))
+        }
+    }
+}
+
+/// Writes closed intervals where `route` says. Returns how many were written.
 fn write_closed(
     db: &Db,
     closed: &[(SeriesKey, Intervals)],
-    rolled_until: i64,
-    oldest: i64,
+    route: Route,
 ) -> Result<usize, DbError> {
     let mut written = 0;
     for (key, intervals) in closed {
         let mut series = None;
-        for (t, totals) in intervals.iter().filter(|(t, _)| *t >= oldest) {
-            let t = *t;
+        for (t, totals) in intervals {
+            let Some((table, start)) = route.of(*t) else {
+                continue;
+            };
             let id = match series {
                 Some(id) => id,
                 None => *series.insert(series_id(&db.conn, key)?),
             };
-            if t >= rolled_until {
-                merge_row(db, Table::Fine, id, t, totals)?;
-            } else {
-                merge_row(
-                    db,
-                    Table::Coarse,
-                    id,
-                    align_down(t, COARSE_STEP_SECS),
-                    totals,
-                )?;
-            }
+            merge_row(db, table, id, start, totals)?;
             written += 1;
         }
     }
     Ok(written)
+}
+
+/// Moves the `recent_10s` rows before `to` into `samples_10s`, in (series, t) order so that
+/// each series' page is visited once. Returns how many were moved.
+fn move_recent(db: &Db, to: i64) -> Result<usize, DbError> {
+    let mut rows = db
+        .conn
+        .prepare_cached(db::RECENT_BEFORE)?
+        .query_map([to], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<Result<Vec<(i64, i64, Vec<u8>)>, _>>()?;
+    rows.sort_unstable_by_key(|(series, t, _)| (*series, *t));
+    for (series, t, data) in &rows {
+        merge_encoded(db, Table::Fine, *series, *t, data)?;
+    }
+    db.conn
+        .prepare_cached(db::RECENT_DELETE_BEFORE)?
+        .execute([to])?;
+    Ok(rows.len())
 }
 
 /// Moves every 10 s row before `to` into its 5 min row, series by series, and records `to` as
@@ -514,11 +634,14 @@ fn expire_before(db: &Db, ids: &[i64], to: i64) -> Result<usize, DbError> {
             .prepare_cached(&coarse.delete_before)?
             .execute(params![id, to])?;
     }
+    // recent_10s is keyed by time, so it is read once (NOT IN builds a set of its series),
+    // not searched per series.
     db.conn
         .prepare_cached(
             "DELETE FROM series AS s
              WHERE NOT EXISTS (SELECT 1 FROM samples_10s r WHERE r.series = s.id)
-               AND NOT EXISTS (SELECT 1 FROM samples_5m r WHERE r.series = s.id)",
+               AND NOT EXISTS (SELECT 1 FROM samples_5m r WHERE r.series = s.id)
+               AND s.id NOT IN (SELECT series FROM recent_10s)",
         )?
         .execute([])?;
     Ok(expired)
@@ -820,23 +943,94 @@ mod tests {
 
     #[test]
     fn late_samples_merge_into_their_rows() {
-        // A sample for an interval already flushed is added to its 10 s row; one older than
-        // 24 h goes into its 5 min row; one older than 35 days is dropped.
+        // A sample for an interval already flushed is added to its row wherever that row is
+        // now: the recent table, the 10 s table (after the 5 min move), or the 5 min table
+        // (older than 24 h). One older than 35 days is dropped.
         let mut h = History::open_in_memory().expect("open");
         let key = rev("api", "api-1");
-        h.record(&key, T0 + 40 * DAY, &requests(1));
-        h.flush(T0 + 40 * DAY + 10).expect("flush");
-        h.record(&key, T0 + 40 * DAY + 3, &requests(2));
-        h.record(&key, T0 + 38 * DAY + 7, &requests(4));
-        h.record(&key, T0 + 38 * DAY + 207, &requests(8));
-        h.record(&key, T0 + 2 * DAY, &requests(16));
-        let flushed = h.flush(T0 + 40 * DAY + 20).expect("flush");
-        assert_eq!(flushed.written, 3);
+        let now = T0 + 40 * DAY;
+        h.record(&key, now - 600, &requests(1));
+        h.record(&key, now, &requests(1));
+        h.flush(now + 10).expect("flush");
         let stats = h.stats().expect("stats");
-        assert_eq!((stats.rows_10s, stats.rows_5m), (1, 1));
-        assert_eq!(total(&h, "api", T0 + 40 * DAY, T0 + 40 * DAY + 10), 3);
-        assert_eq!(total(&h, "api", T0 + 38 * DAY, T0 + 38 * DAY + 300), 12);
-        assert_eq!(total(&h, "api", 0, T0 + 41 * DAY), 15);
+        assert_eq!((stats.rows_10s, stats.rows_recent), (2, 1));
+        h.record(&key, now + 3, &requests(2));
+        h.record(&key, now - 597, &requests(2));
+        h.record(&key, now - 2 * DAY + 7, &requests(4));
+        h.record(&key, now - 2 * DAY + 207, &requests(8));
+        h.record(&key, T0 + 2 * DAY, &requests(16));
+        let flushed = h.flush(now + 20).expect("flush");
+        assert_eq!(flushed.written, 4);
+        let stats = h.stats().expect("stats");
+        assert_eq!(
+            (stats.rows_10s, stats.rows_recent, stats.rows_5m),
+            (2, 1, 1)
+        );
+        assert_eq!(total(&h, "api", now, now + 10), 3);
+        assert_eq!(total(&h, "api", now - 600, now - 590), 3);
+        assert_eq!(total(&h, "api", now - 2 * DAY, now - 2 * DAY + 300), 12);
+        assert_eq!(total(&h, "api", 0, now + DAY), 18);
+    }
+
+    #[test]
+    fn flushes_append_and_move_every_5_minutes() {
+        // Flushes append to the recent table; each 5 min boundary moves what is before it to
+        // the per-series table, so the recent table never holds more than 5 min per series,
+        // and sums stay the same throughout.
+        let mut h = History::open_in_memory().expect("open");
+        let keys = [
+            rev("api", "api-1"),
+            rev("api", "api-2"),
+            rev("web", "web-1"),
+        ];
+        let mut expected = 0;
+        for t in (T0 + 10..T0 + 900).step_by(10) {
+            for key in &keys {
+                h.record(key, t, &requests(1));
+            }
+            expected += 2;
+            let flushed = h.flush(t + 10).expect("flush");
+            let crossed = (t + 10) % 300 == 0;
+            assert_eq!(flushed.moved > 0, crossed, "t = T0 + {}", t - T0);
+            let stats = h.stats().expect("stats");
+            assert!(stats.rows_recent <= 30 * 3, "{stats:?}");
+            assert_eq!(stats.rows_10s, 3 * (t - T0) as u64 / 10);
+            assert_eq!(total(&h, "api", T0, T0 + 900), expected);
+        }
+        let stats = h.stats().expect("stats");
+        assert_eq!(
+            stats.rows_recent, 0,
+            "the last flush was on a 5 min boundary"
+        );
+    }
+
+    #[test]
+    fn a_window_across_every_table_counts_each_sample_once() {
+        // One window covering 5 min rows, 10 s rows, recent rows and open intervals adds each
+        // sample exactly once, and so does a range over it.
+        let mut h = History::open_in_memory().expect("open");
+        let key = rev("api", "api-1");
+        let start = T0 + DAY - 600;
+        // Not on a 5 min boundary, so the recent table is not empty at the end.
+        let end = T0 + 2 * DAY + 3650;
+        for t in (start..end).step_by(10) {
+            h.record(&key, t, &requests(1));
+            h.flush(t + 10).expect("flush");
+        }
+        h.record(&key, end, &requests(1));
+        let stats = h.stats().expect("stats");
+        assert!(stats.rows_5m > 0 && stats.rows_recent > 0, "{stats:?}");
+        assert!(stats.rows_10s > stats.rows_recent && stats.open_intervals == 1);
+        let samples = (end - start) as u64 / 10 + 1;
+        assert_eq!(total(&h, "api", 0, end + 10), samples);
+        let points = h
+            .range(&svc("api"), None, start, end + 10, 300)
+            .expect("range");
+        let summed: u64 = points.iter().map(|(_, s)| s.total()).sum();
+        assert_eq!(summed, samples);
+        let (last, whole) = points.split_last().expect("points");
+        assert!(whole.iter().all(|(_, s)| s.total() == 30));
+        assert_eq!(last.1.total(), 6);
     }
 
     #[test]
@@ -924,9 +1118,14 @@ mod tests {
         assert!(dir.path().join(FILE_NAME).exists());
         let mut h = History::open(dir.path()).expect("reopen");
         assert_eq!(h.rolled_until, T0 + DAY);
+        assert_eq!(h.stats().expect("stats").rows_recent, 1);
         assert_eq!(total(&h, "api", 0, T0 + 3 * DAY), 11);
-        // The first flush after a restart neither rolls nor counts anything twice.
-        h.flush(T0 + 2 * DAY + 20).expect("flush");
+        // The first flush after a restart moves what the last process left in the recent
+        // table, and counts nothing twice.
+        let flushed = h.flush(T0 + 2 * DAY + 20).expect("flush");
+        assert_eq!((flushed.moved, flushed.rolled_up), (0, 0));
+        h.flush(T0 + 2 * DAY + 300).expect("flush");
+        assert_eq!(h.stats().expect("stats").rows_recent, 0);
         assert_eq!(total(&h, "api", 0, T0 + 3 * DAY), 11);
         assert_eq!(h.services().expect("services"), [svc("api")]);
     }
@@ -941,7 +1140,7 @@ mod tests {
         h.flush(T0).expect("first flush");
         h.record(&key, T0, &requests(1));
         let raw = Connection::open(dir.path().join(FILE_NAME)).expect("raw open");
-        raw.execute_batch("ALTER TABLE samples_10s RENAME TO hidden")
+        raw.execute_batch("ALTER TABLE recent_10s RENAME TO hidden")
             .expect("hiding the table");
         let err = h.flush(T0 + 10).expect_err("no table");
         assert!(matches!(err, HistoryError::Sqlite { .. }), "{err:?}");
@@ -950,7 +1149,7 @@ mod tests {
             .sum(&svc("api"), None, T0, T0 + 10)
             .expect_err("reads fail too");
         assert!(matches!(err, HistoryError::Sqlite { .. }), "{err:?}");
-        raw.execute_batch("ALTER TABLE hidden RENAME TO samples_10s")
+        raw.execute_batch("ALTER TABLE hidden RENAME TO recent_10s")
             .expect("restoring the table");
         assert_eq!(total(&h, "api", T0, T0 + 10), 3);
         assert_eq!(h.flush(T0 + 10).expect("flush").written, 1);
@@ -1069,32 +1268,54 @@ mod tests {
         assert!(err.to_string().contains(&path.display().to_string()));
     }
 
+    /// SQLite's plan for `sql` with `params`, one step per line.
+    fn plan(h: &History, sql: &str, params: impl rusqlite::Params) -> String {
+        let mut steps = Vec::new();
+        h.db.conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .and_then(|mut s| {
+                let mut rows = s.query(params)?;
+                while let Some(row) = rows.next()? {
+                    steps.push(row.get::<_, String>(3)?);
+                }
+                Ok(())
+            })
+            .expect("explain");
+        steps.join("\n")
+    }
+
     #[test]
-    fn queries_seek_by_series() {
-        // The window query walks the series index and seeks each series' rows by primary key,
-        // rather than scanning a samples table.
+    fn statements_seek_rather_than_scan() {
+        // Every statement a flush or a query runs finds its rows through a primary key or the
+        // series index: per series for samples_10s and samples_5m, by time for recent_10s.
         let h = History::open_in_memory().expect("open");
-        for table in Table::ALL {
-            let sql = format!("EXPLAIN QUERY PLAN {}", h.db.sql(table).select_window);
-            let mut plan = Vec::new();
-            h.db.conn
-                .prepare(&sql)
-                .and_then(|mut s| {
-                    let rows = s.query_map(params!["ns", "svc", None::<String>, 0, 10], |r| {
-                        r.get::<_, String>(3)
-                    })?;
-                    for row in rows {
-                        plan.push(row?);
-                    }
-                    Ok(())
-                })
-                .expect("explain");
-            let plan = plan.join("\n");
-            assert!(!plan.contains("SCAN"), "{plan}");
+        let window = params!["ns", "svc", None::<String>, 0, 10];
+        for table in [Table::Fine, Table::Coarse] {
+            let sql = h.db.sql(table);
+            let found = plan(&h, &sql.select_window, window);
+            assert!(!found.contains("SCAN"), "{found}");
             assert!(
-                plan.contains("USING PRIMARY KEY (series=? AND t>? AND t<?)"),
-                "{plan}"
+                found.contains("PRIMARY KEY (series=? AND t>? AND t<?)"),
+                "{found}"
             );
+            for statement in [&sql.select_before, &sql.delete_before] {
+                let found = plan(&h, statement, params![1, 10]);
+                assert!(found.contains("PRIMARY KEY (series=? AND t<?)"), "{found}");
+            }
         }
+        let found = plan(&h, db::RECENT_AT, params!["ns", "svc", None::<String>, 0]);
+        assert!(!found.contains("SCAN"), "{found}");
+        assert!(found.contains("PRIMARY KEY (t=? AND series=?)"), "{found}");
+        for statement in [db::RECENT_BEFORE, db::RECENT_DELETE_BEFORE] {
+            let found = plan(&h, statement, [10]);
+            assert!(found.contains("PRIMARY KEY (t<?)"), "{found}");
+        }
+        let found = plan(&h, db::RECENT_SPAN, []);
+        assert!(!found.contains("SCAN recent_10s"), "{found}");
+        let both = plan(&h, "SELECT min(t), max(t) FROM recent_10s", []);
+        assert!(
+            both.contains("SCAN recent_10s"),
+            "the check above means something: {both}"
+        );
     }
 }
