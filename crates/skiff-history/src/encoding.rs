@@ -11,9 +11,10 @@
 //! from 288 5 min rows gives the same number, bit for bit.
 //!
 //! `postcard` (serde) was the alternative. It writes every element of a fixed array (one byte
-//! per zero at best, so 28 bytes of zeros for a mostly idle latency histogram), floats as 8
-//! bytes, and would still need the micro-unit conversion and a version byte of ours; the codec
-//! below is about 60 lines with no dependency and no serde derive on the public type.
+//! per zero at best, so a sample whose requests all fall in three latency buckets still spends
+//! 20 bytes on the empty ones), floats as 8 bytes, and would still need the micro-unit
+//! conversion and a version byte of ours; the codec below is about 60 lines with no dependency
+//! and no serde derive on the public type.
 //!
 //! # Format, version 1
 //!
