@@ -10,7 +10,7 @@ use serde_json::Value;
 use skiff_test_utils::{MAX_WAIT, TestDaemon, wait_for};
 
 use crate::serving::{get, host, service};
-use crate::{apply, registry_with_info_image, skip_without_runc};
+use crate::{apply, assert_code, registry_with_info_image, skip_without_runc, stdout};
 
 /// Whether `prometheus` is missing: a failure under CI (it installs it), else a skip.
 fn skip_without_prometheus() -> bool {
@@ -244,5 +244,240 @@ async fn prometheus_reads_the_slis() {
             .all(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())),
         "{exemplars:?}"
     );
+    d.cleanup().await.expect("cleanup");
+}
+
+/// A real Alertmanager (Debian's `prometheus-alertmanager`) on a loopback port, with one
+/// receiver that sends nothing; killed when dropped.
+struct Alertmanager {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Alertmanager {
+    fn start() -> Alertmanager {
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-test-alertmanager")
+            .tempdir()
+            .expect("tempdir");
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            "route:\n  receiver: none\n  group_wait: 1s\nreceivers:\n- name: none\n",
+        )
+        .expect("config");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("alertmanager starts");
+        Alertmanager {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    /// The active alerts named `name`.
+    async fn active(&self, name: &str) -> Option<Vec<Value>> {
+        let r: Value = crate::http()
+            .get(format!("{}/api/v2/alerts", self.url))
+            .query(&[("filter", format!("alertname=\"{name}\""))])
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        Some(r.as_array()?.clone())
+    }
+}
+
+/// Whether `prometheus-alertmanager` is missing: a failure under CI, else a skip.
+fn skip_without_alertmanager() -> bool {
+    if Command::new("prometheus-alertmanager")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must run this test: apt-get install prometheus-alertmanager"
+    );
+    eprintln!("skipped: prometheus-alertmanager is not installed");
+    true
+}
+
+/// Sends requests that time out (504: the revision's timeoutSeconds is 1) from four
+/// clients until `stop`.
+fn burn(
+    d: &TestDaemon,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..4)
+        .map(|_| {
+            let (stop, ingress) = (stop.clone(), d.ingress().to_owned());
+            tokio::spawn(async move {
+                let http = crate::http();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = http
+                        .get(format!("http://{ingress}/delay?ms=1500"))
+                        .header("host", host("burn"))
+                        .send()
+                        .await;
+                    if r.is_ok_and(|r| r.status() == 504) {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect()
+}
+
+/// An SLO of 99.9% over a 1-hour period: all requests failing fires the page alert, in
+/// `skiff alerts` and at a real Alertmanager; it resolves in both once the errors stop. The
+/// history survives a restart: `skiff metrics` still has the requests, and `skiff top` and
+/// `skiff slo` show the Service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_slo_pages_at_alertmanager_and_resolves() {
+    if skip_without_runc() || skip_without_alertmanager() {
+        return;
+    }
+    let am = Alertmanager::start();
+    let (_reg, mut d, image) = registry_with_info_image(&["--alertmanager-url", &am.url]).await;
+    let manifest = service("burn", &image, "", "timeoutSeconds: 1", "burn", "").replacen(
+        "metadata:\n  name: burn\n",
+        "metadata:\n  name: burn\n  annotations:\n    skiff.dev/slo-availability: \"99.9\"\n    skiff.dev/slo-period: 1h\n",
+        1,
+    );
+    apply(&d, &manifest);
+    crate::serving::wait_service_ready(&d, "burn").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let burning = burn(&d, &stop);
+    let client = d.client();
+    let fired = wait_for(
+        "the page alert",
+        Duration::from_millis(500),
+        MAX_WAIT * 2,
+        || {
+            let client = client.clone();
+            async move {
+                let alerts = client.alerts().await.ok()?.alerts;
+                alerts.into_iter().find(|a| {
+                    a.service == "burn" && a.severity == "page" && a.name == "AvailabilityBurn"
+                })
+            }
+        },
+    )
+    .await
+    .expect("the page alert fires");
+    let o = d.cli(&["alerts"]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("AvailabilityBurn") && stdout(&o).contains("page"),
+        "{}",
+        stdout(&o)
+    );
+    let at_am = wait_for(
+        "the alert at Alertmanager",
+        Duration::from_millis(500),
+        MAX_WAIT,
+        || async {
+            am.active("AvailabilityBurn")
+                .await?
+                .into_iter()
+                .find(|a| a["labels"]["service"] == "burn" && a["labels"]["severity"] == "page")
+        },
+    )
+    .await
+    .expect("Alertmanager has the page alert");
+    assert_eq!(at_am["status"]["state"], "active", "{at_am:#}");
+    let o = d.cli(&["slo", "burn"]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("availability") && stdout(&o).contains("FIRING"),
+        "{}",
+        stdout(&o)
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut failed = 0;
+    for b in burning {
+        failed += b.await.expect("joins");
+    }
+    wait_for(
+        "the page alert to resolve",
+        Duration::from_millis(500),
+        MAX_WAIT * 2,
+        || {
+            let client = client.clone();
+            async move {
+                let alerts = client.alerts().await.ok()?.alerts;
+                (!alerts
+                    .iter()
+                    .any(|a| a.service == "burn" && a.severity == "page"))
+                .then_some(())
+            }
+        },
+    )
+    .await
+    .expect("the page alert resolves");
+    wait_for(
+        "Alertmanager to see it resolved",
+        Duration::from_millis(500),
+        MAX_WAIT,
+        || async {
+            let active = am.active("AvailabilityBurn").await?;
+            (!active.iter().any(|a| a["labels"]["severity"] == "page")).then_some(())
+        },
+    )
+    .await
+    .expect("resolved at Alertmanager");
+    eprintln!(
+        "page alert fired since {} after {failed} 504s, and resolved",
+        fired.since
+    );
+
+    // The history is in the data directory: a restart keeps it.
+    d.restart().await.expect("restart");
+    let o = d.cli(&["metrics", "burn", "--since", "15m", "-o", "json"]);
+    assert_code(&o, 0);
+    let m: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let served: u64 = m["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| p["requests"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        served >= failed,
+        "{served} requests in the history after the restart, {failed} sent"
+    );
+    let o = d.cli(&["top"]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("RPS"), "{}", stdout(&o));
     d.cleanup().await.expect("cleanup");
 }

@@ -121,16 +121,18 @@ impl ValidatedService {
                  Knative's -1 asks, so requests are buffered whatever the spare capacity"
             ));
         }
-        // SLOs and budgets are checked and stored; their evaluation is not wired in yet.
-        let annotations = &self.manifest.metadata.annotations;
-        for key in crate::slo::SERVICE_ANNOTATIONS {
-            if annotations.contains_key(key) {
-                let path = FieldPath::parse("metadata.annotations").key(key);
-                out.push(format!(
-                    "{path}: stored, but this version does not evaluate SLOs or budgets yet \
-                     (no burn rates, alerts or scale-up stop)"
-                ));
-            }
+        // Budgets alert, but do not stop scale-up yet.
+        if self
+            .manifest
+            .metadata
+            .annotations
+            .contains_key(crate::slo::BUDGET_ANNOTATION)
+        {
+            let path = FieldPath::parse("metadata.annotations").key(crate::slo::BUDGET_ANNOTATION);
+            out.push(format!(
+                "{path}: alerts at 80% and 100% of the budget, but this version does not stop \
+                 scale-up when it is spent"
+            ));
         }
         out
     }

@@ -515,3 +515,117 @@ mod tests {
         assert_eq!(back.usage, v.usage);
     }
 }
+
+/// An alert firing now (an SLO burning its error budget too fast, or a cost budget spent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    /// `AvailabilityBurn`, `LatencyBurn` or `BudgetSpent`.
+    pub name: String,
+    /// The namespace.
+    pub namespace: String,
+    /// The Service.
+    pub service: String,
+    /// `availability`, `latency` or `budget`.
+    pub kind: String,
+    /// `page` or `ticket`.
+    pub severity: String,
+    /// Since when (RFC 3339).
+    pub since: String,
+}
+
+/// The alerts firing now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertList {
+    /// Each alert, by namespace, Service, kind and severity.
+    pub alerts: Vec<Alert>,
+}
+
+/// Services' SLOs and budgets as last evaluated (every 10 s).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SloList {
+    /// Each Service with an SLO or a budget: its report (objectives, SLI, budget left,
+    /// burn rates per window) and its budget spent.
+    #[schema(value_type = Vec<Object>)]
+    pub services: Vec<serde_json::Value>,
+}
+
+/// What a Service did in one step of time, from the daemon's history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsPoint {
+    /// The step's start (RFC 3339).
+    pub at: String,
+    /// Requests answered.
+    pub requests: u64,
+    /// Of which 5xx.
+    pub errors: u64,
+    /// Latency quantiles in seconds (none without requests).
+    pub p50: Option<f64>,
+    /// 95th percentile.
+    pub p95: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+    /// Requests that waited for a cold start.
+    pub cold_starts: u64,
+    /// Requests the router refused itself.
+    pub throttled: u64,
+    /// Most instances running at once.
+    pub instances: u32,
+    /// CPU used, in seconds.
+    pub cpu_seconds: f64,
+    /// Cost at the configured prices, in dollars.
+    pub cost: f64,
+}
+
+/// A Service's history over a time range.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMetrics {
+    /// The namespace.
+    pub namespace: String,
+    /// The Service.
+    pub service: String,
+    /// Seconds per point.
+    pub step_seconds: i64,
+    /// One point per step, oldest first (steps with nothing are zeros).
+    pub points: Vec<MetricsPoint>,
+}
+
+/// One Service now, as `skiff top` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopRow {
+    /// The namespace.
+    pub namespace: String,
+    /// The Service.
+    pub service: String,
+    /// Requests per second over the window.
+    pub rps: f64,
+    /// Share of requests not answered 5xx (none without requests).
+    pub success: Option<f64>,
+    /// Latency quantiles in seconds.
+    pub p50: Option<f64>,
+    /// 95th percentile.
+    pub p95: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+    /// Instances running now.
+    pub instances: u32,
+    /// Share of requests that waited for a cold start.
+    pub cold_start_rate: Option<f64>,
+    /// Cost per hour at the window's pace, in dollars.
+    pub cost_per_hour: f64,
+}
+
+/// Every Service now, over the last minute of history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Top {
+    /// The window the rates are over, in seconds.
+    pub window_seconds: i64,
+    /// Each Service with history.
+    pub services: Vec<TopRow>,
+}

@@ -589,6 +589,53 @@ impl Client {
         .await
     }
 
+    /// The alerts firing now.
+    pub async fn alerts(&self) -> Result<skiff_api::wire::AlertList, ClientError> {
+        self.get("/api/v1/alerts", &[]).await
+    }
+
+    /// Every Service's SLO and budget as last evaluated.
+    pub async fn slos(&self) -> Result<skiff_api::wire::SloList, ClientError> {
+        self.get("/api/v1/slos", &[]).await
+    }
+
+    /// The SLOs as a Prometheus rules file.
+    pub async fn slo_rules(&self) -> Result<String, ClientError> {
+        let response = self
+            .send(self.http.get(self.url("/api/v1/slos/rules", &[])))
+            .await?;
+        response.text().await.map_err(|e| ClientError::Unexpected {
+            server: self.server().to_owned(),
+            status: 200,
+            detail: format!("reading the rules: {e}"),
+        })
+    }
+
+    /// A Service's metrics from the history, since `since` (a duration or RFC 3339 time).
+    pub async fn service_metrics(
+        &self,
+        namespace: &str,
+        name: &str,
+        since: &str,
+        step: Option<i64>,
+    ) -> Result<skiff_api::wire::ServiceMetrics, ClientError> {
+        let step = step.map(|s| s.to_string());
+        let mut query = vec![("since", since)];
+        if let Some(s) = &step {
+            query.push(("step", s));
+        }
+        self.get(
+            &format!("/api/v1/namespaces/{namespace}/services/{name}/metrics"),
+            &query,
+        )
+        .await
+    }
+
+    /// Every Service over the last minute.
+    pub async fn top(&self) -> Result<skiff_api::wire::Top, ClientError> {
+        self.get("/api/v1/top", &[]).await
+    }
+
     /// The instances of a Service with their status and usage.
     pub async fn instances(
         &self,

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod controller;
+pub mod history;
 pub mod images;
 pub mod instances;
 pub mod plan;
@@ -22,5 +23,6 @@ pub mod routing;
 pub mod runtime;
 pub mod secrets;
 pub mod serving;
+pub mod slo;
 pub mod status;
 pub mod telemetry;

@@ -48,6 +48,10 @@ pub struct Parts {
     pub secrets: Arc<SecretStore>,
     /// The prices cost is computed at.
     pub prices: crate::telemetry::Prices,
+    /// Where the metrics history is kept (`None`: no history, SLOs or budgets).
+    pub history_dir: Option<std::path::PathBuf>,
+    /// Where alerts go, besides `GET /api/v1/alerts`.
+    pub notify: Option<Arc<dyn crate::slo::Notify>>,
 }
 
 /// The running control plane.
@@ -58,6 +62,10 @@ pub struct ControlPlane {
     pub instances: Arc<InstanceManager>,
     /// The route reconciler's handle: its watermark is what writes wait on.
     pub routes: Handle<String>,
+    /// SLOs, budgets and alerts.
+    pub slo: Arc<crate::slo::SloEngine>,
+    /// The metrics history.
+    pub history: crate::history::SharedHistory,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -85,6 +93,11 @@ impl ControlPlane {
             parts.runtime.clone(),
             parts.router.clone(),
             parts.prices,
+        );
+        let sampler = crate::history::Sampler::new(
+            parts.router.clone(),
+            parts.runtime.clone(),
+            billing.billing(),
         );
         let serving = Serving::new(parts.router, parts.runtime.clone(), parts.serving, metrics);
         let instances = InstanceManager::new(
@@ -127,6 +140,22 @@ impl ControlPlane {
         tasks.push(tokio::spawn(rest.run(stop.clone())));
         // Stored status is recomputed (a changed domain or port shows in URLs) beside serving:
         // routing does not depend on it, so a restart does not wait for every Service.
+        let history = crate::history::SharedHistory::default();
+        let slo = Arc::new(crate::slo::SloEngine::new(
+            controller.clone(),
+            history.clone(),
+            parts.prices,
+            parts.notify,
+        ));
+        if let Some(dir) = parts.history_dir {
+            tasks.push(tokio::spawn(crate::history::run(
+                dir,
+                history.clone(),
+                sampler,
+                slo.clone(),
+                stop.clone(),
+            )));
+        }
         let refresh = controller.clone();
         tasks.push(tokio::spawn(async move {
             match refresh.reconcile_all().await {
@@ -140,6 +169,8 @@ impl ControlPlane {
             controller,
             instances,
             routes,
+            slo,
+            history,
             stop,
             tasks,
         })

@@ -437,6 +437,11 @@ pub struct BillingFollower {
 }
 
 impl BillingFollower {
+    /// The billing it keeps.
+    pub fn billing(&self) -> Arc<Billing> {
+        self.billing.clone()
+    }
+
     /// Follows the runtime's events until `shutdown`.
     pub async fn follow(self, shutdown: tokio_util::sync::CancellationToken) {
         let mut events = self.runtime.events();

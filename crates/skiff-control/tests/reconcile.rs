@@ -100,6 +100,8 @@ impl Plane {
                 serving: ServingConfig::default(),
                 secrets: secrets.clone(),
                 prices: Default::default(),
+                history_dir: None,
+                notify: None,
             },
             &metrics,
         )

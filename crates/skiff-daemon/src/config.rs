@@ -59,6 +59,8 @@ pub struct Config {
     pub network: NetworkConfig,
     /// The prices cost is computed at.
     pub cost: CostConfig,
+    /// Where alerts are sent.
+    pub alerts: AlertsConfig,
 }
 
 impl Config {
@@ -85,6 +87,7 @@ impl Config {
         specs.extend(ImageSettings::SETTINGS.iter().map(|s| &s.spec));
         specs.extend(NetworkConfig::SETTINGS.iter().map(|s| &s.spec));
         specs.extend(CostConfig::SETTINGS.iter().map(|s| &s.spec));
+        specs.extend(AlertsConfig::SETTINGS.iter().map(|s| &s.spec));
         specs
     }
 
@@ -101,6 +104,7 @@ impl Config {
             images: ImageSettings::load(raw, problems),
             network: NetworkConfig::load(raw, problems),
             cost: CostConfig::load(raw, problems),
+            alerts: AlertsConfig::load(raw, problems),
         };
         if config.api.listen == config.ingress.listen && config.api.listen.port() != 0 {
             problems.push(format!(
@@ -657,6 +661,34 @@ impl Section for CostConfig {
     ];
 }
 
+/// Where SLO and budget alerts are sent, besides `GET /api/v1/alerts`.
+#[derive(Debug, Clone, Default)]
+pub struct AlertsConfig {
+    /// Alertmanager's base URL (its v2 API).
+    pub alertmanager_url: Option<String>,
+    /// A URL that gets Alertmanager's webhook body.
+    pub alert_webhook_url: Option<String>,
+}
+
+impl Section for AlertsConfig {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "alertmanager_url",
+            "SKIFF_ALERTMANAGER_URL",
+            "--alertmanager-url",
+            alertmanager_url = |v| parse::url(v).map(Some),
+            "Alertmanager's URL (e.g. http://127.0.0.1:9093): SLO and budget alerts are posted to its v2 API",
+        ),
+        setting!(
+            "alert_webhook_url",
+            "SKIFF_ALERT_WEBHOOK_URL",
+            "--alert-webhook-url",
+            alert_webhook_url = |v| parse::url(v).map(Some),
+            "A URL SLO and budget alerts are posted to, in Alertmanager's webhook format",
+        ),
+    ];
+}
+
 impl Section for ImageSettings {
     const SETTINGS: &'static [Setting<Self>] = &[
         setting!(
@@ -696,6 +728,18 @@ mod parse {
         match v.parse::<T>() {
             Ok(n) if range.contains(&n) => Ok(n),
             _ => Err(format!("`{v}` must be {what}")),
+        }
+    }
+
+    /// An http:// or https:// URL.
+    pub(super) fn url(v: &str) -> Result<String, String> {
+        let ok = (v.starts_with("http://") || v.starts_with("https://"))
+            && v.split("://").nth(1).is_some_and(|rest| !rest.is_empty())
+            && !v.chars().any(char::is_whitespace);
+        if ok {
+            Ok(v.to_owned())
+        } else {
+            Err(format!("`{v}` must be an http:// or https:// URL"))
         }
     }
 

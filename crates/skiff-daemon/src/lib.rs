@@ -6,6 +6,7 @@
 //! [`server::run`] with a cancellation token that SIGTERM/SIGINT cancel.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod datadir;

@@ -194,6 +194,7 @@ struct Built {
     images: Arc<Images>,
     ingress_port: u16,
     secrets: Arc<skiff_control::secrets::SecretStore>,
+    data_dir: std::path::PathBuf,
 }
 
 /// The control plane over the store, the router and the runtime.
@@ -219,6 +220,12 @@ async fn control_plane(
         },
         secrets: built.secrets,
         prices: config.cost.prices(),
+        history_dir: Some(built.data_dir),
+        notify: crate::alerts::Delivery::new(
+            config.alerts.alertmanager_url.clone(),
+            config.alerts.alert_webhook_url.clone(),
+        )
+        .map(|d| Arc::new(d) as Arc<dyn skiff_control::slo::Notify>),
     };
     ControlPlane::start(parts, metrics)
         .await
@@ -276,6 +283,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         pokes,
         images: images.clone(),
         ingress_port: listen.ingress_addr.port(),
+        data_dir: data.path().to_path_buf(),
     };
     let plane = control_plane(&config, built, &metrics).await?;
     let api_router = api::router(ApiState {
@@ -289,6 +297,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         routes: plane.routes.clone(),
         manifest_permits: api::manifest_permits(),
         secrets,
+        slo: plane.slo.clone(),
+        history: plane.history.clone(),
     });
     data.write_endpoints(&Endpoints {
         api: format!("http://{}", listen.api_addr),

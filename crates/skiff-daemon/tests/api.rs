@@ -90,6 +90,13 @@ impl Api {
             serving,
             secrets.clone(),
         );
+        let history = skiff_control::history::SharedHistory::default();
+        let slo = Arc::new(skiff_control::slo::SloEngine::new(
+            controller.clone(),
+            history.clone(),
+            Default::default(),
+            None,
+        ));
         let router = api::router(ApiState {
             controller,
             token: Arc::new(TOKEN.into()),
@@ -101,6 +108,8 @@ impl Api {
             routes,
             manifest_permits: api::manifest_permits(),
             secrets,
+            slo,
+            history,
         });
         Api { router, _dir: dir }
     }

@@ -54,6 +54,14 @@ enum Command {
     /// Pull, import, list and remove images.
     #[command(alias = "image")]
     Images(cmd::images::ImagesArgs),
+    /// Every Service now: RPS, success, latency, instances, cold starts, cost per hour.
+    Top(cmd::observe::TopArgs),
+    /// A Service's metrics over time, from the daemon's history.
+    Metrics(cmd::observe::MetricsArgs),
+    /// SLOs: SLI, error budget left and burn rates; `skiff slo rules` for Prometheus.
+    Slo(cmd::observe::SloArgs),
+    /// The alerts firing now (SLO burn rates, cost budgets).
+    Alerts(cmd::observe::AlertsArgs),
     /// Create Secrets and rotate the key they are encrypted with.
     #[command(alias = "secret")]
     Secrets(cmd::secrets::SecretsArgs),
@@ -78,6 +86,10 @@ fn main() {
                     Command::Scale(args) => cmd::scale::run(args).await,
                     Command::Logs(args) => cmd::logs::run(args).await,
                     Command::Secrets(args) => cmd::secrets::run(args).await,
+                    Command::Top(args) => cmd::observe::top(args).await,
+                    Command::Metrics(args) => cmd::observe::metrics(args).await,
+                    Command::Slo(args) => cmd::observe::slo(args).await,
+                    Command::Alerts(args) => cmd::observe::alerts(args).await,
                     Command::Server(_) | Command::Validate(_) => unreachable!("handled above"),
                 }
             })

@@ -9,6 +9,7 @@
 
 pub mod error;
 mod images;
+mod observe;
 pub mod openapi;
 mod runtime;
 mod secrets;
@@ -62,6 +63,10 @@ pub struct ApiState {
     pub manifest_permits: Arc<tokio::sync::Semaphore>,
     /// Secrets and ConfigMaps.
     pub secrets: Arc<skiff_control::secrets::SecretStore>,
+    /// SLOs, budgets and alerts.
+    pub slo: Arc<skiff_control::slo::SloEngine>,
+    /// The metrics history.
+    pub history: skiff_control::history::SharedHistory,
 }
 
 /// The manifests one daemon parses at once: one per core (parsing is CPU-bound, more at
@@ -99,6 +104,11 @@ pub(crate) fn documented_routes() -> OpenApiRouter<ApiState> {
             runtime::clear_scale
         ))
         .routes(routes!(runtime::list_instances))
+        .routes(routes!(observe::list_alerts))
+        .routes(routes!(observe::list_slos))
+        .routes(routes!(observe::slo_rules))
+        .routes(routes!(observe::service_metrics))
+        .routes(routes!(observe::top))
         .routes(routes!(runtime::logs))
         .routes(routes!(secrets::list_all_secrets))
         .routes(routes!(secrets::rotate_key))

@@ -37,7 +37,7 @@ pub struct LogParams {
     pub follow: Option<bool>,
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t).map_err(|e| {
         ApiError::new(
             ErrorCode::BadRequest,
@@ -112,7 +112,7 @@ pub async fn list_instances(
     Ok(Json(state.instances.instances_of(&namespace, &name)))
 }
 
-fn since_cutoff(since: &str) -> Result<jiff::Timestamp, ApiError> {
+pub(super) fn since_cutoff(since: &str) -> Result<jiff::Timestamp, ApiError> {
     if let Ok(t) = since.parse::<jiff::Timestamp>() {
         return Ok(t);
     }

@@ -6,6 +6,7 @@ pub mod describe;
 pub mod get;
 pub mod images;
 pub mod logs;
+pub mod observe;
 pub mod scale;
 pub mod secrets;
 pub mod server;

@@ -1,0 +1,353 @@
+//! SLOs and budgets evaluated over the history after every flush: each Service with
+//! `skiff.dev/slo-*` or `skiff.dev/budget` annotations gets a [`skiff_slo::Report`], its
+//! alert conditions go through one [`Alerts`] state, and the transitions (fired, resolved)
+//! go to a [`Notify`] (Alertmanager, a webhook). Firing alerts are sent again every
+//! [`RESEND`], as Prometheus does, so Alertmanager keeps them until they resolve.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use skiff_api::slo::{Budget, Slo, budget_of, slo_of};
+use skiff_api::wire::Alert;
+use skiff_history::{History, ServiceKey};
+use skiff_slo::{
+    AlertKey, Alerts, Counts, FiringAlert, Report, Sli, SliKind, Transition, budget_conditions,
+    budget_period_start, evaluate, slo_conditions,
+};
+use tracing::{info, warn};
+
+use crate::controller::Controller;
+use crate::history::SharedHistory;
+use crate::telemetry::Prices;
+
+/// How often firing alerts are sent again.
+pub const RESEND: Duration = Duration::from_secs(60);
+
+/// A Service's requests in the history, as [`skiff_slo`] asks for them.
+struct HistorySli<'a> {
+    history: &'a History,
+    service: ServiceKey,
+}
+
+impl Sli for HistorySli<'_> {
+    fn counts(&self, kind: SliKind, from_unix: i64, to_unix: i64) -> Counts {
+        let Ok(s) = self.history.sum(&self.service, None, from_unix, to_unix) else {
+            return Counts::default();
+        };
+        match kind {
+            SliKind::Availability => Counts {
+                total: s.total(),
+                bad: s.errors(),
+            },
+            SliKind::Latency { bucket_index } => {
+                let total = s.latency_count();
+                Counts {
+                    total,
+                    bad: total.saturating_sub(s.count_within(bucket_index)),
+                }
+            }
+        }
+    }
+}
+
+/// A cost budget now.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetStatus {
+    /// Dollars per period.
+    pub dollars: f64,
+    /// `day` or `month` (UTC).
+    pub per: &'static str,
+    /// Spent since the period began.
+    pub spent: f64,
+    /// When the period began (Unix seconds).
+    pub period_start: i64,
+}
+
+/// One Service's SLO and budget now.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSlo {
+    /// The namespace.
+    pub namespace: String,
+    /// The Service.
+    pub service: String,
+    /// Its SLO evaluated, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<Report>,
+    /// Its budget, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStatus>,
+}
+
+/// Where alert changes go.
+#[async_trait::async_trait]
+pub trait Notify: Send + Sync + 'static {
+    /// Sends the alerts: `firing` ones (sent again every [`RESEND`]) and `resolved` ones.
+    async fn send(&self, firing: &[Alert], resolved: &[Alert]);
+}
+
+fn alert_name(key: &AlertKey) -> String {
+    match key.kind {
+        skiff_slo::AlertKind::Availability => "AvailabilityBurn".into(),
+        skiff_slo::AlertKind::Latency => "LatencyBurn".into(),
+        skiff_slo::AlertKind::Budget => "BudgetSpent".into(),
+    }
+}
+
+fn view(key: &AlertKey, since: i64) -> Alert {
+    let kind = serde_json::to_value(key.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Alert {
+        name: alert_name(key),
+        namespace: key.namespace.clone(),
+        service: key.service.clone(),
+        kind,
+        severity: key.severity.as_str().to_owned(),
+        since: jiff::Timestamp::from_second(since)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+#[derive(Default)]
+struct State {
+    alerts: Alerts,
+    services: BTreeMap<(String, String), ServiceSlo>,
+    last_sent: i64,
+}
+
+/// Evaluates SLOs and budgets after each history flush.
+pub struct SloEngine {
+    controller: Controller,
+    history: SharedHistory,
+    prices: Prices,
+    notify: Option<Arc<dyn Notify>>,
+    state: Mutex<State>,
+}
+
+/// What one Service asks for.
+struct Asked {
+    namespace: String,
+    service: String,
+    slo: Option<Slo>,
+    budget: Option<Budget>,
+}
+
+impl SloEngine {
+    /// An engine over `history`, pricing budgets at `prices`, sending alerts to `notify`.
+    pub fn new(
+        controller: Controller,
+        history: SharedHistory,
+        prices: Prices,
+        notify: Option<Arc<dyn Notify>>,
+    ) -> Self {
+        SloEngine {
+            controller,
+            history,
+            prices,
+            notify,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The prices budgets and costs are computed at.
+    pub fn prices(&self) -> Prices {
+        self.prices
+    }
+
+    /// The alerts firing now.
+    pub fn firing(&self) -> Vec<Alert> {
+        let st = self.state();
+        st.alerts
+            .firing()
+            .iter()
+            .map(|FiringAlert { key, since }| view(key, *since))
+            .collect()
+    }
+
+    /// Every Service's SLO and budget as last evaluated (those in `namespace`, if given).
+    pub fn services(&self, namespace: Option<&str>) -> Vec<ServiceSlo> {
+        self.state()
+            .services
+            .values()
+            .filter(|s| namespace.is_none_or(|ns| s.namespace == ns))
+            .cloned()
+            .collect()
+    }
+
+    /// The SLOs as Prometheus rules (Sloth's names), for every Service that has one.
+    pub async fn prometheus_rules(&self) -> String {
+        let slos: Vec<skiff_slo::ServiceSlo> = self
+            .asked()
+            .await
+            .into_iter()
+            .filter_map(|a| Some((a.namespace, a.service, a.slo?)))
+            .collect();
+        skiff_slo::prometheus_rules(&slos)
+    }
+
+    async fn asked(&self) -> Vec<Asked> {
+        let services = match self.controller.list_services(None).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %skiff_telemetry::ErrorChain(&e), "listing Services for their SLOs");
+                return Vec::new();
+            }
+        };
+        services
+            .into_iter()
+            .filter_map(|s| {
+                let a = &s.metadata.annotations;
+                // Validation refused bad values; one that no longer parses counts as unset.
+                let slo = slo_of(a).ok().flatten();
+                let budget = budget_of(a).ok().flatten();
+                (slo.is_some() || budget.is_some()).then(|| Asked {
+                    namespace: s.metadata.namespace.clone(),
+                    service: s.metadata.name.clone(),
+                    slo,
+                    budget,
+                })
+            })
+            .collect()
+    }
+
+    /// Evaluates every Service's SLO and budget at `now`, steps the alerts, and sends what
+    /// changed (and what still fires, every [`RESEND`]).
+    pub async fn evaluate(&self, now: jiff::Timestamp) {
+        let asked = self.asked().await;
+        let prices = self.prices;
+        let at = now.as_second();
+        let Ok(Ok(evaluated)) = self
+            .history
+            .with(move |h| {
+                Ok(asked
+                    .iter()
+                    .map(|a| evaluate_one(h, a, at, prices))
+                    .collect::<Vec<_>>())
+            })
+            .await
+        else {
+            return;
+        };
+        let (transitions, firing, resend) = {
+            let mut st = self.state();
+            let (transitions, kept) = step(&mut st, &evaluated, at);
+            st.services = kept;
+            let resend = at - st.last_sent >= RESEND.as_secs() as i64;
+            if resend || !transitions.is_empty() {
+                st.last_sent = at;
+            }
+            let firing: Vec<Alert> = st
+                .alerts
+                .firing()
+                .iter()
+                .map(|f| view(&f.key, f.since))
+                .collect();
+            (transitions, firing, resend)
+        };
+        let mut resolved = Vec::new();
+        for t in &transitions {
+            match t {
+                Transition::Fired { key, since } => {
+                    warn!(alert = %alert_name(key), namespace = %key.namespace, service = %key.service, severity = key.severity.as_str(), since, "alert firing")
+                }
+                Transition::Resolved { key, since, .. } => {
+                    info!(alert = %alert_name(key), namespace = %key.namespace, service = %key.service, severity = key.severity.as_str(), "alert resolved");
+                    resolved.push(view(key, *since));
+                }
+            }
+        }
+        if let Some(n) = &self.notify
+            && (resend || !transitions.is_empty())
+            && (!firing.is_empty() || !resolved.is_empty())
+        {
+            n.send(&firing, &resolved).await;
+        }
+    }
+}
+
+/// Steps the alerts with every Service's conditions; Services no longer asking resolve.
+fn step(
+    st: &mut State,
+    evaluated: &[(ServiceSlo, Vec<skiff_slo::Condition>)],
+    at: i64,
+) -> (Vec<Transition>, BTreeMap<(String, String), ServiceSlo>) {
+    let mut transitions = Vec::new();
+    let mut kept = BTreeMap::new();
+    for (s, conditions) in evaluated {
+        transitions.extend(st.alerts.step(at, conditions));
+        kept.insert((s.namespace.clone(), s.service.clone()), s.clone());
+    }
+    let gone: HashSet<(String, String)> = st
+        .alerts
+        .firing()
+        .iter()
+        .map(|f| (f.key.namespace.clone(), f.key.service.clone()))
+        .filter(|k| !kept.contains_key(k))
+        .collect();
+    for (ns, svc) in gone {
+        transitions.extend(st.alerts.forget(&ns, &svc, at));
+    }
+    (transitions, kept)
+}
+
+/// One Service's report, budget and alert conditions at `at`.
+fn evaluate_one(
+    h: &History,
+    a: &Asked,
+    at: i64,
+    prices: Prices,
+) -> (ServiceSlo, Vec<skiff_slo::Condition>) {
+    let key = ServiceKey::new(&a.namespace, &a.service);
+    let report = a.slo.as_ref().map(|slo| {
+        let sli = HistorySli {
+            history: h,
+            service: key.clone(),
+        };
+        evaluate(slo, &sli, at)
+    });
+    let mut conditions = report
+        .as_ref()
+        .map(|r| slo_conditions(&a.namespace, &a.service, r))
+        .unwrap_or_default();
+    let budget = a.budget.map(|b| {
+        let start = budget_period_start(b.per, at);
+        let s = h.sum(&key, None, start, at + 1).unwrap_or_default();
+        let spent = s.vcpu_seconds * prices.vcpu_second
+            + s.gib_seconds * prices.gib_second
+            + s.total() as f64 * prices.million_requests / 1e6;
+        conditions.extend(budget_conditions(&a.namespace, &a.service, spent, &b));
+        BudgetStatus {
+            dollars: b.dollars,
+            per: match b.per {
+                skiff_api::slo::BudgetPeriod::Day => "day",
+                skiff_api::slo::BudgetPeriod::Month => "month",
+            },
+            spent,
+            period_start: start,
+        }
+    });
+    let s = ServiceSlo {
+        namespace: a.namespace.clone(),
+        service: a.service.clone(),
+        report,
+        budget,
+    };
+    (s, conditions)
+}
+
+#[async_trait::async_trait]
+impl crate::history::AfterFlush for SloEngine {
+    async fn flushed(&self, now: jiff::Timestamp) {
+        self.evaluate(now).await;
+    }
+}
