@@ -351,3 +351,102 @@ impl crate::history::AfterFlush for SloEngine {
         self.evaluate(now).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use skiff_history::{Sample, SeriesKey};
+
+    use super::*;
+
+    fn asked(annotations: &[(&str, &str)]) -> Asked {
+        let a: std::collections::BTreeMap<String, String> = annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Asked {
+            namespace: "default".into(),
+            service: "hello".into(),
+            slo: slo_of(&a).expect("valid"),
+            budget: budget_of(&a).expect("valid"),
+        }
+    }
+
+    fn requests(ok: u64, errors: u64) -> Sample {
+        let mut latency = [0; 23];
+        latency[3] = ok + errors;
+        Sample {
+            requests_by_class: [0, ok, 0, 0, errors],
+            latency,
+            ..Default::default()
+        }
+    }
+
+    /// Every 10 s of a simulated minute, with `sample` recorded in each interval.
+    fn run(h: &mut History, from: i64, secs: i64, sample: &Sample) {
+        let key = SeriesKey::new("default", "hello", "hello-00001");
+        for t in (from..from + secs).step_by(10) {
+            h.record(&key, t, sample);
+            h.flush(t + 10).expect("flush");
+        }
+    }
+
+    /// On an in-memory history and a simulated clock: all requests failing a 99.9%/1h SLO
+    /// fires the page alert; once requests succeed again it resolves; the Service's alerts
+    /// resolve when it stops asking for an SLO.
+    #[test]
+    fn errors_page_and_then_resolve() {
+        let mut h = History::open_in_memory().expect("history");
+        let a = asked(&[
+            ("skiff.dev/slo-availability", "99.9"),
+            ("skiff.dev/slo-period", "1h"),
+        ]);
+        let mut st = State::default();
+        let t0 = 1_800_000_000;
+        run(&mut h, t0, 60, &requests(0, 10));
+        let now = t0 + 60;
+        let (s, conditions) = evaluate_one(&h, &a, now, Prices::default());
+        let (fired, _) = step(&mut st, &[(s.clone(), conditions)], now);
+        assert!(
+            fired.iter().any(|t| matches!(t, Transition::Fired { key, .. } if key.severity == skiff_slo::Severity::Page)),
+            "{fired:?}"
+        );
+        let budget = s.report.expect("a report").objectives[0].budget_remaining;
+        assert!(budget < 0.0, "{budget}");
+        run(&mut h, now, 60, &requests(10, 0));
+        let later = now + 60;
+        let (s, conditions) = evaluate_one(&h, &a, later, Prices::default());
+        let (resolved, _) = step(&mut st, &[(s, conditions)], later);
+        assert!(
+            resolved.iter().any(|t| matches!(t, Transition::Resolved { key, .. } if key.severity == skiff_slo::Severity::Page)),
+            "{resolved:?}"
+        );
+        run(&mut h, later, 20, &requests(0, 10));
+        let (s, conditions) = evaluate_one(&h, &a, later + 20, Prices::default());
+        step(&mut st, &[(s, conditions)], later + 20);
+        assert!(!st.alerts.firing().is_empty());
+        let (gone, kept) = step(&mut st, &[], later + 30);
+        assert!(kept.is_empty() && st.alerts.firing().is_empty(), "{gone:?}");
+    }
+
+    /// A budget's spend is the history's vCPU-, GiB-seconds and requests at the prices;
+    /// past it, the budget's page alert holds.
+    #[test]
+    fn budgets_are_priced_from_the_history() {
+        let mut h = History::open_in_memory().expect("history");
+        let a = asked(&[("skiff.dev/budget", "0.0005/day")]);
+        let t0 = 1_800_000_000 - 1_800_000_000 % 86_400 + 3_600;
+        let mut s = requests(1000, 0);
+        s.vcpu_seconds = 10.0;
+        s.gib_seconds = 5.0;
+        run(&mut h, t0, 10, &s);
+        let (status, conditions) = evaluate_one(&h, &a, t0 + 10, Prices::default());
+        let spent = status.budget.expect("a budget").spent;
+        let expected = 10.0 * 0.000_024 + 5.0 * 0.000_002_5 + 1000.0 * 0.40 / 1e6;
+        assert!((spent - expected).abs() < 1e-12, "{spent} {expected}");
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.holds && c.key.severity == skiff_slo::Severity::Page)
+        );
+    }
+}
