@@ -25,61 +25,74 @@ fn skip_without_prometheus() -> bool {
     true
 }
 
-/// A Prometheus scraping `target` every second, killed when dropped.
-struct Prometheus {
+/// A server the test starts on a free loopback port with a config file in a temporary
+/// directory; killed when dropped.
+struct Spawned {
     child: Child,
     url: String,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Prometheus {
+impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl Prometheus {
-    fn start(target: &str) -> Prometheus {
+impl Spawned {
+    /// Runs `binary` with `config` in `<dir>/config.yml` and the arguments `args` makes from
+    /// the directory and the port.
+    fn start(
+        binary: &str,
+        config: &str,
+        args: impl Fn(&std::path::Path, u16) -> Vec<String>,
+    ) -> Spawned {
         let dir = tempfile::Builder::new()
-            .prefix("skiff-test-prometheus")
+            .prefix(&format!("skiff-test-{binary}"))
             .tempdir()
             .expect("tempdir");
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n- job_name: skiff\n  static_configs:\n  - targets: ['{target}']\n"
-            ),
-        )
-        .expect("config");
+        std::fs::write(dir.path().join("config.yml"), config).expect("config");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--enable-feature=exemplar-storage")
+        let child = Command::new(binary)
+            .args(args(dir.path(), port))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("prometheus starts");
-        Prometheus {
+            .unwrap_or_else(|e| panic!("{binary} starts: {e}"));
+        Spawned {
             child,
             url: format!("http://127.0.0.1:{port}"),
             _dir: dir,
         }
     }
+}
+
+/// A Prometheus scraping `target` every second.
+struct Prometheus(Spawned);
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let config = format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n- job_name: skiff\n  static_configs:\n  - targets: ['{target}']\n"
+        );
+        Prometheus(Spawned::start("prometheus", &config, |dir, port| {
+            vec![
+                format!("--config.file={}", dir.join("config.yml").display()),
+                format!("--storage.tsdb.path={}", dir.join("data").display()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                "--enable-feature=exemplar-storage".into(),
+            ]
+        }))
+    }
 
     /// The single value of an instant query, once there is one.
     async fn value(&self, query: &str) -> Option<f64> {
         let r: Value = crate::http()
-            .get(format!("{}/api/v1/query", self.url))
+            .get(format!("{}/api/v1/query", self.0.url))
             .query(&[("query", query)])
             .send()
             .await
@@ -135,26 +148,7 @@ async fn prometheus_reads_the_slis() {
     );
     // The image is pinned before the first request, so that request waits for the instance
     // to start, not for the pull.
-    let client = d.client();
-    wait_for(
-        "the revision to be pinned",
-        Duration::from_millis(50),
-        MAX_WAIT,
-        || {
-            let client = client.clone();
-            async move {
-                let r = client.get_revision("default", "obs-00001").await.ok()?;
-                r.status
-                    .container_statuses
-                    .first()?
-                    .image_digest
-                    .as_ref()
-                    .map(|_| ())
-            }
-        },
-    )
-    .await
-    .expect("pinned");
+    crate::serving::wait_pinned(&d, "obs-00001").await;
     requests(&d, "/info", 1, 200).await;
     requests(&d, "/delay?ms=350", 20, 200).await;
     requests(&d, "/no-such-page", 10, 404).await;
@@ -214,7 +208,7 @@ async fn prometheus_reads_the_slis() {
         "prometheus: 200s {ok}, 4xx {not_found}, p95 {p95:.3}s, cold-start requests {cold}, requests cost ${cost:.8}, billed {billed:.1} instance-s"
     );
     let exemplars = wait_for("exemplars", Duration::from_millis(250), MAX_WAIT, || {
-        let url = format!("{}/api/v1/query_exemplars", prom.url);
+        let url = format!("{}/api/v1/query_exemplars", prom.0.url);
         async move {
             let r: Value = crate::http()
                 .get(url)
@@ -247,60 +241,31 @@ async fn prometheus_reads_the_slis() {
     d.cleanup().await.expect("cleanup");
 }
 
-/// A real Alertmanager (Debian's `prometheus-alertmanager`) on a loopback port, with one
-/// receiver that sends nothing; killed when dropped.
-struct Alertmanager {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A real Alertmanager (Debian's `prometheus-alertmanager`) with one receiver that sends
+/// nothing.
+struct Alertmanager(Spawned);
 
 impl Alertmanager {
     fn start() -> Alertmanager {
-        let dir = tempfile::Builder::new()
-            .prefix("skiff-test-alertmanager")
-            .tempdir()
-            .expect("tempdir");
-        let config = dir.path().join("alertmanager.yml");
-        std::fs::write(
-            &config,
-            "route:\n  receiver: none\n  group_wait: 1s\nreceivers:\n- name: none\n",
-        )
-        .expect("config");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("alertmanager starts");
-        Alertmanager {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        }
+        let config = "route:\n  receiver: none\n  group_wait: 1s\nreceivers:\n- name: none\n";
+        Alertmanager(Spawned::start(
+            "prometheus-alertmanager",
+            config,
+            |dir, port| {
+                vec![
+                    format!("--config.file={}", dir.join("config.yml").display()),
+                    format!("--storage.path={}", dir.join("data").display()),
+                    format!("--web.listen-address=127.0.0.1:{port}"),
+                    "--cluster.listen-address=".into(),
+                ]
+            },
+        ))
     }
 
     /// The active alerts named `name`.
     async fn active(&self, name: &str) -> Option<Vec<Value>> {
         let r: Value = crate::http()
-            .get(format!("{}/api/v2/alerts", self.url))
+            .get(format!("{}/api/v2/alerts", self.0.url))
             .query(&[("filter", format!("alertname=\"{name}\""))])
             .send()
             .await
@@ -367,7 +332,7 @@ async fn an_slo_pages_at_alertmanager_and_resolves() {
         return;
     }
     let am = Alertmanager::start();
-    let (_reg, mut d, image) = registry_with_info_image(&["--alertmanager-url", &am.url]).await;
+    let (_reg, mut d, image) = registry_with_info_image(&["--alertmanager-url", &am.0.url]).await;
     let manifest = service("burn", &image, "", "timeoutSeconds: 1", "burn", "").replacen(
         "metadata:\n  name: burn\n",
         "metadata:\n  name: burn\n  annotations:\n    skiff.dev/slo-availability: \"99.9\"\n    skiff.dev/slo-period: 1h\n",

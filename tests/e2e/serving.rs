@@ -69,6 +69,30 @@ pub(crate) async fn get(http: &reqwest::Client, d: &TestDaemon, host: &str, path
     }
 }
 
+/// Waits until `revision` (in `default`) is pinned to its image's digest.
+pub(crate) async fn wait_pinned(d: &TestDaemon, revision: &str) {
+    let client = d.client();
+    wait_for(
+        "the revision to be pinned",
+        Duration::from_millis(50),
+        MAX_WAIT,
+        || {
+            let client = client.clone();
+            async move {
+                let r = client.get_revision("default", revision).await.ok()?;
+                r.status
+                    .container_statuses
+                    .first()?
+                    .image_digest
+                    .as_ref()
+                    .map(|_| ())
+            }
+        },
+    )
+    .await
+    .expect("pinned");
+}
+
 pub(crate) fn host(svc: &str) -> String {
     format!("{svc}.default.localhost")
 }
@@ -185,26 +209,8 @@ async fn scale_from_zero_holds_concurrent_requests() {
         ),
     );
     // Pinned, and no instance runs.
+    wait_pinned(&d, "sv-cold-00001").await;
     let client = d.client();
-    wait_for(
-        "the revision to be pinned",
-        Duration::from_millis(50),
-        MAX_WAIT,
-        || {
-            let client = client.clone();
-            async move {
-                let r = client.get_revision("default", "sv-cold-00001").await.ok()?;
-                r.status
-                    .container_statuses
-                    .first()?
-                    .image_digest
-                    .as_ref()
-                    .map(|_| ())
-            }
-        },
-    )
-    .await
-    .expect("pinned");
     assert!(
         client
             .instances("default", "sv-cold")

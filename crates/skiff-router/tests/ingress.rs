@@ -35,14 +35,15 @@ impl Connect for Loopback {
 
 /// A router serving on a loopback port until `shutdown`.
 async fn serving(shutdown: &CancellationToken) -> (Arc<Router>, String) {
-    serving_with(shutdown, Loopback::default()).await
+    serving_with(shutdown, Loopback::default(), RouterMetrics::unregistered()).await
 }
 
-/// A router reaching instances through `connector`, serving on a loopback port until
-/// `shutdown`.
+/// A router reaching instances through `connector`, counting into `metrics`, serving on a
+/// loopback port until `shutdown`.
 async fn serving_with(
     shutdown: &CancellationToken,
     connector: impl Connect,
+    metrics: RouterMetrics,
 ) -> (Arc<Router>, String) {
     let (poke, _) = tokio::sync::mpsc::unbounded_channel();
     let router = Router::new(
@@ -54,7 +55,7 @@ async fn serving_with(
         },
         connector,
         poke,
-        RouterMetrics::new(&mut Registry::default()),
+        metrics,
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
@@ -200,7 +201,8 @@ async fn connections_are_dialled_with_the_slots_namespace() {
     });
     let shutdown = CancellationToken::new();
     let connector = Loopback::default();
-    let (router, addr) = serving_with(&shutdown, connector.clone()).await;
+    let (router, addr) =
+        serving_with(&shutdown, connector.clone(), RouterMetrics::unregistered()).await;
     router.set_pool(PoolSpec {
         namespace: "default".into(),
         service: "s".into(),
@@ -283,34 +285,11 @@ async fn a_request_is_recorded_once_when_its_response_ends() {
         }
     });
     let shutdown = CancellationToken::new();
-    let (poke, _) = tokio::sync::mpsc::unbounded_channel();
     let mut registry = Registry::with_prefix("skiff_router");
-    let router = Router::new(
-        RouterConfig {
-            domain: "localhost".into(),
-            queue_depth: 10,
-            queue_timeout: Duration::from_secs(30),
-            threads: 1,
-        },
-        Loopback::default(),
-        poke,
-        RouterMetrics::new(&mut registry),
-    );
+    let metrics = RouterMetrics::new(&mut registry);
+    let (router, addr) = serving_with(&shutdown, Loopback::default(), metrics).await;
     let (tx, mut records) = tokio::sync::mpsc::unbounded_channel();
     router.set_observer(Arc::new(Records(tx)));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let limits = ConnLimits {
-        max_connections: 100,
-        header_read_timeout: Duration::from_secs(30),
-        idle_timeout: Duration::from_secs(60),
-    };
-    tokio::spawn(router.clone().serve(
-        listener,
-        Conns::new(limits, ConnMetrics::default()),
-        shutdown.clone(),
-        Duration::from_secs(5),
-    ));
     router.set_pool(PoolSpec {
         namespace: "default".into(),
         service: "s".into(),
