@@ -190,20 +190,23 @@ impl SloEngine {
             .asked()
             .await
             .into_iter()
+            .flatten()
             .filter_map(|a| Some((a.namespace, a.service, a.slo?)))
             .collect();
         skiff_slo::prometheus_rules(&slos)
     }
 
-    async fn asked(&self) -> Vec<Asked> {
+    /// What every Service asks for; `None` when the store cannot be read (then nothing is
+    /// evaluated, rather than every alert resolving as if its Service were gone).
+    async fn asked(&self) -> Option<Vec<Asked>> {
         let services = match self.controller.list_services(None).await {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %skiff_telemetry::ErrorChain(&e), "listing Services for their SLOs");
-                return Vec::new();
+                return None;
             }
         };
-        services
+        let asked = services
             .into_iter()
             .filter_map(|s| {
                 let a = &s.metadata.annotations;
@@ -217,13 +220,16 @@ impl SloEngine {
                     budget,
                 })
             })
-            .collect()
+            .collect();
+        Some(asked)
     }
 
     /// Evaluates every Service's SLO and budget at `now`, steps the alerts, and sends what
     /// changed (and what still fires, every [`RESEND`]).
     pub async fn evaluate(&self, now: jiff::Timestamp) {
-        let asked = self.asked().await;
+        let Some(asked) = self.asked().await else {
+            return;
+        };
         let prices = self.prices;
         let at = now.as_second();
         let Ok(Ok(evaluated)) = self
