@@ -359,15 +359,10 @@ impl Collector for CostCollector {
             .into_iter()
             .map(|(_, p)| (p.handles.labels.clone(), p.handles.answered_total()))
             .collect();
-        let mut used: Vec<(RevisionLabels, Used)> = self
-            .billing
-            .used(now, &|l| pools.contains_key(l))
-            .into_iter()
-            .collect();
+        let mut used = self.billing.used(now, &|l| pools.contains_key(l));
+        // A revision with a pool and no instance time yet still shows its request cost.
         for l in pools.keys() {
-            if !used.iter().any(|(k, _)| k == l) {
-                used.push((l.clone(), Used::default()));
-            }
+            used.entry(l.clone()).or_default();
         }
         let billable: Vec<Sample<RevisionLabels>> = used
             .iter()
