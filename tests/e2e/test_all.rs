@@ -10,6 +10,7 @@ mod images;
 mod lifecycle;
 mod network;
 mod observability;
+mod requests;
 mod runtime;
 mod secrets;
 mod serving;

@@ -257,6 +257,60 @@ pub struct LogLine {
     pub line: String,
 }
 
+/// One request the ingress answered, as the revision's request log keeps it
+/// (`/services/{name}/requests`, NDJSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestLogLine {
+    /// When it arrived (RFC 3339, nanoseconds).
+    pub ts: String,
+    /// Its `X-Request-Id`.
+    pub request_id: String,
+    /// Its W3C trace id.
+    pub trace_id: String,
+    /// The method.
+    pub method: String,
+    /// The host it was routed by.
+    pub host: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The status answered.
+    pub status: u16,
+    /// Arrival to the response's last byte, in milliseconds.
+    pub duration_ms: f64,
+    /// Response body bytes sent.
+    pub bytes: u64,
+    /// The revision.
+    pub revision: String,
+    /// The instance that answered, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Whether it waited for an instance to start.
+    pub cold_start: bool,
+    /// How long it waited for one, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_start_ms: Option<f64>,
+    /// Why skiff refused it, if it did: `queue_full`, `queue_timeout`, `max_scale`, `budget`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled: Option<String>,
+    /// True when the response was cut short (by the instance or the client).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
+}
+
+/// A request's log line with its instance's output around it
+/// (`/services/{name}/requests/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestTrail {
+    /// The request.
+    pub request: RequestLogLine,
+    /// The answering instance's lines from a second before it arrived to a second after it
+    /// ended, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub logs: Vec<LogLine>,
+}
+
 // Images: `/images…`; pulls and imports stream `PullEvent`s as NDJSON.
 
 /// An image with whether revisions use it.

@@ -656,14 +656,54 @@ impl Client {
         namespace: &str,
         name: &str,
         query: &[(&str, String)],
-        mut on_line: impl FnMut(LogLine),
+        on_line: impl FnMut(LogLine),
+    ) -> Result<(), ClientError> {
+        let path = format!("/api/v1/namespaces/{namespace}/services/{name}/logs");
+        self.ndjson(&path, query, on_line).await
+    }
+
+    /// Streams a Service's request log, calling `on_line` for each request; returns when the
+    /// server ends the stream (at once unless `follow`).
+    pub async fn request_log(
+        &self,
+        namespace: &str,
+        name: &str,
+        query: &[(&str, String)],
+        on_line: impl FnMut(skiff_api::wire::RequestLogLine),
+    ) -> Result<(), ClientError> {
+        let path = format!("/api/v1/namespaces/{namespace}/services/{name}/requests");
+        self.ndjson(&path, query, on_line).await
+    }
+
+    /// One request of a Service by its request id, with its instance's lines around it.
+    pub async fn request_trail(
+        &self,
+        namespace: &str,
+        name: &str,
+        id: &str,
+    ) -> Result<skiff_api::wire::RequestTrail, ClientError> {
+        let mut url = self.url(
+            &format!("/api/v1/namespaces/{namespace}/services/{name}/requests"),
+            &[],
+        );
+        // A client's request id may hold anything printable: one encoded segment.
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.push(id);
+        }
+        let response = self.send(self.http.get(url)).await?;
+        self.json(response).await
+    }
+
+    /// Streams the NDJSON lines of `path`, calling `on_line` for each one that parses.
+    async fn ndjson<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        mut on_line: impl FnMut(T),
     ) -> Result<(), ClientError> {
         use futures::StreamExt;
         let q: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let url = self.url(
-            &format!("/api/v1/namespaces/{namespace}/services/{name}/logs"),
-            &q,
-        );
+        let url = self.url(path, &q);
         let response = self
             .send(
                 self.http
@@ -681,7 +721,7 @@ impl Client {
             buf.extend_from_slice(&chunk);
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
-                if let Ok(l) = serde_json::from_slice::<LogLine>(&line) {
+                if let Ok(l) = serde_json::from_slice::<T>(&line) {
                     on_line(l);
                 }
             }

@@ -61,6 +61,8 @@ pub struct Config {
     pub cost: CostConfig,
     /// Where alerts are sent.
     pub alerts: AlertsConfig,
+    /// Request logs and traces.
+    pub requests: RequestsConfig,
 }
 
 impl Config {
@@ -88,6 +90,7 @@ impl Config {
         specs.extend(NetworkConfig::SETTINGS.iter().map(|s| &s.spec));
         specs.extend(CostConfig::SETTINGS.iter().map(|s| &s.spec));
         specs.extend(AlertsConfig::SETTINGS.iter().map(|s| &s.spec));
+        specs.extend(RequestsConfig::SETTINGS.iter().map(|s| &s.spec));
         specs
     }
 
@@ -105,6 +108,7 @@ impl Config {
             network: NetworkConfig::load(raw, problems),
             cost: CostConfig::load(raw, problems),
             alerts: AlertsConfig::load(raw, problems),
+            requests: RequestsConfig::load(raw, problems),
         };
         if config.api.listen == config.ingress.listen && config.api.listen.port() != 0 {
             problems.push(format!(
@@ -687,6 +691,104 @@ impl Section for AlertsConfig {
             "A URL SLO and budget alerts are posted to, in Alertmanager's webhook format",
         ),
     ];
+}
+
+/// Request logs and traces. The trace settings are OpenTelemetry's own variables.
+#[derive(Debug, Clone)]
+pub struct RequestsConfig {
+    /// Whether each request gets a line in its revision's request log.
+    pub request_logs: bool,
+    /// The OTLP/HTTP base URL (`…/v1/traces` is appended).
+    pub otlp_endpoint: Option<String>,
+    /// The OTLP/HTTP traces URL, as is (wins over `otlp_endpoint`).
+    pub otlp_traces_endpoint: Option<String>,
+    /// The sampler's name, as given ([`RequestsConfig::sampler`] reads it with its argument).
+    sampler_name: Option<String>,
+    /// The sampler's argument, as given.
+    sampler_arg: Option<String>,
+}
+
+impl Default for RequestsConfig {
+    fn default() -> Self {
+        RequestsConfig {
+            request_logs: true,
+            otlp_endpoint: None,
+            otlp_traces_endpoint: None,
+            sampler_name: None,
+            sampler_arg: None,
+        }
+    }
+}
+
+impl RequestsConfig {
+    /// The traces URL, when traces are on: the traces endpoint as given, else the base
+    /// endpoint with `/v1/traces`, as OpenTelemetry's exporters resolve them.
+    pub fn traces_url(&self) -> Option<String> {
+        if let Some(u) = &self.otlp_traces_endpoint {
+            return Some(u.clone());
+        }
+        let base = self.otlp_endpoint.as_deref()?;
+        Some(format!("{}/v1/traces", base.trim_end_matches('/')))
+    }
+
+    fn parse_sampler(&self) -> Result<skiff_requests::Sampler, skiff_requests::SamplerError> {
+        match &self.sampler_name {
+            Some(name) => skiff_requests::Sampler::parse(name, self.sampler_arg.as_deref()),
+            None => Ok(skiff_requests::Sampler::default()),
+        }
+    }
+
+    /// The head sampler (validated when the configuration was read).
+    pub fn sampler(&self) -> skiff_requests::Sampler {
+        self.parse_sampler().unwrap_or_default()
+    }
+}
+
+impl Section for RequestsConfig {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "request_logs",
+            "SKIFF_REQUEST_LOGS",
+            "--request-logs",
+            request_logs = parse::boolean,
+            "Write one line per request to its revision's request log (`skiff logs SERVICE --requests`) [default: true]",
+        ),
+        setting!(
+            "otlp_endpoint",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "--otlp-endpoint",
+            otlp_endpoint = |v| parse::url(v).map(Some),
+            "Export traces over OTLP/HTTP (protobuf) to this collector (`/v1/traces` is appended) [default: no traces]",
+        ),
+        setting!(
+            "otlp_traces_endpoint",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "--otlp-traces-endpoint",
+            otlp_traces_endpoint = |v| parse::url(v).map(Some),
+            "Export traces over OTLP/HTTP (protobuf) to this URL, as is",
+        ),
+        setting!(
+            "traces_sampler",
+            "OTEL_TRACES_SAMPLER",
+            "--traces-sampler",
+            sampler_name = |v: &str| Ok::<_, String>(Some(v.to_owned())),
+            "The head sampler, by OpenTelemetry's names; failed, slow and cold requests are kept whatever it says [default: parentbased_always_on]",
+        ),
+        setting!(
+            "traces_sampler_arg",
+            "OTEL_TRACES_SAMPLER_ARG",
+            "--traces-sampler-arg",
+            sampler_arg = |v: &str| Ok::<_, String>(Some(v.to_owned())),
+            "The sampler's ratio, 0 to 1, for the *traceidratio samplers [default: 1]",
+        ),
+    ];
+
+    fn validate(&self) -> Vec<String> {
+        match self.parse_sampler() {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![format!("traces_sampler: {e}")],
+        }
+    }
 }
 
 impl Section for ImageSettings {

@@ -11,4 +11,5 @@ pub mod api;
 pub mod config;
 pub mod datadir;
 pub mod network;
+pub mod requests;
 pub mod server;

@@ -278,7 +278,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let built = Built {
         secrets: secrets.clone(),
         store: store.clone(),
-        runtime,
+        runtime: runtime.clone(),
         router: router.clone(),
         pokes,
         images: images.clone(),
@@ -286,6 +286,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         data_dir: data.path().to_path_buf(),
     };
     let plane = control_plane(&config, built, &metrics).await?;
+    // Before the ingress serves: every request it answers is observed.
+    let telemetry = crate::requests::start(
+        &config,
+        runtime,
+        &router,
+        plane.slo.clone(),
+        &metrics,
+        shutdown.clone(),
+    );
     let api_router = api::router(ApiState {
         controller: plane.controller.clone(),
         token: Arc::new(token),
@@ -320,6 +329,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     ];
     shutdown.cancelled().await;
     stop(servers, plane, &store, &config).await;
+    if let Some(t) = telemetry {
+        // The last request lines written and the last spans exported.
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
     data.remove_endpoints();
     info!("skiff stopped");
     Ok(())

@@ -19,6 +19,10 @@ pub struct RequestRecord {
     pub trace_id: String,
     /// The span id in the `traceparent` the client sent, when it sent a valid one.
     pub parent_span_id: Option<String>,
+    /// When the observer traces ([`RequestObserver::head_sample`]): the id of skiff's server
+    /// span for the request, and of its span for the call to the instance (the parent in
+    /// the `traceparent` the instance got).
+    pub spans: Option<SpanIds>,
     /// The method.
     pub method: String,
     /// The host it was routed by.
@@ -47,9 +51,30 @@ pub struct RequestRecord {
     pub throttled: Option<Throttle>,
 }
 
+/// The span ids the router gave a traced request, and whether the `traceparent` it sent
+/// on said "sampled".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanIds {
+    /// skiff's server span.
+    pub server: u64,
+    /// skiff's span for the call to the instance.
+    pub upstream: u64,
+    /// The sampled flag sent to the instance: the head decision.
+    pub sampled: bool,
+}
+
 /// Gets every [`RequestRecord`]. Called on the router's threads at the end of each request:
 /// it must not block (hand the record to a channel).
 pub trait RequestObserver: Send + Sync + 'static {
     /// A request ended.
     fn finished(&self, record: RequestRecord);
+
+    /// Whether a request of trace `trace_id` is sampled at its start (`parent_sampled`: the
+    /// flag of the client's `traceparent`, if it sent one); `None` when the observer does
+    /// not trace. When it traces, the router gives the request span ids and sends the
+    /// instance a `traceparent` whose parent is skiff's span for the call.
+    fn head_sample(&self, trace_id: u128, parent_sampled: Option<bool>) -> Option<bool> {
+        let _ = (trace_id, parent_sampled);
+        None
+    }
 }

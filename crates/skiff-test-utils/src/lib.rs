@@ -17,6 +17,7 @@ pub mod fakes;
 pub mod images;
 pub mod net;
 pub mod oci;
+pub mod otlp;
 pub mod registry;
 
 /// The longest any condition is waited for.

@@ -11,6 +11,7 @@ pub mod error;
 mod images;
 mod observe;
 pub mod openapi;
+mod requests;
 mod runtime;
 mod secrets;
 mod services;
@@ -110,6 +111,8 @@ pub(crate) fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(observe::service_metrics))
         .routes(routes!(observe::top))
         .routes(routes!(runtime::logs))
+        .routes(routes!(requests::request_log))
+        .routes(routes!(requests::request_trail))
         .routes(routes!(secrets::list_all_secrets))
         .routes(routes!(secrets::rotate_key))
         .routes(routes!(secrets::list_secrets))

@@ -124,6 +124,36 @@ pub(super) fn since_cutoff(since: &str) -> Result<jiff::Timestamp, ApiError> {
         .unwrap_or(jiff::Timestamp::MIN))
 }
 
+/// The revisions of Service `name` whose logs are asked for: `revision` alone (checked to be
+/// one of the Service's), else all of them.
+pub(super) async fn revisions_of(
+    state: &ApiState,
+    namespace: &str,
+    name: &str,
+    revision: Option<&str>,
+) -> Result<Vec<String>, ApiError> {
+    state.controller.get_service(namespace, name).await?;
+    Ok(match revision {
+        Some(r) => {
+            let rev = state.controller.get_revision(namespace, r).await?;
+            if rev.service_name() != Some(name) {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("revision `{r}` is not a revision of `{name}`"),
+                ));
+            }
+            vec![r.to_owned()]
+        }
+        None => state
+            .controller
+            .list_revisions(Some(namespace), Some(name))
+            .await?
+            .into_iter()
+            .map(|r| r.metadata.name)
+            .collect(),
+    })
+}
+
 /// The logs of a Service's instances as NDJSON lines `{ts, stream, instance, container, line}`,
 /// oldest first; with `follow`, new lines keep coming.
 #[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/services/{name}/logs", tag = "runtime",
@@ -135,26 +165,7 @@ pub async fn logs(
     params: Result<Query<LogParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let p = query(params)?;
-    state.controller.get_service(&namespace, &name).await?;
-    let revisions: Vec<String> = match &p.revision {
-        Some(r) => {
-            let rev = state.controller.get_revision(&namespace, r).await?;
-            if rev.service_name() != Some(name.as_str()) {
-                return Err(ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("revision `{r}` is not a revision of `{name}`"),
-                ));
-            }
-            vec![r.clone()]
-        }
-        None => state
-            .controller
-            .list_revisions(Some(&namespace), Some(&name))
-            .await?
-            .into_iter()
-            .map(|r| r.metadata.name)
-            .collect(),
-    };
+    let revisions = revisions_of(&state, &namespace, &name, p.revision.as_deref()).await?;
     let cutoff = p.since.as_deref().map(since_cutoff).transpose()?;
     let dir = state.instances.runtime().log_dir();
     let files: Vec<PathBuf> = revisions
@@ -162,7 +173,7 @@ pub async fn logs(
         .map(|r| logs::revision_log(&dir, &namespace, r))
         .collect();
     // Reading log files blocks: off the async workers.
-    let (head, mut offsets) = tokio::task::spawn_blocking({
+    let (head, offsets) = tokio::task::spawn_blocking({
         let files = files.clone();
         move || {
             let offsets = file_ends(&files);
@@ -176,15 +187,29 @@ pub async fn logs(
     .await
     .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reading logs failed: {e}")))?;
     if p.follow != Some(true) {
-        let body: Vec<u8> = head.concat();
-        return Ok((
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/x-ndjson")],
-            body,
-        )
-            .into_response());
+        return Ok(ndjson(head));
     }
-    // Follow: from the end of each revision's log file when it was read, poll for new lines.
+    Ok(follow(head, files, offsets))
+}
+
+/// An NDJSON response of `lines`.
+pub(super) fn ndjson(lines: Vec<bytes::Bytes>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        lines.concat(),
+    )
+        .into_response()
+}
+
+/// An NDJSON response of `head`, then of the lines appended to `files` after `offsets`,
+/// polled until the client goes away.
+pub(super) fn follow(
+    head: Vec<bytes::Bytes>,
+    files: Vec<PathBuf>,
+    mut offsets: Vec<u64>,
+) -> Response {
+    // From the end of each file when it was read, poll for new lines.
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
     tokio::spawn(async move {
         for b in head {
@@ -214,16 +239,16 @@ pub async fn logs(
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
     });
-    Ok((
+    (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }
 
 /// The current length of each file (0 if absent).
-fn file_ends(files: &[PathBuf]) -> Vec<u64> {
+pub(super) fn file_ends(files: &[PathBuf]) -> Vec<u64> {
     files
         .iter()
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))

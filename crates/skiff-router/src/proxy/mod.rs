@@ -166,7 +166,15 @@ async fn proxy(
     let host = route::host(&req)?;
     let pool = route::pick(router, &host)?;
     let client_trace = headers::forwarding(req.headers_mut(), peer, &host);
-    let mut ex = Exchange::new(router, pool, started, request_id, &req, &host, client_trace);
+    let mut ex = Exchange::new(
+        router,
+        pool,
+        started,
+        request_id,
+        &mut req,
+        &host,
+        client_trace,
+    );
     match exchange(router, up, req, &mut ex, (started, &host)).await {
         Ok((sent, client_upgrade)) => Ok(respond(sent, client_upgrade, ex, peer, request_id)),
         Err(answer) => {

@@ -1,4 +1,5 @@
-//! `skiff logs SERVICE`: the stdout and stderr of a Service's instances.
+//! `skiff logs SERVICE`: the stdout and stderr of a Service's instances; with `--requests`,
+//! its request log; with `--request-id`, one request and its instance's lines around it.
 
 use std::io::Write;
 
@@ -25,6 +26,14 @@ pub struct LogsArgs {
     /// Show timestamps and streams.
     #[arg(long)]
     pub timestamps: bool,
+    /// The request log instead: one line per request (time, status, duration, method, host,
+    /// path, request id, instance, cold start).
+    #[arg(long, conflicts_with = "request_id")]
+    pub requests: bool,
+    /// One request by its X-Request-Id: its request line and its instance's output from a
+    /// second before it to a second after.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["follow", "since", "tail", "revision"])]
+    pub request_id: Option<String>,
     /// The namespace [default: default].
     #[arg(short = 'n', long, env = "SKIFF_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -32,9 +41,49 @@ pub struct LogsArgs {
     pub connect: ConnectArgs,
 }
 
+/// One request as a line: `TIME STATUS DURATION METHOD HOST PATH id=… instance=… [cold start …]`.
+fn request_line(l: &skiff_api::wire::RequestLogLine) -> String {
+    let mut s = format!(
+        "{} {} {:.1}ms {} {}{} id={}",
+        l.ts, l.status, l.duration_ms, l.method, l.host, l.path, l.request_id
+    );
+    if let Some(i) = &l.instance {
+        s.push_str(&format!(" instance={i}"));
+    }
+    if let Some(ms) = l.cold_start_ms {
+        s.push_str(&format!(" cold-start={ms:.1}ms"));
+    }
+    if let Some(t) = &l.throttled {
+        s.push_str(&format!(" refused={t}"));
+    }
+    if l.incomplete {
+        s.push_str(" incomplete");
+    }
+    s.push_str(&format!(" trace={}", l.trace_id));
+    s
+}
+
 /// Runs the command.
 pub async fn run(args: LogsArgs) -> Result<i32, Exit> {
     let client = args.connect.client()?;
+    if let Some(id) = &args.request_id {
+        let t = client
+            .request_trail(&args.namespace, &args.service, id)
+            .await?;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", request_line(&t.request));
+        if t.logs.is_empty() {
+            let _ = writeln!(out, "(no output from its instance around it)");
+        }
+        for l in &t.logs {
+            let _ = writeln!(
+                out,
+                "  {} {} [{}/{}] {}",
+                l.ts, l.stream, l.instance, l.container, l.line
+            );
+        }
+        return Ok(OK);
+    }
     let mut query: Vec<(&str, String)> = Vec::new();
     if let Some(r) = &args.revision {
         query.push(("revision", r.clone()));
@@ -49,6 +98,16 @@ pub async fn run(args: LogsArgs) -> Result<i32, Exit> {
         query.push(("follow", "true".into()));
     }
     let stdout = std::io::stdout();
+    if args.requests {
+        client
+            .request_log(&args.namespace, &args.service, &query, |l| {
+                let mut out = stdout.lock();
+                let _ = writeln!(out, "{}", request_line(&l));
+                let _ = out.flush();
+            })
+            .await?;
+        return Ok(OK);
+    }
     client
         .logs(&args.namespace, &args.service, &query, |l| {
             let mut out = stdout.lock();

@@ -1,0 +1,164 @@
+//! Request logs: a Service's request lines (NDJSON, optionally followed), and one request's
+//! line with its instance's output around it.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use serde::Deserialize;
+use skiff_api::ErrorCode;
+use skiff_api::wire::{LogLine, RequestLogLine, RequestTrail};
+use skiff_requests::log;
+use utoipa::IntoParams;
+
+use super::runtime::{file_ends, follow, ndjson, query, revisions_of, since_cutoff};
+use super::{ApiError, ApiState};
+
+/// How far around a request its instance's lines are shown.
+const AROUND: Duration = Duration::from_secs(1);
+
+/// Query of a request log request.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RequestLogParams {
+    /// Only this revision (default: every revision of the Service).
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// Only requests newer than this: a duration (`10m`, `1h`) or an RFC 3339 time.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Only the last N requests.
+    #[serde(default)]
+    pub tail: Option<usize>,
+    /// Keep the response open and send new requests as they end.
+    #[serde(default)]
+    pub follow: Option<bool>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("reading request logs failed: {e}"),
+    )
+}
+
+/// A Service's requests as NDJSON lines (time, request id, trace id, method, host, path,
+/// status, duration, bytes, revision, instance, cold start), oldest first; with `follow`,
+/// new ones keep coming.
+#[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/services/{name}/requests", tag = "runtime",
+    params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The Service"), RequestLogParams),
+    responses((status = 200, description = "NDJSON request lines", content_type = "application/x-ndjson"), (status = 404, body = skiff_api::ErrorBody)))]
+pub async fn request_log(
+    State(state): State<ApiState>,
+    Path((namespace, name)): Path<(String, String)>,
+    params: Result<Query<RequestLogParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let p = query(params)?;
+    let revisions = revisions_of(&state, &namespace, &name, p.revision.as_deref()).await?;
+    let cutoff = p.since.as_deref().map(since_cutoff).transpose()?;
+    let dir = state.instances.runtime().log_dir();
+    let files: Vec<PathBuf> = revisions
+        .iter()
+        .map(|r| log::path(&dir, &namespace, r))
+        .collect();
+    let (head, offsets) = tokio::task::spawn_blocking({
+        let files = files.clone();
+        move || {
+            let offsets = file_ends(&files);
+            let mut lines: Vec<RequestLogLine> = revisions
+                .iter()
+                .flat_map(|r| {
+                    log::read(&dir, &namespace, r, |l| {
+                        cutoff.is_none_or(|c| l.ts.parse::<jiff::Timestamp>().is_ok_and(|t| t >= c))
+                    })
+                })
+                .collect();
+            lines.sort_by(|a, b| a.ts.cmp(&b.ts));
+            if let Some(n) = p.tail {
+                let skip = lines.len().saturating_sub(n);
+                lines.drain(..skip);
+            }
+            let head: Vec<bytes::Bytes> = lines
+                .iter()
+                .map(|l| {
+                    let mut v = serde_json::to_vec(l).unwrap_or_default();
+                    v.push(b'\n');
+                    bytes::Bytes::from(v)
+                })
+                .collect();
+            (head, offsets)
+        }
+    })
+    .await
+    .map_err(internal)?;
+    if p.follow == Some(true) {
+        Ok(follow(head, files, offsets))
+    } else {
+        Ok(ndjson(head))
+    }
+}
+
+/// One request of a Service by its `X-Request-Id`: its request log line, and the lines its
+/// instance wrote from a second before it arrived to a second after it ended.
+#[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/services/{name}/requests/{id}", tag = "runtime",
+    params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The Service"), ("id" = String, Path, description = "The request id")),
+    responses((status = 200, body = RequestTrail), (status = 404, body = skiff_api::ErrorBody)))]
+pub async fn request_trail(
+    State(state): State<ApiState>,
+    Path((namespace, name, id)): Path<(String, String, String)>,
+) -> Result<Json<RequestTrail>, ApiError> {
+    let revisions = revisions_of(&state, &namespace, &name, None).await?;
+    let dir = state.instances.runtime().log_dir();
+    let found = tokio::task::spawn_blocking({
+        let id = id.clone();
+        move || trail(&dir, &namespace, &revisions, &id)
+    })
+    .await
+    .map_err(internal)?;
+    found.map(Json).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!(
+                "no request `{id}` in the request logs of `{name}` (they keep the last few files of each revision; request logs may be off: `request_logs`)"
+            ),
+        )
+    })
+}
+
+/// The last request `id` in the request logs of `revisions`, with its instance's lines.
+/// Blocking.
+fn trail(
+    dir: &std::path::Path,
+    namespace: &str,
+    revisions: &[String],
+    id: &str,
+) -> Option<RequestTrail> {
+    let request = revisions
+        .iter()
+        .filter_map(|r| log::read(dir, namespace, r, |l| l.request_id == id).pop())
+        .max_by(|a, b| a.ts.cmp(&b.ts))?;
+    let logs = match (&request.instance, log::span_of(&request)) {
+        (Some(instance), Some((at, end))) => {
+            let (from, to) = (at - AROUND, end + AROUND);
+            let within = |l: &LogLine| {
+                l.ts.parse::<jiff::Timestamp>()
+                    .ok()
+                    .map(SystemTime::from)
+                    .is_some_and(|t| t >= from && t <= to)
+            };
+            let mut lines: Vec<LogLine> =
+                skiff_runtime::logs::read_all(dir, namespace, &request.revision)
+                    .into_iter()
+                    .filter(|l| &l.instance == instance && within(l))
+                    .collect();
+            lines.sort_by(|a, b| a.ts.cmp(&b.ts));
+            lines
+        }
+        _ => Vec::new(),
+    };
+    Some(RequestTrail { request, logs })
+}

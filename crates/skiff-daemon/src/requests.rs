@@ -1,0 +1,126 @@
+//! Request logs and traces wired to the daemon: the router's observer
+//! ([`skiff_requests::RequestTelemetry`]), with instance start phases from the runtime and
+//! latency SLO thresholds from the SLO engine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use skiff_requests::{Lookup, RequestTelemetry, Settings, Startup, TraceSettings};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// How often the latency thresholds are read again from the SLO engine (it evaluates
+/// every 10 s).
+const THRESHOLDS_EVERY: Duration = Duration::from_secs(10);
+
+type Thresholds = Arc<RwLock<HashMap<(String, String), Duration>>>;
+
+struct DaemonLookup {
+    runtime: Arc<skiff_runtime::Runtime>,
+    thresholds: Thresholds,
+}
+
+impl Lookup for DaemonLookup {
+    fn startup(&self, instance: &str) -> Option<Startup> {
+        startup_of(&self.runtime.instance(instance)?.status())
+    }
+
+    fn slow_after(&self, namespace: &str, service: &str) -> Option<Duration> {
+        let t = self.thresholds.read().unwrap_or_else(|p| p.into_inner());
+        if t.is_empty() {
+            return None;
+        }
+        t.get(&(namespace.to_owned(), service.to_owned())).copied()
+    }
+}
+
+/// An instance's start phases from its status, once it was ready.
+fn startup_of(s: &skiff_api::wire::InstanceStatus) -> Option<Startup> {
+    let _ = s;
+    None
+}
+
+/// Every Service's latency SLO threshold, as the engine last evaluated them.
+fn thresholds(slo: &skiff_control::slo::SloEngine) -> HashMap<(String, String), Duration> {
+    slo.services(None)
+        .into_iter()
+        .filter_map(|s| {
+            let t = s
+                .report?
+                .objectives
+                .iter()
+                .find_map(|o| o.threshold_seconds)?;
+            Some(((s.namespace, s.service), Duration::from_secs_f64(t)))
+        })
+        .collect()
+}
+
+/// Starts request logs and traces as configured and sets them as the router's observer;
+/// `None` when both are off. A trace export that cannot be set up is logged and left off.
+pub fn start(
+    config: &Config,
+    runtime: Arc<skiff_runtime::Runtime>,
+    router: &skiff_router::Router,
+    slo: Arc<skiff_control::slo::SloEngine>,
+    metrics: &skiff_telemetry::Metrics,
+    stop: CancellationToken,
+) -> Option<Arc<RequestTelemetry>> {
+    let c = &config.requests;
+    let traces = c.traces_url().map(|endpoint| TraceSettings {
+        endpoint,
+        sampler: c.sampler(),
+    });
+    if !c.request_logs && traces.is_none() {
+        return None;
+    }
+    let thresholds: Thresholds = Arc::default();
+    // Rotated like the container logs beside them.
+    let rotation = skiff_runtime::logs::Rotation::default();
+    let settings = Settings {
+        log_dir: runtime.logs().dir().to_path_buf(),
+        request_logs: c.request_logs,
+        max_bytes: rotation.max_bytes,
+        keep: rotation.keep,
+        traces: traces.clone(),
+    };
+    let m = metrics.register_root(skiff_requests::Metrics::new);
+    let lookup = Arc::new(DaemonLookup {
+        runtime,
+        thresholds: thresholds.clone(),
+    });
+    let telemetry = match RequestTelemetry::start(settings, lookup.clone(), m.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %skiff_telemetry::ErrorChain(&e), "traces are off: their export could not be set up");
+            let settings = Settings {
+                log_dir: lookup.runtime.logs().dir().to_path_buf(),
+                request_logs: c.request_logs,
+                max_bytes: rotation.max_bytes,
+                keep: rotation.keep,
+                traces: None,
+            };
+            RequestTelemetry::start(settings, lookup, m)
+                .inspect_err(
+                    |e| warn!(error = %skiff_telemetry::ErrorChain(e), "request logs are off"),
+                )
+                .ok()?
+        }
+    };
+    if let Some(t) = &traces {
+        info!(endpoint = %t.endpoint, sampler = ?t.sampler, "exporting traces over OTLP/HTTP");
+    }
+    tokio::spawn(async move {
+        loop {
+            *thresholds.write().unwrap_or_else(|p| p.into_inner()) = self::thresholds(&slo);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(THRESHOLDS_EVERY) => {}
+            }
+        }
+    });
+    router.set_observer(telemetry.clone());
+    Some(telemetry)
+}
