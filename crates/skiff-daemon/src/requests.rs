@@ -16,7 +16,8 @@ use crate::config::Config;
 /// every 10 s).
 const THRESHOLDS_EVERY: Duration = Duration::from_secs(10);
 
-type Thresholds = Arc<RwLock<HashMap<(String, String), Duration>>>;
+/// Latency thresholds by namespace, then Service (looked up without allocating).
+type Thresholds = Arc<RwLock<HashMap<String, HashMap<String, Duration>>>>;
 
 struct DaemonLookup {
     runtime: Arc<skiff_runtime::Runtime>,
@@ -30,10 +31,7 @@ impl Lookup for DaemonLookup {
 
     fn slow_after(&self, namespace: &str, service: &str) -> Option<Duration> {
         let t = self.thresholds.read().unwrap_or_else(|p| p.into_inner());
-        if t.is_empty() {
-            return None;
-        }
-        t.get(&(namespace.to_owned(), service.to_owned())).copied()
+        t.get(namespace)?.get(service).copied()
     }
 }
 
@@ -44,18 +42,21 @@ fn startup_of(s: &skiff_api::wire::InstanceStatus) -> Option<Startup> {
 }
 
 /// Every Service's latency SLO threshold, as the engine last evaluated them.
-fn thresholds(slo: &skiff_control::slo::SloEngine) -> HashMap<(String, String), Duration> {
-    slo.services(None)
-        .into_iter()
-        .filter_map(|s| {
-            let t = s
-                .report?
-                .objectives
-                .iter()
-                .find_map(|o| o.threshold_seconds)?;
-            Some(((s.namespace, s.service), Duration::from_secs_f64(t)))
-        })
-        .collect()
+fn thresholds(slo: &skiff_control::slo::SloEngine) -> HashMap<String, HashMap<String, Duration>> {
+    let mut out: HashMap<String, HashMap<String, Duration>> = HashMap::new();
+    for s in slo.services(None) {
+        let Some(t) = s
+            .report
+            .as_ref()
+            .and_then(|r| r.objectives.iter().find_map(|o| o.threshold_seconds))
+        else {
+            continue;
+        };
+        out.entry(s.namespace)
+            .or_default()
+            .insert(s.service, Duration::from_secs_f64(t));
+    }
+    out
 }
 
 /// Starts request logs and traces as configured and sets them as the router's observer;

@@ -255,7 +255,8 @@ impl Worker {
             }
         }
         let Some(export) = &self.export else { return };
-        let Some(why) = sampler::keep(r, self.lookup.slow_after(&r.namespace, &r.service)) else {
+        let Some(why) = sampler::keep(r, || self.lookup.slow_after(&r.namespace, &r.service))
+        else {
             return;
         };
         let startup = match (&r.instance, r.cold_start) {

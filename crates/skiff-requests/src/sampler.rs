@@ -131,14 +131,15 @@ impl Keep {
 }
 
 /// Whether `r`'s trace is kept, and why (the first reason that holds, failures first);
-/// `slow_after`: its Service's latency SLO threshold, if it has one.
-pub fn keep(r: &RequestRecord, slow_after: Option<Duration>) -> Option<Keep> {
+/// `slow_after`: its Service's latency SLO threshold, if it has one (asked only when the
+/// answer matters).
+pub fn keep(r: &RequestRecord, slow_after: impl FnOnce() -> Option<Duration>) -> Option<Keep> {
     let spans = r.spans?;
     if r.status >= 500 || r.throttled.is_some() || !r.complete {
         Some(Keep::Error)
     } else if r.cold_start.is_some() {
         Some(Keep::ColdStart)
-    } else if slow_after.is_some_and(|t| r.duration > t) {
+    } else if slow_after().is_some_and(|t| r.duration > t) {
         Some(Keep::Slow)
     } else if spans.sampled {
         Some(Keep::Head)
@@ -205,24 +206,27 @@ mod tests {
     #[test]
     fn the_tail_keeps_failures_cold_starts_and_slow_requests() {
         let mut r = record(200, false);
-        assert_eq!(keep(&r, None), None);
+        assert_eq!(keep(&r, || None), None);
         r.status = 503;
-        assert_eq!(keep(&r, None), Some(Keep::Error));
+        assert_eq!(keep(&r, || None), Some(Keep::Error));
         r.status = 200;
         r.complete = false;
-        assert_eq!(keep(&r, None), Some(Keep::Error));
+        assert_eq!(keep(&r, || None), Some(Keep::Error));
         r.complete = true;
         r.cold_start = Some(Duration::from_millis(40));
-        assert_eq!(keep(&r, None), Some(Keep::ColdStart));
+        assert_eq!(keep(&r, || None), Some(Keep::ColdStart));
         r.cold_start = None;
         r.duration = Duration::from_millis(400);
-        assert_eq!(keep(&r, Some(Duration::from_millis(300))), Some(Keep::Slow));
-        assert_eq!(keep(&r, Some(Duration::from_millis(500))), None);
+        assert_eq!(
+            keep(&r, || Some(Duration::from_millis(300))),
+            Some(Keep::Slow)
+        );
+        assert_eq!(keep(&r, || Some(Duration::from_millis(500))), None);
         let sampled = record(200, true);
-        assert_eq!(keep(&sampled, None), Some(Keep::Head));
+        assert_eq!(keep(&sampled, || None), Some(Keep::Head));
         // Not traced at all: nothing to keep.
         let mut untraced = record(500, true);
         untraced.spans = None;
-        assert_eq!(keep(&untraced, None), None);
+        assert_eq!(keep(&untraced, || None), None);
     }
 }
