@@ -33,7 +33,7 @@ use skiff_api::wire::ProbeFailure;
 pub use skiff_api::wire::{ContainerStatus, InstanceStatus, Phase, Termination};
 
 use crate::cgroups::{self, Usage};
-use crate::logs::{self, LogStore, PumpTarget, Tail};
+use crate::logs::{self, LogSource, LogStore, PumpTarget, Tail};
 use crate::netns::{Connector, InstanceNetwork, NetNs, NetnsError};
 use crate::oci::{OciError, OciRuntime};
 use crate::probe::{ProbeSpec, Prober};
@@ -944,8 +944,11 @@ impl Runtime {
         for (reader, stream) in [(out, "stdout"), (err, "stderr")] {
             let target = PumpTarget {
                 store: self.logs.clone(),
-                namespace: inst.plan.namespace.clone(),
-                revision: inst.plan.revision.clone(),
+                source: LogSource {
+                    namespace: inst.plan.namespace.clone(),
+                    service: inst.plan.service.clone(),
+                    revision: inst.plan.revision.clone(),
+                },
                 instance: inst.plan.id.clone(),
                 container: inst.plan.containers[i].name.clone(),
                 stream,
