@@ -279,7 +279,16 @@ async fn a_min_scale_service_starts_one_instance_that_becomes_ready() {
         vec![p.images.layer_path(&image.layers[0].diff_id)]
     );
     assert!(c.readiness.is_some(), "the serving container gets a probe");
-    assert_eq!(p.record(&plan.id).await.as_ref(), Some(&plan));
+    assert!(
+        plan.scheduled.is_some(),
+        "the decision time reaches the runtime"
+    );
+    // The record is the plan, less the decision time (not recorded).
+    let recorded = InstancePlan {
+        scheduled: None,
+        ..plan.clone()
+    };
+    assert_eq!(p.record(&plan.id).await.as_ref(), Some(&recorded));
     let pinned = p.revision("hello-00001").await.status.container_statuses;
     assert_eq!(
         pinned[0].image_digest.as_deref(),
@@ -604,6 +613,10 @@ async fn a_restart_adopts_running_instances_and_forgets_stale_records() {
         .await;
     p.wait_actual(rev, 1).await;
     let (store, _, images) = p.shutdown().await;
+    let plan = InstancePlan {
+        scheduled: None,
+        ..plan
+    };
 
     // What a `kill -9` leaves: the instance's record (a clean shutdown removed it), and the
     // record of an instance that did not survive.

@@ -107,6 +107,7 @@ impl FakeRuntime {
         let _ = self.events.send(InstanceEvent {
             id: info.plan.id.clone(),
             namespace: info.plan.namespace.clone(),
+            service: info.plan.service.clone(),
             revision: info.plan.revision.clone(),
             status: info.status.clone(),
         });
@@ -468,6 +469,7 @@ pub fn instance_plan(id: &str) -> InstancePlan {
         volumes: vec![],
         drain_timeout: Duration::from_secs(1),
         egress: None,
+        scheduled: None,
     }
 }
 
