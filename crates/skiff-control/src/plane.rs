@@ -66,6 +66,8 @@ pub struct ControlPlane {
     pub slo: Arc<crate::slo::SloEngine>,
     /// The metrics history.
     pub history: crate::history::SharedHistory,
+    /// The job counters (M9), registered for the jobs reconciler to feed.
+    pub jobs: crate::telemetry::JobMetrics,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -88,7 +90,7 @@ impl ControlPlane {
             .set_explain(Arc::new(crate::runtime::ExplainFailures(
                 parts.runtime.clone(),
             )));
-        let billing = crate::telemetry::register(
+        let registered = crate::telemetry::register(
             metrics,
             parts.runtime.clone(),
             parts.router.clone(),
@@ -97,7 +99,7 @@ impl ControlPlane {
         let sampler = crate::history::Sampler::new(
             parts.router.clone(),
             parts.runtime.clone(),
-            billing.billing(),
+            registered.follower.billing(),
         );
         let serving = Serving::new(parts.router, parts.runtime.clone(), parts.serving, metrics);
         let instances = InstanceManager::new(
@@ -130,7 +132,7 @@ impl ControlPlane {
         let mut tasks = vec![
             follower,
             tokio::spawn(serving.clone().follow_runtime(stop.clone())),
-            tokio::spawn(billing.follow(stop.clone())),
+            tokio::spawn(registered.follower.follow(stop.clone())),
             tokio::spawn(serving.run_autoscaler(parts.pokes, stop.clone())),
             tokio::spawn(first.run(stop.clone())),
         ];
@@ -171,6 +173,7 @@ impl ControlPlane {
             routes,
             slo,
             history,
+            jobs: registered.jobs,
             stop,
             tasks,
         })
