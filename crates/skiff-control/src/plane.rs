@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::controller::{Clock, Controller, ControllerError};
+use crate::deployments::{DeploymentMetrics, DeploymentReconciler};
 use crate::instances::{InstanceManager, on_scaled};
 use crate::reconciler::{Controllers, Handle};
 use crate::revisions::ImageReconciler;
@@ -127,6 +128,10 @@ impl ControlPlane {
             parts.secrets.clone(),
         )));
         let instance_queue = rest.add(instances.clone());
+        rest.add(Arc::new(DeploymentReconciler::new(
+            controller.clone(),
+            metrics.register_root(DeploymentMetrics::new),
+        )));
         let follower = instances.attach(instance_queue, stop.clone());
         serving.on_scaled(Box::new(on_scaled(&instances)));
         let mut tasks = vec![
