@@ -423,11 +423,16 @@ pub fn register(
     prices: Prices,
 ) -> Registered {
     let billing = Arc::new(Billing::default());
-    let startup = metrics.register("instance", |r| {
+    let startup = Arc::new(StartupMetrics::default());
+    metrics.register("instance", |r| {
         r.register_collector(Box::new(InstanceCollector {
             runtime: runtime.clone(),
         }));
-        Arc::new(StartupMetrics::new(r))
+        let (router, runtime) = (router.clone(), runtime.clone());
+        r.register_collector(Box::new(StartupCollector {
+            metrics: startup.clone(),
+            exists: Box::new(move || existing_revisions(&router, &*runtime)),
+        }));
     });
     metrics.register("log", |r| {
         r.register_collector(Box::new(LogCollector {
@@ -544,6 +549,68 @@ pub struct StartupMetrics {
     durations: Family<StartupLabels, Histogram>,
     /// Instances observed and not stopped yet (so each is observed once).
     observed: Mutex<HashSet<String>>,
+    /// The revisions with series, to remove them by once the revision is gone.
+    revisions: Mutex<HashSet<RevisionLabels>>,
+}
+
+impl Default for StartupMetrics {
+    fn default() -> Self {
+        StartupMetrics {
+            durations: Family::new_with_constructor(|| Histogram::new(STARTUP_BUCKETS)),
+            observed: Mutex::default(),
+            revisions: Mutex::default(),
+        }
+    }
+}
+
+/// The phases, as labelled.
+const STARTUP_PHASES: [&str; 4] = ["image", "container", "ready", "total"];
+
+/// The (namespace, revision) of every revision that exists: with a router pool (every
+/// stored revision has one, at zero too) or an instance.
+fn existing_revisions(router: &Router, runtime: &dyn InstanceRuntime) -> HashSet<(String, String)> {
+    router
+        .pools()
+        .into_iter()
+        .map(|(k, _)| k)
+        .chain(
+            runtime
+                .instances()
+                .into_iter()
+                .map(|i| (i.plan.namespace, i.plan.revision)),
+        )
+        .collect()
+}
+
+/// Encodes [`StartupMetrics`] at the scrape, after removing the series of revisions that no
+/// longer exist (deleting a Service leaves none of its series).
+struct StartupCollector {
+    metrics: Arc<StartupMetrics>,
+    /// The (namespace, revision) of the revisions that exist now.
+    exists: Box<dyn Fn() -> HashSet<(String, String)> + Send + Sync>,
+}
+
+impl std::fmt::Debug for StartupCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartupCollector")
+    }
+}
+
+impl Collector for StartupCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let exists = (self.exists)();
+        self.metrics
+            .prune(&|l| exists.contains(&(l.namespace.clone(), l.revision.clone())));
+        let help = "How an instance's start was spent, by phase: image (decision to plan), container (to its processes running), ready (to first readiness), total";
+        let durations = &self.metrics.durations;
+        let e = encoder.encode_descriptor(
+            "startup_duration",
+            help,
+            Some(&Unit::Seconds),
+            durations.metric_type(),
+        )?;
+        durations.encode(e)
+    }
 }
 
 impl std::fmt::Debug for StartupMetrics {
@@ -553,20 +620,23 @@ impl std::fmt::Debug for StartupMetrics {
 }
 
 impl StartupMetrics {
-    /// Registers the histogram in `registry` (give it a `skiff_instance` sub-registry).
-    pub fn new(registry: &mut Registry) -> Self {
-        let durations: Family<StartupLabels, Histogram> =
-            Family::new_with_constructor(|| Histogram::new(STARTUP_BUCKETS));
-        registry.register_with_unit(
-            "startup_duration",
-            "How an instance's start was spent, by phase: image (decision to plan), container (to its processes running), ready (to first readiness), total",
-            Unit::Seconds,
-            durations.clone(),
-        );
-        StartupMetrics {
-            durations,
-            observed: Mutex::default(),
-        }
+    /// Removes the series of the revisions `exists` denies.
+    pub fn prune(&self, exists: &dyn Fn(&RevisionLabels) -> bool) {
+        let mut revisions = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        revisions.retain(|r| {
+            if exists(r) {
+                return true;
+            }
+            for phase in STARTUP_PHASES {
+                self.durations.remove(&StartupLabels {
+                    namespace: r.namespace.clone(),
+                    service: r.service.clone(),
+                    revision: r.revision.clone(),
+                    phase,
+                });
+            }
+            false
+        });
     }
 
     /// Takes note of an instance's status change.
@@ -609,8 +679,18 @@ impl StartupMetrics {
                 };
                 self.durations.get_or_create(&labels).observe(*seconds);
             }
-            if !rows.is_empty() && !stopped {
-                observed.insert(id.to_owned());
+            if !rows.is_empty() {
+                self.revisions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(RevisionLabels {
+                        namespace: namespace.to_owned(),
+                        service: service.to_owned(),
+                        revision: revision.to_owned(),
+                    });
+                if !stopped {
+                    observed.insert(id.to_owned());
+                }
             }
         }
         if stopped {
@@ -690,18 +770,7 @@ fn log_rows(counts: &[(LogSource, LogCounts)], keep: &dyn Fn(&LogSource) -> bool
 
 impl Collector for LogCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let exists: HashSet<(String, String)> = self
-            .router
-            .pools()
-            .into_iter()
-            .map(|(k, _)| k)
-            .chain(
-                self.runtime
-                    .instances()
-                    .into_iter()
-                    .map(|i| (i.plan.namespace, i.plan.revision)),
-            )
-            .collect();
+        let exists = existing_revisions(&self.router, &*self.runtime);
         let counts = self.runtime.log_counts();
         let (lines, dropped) = log_rows(&counts, &|s| {
             exists.contains(&(s.namespace.clone(), s.revision.clone()))
@@ -999,11 +1068,21 @@ mod tests {
 
     /// Each instance is observed once, at its first ready status (every phase and the
     /// total); one that stops without being ready gives image and container only; one
-    /// without phases (re-adopted) gives nothing; nothing is observed before either.
+    /// without phases (re-adopted) gives nothing; nothing is observed before either. The
+    /// revision's series go once it no longer exists.
     #[test]
     fn startup_phases_are_observed_once_per_instance() {
         let mut registry = Registry::with_prefix("skiff_instance");
-        let m = StartupMetrics::new(&mut registry);
+        let m = Arc::new(StartupMetrics::default());
+        let existing = Arc::new(Mutex::new(HashSet::from([(
+            "default".to_owned(),
+            "hello-00001".to_owned(),
+        )])));
+        let exists = existing.clone();
+        registry.register_collector(Box::new(StartupCollector {
+            metrics: m.clone(),
+            exists: Box::new(move || exists.lock().expect("not poisoned").clone()),
+        }));
         m.on_event(&event("a", Phase::Running, Some(phases(None))));
         assert_eq!(
             count_line(&render(&registry), "image"),
@@ -1044,6 +1123,14 @@ mod tests {
         assert_eq!(
             count_line(&render(&registry), "ready").as_deref(),
             Some("2")
+        );
+        // The revision is deleted: its series go, the family stays listed.
+        existing.lock().expect("not poisoned").clear();
+        let text = render(&registry);
+        assert!(!text.contains("hello-00001"), "{text}");
+        assert!(
+            text.contains("# TYPE skiff_instance_startup_duration_seconds histogram"),
+            "{text}"
         );
     }
 
