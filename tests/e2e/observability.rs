@@ -241,6 +241,152 @@ async fn prometheus_reads_the_slis() {
     d.cleanup().await.expect("cleanup");
 }
 
+/// The value of the sample `series` (name and labels, exactly) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split(' ').next()?.parse().ok())
+}
+
+/// M5, M9, M13 and M15 on the daemon's `/metrics` after a cold start: the start-up phases
+/// of the one instance (observed once, every phase), one succeeded deployment (and 0
+/// failed), the lines the test server printed counted by stream, the job counters listed
+/// without series; `promtool check metrics` accepts the exposition, and `skiff describe`
+/// shows the phases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_logs_deployments_and_jobs_are_on_metrics() {
+    if skip_without_runc() {
+        return;
+    }
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
+    apply(
+        &d,
+        &service(
+            "obs-m",
+            &image,
+            "autoscaling.knative.dev/initial-scale: \"0\"",
+            "",
+            "obs-m",
+            "",
+        ),
+    );
+    crate::serving::wait_pinned(&d, "obs-m-00001").await;
+    let http = crate::http();
+    // The cold start, and a line on each stream.
+    for path in [
+        "/info",
+        "/log?line=to-stdout",
+        "/log?line=to-stderr&stream=stderr",
+    ] {
+        let a = get(&http, &d, &host("obs-m"), path).await;
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+    }
+    let labels = r#"namespace="default",service="obs-m",revision="obs-m-00001""#;
+    let deployed =
+        r#"skiff_deployments_total{namespace="default",service="obs-m",outcome="succeeded"}"#;
+    let stderr_lines = format!("skiff_log_lines_total{{{labels},stream=\"stderr\"}}");
+    let text = wait_for(
+        "the metrics of the cold start",
+        Duration::from_millis(250),
+        MAX_WAIT,
+        || {
+            let (d, stderr_lines) = (&d, &stderr_lines);
+            async move {
+                let text = crate::serving::metrics_text(d).await?;
+                let settled = sample(&text, deployed) == Some(1.0)
+                    && sample(&text, stderr_lines).is_some_and(|v| v >= 1.0);
+                settled.then_some(text)
+            }
+        },
+    )
+    .await
+    .expect("metrics");
+
+    // M5: the instance is observed once, every phase, the total not less than the others.
+    let phase = |p: &str, what: &str| {
+        sample(
+            &text,
+            &format!("skiff_instance_startup_duration_seconds_{what}{{{labels},phase=\"{p}\"}}"),
+        )
+    };
+    for p in ["image", "container", "ready", "total"] {
+        assert_eq!(phase(p, "count"), Some(1.0), "phase {p}: {text}");
+    }
+    let sums: Vec<f64> = ["image", "container", "ready", "total"]
+        .iter()
+        .map(|p| phase(p, "sum").expect("a sum"))
+        .collect();
+    assert!(
+        sums.iter().all(|s| *s >= 0.0) && sums[3] >= sums[1] && sums[3] >= sums[2],
+        "{sums:?}"
+    );
+    // M15: succeeded once, failed at 0.
+    let failed = r#"skiff_deployments_total{namespace="default",service="obs-m",outcome="failed"}"#;
+    assert_eq!(sample(&text, failed), Some(0.0), "{text}");
+    // M13: the server's start line and the one asked for on stdout; nothing lost.
+    let stdout_lines = format!("skiff_log_lines_total{{{labels},stream=\"stdout\"}}");
+    assert!(
+        sample(&text, &stdout_lines).is_some_and(|v| v >= 2.0),
+        "{text}"
+    );
+    for reason in ["rotation", "write_error"] {
+        let dropped = format!("skiff_log_lines_dropped_total{{{labels},reason=\"{reason}\"}}");
+        assert_eq!(sample(&text, &dropped), Some(0.0), "{reason}: {text}");
+    }
+    // M9: listed, no series yet.
+    for name in ["skiff_job_executions", "skiff_job_tasks"] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{text}");
+        assert!(text.contains(&format!("# TYPE {name} counter")), "{text}");
+        assert!(!text.contains(&format!("{name}_total{{")), "{text}");
+    }
+    // The exposition stays valid for `promtool check metrics`. It reads the Prometheus text
+    // format, not OpenMetrics: it cannot parse exemplars (stripped here), and it names a
+    // counter's HELP by its `_total` samples, where OpenMetrics names the family without
+    // the suffix, so it reports "no help text" for every counter; that one finding is
+    // allowed, nothing else (a parse error exits 1, other lint findings list otherwise).
+    if Command::new("promtool").arg("--version").output().is_ok() {
+        let plain: String = text
+            .lines()
+            .map(|l| l.split(" # {").next().unwrap_or(l))
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        let mut check = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool starts");
+        std::io::Write::write_all(&mut check.stdin.take().expect("stdin"), plain.as_bytes())
+            .expect("feeding promtool");
+        let out = check.wait_with_output().expect("promtool ends");
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let only_counter_help = report.lines().all(|l| {
+            l.split_once(' ')
+                .is_some_and(|(name, why)| name.ends_with("_total") && why == "no help text")
+        });
+        assert!(
+            out.status.success() || (out.status.code() == Some(3) && only_counter_help),
+            "promtool check metrics: {report}"
+        );
+    } else {
+        assert!(std::env::var_os("CI").is_none(), "CI must have promtool");
+        eprintln!("promtool check skipped: promtool is not installed");
+    }
+    // The phases are in the instance's status, as `skiff describe` shows them.
+    let o = d.cli(&["describe", "service", "obs-m"]);
+    assert!(
+        stdout(&o).contains(": started in ") && stdout(&o).contains("ready "),
+        "{}",
+        stdout(&o)
+    );
+    d.cleanup().await.expect("cleanup");
+}
+
 /// A real Alertmanager (Debian's `prometheus-alertmanager`) with one receiver that sends
 /// nothing.
 struct Alertmanager(Spawned);

@@ -211,6 +211,7 @@ impl Ctx {
             volumes: vec![],
             drain_timeout: STOP_GRACE,
             egress: None,
+            scheduled: None,
         }
     }
 }

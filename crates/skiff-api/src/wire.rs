@@ -122,8 +122,41 @@ pub struct InstanceStatus {
     pub started_at: String,
     /// Milliseconds from start to first readiness.
     pub start_to_ready_ms: Option<f64>,
+    /// How its start was spent, phase by phase (M5): set once every container's process has
+    /// started, `readyMs` added at first readiness. None for an instance the daemon did not
+    /// schedule itself (one re-adopted after a restart) and until its containers run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<StartupPhases>,
     /// Per container.
     pub containers: Vec<ContainerStatus>,
+}
+
+/// How an instance's start was spent (M5); each phase begins where the one before ended.
+///
+/// `image` runs from the daemon's decision to start the instance to the runtime being handed
+/// its plan (images resolved to their unpacked layers, the plan made and recorded);
+/// `container` from there until every container's process runs (network namespace, `/etc`
+/// files, volumes, overlay, `runc`); `ready` from there to the first passing readiness of
+/// every container. Durations are measured on a monotonic clock.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartupPhases {
+    /// When the daemon decided to start it (Unix time, nanoseconds).
+    pub scheduled_unix_nanos: u64,
+    /// Decision to images resolved and the plan made, in milliseconds.
+    pub image_ms: f64,
+    /// Images ready to the container's process started (namespace, files, runc), ms.
+    pub container_ms: f64,
+    /// Container started to first readiness, ms; none until it is ready.
+    pub ready_ms: Option<f64>,
+}
+
+impl StartupPhases {
+    /// Decision to first readiness, ms, once ready.
+    pub fn total_ms(&self) -> Option<f64> {
+        self.ready_ms
+            .map(|ready| self.image_ms + self.container_ms + ready)
+    }
 }
 
 /// The phase of an instance.
@@ -539,6 +572,12 @@ mod tests {
                 was_ready: true,
                 started_at: "2026-01-01T00:00:00Z".into(),
                 start_to_ready_ms: Some(12.0),
+                startup: Some(StartupPhases {
+                    scheduled_unix_nanos: 1_767_225_600_000_000_000,
+                    image_ms: 2.0,
+                    container_ms: 7.0,
+                    ready_ms: Some(5.0),
+                }),
                 containers: vec![ContainerStatus {
                     name: "user-container".into(),
                     last_termination: Some(Termination {
@@ -559,6 +598,12 @@ mod tests {
         let json = serde_json::to_value(&v).expect("a view serializes");
         assert_eq!(json["status"]["phase"], "running");
         assert_eq!(json["status"]["startToReadyMs"], 12.0);
+        assert_eq!(json["status"]["startup"]["imageMs"], 2.0);
+        assert_eq!(json["status"]["startup"]["readyMs"], 5.0);
+        assert_eq!(
+            json["status"]["startup"]["scheduledUnixNanos"],
+            1_767_225_600_000_000_000u64
+        );
         assert_eq!(
             json["status"]["containers"][0]["lastTermination"]["exitCode"],
             1
@@ -567,6 +612,29 @@ mod tests {
         let back: InstanceView = serde_json::from_value(json).expect("and reads back");
         assert_eq!(back.status, v.status);
         assert_eq!(back.usage, v.usage);
+    }
+
+    /// A status without start-up phases (a re-adopted instance, or an older daemon's) reads,
+    /// and is written without the field; the total is the sum of the phases once ready.
+    #[test]
+    fn startup_phases_are_optional_and_sum_up() {
+        let old = serde_json::json!({
+            "phase": "running", "ready": true, "wasReady": true,
+            "startedAt": "2026-01-01T00:00:00Z", "startToReadyMs": 3.0, "containers": []
+        });
+        let s: InstanceStatus = serde_json::from_value(old).expect("an older status reads");
+        assert_eq!(s.startup, None);
+        let json = serde_json::to_value(&s).expect("serializes");
+        assert!(json.get("startup").is_none(), "{json}");
+        let mut p = StartupPhases {
+            scheduled_unix_nanos: 1,
+            image_ms: 1.5,
+            container_ms: 20.0,
+            ready_ms: None,
+        };
+        assert_eq!(p.total_ms(), None);
+        p.ready_ms = Some(8.5);
+        assert_eq!(p.total_ms(), Some(30.0));
     }
 }
 

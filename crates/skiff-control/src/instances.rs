@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use rand::Rng;
 use skiff_api::object::Revision;
 use skiff_api::wire::{InstanceView, Scale, ScaleStatus};
-use skiff_runtime::instance::{InstancePlan, InstanceStatus, Phase};
+use skiff_runtime::instance::{InstancePlan, InstanceStatus, Phase, Scheduled};
 use skiff_store::{Store, Txn, keys};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -433,6 +433,8 @@ impl InstanceManager {
     }
 
     async fn start_instance(&self, rev: &Revision) -> Result<(), ReconcileError> {
+        // The decision: the instance's start-up phases (M5) count from here.
+        let scheduled = Scheduled::now();
         let images = self.pinned_images(rev).await?;
         let suffix: String = {
             const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -445,7 +447,9 @@ impl InstanceManager {
         // The values of the Secrets and ConfigMaps it references live in memory only for
         // this start: the recorded plan leaves Secrets' out.
         let values = secrets::values_for(&self.secrets, &rev.metadata.namespace, &rev.spec).await?;
-        let plan = crate::plan::plan(rev, &images, |d| self.images.layer_path(d), &id, &values)?;
+        let mut plan =
+            crate::plan::plan(rev, &images, |d| self.images.layer_path(d), &id, &values)?;
+        plan.scheduled = Some(scheduled);
         let key = keys::instance(&plan.namespace, &plan.id);
         self.store
             .txn(Txn::new().put(&key, serde_json::to_vec(&plan).expect("plans serialize")))

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod controller;
+pub mod deployments;
 pub mod history;
 pub mod images;
 pub mod instances;

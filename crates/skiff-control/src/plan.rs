@@ -263,6 +263,7 @@ pub fn plan(
             .annotations
             .get(skiff_api::egress::EGRESS_ANNOTATION)
             .cloned(),
+        scheduled: None,
     })
 }
 

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::controller::{Clock, Controller, ControllerError};
+use crate::deployments::{DeploymentMetrics, DeploymentReconciler};
 use crate::instances::{InstanceManager, on_scaled};
 use crate::reconciler::{Controllers, Handle};
 use crate::revisions::ImageReconciler;
@@ -66,6 +67,8 @@ pub struct ControlPlane {
     pub slo: Arc<crate::slo::SloEngine>,
     /// The metrics history.
     pub history: crate::history::SharedHistory,
+    /// The job counters (M9), registered for the jobs reconciler to feed.
+    pub jobs: crate::telemetry::JobMetrics,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -88,7 +91,7 @@ impl ControlPlane {
             .set_explain(Arc::new(crate::runtime::ExplainFailures(
                 parts.runtime.clone(),
             )));
-        let billing = crate::telemetry::register(
+        let registered = crate::telemetry::register(
             metrics,
             parts.runtime.clone(),
             parts.router.clone(),
@@ -97,7 +100,7 @@ impl ControlPlane {
         let sampler = crate::history::Sampler::new(
             parts.router.clone(),
             parts.runtime.clone(),
-            billing.billing(),
+            registered.follower.billing(),
         );
         let serving = Serving::new(parts.router, parts.runtime.clone(), parts.serving, metrics);
         let instances = InstanceManager::new(
@@ -125,12 +128,16 @@ impl ControlPlane {
             parts.secrets.clone(),
         )));
         let instance_queue = rest.add(instances.clone());
+        rest.add(Arc::new(DeploymentReconciler::new(
+            controller.clone(),
+            metrics.register_root(DeploymentMetrics::new),
+        )));
         let follower = instances.attach(instance_queue, stop.clone());
         serving.on_scaled(Box::new(on_scaled(&instances)));
         let mut tasks = vec![
             follower,
             tokio::spawn(serving.clone().follow_runtime(stop.clone())),
-            tokio::spawn(billing.follow(stop.clone())),
+            tokio::spawn(registered.follower.follow(stop.clone())),
             tokio::spawn(serving.run_autoscaler(parts.pokes, stop.clone())),
             tokio::spawn(first.run(stop.clone())),
         ];
@@ -171,6 +178,7 @@ impl ControlPlane {
             routes,
             slo,
             history,
+            jobs: registered.jobs,
             stop,
             tasks,
         })

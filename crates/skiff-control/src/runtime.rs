@@ -12,6 +12,7 @@ use skiff_image::ImageRecord;
 use skiff_image::puller::Progress;
 use skiff_runtime::cgroups::Usage;
 use skiff_runtime::instance::{InstanceEvent, InstancePlan, InstanceStatus, RecoveryReport};
+use skiff_runtime::logs::{LogCounts, LogSource};
 use tokio::sync::broadcast;
 
 use crate::images::{Images, ResolveError};
@@ -60,6 +61,9 @@ pub trait InstanceRuntime: Send + Sync + 'static {
 
     /// Where instance logs are kept.
     fn log_dir(&self) -> PathBuf;
+
+    /// Each revision's log lines stored and lost since the start (M13).
+    fn log_counts(&self) -> Vec<(LogSource, LogCounts)>;
 }
 
 /// The real runtime: runc, cgroups and network namespaces.
@@ -117,6 +121,10 @@ impl InstanceRuntime for Runc {
 
     fn log_dir(&self) -> PathBuf {
         self.0.logs().dir().to_path_buf()
+    }
+
+    fn log_counts(&self) -> Vec<(LogSource, LogCounts)> {
+        self.0.logs().counts()
     }
 }
 

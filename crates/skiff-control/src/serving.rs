@@ -513,6 +513,7 @@ impl Serving {
         self.apply(&InstanceEvent {
             id: i.plan.id,
             namespace: i.plan.namespace,
+            service: i.plan.service,
             revision: i.plan.revision,
             status: i.status,
         });

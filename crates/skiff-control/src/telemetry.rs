@@ -1,7 +1,10 @@
 //! Instance usage and cost, computed when `/metrics` is scraped: each instance's CPU and
 //! memory from its cgroups (M6/M7), and each revision's billable instance time and cost
 //! (M10) from its instances' lifetimes, what they are allotted, and the requests the router
-//! answered, at configurable prices (Cloud Run's request-based ones by default).
+//! answered, at configurable prices (Cloud Run's request-based ones by default). Beside
+//! them: how instances' starts were spent, phase by phase ([`StartupMetrics`], M5, from the
+//! runtime's events), the log lines the runtime stored and lost ([`LogCollector`], M13, read
+//! at the scrape), and the job counters a jobs reconciler feeds ([`JobMetrics`], M9).
 //!
 //! Billable time is an instance's lifetime, from its start to its stop, times what it is
 //! allotted: CPU and memory limits, else requests, else [`DEFAULT_VCPU`] and
@@ -10,18 +13,21 @@
 //! A revision's series go when it has neither a router pool nor an instance (it was
 //! deleted); they start from zero after a daemon restart, as counters may.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Unit;
-use skiff_api::wire::Phase;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use skiff_api::wire::{InstanceStatus, Phase};
 use skiff_router::{RevisionLabels, Router};
 use skiff_runtime::instance::{InstanceEvent, InstancePlan};
+use skiff_runtime::logs::{LogCounts, LogSource};
 use skiff_runtime::spec::CPU_PERIOD_US;
 
 use crate::runtime::{InstanceInfo, InstanceRuntime};
@@ -400,20 +406,41 @@ impl Collector for CostCollector {
     }
 }
 
-/// Registers the instance and cost metrics; returns what keeps billing in step with the
-/// runtime's events ([`BillingFollower::follow`]).
+/// What [`register`] made: the follower of the runtime's events, and the job counters.
+pub struct Registered {
+    /// Keeps billing and start-up durations in step with the runtime's events.
+    pub follower: InstanceFollower,
+    /// The job counters (M9), for the jobs reconciler.
+    pub jobs: JobMetrics,
+}
+
+/// Registers the instance, cost, log and job metrics; returns what keeps billing and
+/// start-up durations in step with the runtime's events ([`InstanceFollower::follow`]).
 pub fn register(
     metrics: &skiff_telemetry::Metrics,
     runtime: Arc<dyn InstanceRuntime>,
     router: Arc<Router>,
     prices: Prices,
-) -> BillingFollower {
+) -> Registered {
     let billing = Arc::new(Billing::default());
+    let startup = Arc::new(StartupMetrics::default());
     metrics.register("instance", |r| {
         r.register_collector(Box::new(InstanceCollector {
             runtime: runtime.clone(),
+        }));
+        let (router, runtime) = (router.clone(), runtime.clone());
+        r.register_collector(Box::new(StartupCollector {
+            metrics: startup.clone(),
+            exists: Box::new(move || existing_revisions(&router, &*runtime)),
+        }));
+    });
+    metrics.register("log", |r| {
+        r.register_collector(Box::new(LogCollector {
+            runtime: runtime.clone(),
+            router: router.clone(),
         }))
     });
+    let jobs = metrics.register("job", JobMetrics::new);
     metrics.register_root(|r| {
         r.register_collector(Box::new(CostCollector {
             billing: billing.clone(),
@@ -422,16 +449,25 @@ pub fn register(
             prices,
         }))
     });
-    BillingFollower { billing, runtime }
+    Registered {
+        follower: InstanceFollower {
+            billing,
+            startup,
+            runtime,
+        },
+        jobs,
+    }
 }
 
-/// Closes instances' billable time as their stop events arrive.
-pub struct BillingFollower {
+/// Follows the runtime's events: closes instances' billable time as they stop, and observes
+/// their start-up phases.
+pub struct InstanceFollower {
     billing: Arc<Billing>,
+    startup: Arc<StartupMetrics>,
     runtime: Arc<dyn InstanceRuntime>,
 }
 
-impl BillingFollower {
+impl InstanceFollower {
     /// The billing it keeps.
     pub fn billing(&self) -> Arc<Billing> {
         self.billing.clone()
@@ -440,24 +476,469 @@ impl BillingFollower {
     /// Follows the runtime's events until `shutdown`.
     pub async fn follow(self, shutdown: tokio_util::sync::CancellationToken) {
         let mut events = self.runtime.events();
-        self.billing
-            .observe(&self.runtime.instances(), jiff::Timestamp::now());
+        let now = jiff::Timestamp::now;
+        let instances = self.runtime.instances();
+        self.billing.observe(&instances, now());
+        self.startup.resync(&instances);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 ev = events.recv() => match ev {
-                    // A new instance is read whole from the runtime (its plan says what it
-                    // is allotted); a stopped one is closed.
-                    Ok(ev) if ev.status.phase != Phase::Stopped && !self.billing.knows(&ev.id) => {
-                        self.billing.observe(&self.runtime.instances(), jiff::Timestamp::now())
+                    Ok(ev) => {
+                        self.startup.on_event(&ev);
+                        // A new instance is read whole from the runtime (its plan says what
+                        // it is allotted); a stopped one is closed.
+                        if ev.status.phase != Phase::Stopped && !self.billing.knows(&ev.id) {
+                            self.billing.observe(&self.runtime.instances(), now())
+                        } else {
+                            self.billing.on_event(&ev, now())
+                        }
                     }
-                    Ok(ev) => self.billing.on_event(&ev, jiff::Timestamp::now()),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self
-                        .billing
-                        .observe(&self.runtime.instances(), jiff::Timestamp::now()),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let instances = self.runtime.instances();
+                        self.billing.observe(&instances, now());
+                        self.startup.resync(&instances);
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
             }
+        }
+    }
+}
+
+/// Bucket bounds of start-up phases, in seconds: 1 ms (a phase that costs nothing) to 60 s
+/// (an instance slow to get ready).
+pub const STARTUP_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+/// Labels of start-up durations.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StartupLabels {
+    namespace: String,
+    service: String,
+    revision: String,
+    /// `image`, `container`, `ready` or `total`.
+    phase: &'static str,
+}
+
+/// The durations to observe for an instance in `status`, in seconds by phase: every phase
+/// and the total once it is ready; image and container only once it stopped without being
+/// ready; nothing before either, or for an instance without phases (re-adopted).
+pub fn startup_observations(status: &InstanceStatus) -> Vec<(&'static str, f64)> {
+    let Some(p) = &status.startup else {
+        return Vec::new();
+    };
+    let (image, container) = (p.image_ms / 1000.0, p.container_ms / 1000.0);
+    match (p.ready_ms, p.total_ms()) {
+        (Some(ready), Some(total)) => vec![
+            ("image", image),
+            ("container", container),
+            ("ready", ready / 1000.0),
+            ("total", total / 1000.0),
+        ],
+        _ if status.phase == Phase::Stopped => vec![("image", image), ("container", container)],
+        _ => Vec::new(),
+    }
+}
+
+/// `skiff_instance_startup_duration_seconds{phase}` (M5): how each instance's start was
+/// spent, observed once per instance, when it is first ready (or, never ready, when it
+/// stops). Instances re-adopted after a restart have no phases and are not observed.
+pub struct StartupMetrics {
+    durations: Family<StartupLabels, Histogram>,
+    /// Instances observed and not stopped yet (so each is observed once).
+    observed: Mutex<HashSet<String>>,
+    /// The revisions with series, to remove them by once the revision is gone.
+    revisions: Mutex<HashSet<RevisionLabels>>,
+}
+
+impl Default for StartupMetrics {
+    fn default() -> Self {
+        StartupMetrics {
+            durations: Family::new_with_constructor(|| Histogram::new(STARTUP_BUCKETS)),
+            observed: Mutex::default(),
+            revisions: Mutex::default(),
+        }
+    }
+}
+
+/// The phases, as labelled.
+const STARTUP_PHASES: [&str; 4] = ["image", "container", "ready", "total"];
+
+/// The (namespace, revision) of every revision that exists: with a router pool (every
+/// stored revision has one, at zero too) or an instance.
+fn existing_revisions(router: &Router, runtime: &dyn InstanceRuntime) -> HashSet<(String, String)> {
+    router
+        .pools()
+        .into_iter()
+        .map(|(k, _)| k)
+        .chain(
+            runtime
+                .instances()
+                .into_iter()
+                .map(|i| (i.plan.namespace, i.plan.revision)),
+        )
+        .collect()
+}
+
+/// Encodes [`StartupMetrics`] at the scrape, after removing the series of revisions that no
+/// longer exist (deleting a Service leaves none of its series).
+struct StartupCollector {
+    metrics: Arc<StartupMetrics>,
+    /// The (namespace, revision) of the revisions that exist now.
+    exists: Box<dyn Fn() -> HashSet<(String, String)> + Send + Sync>,
+}
+
+impl std::fmt::Debug for StartupCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartupCollector")
+    }
+}
+
+impl Collector for StartupCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let exists = (self.exists)();
+        self.metrics
+            .prune(&|l| exists.contains(&(l.namespace.clone(), l.revision.clone())));
+        let help = "How an instance's start was spent, by phase: image (decision to plan), container (to its processes running), ready (to first readiness), total";
+        let durations = &self.metrics.durations;
+        let e = encoder.encode_descriptor(
+            "startup_duration",
+            help,
+            Some(&Unit::Seconds),
+            durations.metric_type(),
+        )?;
+        durations.encode(e)
+    }
+}
+
+impl std::fmt::Debug for StartupMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartupMetrics")
+    }
+}
+
+impl StartupMetrics {
+    /// Removes the series of the revisions `exists` denies.
+    pub fn prune(&self, exists: &dyn Fn(&RevisionLabels) -> bool) {
+        let mut revisions = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        revisions.retain(|r| {
+            if exists(r) {
+                return true;
+            }
+            for phase in STARTUP_PHASES {
+                self.durations.remove(&StartupLabels {
+                    namespace: r.namespace.clone(),
+                    service: r.service.clone(),
+                    revision: r.revision.clone(),
+                    phase,
+                });
+            }
+            false
+        });
+    }
+
+    /// Takes note of an instance's status change.
+    pub fn on_event(&self, ev: &InstanceEvent) {
+        self.on_status(&ev.id, &ev.namespace, &ev.service, &ev.revision, &ev.status);
+    }
+
+    /// Catches up with the instances held now (at start, and after missed events); forgets
+    /// instances no longer held.
+    pub fn resync(&self, instances: &[crate::runtime::InstanceInfo]) {
+        {
+            let held: HashSet<&str> = instances.iter().map(|i| i.plan.id.as_str()).collect();
+            let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+            observed.retain(|id| held.contains(id.as_str()));
+        }
+        for i in instances {
+            let p = &i.plan;
+            self.on_status(&p.id, &p.namespace, &p.service, &p.revision, &i.status);
+        }
+    }
+
+    fn on_status(
+        &self,
+        id: &str,
+        namespace: &str,
+        service: &str,
+        revision: &str,
+        s: &InstanceStatus,
+    ) {
+        let stopped = s.phase == Phase::Stopped;
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        if !observed.contains(id) {
+            let rows = startup_observations(s);
+            for (phase, seconds) in &rows {
+                let labels = StartupLabels {
+                    namespace: namespace.to_owned(),
+                    service: service.to_owned(),
+                    revision: revision.to_owned(),
+                    phase,
+                };
+                self.durations.get_or_create(&labels).observe(*seconds);
+            }
+            if !rows.is_empty() {
+                self.revisions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(RevisionLabels {
+                        namespace: namespace.to_owned(),
+                        service: service.to_owned(),
+                        revision: revision.to_owned(),
+                    });
+                if !stopped {
+                    observed.insert(id.to_owned());
+                }
+            }
+        }
+        if stopped {
+            observed.remove(id);
+        }
+    }
+}
+
+/// Labels of log lines.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LogLineLabels {
+    namespace: String,
+    service: String,
+    revision: String,
+    /// `stdout` or `stderr`.
+    stream: &'static str,
+}
+
+/// Labels of lost log lines.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LogDropLabels {
+    namespace: String,
+    service: String,
+    revision: String,
+    /// `rotation` or `write_error`.
+    reason: &'static str,
+}
+
+/// `skiff_log_lines_total{stream}` and `skiff_log_lines_dropped_total{reason}` (M13), per
+/// revision, from the runtime's log store at the scrape: lines stored, by stream, and lines
+/// lost, by reason (`rotation`: deleted with the oldest rotated file; `write_error`: never
+/// written). Every series of a revision shows from its first line, at 0 until it counts. A
+/// revision's series go with it (once it has neither a router pool nor an instance).
+pub struct LogCollector {
+    /// The runtime whose log store is read.
+    pub runtime: Arc<dyn InstanceRuntime>,
+    /// The router, for which revisions exist.
+    pub router: Arc<Router>,
+}
+
+impl std::fmt::Debug for LogCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogCollector")
+    }
+}
+
+type LogRows = (Vec<Sample<LogLineLabels>>, Vec<Sample<LogDropLabels>>);
+
+/// The samples of `counts`, for the revisions `keep` says exist.
+fn log_rows(counts: &[(LogSource, LogCounts)], keep: &dyn Fn(&LogSource) -> bool) -> LogRows {
+    let (mut lines, mut dropped) = (Vec::new(), Vec::new());
+    for (src, c) in counts.iter().filter(|(src, _)| keep(src)) {
+        for (stream, n) in [("stdout", c.stdout), ("stderr", c.stderr)] {
+            let l = LogLineLabels {
+                namespace: src.namespace.clone(),
+                service: src.service.clone(),
+                revision: src.revision.clone(),
+                stream,
+            };
+            lines.push((l, n as f64));
+        }
+        for (reason, n) in [
+            ("rotation", c.dropped_rotation),
+            ("write_error", c.dropped_write_error),
+        ] {
+            let l = LogDropLabels {
+                namespace: src.namespace.clone(),
+                service: src.service.clone(),
+                revision: src.revision.clone(),
+                reason,
+            };
+            dropped.push((l, n as f64));
+        }
+    }
+    (lines, dropped)
+}
+
+impl Collector for LogCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let exists = existing_revisions(&self.router, &*self.runtime);
+        let counts = self.runtime.log_counts();
+        let (lines, dropped) = log_rows(&counts, &|s| {
+            exists.contains(&(s.namespace.clone(), s.revision.clone()))
+        });
+        let help = "Lines of containers' output stored in the revision's log, by stream";
+        let desc = ("lines", help, None, MetricType::Counter);
+        encode_family(&mut encoder, desc, counters(&lines))?;
+        let help = "Log lines lost: deleted by rotation beyond the files kept, or never written";
+        let desc = ("lines_dropped", help, None, MetricType::Counter);
+        encode_family(&mut encoder, desc, counters(&dropped))
+    }
+}
+
+/// How a job's execution ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ExecutionOutcome {
+    /// Every task succeeded.
+    Succeeded,
+    /// A task failed past its retries.
+    Failed,
+    /// Cancelled before it ended.
+    Cancelled,
+}
+
+impl ExecutionOutcome {
+    /// Every outcome.
+    pub const ALL: [ExecutionOutcome; 3] = [Self::Succeeded, Self::Failed, Self::Cancelled];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How one task attempt of a job's execution ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum TaskOutcome {
+    /// It succeeded.
+    Succeeded,
+    /// It failed, with no retry left.
+    Failed,
+    /// Cancelled with its execution.
+    Cancelled,
+    /// It failed and is retried.
+    Retried,
+}
+
+impl TaskOutcome {
+    /// Every outcome.
+    pub const ALL: [TaskOutcome; 4] = [
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+        Self::Retried,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Retried => "retried",
+        }
+    }
+}
+
+/// Labels of job counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    namespace: String,
+    job: String,
+    outcome: &'static str,
+}
+
+fn job_labels(namespace: &str, job: &str, outcome: &'static str) -> JobLabels {
+    JobLabels {
+        namespace: namespace.to_owned(),
+        job: job.to_owned(),
+        outcome,
+    }
+}
+
+/// `skiff_job_executions_total{namespace,job,outcome}` and
+/// `skiff_job_tasks_total{namespace,job,outcome}` (M9), for the jobs reconciler to count
+/// ended executions and task attempts. Listed on `/metrics` from the start (HELP and TYPE),
+/// with no series until a job has one.
+#[derive(Debug, Clone)]
+pub struct JobMetrics {
+    executions: Family<JobLabels, Counter>,
+    tasks: Family<JobLabels, Counter>,
+}
+
+/// Counter families listed even without a series: the registry leaves an empty family out,
+/// and these should be there for rules and dashboards to name before the first job runs.
+#[derive(Debug)]
+struct Listed(Vec<(&'static str, &'static str, Family<JobLabels, Counter>)>);
+
+impl Collector for Listed {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, family) in &self.0 {
+            let e = encoder.encode_descriptor(name, help, None, family.metric_type())?;
+            family.encode(e)?;
+        }
+        Ok(())
+    }
+}
+
+impl JobMetrics {
+    /// Registers the counters in `registry` (give it a `skiff_job` sub-registry).
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = JobMetrics {
+            executions: Family::default(),
+            tasks: Family::default(),
+        };
+        registry.register_collector(Box::new(Listed(vec![
+            (
+                "executions",
+                "Job executions ended, by outcome (succeeded, failed, cancelled)",
+                m.executions.clone(),
+            ),
+            (
+                "tasks",
+                "Job task attempts ended, by outcome (succeeded, failed, cancelled, retried)",
+                m.tasks.clone(),
+            ),
+        ])));
+        m
+    }
+
+    /// Makes every outcome's series of a job, at 0 (so `rate()` has them from the start).
+    pub fn preset(&self, namespace: &str, job: &str) {
+        for o in ExecutionOutcome::ALL {
+            self.executions
+                .get_or_create_owned(&job_labels(namespace, job, o.as_str()));
+        }
+        for o in TaskOutcome::ALL {
+            self.tasks
+                .get_or_create_owned(&job_labels(namespace, job, o.as_str()));
+        }
+    }
+
+    /// Counts an execution of `job` that ended.
+    pub fn execution(&self, namespace: &str, job: &str, outcome: ExecutionOutcome) {
+        self.executions
+            .get_or_create(&job_labels(namespace, job, outcome.as_str()))
+            .inc();
+    }
+
+    /// Counts a task attempt of `job` that ended.
+    pub fn task(&self, namespace: &str, job: &str, outcome: TaskOutcome) {
+        self.tasks
+            .get_or_create(&job_labels(namespace, job, outcome.as_str()))
+            .inc();
+    }
+
+    /// Removes a deleted job's series.
+    pub fn forget(&self, namespace: &str, job: &str) {
+        for o in ExecutionOutcome::ALL {
+            self.executions
+                .remove(&job_labels(namespace, job, o.as_str()));
+        }
+        for o in TaskOutcome::ALL {
+            self.tasks.remove(&job_labels(namespace, job, o.as_str()));
         }
     }
 }
@@ -541,6 +1022,195 @@ mod tests {
         let p = Prices::default();
         let cost = 0.2 * p.vcpu_second + 0.2 * 0.5 * p.gib_second + p.million_requests / 1e6;
         assert!((cost - 0.000_005_45).abs() < 1e-12, "{cost}");
+    }
+
+    fn render(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).expect("encodes");
+        out
+    }
+
+    fn phases(ready_ms: Option<f64>) -> skiff_api::wire::StartupPhases {
+        skiff_api::wire::StartupPhases {
+            scheduled_unix_nanos: 1,
+            image_ms: 2.0,
+            container_ms: 300.0,
+            ready_ms,
+        }
+    }
+
+    fn event(
+        id: &str,
+        phase: Phase,
+        startup: Option<skiff_api::wire::StartupPhases>,
+    ) -> InstanceEvent {
+        InstanceEvent {
+            id: id.into(),
+            namespace: "default".into(),
+            service: "hello".into(),
+            revision: "hello-00001".into(),
+            status: InstanceStatus {
+                phase,
+                ready: startup.as_ref().is_some_and(|p| p.ready_ms.is_some()),
+                startup,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn count_line(text: &str, phase: &str) -> Option<String> {
+        let prefix = format!(
+            r#"skiff_instance_startup_duration_seconds_count{{namespace="default",service="hello",revision="hello-00001",phase="{phase}"}} "#
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+    }
+
+    /// Each instance is observed once, at its first ready status (every phase and the
+    /// total); one that stops without being ready gives image and container only; one
+    /// without phases (re-adopted) gives nothing; nothing is observed before either. The
+    /// revision's series go once it no longer exists.
+    #[test]
+    fn startup_phases_are_observed_once_per_instance() {
+        let mut registry = Registry::with_prefix("skiff_instance");
+        let m = Arc::new(StartupMetrics::default());
+        let existing = Arc::new(Mutex::new(HashSet::from([(
+            "default".to_owned(),
+            "hello-00001".to_owned(),
+        )])));
+        let exists = existing.clone();
+        registry.register_collector(Box::new(StartupCollector {
+            metrics: m.clone(),
+            exists: Box::new(move || exists.lock().expect("not poisoned").clone()),
+        }));
+        m.on_event(&event("a", Phase::Running, Some(phases(None))));
+        assert_eq!(
+            count_line(&render(&registry), "image"),
+            None,
+            "not ready yet"
+        );
+        m.on_event(&event("a", Phase::Running, Some(phases(Some(700.0)))));
+        m.on_event(&event("a", Phase::Running, Some(phases(Some(700.0)))));
+        m.on_event(&event("a", Phase::Stopping, Some(phases(Some(700.0)))));
+        m.on_event(&event("a", Phase::Stopped, Some(phases(Some(700.0)))));
+        let text = render(&registry);
+        for phase in ["image", "container", "ready", "total"] {
+            assert_eq!(
+                count_line(&text, phase).as_deref(),
+                Some("1"),
+                "{phase}: {text}"
+            );
+        }
+        assert!(
+            text.contains(r#"skiff_instance_startup_duration_seconds_sum{namespace="default",service="hello",revision="hello-00001",phase="total"} 1.002"#),
+            "{text}"
+        );
+        // Never ready: image and container when it stops.
+        m.on_event(&event("b", Phase::Running, Some(phases(None))));
+        m.on_event(&event("b", Phase::Stopped, Some(phases(None))));
+        // Re-adopted: no phases, nothing.
+        m.on_event(&event("c", Phase::Running, None));
+        let text = render(&registry);
+        assert_eq!(count_line(&text, "image").as_deref(), Some("2"), "{text}");
+        assert_eq!(count_line(&text, "container").as_deref(), Some("2"));
+        assert_eq!(count_line(&text, "ready").as_deref(), Some("1"));
+        // A resync (after missed events) does not observe an instance again.
+        let mut held = info("a", "2026-12-04T10:00:00Z", Phase::Running);
+        held.plan.id = "d".into();
+        held.status.startup = Some(phases(Some(5.0)));
+        m.resync(&[held.clone()]);
+        m.resync(&[held]);
+        assert_eq!(
+            count_line(&render(&registry), "ready").as_deref(),
+            Some("2")
+        );
+        // The revision is deleted: its series go, the family stays listed.
+        existing.lock().expect("not poisoned").clear();
+        let text = render(&registry);
+        assert!(!text.contains("hello-00001"), "{text}");
+        assert!(
+            text.contains("# TYPE skiff_instance_startup_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+
+    /// Each revision with lines has every stream and reason, at 0 until it counts; a
+    /// revision that no longer exists shows nothing.
+    #[test]
+    fn log_counts_become_series_of_existing_revisions() {
+        let src = |rev: &str| LogSource {
+            namespace: "default".into(),
+            service: "hello".into(),
+            revision: rev.into(),
+        };
+        let counts = vec![
+            (
+                src("hello-00001"),
+                LogCounts {
+                    stdout: 5,
+                    stderr: 0,
+                    dropped_rotation: 2,
+                    dropped_write_error: 0,
+                },
+            ),
+            (src("hello-00000"), LogCounts::default()),
+        ];
+        let (lines, dropped) = log_rows(&counts, &|s| s.revision == "hello-00001");
+        let lines: Vec<(&str, f64)> = lines.iter().map(|(l, v)| (l.stream, *v)).collect();
+        assert_eq!(lines, vec![("stdout", 5.0), ("stderr", 0.0)]);
+        let dropped: Vec<(&str, &str, f64)> = dropped
+            .iter()
+            .map(|(l, v)| (l.service.as_str(), l.reason, *v))
+            .collect();
+        assert_eq!(
+            dropped,
+            vec![("hello", "rotation", 2.0), ("hello", "write_error", 0.0)]
+        );
+    }
+
+    /// The job counters are on /metrics from the start with no series; a job's series are
+    /// made at 0, count by outcome and go with the job.
+    #[test]
+    fn job_counters_are_registered_and_count() {
+        let mut registry = Registry::with_prefix("skiff_job");
+        let m = JobMetrics::new(&mut registry);
+        let text = render(&registry);
+        for name in ["skiff_job_executions", "skiff_job_tasks"] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{text}");
+            assert!(text.contains(&format!("# TYPE {name} counter")), "{text}");
+        }
+        assert!(!text.contains("outcome="), "{text}");
+        m.preset("default", "nightly");
+        m.execution("default", "nightly", ExecutionOutcome::Failed);
+        m.task("default", "nightly", TaskOutcome::Retried);
+        m.task("default", "nightly", TaskOutcome::Retried);
+        let text = render(&registry);
+        for (line, n) in [
+            (
+                r#"skiff_job_executions_total{namespace="default",job="nightly",outcome="failed"}"#,
+                1,
+            ),
+            (
+                r#"skiff_job_executions_total{namespace="default",job="nightly",outcome="succeeded"}"#,
+                0,
+            ),
+            (
+                r#"skiff_job_executions_total{namespace="default",job="nightly",outcome="cancelled"}"#,
+                0,
+            ),
+            (
+                r#"skiff_job_tasks_total{namespace="default",job="nightly",outcome="retried"}"#,
+                2,
+            ),
+            (
+                r#"skiff_job_tasks_total{namespace="default",job="nightly",outcome="succeeded"}"#,
+                0,
+            ),
+        ] {
+            assert!(text.contains(&format!("{line} {n}")), "{line} {n}: {text}");
+        }
+        m.forget("default", "nightly");
+        assert!(!render(&registry).contains("nightly"));
     }
 
     /// Latency SLOs name a bound of the router's histogram: both lists are one.

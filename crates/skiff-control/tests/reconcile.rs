@@ -51,6 +51,7 @@ struct Plane {
     runtime: Arc<FakeRuntime>,
     images: Arc<FakeImages>,
     secrets: Arc<SecretStore>,
+    metrics: skiff_telemetry::Metrics,
     _keys: tempfile::TempDir,
 }
 
@@ -114,8 +115,33 @@ impl Plane {
             runtime,
             images,
             secrets,
+            metrics,
             _keys: keys,
         }
+    }
+
+    /// `skiff_deployments_total` of Service `svc` with `outcome`, if the series exists.
+    fn deployments(&self, svc: &str, outcome: &str) -> Option<u64> {
+        let prefix = format!(
+            r#"skiff_deployments_total{{namespace="{NS}",service="{svc}",outcome="{outcome}"}} "#
+        );
+        self.metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+    }
+
+    /// Waits until Service `svc`'s deployments are `succeeded` and `failed`.
+    async fn wait_deployments(&self, svc: &str, succeeded: u64, failed: u64) {
+        let what = format!("{svc}'s deployments to be {succeeded} succeeded, {failed} failed");
+        until(&what, async || {
+            let now = (
+                self.deployments(svc, "succeeded"),
+                self.deployments(svc, "failed"),
+            );
+            (now == (Some(succeeded), Some(failed))).then_some(())
+        })
+        .await;
     }
 
     /// A fresh store in `dir` and fresh fakes, with [`IMAGE`] registered.
@@ -279,7 +305,16 @@ async fn a_min_scale_service_starts_one_instance_that_becomes_ready() {
         vec![p.images.layer_path(&image.layers[0].diff_id)]
     );
     assert!(c.readiness.is_some(), "the serving container gets a probe");
-    assert_eq!(p.record(&plan.id).await.as_ref(), Some(&plan));
+    assert!(
+        plan.scheduled.is_some(),
+        "the decision time reaches the runtime"
+    );
+    // The record is the plan, less the decision time (not recorded).
+    let recorded = InstancePlan {
+        scheduled: None,
+        ..plan.clone()
+    };
+    assert_eq!(p.record(&plan.id).await.as_ref(), Some(&recorded));
     let pinned = p.revision("hello-00001").await.status.container_statuses;
     assert_eq!(
         pinned[0].image_digest.as_deref(),
@@ -335,6 +370,8 @@ async fn a_min_scale_service_starts_one_instance_that_becomes_ready() {
         Some("hello-00001")
     );
     assert_eq!(p.runtime.started_ids(), vec![plan.id.clone()]);
+    // One deployment, succeeded (M15).
+    p.wait_deployments("hello", 1, 0).await;
 
     let (store, runtime, _) = p.shutdown().await;
     assert!(runtime.running_ids().is_empty());
@@ -450,6 +487,8 @@ async fn a_crashing_instance_fails_the_revision_with_its_exit_code() {
         (ConditionStatus::False, Some(reasons::CRASH_LOOP))
     );
     assert_eq!(p.pool_ready("hello-00001"), 0);
+    // One deployment, failed (M15).
+    p.wait_deployments("hello", 0, 1).await;
     // The Service's status is refreshed just after the revision's.
     until("the Service to be Ready False", async || {
         let s = p
@@ -603,7 +642,12 @@ async fn a_restart_adopts_running_instances_and_forgets_stale_records() {
     p.wait_condition(rev, conditions::READY, ConditionStatus::True, None)
         .await;
     p.wait_actual(rev, 1).await;
+    p.wait_deployments("hello", 1, 0).await;
     let (store, _, images) = p.shutdown().await;
+    let plan = InstancePlan {
+        scheduled: None,
+        ..plan
+    };
 
     // What a `kill -9` leaves: the instance's record (a clean shutdown removed it), and the
     // record of an instance that did not survive.
@@ -654,6 +698,24 @@ async fn a_restart_adopts_running_instances_and_forgets_stale_records() {
     assert!(
         p.runtime.stopped_ids().is_empty(),
         "the adopted instance was kept"
+    );
+    // The restarted daemon does not count the revision it found Ready again (M15): a
+    // Service applied after it is counted, and the first still shows 0.
+    p.apply(
+        "second",
+        IMAGE,
+        &[("autoscaling.knative.dev/min-scale", "1")],
+    )
+    .await;
+    let second = p.wait_started(1).await.remove(0);
+    p.runtime.set_ready(&second.id, true);
+    p.wait_deployments("second", 1, 0).await;
+    assert_eq!(
+        (
+            p.deployments("hello", "succeeded"),
+            p.deployments("hello", "failed")
+        ),
+        (Some(0), Some(0))
     );
     p.shutdown().await;
 }

@@ -30,10 +30,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use skiff_api::wire::ProbeFailure;
-pub use skiff_api::wire::{ContainerStatus, InstanceStatus, Phase, Termination};
+pub use skiff_api::wire::{ContainerStatus, InstanceStatus, Phase, StartupPhases, Termination};
 
 use crate::cgroups::{self, Usage};
-use crate::logs::{self, LogStore, PumpTarget, Tail};
+use crate::logs::{self, LogSource, LogStore, PumpTarget, Tail};
 use crate::netns::{Connector, InstanceNetwork, NetNs, NetnsError};
 use crate::oci::{OciError, OciRuntime};
 use crate::probe::{ProbeSpec, Prober};
@@ -297,6 +297,55 @@ pub struct InstancePlan {
     /// `egress_default` applies otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<String>,
+    /// When the daemon decided to start the instance, which its start-up phases count from
+    /// (`None`: no phases are kept). Not recorded: a re-adopted instance has no phases.
+    #[serde(skip)]
+    pub scheduled: Option<Scheduled>,
+}
+
+/// When the daemon decided to start an instance: the first mark of its start-up phases
+/// ([`StartupPhases`], M5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheduled {
+    /// Unix time, nanoseconds (what the phases report).
+    pub unix_nanos: u64,
+    /// The same moment on the monotonic clock the phases are measured on.
+    pub at: tokio::time::Instant,
+}
+
+impl Scheduled {
+    /// Now.
+    pub fn now() -> Self {
+        Scheduled {
+            unix_nanos: u64::try_from(jiff::Timestamp::now().as_nanosecond()).unwrap_or(0),
+            at: tokio::time::Instant::now(),
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The phases of an instance `scheduled`, handed to the runtime at `handed`, whose
+/// containers all run from `now` on (readiness still to come).
+pub fn startup_phases(
+    scheduled: Scheduled,
+    handed: tokio::time::Instant,
+    now: tokio::time::Instant,
+) -> StartupPhases {
+    StartupPhases {
+        scheduled_unix_nanos: scheduled.unix_nanos,
+        image_ms: ms(handed.saturating_duration_since(scheduled.at)),
+        container_ms: ms(now.saturating_duration_since(handed)),
+        ready_ms: None,
+    }
+}
+
+/// Completes `phases` when the instance is first ready, `since_handed` after it was handed
+/// to the runtime.
+pub fn startup_ready(phases: &mut StartupPhases, since_handed: Duration) {
+    phases.ready_ms = Some((ms(since_handed) - phases.container_ms).max(0.0));
 }
 
 /// A change of an instance's status.
@@ -306,6 +355,8 @@ pub struct InstanceEvent {
     pub id: String,
     /// Its namespace.
     pub namespace: String,
+    /// Its Service.
+    pub service: String,
     /// Its revision.
     pub revision: String,
     /// The new status.
@@ -548,7 +599,8 @@ impl Runtime {
         self: &Arc<Self>,
         plan: InstancePlan,
     ) -> Result<Arc<Instance>, RuntimeError> {
-        // start_to_ready_ms counts from here, so it includes the namespace and `/etc` files.
+        // start_to_ready_ms counts from here, so it includes the namespace and `/etc` files;
+        // so does the `container` phase of start-up.
         let t0 = tokio::time::Instant::now();
         let dir = self.instance_dir(&plan.id);
         let io = |path: &Path| {
@@ -661,6 +713,7 @@ impl Runtime {
         let _ = self.events.send(InstanceEvent {
             id: inst.plan.id.clone(),
             namespace: inst.plan.namespace.clone(),
+            service: inst.plan.service.clone(),
             revision: inst.plan.revision.clone(),
             status: inst.status(),
         });
@@ -944,8 +997,11 @@ impl Runtime {
         for (reader, stream) in [(out, "stdout"), (err, "stderr")] {
             let target = PumpTarget {
                 store: self.logs.clone(),
-                namespace: inst.plan.namespace.clone(),
-                revision: inst.plan.revision.clone(),
+                source: LogSource {
+                    namespace: inst.plan.namespace.clone(),
+                    service: inst.plan.service.clone(),
+                    revision: inst.plan.revision.clone(),
+                },
                 instance: inst.plan.id.clone(),
                 container: inst.plan.containers[i].name.clone(),
                 stream,
@@ -1024,6 +1080,7 @@ impl Runtime {
                     continue;
                 }
             };
+            let running_at = tokio::time::Instant::now();
             self.update(&inst, |s| {
                 if s.phase == Phase::Starting {
                     s.phase = Phase::Running;
@@ -1032,6 +1089,13 @@ impl Runtime {
                 c.running = true;
                 c.pid = Some(pid);
                 c.waiting_reason = None;
+                // The `container` phase ends when every container's process runs.
+                if s.startup.is_none()
+                    && let Some(scheduled) = inst.plan.scheduled
+                    && s.containers.iter().all(|c| c.running)
+                {
+                    s.startup = Some(startup_phases(scheduled, inst.start_instant, running_at));
+                }
             });
             let exit_rx = self.reaper.wait(pid);
             let oom_before = cgroups::usage(&cgroup_path(&inst.plan.id, i)).oom_kills;
@@ -1301,12 +1365,15 @@ impl Runtime {
                 .containers
                 .iter()
                 .all(|c| c.ready && c.running);
-            let elapsed_ms = inst.start_instant.elapsed().as_secs_f64() * 1000.0;
+            let elapsed = inst.start_instant.elapsed();
             self.update(&inst, |s| {
                 s.ready = all_ready && s.phase == Phase::Running;
                 if s.ready && !s.was_ready {
                     s.was_ready = true;
-                    s.start_to_ready_ms = Some(elapsed_ms);
+                    s.start_to_ready_ms = Some(ms(elapsed));
+                    if let Some(p) = &mut s.startup {
+                        startup_ready(p, elapsed);
+                    }
                 }
             });
             tokio::select! {
@@ -1512,12 +1579,71 @@ mod tests {
             volumes: vec![],
             drain_timeout: Duration::from_secs(300),
             egress: None,
+            scheduled: None,
         };
         let new = serde_json::to_string(&plan).expect("serializes");
         assert!(new.contains("\"drainTimeout\""), "{new}");
         let old = new.replace("\"drainTimeout\"", "\"stopGrace\"");
         let read: InstancePlan = serde_json::from_str(&old).expect("old record reads");
         assert_eq!(read, plan);
+    }
+
+    /// The phases follow one another: image up to the hand-over, container up to every
+    /// process running, ready from there; their sum is decision to readiness. A plan with a
+    /// decision time still reads and writes as before (the time is not recorded).
+    #[test]
+    fn startup_phases_follow_one_another() {
+        let t0 = Instant::now();
+        let scheduled = Scheduled {
+            unix_nanos: 1_000,
+            at: t0,
+        };
+        let handed = t0 + Duration::from_millis(40);
+        let running = handed + Duration::from_millis(250);
+        let mut p = startup_phases(scheduled, handed, running);
+        assert_eq!(
+            (
+                p.scheduled_unix_nanos,
+                p.image_ms,
+                p.container_ms,
+                p.ready_ms
+            ),
+            (1_000, 40.0, 250.0, None)
+        );
+        let ready = running + Duration::from_millis(710);
+        startup_ready(&mut p, ready - handed);
+        assert_eq!(p.ready_ms, Some(710.0));
+        assert_eq!(p.total_ms(), Some(1000.0));
+        // Marks out of order (a clock read before the one it follows) give 0, never less.
+        let p = startup_phases(scheduled, t0, t0 - Duration::from_millis(1));
+        assert_eq!(p.container_ms, 0.0);
+    }
+
+    /// A plan's decision time is not recorded: a record reads back without it.
+    #[test]
+    fn the_decision_time_is_not_recorded() {
+        let mut plan = skiff_plan();
+        plan.scheduled = Some(Scheduled::now());
+        let json = serde_json::to_string(&plan).expect("serializes");
+        assert!(!json.contains("scheduled"), "{json}");
+        let back: InstancePlan = serde_json::from_str(&json).expect("reads");
+        assert_eq!(back.scheduled, None);
+    }
+
+    fn skiff_plan() -> InstancePlan {
+        InstancePlan {
+            id: "hello-00001-abcde".into(),
+            namespace: "default".into(),
+            service: "hello".into(),
+            revision: "hello-00001".into(),
+            containers: vec![],
+            serving: 0,
+            port: 8080,
+            volumes: vec![],
+            drain_timeout: Duration::from_secs(300),
+            egress: None,
+            scheduled: None,
+        }
     }
 
     /// A container that exits within its grace is not killed: its exit is returned.

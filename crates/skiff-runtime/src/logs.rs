@@ -11,6 +11,12 @@
 //!
 //! Files: `<logs>/<namespace>/<revision>.log`, rotated to `.log.1` … `.log.N`; each line is
 //! JSON: `{"ts":"…","stream":"stdout","instance":"…","container":"…","line":"…"}`.
+//!
+//! The store counts, per revision, the lines it stored by stream and the lines lost
+//! ([`LogCounts`], M13): those it could not write, and those deleted with the oldest rotated
+//! file. Nothing is dropped for back-pressure: a pump that falls behind leaves the container
+//! blocked on a full pipe instead. A line longer than [`MAX_LINE`] is split, not truncated:
+//! each piece is stored, and counted, as a line.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -47,12 +53,43 @@ struct Writer {
     size: u64,
 }
 
+/// The revision a line belongs to, with its Service: the labels of its counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogSource {
+    /// The namespace.
+    pub namespace: String,
+    /// The Service.
+    pub service: String,
+    /// The revision (whose file the line goes to).
+    pub revision: String,
+}
+
+/// What happened to one revision's lines since the daemon started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogCounts {
+    /// Lines stored from the containers' stdout.
+    pub stdout: u64,
+    /// Lines stored from their stderr.
+    pub stderr: u64,
+    /// Lines deleted with the oldest rotated file, beyond [`Rotation::keep`] (they may have
+    /// been stored before the daemon started).
+    pub dropped_rotation: u64,
+    /// Lines that could not be written (the file could not be opened, or the write failed).
+    pub dropped_write_error: u64,
+}
+
+#[derive(Default)]
+struct State {
+    writers: std::collections::HashMap<PathBuf, Writer>,
+    counts: std::collections::HashMap<LogSource, LogCounts>,
+}
+
 /// Appends log lines to per-revision files.
 #[derive(Clone)]
 pub struct LogStore {
     dir: PathBuf,
     rotation: Rotation,
-    writers: Arc<Mutex<std::collections::HashMap<PathBuf, Writer>>>,
+    state: Arc<Mutex<State>>,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -72,8 +109,14 @@ impl LogStore {
         LogStore {
             dir: dir.to_path_buf(),
             rotation,
-            writers: Arc::default(),
+            state: Arc::default(),
         }
+    }
+
+    /// Each revision's counts so far (revisions that have had a line since the start).
+    pub fn counts(&self) -> Vec<(LogSource, LogCounts)> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// The directory.
@@ -81,12 +124,19 @@ impl LogStore {
         &self.dir
     }
 
-    /// Appends a line.
-    pub fn append(&self, namespace: &str, revision: &str, line: &LogLine) {
-        let path = revision_log(&self.dir, namespace, revision);
+    /// Appends a line of `source`'s log.
+    pub fn append(&self, source: &LogSource, line: &LogLine) {
+        let path = revision_log(&self.dir, &source.namespace, &source.revision);
         let mut json = serde_json::to_vec(line).unwrap_or_default();
         json.push(b'\n');
-        let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let State { writers, counts } = &mut *guard;
+        if !counts.contains_key(source) {
+            counts.insert(source.clone(), LogCounts::default());
+        }
+        let Some(counts) = counts.get_mut(source) else {
+            return;
+        };
         if !writers.contains_key(&path) {
             if let Some(parent) = path.parent() {
                 let _ = std::fs::create_dir_all(parent);
@@ -96,6 +146,7 @@ impl LogStore {
                 .append(true)
                 .open(&path)
             else {
+                counts.dropped_write_error += 1;
                 return;
             };
             let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -109,9 +160,11 @@ impl LogStore {
             );
         }
         let Some(w) = writers.get_mut(&path) else {
+            counts.dropped_write_error += 1;
             return;
         };
         if w.size + json.len() as u64 > self.rotation.max_bytes && w.size > 0 {
+            counts.dropped_rotation += lines_rotation_deletes(&w.path, self.rotation.keep);
             // Rotate: .log.(N-1) → .log.N, …, .log → .log.1.
             for i in (1..self.rotation.keep).rev() {
                 let _ = std::fs::rename(rotated(&w.path, i), rotated(&w.path, i + 1));
@@ -132,16 +185,57 @@ impl LogStore {
         }
         if w.file.write_all(&json).is_ok() {
             w.size += json.len() as u64;
+            if line.stream == "stderr" {
+                counts.stderr += 1;
+            } else {
+                counts.stdout += 1;
+            }
+        } else {
+            counts.dropped_write_error += 1;
         }
     }
 
     /// Forgets open files of a revision (it was deleted); the files stay.
     pub fn close(&self, namespace: &str, revision: &str) {
         let path = revision_log(&self.dir, namespace, revision);
-        self.writers
+        self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .writers
             .remove(&path);
+    }
+}
+
+/// The lines a rotation of `current` deletes when `keep` rotated files are kept: those of
+/// `.log.<keep>`, which the next file replaces, or of the current file itself when none is
+/// kept. Read from the file, so lines stored before the daemon started count too.
+fn lines_rotation_deletes(current: &Path, keep: usize) -> u64 {
+    let (replaced_by, deleted) = match keep {
+        0 => return count_lines(current),
+        1 => (current.to_path_buf(), rotated(current, 1)),
+        k => (rotated(current, k - 1), rotated(current, k)),
+    };
+    // A rename only replaces the file when there is one to move onto it.
+    if replaced_by.exists() {
+        count_lines(&deleted)
+    } else {
+        0
+    }
+}
+
+/// The lines of a file (0 if it cannot be read).
+fn count_lines(path: &Path) -> u64 {
+    use std::io::Read as _;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) | Err(_) => return n,
+            Ok(read) => n += buf[..read].iter().filter(|b| **b == b'\n').count() as u64,
+        }
     }
 }
 
@@ -206,10 +300,8 @@ impl Tail {
 pub struct PumpTarget {
     /// The log store.
     pub store: LogStore,
-    /// The namespace.
-    pub namespace: String,
-    /// The revision.
-    pub revision: String,
+    /// The revision whose log it is.
+    pub source: LogSource,
     /// The instance.
     pub instance: String,
     /// The container.
@@ -272,8 +364,7 @@ pub async fn pump(reader: tokio::net::unix::pipe::Receiver, t: PumpTarget) {
         let line = String::from_utf8_lossy(&buf).into_owned();
         t.tail.push(&line);
         t.store.append(
-            &t.namespace,
-            &t.revision,
+            &t.source,
             &LogLine {
                 ts: jiff::Timestamp::now().to_string(),
                 stream: t.stream.to_owned(),
@@ -291,6 +382,33 @@ use tokio::io::AsyncReadExt as _;
 mod tests {
     use super::*;
 
+    fn source(namespace: &str, revision: &str) -> LogSource {
+        LogSource {
+            namespace: namespace.into(),
+            service: "hello".into(),
+            revision: revision.into(),
+        }
+    }
+
+    fn line(stream: &str, text: String) -> LogLine {
+        LogLine {
+            ts: "t".into(),
+            stream: stream.into(),
+            instance: "i".into(),
+            container: "c".into(),
+            line: text,
+        }
+    }
+
+    fn counts_of(store: &LogStore, s: &LogSource) -> LogCounts {
+        store
+            .counts()
+            .into_iter()
+            .find(|(k, _)| k == s)
+            .map(|(_, c)| c)
+            .unwrap_or_default()
+    }
+
     /// Lines land in the revision's file as JSON; the file rotates by size and keeps N.
     #[test]
     fn appends_and_rotates() {
@@ -304,8 +422,7 @@ mod tests {
         );
         for i in 0..30 {
             store.append(
-                "default",
-                "hello-00001",
+                &source("default", "hello-00001"),
                 &LogLine {
                     ts: "t".into(),
                     stream: "stdout".into(),
@@ -331,6 +448,68 @@ mod tests {
             expected,
             "no gap, in order"
         );
+        // Every line stored is counted; those rotated away are counted dropped, exactly.
+        let c = counts_of(&store, &source("default", "hello-00001"));
+        assert_eq!((c.stdout, c.stderr), (30, 0));
+        assert_eq!(c.dropped_rotation, 30 - lines.len() as u64);
+        assert_eq!(c.dropped_write_error, 0);
+    }
+
+    /// Rotation drops count lines of files written before the store started (a daemon
+    /// restart), and with no rotated file kept, the current file's; streams count apart.
+    #[test]
+    fn rotation_drops_count_every_line_deleted() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = source("default", "hello-00001");
+        let rotation = Rotation {
+            max_bytes: 300,
+            keep: 1,
+        };
+        let before = LogStore::new(d.path(), rotation);
+        for i in 0..12 {
+            before.append(&s, &line("stdout", format!("before {i}")));
+        }
+        let kept_before = read_all(d.path(), "default", "hello-00001").len() as u64;
+        let dropped_before = counts_of(&before, &s).dropped_rotation;
+        assert_eq!(kept_before + dropped_before, 12);
+        // A new store over the same files: whatever it deletes counts, old lines included.
+        let after = LogStore::new(d.path(), rotation);
+        for i in 0..40 {
+            let stream = if i % 4 == 0 { "stderr" } else { "stdout" };
+            after.append(&s, &line(stream, format!("after {i}")));
+        }
+        let c = counts_of(&after, &s);
+        assert_eq!((c.stdout, c.stderr), (30, 10));
+        let kept = read_all(d.path(), "default", "hello-00001").len() as u64;
+        assert_eq!(kept + c.dropped_rotation, kept_before + 40);
+
+        let none_kept = tempfile::tempdir().expect("tempdir");
+        let store = LogStore::new(
+            none_kept.path(),
+            Rotation {
+                max_bytes: 300,
+                keep: 0,
+            },
+        );
+        for i in 0..20 {
+            store.append(&s, &line("stdout", format!("line {i}")));
+        }
+        let kept = read_all(none_kept.path(), "default", "hello-00001").len() as u64;
+        assert_eq!(kept + counts_of(&store, &s).dropped_rotation, 20);
+    }
+
+    /// A line that cannot be written (its file cannot be created) is counted dropped, not
+    /// stored.
+    #[test]
+    fn unwritable_lines_are_counted_dropped() {
+        let d = tempfile::tempdir().expect("tempdir");
+        // The namespace's directory is a file: the log cannot be created under it.
+        std::fs::write(d.path().join("default"), b"").expect("a file in the way");
+        let store = LogStore::new(d.path(), Rotation::default());
+        let s = source("default", "hello-00001");
+        store.append(&s, &line("stdout", "lost".into()));
+        let c = counts_of(&store, &s);
+        assert_eq!((c.stdout, c.dropped_write_error), (0, 1));
     }
 
     /// A FIFO pumped into the store keeps every line, and a writer that outlives the reader
@@ -344,8 +523,7 @@ mod tests {
         let tail = Tail::default();
         let target = PumpTarget {
             store: store.clone(),
-            namespace: "ns".into(),
-            revision: "r".into(),
+            source: source("ns", "r"),
             instance: "i".into(),
             container: "c".into(),
             stream: "stdout",
@@ -360,10 +538,10 @@ mod tests {
             .write_all(b"three\n")
             .expect("write after the reader died");
         let reader = reopen(&path).expect("reopen");
+        let store_counts = store.clone();
         let target = PumpTarget {
             store,
-            namespace: "ns".into(),
-            revision: "r".into(),
+            source: source("ns", "r"),
             instance: "i".into(),
             container: "c".into(),
             stream: "stdout",
@@ -372,6 +550,7 @@ mod tests {
         tokio::spawn(pump(reader, target));
         skiff_wait(|| read_all(d.path(), "ns", "r").len() == 3).await;
         assert_eq!(tail.last(2), vec!["two".to_owned(), "three".to_owned()]);
+        assert_eq!(counts_of(&store_counts, &source("ns", "r")).stdout, 3);
     }
 
     async fn skiff_wait(cond: impl Fn() -> bool) {

@@ -8,7 +8,7 @@ use skiff_image::content::ContentStore;
 use skiff_image::metrics::ImageMetrics;
 use skiff_image::puller::{Puller, no_progress};
 use skiff_image::registry::{RegistryClient, RegistryOptions};
-use skiff_runtime::instance::{ContainerPlan, InstancePlan, Phase, UserPlan};
+use skiff_runtime::instance::{ContainerPlan, InstancePlan, Phase, Scheduled, UserPlan};
 use skiff_runtime::oci::{OciRuntime, RuncCli};
 use skiff_runtime::probe::{ProbeAction, ProbeSpec};
 use skiff_runtime::{Runtime, RuntimeOptions};
@@ -113,6 +113,7 @@ async fn busybox_httpd_lifecycle() {
         volumes: vec![],
         drain_timeout: Duration::from_secs(5),
         egress: None,
+        scheduled: Some(Scheduled::now()),
     };
     let inst = rt.start(plan).await.expect("start");
     let mut rx = inst.subscribe();
@@ -133,6 +134,20 @@ async fn busybox_httpd_lifecycle() {
     };
     assert!(ready.ready, "{ready:?}");
     eprintln!("start to ready: {:?} ms", ready.start_to_ready_ms);
+    // The start-up phases are there, ready included, and add up to the decision's distance
+    // from readiness (the runtime's own start-to-ready is container + ready).
+    let phases = ready
+        .startup
+        .clone()
+        .expect("start-up phases of a scheduled instance");
+    eprintln!("start-up phases: {phases:?}");
+    let (Some(ready_ms), Some(total)) = (phases.ready_ms, phases.total_ms()) else {
+        panic!("no ready phase: {phases:?}");
+    };
+    assert!(phases.scheduled_unix_nanos > 0 && phases.image_ms >= 0.0);
+    let start_to_ready = ready.start_to_ready_ms.expect("start to ready");
+    assert!((phases.container_ms + ready_ms - start_to_ready).abs() < 1e-6);
+    assert!(total >= start_to_ready);
     let mut s = rt
         .connector()
         .connect(inst.netns(), 8080)

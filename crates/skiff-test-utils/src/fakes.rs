@@ -25,6 +25,7 @@ use skiff_runtime::instance::{
     ContainerStatus, InstanceEvent, InstancePlan, InstanceStatus, Phase, RecoveryReport,
     Termination,
 };
+use skiff_runtime::logs::{LogCounts, LogSource};
 use tokio::sync::broadcast;
 
 fn now() -> String {
@@ -49,6 +50,8 @@ struct RuntimeState {
     surviving: HashMap<String, bool>,
     /// Every plan `recover` was offered.
     offered: Vec<InstancePlan>,
+    /// What `log_counts` says.
+    log_counts: Vec<(LogSource, LogCounts)>,
 }
 
 /// An in-memory [`InstanceRuntime`].
@@ -104,6 +107,7 @@ impl FakeRuntime {
         let _ = self.events.send(InstanceEvent {
             id: info.plan.id.clone(),
             namespace: info.plan.namespace.clone(),
+            service: info.plan.service.clone(),
             revision: info.plan.revision.clone(),
             status: info.status.clone(),
         });
@@ -202,6 +206,11 @@ impl FakeRuntime {
     /// Every plan `recover` was offered.
     pub fn offered(&self) -> Vec<InstancePlan> {
         lock(&self.state).offered.clone()
+    }
+
+    /// Sets what [`InstanceRuntime::log_counts`] says.
+    pub fn set_log_counts(&self, counts: Vec<(LogSource, LogCounts)>) {
+        lock(&self.state).log_counts = counts;
     }
 }
 
@@ -311,6 +320,10 @@ impl InstanceRuntime for FakeRuntime {
 
     fn log_dir(&self) -> PathBuf {
         self.dir.path().join("logs")
+    }
+
+    fn log_counts(&self) -> Vec<(LogSource, LogCounts)> {
+        lock(&self.state).log_counts.clone()
     }
 }
 
@@ -456,6 +469,7 @@ pub fn instance_plan(id: &str) -> InstancePlan {
         volumes: vec![],
         drain_timeout: Duration::from_secs(1),
         egress: None,
+        scheduled: None,
     }
 }
 
