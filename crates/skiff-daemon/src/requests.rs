@@ -35,10 +35,16 @@ impl Lookup for DaemonLookup {
     }
 }
 
-/// An instance's start phases from its status, once it was ready.
+/// An instance's start phases from its status (none for one re-adopted after a restart).
 fn startup_of(s: &skiff_api::wire::InstanceStatus) -> Option<Startup> {
-    let _ = s;
-    None
+    let p = s.startup.as_ref()?;
+    let ms = |v: f64| Duration::from_secs_f64(v.max(0.0) / 1e3);
+    Some(Startup {
+        scheduled: std::time::UNIX_EPOCH + Duration::from_nanos(p.scheduled_unix_nanos),
+        image: ms(p.image_ms),
+        container: ms(p.container_ms),
+        ready: p.ready_ms.map(ms),
+    })
 }
 
 /// Every Service's latency SLO threshold, as the engine last evaluated them.
