@@ -354,3 +354,114 @@ async fn a_request_is_recorded_once_when_its_response_ends() {
     assert!(records.try_recv().is_err(), "recorded once");
     shutdown.cancel();
 }
+
+/// Records, and traces: the head sampler says no to every trace.
+struct Tracing(tokio::sync::mpsc::UnboundedSender<skiff_router::record::RequestRecord>);
+
+impl skiff_router::record::RequestObserver for Tracing {
+    fn finished(&self, record: skiff_router::record::RequestRecord) {
+        let _ = self.0.send(record);
+    }
+
+    fn head_sample(&self, _trace_id: u128, parent_sampled: Option<bool>) -> Option<bool> {
+        Some(parent_sampled.unwrap_or(false))
+    }
+}
+
+/// When the observer traces, the instance's `traceparent` keeps the client's trace but names
+/// skiff's span for the call as its parent, with the head decision as its flag; the record
+/// carries the ids the spans will have.
+#[tokio::test]
+async fn a_traced_request_gives_the_instance_skiffs_span() {
+    let instance = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = instance.local_addr().expect("addr").port();
+    let (heads_tx, mut heads) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = instance.accept().await {
+            let heads_tx = heads_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = heads_tx.send(String::from_utf8_lossy(&head).into_owned());
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let shutdown = CancellationToken::new();
+    let mut registry = Registry::with_prefix("skiff_router");
+    let metrics = RouterMetrics::new(&mut registry);
+    let (router, addr) = serving_with(&shutdown, Loopback::default(), metrics).await;
+    let (tx, mut records) = tokio::sync::mpsc::unbounded_channel();
+    router.set_observer(Arc::new(Tracing(tx)));
+    router.set_pool(PoolSpec {
+        namespace: "default".into(),
+        service: "s".into(),
+        revision: "s-00001".into(),
+        container_concurrency: 0,
+        port,
+        h2c: false,
+        timeout: Duration::from_secs(300),
+        response_start_timeout: None,
+        idle_timeout: None,
+        unavailable: None,
+    });
+    let netns: Arc<OwnedFd> = Arc::new(std::fs::File::open("/dev/null").expect("fd").into());
+    router.instance_ready(&("default".into(), "s-00001".into()), "s-00001-a", netns);
+    router.set_routes(HashMap::from([(
+        "s.default.localhost".to_owned(),
+        HostRoute::Tag {
+            namespace: "default".into(),
+            service: "s".into(),
+            revision: "s-00001".into(),
+        },
+    )]));
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    for (client, sampled) in [
+        (Some(format!("00-{trace}-00f067aa0ba902b7-01")), true),
+        (None, false),
+    ] {
+        let mut c = TcpStream::connect(&addr).await.expect("connect");
+        let tp = client
+            .as_ref()
+            .map(|v| format!("traceparent: {v}\r\n"))
+            .unwrap_or_default();
+        c.write_all(format!("GET / HTTP/1.1\r\nHost: s.default.localhost\r\n{tp}\r\n").as_bytes())
+            .await
+            .expect("write");
+        assert_eq!(status(&mut c).await, 200);
+        let head = tokio::time::timeout(DEADLINE, heads.recv())
+            .await
+            .expect("the instance got it")
+            .expect("a head");
+        let r = tokio::time::timeout(DEADLINE, records.recv())
+            .await
+            .expect("a record in time")
+            .expect("a record");
+        let ids = r.spans.expect("span ids when the observer traces");
+        assert_eq!(ids.sampled, sampled);
+        assert_ne!(ids.server, ids.upstream);
+        let want = format!(
+            "traceparent: 00-{}-{:016x}-{}",
+            r.trace_id,
+            ids.upstream,
+            if sampled { "01" } else { "00" }
+        );
+        assert!(head.contains(&want), "{want} not in\n{head}");
+        if client.is_some() {
+            assert_eq!(r.trace_id, trace);
+            assert_eq!(r.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+        } else {
+            assert_ne!(r.trace_id, trace);
+            assert!(r.parent_span_id.is_none());
+        }
+    }
+    shutdown.cancel();
+}
