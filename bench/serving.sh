@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Serving benchmark, from one run with its own `skiff server`: cold start (scale from zero to
-# first byte) beside bare runc on the same layers; the router's added latency and throughput
-# beside a direct connection and nginx on the same instance; and a 10x burst of clients.
+# first byte) beside bare runc on the same layers; the router's added latency and throughput,
+# with request logs and traces off and on (a second daemon), beside a direct connection and
+# nginx; and a 10x burst of clients.
 #
-#   bench/serving.sh [--cold-runs N] [--router-reps N] [--router-seconds S] [--burst-window W]
+#   bench/serving.sh [--cold-runs N] [--router-reps N] [--router-seconds S]
+#                    [--router-trace-ratio R] [--burst-window W]
 #                    [--only PARTS] [--out FILE] [--raw FILE] [--keep-logs DIR] [--dir DIR] ...
 #
 # Builds `skiff` and `serving-bench` (package skiff-bench-serving, bench/serving) in release
@@ -26,6 +28,8 @@ usage: bench/serving.sh [options]
                          number for both (default: one per core)
   --router-backend B     server behind the router cases: auto (skiff-test-h2 when it builds,
                          else skiff-test-server), test-h2 or test-server (default auto)
+  --router-trace-ratio R the skiff+telemetry case's parentbased_traceidratio ratio, 0 to 1
+                         (default 0.1; 1.0 traces every request)
   --burst-from N         clients before the step (default 2)
   --burst-to N           clients after the step (default 20)
   --burst-delay-ms MS    how long the server holds each request (default 50)
@@ -38,13 +42,13 @@ usage: bench/serving.sh [options]
                          marked as such)
   --out FILE             also write the Markdown to FILE
   --raw FILE             every figure (each request, run, reading) as JSON to FILE
-  --keep-logs DIR        copy the daemon's log, nginx's logs and wrk's outputs to DIR
+  --keep-logs DIR        copy the daemons' logs, nginx's logs and wrk's outputs to DIR
   --dir DIR              where the temporary working directory goes (default: $TMPDIR or
                          /tmp); overlay upper dirs live there
 
 Needs root, runc, wrk, nginx, nsenter, /usr/bin/busybox (busybox-static) and cargo:
   apt-get install -y runc wrk nginx-light busybox-static
-A full run takes about 5 minutes after the build.
+A full run takes about 6 minutes after the build.
 EOF
 }
 

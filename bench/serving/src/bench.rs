@@ -26,6 +26,8 @@ pub fn progress(msg: impl AsRef<str>) {
 #[derive(Debug, Default)]
 pub struct Procs {
     pub daemon: Mutex<Option<Child>>,
+    /// The second daemon, with request logs and traces on (router part only).
+    pub telemetry_daemon: Mutex<Option<Child>>,
     pub nginx: Mutex<Option<Child>>,
 }
 
@@ -113,7 +115,10 @@ pub struct Bench {
     pub prefix: String,
     /// The working directory (everything on disk lives below it).
     pub work: PathBuf,
+    /// The daemon of every part, with request logs and traces off.
     pub daemon: Daemon,
+    /// The router part's second daemon, with request logs and traces on, and its OTLP sink.
+    pub telemetry: Option<TelemetryDaemon>,
     /// busybox httpd (cold starts).
     pub httpd: Image,
     /// skiff-test-server (burst).
@@ -125,6 +130,14 @@ pub struct Bench {
     pub procs: std::sync::Arc<Procs>,
     /// Sockets inside instances' network namespaces (readiness checks of nginx).
     pub connector: Connector,
+}
+
+/// The router part's traced daemon: its own data directory (`data-telemetry`), loopback
+/// ports and router threads like the first; request logs on, traces exported to `sink`.
+#[derive(Debug)]
+pub struct TelemetryDaemon {
+    pub daemon: Daemon,
+    pub sink: crate::otlp::Sink,
 }
 
 impl Bench {

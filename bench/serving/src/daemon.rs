@@ -71,8 +71,8 @@ pub fn skiff_command(bin: &Path) -> Command {
 }
 
 impl Daemon {
-    /// The arguments of `skiff server`.
-    fn server_args(data_dir: &Path, router_threads: usize) -> Vec<String> {
+    /// The arguments of `skiff server`, `extra` last.
+    fn server_args(data_dir: &Path, router_threads: usize, extra: &[String]) -> Vec<String> {
         let mut args = vec![
             "server".into(),
             "--data-dir".into(),
@@ -93,10 +93,12 @@ impl Daemon {
             "1".into(),
         ];
         args.extend(["--router-threads".into(), router_threads.to_string()]);
+        args.extend(extra.iter().cloned());
         args
     }
 
-    /// Starts `bin` with its data directory `data_dir` and its log in `log`; returns once it
+    /// Starts `bin` with its data directory `data_dir` and its log in `log`, `extra`
+    /// arguments after the usual ones (`shown`: as the report shows them); returns once it
     /// has written `endpoints.json`. The process is put in `slot` at once, so that it is
     /// stopped even if this fails or is cancelled.
     pub async fn start(
@@ -105,10 +107,12 @@ impl Daemon {
         log: &Path,
         slot: &std::sync::Mutex<Option<Child>>,
         router_threads: usize,
+        extra: &[String],
+        shown: &[String],
     ) -> anyhow::Result<Daemon> {
         let endpoints = data_dir.join("endpoints.json");
         let out = std::fs::File::create(log).context("creating the daemon log")?;
-        let args = Self::server_args(data_dir, router_threads);
+        let args = Self::server_args(data_dir, router_threads, extra);
         let mut cmd = skiff_command(bin);
         cmd.args(&args)
             .env("SKIFF_CONFIG", "/dev/null")
@@ -167,7 +171,7 @@ impl Daemon {
             client,
             command_line: format!(
                 "skiff {}",
-                Self::server_args(Path::new("DATA"), router_threads).join(" ")
+                Self::server_args(Path::new("DATA"), router_threads, shown).join(" ")
             ),
         })
     }
@@ -190,6 +194,33 @@ impl Daemon {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The API's `/metrics` (OpenMetrics text; it needs no token).
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.api.trim_start_matches("http://").trim_end_matches('/');
+        let mut conn = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to the API at {addr}"))?;
+        // HTTP/1.0: the answer ends with the connection, whatever its framing.
+        conn.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .context("asking for /metrics")?;
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut raw))
+            .await
+            .context("/metrics did not answer within 30 s")?
+            .context("reading /metrics")?;
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .context("/metrics: no header block")?;
+        let status = head.split_whitespace().nth(1).unwrap_or_default();
+        if status != "200" {
+            bail!("/metrics answered {status}: {body}");
+        }
+        Ok(body.to_owned())
     }
 
     /// Creates (or updates) a Service from its manifest.

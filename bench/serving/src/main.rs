@@ -3,14 +3,15 @@
 //!
 //! 1. **cold start**: scale from zero to first byte through skiff's ingress, beside the floor
 //!    (bare `runc run -d` of the same layers until the port accepts), interleaved ([`cold`]);
-//! 2. **router**: added latency and throughput of skiff's ingress beside a direct connection
-//!    and nginx, on the same instance ([`router`]);
+//! 2. **router**: added latency and throughput of skiff's ingress, with request logs and
+//!    traces off and on (a second daemon, exporting to an OTLP sink of ours, [`otlp`]), beside
+//!    a direct connection and nginx ([`router`]);
 //! 3. **burst**: a 10× step in concurrent clients: time until enough instances are ready,
 //!    the instance count timeline, latency before/during/after, non-2xx answers ([`burst`]).
 //!
 //! Everything it starts lives below one working directory and carries one prefix
-//! (`sb<pid>-`): the daemon (its data dir), nginx, the floor's containers, every Service. At
-//! the end, on failure and on SIGINT/SIGTERM it stops nginx and the daemon, checks that
+//! (`sb<pid>-`): the daemons (their data dirs), nginx, the floor's containers, every Service.
+//! At the end, on failure and on SIGINT/SIGTERM it stops nginx and the daemons, checks that
 //! nothing is left (containers in both runc roots, mounts, cgroups `/sys/fs/cgroup/*/skiff/
 //! sb<pid>-*`), sweeps whatever is, and checks again. Needs root, runc, wrk, nginx, nsenter.
 
@@ -20,6 +21,7 @@ mod cold;
 mod daemon;
 mod daemonlog;
 mod http;
+mod otlp;
 mod report;
 mod router;
 
@@ -90,6 +92,10 @@ struct Args {
     /// serves about twice what skiff-test-server does here, else skiff-test-server).
     #[arg(long, value_enum, default_value = "auto")]
     router_backend: Backend,
+    /// Router: the ratio of the traced daemon's `parentbased_traceidratio` sampler (the
+    /// skiff+telemetry case), 0 to 1.
+    #[arg(long, default_value_t = 0.1)]
+    router_trace_ratio: f64,
     /// Burst: clients before the step.
     #[arg(long, default_value_t = 2)]
     burst_from: usize,
@@ -184,9 +190,13 @@ pub struct Results {
     pub burst: Option<BurstResults>,
 }
 
+/// The data directory of the router part's traced daemon, below the working directory.
+const TELEMETRY_DATA: &str = "data-telemetry";
+
 fn runc_roots(work: &Path) -> Vec<PathBuf> {
     vec![
         work.join("data/run/runc"),
+        work.join(TELEMETRY_DATA).join("run/runc"),
         Floor::runc_root(&work.join("floor")),
     ]
 }
@@ -241,6 +251,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.only.is_empty() {
         bail!("--only names no part");
+    }
+    if args.only.contains(&Part::Router) && !(0.0..=1.0).contains(&args.router_trace_ratio) {
+        bail!("--router-trace-ratio must be between 0 and 1");
     }
     if args.only.contains(&Part::Cold) && args.cold_runs == 0 {
         bail!("--cold-runs must be at least 1 (50 or more for BENCHMARKS.md)");
@@ -323,10 +336,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
-    // Whatever happened: nginx, then the daemon (SIGTERM: it stops its instances), then what
-    // is left is checked, swept and checked again.
+    // Whatever happened: nginx, then the daemons (SIGTERM: each stops its instances), then
+    // what is left is checked, swept and checked again.
     if let Some(how) = router::stop_nginx(&procs).await {
         progress(format!("nginx: {how}"));
+    }
+    if let Some(how) = router::stop_telemetry_daemon(&procs).await {
+        progress(format!("traced daemon: {how}"));
     }
     if let Some(child) = Procs::take(&procs.daemon) {
         progress("stopping the daemon (SIGTERM)");
@@ -346,13 +362,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if before_sweep.is_empty() {
         progress(
-            "cleanup checked: no container in the daemon's or the floor's runc root, no mount under the working directory, no cgroup of this run, working directory removed",
+            "cleanup checked: no container in the daemons' or the floor's runc roots, no mount under the working directory, no cgroup of this run, working directory removed",
         );
     }
     let (results, versions, command_line) = outcome?;
     if !before_sweep.is_empty() {
         bail!(
-            "the daemon's shutdown or the floor's teardown left these behind (swept now):\n  {}",
+            "the daemons' shutdown or the floor's teardown left these behind (swept now):\n  {}",
             before_sweep.join("\n  ")
         );
     }
@@ -407,6 +423,7 @@ fn settings(a: &Args) -> Settings {
             throughput_threads: a.router_threads,
             throughput_connections: a.router_connections,
             nginx_workers: a.router_workers,
+            trace_ratio: a.router_trace_ratio,
         }),
         burst: a.only.contains(&Part::Burst).then(|| BurstSettings {
             from: a.burst_from,
@@ -469,18 +486,60 @@ async fn setup(
         (None, _) => None,
     };
 
+    // Request logs and traces off: the router part's `skiff` case (and the cold start and
+    // burst parts). Request logs are on by default.
+    let off = ["--request-logs".to_owned(), "false".to_owned()];
     let daemon = Daemon::start(
         &bin,
         &work.join("data"),
         &work.join("daemon.log"),
         &procs.daemon,
         args.router_workers,
+        &off,
+        &off,
     )
     .await?;
     progress(format!(
         "daemon pid {} (API {}, ingress {})",
         daemon.pid, daemon.api, daemon.ingress
     ));
+    // The router part's `skiff+telemetry` case: a second daemon with request logs on and
+    // traces exported to a sink of ours.
+    let telemetry = if args.only.contains(&Part::Router) {
+        let sink = otlp::Sink::start().context("starting the OTLP sink")?;
+        let ratio = args.router_trace_ratio.to_string();
+        let on = |endpoint: &str| {
+            [
+                "--request-logs",
+                "true",
+                "--otlp-endpoint",
+                endpoint,
+                "--traces-sampler",
+                "parentbased_traceidratio",
+                "--traces-sampler-arg",
+                &ratio,
+            ]
+            .map(str::to_owned)
+        };
+        let daemon = Daemon::start(
+            &bin,
+            &work.join(TELEMETRY_DATA),
+            &work.join("daemon-telemetry.log"),
+            &procs.telemetry_daemon,
+            args.router_workers,
+            &on(&sink.url),
+            &on("SINK"),
+        )
+        .await
+        .context("starting the traced daemon")?;
+        progress(format!(
+            "traced daemon pid {} (API {}, ingress {}; OTLP sink {})",
+            daemon.pid, daemon.api, daemon.ingress, sink.url
+        ));
+        Some(bench::TelemetryDaemon { daemon, sink })
+    } else {
+        None
+    };
     let httpd = bench::import(
         &daemon,
         &httpd_img,
@@ -507,6 +566,22 @@ async fn setup(
         ),
         None => None,
     };
+    // The traced daemon gets the router's backend only, under the same reference.
+    if let Some(t) = &telemetry {
+        let (img, layout, reference) = match &h2_img {
+            Some(img) => (
+                img,
+                "layouts/h2-telemetry",
+                "skiff.local/serving-bench/test-h2:v1",
+            ),
+            None => (
+                &server_img,
+                "layouts/server-telemetry",
+                "skiff.local/serving-bench/test-server:v1",
+            ),
+        };
+        bench::import(&t.daemon, img, &work.join(layout), reference).await?;
+    }
     let versions = report::Versions::gather(&daemon).await;
     let backend = match &h2 {
         Some(img) => (
@@ -528,6 +603,7 @@ async fn setup(
             prefix: prefix.to_owned(),
             work: work.to_path_buf(),
             daemon,
+            telemetry,
             httpd,
             router_backend: backend.0,
             router_backend_name: backend.1,
@@ -558,6 +634,10 @@ fn keep_logs(work: &Path, dir: &Path) {
     let _ = std::fs::create_dir_all(dir);
     for (from, to) in [
         (work.join("daemon.log"), dir.join("daemon.log")),
+        (
+            work.join("daemon-telemetry.log"),
+            dir.join("daemon-telemetry.log"),
+        ),
         (work.join("nginx/error.log"), dir.join("nginx-error.log")),
         (work.join("nginx/nginx.conf"), dir.join("nginx.conf")),
     ] {
@@ -632,6 +712,9 @@ async fn cleanup_only(args: &Args) -> anyhow::Result<()> {
         .and_then(|s| s.trim().parse::<i32>().ok())
     {
         stop_pid(pid, &work, "nginx", Duration::from_secs(10)).await;
+    }
+    if let Some(pid) = read_json(work.join(TELEMETRY_DATA).join("endpoints.json"))["pid"].as_i64() {
+        stop_pid(pid as i32, &work, "traced daemon", daemon::STOP_TIMEOUT).await;
     }
     if let Some(pid) = read_json(work.join("data/endpoints.json"))["pid"].as_i64() {
         stop_pid(pid as i32, &work, "daemon", daemon::STOP_TIMEOUT).await;

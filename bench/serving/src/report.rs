@@ -137,8 +137,14 @@ pub fn markdown(r: &Report<'_>) -> String {
     );
     let _ = writeln!(
         o,
-        "- Daemon: `{}` with its own data directory (`DATA`), the API and the ingress on free loopback ports; the benchmark's clients, wrk and nginx run on the same {} cores",
-        r.daemon_command, m.cpus
+        "- Daemon: `{}` with its own data directory (`DATA`), the API and the ingress on free loopback ports, request logs and traces off{}; the benchmark's clients, wrk and nginx run on the same {} cores",
+        r.daemon_command,
+        if res.router.is_some() {
+            " (the router part's skiff+telemetry case runs a second daemon with them on, see there)"
+        } else {
+            ""
+        },
+        m.cpus
     );
     let mut parts = Vec::new();
     if let Some(c) = &res.cold {
@@ -167,7 +173,7 @@ pub fn markdown(r: &Report<'_>) -> String {
     }
     let _ = writeln!(
         o,
-        "Everything the run started (daemon, nginx, containers, mounts, cgroups, the working directory) was checked gone at the end: `runc list` of the daemon's and the floor's runc roots, `/proc/self/mountinfo`, `/sys/fs/cgroup/*/skiff/<prefix>-*`."
+        "Everything the run started (daemons, nginx, containers, mounts, cgroups, the working directory) was checked gone at the end: `runc list` of the daemons' and the floor's runc roots, `/proc/self/mountinfo`, `/sys/fs/cgroup/*/skiff/<prefix>-*`."
     );
     o
 }
@@ -419,16 +425,22 @@ fn router_section(o: &mut String, rt: &RouterResults) {
     };
     let _ = writeln!(
         o,
-        "### Router: added latency and throughput, skiff vs nginx vs direct\n"
+        "### Router: added latency and throughput, skiff (request telemetry off and on) vs nginx vs direct\n"
     );
     let _ = writeln!(
         o,
         "- Backend: one instance of {} from a Service with `min-scale` = `max-scale` = 1; every request is `GET /healthz`.",
         rt.backend
     );
+    let t = &rt.telemetry;
     let _ = writeln!(
         o,
-        "- **direct**: wrk inside the instance's network namespace (`nsenter --net=DATA/run/instances/<id>/netns`) → `127.0.0.1:8080`. **skiff**: wrk on the host → skiff's ingress with `Host: <service>.default.localhost` → the router's pooled connections into the namespace. **nginx** ({}): started inside the same namespace (`worker_processes {}`, as many as skiff's router threads, `--router-threads`), `listen 127.0.0.1:8081`, `proxy_pass` to an upstream `127.0.0.1:8080` with `keepalive 64`, `proxy_http_version 1.1`, `Host`, `X-Forwarded-For` and `X-Forwarded-Proto` set (skiff adds `X-Forwarded-*`, `Forwarded`, `X-Request-Id` and `traceparent`); wrk in the namespace too.",
+        "- **direct**: wrk inside the instance's network namespace (`nsenter --net=DATA/run/instances/<id>/netns`) → `127.0.0.1:8080`. **skiff**: wrk on the host → the ingress of the run's daemon, request logs and traces off (`--request-logs false`, no OTLP endpoint), with `Host: <service>.default.localhost` → the router's pooled connections into the namespace. **skiff+telemetry**: the same through a second daemon, `{}` (its own data directory and loopback ports, the same `--router-threads`; request logs on, traces exported over OTLP/HTTP to a sink in the benchmark, see below), to an instance of its own of the same image (its backend CPU is that instance's).",
+        t.command_line
+    );
+    let _ = writeln!(
+        o,
+        "- **nginx** ({}): started inside the first instance's namespace (`worker_processes {}`, as many as skiff's router threads, `--router-threads`), `listen 127.0.0.1:8081`, `proxy_pass` to an upstream `127.0.0.1:8080` with `keepalive 64`, `proxy_http_version 1.1`, `Host`, `X-Forwarded-For` and `X-Forwarded-Proto` set (skiff adds `X-Forwarded-*`, `Forwarded`, `X-Request-Id` and `traceparent`); wrk in the namespace too.",
         rt.nginx_version, s.nginx_workers
     );
     let _ = writeln!(
@@ -481,7 +493,7 @@ fn router_section(o: &mut String, rt: &RouterResults) {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "CPU per request is from the throughput runs: the CPU time (user + system) skiff's daemon process or nginx's master and workers (`/proc/PID/stat`), and the instance's cgroup (`cpuacct.usage`), used during the run, divided by the requests wrk completed. wrk's own CPU is not counted.\n"
+        "CPU per request is from the throughput runs: the CPU time (user + system) of the case's own skiff daemon process (each skiff case has its own) or of nginx's master and workers (`/proc/PID/stat`), and the instance's cgroup (`cpuacct.usage`), used during the run, divided by the requests wrk completed. wrk's own CPU is not counted.\n"
     );
     // Added latency, paired by repetition.
     let added = |case: Case, f: fn(&WrkRun) -> f64, mode: Mode| -> (f64, f64, f64) {
@@ -498,7 +510,7 @@ fn router_section(o: &mut String, rt: &RouterResults) {
             sorted.last().copied().unwrap_or(f64::NAN),
         )
     };
-    for case in [Case::Skiff, Case::Nginx] {
+    for case in [Case::Skiff, Case::SkiffTelemetry, Case::Nginx] {
         let (p50, p50_lo, p50_hi) = added(case, |r| r.p50_us, Mode::Latency);
         let (p99, p99_lo, p99_hi) = added(case, |r| r.p99_us, Mode::Latency);
         let _ = writeln!(
@@ -514,24 +526,32 @@ fn router_section(o: &mut String, rt: &RouterResults) {
         );
     }
     let (skiff_added, _, _) = added(Case::Skiff, |r| r.p50_us, Mode::Latency);
+    let (tel_added, _, _) = added(Case::SkiffTelemetry, |r| r.p50_us, Mode::Latency);
     let skiff_rps = med(&of(Case::Skiff, Mode::Throughput), |r| r.rps);
+    let tel_rps = med(&of(Case::SkiffTelemetry, Mode::Throughput), |r| r.rps);
     let nginx_rps = med(&of(Case::Nginx, Mode::Throughput), |r| r.rps);
     let direct_rps = med(&of(Case::Direct, Mode::Throughput), |r| r.rps);
     let _ = writeln!(
         o,
-        "- Goal, skiff's added p50 ≤ 0.1 ms: {} ({:.3} ms)",
+        "- Goal, skiff's added p50 ≤ 0.1 ms: {} ({:.3} ms; with request telemetry on {:.3} ms: {})",
         met(skiff_added <= 100.0),
-        skiff_added / 1000.0
+        skiff_added / 1000.0,
+        tel_added / 1000.0,
+        met(tel_added <= 100.0)
     );
     let _ = writeln!(
         o,
-        "- Goal, skiff's throughput ≥ nginx's: {} ({:.0} / {:.0} req/s = {:.2}; direct {:.0} req/s, skiff reaches {:.0}% of it, nginx {:.0}%)",
+        "- Goal, skiff's throughput ≥ nginx's: {} ({:.0} / {:.0} req/s = {:.2}; with request telemetry on {:.0} req/s = {:.2}: {}; direct {:.0} req/s, skiff reaches {:.0}% of it, skiff+telemetry {:.0}%, nginx {:.0}%)",
         met(skiff_rps >= nginx_rps),
         skiff_rps,
         nginx_rps,
         skiff_rps / nginx_rps,
+        tel_rps,
+        tel_rps / nginx_rps,
+        met(tel_rps >= nginx_rps),
         direct_rps,
         100.0 * skiff_rps / direct_rps,
+        100.0 * tel_rps / direct_rps,
         100.0 * nginx_rps / direct_rps
     );
     let spread = |case: Case| {
@@ -543,6 +563,191 @@ fn router_section(o: &mut String, rt: &RouterResults) {
         o,
         "- Spread of the throughput runs (req/s, min–max over repetitions): {}\n",
         Case::ALL.map(spread).join(", ")
+    );
+    telemetry_section(o, rt);
+}
+
+/// Request logs and traces on vs off, and what the traced daemon and the sink counted.
+fn telemetry_section(o: &mut String, rt: &RouterResults) {
+    let s = &rt.settings;
+    let t = &rt.telemetry;
+    let of = |case: Case, mode: Mode| -> Vec<&WrkRun> {
+        rt.runs
+            .iter()
+            .filter(|r| r.case == case && r.mode == mode)
+            .collect()
+    };
+    // on − off, paired by repetition: median.
+    let paired = |mode: Mode, f: fn(&WrkRun) -> f64| -> f64 {
+        let off = of(Case::Skiff, mode);
+        median(
+            &of(Case::SkiffTelemetry, mode)
+                .iter()
+                .filter_map(|r| off.iter().find(|x| x.rep == r.rep).map(|x| f(r) - f(x)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let vs_direct = |case: Case| -> f64 {
+        let direct = of(Case::Direct, Mode::Latency);
+        median(
+            &of(case, Mode::Latency)
+                .iter()
+                .filter_map(|r| {
+                    direct
+                        .iter()
+                        .find(|d| d.rep == r.rep)
+                        .map(|d| r.p50_us - d.p50_us)
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let rps = |case: Case, mode: Mode| med(&of(case, mode), |r| r.rps);
+    let cpu = |case: Case| {
+        med(&of(case, Mode::Throughput), |r| {
+            r.proxy_us_per_request().unwrap_or(f64::NAN)
+        })
+    };
+    let _ = writeln!(
+        o,
+        "#### Request logs and traces: on (skiff+telemetry) vs off (skiff)\n"
+    );
+    let _ = writeln!(
+        o,
+        "- On: one JSON line per request appended to the revision's request log, and traces at `parentbased_traceidratio` {} (wrk sends no `traceparent`, so the ratio decides; failed, slow and cold-started requests are kept whatever it says), exported over OTLP/HTTP protobuf by the daemon's batch processor (OpenTelemetry's defaults) to a sink in the benchmark on 127.0.0.1 that answers `200` at once and counts requests, bytes and spans (walking the protobuf to the spans without decoding them), on a thread of its own.",
+        s.trace_ratio
+    );
+    let (on_t, off_t) = (
+        rps(Case::SkiffTelemetry, Mode::Throughput),
+        rps(Case::Skiff, Mode::Throughput),
+    );
+    let (on_l, off_l) = (
+        rps(Case::SkiffTelemetry, Mode::Latency),
+        rps(Case::Skiff, Mode::Latency),
+    );
+    let _ = writeln!(
+        o,
+        "- Throughput on / off: **{:.3}** at {} connections ({:.0} / {:.0} req/s), {:.3} at 1 connection ({:.0} / {:.0} req/s)",
+        on_t / off_t,
+        s.throughput_connections,
+        on_t,
+        off_t,
+        on_l / off_l,
+        on_l,
+        off_l
+    );
+    let _ = writeln!(
+        o,
+        "- Added p50 at 1 connection, on − off (same repetition, median): **{:+.3} ms**; against direct: off {:+.3} ms, on {:+.3} ms. At {} connections, p50 on − off: {:+.3} ms, p99 on − off: {:+.3} ms",
+        paired(Mode::Latency, |r| r.p50_us) / 1000.0,
+        vs_direct(Case::Skiff) / 1000.0,
+        vs_direct(Case::SkiffTelemetry) / 1000.0,
+        s.throughput_connections,
+        paired(Mode::Throughput, |r| r.p50_us) / 1000.0,
+        paired(Mode::Throughput, |r| r.p99_us) / 1000.0
+    );
+    let (cpu_on, cpu_off) = (cpu(Case::SkiffTelemetry), cpu(Case::Skiff));
+    let _ = writeln!(
+        o,
+        "- The daemon's CPU per request (throughput runs, its own `/proc/PID/stat`, every thread: router, request log writer, exporter): on **{:.1} µs** vs off **{:.1} µs** ({:+.1} µs, {:+.0}%)",
+        cpu_on,
+        cpu_off,
+        cpu_on - cpu_off,
+        100.0 * (cpu_on - cpu_off) / cpu_off
+    );
+    let sampled = if t.sampled.is_empty() {
+        "none".to_owned()
+    } else {
+        t.sampled
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let head = t
+        .sampled
+        .iter()
+        .find(|(r, _)| r == "head")
+        .map_or(0, |(_, n)| *n);
+    let _ = writeln!(
+        o,
+        "- The sink received **{} POSTs `/v1/traces`, {:.1} KiB, {} spans** ({:.2} spans and {:.0} bytes per sampled request; {} rejected, {} connection(s); counted after the traced daemon's shutdown flushed its exporter); its thread used {:.1} ms of CPU over the router part ({:.2} µs per span)",
+        t.sink.requests,
+        t.sink.bytes as f64 / 1024.0,
+        t.sink.spans,
+        t.sink.spans as f64 / t.sampled_total.max(1) as f64,
+        t.sink.bytes as f64 / t.sampled_total.max(1) as f64,
+        t.sink.rejected,
+        t.sink.connections,
+        t.sink_cpu_ms,
+        t.sink_cpu_ms * 1000.0 / t.sink.spans.max(1) as f64
+    );
+    let _ = writeln!(
+        o,
+        "- The traced daemon's `/metrics` after the last run, before its shutdown: `skiff_trace_spans_exported_total` {}, `skiff_trace_spans_export_failed_total` {}, `skiff_trace_requests_sampled_total` {} ({sampled}), `skiff_request_records_dropped_total` **{}**, `skiff_router_requests_total` {} (wrk completed {} through it, the check request included); head-sampled / requests = {:.4} (the ratio asked: {})",
+        t.spans_exported,
+        t.spans_failed,
+        t.sampled_total,
+        t.records_dropped,
+        t.router_requests,
+        t.wrk_requests,
+        head as f64 / t.router_requests.max(1) as f64,
+        s.trace_ratio
+    );
+    let rotated = if t.log_lines < t.router_requests {
+        format!(
+            "; rotation (at 10 MiB, 5 kept) removed the oldest lines: about {:.0} MiB were written in all ({} requests at this size per line)",
+            (t.log_bytes as f64 / t.log_lines.max(1) as f64) * t.router_requests as f64
+                / (1024.0 * 1024.0),
+            t.router_requests
+        )
+    } else if t.log_files > 1 {
+        "; rotated at 10 MiB, every line still on disk".to_owned()
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        o,
+        "- Request log on disk after the run: {} file(s), {:.1} MiB, {} lines ({:.0} bytes per line){rotated}",
+        t.log_files,
+        t.log_bytes as f64 / (1024.0 * 1024.0),
+        t.log_lines,
+        t.log_bytes as f64 / t.log_lines.max(1) as f64
+    );
+    let mut problems = Vec::new();
+    if t.sink.requests == 0 {
+        problems.push("no export reached the sink".to_owned());
+    }
+    if t.records_dropped > 0 {
+        problems.push(format!(
+            "{} records dropped (the request telemetry worker fell behind)",
+            t.records_dropped
+        ));
+    }
+    if t.spans_failed > 0 || t.sink.rejected > 0 {
+        problems.push(format!(
+            "{} spans failed to export, the sink rejected {} requests",
+            t.spans_failed, t.sink.rejected
+        ));
+    }
+    if t.sink.spans < t.spans_exported {
+        problems.push(format!(
+            "the sink counted fewer spans ({}) than the daemon exported ({})",
+            t.sink.spans, t.spans_exported
+        ));
+    }
+    if t.log_files == 0 {
+        problems.push("no request log was written".to_owned());
+    }
+    let _ = writeln!(
+        o,
+        "- Checks: {}; the traced daemon {}\n",
+        if problems.is_empty() {
+            "exports reached the sink, nothing was dropped or failed, the request log was written"
+                .to_owned()
+        } else {
+            format!("**{}**", problems.join("; "))
+        },
+        t.stopped
     );
 }
 
@@ -824,6 +1029,30 @@ pub fn raw_json(r: &Results) -> String {
             "errors": b.errors,
         })
     });
-    serde_json::to_string_pretty(&json!({ "cold": cold, "router": router, "burst": burst }))
-        .unwrap_or_default()
+    let telemetry = r.router.as_ref().map(|rt| {
+        let t = &rt.telemetry;
+        json!({
+            "traceRatio": rt.settings.trace_ratio,
+            "commandLine": t.command_line,
+            "sink": {
+                "connections": t.sink.connections,
+                "requests": t.sink.requests,
+                "bytes": t.sink.bytes,
+                "spans": t.sink.spans,
+                "rejected": t.sink.rejected,
+                "cpuMs": t.sink_cpu_ms,
+            },
+            "spansExported": t.spans_exported,
+            "spansFailed": t.spans_failed,
+            "sampled": t.sampled.iter().map(|(r, n)| (r.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "recordsDropped": t.records_dropped,
+            "routerRequests": t.router_requests,
+            "wrkRequests": t.wrk_requests,
+            "requestLog": { "files": t.log_files, "bytes": t.log_bytes, "lines": t.log_lines },
+        })
+    });
+    serde_json::to_string_pretty(
+        &json!({ "cold": cold, "router": router, "routerTelemetry": telemetry, "burst": burst }),
+    )
+    .unwrap_or_default()
 }

@@ -1,15 +1,19 @@
-//! Router: wrk against one instance of skiff-test-server (`GET /healthz`) three ways, in the
-//! same run, interleaved, each repetition rotating the order:
+//! Router: wrk against one instance of the backend (`GET /healthz`) four ways, in the same
+//! run, interleaved, each repetition rotating the order:
 //!
 //! - **direct**: wrk inside the instance's network namespace (`nsenter --net`), straight to
 //!   `127.0.0.1:8080`;
-//! - **skiff**: wrk on the host, through skiff's ingress with the Service's `Host`;
-//! - **nginx**: nginx started inside the instance's network namespace, listening on
+//! - **skiff**: wrk on the host, through the ingress of the run's daemon, which has request
+//!   logs and traces off (`--request-logs false`, no OTLP endpoint), with the Service's `Host`;
+//! - **skiff+telemetry**: the same through a second daemon with request logs on and traces
+//!   exported to the run's OTLP sink ([`crate::otlp`]) at `parentbased_traceidratio`, to an
+//!   instance of its own (same image, same Service but for its name);
+//! - **nginx**: nginx started inside the first instance's network namespace, listening on
 //!   `127.0.0.1:8081` and proxying to `127.0.0.1:8080` with an upstream keep-alive pool; wrk
 //!   inside the namespace too.
 //!
 //! Latency at one connection (added latency = case − direct, per repetition), throughput at
-//! many; medians over the repetitions.
+//! many; medians over the repetitions. Each skiff case's CPU is its own daemon's.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -21,7 +25,9 @@ use tokio::net::TcpStream;
 use tokio::process::Command;
 
 use crate::bench::{Bench, PORT, Procs, progress};
+use crate::daemon::Daemon;
 use crate::http;
+use crate::otlp::SinkCounts;
 
 /// The port nginx listens on inside the instance's namespace.
 pub const NGINX_PORT: u16 = 8081;
@@ -41,21 +47,27 @@ pub struct RouterSettings {
     pub throughput_connections: usize,
     /// nginx worker processes (skiff's tokio runtime has one worker per CPU).
     pub nginx_workers: usize,
+    /// The traced daemon's `parentbased_traceidratio` ratio.
+    pub trace_ratio: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Case {
     Direct,
+    /// Request logs and traces off.
     Skiff,
+    /// Request logs and traces on (a second daemon).
+    SkiffTelemetry,
     Nginx,
 }
 
 impl Case {
-    pub const ALL: [Case; 3] = [Case::Direct, Case::Skiff, Case::Nginx];
+    pub const ALL: [Case; 4] = [Case::Direct, Case::Skiff, Case::SkiffTelemetry, Case::Nginx];
     pub fn name(self) -> &'static str {
         match self {
             Case::Direct => "direct",
             Case::Skiff => "skiff",
+            Case::SkiffTelemetry => "skiff+telemetry",
             Case::Nginx => "nginx",
         }
     }
@@ -111,21 +123,30 @@ impl WrkRun {
     }
 }
 
-/// `/proc/PID/stat` fields after the command name: state is index 0, ppid 1, utime 11,
-/// stime 12.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// The fields of a `stat` file (`/proc/PID/stat`, `/proc/PID/task/TID/stat`) after the
+/// command name: state is index 0, ppid 1, utime 11, stime 12.
+fn stat_file_fields(path: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(path).ok()?;
     let rest = &text[text.rfind(')')? + 1..];
     Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
-/// CPU time (user + system) a process has used, in ms.
-fn process_cpu_ms(pid: u32) -> f64 {
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    stat_file_fields(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time (user + system) in a `stat` file, in ms (a process's: all its threads').
+pub fn stat_cpu_ms(path: &str) -> f64 {
     let ticks = rustix::param::clock_ticks_per_second().max(1) as f64;
-    stat_fields(pid).map_or(0.0, |f| {
+    stat_file_fields(path).map_or(0.0, |f| {
         let n = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         (n(11) + n(12)) * 1000.0 / ticks
     })
+}
+
+/// CPU time (user + system) a process has used, in ms.
+fn process_cpu_ms(pid: u32) -> f64 {
+    stat_cpu_ms(&format!("/proc/{pid}/stat"))
 }
 
 /// A process and its children (nginx's master and workers).
@@ -148,21 +169,68 @@ fn with_children(pid: u32) -> Vec<u32> {
 
 /// Where CPU time is read from around each run.
 struct CpuMeters {
+    /// The daemon without request telemetry, and the one with it.
     daemon: u32,
+    telemetry_daemon: u32,
     nginx: Vec<u32>,
-    /// The instance's container cgroup.
+    /// The container cgroups of the instance behind direct, skiff and nginx, and of the
+    /// traced daemon's instance.
     backend: String,
+    telemetry_backend: String,
+}
+
+/// CPU ms used so far.
+#[derive(Debug, Clone, Copy)]
+struct CpuReading {
+    daemon: f64,
+    telemetry_daemon: f64,
+    nginx: f64,
+    backend: f64,
+    telemetry_backend: f64,
 }
 
 impl CpuMeters {
-    /// (daemon, nginx, backend) CPU ms so far.
-    fn read(&self) -> (f64, f64, f64) {
-        (
-            process_cpu_ms(self.daemon),
-            self.nginx.iter().map(|p| process_cpu_ms(*p)).sum(),
-            skiff_runtime::cgroups::usage(&self.backend).cpu_nanos as f64 / 1e6,
-        )
+    fn read(&self) -> CpuReading {
+        let cgroup = |c: &str| skiff_runtime::cgroups::usage(c).cpu_nanos as f64 / 1e6;
+        CpuReading {
+            daemon: process_cpu_ms(self.daemon),
+            telemetry_daemon: process_cpu_ms(self.telemetry_daemon),
+            nginx: self.nginx.iter().map(|p| process_cpu_ms(*p)).sum(),
+            backend: cgroup(&self.backend),
+            telemetry_backend: cgroup(&self.telemetry_backend),
+        }
     }
+}
+
+/// What the traced daemon and the sink show after the router part.
+#[derive(Debug, Clone)]
+pub struct TelemetryResults {
+    /// The traced daemon's command line (`DATA` for its data directory, `SINK` for the
+    /// sink's URL).
+    pub command_line: String,
+    /// What the sink received, read after the daemon stopped (so with the spans its
+    /// shutdown flushed).
+    pub sink: SinkCounts,
+    /// CPU the sink's thread used over the whole router part, in ms.
+    pub sink_cpu_ms: f64,
+    /// The daemon's `/metrics`, read after the last run, before its shutdown.
+    pub spans_exported: u64,
+    pub spans_failed: u64,
+    /// `skiff_trace_requests_sampled_total` by `reason`, and summed.
+    pub sampled: Vec<(String, u64)>,
+    pub sampled_total: u64,
+    pub records_dropped: u64,
+    /// `skiff_router_requests_total`, summed over its labels.
+    pub router_requests: u64,
+    /// Requests wrk completed through the traced daemon (warmup included), and the checks'.
+    pub wrk_requests: u64,
+    /// The Service's request log files (`…requests.log*`, rotated ones too) after the
+    /// daemon stopped: count, bytes and lines.
+    pub log_files: usize,
+    pub log_bytes: u64,
+    pub log_lines: u64,
+    /// How the daemon stopped.
+    pub stopped: String,
 }
 
 /// What the router part measured.
@@ -173,7 +241,9 @@ pub struct RouterResults {
     pub backend: String,
     pub runs: Vec<WrkRun>,
     pub instance: String,
+    pub telemetry_instance: String,
     pub nginx_version: String,
+    pub telemetry: TelemetryResults,
     pub total_s: f64,
 }
 
@@ -361,8 +431,11 @@ pub async fn stop_nginx(procs: &Procs) -> Option<String> {
 struct Target<'a> {
     cpu: CpuMeters,
     netns: &'a Path,
+    /// The Host header and the ingress of each skiff case.
     host: String,
     ingress: std::net::SocketAddr,
+    telemetry_host: String,
+    telemetry_ingress: std::net::SocketAddr,
     lua: PathBuf,
     logs: PathBuf,
 }
@@ -376,7 +449,7 @@ async fn wrk(
     label: &str,
 ) -> anyhow::Result<WrkRun> {
     let mut cmd = match case {
-        Case::Skiff => Command::new("wrk"),
+        Case::Skiff | Case::SkiffTelemetry => Command::new("wrk"),
         Case::Direct | Case::Nginx => {
             let mut c = Command::new("nsenter");
             c.arg(format!("--net={}", t.netns.display()))
@@ -395,6 +468,9 @@ async fn wrk(
         Case::Skiff => cmd
             .args(["-H", &format!("Host: {}", t.host)])
             .arg(format!("http://{}{PATH}", t.ingress)),
+        Case::SkiffTelemetry => cmd
+            .args(["-H", &format!("Host: {}", t.telemetry_host)])
+            .arg(format!("http://{}{PATH}", t.telemetry_ingress)),
     };
     cmd.stdin(Stdio::null()).process_group(0).kill_on_drop(true);
     let before = t.cpu.read();
@@ -438,28 +514,115 @@ async fn wrk(
         bad_status: n("status"),
         proxy_cpu_ms: match case {
             Case::Direct => None,
-            Case::Skiff => Some(after.0 - before.0),
-            Case::Nginx => Some(after.1 - before.1),
+            Case::Skiff => Some(after.daemon - before.daemon),
+            Case::SkiffTelemetry => Some(after.telemetry_daemon - before.telemetry_daemon),
+            Case::Nginx => Some(after.nginx - before.nginx),
         },
-        backend_cpu_ms: after.2 - before.2,
+        backend_cpu_ms: match case {
+            Case::SkiffTelemetry => after.telemetry_backend - before.telemetry_backend,
+            Case::Direct | Case::Skiff | Case::Nginx => after.backend - before.backend,
+        },
     })
+}
+
+/// Applies the router Service on `daemon` and waits for its one instance; checks that it
+/// answers 200 through the ingress. Returns the instance's id.
+async fn deploy(b: &Bench, daemon: &Daemon, name: &str) -> anyhow::Result<String> {
+    daemon
+        .apply(&manifest(name, &b.router_backend.reference))
+        .await?;
+    let ids = daemon.wait_ready(name, 1, Duration::from_secs(60)).await?;
+    let mut c = http::Conn::new(TcpStream::connect(daemon.ingress).await?);
+    c.send(&http::get(&b.host(name), PATH, true)).await?;
+    let through = c.answer().await?.status;
+    anyhow::ensure!(
+        through == 200,
+        "{PATH} answered {through} through the ingress of the daemon at {}",
+        daemon.api
+    );
+    Ok(ids[0].clone())
+}
+
+/// Sum of the samples of metric `name` in an OpenMetrics text whose labels contain `label`
+/// (`""`: all of them).
+fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest),
+                None => (series, ""),
+            };
+            (metric == name && labels.contains(label)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum::<f64>() as u64
+}
+
+/// The values of label `key` in the samples of metric `name`.
+fn label_values(text: &str, name: &str, key: &str) -> Vec<String> {
+    let mut out: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+            let at = rest.find(&format!("{key}=\""))? + key.len() + 2;
+            Some(rest[at..].split('"').next()?.to_owned())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The request logs (`*.requests.log*`) below `dir`: files, bytes, lines.
+fn request_logs(dir: &Path) -> (usize, u64, u64) {
+    let mut found = (0, 0, 0);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            let (f, b, l) = request_logs(&path);
+            found = (found.0 + f, found.1 + b, found.2 + l);
+        } else if e.file_name().to_string_lossy().contains(".requests.log") {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            found.0 += 1;
+            found.1 += bytes.len() as u64;
+            found.2 += bytes.iter().filter(|&&c| c == b'\n').count() as u64;
+        }
+    }
+    found
+}
+
+/// Stops the traced daemon (SIGTERM: it writes what is pending and flushes its exporter).
+pub async fn stop_telemetry_daemon(procs: &Procs) -> Option<String> {
+    let child = Procs::take(&procs.telemetry_daemon)?;
+    Some(
+        crate::daemon::stop_child(
+            child,
+            rustix::process::Signal::TERM,
+            crate::daemon::STOP_TIMEOUT,
+        )
+        .await,
+    )
 }
 
 pub async fn run(b: &Bench, s: &RouterSettings) -> anyhow::Result<RouterResults> {
     let started = Instant::now();
-    let name = b.service("router");
+    let tel = b
+        .telemetry
+        .as_ref()
+        .context("the traced daemon was not started")?;
+    // The same length for both names, so the two Host headers are the same size.
+    let name = b.service("router-off");
+    let tel_name = b.service("router-tel");
     progress(format!(
-        "router: Service {name} ({}, min-scale = max-scale = 1)",
+        "router: Service {name} on the daemon without request telemetry and {tel_name} on the traced one ({}, min-scale = max-scale = 1)",
         b.router_backend_name
     ));
-    b.daemon
-        .apply(&manifest(&name, &b.router_backend.reference))
-        .await?;
-    let ids = b
-        .daemon
-        .wait_ready(&name, 1, Duration::from_secs(60))
-        .await?;
-    let instance = ids[0].clone();
+    let instance = deploy(b, &b.daemon, &name).await?;
+    let telemetry_instance = deploy(b, &tel.daemon, &tel_name).await?;
     let netns = b.daemon.instance_dir(&instance).join("netns");
     anyhow::ensure!(
         netns.exists(),
@@ -467,14 +630,8 @@ pub async fn run(b: &Bench, s: &RouterSettings) -> anyhow::Result<RouterResults>
         netns.display()
     );
     // Each way answers before anything is timed.
-    let mut c = http::Conn::new(TcpStream::connect(b.daemon.ingress).await?);
-    c.send(&http::get(&b.host(&name), PATH, true)).await?;
-    let through = c.answer().await?.status;
     let direct = get_in_netns(b, &netns, PORT).await?;
-    anyhow::ensure!(
-        through == 200 && direct == 200,
-        "{PATH} answered {through} through skiff and {direct} directly"
-    );
+    anyhow::ensure!(direct == 200, "{PATH} answered {direct} directly");
     start_nginx(b, &netns, s.nginx_workers).await?;
     let nginx_version = std::process::Command::new("nginx")
         .arg("-v")
@@ -502,15 +659,22 @@ pub async fn run(b: &Bench, s: &RouterSettings) -> anyhow::Result<RouterResults>
     let target = Target {
         cpu: CpuMeters {
             daemon: b.daemon.pid,
+            telemetry_daemon: tel.daemon.pid,
             nginx: with_children(nginx_pid),
             backend: skiff_runtime::instance::cgroup_path(&instance, 0),
+            telemetry_backend: skiff_runtime::instance::cgroup_path(&telemetry_instance, 0),
         },
         netns: &netns,
         host: b.host(&name),
         ingress: b.daemon.ingress,
+        telemetry_host: b.host(&tel_name),
+        telemetry_ingress: tel.daemon.ingress,
         lua,
         logs,
     };
+    let sink_cpu_before = tel.sink.cpu_ms();
+    // The check request of `deploy`.
+    let mut wrk_requests = 1;
 
     progress(format!("router: warmup, {} s per case", s.warmup_seconds));
     for case in Case::ALL {
@@ -531,6 +695,9 @@ pub async fn run(b: &Bench, s: &RouterSettings) -> anyhow::Result<RouterResults>
             w.socket_errors,
             w.bad_status
         );
+        if case == Case::SkiffTelemetry {
+            wrk_requests += w.requests;
+        }
     }
     let mut runs = Vec::new();
     for rep in 0..s.reps {
@@ -560,6 +727,9 @@ pub async fn run(b: &Bench, s: &RouterSettings) -> anyhow::Result<RouterResults>
                     r.p50_us,
                     r.p99_us
                 ));
+                if case == Case::SkiffTelemetry {
+                    wrk_requests += r.requests;
+                }
                 runs.push(r);
             }
             progress(format!(
@@ -575,6 +745,64 @@ pub async fn run(b: &Bench, s: &RouterSettings) -> anyhow::Result<RouterResults>
     if let Some(how) = stop_nginx(&b.procs).await {
         progress(format!("nginx: {how}"));
     }
+    // The traced daemon's counters, then its shutdown (which flushes the exporter and the
+    // request log), then what reached the sink and the disk.
+    let metrics = tel
+        .daemon
+        .metrics()
+        .await
+        .context("the traced daemon's /metrics")?;
+    let sampled: Vec<(String, u64)> =
+        label_values(&metrics, "skiff_trace_requests_sampled_total", "reason")
+            .into_iter()
+            .map(|r| {
+                let n = metric_sum(
+                    &metrics,
+                    "skiff_trace_requests_sampled_total",
+                    &format!("reason=\"{r}\""),
+                );
+                (r, n)
+            })
+            .collect();
+    let tel_ids = vec![telemetry_instance.clone()];
+    tel.daemon.delete(&tel_name).await?;
+    tel.daemon
+        .wait_gone(&tel_ids, Duration::from_secs(60))
+        .await?;
+    let stopped = stop_telemetry_daemon(&b.procs)
+        .await
+        .unwrap_or_else(|| "had been stopped already".into());
+    progress(format!("traced daemon: {stopped}"));
+    let (log_files, log_bytes, log_lines) = request_logs(&tel.daemon.data_dir.join("logs"));
+    let telemetry = TelemetryResults {
+        command_line: tel.daemon.command_line.clone(),
+        sink: tel.sink.counts(),
+        sink_cpu_ms: tel.sink.cpu_ms() - sink_cpu_before,
+        spans_exported: metric_sum(&metrics, "skiff_trace_spans_exported_total", ""),
+        spans_failed: metric_sum(&metrics, "skiff_trace_spans_export_failed_total", ""),
+        sampled_total: sampled.iter().map(|(_, n)| n).sum(),
+        sampled,
+        records_dropped: metric_sum(&metrics, "skiff_request_records_dropped_total", ""),
+        router_requests: metric_sum(&metrics, "skiff_router_requests_total", ""),
+        wrk_requests,
+        log_files,
+        log_bytes,
+        log_lines,
+        stopped,
+    };
+    progress(format!(
+        "OTLP sink: {} POSTs, {} bytes, {} spans; the daemon counted {} spans exported, {} requests sampled, {} records dropped; request logs {} bytes, {} lines",
+        telemetry.sink.requests,
+        telemetry.sink.bytes,
+        telemetry.sink.spans,
+        telemetry.spans_exported,
+        telemetry.sampled_total,
+        telemetry.records_dropped,
+        telemetry.log_bytes,
+        telemetry.log_lines
+    ));
+
+    let ids = vec![instance.clone()];
     b.daemon.delete(&name).await?;
     b.daemon.wait_gone(&ids, Duration::from_secs(60)).await?;
     Ok(RouterResults {
@@ -582,7 +810,50 @@ pub async fn run(b: &Bench, s: &RouterSettings) -> anyhow::Result<RouterResults>
         backend: b.router_backend_name.clone(),
         runs,
         instance,
+        telemetry_instance,
         nginx_version,
+        telemetry,
         total_s: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = r#"# HELP skiff_trace_requests_sampled Requests whose traces were kept
+# TYPE skiff_trace_requests_sampled counter
+skiff_trace_requests_sampled_total{namespace="default",service="a",revision="a-00001",reason="head"} 40
+skiff_trace_requests_sampled_total{namespace="default",service="a",revision="a-00001",reason="cold_start"} 1
+skiff_trace_requests_sampled_total{namespace="default",service="b",revision="b-00001",reason="head"} 2
+skiff_trace_spans_exported_total 129
+skiff_router_requests_total{namespace="default",service="a",code="200"} 400
+skiff_router_requests_total{namespace="default",service="a",code="404"} 3
+# EOF
+"#;
+
+    #[test]
+    fn sums_metrics_by_label() {
+        assert_eq!(
+            metric_sum(METRICS, "skiff_trace_spans_exported_total", ""),
+            129
+        );
+        assert_eq!(metric_sum(METRICS, "skiff_router_requests_total", ""), 403);
+        assert_eq!(
+            metric_sum(
+                METRICS,
+                "skiff_trace_requests_sampled_total",
+                "reason=\"head\""
+            ),
+            42
+        );
+        assert_eq!(
+            metric_sum(METRICS, "skiff_request_records_dropped_total", ""),
+            0
+        );
+        assert_eq!(
+            label_values(METRICS, "skiff_trace_requests_sampled_total", "reason"),
+            ["cold_start", "head"]
+        );
+    }
 }
