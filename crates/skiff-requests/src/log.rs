@@ -30,20 +30,20 @@ fn rotated(path: &Path, n: usize) -> PathBuf {
 }
 
 /// A request's log line.
-pub fn line(r: &RequestRecord) -> RequestLogLine {
+pub fn line(r: RequestRecord) -> RequestLogLine {
     let ts = jiff::Timestamp::try_from(r.at).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     RequestLogLine {
         ts: ts.to_string(),
-        request_id: r.request_id.clone(),
-        trace_id: r.trace_id.clone(),
-        method: r.method.clone(),
-        host: r.host.clone(),
-        path: r.path.clone(),
+        request_id: r.request_id,
+        trace_id: r.trace_id,
+        method: r.method,
+        host: r.host,
+        path: r.path,
         status: r.status,
         duration_ms: r.duration.as_secs_f64() * 1e3,
         bytes: r.bytes,
-        revision: r.revision.clone(),
-        instance: r.instance.clone(),
+        revision: r.revision,
+        instance: r.instance,
         cold_start: r.cold_start.is_some(),
         cold_start_ms: r.cold_start.map(|d| d.as_secs_f64() * 1e3),
         throttled: r.throttled.map(|t| t.as_str().to_owned()),
@@ -84,10 +84,10 @@ impl RequestLog {
     }
 
     /// Appends `r`'s line to its revision's log.
-    pub fn append(&mut self, r: &RequestRecord) -> std::io::Result<()> {
+    pub fn append(&mut self, r: RequestRecord) -> std::io::Result<()> {
+        let p = path(&self.dir, &r.namespace, &r.revision);
         let mut json = serde_json::to_vec(&line(r)).map_err(std::io::Error::other)?;
         json.push(b'\n');
-        let p = path(&self.dir, &r.namespace, &r.revision);
         if !self.open.contains_key(&p) {
             let o = open(&p)?;
             self.open.insert(p.clone(), o);
@@ -200,7 +200,7 @@ mod tests {
         for i in 0..10 {
             let mut r = record(200, false);
             r.request_id = format!("req-{i}");
-            log.append(&r).expect("append");
+            log.append(r).expect("append");
         }
         log.flush();
         let files = files(dir.path(), "default", "hello-00001");
@@ -225,7 +225,7 @@ mod tests {
         r.cold_start = Some(Duration::from_millis(42));
         r.throttled = Some(skiff_router::Throttle::QueueTimeout);
         r.complete = false;
-        let l = line(&r);
+        let l = line(r.clone());
         assert_eq!(l.status, 503);
         assert!(l.cold_start);
         assert_eq!(l.cold_start_ms, Some(42.0));
