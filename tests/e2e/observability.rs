@@ -592,3 +592,276 @@ async fn an_slo_pages_at_alertmanager_and_resolves() {
     assert!(stdout(&o).contains("RPS"), "{}", stdout(&o));
     d.cleanup().await.expect("cleanup");
 }
+
+/// What one load client saw.
+#[derive(Default)]
+struct Seen {
+    ok: u64,
+    budget: u64,
+    other: Vec<u16>,
+    /// The first `budget` refusal: its `Retry-After`, `X-Skiff-Throttled` and body.
+    first_refusal: Option<(String, String, String)>,
+}
+
+/// `n` clients each sending 1.5 s requests to Service `svc` one after another until `stop`
+/// (100 ms after a refusal).
+fn load(
+    d: &TestDaemon,
+    svc: &'static str,
+    n: usize,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Seen>> {
+    (0..n)
+        .map(|_| {
+            let (stop, ingress) = (stop.clone(), d.ingress().to_owned());
+            tokio::spawn(async move {
+                let http = crate::http();
+                let mut seen = Seen::default();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(r) = http
+                        .get(format!("http://{ingress}/delay?ms=1500"))
+                        .header("host", host(svc))
+                        .timeout(Duration::from_secs(30))
+                        .send()
+                        .await
+                    else {
+                        continue;
+                    };
+                    let header = |name: &str| {
+                        r.headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    let status = r.status().as_u16();
+                    match status {
+                        200 => seen.ok += 1,
+                        429 if header("x-skiff-throttled") == "budget" => {
+                            seen.budget += 1;
+                            if seen.first_refusal.is_none() {
+                                let retry = header("retry-after");
+                                let reason = header("x-skiff-throttled");
+                                let body = r.text().await.unwrap_or_default();
+                                seen.first_refusal = Some((retry, reason, body));
+                            }
+                        }
+                        s => seen.other.push(s),
+                    }
+                    // A refused client comes back a little later rather than spinning (the
+                    // refusals are immediate while the queue is full).
+                    if status != 200 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+/// A Service with a tiny cost budget ($0.000001/day: its one instance spends it in its
+/// first 10 s) stops scaling up: under load that needs more instances (containerConcurrency
+/// 1, six clients) it stays at its one instance, the autoscaler's decisions say they are
+/// held by the budget, requests beyond it get 429 with `X-Skiff-Throttled: budget` and a
+/// line saying why (counted under `reason="budget"`), the budget's page alert fires, and
+/// `skiff slo` and `skiff describe` say scale-up is stopped. Raising the budget lets it
+/// scale up again under the same load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_stops_scale_up_and_429s_say_budget() {
+    if skip_without_runc() {
+        return;
+    }
+    let (_reg, d, image) = registry_with_info_image(&[
+        "--activator-queue-depth",
+        "2",
+        "--activator-queue-timeout-seconds",
+        "1",
+    ])
+    .await;
+    let manifest = |budget: &str| {
+        service(
+            "budget",
+            &image,
+            "autoscaling.knative.dev/min-scale: \"1\"\nautoscaling.knative.dev/max-scale: \"3\"\nautoscaling.knative.dev/window: \"6s\"",
+            "containerConcurrency: 1",
+            "budget",
+            "",
+        )
+        .replacen(
+            "metadata:\n  name: budget\n",
+            &format!("metadata:\n  name: budget\n  annotations:\n    skiff.dev/budget: \"{budget}\"\n"),
+            1,
+        )
+    };
+    apply(&d, &manifest("0.000001/day"));
+    crate::serving::wait_service_ready(&d, "budget").await;
+    let client = d.client();
+    let slo_budget = |client: skiff_client::Client| async move {
+        let slos = client.slos().await.ok()?.services;
+        let s = slos.into_iter().find(|s| s["service"] == "budget")?;
+        Some(s["budget"].clone())
+    };
+    let spent = wait_for(
+        "the budget to be spent",
+        Duration::from_millis(500),
+        MAX_WAIT,
+        || {
+            let client = client.clone();
+            async move {
+                let b = slo_budget(client).await?;
+                (b["scaleUpStopped"] == true).then_some(b)
+            }
+        },
+    )
+    .await
+    .expect("the budget is spent and scale-up stopped");
+    let instances_when_spent = client
+        .instances("default", "budget")
+        .await
+        .expect("instances")
+        .len();
+    assert_eq!(instances_when_spent, 1, "min-scale 1, no load yet");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = load(&d, "budget", 6, &stop);
+    // The autoscaler wants more than one instance and is held at one.
+    let held = wait_for(
+        "a decision held by the budget",
+        Duration::from_millis(250),
+        MAX_WAIT,
+        || {
+            let client = client.clone();
+            async move {
+                let s = client.scale("default", "budget").await.ok()?;
+                s.revisions
+                    .iter()
+                    .flat_map(|r| r.decisions.iter())
+                    .find(|d| d.reason.contains("held at 1: the cost budget"))
+                    .map(|d| d.reason.clone())
+            }
+        },
+    )
+    .await;
+    let held = match held {
+        Ok(r) => r,
+        Err(e) => {
+            let o = d.cli(&["describe", "service", "budget"]);
+            panic!("{e}\n{}", stdout(&o));
+        }
+    };
+    // 429s with the reason, counted under it.
+    let throttled = wait_for(
+        "refusals counted as budget",
+        Duration::from_millis(250),
+        MAX_WAIT,
+        || async {
+            let text = crate::serving::metrics_text(&d).await?;
+            let n: f64 = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("skiff_router_throttled_total{")
+                        && l.contains(r#"service="budget""#)
+                        && l.contains(r#"reason="budget""#)
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            (n > 0.0).then_some(n)
+        },
+    )
+    .await
+    .expect("skiff_router_throttled_total{reason=\"budget\"} counts");
+    let list = client
+        .instances("default", "budget")
+        .await
+        .expect("instances");
+    assert_eq!(list.len(), 1, "scale-up stopped at one instance: {list:?}");
+    let scale = client.scale("default", "budget").await.expect("scale");
+    assert!(
+        scale
+            .scale_up_stopped
+            .as_deref()
+            .is_some_and(|w| w.contains("the cost budget ($0.000001/day) is spent")),
+        "{scale:?}"
+    );
+    assert!(scale.revisions.iter().all(|r| r.desired <= 1), "{scale:?}");
+
+    // The page alert fires, and the CLI says what is going on.
+    let alert = wait_for(
+        "the budget's page alert",
+        Duration::from_millis(500),
+        MAX_WAIT,
+        || {
+            let client = client.clone();
+            async move {
+                let alerts = client.alerts().await.ok()?.alerts;
+                alerts.into_iter().find(|a| {
+                    a.service == "budget" && a.name == "BudgetSpent" && a.severity == "page"
+                })
+            }
+        },
+    )
+    .await
+    .expect("the BudgetSpent page alert fires");
+    let o = d.cli(&["alerts"]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("BudgetSpent"), "{}", stdout(&o));
+    let o = d.cli(&["slo", "budget"]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("SPENT: scale-up stopped until"),
+        "{}",
+        stdout(&o)
+    );
+    let o = d.cli(&["describe", "service", "budget"]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("scale-up stopped: the cost budget"),
+        "{}",
+        stdout(&o)
+    );
+
+    // A raised budget lifts the hold at the next evaluation: the same load scales it up.
+    apply(&d, &manifest("1000/day"));
+    crate::serving::wait_instances(&d, "budget", "more than one instance", |l| l.len() > 1).await;
+    let lifted = slo_budget(client.clone()).await.expect("the budget");
+    assert_eq!(lifted["scaleUpStopped"], false, "{lifted}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = Seen::default();
+    for c in clients {
+        let s = c.await.expect("joins");
+        seen.ok += s.ok;
+        seen.budget += s.budget;
+        seen.other.extend(s.other);
+        seen.first_refusal = seen.first_refusal.or(s.first_refusal);
+    }
+    let (retry, reason, body) = seen.first_refusal.expect("a budget refusal");
+    assert_eq!(reason, "budget");
+    assert!(
+        retry.parse::<u64>().is_ok_and(|s| s >= 1),
+        "Retry-After {retry:?}"
+    );
+    assert!(
+        body.contains(
+            "the cost budget of service `budget` in namespace `default` ($0.000001/day) is spent"
+        ) && body.contains("skiff.dev/budget annotation is raised")
+            && body.contains("(request id "),
+        "{body}"
+    );
+    // Other answers are the 503s of the queue while the lifted revision scales up.
+    assert!(
+        seen.other.iter().all(|s| *s == 503),
+        "unexpected statuses {:?}",
+        seen.other
+    );
+    eprintln!(
+        "budget: spent ${:.6} of $0.000001/day; held: {held}; {throttled} refusals counted as budget; \
+         clients saw {} ok, {} 429 budget, {} other; alert since {}; after raising it: more than one instance",
+        spent["spent"].as_f64().unwrap_or(0.0),
+        seen.ok,
+        seen.budget,
+        seen.other.len(),
+        alert.since
+    );
+    d.cleanup().await.expect("cleanup");
+}

@@ -121,19 +121,6 @@ impl ValidatedService {
                  Knative's -1 asks, so requests are buffered whatever the spare capacity"
             ));
         }
-        // Budgets alert, but do not stop scale-up yet.
-        if self
-            .manifest
-            .metadata
-            .annotations
-            .contains_key(crate::slo::BUDGET_ANNOTATION)
-        {
-            let path = FieldPath::parse("metadata.annotations").key(crate::slo::BUDGET_ANNOTATION);
-            out.push(format!(
-                "{path}: alerts at 80% and 100% of the budget, but this version does not stop \
-                 scale-up when it is spent"
-            ));
-        }
         out
     }
 }

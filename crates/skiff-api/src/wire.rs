@@ -34,6 +34,10 @@ pub struct Scale {
 pub struct ScaleStatus {
     /// The manual override of the latest revision's instance count, if set.
     pub replicas_override: Option<u32>,
+    /// Why its revisions are not scaled up, while they are not: its cost budget
+    /// (`skiff.dev/budget`) is spent, until when, and how to lift it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up_stopped: Option<String>,
     /// Its revisions that run, are routed, or have been scaled.
     pub revisions: Vec<RevisionScale>,
 }

@@ -882,6 +882,8 @@ fn warnings_for_settings_without_effect() {
         ))
         .is_empty()
     );
+    // A budget does what it says (alerts, then stops scale-up): no warning.
+    assert!(warnings(&with_service_annotations("skiff.dev/budget: 5/day\n")).is_empty());
 }
 
 /// JSON input is read like YAML, with positions.

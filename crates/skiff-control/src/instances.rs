@@ -244,6 +244,7 @@ impl InstanceManager {
             .zip(replicas_override);
         Ok(ScaleStatus {
             replicas_override,
+            scale_up_stopped: self.serving.budget_stop_of(ns, svc),
             revisions: self.serving.scale_of(ns, svc, target),
         })
     }

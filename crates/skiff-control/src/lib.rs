@@ -9,6 +9,7 @@
 //! ARCHITECTURE.md, "Adding a reconciler".
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod controller;
 pub mod deployments;
 pub mod history;

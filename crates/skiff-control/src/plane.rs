@@ -138,7 +138,7 @@ impl ControlPlane {
             follower,
             tokio::spawn(serving.clone().follow_runtime(stop.clone())),
             tokio::spawn(registered.follower.follow(stop.clone())),
-            tokio::spawn(serving.run_autoscaler(parts.pokes, stop.clone())),
+            tokio::spawn(serving.clone().run_autoscaler(parts.pokes, stop.clone())),
             tokio::spawn(first.run(stop.clone())),
         ];
         // The first route table, before the ingress accepts: a restart never answers an
@@ -153,6 +153,10 @@ impl ControlPlane {
             history.clone(),
             parts.prices,
             parts.notify,
+        ));
+        // Services whose cost budget is spent stop scaling up, from the engine's evaluations.
+        tasks.push(tokio::spawn(
+            serving.follow_budgets(slo.budget_stops(), stop.clone()),
         ));
         if let Some(dir) = parts.history_dir {
             tasks.push(tokio::spawn(crate::history::run(

@@ -14,6 +14,11 @@
 //!   for the tick. A decision that changes a revision's scale queues it with the instance
 //!   reconciler. A revision that no traffic target names goes to zero at once (Knative's
 //!   unreachable revisions), unless requests still wait for it.
+//! * **Budgets.** While a Service's cost budget is spent (as the SLO engine last published
+//!   it, [`Serving::follow_budgets`]), its revisions are held at the instances they had
+//!   ([`crate::budget::cap`]) and their pools say so, so that the router refuses what they
+//!   cannot take with 429 `budget`. A change of the published set re-decides the revisions
+//!   of the Services it concerns at once.
 //! * **Visible state.** The last decisions of each revision, with their reasons, and its cold
 //!   starts are kept in memory for `skiff describe` and exported as metrics.
 //! * **Metric series follow revisions.** A revision's autoscaler series (and, through
@@ -36,11 +41,12 @@ use skiff_api::wire::{DecisionView, RevisionScale};
 use skiff_autoscaler::{Aggregation, Autoscaler, Bucket, Decision, Metric, Settings};
 use skiff_router::{RevisionKey, RevisionLabels, Router};
 use skiff_runtime::instance::{InstanceEvent, Phase};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::budget::{BudgetStops, cap};
 use crate::routes::RouteTable;
 use crate::runtime::InstanceRuntime;
 
@@ -144,6 +150,10 @@ struct Scaler {
     settings: Settings,
     last: Option<Decision>,
     history: VecDeque<DecisionView>,
+    /// What the revision is held at while its Service's budget is spent.
+    budget_hold: Option<u32>,
+    /// Whether the hold kept the last decision below the autoscaler's.
+    held: bool,
 }
 
 impl Scaler {
@@ -154,6 +164,8 @@ impl Scaler {
             settings,
             last: None,
             history: VecDeque::new(),
+            budget_hold: None,
+            held: false,
         }
     }
 
@@ -180,6 +192,18 @@ fn age_ms(r: &Revision) -> u64 {
 
 /// (namespace, Service).
 pub type ServiceKey = (String, String);
+
+/// The instances a revision has (starting or running, not stopping), which a spent budget
+/// holds it at.
+fn live_instances(runtime: &dyn InstanceRuntime, key: &RevisionKey) -> u32 {
+    let n = runtime
+        .instances()
+        .iter()
+        .filter(|i| i.plan.namespace == key.0 && i.plan.revision == key.1)
+        .filter(|i| !matches!(i.status.phase, Phase::Stopping | Phase::Stopped))
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
 
 /// One Service's share of the route table, as the route reconciler built it.
 #[derive(Debug)]
@@ -263,6 +287,8 @@ impl Applied {
 struct State {
     scalers: HashMap<RevisionKey, Scaler>,
     reachable: HashSet<RevisionKey>,
+    /// The Services whose cost budget is spent, as the SLO engine last published them.
+    budget_stops: Arc<BudgetStops>,
 }
 
 /// Serving settings from the daemon's configuration.
@@ -550,6 +576,53 @@ impl Serving {
         }
     }
 
+    /// Follows the Services whose cost budget is spent, as the SLO engine publishes them,
+    /// until `shutdown`.
+    pub async fn follow_budgets(
+        self: Arc<Self>,
+        mut stops: watch::Receiver<Arc<BudgetStops>>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let now = stops.borrow_and_update().clone();
+            self.set_budget_stops(now);
+            tokio::select! {
+                r = stops.changed() => if r.is_err() { break },
+                () = shutdown.cancelled() => break,
+            }
+        }
+    }
+
+    /// Takes the Services whose cost budget is spent, and re-decides at once the revisions
+    /// of those whose stop began, ended or changed.
+    pub fn set_budget_stops(&self, stops: Arc<BudgetStops>) {
+        let keys: Vec<RevisionKey> = {
+            let mut st = self.state();
+            let old = std::mem::replace(&mut st.budget_stops, stops.clone());
+            st.scalers
+                .iter()
+                .filter(|(k, sc)| {
+                    let svc = (k.0.clone(), sc.service.clone());
+                    old.get(&svc) != stops.get(&svc)
+                })
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        for k in &keys {
+            if self.decide(k) {
+                self.scaled(k);
+            }
+        }
+    }
+
+    /// Why scale-up of a Service is stopped, if its cost budget is spent.
+    pub fn budget_stop_of(&self, ns: &str, svc: &str) -> Option<String> {
+        self.state()
+            .budget_stops
+            .get(&(ns.to_owned(), svc.to_owned()))
+            .map(|s| s.describe())
+    }
+
     /// Drains an instance: no new requests, and those in flight finish (up to `timeout`).
     pub async fn drain(&self, id: &str, timeout: Duration) {
         self.router.drain(id, timeout).await;
@@ -581,6 +654,7 @@ impl Serving {
         let now = self.now_ms();
         let mut st = self.state();
         let routed = st.reachable.contains(key);
+        let budget_stops = st.budget_stops.clone();
         let Some(sc) = st.scalers.get_mut(key) else {
             return false;
         };
@@ -589,12 +663,23 @@ impl Serving {
             d.desired = 0;
             d.reason = "no traffic target names this revision".to_owned();
         }
+        let stop = budget_stops.get(&(key.0.clone(), sc.service.clone()));
+        let runtime = &self.runtime;
+        let wanted = d.desired;
+        let d = cap(d, stop, &mut sc.budget_hold, || {
+            live_instances(&**runtime, key)
+        });
+        // A hold that starts to bind is news even when the scale does not change.
+        let held = d.desired < wanted;
+        let newly_held = held && !sc.held;
+        sc.held = held;
         let before = sc.last.as_ref().map(|d| d.desired);
         let changed = before != Some(d.desired);
         let labels = sc.labels(key);
         if let Some(p) = &pool {
             let max = sc.settings.max_scale;
             p.set_at_max_scale(max > 0 && d.desired >= max);
+            p.set_budget_stop(stop.map(|s| s.for_router()));
             if d.desired > ready {
                 let cause = p.waiting_since().unwrap_or_else(tokio::time::Instant::now);
                 let reaction = self.metrics.reaction.get_or_create_owned(&labels);
@@ -627,6 +712,9 @@ impl Serving {
             .panic_concurrency
             .get_or_create(&labels)
             .set(d.panic_average);
+        if newly_held && !changed {
+            info!(revision = %key.1, desired = d.desired, wanted, reason = %d.reason, "scale-up held by the cost budget");
+        }
         if changed {
             self.metrics.decisions.get_or_create(&labels).inc();
             // A first decision of 0 (every idle revision after a restart) is not news.
@@ -644,6 +732,10 @@ impl Serving {
                 "scale changed"
                 );
             }
+        }
+        // The decisions shown are those that changed the scale, and those the hold began
+        // to bind.
+        if changed || newly_held {
             sc.history.push_front(DecisionView {
                 at: jiff::Timestamp::now().to_string(),
                 desired: d.desired,

@@ -3,6 +3,11 @@
 //! alert conditions go through one [`Alerts`] state, and the transitions (fired, resolved)
 //! go to a [`Notify`] (Alertmanager, a webhook). Firing alerts are sent again every
 //! [`RESEND`], as Prometheus does, so Alertmanager keeps them until they resolve.
+//!
+//! Each evaluation also publishes the Services whose cost budget is spent
+//! ([`SloEngine::budget_stops`], at the same threshold as the budget's page alert): serving
+//! stops their scale-up ([`crate::budget`]). An evaluation that cannot read the store or the
+//! history publishes nothing, so the last set stands.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -14,10 +19,12 @@ use skiff_api::wire::Alert;
 use skiff_history::{History, ServiceKey};
 use skiff_slo::{
     AlertKey, Alerts, Counts, FiringAlert, Report, Sli, SliKind, Transition, budget_conditions,
-    budget_period_start, evaluate, slo_conditions,
+    budget_period_end, budget_period_start, budget_severities, evaluate, slo_conditions,
 };
+use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::budget::{BudgetStop, BudgetStops};
 use crate::controller::Controller;
 use crate::history::SharedHistory;
 use crate::telemetry::Prices;
@@ -64,6 +71,11 @@ pub struct BudgetStatus {
     pub spent: f64,
     /// When the period began (Unix seconds).
     pub period_start: i64,
+    /// When it ends and the spend starts from zero again (Unix seconds).
+    pub period_end: i64,
+    /// Whether the budget is spent (as much as its page alert asks), so that the Service's
+    /// revisions are not scaled up until the period ends or the budget is raised.
+    pub scale_up_stopped: bool,
 }
 
 /// One Service's SLO and budget now.
@@ -128,6 +140,8 @@ pub struct SloEngine {
     prices: Prices,
     notify: Option<Arc<dyn Notify>>,
     state: Mutex<State>,
+    /// The Services whose cost budget is spent, published after each evaluation.
+    stops: watch::Sender<Arc<BudgetStops>>,
 }
 
 /// What one Service asks for.
@@ -152,7 +166,14 @@ impl SloEngine {
             prices,
             notify,
             state: Mutex::default(),
+            stops: watch::Sender::new(Arc::default()),
         }
+    }
+
+    /// The Services whose cost budget is spent, as last evaluated (empty until the first
+    /// evaluation).
+    pub fn budget_stops(&self) -> watch::Receiver<Arc<BudgetStops>> {
+        self.stops.subscribe()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -244,6 +265,7 @@ impl SloEngine {
         else {
             return;
         };
+        self.publish_stops(budget_stops(&evaluated));
         let (transitions, firing, resend) = {
             let mut st = self.state();
             let (transitions, kept) = step(&mut st, &evaluated, at);
@@ -279,6 +301,46 @@ impl SloEngine {
             n.send(&firing, &resolved).await;
         }
     }
+}
+
+impl SloEngine {
+    /// Publishes the Services whose budget is spent, when that changed, saying which
+    /// stopped or resumed scaling up.
+    fn publish_stops(&self, stops: BudgetStops) {
+        self.stops.send_if_modified(|current| {
+            if **current == stops {
+                return false;
+            }
+            for (ns, svc) in stops.keys().filter(|k| !current.contains_key(*k)) {
+                warn!(namespace = %ns, service = %svc, "cost budget spent: scale-up stopped");
+            }
+            for (ns, svc) in current.keys().filter(|k| !stops.contains_key(*k)) {
+                info!(namespace = %ns, service = %svc, "cost budget no longer spent: scale-up resumed");
+            }
+            *current = Arc::new(stops);
+            true
+        });
+    }
+}
+
+/// The Services whose budget is spent, from an evaluation.
+fn budget_stops(evaluated: &[(ServiceSlo, Vec<skiff_slo::Condition>)]) -> BudgetStops {
+    evaluated
+        .iter()
+        .filter_map(|(s, _)| {
+            let b = s.budget.as_ref().filter(|b| b.scale_up_stopped)?;
+            let per = match b.per {
+                "month" => skiff_api::slo::BudgetPeriod::Month,
+                _ => skiff_api::slo::BudgetPeriod::Day,
+            };
+            let stop = BudgetStop {
+                dollars: b.dollars,
+                per,
+                until_unix: b.period_end,
+            };
+            Some(((s.namespace.clone(), s.service.clone()), stop))
+        })
+        .collect()
 }
 
 /// Steps the alerts with every Service's conditions; Services no longer asking resolve.
@@ -332,6 +394,8 @@ fn evaluate_one(
             + s.gib_seconds * prices.gib_second
             + s.total() as f64 * prices.million_requests / 1e6;
         conditions.extend(budget_conditions(&a.namespace, &a.service, spent, &b));
+        // The page alert's threshold: the alert fires and scale-up stops together.
+        let [(_, spent_all), _] = budget_severities(spent, &b);
         BudgetStatus {
             dollars: b.dollars,
             per: match b.per {
@@ -340,6 +404,8 @@ fn evaluate_one(
             },
             spent,
             period_start: start,
+            period_end: budget_period_end(b.per, at),
+            scale_up_stopped: spent_all,
         }
     });
     let s = ServiceSlo {
@@ -454,5 +520,50 @@ mod tests {
                 .iter()
                 .any(|c| c.holds && c.key.severity == skiff_slo::Severity::Page)
         );
+    }
+
+    /// On a simulated clock: a Service that spent its budget is published as stopped (with
+    /// the end of its day), one under its budget is not, a raised budget lifts the stop, and
+    /// so does the next day, when the spend starts from zero.
+    #[test]
+    fn spent_budgets_are_published_until_the_period_turns() {
+        let mut h = History::open_in_memory().expect("history");
+        let day = 86_400;
+        let t0 = 1_800_000_000 - 1_800_000_000 % day + 3_600;
+        let mut s = requests(1000, 0);
+        s.vcpu_seconds = 10.0;
+        run(&mut h, t0, 10, &s);
+        let stops_at = |annotation: &str, at: i64| {
+            let a = asked(&[("skiff.dev/budget", annotation)]);
+            let evaluated = vec![evaluate_one(&h, &a, at, Prices::default())];
+            let status = evaluated[0].0.budget.clone().expect("a budget");
+            (status, budget_stops(&evaluated))
+        };
+        let (status, stops) = stops_at("0.0001/day", t0 + 10);
+        assert!(status.scale_up_stopped, "{status:?}");
+        assert_eq!(status.period_end, t0 - 3_600 + day);
+        let key = ("default".to_owned(), "hello".to_owned());
+        assert_eq!(
+            stops.get(&key),
+            Some(&BudgetStop {
+                dollars: 0.0001,
+                per: skiff_api::slo::BudgetPeriod::Day,
+                until_unix: t0 - 3_600 + day,
+            })
+        );
+        let json = serde_json::to_value(&status).expect("JSON");
+        assert_eq!(json["scaleUpStopped"], true, "{json}");
+        // At 80% the ticket fires, but scale-up goes on.
+        let (status, stops) = stops_at("0.0007/day", t0 + 10);
+        assert!(!status.scale_up_stopped && stops.is_empty(), "{status:?}");
+        let (_, stops) = stops_at("0.0001/month", t0 + 10);
+        assert_eq!(
+            stops.get(&key).map(|s| s.per),
+            Some(skiff_api::slo::BudgetPeriod::Month)
+        );
+        // The next day nothing is spent yet.
+        let (status, stops) = stops_at("0.0001/day", t0 - 3_600 + day + 10);
+        assert_eq!(status.spent, 0.0);
+        assert!(stops.is_empty());
     }
 }

@@ -146,3 +146,73 @@ async fn a_shared_host_stays_with_its_last_owner() {
     s.update(vec![routes("b", Some(&b))], false);
     assert!(!s.router().hosts().contains(&shared));
 }
+
+/// A Service whose cost budget is published as spent has its revisions re-decided at once:
+/// a request waiting for a revision at zero starts nothing (the revision had no instance
+/// when its budget was spent), its pool says why so that refusals say `budget`, and its
+/// scale says so; another Service is untouched. Once the stop is lifted, the waiting request
+/// gets its instance at once.
+#[tokio::test]
+async fn a_spent_budget_holds_the_services_revisions() {
+    use skiff_control::budget::{BudgetStop, BudgetStops};
+    let s = serving();
+    let (a, b) = (revision("a"), revision("b"));
+    s.update(vec![routes("a", Some(&a)), routes("b", Some(&b))], true);
+    // From here: the revisions' first decisions are made.
+    let scaled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let scaled = scaled.clone();
+        s.on_scaled(Box::new(move |k| {
+            scaled.lock().expect("not poisoned").push(k.1.clone())
+        }));
+    }
+    let (ka, kb) = (
+        ("default".to_owned(), "a-00001".to_owned()),
+        ("default".to_owned(), "b-00001".to_owned()),
+    );
+    assert_eq!(s.desired_of(&ka), 0, "an old idle revision is at zero");
+    let pool = s.router().pool(&ka).expect("a's pool");
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.acquire(5, Duration::from_secs(60), || {}).await })
+    };
+    while pool.waiting() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let stop = BudgetStop {
+        dollars: 0.000001,
+        per: skiff_api::slo::BudgetPeriod::Day,
+        until_unix: 1_800_057_600,
+    };
+    let spent: BudgetStops = [(("default".to_owned(), "a".to_owned()), stop)].into();
+    s.set_budget_stops(Arc::new(spent));
+    assert_eq!(s.desired_of(&ka), 0, "held at the none it had");
+    let why = pool.budget_stop().expect("the pool knows");
+    assert_eq!(
+        (why.budget.as_str(), why.until.as_str()),
+        ("$0.000001/day", "2027-01-16T00:00:00Z")
+    );
+    let scale = s.scale_of("default", "a", None);
+    assert!(
+        scale[0].decisions.is_empty() || scale[0].decisions[0].desired == 0,
+        "{scale:?}"
+    );
+    assert!(
+        s.budget_stop_of("default", "a")
+            .is_some_and(|w| w.contains("the cost budget ($0.000001/day) is spent")),
+        "{:?}",
+        s.budget_stop_of("default", "a")
+    );
+    let b_pool = s.router().pool(&kb).expect("b's pool");
+    assert!(b_pool.budget_stop().is_none() && s.budget_stop_of("default", "b").is_none());
+    assert!(
+        scaled.lock().expect("not poisoned").is_empty(),
+        "nothing changed scale"
+    );
+
+    s.set_budget_stops(Arc::default());
+    assert_eq!(s.desired_of(&ka), 1, "the waiting request gets an instance");
+    assert!(pool.budget_stop().is_none());
+    assert_eq!(*scaled.lock().expect("not poisoned"), ["a-00001"]);
+    waiter.abort();
+}

@@ -47,7 +47,7 @@ use tracing::{info, warn};
 
 pub use connect::{Connect, ConnectFuture, Explain, ExplainFuture};
 pub use metrics::{LATENCY_BUCKETS, RevisionLabels, RouterMetrics, Tally, TallySnapshot, Throttle};
-pub use pool::{ColdStarts, Pool, PoolSpec, RevisionKey};
+pub use pool::{BudgetStop, ColdStarts, Pool, PoolSpec, RevisionKey};
 
 /// Maps the host a request from inside an instance names (`backend`, `backend.ns.svc`, …)
 /// to the Service's host at the ingress ([`Router::serve_internal`]).

@@ -102,6 +102,9 @@ pub struct Pool {
     cold: Mutex<ColdStarts>,
     cold_since: Mutex<Option<Instant>>,
     at_max_scale: std::sync::atomic::AtomicBool,
+    /// Set while its Service's cost budget is spent and scale-up is stopped (requests that
+    /// then get no slot are refused as `budget`).
+    budget_stop: RwLock<Option<Arc<BudgetStop>>>,
     /// Since when requests have been waiting (the first of the current wait).
     waiting_since: Mutex<Option<Instant>>,
     /// A scale-up under way: its cause's time, the ready count it aims at, and where its
@@ -115,6 +118,18 @@ struct ScaleUp {
     cause: Instant,
     target: usize,
     reaction: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// Its Service's cost budget is spent: the autoscaler does not scale the revision up until
+/// the period turns or the budget is raised. Said in the refusals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetStop {
+    /// The budget as written, e.g. `$5/day`.
+    pub budget: String,
+    /// When the period turns (RFC 3339), for people.
+    pub until: String,
+    /// When the period turns (Unix seconds), for `Retry-After`.
+    pub until_unix: i64,
 }
 
 /// Why a request got no instance.
@@ -173,6 +188,7 @@ impl Pool {
             cold: Mutex::new(ColdStarts::default()),
             cold_since: Mutex::new(None),
             at_max_scale: std::sync::atomic::AtomicBool::new(false),
+            budget_stop: RwLock::new(None),
             waiting_since: Mutex::new(None),
             scale_up: Mutex::new(None),
         })
@@ -234,6 +250,22 @@ impl Pool {
     /// Says whether the revision runs at its max scale.
     pub fn set_at_max_scale(&self, at: bool) {
         self.at_max_scale.store(at, Ordering::Relaxed);
+    }
+
+    /// Why scale-up is stopped by the Service's cost budget, while it is.
+    pub fn budget_stop(&self) -> Option<Arc<BudgetStop>> {
+        self.budget_stop
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Says whether (and why) the Service's cost budget stops the revision's scale-up.
+    pub fn set_budget_stop(&self, stop: Option<BudgetStop>) {
+        let mut s = self.budget_stop.write().unwrap_or_else(|p| p.into_inner());
+        if s.as_deref() != stop.as_ref() {
+            *s = stop.map(Arc::new);
+        }
     }
 
     /// How it is served.

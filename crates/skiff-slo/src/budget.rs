@@ -65,6 +65,17 @@ pub fn budget_period_start(per: BudgetPeriod, now_unix: i64) -> i64 {
     }
 }
 
+/// When the budget period containing `now_unix` ends (Unix seconds): the start of the next
+/// day or calendar month, when the spend starts again from zero.
+pub fn budget_period_end(per: BudgetPeriod, now_unix: i64) -> i64 {
+    let start = budget_period_start(per, now_unix);
+    match per {
+        BudgetPeriod::Day => start + DAY,
+        // 31 days after the 1st is always in the next month.
+        BudgetPeriod::Month => budget_period_start(per, start + 31 * DAY),
+    }
+}
+
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
 /// `civil_from_days`, <https://howardhinnant.github.io/date_algorithms.html>).
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
@@ -167,6 +178,21 @@ mod tests {
             -2_678_400
         );
         assert_eq!(budget_period_start(BudgetPeriod::Day, -43_200), -86_400);
+        // Ends: the next day, the 1st of the next month (February 2024 has 29 days, December
+        // ends the year).
+        assert_eq!(budget_period_end(BudgetPeriod::Day, t), 1_709_251_200);
+        // 2024-03-01T00:00:00Z
+        assert_eq!(budget_period_end(BudgetPeriod::Month, t), 1_709_251_200);
+        // 2024-01-01T00:00:00Z
+        assert_eq!(
+            budget_period_end(BudgetPeriod::Month, 1_704_067_199),
+            1_704_067_200
+        );
+        // 2024-01-31T23:59:59Z → 2024-02-01
+        assert_eq!(
+            budget_period_end(BudgetPeriod::Month, 1_706_745_599),
+            1_706_745_600
+        );
         for days in [-1_000_000, -1, 0, 59, 365 * 30 + 7, 1_000_000] {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days, "{days}");

@@ -99,7 +99,9 @@ pub mod rules;
 pub mod windows;
 
 pub use alerts::{AlertKey, AlertKind, Alerts, Condition, FiringAlert, Transition, slo_conditions};
-pub use budget::{budget_conditions, budget_period_start, budget_severities};
+pub use budget::{
+    BUDGET_PAGE_SHARE, budget_conditions, budget_period_end, budget_period_start, budget_severities,
+};
 pub use report::{
     ConditionReport, Counts, ObjectiveKind, ObjectiveReport, Report, Sli, SliKind, WindowBurn,
     evaluate, evaluate_with_min_window,

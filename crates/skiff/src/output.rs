@@ -448,6 +448,9 @@ pub fn describe_scaling(scale: &ScaleStatus) -> String {
             "  manual override: the latest revision runs {n} instance(s) (`skiff scale SERVICE auto` undoes it)\n"
         ));
     }
+    if let Some(why) = &scale.scale_up_stopped {
+        out.push_str(&format!("  scale-up stopped: {why}\n"));
+    }
     let revisions = &scale.revisions;
     if revisions.is_empty() {
         out.push_str("  no revision is scaled yet\n");

@@ -36,7 +36,7 @@ use self::forward::Forwarded;
 use self::headers::X_REQUEST_ID;
 use crate::conns::ConnHandle;
 use crate::metrics::Throttle;
-use crate::pool::{AcquireError, Pool, PoolSpec, Slot};
+use crate::pool::{AcquireError, BudgetStop, Pool, PoolSpec, Slot};
 use crate::upstream::Upstreams;
 use crate::{Body, Router};
 
@@ -67,14 +67,21 @@ impl Peer {
 }
 
 /// skiff's own answer instead of the instance's: a status and one line (the request id is
-/// added when it is sent), with `Retry-After` when the client should try again later.
+/// added when it is sent), with `Retry-After` when the client should try again later, and
+/// `X-Skiff-Throttled` naming the reason when the router refused the request itself.
 struct Answer {
     status: StatusCode,
     msg: String,
-    retry_after: Option<&'static str>,
+    /// `Retry-After`, in seconds.
+    retry_after: Option<u64>,
     /// Why the router refused the request itself, if it did.
     throttled: Option<Throttle>,
 }
+
+/// The header naming why the router refused a request itself: the `reason` label of
+/// `skiff_router_throttled_total` (`queue_full`, `queue_timeout`, `max_scale`, `budget`).
+const X_SKIFF_THROTTLED: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-skiff-throttled");
 
 impl Answer {
     fn new(status: StatusCode, msg: String) -> Self {
@@ -87,7 +94,7 @@ impl Answer {
     }
 
     /// Tells the client to try again after `seconds`.
-    fn retry_after(mut self, seconds: &'static str) -> Self {
+    fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self
     }
@@ -108,7 +115,10 @@ impl Answer {
         );
         h.insert(X_REQUEST_ID, request_id.clone());
         if let Some(seconds) = self.retry_after {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+            h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(why) = self.throttled {
+            h.insert(X_SKIFF_THROTTLED, HeaderValue::from_static(why.as_str()));
         }
         r
     }
@@ -223,10 +233,17 @@ async fn activate(router: &Router, pool: &Arc<Pool>, spec: &PoolSpec) -> Result<
         .map_err(|e| rejected(pool, e))
 }
 
-/// The activator's answer when a request got no instance.
+/// The activator's answer when a request got no instance: 503, or 429 when the Service's
+/// cost budget stopped its scale-up (the queue filled or timed out because instances that
+/// would have started did not).
 fn rejected(pool: &Pool, e: AcquireError) -> Answer {
     let spec = pool.spec();
     info!(revision = %spec.revision, reason = ?e, "activator refused a request");
+    if let Some(stop) = pool.budget_stop()
+        && matches!(e, AcquireError::QueueFull(_) | AcquireError::Timeout(_))
+    {
+        return budget_spent(&spec, &stop, pool.ready(), unix_now());
+    }
     let revision = &spec.revision;
     let throttled = match e {
         AcquireError::QueueFull(_) => Some(Throttle::QueueFull),
@@ -239,26 +256,56 @@ fn rejected(pool: &Pool, e: AcquireError) -> Answer {
             format!(
                 "skiff: revision `{revision}` has {n} requests waiting for an instance already; try again shortly"
             ),
-            "1",
+            1,
         ),
         AcquireError::Timeout(d) => (
             format!(
                 "skiff: no instance of revision `{revision}` could take the request within {}s (instances are starting or at containerConcurrency)",
                 d.as_secs_f64()
             ),
-            "1",
+            1,
         ),
         AcquireError::Unavailable(why) => (
             format!(
                 "skiff: service `{}` in namespace `{}` cannot serve requests: {why}",
                 spec.service, spec.namespace
             ),
-            "10",
+            10,
         ),
     };
     let mut answer = Answer::new(StatusCode::SERVICE_UNAVAILABLE, msg).retry_after(retry);
     answer.throttled = throttled;
     answer
+}
+
+/// The 429 of a request refused because the Service's cost budget is spent. With instances
+/// ready a retry may find room in a second; with none, nothing serves until the period turns.
+fn budget_spent(spec: &PoolSpec, stop: &BudgetStop, ready: usize, now_unix: i64) -> Answer {
+    let scaled = if ready > 0 {
+        format!("it is not scaled up beyond its {ready} ready instance(s)")
+    } else {
+        "no instance of it is started".to_owned()
+    };
+    let msg = format!(
+        "skiff: the cost budget of service `{}` in namespace `{}` ({}) is spent, so {scaled} \
+         until {}, when the period turns, or until its skiff.dev/budget annotation is raised",
+        spec.service, spec.namespace, stop.budget, stop.until
+    );
+    let retry = if ready > 0 {
+        1
+    } else {
+        u64::try_from(stop.until_unix - now_unix).map_or(1, |s| s.max(1))
+    };
+    let mut answer = Answer::new(StatusCode::TOO_MANY_REQUESTS, msg).retry_after(retry);
+    answer.throttled = Some(Throttle::Budget);
+    answer
+}
+
+/// The wall clock in Unix seconds (for `Retry-After` only).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The response step: an accepted upgrade becomes a tunnel; any other response goes back
@@ -321,4 +368,108 @@ fn tunnel(
             .map_err(|never| match never {})
             .boxed(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Arc<Pool> {
+        Pool::new(PoolSpec {
+            namespace: "default".into(),
+            service: "s".into(),
+            revision: "s-00001".into(),
+            container_concurrency: 1,
+            port: 8080,
+            h2c: false,
+            timeout: Duration::from_secs(300),
+            response_start_timeout: None,
+            idle_timeout: None,
+            unavailable: None,
+        })
+    }
+
+    fn stop() -> BudgetStop {
+        BudgetStop {
+            budget: "$5/day".into(),
+            until: "2027-01-16T00:00:00Z".into(),
+            until_unix: 1_800_057_600,
+        }
+    }
+
+    /// While the Service's budget is spent, a request the queue cannot hold, or that waits
+    /// out the queue timeout, gets 429 with reason `budget` (at max scale too); a failed
+    /// revision still gets its 503; without the stop the reasons are as before.
+    #[test]
+    fn refusals_under_a_spent_budget_are_429_budget() {
+        let p = pool();
+        let timeout = AcquireError::Timeout(Duration::from_secs(1));
+        let a = rejected(&p, timeout.clone());
+        assert_eq!(
+            (a.status, a.throttled),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(Throttle::QueueTimeout)
+            )
+        );
+        p.set_at_max_scale(true);
+        assert_eq!(
+            rejected(&p, timeout.clone()).throttled,
+            Some(Throttle::MaxScale)
+        );
+        p.set_budget_stop(Some(stop()));
+        for e in [timeout, AcquireError::QueueFull(10)] {
+            let a = rejected(&p, e);
+            assert_eq!(
+                (a.status, a.throttled),
+                (StatusCode::TOO_MANY_REQUESTS, Some(Throttle::Budget))
+            );
+            assert!(a.msg.contains("cost budget of service `s`"), "{}", a.msg);
+        }
+        let a = rejected(&p, AcquireError::Unavailable("crashed".into()));
+        assert_eq!(
+            (a.status, a.throttled),
+            (StatusCode::SERVICE_UNAVAILABLE, None)
+        );
+        p.set_budget_stop(None);
+        assert_eq!(
+            rejected(&p, AcquireError::QueueFull(10)).throttled,
+            Some(Throttle::QueueFull)
+        );
+    }
+
+    /// The budget's 429 says what is spent, until when and how to lift it, with the request
+    /// id and `X-Skiff-Throttled: budget`; `Retry-After` is the time left in the period when
+    /// no instance runs, a second when some do.
+    #[test]
+    fn the_budget_answer() {
+        let spec = pool().spec();
+        let now = 1_800_057_600 - 3_600;
+        let a = budget_spent(&spec, &stop(), 0, now);
+        assert_eq!(a.retry_after, Some(3_600));
+        assert_eq!(
+            a.msg,
+            "skiff: the cost budget of service `s` in namespace `default` ($5/day) is spent, so \
+             no instance of it is started until 2027-01-16T00:00:00Z, when the period turns, or \
+             until its skiff.dev/budget annotation is raised"
+        );
+        let a = budget_spent(&spec, &stop(), 2, now);
+        assert_eq!(a.retry_after, Some(1));
+        assert!(
+            a.msg
+                .contains("not scaled up beyond its 2 ready instance(s)"),
+            "{}",
+            a.msg
+        );
+        assert_eq!(
+            budget_spent(&spec, &stop(), 0, now + 7_200).retry_after,
+            Some(1)
+        );
+        let r = a.into_response(&HeaderValue::from_static("req-1"));
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = r.headers();
+        assert_eq!(h["x-skiff-throttled"], "budget");
+        assert_eq!(h[header::RETRY_AFTER], "1");
+        assert_eq!(h[X_REQUEST_ID], "req-1");
+    }
 }

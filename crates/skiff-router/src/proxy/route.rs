@@ -80,7 +80,7 @@ pub(super) fn pick(router: &Router, host_full: &str) -> Result<Arc<Pool>, Answer
             StatusCode::SERVICE_UNAVAILABLE,
             format!("skiff: {message}"),
         )
-        .retry_after("5")),
+        .retry_after(5)),
         Resolved::One(p) => Ok(p.clone()),
         Resolved::Split { split, total } => Ok(split_pick(split, *total).clone()),
     }

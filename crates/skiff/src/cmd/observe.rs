@@ -196,13 +196,22 @@ fn slo_rows(s: &Value, t: &mut comfy_table::Table) {
         ]);
     }
     if let Some(b) = s.get("budget").filter(|b| !b.is_null()) {
+        let stopped = if b["scaleUpStopped"].as_bool() == Some(true) {
+            let until = b["periodEnd"]
+                .as_i64()
+                .and_then(|t| jiff::Timestamp::from_second(t).ok())
+                .map_or_else(|| "the period ends".to_owned(), |t| t.to_string());
+            format!("SPENT: scale-up stopped until {until} or a higher budget")
+        } else {
+            String::new()
+        };
         t.add_row(vec![
             name,
             "budget".into(),
             format!("${}/{}", b["dollars"], b["per"].as_str().unwrap_or("")),
             "-".into(),
             format!("${:.6} spent", b["spent"].as_f64().unwrap_or(0.0)),
-            String::new(),
+            stopped,
         ]);
     }
 }
