@@ -76,6 +76,59 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &root);
         out
     }
+
+    /// The same in Prometheus' text format 0.0.4, for clients that do not ask for
+    /// OpenMetrics (`curl`, `promtool check metrics`): see [`prometheus_text`].
+    pub fn render_prometheus(&self) -> String {
+        prometheus_text(&self.render())
+    }
+}
+
+/// OpenMetrics text as Prometheus' text format 0.0.4: a counter's `HELP` and `TYPE` name
+/// its `_total` samples (OpenMetrics names the family), `unknown` is `untyped`, and
+/// exemplars, `UNIT` lines, `_created` samples of counters and `# EOF` go (0.0.4 has none).
+/// prometheus-client writes only OpenMetrics; this is the small difference, not a parser.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        if let Some((prefix, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            let suffix = if counters.contains(name) {
+                "_total"
+            } else {
+                ""
+            };
+            let tail = if prefix == "# TYPE " && tail == "unknown" {
+                "untyped"
+            } else {
+                tail
+            };
+            out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+            continue;
+        }
+        let sample = line.split(" # {").next().unwrap_or(line);
+        let name = sample.split(['{', ' ']).next().unwrap_or_default();
+        if name
+            .strip_suffix("_created")
+            .is_some_and(|family| counters.contains(family))
+        {
+            continue;
+        }
+        out.push_str(sample);
+        out.push('\n');
+    }
+    out
 }
 
 /// How log lines are written to standard error.
@@ -171,6 +224,14 @@ impl fmt::Debug for ErrorChain<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counters' metadata names their samples, exemplars and `# EOF` go, the rest is kept.
+    #[test]
+    fn openmetrics_becomes_prometheus_text() {
+        let om = "# HELP skiff_requests Requests.\n# TYPE skiff_requests counter\nskiff_requests_total{code=\"200\"} 3 # {trace_id=\"ab\"} 1.0 1700000000.1\nskiff_requests_created{code=\"200\"} 1700000000.0\n# HELP skiff_latency_seconds Latency.\n# TYPE skiff_latency_seconds histogram\n# UNIT skiff_latency_seconds seconds\nskiff_latency_seconds_bucket{le=\"0.5\"} 2 # {trace_id=\"cd\"} 0.4\nskiff_latency_seconds_sum 0.7\n# TYPE skiff_x unknown\nskiff_x 1\n# EOF\n";
+        let want = "# HELP skiff_requests_total Requests.\n# TYPE skiff_requests_total counter\nskiff_requests_total{code=\"200\"} 3\n# HELP skiff_latency_seconds Latency.\n# TYPE skiff_latency_seconds histogram\nskiff_latency_seconds_bucket{le=\"0.5\"} 2\nskiff_latency_seconds_sum 0.7\n# TYPE skiff_x untyped\nskiff_x 1\n";
+        assert_eq!(prometheus_text(om), want);
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("opening the store")]

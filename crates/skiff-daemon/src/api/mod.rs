@@ -151,17 +151,35 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn(request_context))
 }
 
-/// Prometheus metrics (OpenMetrics text). Like `/healthz` it needs no token: it is meant for
-/// a scraper on the same machine, and the API listens on loopback by default.
-async fn serve_metrics(State(state): State<ApiState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
+/// Prometheus metrics: OpenMetrics text (with exemplars) for a scraper that asks for it, as
+/// Prometheus does, else the Prometheus text format 0.0.4 (`curl … | promtool check
+/// metrics`). Like `/healthz` it needs no token: it is meant for a scraper on the same
+/// machine, and the API listens on loopback by default.
+async fn serve_metrics(State(state): State<ApiState>, headers: header::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            state.metrics.render(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            state.metrics.render_prometheus(),
+        )
+            .into_response()
+    }
 }
 
 async fn no_route(request: Request) -> ApiError {
