@@ -99,7 +99,12 @@ pub fn start(
         thresholds: thresholds.clone(),
     });
     let telemetry = match RequestTelemetry::start(settings, lookup.clone(), m.clone()) {
-        Ok(t) => t,
+        Ok(t) => {
+            if let Some(t) = &traces {
+                info!(endpoint = %t.endpoint, sampler = ?t.sampler, "exporting traces over OTLP/HTTP");
+            }
+            t
+        }
         Err(e) => {
             warn!(error = %skiff_telemetry::ErrorChain(&e), "traces are off: their export could not be set up");
             let settings = Settings {
@@ -116,9 +121,6 @@ pub fn start(
                 .ok()?
         }
     };
-    if let Some(t) = &traces {
-        info!(endpoint = %t.endpoint, sampler = ?t.sampler, "exporting traces over OTLP/HTTP");
-    }
     tokio::spawn(async move {
         loop {
             *thresholds.write().unwrap_or_else(|p| p.into_inner()) = self::thresholds(&slo);
