@@ -14,7 +14,7 @@ use skiff_api::wire::{LogLine, RequestLogLine, RequestTrail};
 use skiff_requests::log;
 use utoipa::IntoParams;
 
-use super::runtime::{file_ends, follow, ndjson, query, revisions_of, since_cutoff};
+use super::runtime::{Shown, lines_response, query, revisions_of, since_cutoff};
 use super::{ApiError, ApiState};
 
 /// How far around a request its instance's lines are shown.
@@ -65,41 +65,18 @@ pub async fn request_log(
         .iter()
         .map(|r| log::path(&dir, &namespace, r))
         .collect();
-    let (head, offsets) = tokio::task::spawn_blocking({
-        let files = files.clone();
-        move || {
-            let offsets = file_ends(&files);
-            let mut lines: Vec<RequestLogLine> = revisions
-                .iter()
-                .flat_map(|r| {
-                    log::read(&dir, &namespace, r, |l| {
-                        cutoff.is_none_or(|c| l.ts.parse::<jiff::Timestamp>().is_ok_and(|t| t >= c))
-                    })
-                })
-                .collect();
-            lines.sort_by(|a, b| a.ts.cmp(&b.ts));
-            if let Some(n) = p.tail {
-                let skip = lines.len().saturating_sub(n);
-                lines.drain(..skip);
-            }
-            let head: Vec<bytes::Bytes> = lines
-                .iter()
-                .map(|l| {
-                    let mut v = serde_json::to_vec(l).unwrap_or_default();
-                    v.push(b'\n');
-                    bytes::Bytes::from(v)
-                })
-                .collect();
-            (head, offsets)
-        }
-    })
-    .await
-    .map_err(internal)?;
-    if p.follow == Some(true) {
-        Ok(follow(head, files, offsets))
-    } else {
-        Ok(ndjson(head))
-    }
+    let read = move || -> Vec<RequestLogLine> {
+        revisions
+            .iter()
+            .flat_map(|r| log::read(&dir, &namespace, r, |_| true))
+            .collect()
+    };
+    let shown = Shown {
+        cutoff,
+        tail: p.tail,
+        follow: p.follow == Some(true),
+    };
+    lines_response(files, read, |l| &l.ts, shown, "request logs").await
 }
 
 /// One request of a Service by its `X-Request-Id`: its request log line, and the lines its

@@ -172,24 +172,55 @@ pub async fn logs(
         .iter()
         .map(|r| logs::revision_log(&dir, &namespace, r))
         .collect();
-    // Reading log files blocks: off the async workers.
+    let read = move || -> Vec<LogLine> {
+        revisions
+            .iter()
+            .flat_map(|r| logs::read_all(&dir, &namespace, r))
+            .collect()
+    };
+    let shown = Shown {
+        cutoff,
+        tail: p.tail,
+        follow: p.follow == Some(true),
+    };
+    lines_response(files, read, |l| &l.ts, shown, "logs").await
+}
+
+/// Which lines of a log a request asks for.
+pub(super) struct Shown {
+    /// Only those since.
+    pub(super) cutoff: Option<jiff::Timestamp>,
+    /// Only the last N.
+    pub(super) tail: Option<usize>,
+    /// Then keep sending new ones.
+    pub(super) follow: bool,
+}
+
+/// The NDJSON response of a log kept in `files`: the lines `read` gives (blocking, so off
+/// the async workers), ordered by their time `ts` and selected as `shown` asks, then with
+/// `follow` the lines appended to the files since they were read. `what` names the log in
+/// an error.
+pub(super) async fn lines_response<T: serde::Serialize + Send + 'static>(
+    files: Vec<PathBuf>,
+    read: impl FnOnce() -> Vec<T> + Send + 'static,
+    ts: fn(&T) -> &str,
+    shown: Shown,
+    what: &'static str,
+) -> Result<Response, ApiError> {
     let (head, offsets) = tokio::task::spawn_blocking({
         let files = files.clone();
         move || {
             let offsets = file_ends(&files);
-            let lines: Vec<LogLine> = revisions
-                .iter()
-                .flat_map(|r| logs::read_all(&dir, &namespace, r))
-                .collect();
-            (select_lines(lines, cutoff, p.tail), offsets)
+            (select_lines(read(), ts, shown.cutoff, shown.tail), offsets)
         }
     })
     .await
-    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reading logs failed: {e}")))?;
-    if p.follow != Some(true) {
-        return Ok(ndjson(head));
+    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reading {what} failed: {e}")))?;
+    if shown.follow {
+        Ok(follow(head, files, offsets))
+    } else {
+        Ok(ndjson(head))
     }
-    Ok(follow(head, files, offsets))
 }
 
 /// An NDJSON response of `lines`.
@@ -256,14 +287,15 @@ pub(super) fn file_ends(files: &[PathBuf]) -> Vec<u64> {
 }
 
 /// Orders lines by time, keeps those since `cutoff` and the last `tail`, as NDJSON chunks.
-fn select_lines(
-    mut lines: Vec<LogLine>,
+fn select_lines<T: serde::Serialize>(
+    mut lines: Vec<T>,
+    ts: fn(&T) -> &str,
     cutoff: Option<jiff::Timestamp>,
     tail: Option<usize>,
 ) -> Vec<bytes::Bytes> {
-    lines.sort_by(|a, b| a.ts.cmp(&b.ts));
+    lines.sort_by(|a, b| ts(a).cmp(ts(b)));
     if let Some(c) = cutoff {
-        lines.retain(|l| l.ts.parse::<jiff::Timestamp>().is_ok_and(|t| t >= c));
+        lines.retain(|l| ts(l).parse::<jiff::Timestamp>().is_ok_and(|t| t >= c));
     }
     if let Some(n) = tail {
         let skip = lines.len().saturating_sub(n);
