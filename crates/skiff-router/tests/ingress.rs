@@ -127,26 +127,7 @@ async fn no_request_is_answered_before_the_first_route_table() {
 async fn shutdown_refuses_new_connections_at_once() {
     let shutdown = CancellationToken::new();
     let (router, addr) = serving(&shutdown).await;
-    router.set_pool(PoolSpec {
-        namespace: "default".into(),
-        service: "s".into(),
-        revision: "s-00001".into(),
-        container_concurrency: 0,
-        port: 8080,
-        h2c: false,
-        timeout: Duration::from_secs(300),
-        response_start_timeout: None,
-        idle_timeout: None,
-        unavailable: None,
-    });
-    router.set_routes(HashMap::from([(
-        "s.default.localhost".to_owned(),
-        HostRoute::Tag {
-            namespace: "default".into(),
-            service: "s".into(),
-            revision: "s-00001".into(),
-        },
-    )]));
+    route_s(&router, 8080);
     let mut held = TcpStream::connect(&addr).await.expect("connect");
     held.write_all(b"GET / HTTP/1.1\r\nHost: s.default.localhost\r\n\r\n")
         .await
@@ -203,32 +184,8 @@ async fn connections_are_dialled_with_the_slots_namespace() {
     let connector = Loopback::default();
     let (router, addr) =
         serving_with(&shutdown, connector.clone(), RouterMetrics::unregistered()).await;
-    router.set_pool(PoolSpec {
-        namespace: "default".into(),
-        service: "s".into(),
-        revision: "s-00001".into(),
-        container_concurrency: 0,
-        port,
-        h2c: false,
-        timeout: Duration::from_secs(300),
-        response_start_timeout: None,
-        idle_timeout: None,
-        unavailable: None,
-    });
-    let netns: Arc<OwnedFd> = Arc::new(std::fs::File::open("/dev/null").expect("fd").into());
-    router.instance_ready(
-        &("default".into(), "s-00001".into()),
-        "s-00001-a",
-        netns.clone(),
-    );
-    router.set_routes(HashMap::from([(
-        "s.default.localhost".to_owned(),
-        HostRoute::Tag {
-            namespace: "default".into(),
-            service: "s".into(),
-            revision: "s-00001".into(),
-        },
-    )]));
+    route_s(&router, port);
+    let netns = ready_instance(&router);
     let mut c = TcpStream::connect(&addr).await.expect("connect");
     c.write_all(b"GET / HTTP/1.1\r\nHost: s.default.localhost\r\n\r\n")
         .await
@@ -243,18 +200,53 @@ async fn connections_are_dialled_with_the_slots_namespace() {
     shutdown.cancel();
 }
 
-/// Reads a request head from `s` (up to its blank line).
-async fn read_head(s: &mut TcpStream) -> std::io::Result<()> {
+/// Reads a request head from `s` (up to its blank line, or what came before the end).
+async fn read_head(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = s.read(&mut buf).await?;
         if n == 0 {
-            return Ok(());
+            return Ok(head);
         }
         head.extend_from_slice(&buf[..n]);
     }
-    Ok(())
+    Ok(head)
+}
+
+/// Routes `s.default.localhost` to revision `s-00001`, whose instances listen on `port`.
+fn route_s(router: &Router, port: u16) {
+    router.set_pool(PoolSpec {
+        namespace: "default".into(),
+        service: "s".into(),
+        revision: "s-00001".into(),
+        container_concurrency: 0,
+        port,
+        h2c: false,
+        timeout: Duration::from_secs(300),
+        response_start_timeout: None,
+        idle_timeout: None,
+        unavailable: None,
+    });
+    router.set_routes(HashMap::from([(
+        "s.default.localhost".to_owned(),
+        HostRoute::Tag {
+            namespace: "default".into(),
+            service: "s".into(),
+            revision: "s-00001".into(),
+        },
+    )]));
+}
+
+/// Makes instance `s-00001-a` of `s-00001` ready, in a stand-in namespace handle.
+fn ready_instance(router: &Router) -> Arc<OwnedFd> {
+    let netns: Arc<OwnedFd> = Arc::new(std::fs::File::open("/dev/null").expect("fd").into());
+    router.instance_ready(
+        &("default".into(), "s-00001".into()),
+        "s-00001-a",
+        netns.clone(),
+    );
+    netns
 }
 
 /// Hands every request record to a channel.
@@ -290,28 +282,8 @@ async fn a_request_is_recorded_once_when_its_response_ends() {
     let (router, addr) = serving_with(&shutdown, Loopback::default(), metrics).await;
     let (tx, mut records) = tokio::sync::mpsc::unbounded_channel();
     router.set_observer(Arc::new(Records(tx)));
-    router.set_pool(PoolSpec {
-        namespace: "default".into(),
-        service: "s".into(),
-        revision: "s-00001".into(),
-        container_concurrency: 0,
-        port,
-        h2c: false,
-        timeout: Duration::from_secs(300),
-        response_start_timeout: None,
-        idle_timeout: None,
-        unavailable: None,
-    });
-    let netns: Arc<OwnedFd> = Arc::new(std::fs::File::open("/dev/null").expect("fd").into());
-    router.instance_ready(&("default".into(), "s-00001".into()), "s-00001-a", netns);
-    router.set_routes(HashMap::from([(
-        "s.default.localhost".to_owned(),
-        HostRoute::Tag {
-            namespace: "default".into(),
-            service: "s".into(),
-            revision: "s-00001".into(),
-        },
-    )]));
+    route_s(&router, port);
+    ready_instance(&router);
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let mut c = TcpStream::connect(&addr).await.expect("connect");
     c.write_all(
@@ -380,14 +352,9 @@ async fn a_traced_request_gives_the_instance_skiffs_span() {
         while let Ok((mut s, _)) = instance.accept().await {
             let heads_tx = heads_tx.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Ok(head) = read_head(&mut s).await else {
+                    return;
+                };
                 let _ = heads_tx.send(String::from_utf8_lossy(&head).into_owned());
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -401,28 +368,8 @@ async fn a_traced_request_gives_the_instance_skiffs_span() {
     let (router, addr) = serving_with(&shutdown, Loopback::default(), metrics).await;
     let (tx, mut records) = tokio::sync::mpsc::unbounded_channel();
     router.set_observer(Arc::new(Tracing(tx)));
-    router.set_pool(PoolSpec {
-        namespace: "default".into(),
-        service: "s".into(),
-        revision: "s-00001".into(),
-        container_concurrency: 0,
-        port,
-        h2c: false,
-        timeout: Duration::from_secs(300),
-        response_start_timeout: None,
-        idle_timeout: None,
-        unavailable: None,
-    });
-    let netns: Arc<OwnedFd> = Arc::new(std::fs::File::open("/dev/null").expect("fd").into());
-    router.instance_ready(&("default".into(), "s-00001".into()), "s-00001-a", netns);
-    router.set_routes(HashMap::from([(
-        "s.default.localhost".to_owned(),
-        HostRoute::Tag {
-            namespace: "default".into(),
-            service: "s".into(),
-            revision: "s-00001".into(),
-        },
-    )]));
+    route_s(&router, port);
+    ready_instance(&router);
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     for (client, sampled) in [
         (Some(format!("00-{trace}-00f067aa0ba902b7-01")), true),
