@@ -1568,19 +1568,7 @@ mod tests {
     /// still reads, so a daemon upgraded in place re-adopts the instances it left running.
     #[test]
     fn records_with_the_old_field_name_still_read() {
-        let plan = InstancePlan {
-            id: "hello-00001-abcde".into(),
-            namespace: "default".into(),
-            service: "hello".into(),
-            revision: "hello-00001".into(),
-            containers: vec![],
-            serving: 0,
-            port: 8080,
-            volumes: vec![],
-            drain_timeout: Duration::from_secs(300),
-            egress: None,
-            scheduled: None,
-        };
+        let plan = skiff_plan();
         let new = serde_json::to_string(&plan).expect("serializes");
         assert!(new.contains("\"drainTimeout\""), "{new}");
         let old = new.replace("\"drainTimeout\"", "\"stopGrace\"");
@@ -1630,6 +1618,7 @@ mod tests {
         assert_eq!(back.scheduled, None);
     }
 
+    /// A plan of one revision with no containers, as records hold them.
     fn skiff_plan() -> InstancePlan {
         InstancePlan {
             id: "hello-00001-abcde".into(),
