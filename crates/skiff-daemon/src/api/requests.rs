@@ -1,43 +1,21 @@
 //! Request logs: a Service's request lines (NDJSON, optionally followed), and one request's
 //! line with its instance's output around it.
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use serde::Deserialize;
 use skiff_api::ErrorCode;
 use skiff_api::wire::{LogLine, RequestLogLine, RequestTrail};
 use skiff_requests::log;
-use utoipa::IntoParams;
 
-use super::runtime::{Shown, lines_response, query, revisions_of, since_cutoff};
+use super::runtime::{LogFiles, LogParams, query, revisions_of, serve_log};
 use super::{ApiError, ApiState};
 
 /// How far around a request its instance's lines are shown.
 const AROUND: Duration = Duration::from_secs(1);
-
-/// Query of a request log request.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct RequestLogParams {
-    /// Only this revision (default: every revision of the Service).
-    #[serde(default)]
-    pub revision: Option<String>,
-    /// Only requests newer than this: a duration (`10m`, `1h`) or an RFC 3339 time.
-    #[serde(default)]
-    pub since: Option<String>,
-    /// Only the last N requests.
-    #[serde(default)]
-    pub tail: Option<usize>,
-    /// Keep the response open and send new requests as they end.
-    #[serde(default)]
-    pub follow: Option<bool>,
-}
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(
@@ -50,33 +28,20 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 /// status, duration, bytes, revision, instance, cold start), oldest first; with `follow`,
 /// new ones keep coming.
 #[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/services/{name}/requests", tag = "runtime",
-    params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The Service"), RequestLogParams),
+    params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The Service"), LogParams),
     responses((status = 200, description = "NDJSON request lines", content_type = "application/x-ndjson"), (status = 404, body = skiff_api::ErrorBody)))]
 pub async fn request_log(
     State(state): State<ApiState>,
     Path((namespace, name)): Path<(String, String)>,
-    params: Result<Query<RequestLogParams>, QueryRejection>,
+    params: Result<Query<LogParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let p = query(params)?;
-    let revisions = revisions_of(&state, &namespace, &name, p.revision.as_deref()).await?;
-    let cutoff = p.since.as_deref().map(since_cutoff).transpose()?;
-    let dir = state.instances.runtime().log_dir();
-    let files: Vec<PathBuf> = revisions
-        .iter()
-        .map(|r| log::path(&dir, &namespace, r))
-        .collect();
-    let read = move || -> Vec<RequestLogLine> {
-        revisions
-            .iter()
-            .flat_map(|r| log::read(&dir, &namespace, r, |_| true))
-            .collect()
+    let files = LogFiles {
+        path: log::path,
+        read: |dir, namespace, revision| log::read(dir, namespace, revision, |_| true),
     };
-    let shown = Shown {
-        cutoff,
-        tail: p.tail,
-        follow: p.follow == Some(true),
-    };
-    lines_response(files, read, |l| &l.ts, shown, "request logs").await
+    let ts: fn(&RequestLogLine) -> &str = |l| &l.ts;
+    serve_log(&state, &namespace, &name, p, files, ts, "request logs").await
 }
 
 /// One request of a Service by its `X-Request-Id`: its request log line, and the lines its

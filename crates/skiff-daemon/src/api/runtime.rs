@@ -165,17 +165,54 @@ pub async fn logs(
     params: Result<Query<LogParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let p = query(params)?;
-    let revisions = revisions_of(&state, &namespace, &name, p.revision.as_deref()).await?;
+    let ts: fn(&LogLine) -> &str = |l| &l.ts;
+    serve_log(
+        &state,
+        &namespace,
+        &name,
+        p,
+        LogFiles {
+            path: logs::revision_log,
+            read: logs::read_all,
+        },
+        ts,
+        "logs",
+    )
+    .await
+}
+
+/// Where a kind of log keeps each revision's lines, as `(logs dir, namespace, revision)`:
+/// its current file, and every line of every file kept (blocking).
+pub(super) struct LogFiles<T> {
+    /// The current file.
+    pub(super) path: fn(&std::path::Path, &str, &str) -> PathBuf,
+    /// Every line kept, oldest first.
+    pub(super) read: fn(&std::path::Path, &str, &str) -> Vec<T>,
+}
+
+/// The log `files` of Service `name`'s revisions (those `p` asks for), their lines timed
+/// by `ts`, served by [`lines_response`]; `what` names the log in an error.
+pub(super) async fn serve_log<T: serde::Serialize + Send + 'static>(
+    state: &ApiState,
+    namespace: &str,
+    name: &str,
+    p: LogParams,
+    files: LogFiles<T>,
+    ts: fn(&T) -> &str,
+    what: &'static str,
+) -> Result<Response, ApiError> {
+    let revisions = revisions_of(state, namespace, name, p.revision.as_deref()).await?;
     let cutoff = p.since.as_deref().map(since_cutoff).transpose()?;
     let dir = state.instances.runtime().log_dir();
-    let files: Vec<PathBuf> = revisions
+    let current: Vec<PathBuf> = revisions
         .iter()
-        .map(|r| logs::revision_log(&dir, &namespace, r))
+        .map(|r| (files.path)(&dir, namespace, r))
         .collect();
-    let read = move || -> Vec<LogLine> {
+    let namespace = namespace.to_owned();
+    let read = move || -> Vec<T> {
         revisions
             .iter()
-            .flat_map(|r| logs::read_all(&dir, &namespace, r))
+            .flat_map(|r| (files.read)(&dir, &namespace, r))
             .collect()
     };
     let shown = Shown {
@@ -183,24 +220,24 @@ pub async fn logs(
         tail: p.tail,
         follow: p.follow == Some(true),
     };
-    lines_response(files, read, |l| &l.ts, shown, "logs").await
+    lines_response(current, read, ts, shown, what).await
 }
 
 /// Which lines of a log a request asks for.
-pub(super) struct Shown {
+struct Shown {
     /// Only those since.
-    pub(super) cutoff: Option<jiff::Timestamp>,
+    cutoff: Option<jiff::Timestamp>,
     /// Only the last N.
-    pub(super) tail: Option<usize>,
+    tail: Option<usize>,
     /// Then keep sending new ones.
-    pub(super) follow: bool,
+    follow: bool,
 }
 
 /// The NDJSON response of a log kept in `files`: the lines `read` gives (blocking, so off
 /// the async workers), ordered by their time `ts` and selected as `shown` asks, then with
 /// `follow` the lines appended to the files since they were read. `what` names the log in
 /// an error.
-pub(super) async fn lines_response<T: serde::Serialize + Send + 'static>(
+async fn lines_response<T: serde::Serialize + Send + 'static>(
     files: Vec<PathBuf>,
     read: impl FnOnce() -> Vec<T> + Send + 'static,
     ts: fn(&T) -> &str,
