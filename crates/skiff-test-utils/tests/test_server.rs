@@ -561,9 +561,10 @@ async fn burn_uses_the_cpu() {
     let took = start.elapsed();
     assert_eq!(v, serde_json::json!({"spun_ms": 300}));
     assert!(took >= Duration::from_millis(300), "{took:?}");
-    // 300 ms of spinning is 30 ticks at 100 Hz; allow a loaded machine to give a third.
+    // 300 ms of spinning is 30 ticks at 100 Hz; a sleeping server would use none. A machine
+    // busy with parallel builds gave it 8 once, so only a sixth is asked for.
     let ticks = server.cpu_ticks() - ticks_before;
-    assert!(ticks >= 10, "only {ticks} ticks of CPU in {took:?}");
+    assert!(ticks >= 5, "only {ticks} ticks of CPU in {took:?}");
 }
 
 // `/healthz` answers 200 until `POST /start-failing`, then 500 for good.
