@@ -1,7 +1,8 @@
 //! Test support for skiff: [`TestDaemon`] runs the real `skiff server` binary on free
 //! loopback ports with a temporary data directory; [`wait_for`] polls a condition with a
 //! deadline instead of sleeping; [`fakes`] holds in-memory stand-ins for the runtime and the
-//! image store, for reconcile tests without root.
+//! image store, for reconcile tests without root; [`browser`] drives a real headless
+//! Chromium for the dashboard's tests.
 //!
 //! When a test panics, the daemon is killed but its data directory and log are kept, and
 //! their path is printed, so the evidence survives.
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use skiff_client::Client;
 
+pub mod browser;
 pub mod fakes;
 pub mod images;
 pub mod net;
