@@ -69,6 +69,8 @@ pub struct ControlPlane {
     pub history: crate::history::SharedHistory,
     /// The job counters (M9), registered for the jobs reconciler to feed.
     pub jobs: crate::telemetry::JobMetrics,
+    /// Instances' start-up phases, with each revision's recent starts.
+    pub startups: Arc<crate::telemetry::StartupMetrics>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -133,6 +135,7 @@ impl ControlPlane {
             metrics.register_root(DeploymentMetrics::new),
         )));
         let follower = instances.attach(instance_queue, stop.clone());
+        let startups = registered.follower.startup();
         serving.on_scaled(Box::new(on_scaled(&instances)));
         let mut tasks = vec![
             follower,
@@ -183,6 +186,7 @@ impl ControlPlane {
             slo,
             history,
             jobs: registered.jobs,
+            startups,
             stop,
             tasks,
         })

@@ -13,7 +13,7 @@
 //! A revision's series go when it has neither a router pool nor an instance (it was
 //! deleted); they start from zero after a daemon restart, as counters may.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
@@ -473,6 +473,11 @@ impl InstanceFollower {
         self.billing.clone()
     }
 
+    /// The start-up phases it observes.
+    pub fn startup(&self) -> Arc<StartupMetrics> {
+        self.startup.clone()
+    }
+
     /// Follows the runtime's events until `shutdown`.
     pub async fn follow(self, shutdown: tokio_util::sync::CancellationToken) {
         let mut events = self.runtime.events();
@@ -547,6 +552,8 @@ pub fn startup_observations(status: &InstanceStatus) -> Vec<(&'static str, f64)>
 /// stops). Instances re-adopted after a restart have no phases and are not observed.
 pub struct StartupMetrics {
     durations: Family<StartupLabels, Histogram>,
+    /// The last [`RECENT_STARTS`] starts of each revision, newest last, for the dashboard.
+    recent: Mutex<HashMap<RevisionLabels, VecDeque<RecentStart>>>,
     /// Instances observed and not stopped yet (so each is observed once).
     observed: Mutex<HashSet<String>>,
     /// The revisions with series, to remove them by once the revision is gone.
@@ -557,10 +564,25 @@ impl Default for StartupMetrics {
     fn default() -> Self {
         StartupMetrics {
             durations: Family::new_with_constructor(|| Histogram::new(STARTUP_BUCKETS)),
+            recent: Mutex::default(),
             observed: Mutex::default(),
             revisions: Mutex::default(),
         }
     }
+}
+
+/// Starts kept per revision for [`StartupMetrics::recent`].
+pub const RECENT_STARTS: usize = 100;
+
+/// One instance's start, as [`StartupMetrics::recent`] keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecentStart {
+    /// The instance.
+    pub instance: String,
+    /// Its revision.
+    pub revision: String,
+    /// How its start was spent.
+    pub phases: skiff_api::wire::StartupPhases,
 }
 
 /// The phases, as labelled.
@@ -623,6 +645,8 @@ impl StartupMetrics {
     /// Removes the series of the revisions `exists` denies.
     pub fn prune(&self, exists: &dyn Fn(&RevisionLabels) -> bool) {
         let mut revisions = self.revisions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|r, _| exists(r));
         revisions.retain(|r| {
             if exists(r) {
                 return true;
@@ -637,6 +661,23 @@ impl StartupMetrics {
             }
             false
         });
+    }
+
+    /// The last starts of Service `service`'s revisions (each revision's last
+    /// [`RECENT_STARTS`]), newest first.
+    pub fn recent(&self, namespace: &str, service: &str) -> Vec<RecentStart> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut starts: Vec<RecentStart> = recent
+            .iter()
+            .filter(|(k, _)| k.namespace == namespace && k.service == service)
+            .flat_map(|(_, v)| v.iter().cloned())
+            .collect();
+        starts.sort_by(|a, b| {
+            b.phases
+                .scheduled_unix_nanos
+                .cmp(&a.phases.scheduled_unix_nanos)
+        });
+        starts
     }
 
     /// Takes note of an instance's status change.
@@ -679,15 +720,27 @@ impl StartupMetrics {
                 };
                 self.durations.get_or_create(&labels).observe(*seconds);
             }
-            if !rows.is_empty() {
+            if let (false, Some(phases)) = (rows.is_empty(), &s.startup) {
+                let labels = RevisionLabels {
+                    namespace: namespace.to_owned(),
+                    service: service.to_owned(),
+                    revision: revision.to_owned(),
+                };
+                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                let starts = recent.entry(labels.clone()).or_default();
+                if starts.len() == RECENT_STARTS {
+                    starts.pop_front();
+                }
+                starts.push_back(RecentStart {
+                    instance: id.to_owned(),
+                    revision: revision.to_owned(),
+                    phases: phases.clone(),
+                });
+                drop(recent);
                 self.revisions
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(RevisionLabels {
-                        namespace: namespace.to_owned(),
-                        service: service.to_owned(),
-                        revision: revision.to_owned(),
-                    });
+                    .insert(labels);
                 if !stopped {
                     observed.insert(id.to_owned());
                 }
