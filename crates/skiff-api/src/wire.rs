@@ -755,3 +755,13 @@ pub struct Top {
     /// Each Service with history.
     pub services: Vec<TopRow>,
 }
+
+/// A one-time login for the dashboard (`POST /api/v1/dashboard/login`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DashboardLogin {
+    /// The path to open on the API's address, `/ui/login?code=…`; it works once.
+    pub path: String,
+    /// Until when it works (RFC 3339).
+    pub expires_at: String,
+}
