@@ -589,6 +589,14 @@ impl Client {
         .await
     }
 
+    /// A one-time login for the dashboard.
+    pub async fn dashboard_login(&self) -> Result<skiff_api::wire::DashboardLogin, ClientError> {
+        let response = self
+            .send(self.http.post(self.url("/api/v1/dashboard/login", &[])))
+            .await?;
+        self.json(response).await
+    }
+
     /// The alerts firing now.
     pub async fn alerts(&self) -> Result<skiff_api::wire::AlertList, ClientError> {
         self.get("/api/v1/alerts", &[]).await

@@ -13,3 +13,4 @@ pub mod datadir;
 pub mod network;
 pub mod requests;
 pub mod server;
+pub mod ui;

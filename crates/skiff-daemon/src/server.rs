@@ -308,6 +308,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         secrets,
         slo: plane.slo.clone(),
         history: plane.history.clone(),
+        ui: crate::ui::Ui::new(Some(plane.startups.clone()), config.requests.traces_url()),
     });
     data.write_endpoints(&Endpoints {
         api: format!("http://{}", listen.api_addr),

@@ -110,6 +110,7 @@ impl Api {
             secrets,
             slo,
             history,
+            ui: skiff_daemon::ui::Ui::new(None, None),
         });
         Api { router, _dir: dir }
     }

@@ -62,6 +62,8 @@ enum Command {
     Slo(cmd::observe::SloArgs),
     /// The alerts firing now (SLO burn rates, cost budgets).
     Alerts(cmd::observe::AlertsArgs),
+    /// Print a one-time login link to the dashboard (executive, on-call and debug views).
+    Dashboard(cmd::observe::DashboardArgs),
     /// Create Secrets and rotate the key they are encrypted with.
     #[command(alias = "secret")]
     Secrets(cmd::secrets::SecretsArgs),
@@ -90,6 +92,7 @@ fn main() {
                     Command::Metrics(args) => cmd::observe::metrics(args).await,
                     Command::Slo(args) => cmd::observe::slo(args).await,
                     Command::Alerts(args) => cmd::observe::alerts(args).await,
+                    Command::Dashboard(args) => cmd::observe::dashboard(args).await,
                     Command::Server(_) | Command::Validate(_) => unreachable!("handled above"),
                 }
             })

@@ -9,9 +9,9 @@
 
 pub mod error;
 mod images;
-mod observe;
+pub(crate) mod observe;
 pub mod openapi;
-mod requests;
+pub(crate) mod requests;
 mod runtime;
 mod secrets;
 mod services;
@@ -68,6 +68,8 @@ pub struct ApiState {
     pub slo: Arc<skiff_control::slo::SloEngine>,
     /// The metrics history.
     pub history: skiff_control::history::SharedHistory,
+    /// The dashboard (`/ui/`): its logins and what it shows beside the API's figures.
+    pub ui: Arc<crate::ui::Ui>,
 }
 
 /// The manifests one daemon parses at once: one per core (parsing is CPU-bound, more at
@@ -113,6 +115,7 @@ pub(crate) fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(runtime::logs))
         .routes(routes!(requests::request_log))
         .routes(routes!(requests::request_trail))
+        .routes(routes!(crate::ui::create_login))
         .routes(routes!(secrets::list_all_secrets))
         .routes(routes!(secrets::rotate_key))
         .routes(routes!(secrets::list_secrets))
@@ -137,6 +140,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(serve_metrics))
+        .merge(crate::ui::routes(state.clone()))
         .merge(api)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

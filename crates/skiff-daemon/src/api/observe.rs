@@ -72,7 +72,7 @@ pub struct MetricsParams {
     pub step: Option<i64>,
 }
 
-fn point(at: i64, s: &Sample, prices: Prices) -> MetricsPoint {
+pub(crate) fn point(at: i64, s: &Sample, prices: Prices) -> MetricsPoint {
     MetricsPoint {
         at: jiff::Timestamp::from_second(at)
             .map(|t| t.to_string())
@@ -90,7 +90,7 @@ fn point(at: i64, s: &Sample, prices: Prices) -> MetricsPoint {
     }
 }
 
-fn cost(s: &Sample, p: Prices) -> f64 {
+pub(crate) fn cost(s: &Sample, p: Prices) -> f64 {
     s.vcpu_seconds * p.vcpu_second
         + s.gib_seconds * p.gib_second
         + s.total() as f64 * p.million_requests / 1e6

@@ -53,15 +53,25 @@ pub async fn request_trail(
     State(state): State<ApiState>,
     Path((namespace, name, id)): Path<(String, String, String)>,
 ) -> Result<Json<RequestTrail>, ApiError> {
-    let revisions = revisions_of(&state, &namespace, &name, None).await?;
+    find_trail(&state, &namespace, &name, &id).await.map(Json)
+}
+
+/// Request `id` of Service `name` with its instance's lines around it.
+pub(crate) async fn find_trail(
+    state: &ApiState,
+    namespace: &str,
+    name: &str,
+    id: &str,
+) -> Result<RequestTrail, ApiError> {
+    let revisions = revisions_of(state, namespace, name, None).await?;
     let dir = state.instances.runtime().log_dir();
     let found = tokio::task::spawn_blocking({
-        let id = id.clone();
+        let (id, namespace) = (id.to_owned(), namespace.to_owned());
         move || trail(&dir, &namespace, &revisions, &id)
     })
     .await
     .map_err(internal)?;
-    found.map(Json).ok_or_else(|| {
+    found.ok_or_else(|| {
         ApiError::new(
             ErrorCode::NotFound,
             format!(

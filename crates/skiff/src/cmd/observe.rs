@@ -280,3 +280,55 @@ pub async fn alerts(args: AlertsArgs) -> Result<i32, Exit> {
     output::print_table(&t);
     Ok(OK)
 }
+
+/// Prints a one-time login link to the dashboard; with `--open`, opens it in a browser.
+#[derive(Debug, clap::Args)]
+pub struct DashboardArgs {
+    /// Open the link in a browser (`$BROWSER`, else `xdg-open`) when one is there.
+    #[arg(long)]
+    pub open: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// Runs `skiff dashboard`.
+pub async fn dashboard(args: DashboardArgs) -> Result<i32, Exit> {
+    let client = args.connect.client()?;
+    let login = client.dashboard_login().await?;
+    let url = format!("{}{}", client.server().trim_end_matches('/'), login.path);
+    println!("{url}");
+    eprintln!(
+        "Open this link to log in to the dashboard. It works once, until {}, and opens a session in that browser.",
+        login.expires_at
+    );
+    if args.open {
+        open_browser(&url);
+    }
+    Ok(OK)
+}
+
+/// Opens `url` with `$BROWSER` or `xdg-open` when a display is there; says so when not.
+fn open_browser(url: &str) {
+    let graphical =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    let opener = std::env::var("BROWSER")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .or_else(|| graphical.then(|| "xdg-open".to_owned()));
+    let Some(opener) = opener else {
+        eprintln!(
+            "No browser here (no $BROWSER, no display): open the link on a machine that reaches this address."
+        );
+        return;
+    };
+    match std::process::Command::new(&opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(_) => eprintln!("Opened with {opener}."),
+        Err(e) => eprintln!("Could not run {opener} ({e}): open the link yourself."),
+    }
+}
