@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod daemon;
+mod dashboard;
 mod examples;
 mod hardening;
 mod images;
