@@ -54,10 +54,12 @@ fn shots_dir() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard")
 }
 
-async fn shoot(b: &Browser, name: &str) {
+/// A screenshot under the target dir, and of the views the README shows into `docs/` when
+/// asked.
+async fn shoot(b: &Browser, name: &str, in_docs: bool) {
     let path = shots_dir().join(format!("{name}.png"));
     b.screenshot(&path).await.expect("screenshot");
-    if std::env::var_os("SKIFF_DOCS_SCREENSHOTS").is_some() {
+    if in_docs && std::env::var_os("SKIFF_DOCS_SCREENSHOTS").is_some() {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
         std::fs::create_dir_all(&docs).expect("docs/");
         std::fs::copy(&path, docs.join(format!("dashboard-{name}.png"))).expect("copy to docs/");
@@ -198,7 +200,7 @@ async fn the_dashboard_shows_what_the_api_says() {
         "{budgets:?}"
     );
     assert!(b.texts("#cost svg").await.is_ok());
-    shoot(&b, "executive").await;
+    shoot(&b, "executive", true).await;
 
     // On-call: the alert, the SLIs, instances and deployments.
     b.goto(&format!("{}/ui/oncall", d.api()))
@@ -232,7 +234,7 @@ async fn the_dashboard_shows_what_the_api_says() {
         deployments.iter().any(|r| r.contains("api-00001")),
         "{deployments:?}"
     );
-    shoot(&b, "oncall").await;
+    shoot(&b, "oncall", true).await;
 
     // Debug view of shop: instances as the API lists them, start-up phases, the failed
     // requests with their ids, and a request's trail.
@@ -259,7 +261,7 @@ async fn the_dashboard_shows_what_the_api_says() {
     assert!(phases.iter().any(|r| r.starts_with("total")), "{phases:?}");
     let slow = b.texts("#slow tbody tr").await.expect("slow and failed");
     assert!(slow.iter().any(|r| r.contains("504")), "{slow:?}");
-    shoot(&b, "debug").await;
+    shoot(&b, "debug", true).await;
     b.click("#slow tbody tr td[data-col='1'] a")
         .await
         .expect("a request's trail");
@@ -302,7 +304,7 @@ async fn the_dashboard_shows_what_the_api_says() {
         overflow.as_i64().unwrap_or(1) <= 0,
         "page overflows a phone by {overflow}px"
     );
-    shoot(&b, "oncall-phone").await;
+    shoot(&b, "oncall-phone", false).await;
     b.set_window_size(1280, 800).await.expect("desktop width");
 
     // The same session's cookie, outside the browser: the tables are in the HTML itself
