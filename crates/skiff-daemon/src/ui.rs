@@ -6,8 +6,8 @@
 //! `POST /api/v1/dashboard/login` (with the API token) makes a code; `GET /ui/login?code=`
 //! trades it, once and within 5 minutes, for a session whose token travels only in an
 //! `HttpOnly; SameSite=Strict` cookie scoped to `/ui`. Every other `/ui` page needs the
-//! session (401 and the login page without it), refuses requests a browser marks as
-//! cross-site (`Sec-Fetch-Site`), and the one state-changing call (log out) also needs an
+//! session (401 and the login page without it), refuses requests a browser marks as coming
+//! from another origin (`Sec-Fetch-Site`), and the one state-changing call (log out) also needs an
 //! `Origin` of this host. The code's query string is never logged (the API's access log
 //! keeps paths only).
 
@@ -142,12 +142,14 @@ fn cookie_token(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, v)| v)
 }
 
-/// Whether the browser says the request comes from another site.
-fn cross_site(headers: &HeaderMap) -> bool {
+/// Whether the browser says the request comes from another origin: another site, or
+/// another origin of this one (`same-site`: a Service's page on `*.localhost` is the same
+/// site as a dashboard opened on `localhost`, and cookies do not tell ports apart).
+fn foreign(headers: &HeaderMap) -> bool {
     headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("cross-site"))
+        .is_some_and(|v| !matches!(v, "same-origin" | "none"))
 }
 
 /// Whether a state-changing request comes from this origin: its `Origin` names this host
@@ -179,10 +181,11 @@ fn login_page(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// Lets a request through with a session; otherwise 401 and the login page (403 for a
-/// request from another site, or a state change from another origin).
+/// request a browser says comes from another origin, or a state change whose `Origin` is
+/// not this host).
 async fn session(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let headers = request.headers();
-    if cross_site(headers) || (request.method() != Method::GET && !same_origin(headers)) {
+    if foreign(headers) || (request.method() != Method::GET && !same_origin(headers)) {
         return login_page(
             StatusCode::FORBIDDEN,
             "This request came from another site; the dashboard answers only its own pages.",
@@ -569,7 +572,10 @@ async fn debug(
     let scale = state.instances.scale_status(&namespace, &name).await.ok();
     let instances: Vec<InstanceView> = state.instances.instances_of(&namespace, &name);
     let dir = state.instances.runtime().log_dir();
-    let names: Vec<String> = revisions.iter().map(|r| r.name.clone()).collect();
+    let names: Vec<String> = match &p.revision {
+        Some(r) => vec![r.clone()],
+        None => revisions.iter().map(|r| r.name.clone()).collect(),
+    };
     let (requests, logs) = tokio::task::spawn_blocking({
         let namespace = namespace.clone();
         move || read_recent(&dir, &namespace, &names)
@@ -697,8 +703,11 @@ mod tests {
 
     #[test]
     fn other_origins_are_told_apart() {
-        assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site")])));
-        assert!(!cross_site(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(foreign(&headers(&[("sec-fetch-site", "cross-site")])));
+        assert!(foreign(&headers(&[("sec-fetch-site", "same-site")])));
+        assert!(!foreign(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(!foreign(&headers(&[("sec-fetch-site", "none")])));
+        assert!(!foreign(&HeaderMap::new()), "not a browser, or an old one");
         let here = [("host", "127.0.0.1:7070")];
         assert!(same_origin(&headers(&[
             here[0],

@@ -191,7 +191,7 @@ pub struct DebugInput {
     pub startups: Vec<Startup>,
     /// Recent requests, newest first.
     pub requests: Vec<RequestLogLine>,
-    /// Recent log lines, newest first.
+    /// Recent log lines (of the picked revision, if one is), newest first.
     pub logs: Vec<LogLine>,
     /// A request over this many seconds is slow (its latency SLO, else a default).
     pub slow_seconds: f64,
@@ -1365,18 +1365,8 @@ pub fn debug(ctx: Context, d: &DebugInput) -> Page {
     });
 
     let mut table = Table::new(&["When", "Instance", "Stream", "Line"], "No log lines yet.");
-    for (n, l) in d
-        .logs
-        .iter()
-        .filter(|l| {
-            d.instances.iter().all(|i| i.id != l.instance)
-                || d.instances
-                    .iter()
-                    .any(|i| i.id == l.instance && of_revision(&i.revision))
-        })
-        .take(100)
-        .enumerate()
-    {
+    // The daemon reads only the picked revision's log.
+    for (n, l) in d.logs.iter().take(100).enumerate() {
         table.row(
             format!("{}-{n}", l.ts),
             vec![
