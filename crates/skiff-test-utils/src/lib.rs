@@ -1,7 +1,7 @@
 //! Test support for skiff: [`TestDaemon`] runs the real `skiff server` binary on free
 //! loopback ports with a temporary data directory; [`wait_for`] polls a condition with a
 //! deadline instead of sleeping; [`fakes`] holds in-memory stand-ins for the runtime and the
-//! image store, for reconcile tests without root; [`browser`] drives a real headless
+//! image store, for reconcile tests without root; `browser` (feature `browser`) drives a real headless
 //! Chromium for the dashboard's tests.
 //!
 //! When a test panics, the daemon is killed but its data directory and log are kept, and
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use skiff_client::Client;
 
+#[cfg(feature = "browser")]
 pub mod browser;
 pub mod fakes;
 pub mod images;
