@@ -237,19 +237,12 @@ fn draw_line(out: &mut String, c: &Line) -> fmt::Result {
     for (t, _) in &times {
         write!(out, "M{} {}v4", N(x(*t)), N(plot.bottom()))?;
     }
-    out.push_str(r#""/><g class="axis" text-anchor="middle" fill-opacity=".7">"#);
-    for (t, label) in &times {
-        let lx = clamp_label(x(*t), label);
-        write!(
-            out,
-            r#"<text x="{}" y="{}">"#,
-            N(lx),
-            N(plot.bottom() + 14.0)
-        )?;
-        esc(out, label);
-        out.push_str("</text>");
-    }
-    out.push_str("</g>");
+    out.push_str(r#""/>"#);
+    x_labels(
+        out,
+        &plot,
+        times.iter().map(|(t, label)| (x(*t), label.as_str())),
+    )?;
 
     if let Some((v, label)) = threshold {
         let ty = y(*v);
@@ -468,20 +461,15 @@ fn draw_bars(out: &mut String, b: &Bars) -> fmt::Result {
         N(plot.bottom()),
         N(plot.right())
     )?;
-    out.push_str(r#""/><g class="axis" text-anchor="middle" fill-opacity=".7">"#);
-    for (j, cat) in b.categories.iter().enumerate().step_by(every) {
-        let label = clip(cat, 10);
-        let lx = clamp_label(bar_x(j) + bar_w / 2.0, &label);
-        write!(
-            out,
-            r#"<text x="{}" y="{}">"#,
-            N(lx),
-            N(plot.bottom() + 14.0)
-        )?;
-        esc(out, &label);
-        out.push_str("</text>");
-    }
-    out.push_str("</g>");
+    out.push_str(r#""/>"#);
+    let labels: Vec<(f64, String)> = b
+        .categories
+        .iter()
+        .enumerate()
+        .step_by(every)
+        .map(|(j, cat)| (bar_x(j) + bar_w / 2.0, clip(cat, 10)))
+        .collect();
+    x_labels(out, &plot, labels.iter().map(|(lx, l)| (*lx, l.as_str())))?;
 
     // Invisible columns whose tooltips give each category's figures.
     out.push_str(r#"<g class="hit" fill-opacity="0">"#);
@@ -590,20 +578,13 @@ fn draw_phases(out: &mut String, title: &str, unit: Unit, rows: &[HBar]) -> fmt:
     for &t in &ticks {
         write!(out, "M{} {}V{}", N(x(t)), N(plot.y), N(plot.bottom()))?;
     }
-    out.push_str(r#""/><g class="axis" text-anchor="middle" fill-opacity=".7">"#);
-    for &t in &ticks {
-        let label = format_value(t, unit);
-        let lx = clamp_label(x(t), &label);
-        write!(
-            out,
-            r#"<text x="{}" y="{}">"#,
-            N(lx),
-            N(plot.bottom() + 14.0)
-        )?;
-        esc(out, &label);
-        out.push_str("</text>");
-    }
-    out.push_str(r#"</g><g class="axis" text-anchor="end" fill-opacity=".7">"#);
+    out.push_str(r#""/>"#);
+    let labels: Vec<(f64, String)> = ticks
+        .iter()
+        .map(|&t| (x(t), format_value(t, unit)))
+        .collect();
+    x_labels(out, &plot, labels.iter().map(|(lx, l)| (*lx, l.as_str())))?;
+    out.push_str(r#"<g class="axis" text-anchor="end" fill-opacity=".7">"#);
     for (r, row) in rows.iter().enumerate() {
         let ry = plot.y + r as f64 * ROW_H + ROW_H / 2.0 + 3.5;
         write!(out, r#"<text x="{}" y="{}">"#, N(plot.x - 4.0), N(ry))?;
@@ -780,6 +761,27 @@ fn y_axis(
             N(y(t) + 3.5)
         )?;
         esc(out, &format_value(t, unit));
+        out.push_str("</text>");
+    }
+    out.push_str("</g>");
+    Ok(())
+}
+
+/// The x axis' labels, each centred under its `x` (kept inside the `viewBox`).
+fn x_labels<'a>(
+    out: &mut String,
+    plot: &Plot,
+    labels: impl Iterator<Item = (f64, &'a str)>,
+) -> fmt::Result {
+    out.push_str(r#"<g class="axis" text-anchor="middle" fill-opacity=".7">"#);
+    for (x, label) in labels {
+        write!(
+            out,
+            r#"<text x="{}" y="{}">"#,
+            N(clamp_label(x, label)),
+            N(plot.bottom() + 14.0)
+        )?;
+        esc(out, label);
         out.push_str("</text>");
     }
     out.push_str("</g>");
