@@ -320,16 +320,17 @@ fn unavailable(e: impl std::fmt::Display) -> UiError {
     UiError(ApiError::new(ErrorCode::Unavailable, e.to_string()))
 }
 
-/// Each of `services`' history over the range at `step` (the metrics API's points), with
-/// the range added up.
+/// Each of `services`' history over the range (the metrics API's points), once per step of
+/// `steps`, each with the range added up (summed once per Service).
 async fn histories(
     state: &ApiState,
     ctx: Context,
     services: Vec<(String, String)>,
     revision: Option<String>,
-    step: i64,
-) -> Result<Vec<ServiceHistory>, UiError> {
+    steps: &[i64],
+) -> Result<Vec<Vec<ServiceHistory>>, UiError> {
     let (from, to) = (ctx.from(), ctx.now + 1);
+    let asked = steps.to_vec();
     let rows = state
         .history
         .with(move |h| {
@@ -337,8 +338,11 @@ async fn histories(
             for (namespace, service) in services {
                 let key = ServiceKey::new(&namespace, &service);
                 let sum = h.sum(&key, revision.as_deref(), from, to)?;
-                let range = h.range(&key, revision.as_deref(), from, to, step)?;
-                out.push((namespace, service, sum, range));
+                let ranges = asked
+                    .iter()
+                    .map(|step| h.range(&key, revision.as_deref(), from, to, *step))
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.push((namespace, service, sum, ranges));
             }
             Ok(out)
         })
@@ -346,29 +350,52 @@ async fn histories(
         .map_err(unavailable)?
         .map_err(unavailable)?;
     let prices = state.slo.prices();
-    Ok(rows
-        .into_iter()
-        .map(|(namespace, service, s, range)| ServiceHistory {
-            namespace,
-            service,
-            summary: Summary {
-                requests: s.total(),
-                errors: s.errors(),
-                cold_starts: s.cold_starts,
-                throttled: s.throttled,
-                p50: s.quantile(0.5),
-                p95: s.quantile(0.95),
-                p99: s.quantile(0.99),
-                cpu_seconds: s.cpu_used_seconds,
-                cost: crate::api::observe::cost(&s, prices),
-            },
-            step,
-            points: range
-                .iter()
-                .map(|(t, s)| crate::api::observe::point(*t, s, prices))
-                .collect(),
-        })
-        .collect())
+    let mut by_step: Vec<Vec<ServiceHistory>> = steps.iter().map(|_| Vec::new()).collect();
+    for (namespace, service, s, ranges) in rows {
+        let summary = Summary {
+            requests: s.total(),
+            errors: s.errors(),
+            cold_starts: s.cold_starts,
+            throttled: s.throttled,
+            p50: s.quantile(0.5),
+            p95: s.quantile(0.95),
+            p99: s.quantile(0.99),
+            cpu_seconds: s.cpu_used_seconds,
+            cost: crate::api::observe::cost(&s, prices),
+        };
+        for ((out, step), range) in by_step.iter_mut().zip(steps).zip(ranges) {
+            out.push(ServiceHistory {
+                namespace: namespace.clone(),
+                service: service.clone(),
+                summary: summary.clone(),
+                step: *step,
+                points: range
+                    .iter()
+                    .map(|(t, s)| crate::api::observe::point(*t, s, prices))
+                    .collect(),
+            });
+        }
+    }
+    Ok(by_step)
+}
+
+/// Each of `services`' history over the range at the range's step.
+async fn histories_at_step(
+    state: &ApiState,
+    ctx: Context,
+    services: Vec<(String, String)>,
+    revision: Option<String>,
+) -> Result<Vec<ServiceHistory>, UiError> {
+    let mut by_step = histories(state, ctx, services, revision, &[ctx.range.step()]).await?;
+    Ok(by_step.pop().unwrap_or_default())
+}
+
+/// The `(namespace, name)` of each Service.
+fn names(services: &[ServiceNow]) -> Vec<(String, String)> {
+    services
+        .iter()
+        .map(|s| (s.namespace.clone(), s.service.clone()))
+        .collect()
 }
 
 async fn service_names(state: &ApiState) -> Result<Vec<(String, String)>, UiError> {
@@ -447,8 +474,14 @@ async fn executive(
 ) -> Result<Response, UiError> {
     let ctx = context(&p)?;
     let names = service_names(&state).await?;
-    let h = histories(&state, ctx, names.clone(), None, ctx.range.step()).await?;
-    let costs = histories(&state, ctx, names, None, ctx.range.cost_step()).await?;
+    let steps = [ctx.range.step(), ctx.range.cost_step()];
+    let mut by_step = histories(&state, ctx, names, None, &steps)
+        .await?
+        .into_iter();
+    let (h, costs) = (
+        by_step.next().unwrap_or_default(),
+        by_step.next().unwrap_or_default(),
+    );
     Ok(render(views::executive(
         ctx,
         &h,
@@ -463,9 +496,8 @@ async fn oncall(
     Query(p): Query<ViewParams>,
 ) -> Result<Response, UiError> {
     let ctx = context(&p)?;
-    let names = service_names(&state).await?;
-    let h = histories(&state, ctx, names, None, ctx.range.step()).await?;
     let services = services_now(&state).await?;
+    let h = histories_at_step(&state, ctx, names(&services), None).await?;
     let revisions: Vec<Revision> = state
         .controller
         .list_revisions(None, None)
@@ -488,9 +520,8 @@ async fn debug_index(
     Query(p): Query<ViewParams>,
 ) -> Result<Response, UiError> {
     let ctx = context(&p)?;
-    let names = service_names(&state).await?;
-    let h = histories(&state, ctx, names, None, ctx.range.step()).await?;
     let services = services_now(&state).await?;
+    let h = histories_at_step(&state, ctx, names(&services), None).await?;
     Ok(render(views::debug_index(ctx, &services, &h)))
 }
 
@@ -559,12 +590,11 @@ async fn debug(
             format!("revision `{r}` is not a revision of `{name}`"),
         )));
     }
-    let history = histories(
+    let history = histories_at_step(
         &state,
         ctx,
         vec![(namespace.clone(), name.clone())],
         p.revision.clone(),
-        ctx.range.step(),
     )
     .await?
     .pop()
