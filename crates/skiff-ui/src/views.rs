@@ -189,7 +189,7 @@ pub struct DebugInput {
     pub instances: Vec<InstanceView>,
     /// Recent starts, newest first.
     pub startups: Vec<Startup>,
-    /// Recent requests, newest first.
+    /// Recent requests (of the picked revision, if one is), newest first.
     pub requests: Vec<RequestLogLine>,
     /// Recent log lines (of the picked revision, if one is), newest first.
     pub logs: Vec<LogLine>,
@@ -1294,12 +1294,8 @@ pub fn debug(ctx: Context, d: &DebugInput) -> Page {
         table: Some(table),
     });
 
-    // Slow and failed requests.
-    let requests: Vec<&RequestLogLine> = d
-        .requests
-        .iter()
-        .filter(|r| of_revision(&r.revision))
-        .collect();
+    // Slow and failed requests (the daemon reads only the picked revision's request log).
+    let requests = &d.requests;
     let mut table = Table::new(
         &[
             "When",
