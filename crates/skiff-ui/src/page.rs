@@ -262,6 +262,19 @@ pub struct Section {
     pub table: Option<Table>,
 }
 
+impl Section {
+    /// A section holding only a table.
+    pub fn of_table(id: &str, heading: &str, note: Option<String>, table: Table) -> Section {
+        Section {
+            id: id.to_owned(),
+            heading: heading.to_owned(),
+            note,
+            charts: Vec::new(),
+            table: Some(table),
+        }
+    }
+}
+
 /// A page of the dashboard.
 #[derive(Debug, Clone, Template)]
 #[template(path = "page.html")]

@@ -605,13 +605,12 @@ pub fn executive(
             );
         }
     }
-    page.sections.push(Section {
-        id: "budgets".into(),
-        heading: "Error budgets and cost budgets".into(),
-        note: None,
-        charts: Vec::new(),
-        table: Some(table),
-    });
+    page.sections.push(Section::of_table(
+        "budgets",
+        "Error budgets and cost budgets",
+        None,
+        table,
+    ));
 
     // The Services that fail most.
     let mut failing: Vec<&ServiceHistory> =
@@ -638,13 +637,12 @@ pub fn executive(
             ],
         );
     }
-    page.sections.push(Section {
-        id: "failing".into(),
-        heading: "Top failing Services".into(),
-        note: None,
-        charts: Vec::new(),
-        table: Some(table),
-    });
+    page.sections.push(Section::of_table(
+        "failing",
+        "Top failing Services",
+        None,
+        table,
+    ));
     page
 }
 
@@ -758,16 +756,15 @@ pub fn oncall(
         tone: Tone::Plain,
     });
 
-    page.sections.push(Section {
-        id: "alerts".into(),
-        heading: "Alerts firing".into(),
-        note: Some(
+    page.sections.push(Section::of_table(
+        "alerts",
+        "Alerts firing",
+        Some(
             "SLO burn-rate alerts (page, ticket) and spent cost budgets, evaluated every 10 s."
                 .into(),
         ),
-        charts: Vec::new(),
-        table: Some(alerts_table(ctx.now, alerts)),
-    });
+        alerts_table(ctx.now, alerts),
+    ));
 
     let mut table = Table::new(
         &[
@@ -834,16 +831,15 @@ pub fn oncall(
             ],
         );
     }
-    page.sections.push(Section {
-        id: "slis".into(),
-        heading: "Services: SLIs against their SLOs".into(),
-        note: Some(
+    page.sections.push(Section::of_table(
+        "slis",
+        "Services: SLIs against their SLOs",
+        Some(
             "SLIs against SLOs are over each SLO's period; the other figures over the range."
                 .into(),
         ),
-        charts: Vec::new(),
-        table: Some(table),
-    });
+        table,
+    ));
 
     // p95 per Service, each against its latency objective.
     let mut charts = Vec::new();
@@ -909,13 +905,12 @@ pub fn oncall(
         table: None,
     });
 
-    page.sections.push(Section {
-        id: "deployments".into(),
-        heading: "Recent deployments".into(),
-        note: Some("Revisions, newest first: a new revision is a deployment.".into()),
-        charts: Vec::new(),
-        table: Some(deployments_table(ctx.now, revisions, 10)),
-    });
+    page.sections.push(Section::of_table(
+        "deployments",
+        "Recent deployments",
+        Some("Revisions, newest first: a new revision is a deployment.".into()),
+        deployments_table(ctx.now, revisions, 10),
+    ));
     page
 }
 
@@ -987,13 +982,8 @@ pub fn debug_index(ctx: Context, services: &[ServiceNow], histories: &[ServiceHi
             ],
         );
     }
-    page.sections.push(Section {
-        id: "services".into(),
-        heading: "Services".into(),
-        note: None,
-        charts: Vec::new(),
-        table: Some(table),
-    });
+    page.sections
+        .push(Section::of_table("services", "Services", None, table));
     page
 }
 
@@ -1286,13 +1276,12 @@ pub fn debug(ctx: Context, d: &DebugInput) -> Page {
                     format!("Scale is set by hand to {n} (`skiff scale … auto` hands it back).")
                 })
         });
-    page.sections.push(Section {
-        id: "scaling".into(),
-        heading: "Scaling decisions".into(),
+    page.sections.push(Section::of_table(
+        "scaling",
+        "Scaling decisions",
         note,
-        charts: Vec::new(),
-        table: Some(table),
-    });
+        table,
+    ));
 
     // Slow and failed requests (the daemon reads only the picked revision's request log).
     let requests = &d.requests;
@@ -1320,16 +1309,21 @@ pub fn debug(ctx: Context, d: &DebugInput) -> Page {
     {
         table.row(r.request_id.clone(), request_cells(&base, r, true));
     }
-    page.sections.push(Section {
-        id: "slow".into(),
-        heading: "Slow and failed requests".into(),
-        note: Some(match &d.traces {
-            Some(to) => format!("Their traces are kept whatever the sampling ratio and exported to {to}: look a trace id up there. Slow means over {}.", format_value(d.slow_seconds, Unit::Seconds)),
-            None => format!("Traces are off (set OTEL_EXPORTER_OTLP_ENDPOINT to export them); the trace ids still tie each request to its logs. Slow means over {}.", format_value(d.slow_seconds, Unit::Seconds)),
-        }),
-        charts: Vec::new(),
-        table: Some(table),
-    });
+    let slow = format_value(d.slow_seconds, Unit::Seconds);
+    let note = match &d.traces {
+        Some(to) => format!(
+            "Their traces are kept whatever the sampling ratio and exported to {to}: look a trace id up there. Slow means over {slow}."
+        ),
+        None => format!(
+            "Traces are off (set OTEL_EXPORTER_OTLP_ENDPOINT to export them); the trace ids still tie each request to its logs. Slow means over {slow}."
+        ),
+    };
+    page.sections.push(Section::of_table(
+        "slow",
+        "Slow and failed requests",
+        Some(note),
+        table,
+    ));
 
     let mut table = Table::new(
         &[
@@ -1349,16 +1343,15 @@ pub fn debug(ctx: Context, d: &DebugInput) -> Page {
         cells.push(Cell::text(r.instance.as_deref().map(short_id).unwrap_or_default()).mono());
         table.row(r.request_id.clone(), cells);
     }
-    page.sections.push(Section {
-        id: "requests".into(),
-        heading: "Recent requests".into(),
-        note: Some(
+    page.sections.push(Section::of_table(
+        "requests",
+        "Recent requests",
+        Some(
             "Newest first; a request id opens its log line with its instance's output around it."
                 .into(),
         ),
-        charts: Vec::new(),
-        table: Some(table),
-    });
+        table,
+    ));
 
     let mut table = Table::new(&["When", "Instance", "Stream", "Line"], "No log lines yet.");
     // The daemon reads only the picked revision's log.
@@ -1377,13 +1370,12 @@ pub fn debug(ctx: Context, d: &DebugInput) -> Page {
             ],
         );
     }
-    page.sections.push(Section {
-        id: "logs".into(),
-        heading: "Recent logs".into(),
-        note: Some("The instances' output, newest first.".into()),
-        charts: Vec::new(),
-        table: Some(table),
-    });
+    page.sections.push(Section::of_table(
+        "logs",
+        "Recent logs",
+        Some("The instances' output, newest first.".into()),
+        table,
+    ));
 
     let mut table = Table::new(
         &["Revision", "Images", "Error"],
@@ -1405,21 +1397,19 @@ pub fn debug(ctx: Context, d: &DebugInput) -> Page {
             ],
         );
     }
-    page.sections.push(Section {
-        id: "images".into(),
-        heading: "Image pull errors".into(),
-        note: None,
-        charts: Vec::new(),
-        table: Some(table),
-    });
+    page.sections.push(Section::of_table(
+        "images",
+        "Image pull errors",
+        None,
+        table,
+    ));
 
-    page.sections.push(Section {
-        id: "deployments".into(),
-        heading: "Revisions".into(),
-        note: None,
-        charts: Vec::new(),
-        table: Some(deployments_table(ctx.now, &d.revisions, 20)),
-    });
+    page.sections.push(Section::of_table(
+        "deployments",
+        "Revisions",
+        None,
+        deployments_table(ctx.now, &d.revisions, 20),
+    ));
     page
 }
 
@@ -1510,13 +1500,8 @@ pub fn trail(ctx: Context, namespace: &str, service: &str, t: &RequestTrail) -> 
     for (k, v) in fields {
         table.row(k, vec![Cell::text(k), Cell::text(v).mono()]);
     }
-    page.sections.push(Section {
-        id: "request".into(),
-        heading: "The request".into(),
-        note: None,
-        charts: Vec::new(),
-        table: Some(table),
-    });
+    page.sections
+        .push(Section::of_table("request", "The request", None, table));
     let mut table = Table::new(
         &["When", "Stream", "Line"],
         "Its instance wrote nothing from a second before it to a second after it.",
@@ -1531,13 +1516,12 @@ pub fn trail(ctx: Context, namespace: &str, service: &str, t: &RequestTrail) -> 
             ],
         );
     }
-    page.sections.push(Section {
-        id: "logs".into(),
-        heading: "Its instance's output around it".into(),
-        note: None,
-        charts: Vec::new(),
-        table: Some(table),
-    });
+    page.sections.push(Section::of_table(
+        "logs",
+        "Its instance's output around it",
+        None,
+        table,
+    ));
     page
 }
 
