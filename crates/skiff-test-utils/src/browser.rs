@@ -835,13 +835,14 @@ mod tests {
 
     #[test]
     fn descendants_of_this_process_include_a_child() {
-        let mut child = Command::new("sleep")
-            .arg("30")
+        // `cat` on an open pipe lives until it is killed: no timed child.
+        let mut child = Command::new("cat")
+            .stdin(std::process::Stdio::piped())
             .spawn()
-            .expect("spawning sleep");
+            .expect("spawning cat");
         let me = std::process::id() as i32;
         assert!(descendants(me).contains(&(child.id() as i32)));
-        child.kill().expect("killing sleep");
-        child.wait().expect("reaping sleep");
+        child.kill().expect("killing cat");
+        child.wait().expect("reaping cat");
     }
 }
