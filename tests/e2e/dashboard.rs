@@ -4,7 +4,7 @@
 //! `$CARGO_TARGET_TMPDIR/dashboard/` (and to `docs/` with `SKIFF_DOCS_SCREENSHOTS=1`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use skiff_test_utils::browser::{Browser, SameSite, skip_without_browser};
@@ -23,31 +23,6 @@ async fn api_counts(d: &TestDaemon, name: &str) -> (u64, u64) {
     m.points
         .iter()
         .fold((0, 0), |(n, e), p| (n + p.requests, e + p.errors))
-}
-
-/// Sends `path` to `svc` until `stop`, counting the requests.
-fn load(
-    d: &TestDaemon,
-    svc: &str,
-    path: &str,
-    stop: &Arc<AtomicBool>,
-) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
-    let sent = Arc::new(AtomicU64::new(0));
-    let (http, url, host, stop2, sent2) = (
-        crate::http(),
-        format!("http://{}{path}", d.ingress()),
-        host(svc),
-        stop.clone(),
-        sent.clone(),
-    );
-    let task = tokio::spawn(async move {
-        while !stop2.load(Ordering::SeqCst) {
-            if http.get(&url).header("host", &host).send().await.is_ok() {
-                sent2.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
-    (sent, task)
 }
 
 fn shots_dir() -> std::path::PathBuf {
@@ -101,30 +76,14 @@ async fn the_dashboard_shows_what_the_api_says() {
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let loads: Vec<_> = (0..4)
-        .map(|_| load(&d, "shop", "/delay?ms=1500", &stop))
-        .collect();
     let client = d.client();
-    let alert = wait_for(
-        "the page alert",
-        Duration::from_millis(500),
-        MAX_WAIT * 2,
-        || {
-            let client = client.clone();
-            async move {
-                client.alerts().await.ok()?.alerts.into_iter().find(|a| {
-                    a.service == "shop" && a.severity == "page" && a.name == "AvailabilityBurn"
-                })
-            }
-        },
-    )
-    .await
-    .expect("shop pages");
+    let burning = crate::observability::burn(&d, "shop", &stop);
+    let alert =
+        crate::observability::wait_for_page(&d, "shop", "AvailabilityBurn", MAX_WAIT * 2).await;
     stop.store(true, Ordering::SeqCst);
     let mut bad_sent = 0;
-    for (sent, task) in loads {
-        task.await.expect("load task");
-        bad_sent += sent.load(Ordering::SeqCst);
+    for task in burning {
+        bad_sent += task.await.expect("load task");
     }
     shop_sent += bad_sent;
     // Every request in the history (it flushes every 10 s).

@@ -447,22 +447,49 @@ fn skip_without_alertmanager() -> bool {
     true
 }
 
-/// Sends requests that time out (504: the revision's timeoutSeconds is 1) from four
-/// clients until `stop`.
-fn burn(
+/// Waits up to `max` for the page alert `name` of Service `svc` (in `default`) to fire.
+pub(crate) async fn wait_for_page(
     d: &TestDaemon,
+    svc: &str,
+    name: &str,
+    max: Duration,
+) -> skiff_api::wire::Alert {
+    let client = d.client();
+    wait_for(
+        &format!("the page alert {name} of {svc}"),
+        Duration::from_millis(500),
+        max,
+        || {
+            let client = client.clone();
+            async move {
+                let alerts = client.alerts().await.ok()?.alerts;
+                alerts
+                    .into_iter()
+                    .find(|a| a.service == svc && a.name == name && a.severity == "page")
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Sends requests to `svc` that time out (504 when its revision's timeoutSeconds is 1) from
+/// four clients until `stop`; each client's task returns the 504s it got.
+pub(crate) fn burn(
+    d: &TestDaemon,
+    svc: &str,
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<tokio::task::JoinHandle<u64>> {
     (0..4)
         .map(|_| {
-            let (stop, ingress) = (stop.clone(), d.ingress().to_owned());
+            let (stop, ingress, host) = (stop.clone(), d.ingress().to_owned(), host(svc));
             tokio::spawn(async move {
                 let http = crate::http();
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let r = http
                         .get(format!("http://{ingress}/delay?ms=1500"))
-                        .header("host", host("burn"))
+                        .header("host", &host)
                         .send()
                         .await;
                     if r.is_ok_and(|r| r.status() == 504) {
@@ -494,24 +521,9 @@ async fn an_slo_pages_at_alertmanager_and_resolves() {
     apply(&d, &manifest);
     crate::serving::wait_service_ready(&d, "burn").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let burning = burn(&d, &stop);
+    let burning = burn(&d, "burn", &stop);
     let client = d.client();
-    let fired = wait_for(
-        "the page alert",
-        Duration::from_millis(500),
-        MAX_WAIT * 2,
-        || {
-            let client = client.clone();
-            async move {
-                let alerts = client.alerts().await.ok()?.alerts;
-                alerts.into_iter().find(|a| {
-                    a.service == "burn" && a.severity == "page" && a.name == "AvailabilityBurn"
-                })
-            }
-        },
-    )
-    .await
-    .expect("the page alert fires");
+    let fired = wait_for_page(&d, "burn", "AvailabilityBurn", MAX_WAIT * 2).await;
     let o = d.cli(&["alerts"]);
     assert_code(&o, 0);
     assert!(
@@ -794,22 +806,7 @@ async fn a_spent_budget_stops_scale_up_and_429s_say_budget() {
     assert!(scale.revisions.iter().all(|r| r.desired <= 1), "{scale:?}");
 
     // The page alert fires, and the CLI says what is going on.
-    let alert = wait_for(
-        "the budget's page alert",
-        Duration::from_millis(500),
-        MAX_WAIT,
-        || {
-            let client = client.clone();
-            async move {
-                let alerts = client.alerts().await.ok()?.alerts;
-                alerts.into_iter().find(|a| {
-                    a.service == "budget" && a.name == "BudgetSpent" && a.severity == "page"
-                })
-            }
-        },
-    )
-    .await
-    .expect("the BudgetSpent page alert fires");
+    let alert = wait_for_page(&d, "budget", "BudgetSpent", MAX_WAIT).await;
     let o = d.cli(&["alerts"]);
     assert_code(&o, 0);
     assert!(stdout(&o).contains("BudgetSpent"), "{}", stdout(&o));
