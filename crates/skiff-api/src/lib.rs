@@ -13,6 +13,7 @@ pub mod egress;
 pub mod error;
 mod fields;
 pub mod image;
+pub mod job;
 pub mod manifest;
 pub mod names;
 pub mod object;

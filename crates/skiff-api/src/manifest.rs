@@ -29,6 +29,10 @@ use crate::config::{
     ValidatedConfig,
 };
 use crate::fields;
+use crate::job::{
+    self, ExecutionSpec, ExecutionTemplate, JobManifest, JobSpec, TaskSpec, TaskTemplate,
+    TemplateLabels, ValidatedJob,
+};
 use crate::problems::{FieldPath, Problem, ProblemKind, Problems, Segment};
 use crate::suggest;
 use crate::types::*;
@@ -801,6 +805,83 @@ pub fn config_kind(doc: &Document) -> Option<ConfigKind> {
     }
 }
 
+/// The path of a job's task template, and the revision template's it mirrors.
+const TASK_SPEC: &str = "spec.template.spec.template.spec";
+const REVISION_SPEC: &str = "spec.template.spec";
+
+/// A job's pattern under its task template, as the revision template's pattern (the
+/// containers and volumes are the same types).
+fn as_revision_pattern(pattern: &str) -> Option<String> {
+    pattern
+        .strip_prefix(TASK_SPEC)
+        .map(|rest| format!("{REVISION_SPEC}{rest}"))
+}
+
+/// Why an unknown key of a Job is refused.
+fn classify_job(parent: &str, key: &str) -> Option<Refusal> {
+    use Refusal::*;
+    match (parent, key) {
+        ("", "status") => return Some(OutputOnly),
+        ("metadata", k) if OUTPUT_ONLY_META.contains(&k) => return Some(OutputOnly),
+        ("metadata", "ownerReferences" | "finalizers") => {
+            return Some(NotSupported("owner references and finalizers"));
+        }
+        ("spec.template.metadata", "name" | "generateName" | "namespace") => {
+            return Some(NotAllowed(
+                "executions are named by skiff (`<job>-<suffix>`)",
+            ));
+        }
+        (TASK_SPEC, "serviceAccountName") => return Some(NotSupported("service accounts")),
+        (TASK_SPEC, "nodeSelector") => {
+            return Some(NotSupported("Cloud Run's execution environment settings"));
+        }
+        _ => {}
+    }
+    classify(&as_revision_pattern(parent)?, key)
+}
+
+fn job_fields(pattern: &str) -> &'static [&'static str] {
+    match pattern {
+        "" => fields::of::<JobManifest>(),
+        "metadata" => fields::of::<ManifestMeta>(),
+        "spec" => fields::of::<JobSpec>(),
+        "spec.template" => fields::of::<ExecutionTemplate>(),
+        "spec.template.metadata" => fields::of::<TemplateLabels>(),
+        "spec.template.spec" => fields::of::<ExecutionSpec>(),
+        "spec.template.spec.template" => fields::of::<TaskTemplate>(),
+        TASK_SPEC => fields::of::<TaskSpec>(),
+        p => as_revision_pattern(p).map_or(&[], |p| accepted_fields(&p)),
+    }
+}
+
+/// Reads and validates one document as a Cloud Run Job.
+pub fn job_from_document(doc: &Document) -> Result<ValidatedJob, Problems> {
+    let mut problems = Problems::new();
+    if !doc.value.is_object() {
+        problems.invalid(
+            &FieldPath::root(),
+            "a manifest must be a mapping with apiVersion, kind, metadata and spec",
+        );
+        return Err(problems);
+    }
+    let m: Option<JobManifest> = typed_as(&doc.value, &mut problems, classify_job, job_fields);
+    match m.and_then(|m| job::validate_job(m, &mut problems)) {
+        Some(v) if problems.is_empty() => Ok(v),
+        _ => Err(problems),
+    }
+}
+
+/// Whether a document is a Cloud Run Job (by `kind`, with a `run.googleapis.com` apiVersion
+/// or none: a wrong version is then named by validation).
+pub fn is_job(doc: &Document) -> bool {
+    doc.kind() == Some("Job")
+        && doc
+            .value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .is_none_or(|v| v.starts_with("run.googleapis.com/"))
+}
+
 /// One object of an input: a Service, a Secret or a ConfigMap.
 #[derive(Debug)]
 pub enum Object {
@@ -808,6 +889,8 @@ pub enum Object {
     Service(Box<ValidatedService>),
     /// A Secret or ConfigMap.
     Config(ValidatedConfig),
+    /// A Cloud Run Job.
+    Job(Box<ValidatedJob>),
 }
 
 impl Object {
@@ -816,6 +899,7 @@ impl Object {
         match self {
             Object::Service(s) => s.name(),
             Object::Config(c) => Some(&c.name),
+            Object::Job(j) => Some(&j.name),
         }
     }
 
@@ -824,6 +908,7 @@ impl Object {
         match self {
             Object::Service(s) => s.manifest.metadata.namespace.as_deref(),
             Object::Config(c) => c.manifest_namespace.as_deref(),
+            Object::Job(j) => j.manifest.metadata.namespace.as_deref(),
         }
     }
 
@@ -831,7 +916,7 @@ impl Object {
     pub fn warnings(&self) -> Vec<String> {
         match self {
             Object::Service(s) => s.warnings(),
-            Object::Config(_) => Vec::new(),
+            Object::Config(_) | Object::Job(_) => Vec::new(),
         }
     }
 }
@@ -893,6 +978,7 @@ fn parse_each<T>(
 pub fn parse_objects(text: &str) -> Result<ParsedObjects, Problem> {
     parse_each(text, |doc| match config_kind(doc) {
         Some(kind) => config_from_document(doc, kind).map(Object::Config),
+        None if is_job(doc) => job_from_document(doc).map(|j| Object::Job(Box::new(j))),
         None => service_from_document(doc).map(|s| Object::Service(Box::new(s))),
     })
 }

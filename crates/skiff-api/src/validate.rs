@@ -125,7 +125,7 @@ impl ValidatedService {
     }
 }
 
-fn check_labels(labels: &BTreeMap<String, String>, at: &FieldPath, p: &mut Problems) {
+pub(crate) fn check_labels(labels: &BTreeMap<String, String>, at: &FieldPath, p: &mut Problems) {
     for (k, v) in labels {
         let path = at.key(k.clone());
         if let Err(e) = check_qualified_name(k) {
@@ -369,7 +369,7 @@ pub fn serving_port(spec: &RevisionSpec) -> (usize, u16) {
     (0, 8080)
 }
 
-fn validate_revision_spec(rs: &RevisionSpec, at: &FieldPath, p: &mut Problems) {
+pub(crate) fn validate_revision_spec(rs: &RevisionSpec, at: &FieldPath, p: &mut Problems) {
     let containers_path = at.key("containers");
     if rs.containers.is_empty() {
         p.push(

@@ -159,7 +159,8 @@ impl InstanceManager {
             loop {
                 tokio::select! {
                     ev = events.recv() => match ev {
-                        Ok(ev) => handle.enqueue((ev.namespace, ev.revision)),
+                        Ok(ev) if ev.task.is_none() => handle.enqueue((ev.namespace, ev.revision)),
+                        Ok(_) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             for k in me.revisions_with_instances() {
                                 handle.enqueue(k);
@@ -288,7 +289,8 @@ impl InstanceManager {
             .collect();
         // Values from Secrets are not recorded: read them again, so a re-adopted
         // instance's restarts get them (the values of now).
-        for p in &mut plans {
+        // A job task's container never restarts: it needs none.
+        for p in plans.iter_mut().filter(|p| p.task.is_none()) {
             if let Err(e) = self.refill_secret_env(p).await {
                 warn!(instance = %p.id, error = %skiff_telemetry::ErrorChain(&*e), "re-reading the Secrets of a re-adopted instance; its restarts will lack them");
             }

@@ -15,6 +15,7 @@ pub mod deployments;
 pub mod history;
 pub mod images;
 pub mod instances;
+pub mod jobs;
 pub mod plan;
 pub mod plane;
 pub mod queue;

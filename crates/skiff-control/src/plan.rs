@@ -264,6 +264,7 @@ pub fn plan(
             .get(skiff_api::egress::EGRESS_ANNOTATION)
             .cloned(),
         scheduled: None,
+        task: None,
     })
 }
 

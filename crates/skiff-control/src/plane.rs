@@ -67,8 +67,8 @@ pub struct ControlPlane {
     pub slo: Arc<crate::slo::SloEngine>,
     /// The metrics history.
     pub history: crate::history::SharedHistory,
-    /// The job counters (M9), registered for the jobs reconciler to feed.
-    pub jobs: crate::telemetry::JobMetrics,
+    /// Jobs and their executions (the API reads and writes through it).
+    pub jobs: Arc<crate::jobs::Jobs>,
     /// Instances' start-up phases, with each revision's recent starts.
     pub startups: Arc<crate::telemetry::StartupMetrics>,
     stop: CancellationToken,
@@ -126,19 +126,29 @@ impl ControlPlane {
         let mut rest = Controllers::new(parts.store);
         rest.add(Arc::new(ImageReconciler::new(
             controller.clone(),
-            parts.images,
+            parts.images.clone(),
             parts.secrets.clone(),
         )));
         let instance_queue = rest.add(instances.clone());
+        let jobs = crate::jobs::Jobs::new(
+            controller.clone(),
+            instances.runtime().clone(),
+            parts.images.clone(),
+            parts.secrets.clone(),
+            registered.jobs.clone(),
+        );
+        let execution_queue = rest.add(Arc::new(crate::jobs::ExecutionReconciler(jobs.clone())));
         rest.add(Arc::new(DeploymentReconciler::new(
             controller.clone(),
             metrics.register_root(DeploymentMetrics::new),
         )));
         let follower = instances.attach(instance_queue, stop.clone());
+        let task_follower = jobs.attach(execution_queue, stop.clone());
         let startups = registered.follower.startup();
         serving.on_scaled(Box::new(on_scaled(&instances)));
         let mut tasks = vec![
             follower,
+            task_follower,
             tokio::spawn(serving.clone().follow_runtime(stop.clone())),
             tokio::spawn(registered.follower.follow(stop.clone())),
             tokio::spawn(serving.clone().run_autoscaler(parts.pokes, stop.clone())),
@@ -185,7 +195,7 @@ impl ControlPlane {
             routes,
             slo,
             history,
-            jobs: registered.jobs,
+            jobs,
             startups,
             stop,
             tasks,

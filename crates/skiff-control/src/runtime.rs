@@ -32,8 +32,11 @@ pub struct InstanceInfo {
 /// Runs instances.
 #[async_trait]
 pub trait InstanceRuntime: Send + Sync + 'static {
-    /// Every instance held, stopping ones included.
+    /// Every serving instance held, stopping ones included (not jobs' tasks).
     fn instances(&self) -> Vec<InstanceInfo>;
+
+    /// Every instance held that runs an attempt of a job's task.
+    fn tasks(&self) -> Vec<InstanceInfo>;
 
     /// An instance's network namespace, while it exists.
     fn netns(&self, id: &str) -> Option<Arc<OwnedFd>>;
@@ -69,17 +72,28 @@ pub trait InstanceRuntime: Send + Sync + 'static {
 /// The real runtime: runc, cgroups and network namespaces.
 pub struct Runc(pub Arc<skiff_runtime::Runtime>);
 
-#[async_trait]
-impl InstanceRuntime for Runc {
-    fn instances(&self) -> Vec<InstanceInfo> {
+impl Runc {
+    fn held(&self, tasks: bool) -> Vec<InstanceInfo> {
         self.0
             .instances()
             .into_iter()
+            .filter(|i| i.plan.task.is_some() == tasks)
             .map(|i| InstanceInfo {
                 plan: i.plan.clone(),
                 status: i.status(),
             })
             .collect()
+    }
+}
+
+#[async_trait]
+impl InstanceRuntime for Runc {
+    fn instances(&self) -> Vec<InstanceInfo> {
+        self.held(false)
+    }
+
+    fn tasks(&self) -> Vec<InstanceInfo> {
+        self.held(true)
     }
 
     fn netns(&self, id: &str) -> Option<Arc<OwnedFd>> {

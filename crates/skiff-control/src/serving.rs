@@ -541,11 +541,15 @@ impl Serving {
             namespace: i.plan.namespace,
             service: i.plan.service,
             revision: i.plan.revision,
+            task: i.plan.task,
             status: i.status,
         });
     }
 
     fn apply(&self, ev: &InstanceEvent) {
+        if ev.task.is_some() {
+            return;
+        }
         match ev.status.phase {
             Phase::Running if ev.status.ready => {
                 if let Some(netns) = self.runtime.netns(&ev.id) {

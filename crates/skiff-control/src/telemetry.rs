@@ -489,6 +489,8 @@ impl InstanceFollower {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 ev = events.recv() => match ev {
+                    // Jobs' tasks are nobody's serving instances: not billed as one.
+                    Ok(ev) if ev.task.is_some() => {}
                     Ok(ev) => {
                         self.startup.on_event(&ev);
                         // A new instance is read whole from the runtime (its plan says what
@@ -1102,6 +1104,7 @@ mod tests {
             namespace: "default".into(),
             service: "hello".into(),
             revision: "hello-00001".into(),
+            task: None,
             status: InstanceStatus {
                 phase,
                 ready: startup.as_ref().is_some_and(|p| p.ready_ms.is_some()),

@@ -312,6 +312,7 @@ async fn a_min_scale_service_starts_one_instance_that_becomes_ready() {
     // The record is the plan, less the decision time (not recorded).
     let recorded = InstancePlan {
         scheduled: None,
+        task: None,
         ..plan.clone()
     };
     assert_eq!(p.record(&plan.id).await.as_ref(), Some(&recorded));
@@ -646,6 +647,7 @@ async fn a_restart_adopts_running_instances_and_forgets_stale_records() {
     let (store, _, images) = p.shutdown().await;
     let plan = InstancePlan {
         scheduled: None,
+        task: None,
         ..plan
     };
 

@@ -301,6 +301,25 @@ pub struct InstancePlan {
     /// (`None`: no phases are kept). Not recorded: a re-adopted instance has no phases.
     #[serde(skip)]
     pub scheduled: Option<Scheduled>,
+    /// Set when the instance is one attempt of a job's task: it runs to completion (its
+    /// container is never restarted; when it ends the instance stops and is removed) and
+    /// it is nobody's serving instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskPlan>,
+}
+
+/// Which attempt of which job task an instance runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskPlan {
+    /// The job.
+    pub job: String,
+    /// The execution.
+    pub execution: String,
+    /// The task's index in the execution.
+    pub index: u32,
+    /// The attempt (0 for the first).
+    pub attempt: u32,
 }
 
 /// When the daemon decided to start an instance: the first mark of its start-up phases
@@ -359,6 +378,8 @@ pub struct InstanceEvent {
     pub service: String,
     /// Its revision.
     pub revision: String,
+    /// The job task it runs, if it is a task's attempt.
+    pub task: Option<TaskPlan>,
     /// The new status.
     pub status: InstanceStatus,
 }
@@ -715,6 +736,7 @@ impl Runtime {
             namespace: inst.plan.namespace.clone(),
             service: inst.plan.service.clone(),
             revision: inst.plan.revision.clone(),
+            task: inst.plan.task.clone(),
             status: inst.status(),
         });
     }
@@ -1057,6 +1079,25 @@ impl Runtime {
                 Err(message) => {
                     warn!(container = %name, error = %message, "container failed to start");
                     self.cleanup_container(&inst, i).await;
+                    if inst.plan.task.is_some() {
+                        // A task's attempt that cannot start has failed: no restart.
+                        let term = Termination {
+                            reason: "StartError".into(),
+                            exit_code: None,
+                            at: now(),
+                            message,
+                            last_lines: inst.tails[i].last(10),
+                        };
+                        self.update(&inst, |s| {
+                            let c = &mut s.containers[i];
+                            c.running = false;
+                            c.ready = false;
+                            c.pid = None;
+                            c.last_termination = Some(term);
+                        });
+                        inst.stop.cancel();
+                        return;
+                    }
                     restarts += 1;
                     let term = Termination {
                         reason: "StartError".into(),
@@ -1121,6 +1162,13 @@ impl Runtime {
             let term = self.record_exit(&inst, i, exit, liveness_failed, oom_before);
             self.cleanup_container(&inst, i).await;
             if inst.stop.is_cancelled() {
+                return;
+            }
+            if inst.plan.task.is_some() {
+                // A task runs to completion: its end is the attempt's result, and the
+                // instance goes with it.
+                info!(container = %name, reason = %term.reason, exit = ?term.exit_code, "task container ended");
+                inst.stop.cancel();
                 return;
             }
             if started.elapsed() > Duration::from_secs(60) {
@@ -1632,6 +1680,7 @@ mod tests {
             drain_timeout: Duration::from_secs(300),
             egress: None,
             scheduled: None,
+            task: None,
         }
     }
 

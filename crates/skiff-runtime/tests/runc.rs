@@ -114,6 +114,7 @@ async fn busybox_httpd_lifecycle() {
         drain_timeout: Duration::from_secs(5),
         egress: None,
         scheduled: Some(Scheduled::now()),
+        task: None,
     };
     let inst = rt.start(plan).await.expect("start");
     let mut rx = inst.subscribe();

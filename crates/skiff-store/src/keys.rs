@@ -10,6 +10,11 @@
 //! | `/configmaps/<ns>/<name>` | a ConfigMap | the secret store |
 //! | `/images/manifests/<digest>` | an image record | the content store |
 //! | `/images/tags/<reference>` | the digest a tag points at | the content store |
+//! | `/jobs/<ns>/<name>` | a Cloud Run Job: spec and status | the job controller |
+//! | `/executions/<ns>/<name>` | an execution of a job, its tasks' states and attempts | the job controller and reconciler |
+//! | `/pingsources/<ns>/<name>` | a PingSource | the eventing controller |
+//! | `/brokers/<ns>/<name>` | a Broker | the eventing controller |
+//! | `/triggers/<ns>/<name>` | a Trigger | the eventing controller |
 //!
 //! The strings are stored data: changing one makes existing stores unreadable, so they only
 //! change with a schema migration. A prefix ends with `/`, so that listing namespace `a` does
@@ -36,6 +41,16 @@ pub const CONFIGMAPS: &str = "/configmaps/";
 pub const IMAGE_MANIFESTS: &str = "/images/manifests/";
 /// Every image tag.
 pub const IMAGE_TAGS: &str = "/images/tags/";
+/// Every job.
+pub const JOBS: &str = "/jobs/";
+/// Every execution of a job.
+pub const EXECUTIONS: &str = "/executions/";
+/// Every PingSource.
+pub const PINGSOURCES: &str = "/pingsources/";
+/// Every Broker.
+pub const BROKERS: &str = "/brokers/";
+/// Every Trigger.
+pub const TRIGGERS: &str = "/triggers/";
 
 /// `<kind><ns>/<name>`.
 fn namespaced(kind: &str, ns: &str, name: &str) -> String {
@@ -150,6 +165,81 @@ pub fn configmaps(ns: Option<&str>) -> String {
 /// `(ns, name)` of a ConfigMap key.
 pub fn parse_configmap(key: &str) -> Option<(&str, &str)> {
     parse_namespaced(CONFIGMAPS, key)
+}
+
+/// A job: `/jobs/<ns>/<name>`.
+pub fn job(ns: &str, name: &str) -> String {
+    namespaced(JOBS, ns, name)
+}
+
+/// The prefix of the jobs of one namespace, or of all of them.
+pub fn jobs(ns: Option<&str>) -> String {
+    namespace_prefix(JOBS, ns)
+}
+
+/// `(ns, name)` of a job key.
+pub fn parse_job(key: &str) -> Option<(&str, &str)> {
+    parse_namespaced(JOBS, key)
+}
+
+/// A execution: `/executions/<ns>/<name>`.
+pub fn execution(ns: &str, name: &str) -> String {
+    namespaced(EXECUTIONS, ns, name)
+}
+
+/// The prefix of the executions of one namespace, or of all of them.
+pub fn executions(ns: Option<&str>) -> String {
+    namespace_prefix(EXECUTIONS, ns)
+}
+
+/// `(ns, name)` of a execution key.
+pub fn parse_execution(key: &str) -> Option<(&str, &str)> {
+    parse_namespaced(EXECUTIONS, key)
+}
+
+/// A PingSource: `/pingsources/<ns>/<name>`.
+pub fn pingsource(ns: &str, name: &str) -> String {
+    namespaced(PINGSOURCES, ns, name)
+}
+
+/// The prefix of the PingSources of one namespace, or of all of them.
+pub fn pingsources(ns: Option<&str>) -> String {
+    namespace_prefix(PINGSOURCES, ns)
+}
+
+/// `(ns, name)` of a PingSource key.
+pub fn parse_pingsource(key: &str) -> Option<(&str, &str)> {
+    parse_namespaced(PINGSOURCES, key)
+}
+
+/// A Broker: `/brokers/<ns>/<name>`.
+pub fn broker(ns: &str, name: &str) -> String {
+    namespaced(BROKERS, ns, name)
+}
+
+/// The prefix of the Brokers of one namespace, or of all of them.
+pub fn brokers(ns: Option<&str>) -> String {
+    namespace_prefix(BROKERS, ns)
+}
+
+/// `(ns, name)` of a Broker key.
+pub fn parse_broker(key: &str) -> Option<(&str, &str)> {
+    parse_namespaced(BROKERS, key)
+}
+
+/// A Trigger: `/triggers/<ns>/<name>`.
+pub fn trigger(ns: &str, name: &str) -> String {
+    namespaced(TRIGGERS, ns, name)
+}
+
+/// The prefix of the Triggers of one namespace, or of all of them.
+pub fn triggers(ns: Option<&str>) -> String {
+    namespace_prefix(TRIGGERS, ns)
+}
+
+/// `(ns, name)` of a Trigger key.
+pub fn parse_trigger(key: &str) -> Option<(&str, &str)> {
+    parse_namespaced(TRIGGERS, key)
 }
 
 /// An image record: `/images/manifests/<digest>` (the manifest's digest).

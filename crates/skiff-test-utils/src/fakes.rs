@@ -109,6 +109,7 @@ impl FakeRuntime {
             namespace: info.plan.namespace.clone(),
             service: info.plan.service.clone(),
             revision: info.plan.revision.clone(),
+            task: info.plan.task.clone(),
             status: info.status.clone(),
         });
     }
@@ -217,7 +218,21 @@ impl FakeRuntime {
 #[async_trait]
 impl InstanceRuntime for FakeRuntime {
     fn instances(&self) -> Vec<InstanceInfo> {
-        lock(&self.state).instances.values().cloned().collect()
+        lock(&self.state)
+            .instances
+            .values()
+            .filter(|i| i.plan.task.is_none())
+            .cloned()
+            .collect()
+    }
+
+    fn tasks(&self) -> Vec<InstanceInfo> {
+        lock(&self.state)
+            .instances
+            .values()
+            .filter(|i| i.plan.task.is_some())
+            .cloned()
+            .collect()
     }
 
     fn netns(&self, id: &str) -> Option<Arc<OwnedFd>> {
@@ -470,6 +485,7 @@ pub fn instance_plan(id: &str) -> InstancePlan {
         drain_timeout: Duration::from_secs(1),
         egress: None,
         scheduled: None,
+        task: None,
     }
 }
 
