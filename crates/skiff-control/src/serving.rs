@@ -289,6 +289,27 @@ struct State {
     reachable: HashSet<RevisionKey>,
     /// The Services whose cost budget is spent, as the SLO engine last published them.
     budget_stops: Arc<BudgetStops>,
+    /// Events queued for delivery to each Service (a Trigger's or PingSource's backlog).
+    backlogs: HashMap<ServiceKey, u64>,
+}
+
+/// Instances a backlog of `backlog` events asks for (KEDA's `ceil(queue length /
+/// target)`), at most `max_scale` (0: no maximum).
+pub fn backlog_demand(backlog: u64, target: f64, max_scale: u32) -> u32 {
+    if backlog == 0 {
+        return 0;
+    }
+    let want = (backlog as f64 / target.max(1.0)).ceil().max(1.0);
+    let want = if want >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        want as u32
+    };
+    if max_scale > 0 {
+        want.min(max_scale)
+    } else {
+        want
+    }
 }
 
 /// Serving settings from the daemon's configuration.
@@ -580,6 +601,28 @@ impl Serving {
         }
     }
 
+    /// Takes the event backlog of every Service with one (absent: none), and re-decides at
+    /// once the revisions of the Services whose backlog appeared, changed or went.
+    pub fn set_backlogs(&self, backlogs: HashMap<ServiceKey, u64>) {
+        let keys: Vec<RevisionKey> = {
+            let mut st = self.state();
+            let old = std::mem::replace(&mut st.backlogs, backlogs);
+            st.scalers
+                .iter()
+                .filter(|(k, sc)| {
+                    let svc = (k.0.clone(), sc.service.clone());
+                    old.get(&svc) != st.backlogs.get(&svc)
+                })
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        for k in &keys {
+            if self.decide(k) {
+                self.scaled(k);
+            }
+        }
+    }
+
     /// Follows the Services whose cost budget is spent, as the SLO engine publishes them,
     /// until `shutdown`.
     pub async fn follow_budgets(
@@ -659,10 +702,30 @@ impl Serving {
         let mut st = self.state();
         let routed = st.reachable.contains(key);
         let budget_stops = st.budget_stops.clone();
+        let st = &mut *st;
         let Some(sc) = st.scalers.get_mut(key) else {
             return false;
         };
         let mut d = sc.autoscaler.decide(&sc.settings, now, ready, waiting);
+        let backlog = st
+            .backlogs
+            .get(&(key.0.clone(), sc.service.clone()))
+            .copied()
+            .unwrap_or(0);
+        if routed {
+            let want = backlog_demand(
+                backlog,
+                sc.settings.effective_target(),
+                sc.settings.max_scale,
+            );
+            if want > d.desired {
+                d.desired = want;
+                d.reason = format!(
+                    "{backlog} event(s) queued for delivery: ceil(backlog / target {}) instances",
+                    sc.settings.effective_target()
+                );
+            }
+        }
         if !routed && waiting == 0 {
             d.desired = 0;
             d.reason = "no traffic target names this revision".to_owned();
@@ -852,6 +915,15 @@ impl Serving {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backlog_asks_for_backlog_over_target_instances_within_max_scale() {
+        assert_eq!(backlog_demand(0, 10.0, 0), 0);
+        assert_eq!(backlog_demand(1, 10.0, 0), 1);
+        assert_eq!(backlog_demand(200, 10.0, 0), 20);
+        assert_eq!(backlog_demand(200, 10.0, 5), 5);
+        assert_eq!(backlog_demand(7, 0.0, 0), 7);
+    }
     /// Annotations map onto the autoscaler's settings; the cluster-wide grace comes from the
     /// daemon.
     #[test]

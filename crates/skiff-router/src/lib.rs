@@ -137,6 +137,19 @@ pub struct Router {
     explain: std::sync::OnceLock<Arc<dyn Explain>>,
     /// Gets a record of every request (set once by the daemon).
     observer: std::sync::OnceLock<Arc<dyn record::RequestObserver>>,
+    /// A host the daemon serves itself (the broker ingress), with its handler (set once).
+    local: std::sync::OnceLock<(String, Arc<dyn LocalService>)>,
+}
+
+/// A request's answer from a service in the daemon.
+pub type LocalFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = http::Response<Body>> + Send>>;
+
+/// A service the daemon itself answers at a host of the ingress (the broker ingress): it
+/// gets the whole request, the request id already set.
+pub trait LocalService: Send + Sync + 'static {
+    /// Answers one request.
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> LocalFuture;
 }
 
 impl std::fmt::Debug for Router {
@@ -179,6 +192,7 @@ impl Router {
             routed: tokio::sync::watch::Sender::new(false),
             explain: std::sync::OnceLock::new(),
             observer: std::sync::OnceLock::new(),
+            local: std::sync::OnceLock::new(),
         })
     }
 
@@ -190,6 +204,16 @@ impl Router {
     /// Sets what gets a record of every request that reached a revision (once).
     pub fn set_observer(&self, observer: Arc<dyn record::RequestObserver>) {
         let _ = self.observer.set(observer);
+    }
+
+    /// Serves `host` (lowercase, no port) with `service` in the daemon (once).
+    pub fn set_local(&self, host: &str, service: Arc<dyn LocalService>) {
+        let _ = self.local.set((host.to_ascii_lowercase(), service));
+    }
+
+    /// The daemon's own service for `host` (its route key), if it is the local host.
+    pub(crate) fn local(&self, host: &str) -> Option<&Arc<dyn LocalService>> {
+        self.local.get().filter(|(h, _)| h == host).map(|(_, s)| s)
     }
 
     /// Why `instance` failed a request, if the runtime knows.

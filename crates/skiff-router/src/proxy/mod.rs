@@ -174,6 +174,13 @@ async fn proxy(
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, Answer> {
     let host = route::host(&req)?;
+    if let Some(local) = route::local(router, &host) {
+        let mut response = local.call(req).await;
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID, request_id.clone());
+        return Ok(response);
+    }
     let pool = route::pick(router, &host)?;
     let client_trace = headers::forwarding(req.headers_mut(), peer, &host);
     let mut ex = Exchange::new(

@@ -61,6 +61,14 @@ fn route_key(host_full: &str) -> Cow<'_, str> {
     }
 }
 
+/// The daemon's own service, when the request is for its local host.
+pub(super) fn local<'r>(
+    router: &'r Router,
+    host_full: &str,
+) -> Option<&'r Arc<dyn crate::LocalService>> {
+    router.local(&route_key(host_full))
+}
+
 /// The routing step: the pool of the revision a request for `host_full` goes to (by the
 /// traffic split's percentages), or the 404 of an unknown host, or the 503 of a Service that
 /// cannot serve.
