@@ -1,5 +1,6 @@
-//! Cron schedules in IANA time zones, as pure functions of a clock: when a schedule fires
-//! across DST changes. No tokio, no wall clock: every function takes the time it is asked about.
+//! Cron schedules in IANA time zones, as pure functions of a clock: when a schedule fires,
+//! and what a scheduler should do at `now` after downtime, across DST changes and with a
+//! concurrency policy. No tokio, no wall clock: every function takes the time it is asked about.
 //!
 //! # Expressions
 //! Five fields, `minute hour day-of-month month day-of-week`, separated by spaces or tabs:
@@ -38,6 +39,15 @@
 //!   times, and a repeated hour has fire times in both of its passes (`*/15 * * * *` fires every
 //!   15 real minutes straight through a fall-back).
 //!
+//! # Missed runs
+//! [`decide`] looks at the due times in `(max(last, since), now]` (a fire time equal to `now` is
+//! due). It runs only the **latest** one, once, and reports how many earlier ones it skips as
+//! `missed`; there is no "too many missed" limit and no backfill. When the latest due time is
+//! more than `starting_deadline` before `now`, it is skipped instead. The latest due time is found
+//! by walking back from `now`, and `missed` is an exact count computed a day at a time (each day
+//! contributes its number of matching minutes, corrected at each DST change), so a year of
+//! downtime on a minute schedule costs a few hundred steps, not half a million.
+//!
 //! # Limitations
 //! - Time zone names are looked up in the system's tzdb (`/usr/share/zoneinfo`, or `$TZDIR`),
 //!   through jiff; a zone unknown there is refused.
@@ -45,11 +55,13 @@
 //!   fixed-hour time caught in a gap fires at the instant the gap ends.
 #![forbid(unsafe_code)]
 
+mod decide;
 mod expr;
 
 use jiff::Timestamp;
 use jiff::tz::{AmbiguousOffset, Offset, TimeZone};
 
+pub use decide::{ConcurrencyPolicy, Decision, ParsePolicyError, SkipReason, decide};
 pub use expr::Field;
 use expr::{Fields, Minute};
 

@@ -1,6 +1,8 @@
-//! Schedules on a simulated clock: plain timestamps in, fire times out, around the 2026 DST
-//! changes of America/New_York (2026-03-08 02:00→03:00, 2026-11-01
+//! Schedules and decisions on a simulated clock: plain timestamps in, fire times and decisions
+//! out, around the 2026 DST changes of America/New_York (2026-03-08 02:00→03:00, 2026-11-01
 //! 02:00→01:00) and Europe/Berlin (2026-03-29 02:00→03:00, 2026-10-25 03:00→02:00).
+
+use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
@@ -565,6 +567,387 @@ fn counts_match_the_fires_across_a_year_of_dst_changes() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// decide
+
+fn run(scheduled: &str, missed: u64, replace: bool) -> Decision {
+    Decision::Run {
+        scheduled: at(scheduled),
+        missed,
+        replace,
+    }
+}
+
+#[test]
+fn nothing_due_means_wait_for_the_next_fire() {
+    let s = schedule("0 * * * *", "UTC");
+    let d = decide(
+        &s,
+        Some(at("2026-05-05T10:00Z")),
+        at("2026-01-01T00:00Z"),
+        at("2026-05-05T10:59:59Z"),
+        None,
+        ConcurrencyPolicy::Allow,
+        false,
+    );
+    assert_eq!(
+        d,
+        Decision::Wait {
+            until: Some(at("2026-05-05T11:00Z"))
+        }
+    );
+}
+
+#[test]
+fn a_fire_time_equal_to_now_is_due_and_last_is_not() {
+    let s = schedule("0 * * * *", "UTC");
+    let last = Some(at("2026-05-05T10:00Z"));
+    let since = at("2026-01-01T00:00Z");
+    let d = decide(
+        &s,
+        last,
+        since,
+        at("2026-05-05T11:00Z"),
+        None,
+        ConcurrencyPolicy::Allow,
+        false,
+    );
+    assert_eq!(d, run("2026-05-05T11:00Z", 0, false));
+    let d = decide(
+        &s,
+        Some(at("2026-05-05T11:00Z")),
+        since,
+        at("2026-05-05T11:00Z"),
+        None,
+        ConcurrencyPolicy::Allow,
+        false,
+    );
+    assert_eq!(
+        d,
+        Decision::Wait {
+            until: Some(at("2026-05-05T12:00Z"))
+        }
+    );
+}
+
+#[test]
+fn never_run_counts_from_since_excluding_it() {
+    let s = schedule("0 * * * *", "UTC");
+    let since = at("2026-05-05T10:00Z");
+    let d = decide(
+        &s,
+        None,
+        since,
+        at("2026-05-05T10:30Z"),
+        None,
+        ConcurrencyPolicy::Allow,
+        false,
+    );
+    assert_eq!(
+        d,
+        Decision::Wait {
+            until: Some(at("2026-05-05T11:00Z"))
+        }
+    );
+    let d = decide(
+        &s,
+        None,
+        since,
+        at("2026-05-05T12:10Z"),
+        None,
+        ConcurrencyPolicy::Allow,
+        false,
+    );
+    assert_eq!(d, run("2026-05-05T12:00Z", 1, false));
+}
+
+#[test]
+fn an_update_after_the_last_run_does_not_make_older_times_due() {
+    let s = schedule("0 * * * *", "UTC");
+    // Last run at 08:00, schedule changed at 10:30: 09:00 and 10:00 were not due under it.
+    let d = decide(
+        &s,
+        Some(at("2026-05-05T08:00Z")),
+        at("2026-05-05T10:30Z"),
+        at("2026-05-05T11:05Z"),
+        None,
+        ConcurrencyPolicy::Allow,
+        false,
+    );
+    assert_eq!(d, run("2026-05-05T11:00Z", 0, false));
+}
+
+#[test]
+fn after_downtime_only_the_latest_due_time_runs_and_the_rest_are_counted() {
+    let s = schedule("0 * * * *", "UTC");
+    let d = decide(
+        &s,
+        Some(at("2026-05-05T00:00Z")),
+        at("2026-01-01T00:00Z"),
+        at("2026-05-05T05:30Z"),
+        None,
+        ConcurrencyPolicy::Allow,
+        false,
+    );
+    assert_eq!(d, run("2026-05-05T05:00Z", 4, false));
+}
+
+#[test]
+fn a_year_of_downtime_on_a_minute_schedule_is_counted_exactly() {
+    for tz in [NY, BERLIN, "UTC"] {
+        let s = schedule("* * * * *", tz);
+        let last = at("2025-01-01T00:00Z");
+        let now = at("2026-01-01T00:00:30Z");
+        let d = decide(
+            &s,
+            Some(last),
+            last,
+            now,
+            None,
+            ConcurrencyPolicy::Allow,
+            false,
+        );
+        assert_eq!(d, run("2026-01-01T00:00Z", 365 * 1440 - 1, false), "{tz}");
+    }
+    // Ten years of a sparse schedule, too.
+    let s = schedule("30 2 * * *", NY);
+    let d = decide(
+        &s,
+        Some(at("2016-01-01T00:00Z")),
+        at("2016-01-01T00:00Z"),
+        at("2026-01-01T12:00Z"),
+        None,
+        ConcurrencyPolicy::Allow,
+        false,
+    );
+    assert_eq!(d, run("2026-01-01T02:30-05:00", 3653, false));
+}
+
+#[test]
+fn a_latest_due_time_past_the_starting_deadline_is_skipped() {
+    let s = schedule("0 * * * *", "UTC");
+    let last = Some(at("2026-05-05T00:00Z"));
+    let since = at("2026-01-01T00:00Z");
+    let deadline = Some(Duration::from_secs(600));
+    let d = decide(
+        &s,
+        last,
+        since,
+        at("2026-05-05T05:10:01Z"),
+        deadline,
+        ConcurrencyPolicy::Allow,
+        false,
+    );
+    assert_eq!(
+        d,
+        Decision::Skip {
+            scheduled: at("2026-05-05T05:00Z"),
+            missed: 4,
+            reason: SkipReason::DeadlineExceeded
+        }
+    );
+    // Exactly at the deadline is still in time.
+    let d = decide(
+        &s,
+        last,
+        since,
+        at("2026-05-05T05:10Z"),
+        deadline,
+        ConcurrencyPolicy::Allow,
+        false,
+    );
+    assert_eq!(d, run("2026-05-05T05:00Z", 4, false));
+    // An absurd deadline never expires.
+    let d = decide(
+        &s,
+        last,
+        since,
+        at("2026-05-05T05:10:01Z"),
+        Some(Duration::MAX),
+        ConcurrencyPolicy::Allow,
+        false,
+    );
+    assert_eq!(d, run("2026-05-05T05:00Z", 4, false));
+}
+
+#[test]
+fn concurrency_policy_decides_what_an_active_run_means() {
+    let s = schedule("0 * * * *", "UTC");
+    let last = Some(at("2026-05-05T10:00Z"));
+    let since = at("2026-01-01T00:00Z");
+    let now = at("2026-05-05T11:00:05Z");
+    let go = |policy, active| decide(&s, last, since, now, None, policy, active);
+    assert_eq!(
+        go(ConcurrencyPolicy::Allow, true),
+        run("2026-05-05T11:00Z", 0, false)
+    );
+    assert_eq!(
+        go(ConcurrencyPolicy::Allow, false),
+        run("2026-05-05T11:00Z", 0, false)
+    );
+    assert_eq!(
+        go(ConcurrencyPolicy::Forbid, true),
+        Decision::Skip {
+            scheduled: at("2026-05-05T11:00Z"),
+            missed: 0,
+            reason: SkipReason::ConcurrencyForbid
+        }
+    );
+    assert_eq!(
+        go(ConcurrencyPolicy::Forbid, false),
+        run("2026-05-05T11:00Z", 0, false)
+    );
+    assert_eq!(
+        go(ConcurrencyPolicy::Replace, true),
+        run("2026-05-05T11:00Z", 0, true)
+    );
+    assert_eq!(
+        go(ConcurrencyPolicy::Replace, false),
+        run("2026-05-05T11:00Z", 0, false)
+    );
+}
+
+#[test]
+fn the_deadline_is_checked_before_the_policy() {
+    let s = schedule("0 * * * *", "UTC");
+    let d = decide(
+        &s,
+        Some(at("2026-05-05T10:00Z")),
+        at("2026-01-01T00:00Z"),
+        at("2026-05-05T11:30Z"),
+        Some(Duration::from_secs(60)),
+        ConcurrencyPolicy::Forbid,
+        true,
+    );
+    assert!(
+        matches!(
+            d,
+            Decision::Skip {
+                reason: SkipReason::DeadlineExceeded,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn a_clock_that_went_back_does_not_rerun_times_already_scheduled() {
+    let s = schedule("0 * * * *", "UTC");
+    let d = decide(
+        &s,
+        Some(at("2026-05-05T12:00Z")),
+        at("2026-01-01T00:00Z"),
+        at("2026-05-05T10:30Z"),
+        None,
+        ConcurrencyPolicy::Allow,
+        false,
+    );
+    assert_eq!(
+        d,
+        Decision::Wait {
+            until: Some(at("2026-05-05T13:00Z"))
+        }
+    );
+}
+
+#[test]
+fn concurrency_policy_parses_and_prints_its_names() {
+    for p in [
+        ConcurrencyPolicy::Allow,
+        ConcurrencyPolicy::Forbid,
+        ConcurrencyPolicy::Replace,
+    ] {
+        assert_eq!(p.to_string().parse::<ConcurrencyPolicy>(), Ok(p));
+    }
+    assert_eq!(ConcurrencyPolicy::default(), ConcurrencyPolicy::Allow);
+    let e = "forbid"
+        .parse::<ConcurrencyPolicy>()
+        .expect_err("case matters");
+    assert_eq!(
+        e.to_string(),
+        "unknown concurrency policy `forbid`; use Allow, Forbid or Replace (names are \
+         case-sensitive: Forbid)"
+    );
+    assert!("Never".parse::<ConcurrencyPolicy>().is_err());
+}
+
+/// A scheduler loop on a simulated clock: `decide` every `tick` from `from` to `to`, recording
+/// each decision's time as `last` as the driver would. Returns the times run and skipped, and
+/// the total reported missed.
+fn drive(
+    s: &Schedule,
+    from: Timestamp,
+    to: Timestamp,
+    tick: SignedDuration,
+) -> (Vec<Timestamp>, u64) {
+    let mut last = None;
+    let mut runs = Vec::new();
+    let mut missed_total = 0;
+    let mut now = from;
+    while now <= to {
+        match decide(s, last, from, now, None, ConcurrencyPolicy::Allow, false) {
+            Decision::Run {
+                scheduled, missed, ..
+            }
+            | Decision::Skip {
+                scheduled, missed, ..
+            } => {
+                assert!(scheduled <= now && last.is_none_or(|l| scheduled > l));
+                runs.push(scheduled);
+                missed_total += missed;
+                last = Some(scheduled);
+            }
+            Decision::Wait { until } => {
+                assert!(until.is_some_and(|u| u > now), "waits for the future");
+            }
+        }
+        now += tick;
+    }
+    (runs, missed_total)
+}
+
+#[test]
+fn a_scheduler_ticking_through_dst_days_runs_each_fixed_time_once() {
+    let tick = SignedDuration::from_secs(20);
+    let cases = [
+        (
+            NY,
+            "30 1 * * *",
+            "2026-11-01T00:00-04:00",
+            "2026-11-01T03:00-05:00",
+            vec!["2026-11-01T01:30-04:00"],
+        ),
+        (
+            BERLIN,
+            "0 2 * * *",
+            "2026-10-25T00:00+02:00",
+            "2026-10-25T04:00+01:00",
+            vec!["2026-10-25T02:00+02:00"],
+        ),
+        (
+            NY,
+            "0,30 2 * * *",
+            "2026-03-08T00:00-05:00",
+            "2026-03-08T05:00-04:00",
+            vec!["2026-03-08T03:00-04:00"],
+        ),
+        (
+            BERLIN,
+            "30 2 * * *",
+            "2026-03-29T00:00+01:00",
+            "2026-03-29T05:00+02:00",
+            vec!["2026-03-29T03:00+02:00"],
+        ),
+    ];
+    for (tz, expr, from, to, want) in cases {
+        let s = schedule(expr, tz);
+        let (runs, missed) = drive(&s, at(from), at(to), tick);
+        assert_eq!(local(&s, &runs), want, "{tz} {expr}");
+        assert_eq!(missed, 0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Properties
 
 /// One item of a generated field, kept structured so an oracle can expand it independently.
@@ -861,5 +1244,24 @@ proptest! {
         prop_assert_eq!(&got, &want, "{} in {}", g.text(), zone);
         let open = got.iter().filter(|t| **t < to).count() as u64;
         prop_assert_eq!(s.count_between(from, to), open);
+    }
+
+    /// A scheduler ticking at any interval runs each due time at most once, in order, and every
+    /// fire time is either run or counted as missed.
+    #[test]
+    fn a_ticking_scheduler_accounts_for_every_fire(g in gen_expr(), (zone, from, to) in gen_window(), tick_min in 1..180i64) {
+        let s = Schedule::parse(&g.text(), Some(zone));
+        prop_assume!(s.is_ok());
+        let s = s.expect("checked");
+        let tick = SignedDuration::from_mins(tick_min);
+        let (runs, missed) = drive(&s, from, to, tick);
+        let mut end = from;
+        while end + tick <= to {
+            end += tick;
+        }
+        let all = s.fires_between(from, end, 100_000);
+        prop_assert!(runs.windows(2).all(|w| w[0] < w[1]));
+        prop_assert!(runs.iter().all(|r| all.contains(r)));
+        prop_assert_eq!(runs.len() as u64 + missed, all.len() as u64);
     }
 }
