@@ -63,11 +63,9 @@ pub const STARTED_BY_ANNOTATION: &str = "skiff.dev/started-by";
 
 /// Checks a cron schedule and its time zone; the reason it is refused otherwise.
 pub fn check_schedule(schedule: &str, timezone: Option<&str>) -> Result<(), String> {
-    if schedule.is_empty() {
-        return Err("must not be empty".into());
-    }
-    let _ = timezone;
-    Ok(())
+    skiff_cron::Schedule::parse(schedule, timezone)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// A Cloud Run Job as a user writes it.
@@ -659,6 +657,10 @@ pub struct JobStatus {
     /// Its schedule, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<JobSchedule>,
+    /// Since when the schedule applies (when it was set or last changed): due times before
+    /// it are not runs missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_since: Option<String>,
     /// The scheduled time of the last run the schedule started or skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<String>,
@@ -1029,6 +1031,29 @@ spec:
         let s = JobSchedule::of(&ok.manifest.metadata.annotations).expect("a schedule");
         assert_eq!(s.starting_deadline_seconds, Some(600));
         assert_eq!(s.concurrency_policy, "Forbid");
+    }
+
+    #[test]
+    fn a_bad_schedule_or_zone_is_placed_on_its_annotation() {
+        let with = |a: &str| GOOD.replace("    run.googleapis.com/launch-stage: BETA", a);
+        let problems = job(&with("    skiff.dev/schedule: \"0 0 * * * *\""))
+            .expect_err("six fields")
+            .join("\n");
+        assert!(
+            problems.contains("metadata.annotations.skiff.dev/schedule")
+                && problems.contains("has 6 fields; skiff takes 5"),
+            "{problems}"
+        );
+        let problems = job(&with(
+            "    skiff.dev/schedule: \"0 3 * * *\"\n    skiff.dev/schedule-timezone: Europe/Berln",
+        ))
+        .expect_err("bad zone")
+        .join("\n");
+        assert!(
+            problems.contains("skiff.dev/schedule-timezone")
+                && problems.contains("did you mean Europe/Berlin"),
+            "{problems}"
+        );
     }
 
     #[test]

@@ -455,7 +455,8 @@ impl Jobs {
         })
     }
 
-    fn now(&self) -> jiff::Timestamp {
+    /// Now, as the controller's clock says.
+    pub fn now(&self) -> jiff::Timestamp {
         self.controller
             .now()
             .parse()
@@ -545,7 +546,12 @@ impl Jobs {
                     o.metadata.labels = meta.labels.clone();
                     o.metadata.annotations = meta.annotations.clone();
                     o.status.observed_generation = o.metadata.generation;
-                    o.status.schedule = skiff_api::job::JobSchedule::of(&o.metadata.annotations);
+                    let schedule = skiff_api::job::JobSchedule::of(&o.metadata.annotations);
+                    if schedule != o.status.schedule {
+                        o.status.schedule_since = Some(self.controller.now());
+                        o.status.next_schedule_time = None;
+                    }
+                    o.status.schedule = schedule;
                     (ApplyResult::Configured, o)
                 }
                 None => {
@@ -564,6 +570,7 @@ impl Jobs {
                     let mut status = JobStatus {
                         observed_generation: 1,
                         schedule: skiff_api::job::JobSchedule::of(&metadata.annotations),
+                        schedule_since: Some(now.clone()),
                         ..JobStatus::default()
                     };
                     set_condition(
@@ -691,6 +698,22 @@ impl Jobs {
         started_by: &str,
         event: Option<serde_json::Value>,
     ) -> Result<Execution, ControllerError> {
+        self.run_scheduled(ns, job, overrides, started_by, event, None)
+            .await
+    }
+
+    /// [`Jobs::run`] for the scheduled time `scheduled` of the job's schedule, with `missed`
+    /// earlier times skipped: recorded in the job's status in the same transaction that
+    /// creates the execution, so a scheduled time runs once whatever moment a crash hits.
+    pub async fn run_scheduled(
+        &self,
+        ns: &str,
+        job: &str,
+        overrides: &Overrides,
+        started_by: &str,
+        event: Option<serde_json::Value>,
+        scheduled: Option<(jiff::Timestamp, u64)>,
+    ) -> Result<Execution, ControllerError> {
         let j = self.get(ns, job).await?;
         let spec = skiff_api::job::apply_overrides(j.execution(), overrides).map_err(|p| {
             ControllerError::BadRequest {
@@ -769,6 +792,17 @@ impl Jobs {
                 return Err(not_found("job", ns, job));
             };
             let mut j: Job = decode(&jkey, &kv.value)?;
+            if let Some((at, missed)) = scheduled {
+                let at = rfc3339(at);
+                if j.status.last_schedule_time.as_deref() == Some(&at) {
+                    return Err(ControllerError::Conflict {
+                        message: format!("job `{job}` already ran for {at}"),
+                    });
+                }
+                j.status.last_schedule_time = Some(at);
+                j.status.missed_runs += missed;
+                j.status.last_skip = None;
+            }
             j.status.execution_count += 1;
             j.status.latest_created_execution = Some(ExecutionReference {
                 name: name.clone(),

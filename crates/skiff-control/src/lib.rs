@@ -24,6 +24,7 @@ pub mod revisions;
 pub mod routes;
 pub mod routing;
 pub mod runtime;
+pub mod schedules;
 pub mod secrets;
 pub mod serving;
 pub mod slo;

@@ -138,6 +138,7 @@ impl ControlPlane {
             registered.jobs.clone(),
         );
         let execution_queue = rest.add(Arc::new(crate::jobs::ExecutionReconciler(jobs.clone())));
+        rest.add(Arc::new(crate::schedules::JobScheduler(jobs.clone())));
         rest.add(Arc::new(DeploymentReconciler::new(
             controller.clone(),
             metrics.register_root(DeploymentMetrics::new),
