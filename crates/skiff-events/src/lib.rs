@@ -1,0 +1,8 @@
+//! CloudEvents for skiff's eventing, as pure functions: no I/O, no clock (callers pass `now`).
+//!
+//! - [`event`]: a CloudEvent 1.0 in memory, its attribute rules and its storage form.
+#![forbid(unsafe_code)]
+
+pub mod event;
+
+pub use event::{CloudEvent, EventError, SPEC_VERSION};
