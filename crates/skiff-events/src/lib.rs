@@ -4,5 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod event;
+pub mod http;
 
+pub use crate::http::{MAX_EVENT_BYTES, ParseError};
 pub use event::{CloudEvent, EventError, SPEC_VERSION};
