@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod event;
+pub mod filter;
 pub mod http;
 
 pub use crate::http::{MAX_EVENT_BYTES, ParseError};
 pub use event::{CloudEvent, EventError, SPEC_VERSION};
+pub use filter::{Filter, FilterProblem, TriggerFilters};
