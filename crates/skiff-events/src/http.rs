@@ -46,6 +46,8 @@
 //! batch element or JSON line, and always depends on chrono, url and snafu. The binding is
 //! small enough to own; the SDK is a dev-dependency that checks interoperability both ways.
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::value::RawValue;
@@ -312,11 +314,8 @@ fn structured_event(document: &RawValue) -> Result<CloudEvent, ParseError> {
     if found != "an object" {
         return Err(ParseError::NotAnObject { found });
     }
-    let members: Vec<(String, &RawValue)> =
-        serde_json::from_str::<std::collections::BTreeMap<String, &RawValue>>(document.get())
-            .map_err(json_error)?
-            .into_iter()
-            .collect();
+    let members: BTreeMap<String, &RawValue> =
+        serde_json::from_str(document.get()).map_err(json_error)?;
     let mut attributes = Vec::new();
     let mut data = None;
     let mut data_base64 = None;
