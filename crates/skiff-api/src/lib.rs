@@ -11,6 +11,7 @@ pub mod config;
 pub mod defaults;
 pub mod egress;
 pub mod error;
+pub mod eventing;
 mod fields;
 pub mod image;
 pub mod manifest;

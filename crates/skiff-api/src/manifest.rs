@@ -392,13 +392,13 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, Problem> {
 }
 
 /// Why an unknown key is refused, or that it is an output-only field to skip.
-enum Refusal {
+pub(crate) enum Refusal {
     OutputOnly,
     NotSupported(&'static str),
     NotAllowed(&'static str),
 }
 
-const OUTPUT_ONLY_META: &[&str] = &[
+pub(crate) const OUTPUT_ONLY_META: &[&str] = &[
     "uid",
     "generation",
     "creationTimestamp",
@@ -683,7 +683,7 @@ fn typed<T: for<'de> Deserialize<'de>>(value: &Value, problems: &mut Problems) -
 }
 
 /// [`typed`] for any kind of object, with its own refusals and field lists.
-fn typed_as<T: for<'de> Deserialize<'de>>(
+pub(crate) fn typed_as<T: for<'de> Deserialize<'de>>(
     value: &Value,
     problems: &mut Problems,
     classify: fn(&str, &str) -> Option<Refusal>,
