@@ -24,6 +24,8 @@ mod delivery;
 mod destination;
 mod ping;
 pub mod stored;
+#[cfg(test)]
+mod tests;
 mod trigger;
 
 use std::collections::BTreeMap;
@@ -48,7 +50,7 @@ pub use trigger::{
 };
 
 use crate::fields;
-use crate::manifest::{Document, OUTPUT_ONLY_META, Refusal, typed_as};
+use crate::manifest::{Document, OUTPUT_ONLY_META, Object, Refusal, typed_as};
 use crate::names::{
     check_dns1035_label, check_dns1123_label, check_label_value, check_qualified_name,
 };
@@ -436,4 +438,13 @@ pub fn broker_from_document(doc: &Document) -> Result<ValidatedBroker, Problems>
 /// Reads and validates one document as a Trigger.
 pub fn trigger_from_document(doc: &Document) -> Result<ValidatedTrigger, Problems> {
     read(doc, classify_trigger, trigger_fields, validate_trigger)
+}
+
+/// Reads and validates one document of kind `kind` as an [`Object`].
+pub fn object_from_document(doc: &Document, kind: EventingKind) -> Result<Object, Problems> {
+    Ok(match kind {
+        EventingKind::PingSource => Object::PingSource(Box::new(ping_source_from_document(doc)?)),
+        EventingKind::Broker => Object::Broker(Box::new(broker_from_document(doc)?)),
+        EventingKind::Trigger => Object::Trigger(Box::new(trigger_from_document(doc)?)),
+    })
 }
