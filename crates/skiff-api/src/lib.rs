@@ -3,7 +3,8 @@
 //!
 //! The entry point for manifests is [`manifest::parse_services`] (text) or
 //! [`manifest::service_from_document`] (an already parsed JSON value); both return either a
-//! [`validate::ValidatedService`] or every problem of the document.
+//! [`validate::ValidatedService`] or every problem of the document. [`manifest::parse_objects`]
+//! also reads Secrets, ConfigMaps and the Knative Eventing kinds of [`eventing`].
 #![forbid(unsafe_code)]
 
 pub mod autoscaling;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod defaults;
 pub mod egress;
 pub mod error;
+pub mod eventing;
 mod fields;
 pub mod image;
 pub mod job;

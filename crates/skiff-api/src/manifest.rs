@@ -28,6 +28,7 @@ use crate::config::{
     self, CORE_API_VERSION, ConfigKind, ConfigMapManifest, ConfigMeta, SecretManifest,
     ValidatedConfig,
 };
+use crate::eventing;
 use crate::fields;
 use crate::job::{
     self, ExecutionSpec, ExecutionTemplate, JobManifest, JobSpec, TaskSpec, TaskTemplate,
@@ -396,13 +397,13 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, Problem> {
 }
 
 /// Why an unknown key is refused, or that it is an output-only field to skip.
-enum Refusal {
+pub(crate) enum Refusal {
     OutputOnly,
     NotSupported(&'static str),
     NotAllowed(&'static str),
 }
 
-const OUTPUT_ONLY_META: &[&str] = &[
+pub(crate) const OUTPUT_ONLY_META: &[&str] = &[
     "uid",
     "generation",
     "creationTimestamp",
@@ -687,7 +688,7 @@ fn typed<T: for<'de> Deserialize<'de>>(value: &Value, problems: &mut Problems) -
 }
 
 /// [`typed`] for any kind of object, with its own refusals and field lists.
-fn typed_as<T: for<'de> Deserialize<'de>>(
+pub(crate) fn typed_as<T: for<'de> Deserialize<'de>>(
     value: &Value,
     problems: &mut Problems,
     classify: fn(&str, &str) -> Option<Refusal>,
@@ -882,7 +883,7 @@ pub fn is_job(doc: &Document) -> bool {
             .is_none_or(|v| v.starts_with("run.googleapis.com/"))
 }
 
-/// One object of an input: a Service, a Secret or a ConfigMap.
+/// One object of an input: a Service, a Secret or ConfigMap, a Job, or an eventing object.
 #[derive(Debug)]
 pub enum Object {
     /// A Knative Service.
@@ -891,15 +892,36 @@ pub enum Object {
     Config(ValidatedConfig),
     /// A Cloud Run Job.
     Job(Box<ValidatedJob>),
+    /// A `sources.knative.dev/v1` PingSource.
+    PingSource(Box<eventing::ValidatedPingSource>),
+    /// An `eventing.knative.dev/v1` Broker.
+    Broker(Box<eventing::ValidatedBroker>),
+    /// An `eventing.knative.dev/v1` Trigger.
+    Trigger(Box<eventing::ValidatedTrigger>),
 }
 
 impl Object {
+    /// The object's `kind`: `Service`, `Secret`, `ConfigMap`, `PingSource`, ….
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Service(_) => "Service",
+            Object::Config(c) => c.kind.as_str(),
+            Object::Job(_) => "Job",
+            Object::PingSource(_) => "PingSource",
+            Object::Broker(_) => "Broker",
+            Object::Trigger(_) => "Trigger",
+        }
+    }
+
     /// The object's name (a Service may have only `generateName`).
     pub fn name(&self) -> Option<&str> {
         match self {
             Object::Service(s) => s.name(),
             Object::Config(c) => Some(&c.name),
             Object::Job(j) => Some(&j.name),
+            Object::PingSource(o) => Some(&o.meta.name),
+            Object::Broker(o) => Some(&o.meta.name),
+            Object::Trigger(o) => Some(&o.meta.name),
         }
     }
 
@@ -909,14 +931,19 @@ impl Object {
             Object::Service(s) => s.manifest.metadata.namespace.as_deref(),
             Object::Config(c) => c.manifest_namespace.as_deref(),
             Object::Job(j) => j.manifest.metadata.namespace.as_deref(),
+            Object::PingSource(o) => o.meta.manifest_namespace.as_deref(),
+            Object::Broker(o) => o.meta.manifest_namespace.as_deref(),
+            Object::Trigger(o) => o.meta.manifest_namespace.as_deref(),
         }
     }
 
-    /// Warnings to show on applying (Services only).
+    /// Warnings to show on applying.
     pub fn warnings(&self) -> Vec<String> {
         match self {
             Object::Service(s) => s.warnings(),
-            Object::Config(_) | Object::Job(_) => Vec::new(),
+            Object::Config(_) | Object::Job(_) | Object::PingSource(_) => Vec::new(),
+            Object::Broker(o) => o.warnings(),
+            Object::Trigger(o) => o.warnings(),
         }
     }
 }
@@ -940,7 +967,7 @@ impl<T> Parsed<T> {
     }
 }
 
-/// Every document of an input read as a Service, Secret or ConfigMap.
+/// Every document of an input read as a Service, Secret, ConfigMap or eventing object.
 pub type ParsedObjects = Parsed<Object>;
 
 /// Every document of an input read as a Service.
@@ -972,14 +999,19 @@ fn parse_each<T>(
     Ok(Parsed { documents })
 }
 
-/// Reads every document of a YAML or JSON input as a Service, Secret or ConfigMap (by its
-/// `kind`). A syntax error refuses the whole input; otherwise each document carries its own
-/// result.
+/// Reads every document of a YAML or JSON input as a Service, Secret, ConfigMap, PingSource,
+/// Broker or Trigger (by its `kind`). A syntax error refuses the whole input; otherwise each
+/// document carries its own result.
 pub fn parse_objects(text: &str) -> Result<ParsedObjects, Problem> {
-    parse_each(text, |doc| match config_kind(doc) {
-        Some(kind) => config_from_document(doc, kind).map(Object::Config),
-        None if is_job(doc) => job_from_document(doc).map(|j| Object::Job(Box::new(j))),
-        None => service_from_document(doc).map(|s| Object::Service(Box::new(s))),
+    parse_each(text, |doc| {
+        if let Some(kind) = eventing::EventingKind::of(doc) {
+            return eventing::object_from_document(doc, kind);
+        }
+        match config_kind(doc) {
+            Some(kind) => config_from_document(doc, kind).map(Object::Config),
+            None if is_job(doc) => job_from_document(doc).map(|j| Object::Job(Box::new(j))),
+            None => service_from_document(doc).map(|s| Object::Service(Box::new(s))),
+        }
     })
 }
 

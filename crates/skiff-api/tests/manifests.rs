@@ -1052,7 +1052,7 @@ fn secret_and_config_map_references() {
 /// problems name their path (never a value).
 #[test]
 fn secrets_and_config_maps_in_multi_document_files() {
-    use skiff_api::manifest::{Object, parse_objects};
+    use skiff_api::manifest::parse_objects;
     let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {password: hunter2}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: ns}\ndata: {a: '1'}\n---\n".to_owned()
         + &with_container("");
     let input = parse_objects(&text).expect("parses");
@@ -1060,10 +1060,7 @@ fn secrets_and_config_maps_in_multi_document_files() {
     let kinds: Vec<&str> = input
         .documents
         .iter()
-        .map(|(_, r)| match r.as_ref().expect("valid") {
-            Object::Service(_) => "Service",
-            Object::Config(c) => c.kind.as_str(),
-        })
+        .map(|(_, r)| r.as_ref().expect("valid").kind())
         .collect();
     assert_eq!(kinds, ["Secret", "ConfigMap", "Service"]);
 
