@@ -12,6 +12,8 @@
 pub mod budget;
 pub mod controller;
 pub mod deployments;
+pub mod dispatch;
+pub mod eventing;
 pub mod history;
 pub mod images;
 pub mod instances;

@@ -69,6 +69,9 @@ pub struct ControlPlane {
     pub history: crate::history::SharedHistory,
     /// Jobs and their executions (the API reads and writes through it).
     pub jobs: Arc<crate::jobs::Jobs>,
+    /// Brokers, Triggers and PingSources, and their event queue (`None` without a data
+    /// directory).
+    pub eventing: Option<Arc<crate::eventing::Eventing>>,
     /// Instances' start-up phases, with each revision's recent starts.
     pub startups: Arc<crate::telemetry::StartupMetrics>,
     stop: CancellationToken,
@@ -82,6 +85,8 @@ impl ControlPlane {
         parts: Parts,
         metrics: &skiff_telemetry::Metrics,
     ) -> Result<Self, ControllerError> {
+        let (domain, ingress_port) = (parts.domain.clone(), parts.ingress_port);
+        let events_router = parts.router.clone();
         let controller = Controller::new(
             parts.store.clone(),
             parts.domain,
@@ -139,6 +144,56 @@ impl ControlPlane {
         );
         let execution_queue = rest.add(Arc::new(crate::jobs::ExecutionReconciler(jobs.clone())));
         rest.add(Arc::new(crate::schedules::JobScheduler(jobs.clone())));
+        let mut event_tasks = Vec::new();
+        let eventing = match &parts.history_dir {
+            Some(dir) => {
+                let path = dir.join("events.db");
+                let queue = tokio::task::spawn_blocking(move || skiff_queue::Queue::open(&path))
+                    .await
+                    .map_err(|e| ControllerError::BadRequest {
+                        message: format!("opening the event queue: {e}"),
+                    })?
+                    .map_err(|e| ControllerError::BadRequest {
+                        message: format!(
+                            "opening the event queue: {}",
+                            skiff_telemetry::ErrorChain(&e)
+                        ),
+                    })?;
+                let eventing = crate::eventing::Eventing::new(
+                    controller.clone(),
+                    Arc::new(queue),
+                    jobs.clone(),
+                    serving.clone(),
+                    domain,
+                    ingress_port,
+                    metrics.register_root(crate::dispatch::EventMetrics::new),
+                );
+                let reconciler = Arc::new(crate::eventing::EventingReconciler {
+                    eventing: eventing.clone(),
+                    handle: std::sync::OnceLock::new(),
+                });
+                let handle = rest.add(reconciler.clone());
+                let _ = reconciler.handle.set(handle);
+                events_router.set_local(
+                    &eventing.ingress_host(),
+                    Arc::new(crate::dispatch::Ingress(eventing.clone())),
+                );
+                let client = reqwest::Client::builder()
+                    .no_proxy()
+                    .pool_max_idle_per_host(256)
+                    .build()
+                    .map_err(|e| ControllerError::BadRequest {
+                        message: format!("building the event delivery client: {e}"),
+                    })?;
+                event_tasks.push(tokio::spawn(crate::dispatch::run(
+                    eventing.clone(),
+                    client,
+                    stop.clone(),
+                )));
+                Some(eventing)
+            }
+            None => None,
+        };
         rest.add(Arc::new(DeploymentReconciler::new(
             controller.clone(),
             metrics.register_root(DeploymentMetrics::new),
@@ -155,6 +210,7 @@ impl ControlPlane {
             tokio::spawn(serving.clone().run_autoscaler(parts.pokes, stop.clone())),
             tokio::spawn(first.run(stop.clone())),
         ];
+        tasks.extend(event_tasks);
         // The first route table, before the ingress accepts: a restart never answers an
         // existing Service with 404.
         routes.wait_observed(0, Duration::MAX).await;
@@ -197,6 +253,7 @@ impl ControlPlane {
             slo,
             history,
             jobs,
+            eventing,
             startups,
             stop,
             tasks,
