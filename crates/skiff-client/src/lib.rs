@@ -379,6 +379,82 @@ impl Client {
         self.json(response).await
     }
 
+    /// Creates or replaces a Broker, Trigger or PingSource (`kind`: `brokers`, `triggers`,
+    /// `pingsources`) from a manifest body; returns what the apply did and the warnings.
+    pub async fn apply_eventing(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        body: String,
+        content_type: &str,
+        dry_run: bool,
+    ) -> Result<(String, Vec<String>), ClientError> {
+        let query: &[(&str, &str)] = if dry_run { &[("dryRun", "All")] } else { &[] };
+        let request = self
+            .http
+            .put(self.url(&format!("/api/v1/namespaces/{namespace}/{kind}/{name}"), query))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        let response = self.send(request).await?;
+        let result = response
+            .headers()
+            .get(APPLY_RESULT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(|| "configured".to_owned());
+        let warnings = response
+            .headers()
+            .get_all(reqwest::header::WARNING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| {
+                v.trim_start_matches("299 - ")
+                    .trim_matches('"')
+                    .to_owned()
+            })
+            .collect();
+        let _: serde_json::Value = self.json(response).await?;
+        Ok((result, warnings))
+    }
+
+    /// A Broker, Trigger or PingSource (`kind`: `brokers`, `triggers`, `pingsources`).
+    pub async fn get_eventing<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<T, ClientError> {
+        self.get(&format!("/api/v1/namespaces/{namespace}/{kind}/{name}"), &[])
+            .await
+    }
+
+    /// The Brokers, Triggers or PingSources of a namespace, or of all (`None`).
+    pub async fn list_eventing<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<T>, ClientError> {
+        let path = match namespace {
+            Some(ns) => format!("/api/v1/namespaces/{ns}/{kind}"),
+            None => format!("/api/v1/{kind}"),
+        };
+        let list: List<T> = self.get(&path, &[]).await?;
+        Ok(list.items)
+    }
+
+    /// Deletes a Broker, Trigger or PingSource.
+    pub async fn delete_eventing(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), ClientError> {
+        let url = self.url(&format!("/api/v1/namespaces/{namespace}/{kind}/{name}"), &[]);
+        self.send(self.http.delete(url)).await?;
+        Ok(())
+    }
+
     /// Reads a Service.
     pub async fn get_service(&self, namespace: &str, name: &str) -> Result<Service, ClientError> {
         self.get(

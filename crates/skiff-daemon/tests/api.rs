@@ -111,6 +111,7 @@ impl Api {
             slo,
             history,
             ui: skiff_daemon::ui::Ui::new(None, None),
+            eventing: None,
         });
         Api { router, _dir: dir }
     }

@@ -8,6 +8,7 @@
 //! `{code, message, requestId}` shape, so clients need one error path.
 
 pub mod error;
+mod eventing;
 mod images;
 pub(crate) mod observe;
 pub mod openapi;
@@ -70,6 +71,8 @@ pub struct ApiState {
     pub history: skiff_control::history::SharedHistory,
     /// The dashboard (`/ui/`): its logins and what it shows beside the API's figures.
     pub ui: Arc<crate::ui::Ui>,
+    /// Brokers, Triggers and PingSources (`None` without a data directory).
+    pub eventing: Option<Arc<skiff_control::eventing::Eventing>>,
 }
 
 /// The manifests one daemon parses at once: one per core (parsing is CPU-bound, more at
@@ -116,6 +119,27 @@ pub(crate) fn documented_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(requests::request_log))
         .routes(routes!(requests::request_trail))
         .routes(routes!(crate::ui::create_login))
+        .routes(routes!(eventing::list_all_brokers))
+        .routes(routes!(eventing::list_brokers))
+        .routes(routes!(
+            eventing::get_broker,
+            eventing::apply_broker,
+            eventing::delete_broker
+        ))
+        .routes(routes!(eventing::list_all_triggers))
+        .routes(routes!(eventing::list_triggers))
+        .routes(routes!(
+            eventing::get_trigger,
+            eventing::apply_trigger,
+            eventing::delete_trigger
+        ))
+        .routes(routes!(eventing::list_all_ping_sources))
+        .routes(routes!(eventing::list_ping_sources))
+        .routes(routes!(
+            eventing::get_ping_source,
+            eventing::apply_ping_source,
+            eventing::delete_ping_source
+        ))
         .routes(routes!(secrets::list_all_secrets))
         .routes(routes!(secrets::rotate_key))
         .routes(routes!(secrets::list_secrets))

@@ -89,6 +89,38 @@ pub async fn run(args: ApplyArgs) -> Result<i32, Exit> {
             };
             let valid = match valid {
                 Object::Service(s) => s,
+                Object::PingSource(_) | Object::Broker(_) | Object::Trigger(_) => {
+                    let (path, what) = match &valid {
+                        Object::PingSource(_) => ("pingsources", "pingsource"),
+                        Object::Broker(_) => ("brokers", "broker"),
+                        _ => ("triggers", "trigger"),
+                    };
+                    let name = valid.name().unwrap_or_default().to_owned();
+                    match client
+                        .apply_eventing(
+                            path,
+                            &namespace,
+                            &name,
+                            body,
+                            "application/json",
+                            args.dry_run,
+                        )
+                        .await
+                    {
+                        Ok((result, warnings)) => {
+                            for w in &warnings {
+                                eprintln!("Warning: {where_}: {w}");
+                            }
+                            println!("{what}/{name}{ns_suffix} {result}{suffix}");
+                        }
+                        Err(e) => {
+                            if let Some(stop) = report(&where_, &doc, e, &mut code) {
+                                return Ok(stop);
+                            }
+                        }
+                    }
+                    continue;
+                }
                 Object::Config(c) => {
                     let what = c.kind.as_str().to_lowercase();
                     match client
@@ -173,4 +205,35 @@ pub async fn run(args: ApplyArgs) -> Result<i32, Exit> {
         }
     }
     Ok(code)
+}
+
+/// Prints why the server refused a document (its problems placed in the file when it says
+/// them); returns the exit code to stop with when nothing else can be applied.
+fn report(
+    where_: &str,
+    doc: &skiff_api::manifest::Document,
+    e: ClientError,
+    code: &mut i32,
+) -> Option<i32> {
+    match e {
+        ClientError::Api { body, .. }
+            if body.code == ErrorCode::Invalid && !body.details.is_empty() =>
+        {
+            eprintln!("{where_}: refused by the server:");
+            for p in place(doc, body.details) {
+                eprintln!("  {p}");
+            }
+            *code = (*code).max(INVALID);
+            None
+        }
+        e => {
+            let e = Exit::from(e);
+            eprintln!("{where_}: {}", e.message);
+            if e.code == exit::UNREACHABLE || e.code == exit::UNAUTHORIZED {
+                return Some(e.code);
+            }
+            *code = (*code).max(e.code);
+            None
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! `skiff validate -f FILE`: checks manifests offline with the server's own validator.
 
-use skiff_api::manifest::{Object, parse_objects};
+use skiff_api::manifest::parse_objects;
 
 use super::{display_name, read_input};
 use crate::exit::{Exit, INVALID, OK};
@@ -43,10 +43,7 @@ pub fn report_kinds(
                     file.to_owned()
                 };
                 if let Ok(valid) = result {
-                    let kind = match valid {
-                        Object::Service(_) => "Service",
-                        Object::Config(c) => c.kind.as_str(),
-                    };
+                    let kind = valid.kind();
                     *kinds.entry(kind).or_default() += 1;
                 }
                 if let Ok(valid) = result
