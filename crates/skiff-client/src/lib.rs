@@ -393,7 +393,10 @@ impl Client {
         let query: &[(&str, &str)] = if dry_run { &[("dryRun", "All")] } else { &[] };
         let request = self
             .http
-            .put(self.url(&format!("/api/v1/namespaces/{namespace}/{kind}/{name}"), query))
+            .put(self.url(
+                &format!("/api/v1/namespaces/{namespace}/{kind}/{name}"),
+                query,
+            ))
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body);
         let response = self.send(request).await?;
@@ -408,11 +411,7 @@ impl Client {
             .get_all(reqwest::header::WARNING)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .map(|v| {
-                v.trim_start_matches("299 - ")
-                    .trim_matches('"')
-                    .to_owned()
-            })
+            .map(|v| v.trim_start_matches("299 - ").trim_matches('"').to_owned())
             .collect();
         let _: serde_json::Value = self.json(response).await?;
         Ok((result, warnings))
@@ -425,8 +424,11 @@ impl Client {
         namespace: &str,
         name: &str,
     ) -> Result<T, ClientError> {
-        self.get(&format!("/api/v1/namespaces/{namespace}/{kind}/{name}"), &[])
-            .await
+        self.get(
+            &format!("/api/v1/namespaces/{namespace}/{kind}/{name}"),
+            &[],
+        )
+        .await
     }
 
     /// The Brokers, Triggers or PingSources of a namespace, or of all (`None`).
@@ -450,7 +452,10 @@ impl Client {
         namespace: &str,
         name: &str,
     ) -> Result<(), ClientError> {
-        let url = self.url(&format!("/api/v1/namespaces/{namespace}/{kind}/{name}"), &[]);
+        let url = self.url(
+            &format!("/api/v1/namespaces/{namespace}/{kind}/{name}"),
+            &[],
+        );
         self.send(self.http.delete(url)).await?;
         Ok(())
     }

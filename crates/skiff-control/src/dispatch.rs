@@ -775,6 +775,61 @@ async fn deliver(
     }
 }
 
+/// One subscription's delivery figures since the daemon started, with its queue depth.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeliveryFigures {
+    /// The subscription.
+    pub subscription: String,
+    /// Where its events go (`Service/x`).
+    pub target: String,
+    /// Events waiting or in flight (as of the dispatcher's last look, every 0.5 s).
+    pub depth: u64,
+    /// Delivered.
+    pub delivered: u64,
+    /// Failed attempts that were retried.
+    pub retried: u64,
+    /// Given up (dead-lettered or dropped).
+    pub dead_lettered: u64,
+}
+
+/// Every subscription's figures, by name.
+pub fn figures(eventing: &Eventing) -> Vec<DeliveryFigures> {
+    let depths = eventing
+        .metrics
+        .depths
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut subs: Vec<(String, String)> = eventing
+        .targets()
+        .into_iter()
+        .map(|(s, t)| (s, t.sink.to_string()))
+        .collect();
+    subs.sort();
+    let m = &eventing.metrics;
+    subs.into_iter()
+        .map(|(sub, target)| {
+            let count = |outcome: &'static str| {
+                m.delivered
+                    .get_or_create(&OutcomeLabels {
+                        namespace: subscription_namespace(&sub).to_owned(),
+                        subscription: sub.clone(),
+                        outcome,
+                    })
+                    .get()
+            };
+            DeliveryFigures {
+                depth: depths.get(&sub).copied().unwrap_or(0),
+                delivered: count("delivered"),
+                retried: count("retried"),
+                dead_lettered: count("dead_lettered") + count("dropped"),
+                target,
+                subscription: sub,
+            }
+        })
+        .collect()
+}
+
 /// The subscriptions with a worker now (tests, describe).
 pub fn workers(eventing: &Eventing) -> HashSet<String> {
     eventing

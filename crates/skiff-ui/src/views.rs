@@ -688,6 +688,143 @@ fn ready_desired(scale: Option<&ScaleStatus>) -> (u32, u32) {
     })
 }
 
+/// A job as the on-call view lists it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobRow {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Executions so far.
+    pub executions: u64,
+    /// The newest execution and how it stands (`EXECUTION_SUCCEEDED`, …).
+    pub latest: Option<(String, String)>,
+    /// Its schedule and time zone, when it has one.
+    pub schedule: Option<String>,
+    /// The next scheduled run.
+    pub next_run: Option<String>,
+    /// Scheduled runs not started.
+    pub missed_runs: u64,
+    /// Executions running now.
+    pub running: u64,
+}
+
+/// One subscription's delivery, as the on-call view lists it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeliveryRow {
+    /// `trigger/<ns>/<name>`, `ping/<ns>/<name>`, `deadletter/…`.
+    pub subscription: String,
+    /// Where its events go (`Service/x`, `Job/y`).
+    pub target: String,
+    /// Events waiting or in flight.
+    pub depth: u64,
+    /// Delivered since the daemon started.
+    pub delivered: u64,
+    /// Attempts that failed and were retried.
+    pub retried: u64,
+    /// Events given up (dead-lettered or dropped).
+    pub dead_lettered: u64,
+}
+
+/// The on-call view's jobs and event-delivery sections.
+pub fn work_sections(jobs: &[JobRow], deliveries: &[DeliveryRow]) -> Vec<Section> {
+    let mut jt = Table::new(
+        &[
+            "Job",
+            "Executions",
+            "Running",
+            "Latest",
+            "Schedule",
+            "Next run",
+            "Missed runs",
+        ],
+        "No Jobs. Apply a Cloud Run Job with `skiff apply -f job.yaml`.",
+    );
+    for j in jobs {
+        let latest = match &j.latest {
+            Some((name, status)) => {
+                let tone = match status.as_str() {
+                    "EXECUTION_SUCCEEDED" => Tone::Good,
+                    "EXECUTION_FAILED" => Tone::Bad,
+                    "EXECUTION_CANCELLED" => Tone::Warn,
+                    _ => Tone::Plain,
+                };
+                Cell::text(format!(
+                    "{name}: {}",
+                    status.trim_start_matches("EXECUTION_").to_lowercase()
+                ))
+                .tone(tone)
+            }
+            None => Cell::text("never run"),
+        };
+        jt.row(
+            format!("{}/{}", j.namespace, j.name),
+            vec![
+                Cell::text(display_name(&j.namespace, &j.name)),
+                Cell::text(j.executions.to_string()),
+                Cell::text(j.running.to_string()),
+                latest,
+                Cell::text(j.schedule.clone().unwrap_or_else(|| "none".into())).mono(),
+                Cell::text(j.next_run.clone().unwrap_or_else(|| "-".into())),
+                Cell::text(j.missed_runs.to_string()).tone(if j.missed_runs > 0 {
+                    Tone::Warn
+                } else {
+                    Tone::Plain
+                }),
+            ],
+        );
+    }
+    let mut dt = Table::new(
+        &[
+            "Subscription",
+            "Target",
+            "Queued",
+            "Delivered",
+            "Retried",
+            "Dead-lettered",
+        ],
+        "No Triggers or PingSources.",
+    );
+    for d in deliveries {
+        dt.row(
+            d.subscription.clone(),
+            vec![
+                Cell::text(d.subscription.clone()).mono(),
+                Cell::text(d.target.clone()),
+                Cell::text(d.depth.to_string()).tone(if d.depth > 0 {
+                    Tone::Warn
+                } else {
+                    Tone::Plain
+                }),
+                Cell::text(d.delivered.to_string()),
+                Cell::text(d.retried.to_string()),
+                Cell::text(d.dead_lettered.to_string()).tone(if d.dead_lettered > 0 {
+                    Tone::Bad
+                } else {
+                    Tone::Plain
+                }),
+            ],
+        );
+    }
+    vec![
+        Section::of_table(
+            "jobs",
+            "Jobs",
+            Some("Cloud Run Jobs: executions, the latest's outcome, schedules.".into()),
+            jt,
+        ),
+        Section::of_table(
+            "deliveries",
+            "Event delivery",
+            Some(
+                "Per Trigger and PingSource: events queued (durably, waiting or in flight), delivered, retried and given up since the daemon started."
+                    .into(),
+            ),
+            dt,
+        ),
+    ]
+}
+
 /// The on-call view: SLIs against SLOs, alerts firing, p95, instances ready and desired,
 /// cold starts, recent deployments.
 pub fn oncall(
@@ -1554,6 +1691,49 @@ mod tests {
     use askama::Template;
 
     use super::*;
+
+    #[test]
+    fn jobs_and_deliveries_are_listed_with_their_trouble_marked() {
+        let jobs = [JobRow {
+            namespace: "default".into(),
+            name: "etl".into(),
+            executions: 3,
+            latest: Some(("etl-abcde".into(), "EXECUTION_FAILED".into())),
+            schedule: Some("0 3 * * * (Europe/Berlin)".into()),
+            next_run: Some("2026-12-06T02:00:00Z".into()),
+            missed_runs: 1,
+            running: 0,
+        }];
+        let deliveries = [DeliveryRow {
+            subscription: "trigger/default/orders".into(),
+            target: "Service/worker".into(),
+            depth: 12,
+            delivered: 100,
+            retried: 4,
+            dead_lettered: 2,
+        }];
+        let s = work_sections(&jobs, &deliveries);
+        assert_eq!(s.len(), 2);
+        let jt = s[0].table.as_ref().expect("table");
+        let row = &jt.rows[0].1;
+        assert_eq!(row[3].text, "etl-abcde: failed");
+        assert_eq!(row[3].tone, Tone::Bad);
+        assert_eq!(row[6].tone, Tone::Warn);
+        let dt = s[1].table.as_ref().expect("table");
+        let row = &dt.rows[0].1;
+        assert_eq!(row[2].text, "12");
+        assert_eq!(row[5].tone, Tone::Bad);
+        let empty = work_sections(&[], &[]);
+        assert!(empty[0].table.as_ref().expect("t").rows.is_empty());
+        assert!(
+            empty[0]
+                .table
+                .as_ref()
+                .expect("t")
+                .empty
+                .contains("skiff apply")
+        );
+    }
 
     fn ctx() -> Context {
         Context {

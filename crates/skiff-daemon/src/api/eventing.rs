@@ -58,7 +58,11 @@ async fn apply(
         let mut p = skiff_api::problems::Problems::new();
         p.invalid(
             &skiff_api::FieldPath::root().key("kind"),
-            format!("this endpoint takes a `{}` {}", kind.api_version(), kind.as_str()),
+            format!(
+                "this endpoint takes a `{}` {}",
+                kind.api_version(),
+                kind.as_str()
+            ),
         );
         return Err(invalid(p).into());
     }
@@ -198,20 +202,50 @@ macro_rules! handlers {
 }
 
 handlers!(
-    Broker, EventingKind::Broker, eventing::EVENTING_API_VERSION, "BrokerList", "brokers", keys::brokers,
-    all = "/api/v1/brokers", ns = "/api/v1/namespaces/{namespace}/brokers",
+    Broker,
+    EventingKind::Broker,
+    eventing::EVENTING_API_VERSION,
+    "BrokerList",
+    "brokers",
+    keys::brokers,
+    all = "/api/v1/brokers",
+    ns = "/api/v1/namespaces/{namespace}/brokers",
     one = "/api/v1/namespaces/{namespace}/brokers/{name}",
-    list_all_brokers, list_brokers, apply_broker, get_broker, delete_broker
+    list_all_brokers,
+    list_brokers,
+    apply_broker,
+    get_broker,
+    delete_broker
 );
 handlers!(
-    Trigger, EventingKind::Trigger, eventing::EVENTING_API_VERSION, "TriggerList", "triggers", keys::triggers,
-    all = "/api/v1/triggers", ns = "/api/v1/namespaces/{namespace}/triggers",
+    Trigger,
+    EventingKind::Trigger,
+    eventing::EVENTING_API_VERSION,
+    "TriggerList",
+    "triggers",
+    keys::triggers,
+    all = "/api/v1/triggers",
+    ns = "/api/v1/namespaces/{namespace}/triggers",
     one = "/api/v1/namespaces/{namespace}/triggers/{name}",
-    list_all_triggers, list_triggers, apply_trigger, get_trigger, delete_trigger
+    list_all_triggers,
+    list_triggers,
+    apply_trigger,
+    get_trigger,
+    delete_trigger
 );
 handlers!(
-    PingSource, EventingKind::PingSource, eventing::SOURCES_API_VERSION, "PingSourceList", "pingsources", keys::pingsources,
-    all = "/api/v1/pingsources", ns = "/api/v1/namespaces/{namespace}/pingsources",
+    PingSource,
+    EventingKind::PingSource,
+    eventing::SOURCES_API_VERSION,
+    "PingSourceList",
+    "pingsources",
+    keys::pingsources,
+    all = "/api/v1/pingsources",
+    ns = "/api/v1/namespaces/{namespace}/pingsources",
     one = "/api/v1/namespaces/{namespace}/pingsources/{name}",
-    list_all_ping_sources, list_ping_sources, apply_ping_source, get_ping_source, delete_ping_source
+    list_all_ping_sources,
+    list_ping_sources,
+    apply_ping_source,
+    get_ping_source,
+    delete_ping_source
 );
