@@ -860,3 +860,103 @@ async fn a_missing_secret_fails_the_revision_until_it_appears() {
         .expect("exists");
     assert_eq!(db.data.0["password"], b"s3cr3t-value");
 }
+
+/// A Cloud Run Job on the fake runtime: an execution of 3 tasks at parallelism 2 starts two
+/// run-to-completion task instances with Cloud Run's variables (no serving contract), a task
+/// whose first attempt exits 1 is retried with attempt 1, the execution succeeds with one
+/// retry, the job's status and the instance records follow, and nothing is left running.
+#[tokio::test]
+async fn a_job_execution_runs_its_tasks_to_completion_with_retries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Plane::new(dir.path()).await;
+    let yaml = format!(
+        "apiVersion: run.googleapis.com/v1\nkind: Job\nmetadata: {{name: etl}}\nspec:\n  template:\n    spec:\n      taskCount: 3\n      parallelism: 2\n      template:\n        spec:\n          maxRetries: 1\n          containers:\n          - image: {IMAGE}\n"
+    );
+    let doc = parse_documents(&yaml).expect("yaml").remove(0);
+    let job = skiff_api::manifest::job_from_document(&doc).expect("a valid job");
+    let jobs = &p.plane.jobs;
+    jobs.apply(job, false).await.expect("applied");
+    let exec = jobs
+        .run(NS, "etl", &Default::default(), "api", None)
+        .await
+        .expect("an execution");
+    let name = exec.metadata.name.clone();
+    let running = async |n: usize| {
+        until(&format!("{n} task instances running"), async || {
+            let t = p.runtime.tasks();
+            (t.len() == n).then_some(t)
+        })
+        .await
+    };
+    let first = running(2).await;
+    let plan = &first[0].plan;
+    let task = plan.task.clone().expect("a task plan");
+    assert_eq!(task.execution, name);
+    let c = &plan.containers[0];
+    assert!(c.readiness.is_none() && c.liveness.is_none());
+    let env: std::collections::HashMap<_, _> = c.env.iter().cloned().collect();
+    assert_eq!(env.get("CLOUD_RUN_JOB").map(String::as_str), Some("etl"));
+    assert_eq!(
+        env.get("CLOUD_RUN_TASK_COUNT").map(String::as_str),
+        Some("3")
+    );
+    assert!(
+        !env.contains_key("PORT") && !env.contains_key("K_SERVICE"),
+        "{env:?}"
+    );
+    assert!(
+        p.record(&plan.id).await.is_some(),
+        "the attempt is recorded"
+    );
+    // Task 0 fails its first attempt; task 1 succeeds.
+    p.runtime.finish_task(&format!("{name}-0-0"), 1);
+    p.runtime.finish_task(&format!("{name}-1-0"), 0);
+    let ids = |ts: Vec<skiff_control::runtime::InstanceInfo>| {
+        let mut v: Vec<String> = ts.into_iter().map(|i| i.plan.id).collect();
+        v.sort();
+        v
+    };
+    let second = until("the retry and the third task", async || {
+        let v = ids(p.runtime.tasks());
+        (v.len() == 2).then_some(v)
+    })
+    .await;
+    assert_eq!(second, [format!("{name}-0-1"), format!("{name}-2-0")]);
+    for id in &second {
+        p.runtime.finish_task(id, 0);
+    }
+    let done = until("the execution to succeed", async || {
+        let e = jobs.execution(NS, &name).await.expect("read");
+        e.is_done().then_some(e)
+    })
+    .await;
+    assert_eq!(
+        done.completion_status(),
+        skiff_api::job::CompletionStatus::ExecutionSucceeded
+    );
+    assert_eq!(
+        (done.status.succeeded_count, done.status.retried_count),
+        (3, 1)
+    );
+    assert_eq!(done.status.tasks[0].attempts[0].exit_code, Some(1));
+    let j = until("the job's status", async || {
+        let j = jobs.get(NS, "etl").await.expect("read");
+        let r = j.status.latest_created_execution.clone()?;
+        (r.completion_status == skiff_api::job::CompletionStatus::ExecutionSucceeded).then_some(j)
+    })
+    .await;
+    assert_eq!(j.status.execution_count, 1);
+    until("the attempts' records to go", async || {
+        for id in [&second[0], &second[1], &format!("{name}-0-0")] {
+            if p.record(id).await.is_some() {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert!(p.runtime.tasks().is_empty());
+    // Serving never saw a task instance.
+    assert!(p.plane.instances.runtime().instances().is_empty());
+    p.shutdown().await;
+}

@@ -169,6 +169,33 @@ impl FakeRuntime {
         });
     }
 
+    /// Makes a job task's instance `id` end as the real runtime ends one: its container
+    /// exits with `exit_code` (0: `Completed`), the instance stops and is removed.
+    pub fn finish_task(&self, id: &str, exit_code: i32) {
+        let info = {
+            let mut st = lock(&self.state);
+            let Some(mut info) = st.instances.remove(id) else {
+                panic!("the fake runtime holds no instance `{id}`");
+            };
+            info.status.phase = Phase::Stopped;
+            info.status.ready = false;
+            for c in &mut info.status.containers {
+                c.running = false;
+                c.ready = false;
+                c.pid = None;
+                c.last_termination = Some(Termination {
+                    reason: if exit_code == 0 { "Completed" } else { "Error" }.into(),
+                    exit_code: Some(exit_code),
+                    at: now(),
+                    message: format!("the container exited with code {exit_code}"),
+                    last_lines: Vec::new(),
+                });
+            }
+            info
+        };
+        self.publish(&info);
+    }
+
     /// Makes every later `start` fail with `message` (`None`: succeed again).
     pub fn fail_starts(&self, message: Option<&str>) {
         lock(&self.state).fail_starts = message.map(str::to_owned);
