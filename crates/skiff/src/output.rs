@@ -385,7 +385,7 @@ pub fn describe_service(s: &Service, revisions: &[Revision]) -> String {
 }
 
 /// A conditions table under "Conditions:".
-fn conditions(list: &[skiff_api::object::Condition]) -> String {
+pub fn conditions(list: &[skiff_api::object::Condition]) -> String {
     let mut out = String::from("\nConditions:\n");
     let mut t = table(&["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]);
     for c in list {

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod delete;
 pub mod describe;
+pub mod eventing;
 pub mod get;
 pub mod images;
 pub mod logs;
