@@ -256,7 +256,8 @@ impl Queue {
     /// The batch is the `limit` deliveries that became due first, returned in that order (by
     /// due time, then id). One transaction, not fsynced (see the crate documentation on
     /// durability): one indexed `SELECT … LIMIT` reads the batch with its events, then each
-    /// delivery is leased by id.
+    /// delivery is leased by id. The payloads are read into memory: a large `limit` of large
+    /// events is that many megabytes, and holds up other calls while it is read.
     pub fn claim(
         &self,
         subscription: &str,
