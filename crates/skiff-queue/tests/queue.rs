@@ -329,6 +329,18 @@ fn an_expired_lease_is_reclaimed_and_the_old_token_refused() {
 }
 
 #[test]
+fn a_lease_ending_past_the_end_of_time_is_refused() {
+    let (_dir, queue) = temp_queue();
+    enqueue(&queue, "x", &[A], t(0));
+    assert!(matches!(
+        queue.claim(A, t(0), Duration::MAX, 1),
+        Err(QueueError::TimeOutOfRange { .. })
+    ));
+    // Nothing was leased.
+    assert_eq!(claim(&queue, A, t(0), 1).len(), 1);
+}
+
+#[test]
 fn a_late_ack_on_an_expired_lease_nobody_took_is_accepted() {
     let (_dir, queue) = temp_queue();
     enqueue(&queue, "x", &[A], t(0));
