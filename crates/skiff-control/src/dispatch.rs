@@ -328,15 +328,20 @@ pub async fn run(eventing: Arc<Eventing>, client: reqwest::Client, stop: Cancell
             if *depth == 0 {
                 continue;
             }
-            let started = eventing
-                .workers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(sub.clone());
-            if started {
+            let woken = {
+                let mut workers = eventing.workers.lock().unwrap_or_else(|p| p.into_inner());
+                if workers.contains_key(sub) {
+                    None
+                } else {
+                    let w = Arc::new(tokio::sync::Notify::new());
+                    workers.insert(sub.clone(), w.clone());
+                    Some(w)
+                }
+            };
+            if let Some(woken) = woken {
                 let (e, c, s, sub) = (eventing.clone(), client.clone(), stop.clone(), sub.clone());
                 tokio::spawn(async move {
-                    worker(&e, &c, &sub, &s).await;
+                    worker(&e, &c, &sub, &s, &woken).await;
                     e.workers
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -412,6 +417,7 @@ async fn worker(
     client: &reqwest::Client,
     sub: &str,
     stop: &CancellationToken,
+    woken: &tokio::sync::Notify,
 ) {
     let inflight = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
@@ -504,7 +510,7 @@ async fn worker(
         tokio::select! {
             () = stop.cancelled() => return,
             () = done.notified() => {}
-            () = eventing.wake.notified() => {}
+            () = woken.notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
     }
@@ -836,5 +842,7 @@ pub fn workers(eventing: &Eventing) -> HashSet<String> {
         .workers
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .clone()
+        .keys()
+        .cloned()
+        .collect()
 }

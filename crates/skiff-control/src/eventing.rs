@@ -243,8 +243,8 @@ pub struct Eventing {
     /// Wakes the dispatcher (new deliveries, changed routes).
     pub(crate) wake: Notify,
     pub(crate) metrics: crate::dispatch::EventMetrics,
-    /// Subscriptions with a worker delivering their events.
-    pub(crate) workers: Mutex<HashSet<String>>,
+    /// Subscriptions with a worker delivering their events, and what wakes that worker.
+    pub(crate) workers: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 impl Eventing {
@@ -269,7 +269,7 @@ impl Eventing {
             routes: RwLock::new(Routes::default()),
             wake: Notify::new(),
             metrics,
-            workers: Mutex::new(HashSet::new()),
+            workers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -956,7 +956,19 @@ impl Eventing {
         })
         .await??;
         self.metrics.received(ns, source, events.len() as u64);
-        self.wake.notify_one();
+        // The subscriptions' workers, if they run; else the dispatcher, which starts them.
+        let subs: HashSet<&String> = events.iter().flat_map(|(_, s)| s).collect();
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut missing = false;
+        for s in subs {
+            match workers.get(s) {
+                Some(w) => w.notify_one(),
+                None => missing = true,
+            }
+        }
+        if missing {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
