@@ -5,6 +5,7 @@ pub mod delete;
 pub mod describe;
 pub mod get;
 pub mod images;
+pub mod jobs;
 pub mod logs;
 pub mod observe;
 pub mod scale;

@@ -21,7 +21,8 @@ pub fn report(file: &str, text: &str, warnings: bool) -> (usize, usize) {
     (problems, kinds.values().sum())
 }
 
-/// [`report`], counting the valid documents by kind (`Service`, `Secret`, `ConfigMap`).
+/// [`report`], counting the valid documents by kind (`Service`, `Job`, `Secret`,
+/// `ConfigMap`).
 pub fn report_kinds(
     file: &str,
     text: &str,
@@ -46,6 +47,7 @@ pub fn report_kinds(
                     let kind = match valid {
                         Object::Service(_) => "Service",
                         Object::Config(c) => c.kind.as_str(),
+                        Object::Job(_) => "Job",
                     };
                     *kinds.entry(kind).or_default() += 1;
                 }
