@@ -358,17 +358,16 @@ async fn execute(a: ExecuteArgs) -> Result<i32, Exit> {
             Ok(OK)
         }
         status => {
-            for t in e
+            let failed: Vec<_> = e
                 .status
                 .tasks
                 .iter()
                 .filter(|t| t.state == TaskState::Failed)
-            {
+                .collect();
+            for t in failed.iter().take(SHOWN_FAILURES) {
                 let last = t.last_attempt_result.as_ref();
-                eprintln!(
-                    "task {} failed after {} attempt(s): {}{}{}",
-                    t.index,
-                    t.attempts.len().max(1),
+                let why = format!(
+                    "{}{}{}",
                     last.map_or("failed", |r| r.reason.as_str()),
                     last.and_then(|r| r.exit_code)
                         .map(|c| format!(", exit code {c}"))
@@ -377,6 +376,16 @@ async fn execute(a: ExecuteArgs) -> Result<i32, Exit> {
                     last.filter(|r| !r.message.is_empty() && r.reason != "Error")
                         .map(|r| format!(" ({})", r.message))
                         .unwrap_or_default()
+                );
+                match t.attempts.len() {
+                    0 => eprintln!("task {} failed before it started: {why}", t.index),
+                    n => eprintln!("task {} failed after {n} attempt(s): {why}", t.index),
+                }
+            }
+            if failed.len() > SHOWN_FAILURES {
+                eprintln!(
+                    "… and {} more failed task(s): `skiff describe execution {name}` shows each",
+                    failed.len() - SHOWN_FAILURES
                 );
             }
             let what = if status == CompletionStatus::ExecutionCancelled {
@@ -391,6 +400,9 @@ async fn execute(a: ExecuteArgs) -> Result<i32, Exit> {
         }
     }
 }
+
+/// Failed tasks `--wait` describes at the end, at most.
+const SHOWN_FAILURES: usize = 5;
 
 /// How often `--wait` looks at the execution.
 const WAIT_POLL: Duration = Duration::from_millis(500);
