@@ -283,7 +283,7 @@ const END_POLL: Duration = Duration::from_millis(250);
 /// The output of an execution's tasks (every attempt; with `task`, one task's) as NDJSON
 /// lines `{ts, stream, instance, container, line}`, oldest first. An attempt's instance is
 /// `<execution>-<task>-<attempt>`. With `follow`, new lines keep coming until the execution
-/// ends.
+/// has ended and none of its attempts is left running.
 #[utoipa::path(get, path = "/api/v1/namespaces/{namespace}/executions/{name}/logs", tag = "executions",
     params(("namespace" = String, Path, description = "The namespace"), ("name" = String, Path, description = "The execution"), ExecutionLogParams),
     responses((status = 200, description = "NDJSON log lines", content_type = "application/x-ndjson"), (status = 400, body = skiff_api::ErrorBody), (status = 404, body = skiff_api::ErrorBody)))]
@@ -327,26 +327,39 @@ pub async fn execution_logs(
                 .is_ok_and(|l| l.instance.starts_with(prefix.as_str()))
         })
     });
-    let until = (!exec.is_done()).then(|| {
+    // Its attempts still in the runtime: a stopped one may write until it is gone.
+    let runtime = state.instances.runtime().clone();
+    let running = {
+        let (namespace, name) = (namespace.clone(), name.clone());
+        move || {
+            runtime.tasks().iter().any(|i| {
+                i.plan.namespace == namespace
+                    && i.plan.task.as_ref().is_some_and(|t| t.execution == name)
+            })
+        }
+    };
+    let live = !exec.is_done() || running();
+    let until = live.then(|| {
         let jobs = state.jobs.clone();
         let future: futures::future::BoxFuture<'static, ()> = Box::pin(async move {
             loop {
                 match jobs.execution(&namespace, &name).await {
-                    Ok(e) if !e.is_done() => tokio::time::sleep(END_POLL).await,
-                    // Ended or deleted: nothing more will be written.
-                    Ok(_) | Err(ControllerError::NotFound { .. }) => return,
-                    Err(_) => tokio::time::sleep(END_POLL).await,
+                    // Ended (or deleted) with nothing of it left running: nothing more
+                    // will be written.
+                    Ok(e) if e.is_done() && !running() => return,
+                    Err(ControllerError::NotFound { .. }) if !running() => return,
+                    _ => tokio::time::sleep(END_POLL).await,
                 }
             }
         });
         future
     });
-    let follow = p.follow == Some(true);
     let shown = Shown {
         cutoff,
         tail: p.tail,
-        // An execution that has ended writes no more: following it is reading it.
-        follow: follow && until.is_some(),
+        // An execution that has ended and stopped writes no more: following it is reading
+        // it.
+        follow: p.follow == Some(true) && live,
     };
     let ts: fn(&LogLine) -> &str = |l| &l.ts;
     lines_response(files, read, ts, shown, Following { keep, until }, "logs").await
