@@ -620,6 +620,11 @@ async fn timeout_cancel_and_overrides() {
     .await
     .expect("task 0 runs");
     assert_eq!(containers_of(&d, &cancelled).len(), 1, "one task at a time");
+    // Its log, followed while it runs, ends once it is cancelled and its task is gone.
+    let following = {
+        let mut cmd = cli_command(&d, &["logs", "--execution", &cancelled, "-f"]);
+        tokio::task::spawn_blocking(move || cmd.output().expect("the CLI runs"))
+    };
     // A running execution is not deleted.
     let o = d.cli(&["executions", "delete", &cancelled]);
     assert_code(&o, 5);
@@ -638,6 +643,12 @@ async fn timeout_cancel_and_overrides() {
     );
     assert!(e.status.tasks.iter().all(|t| t.instance.is_none()));
     nothing_left(&d, &cancelled).await;
+    let o = tokio::time::timeout(MAX_WAIT, following)
+        .await
+        .expect("the followed log ends with the execution")
+        .expect("joined");
+    assert_code(&o, 0);
+    assert_eq!(stdout(&o).trim(), format!("[{cancelled}-0-0] started 0"));
     let o = d.cli(&["get", "executions"]);
     let row = stdout(&o)
         .lines()
@@ -695,9 +706,17 @@ async fn timeout_cancel_and_overrides() {
         ..JobSpec::default()
     };
     apply(&d, &job_yaml(&echo));
-    let o = cli(&d, &["jobs", "execute", "jobs-echo", "--wait"]).await;
+    let o = d.cli(&["jobs", "execute", "jobs-echo"]);
     assert_code(&o, 0);
     let plain = stdout(&o).trim().to_owned();
+    // Followed from its start, the log ends with the execution, every task's line in it.
+    let o = tokio::time::timeout(MAX_WAIT, cli(&d, &["logs", "--execution", &plain, "-f"]))
+        .await
+        .expect("a followed execution log ends with the execution");
+    assert_code(&o, 0);
+    let followed = stdout(&o);
+    assert_eq!(followed.lines().count(), 3, "{followed}");
+    assert!(execution(&d, &plain).await.is_done());
     let out = stdout(&d.cli(&["logs", "--execution", &plain, "--task", "2"]));
     assert_eq!(
         out.trim(),
