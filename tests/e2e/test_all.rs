@@ -8,6 +8,7 @@ mod dashboard;
 mod examples;
 mod hardening;
 mod images;
+mod jobs;
 mod lifecycle;
 mod network;
 mod observability;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use skiff_api::config::{ConfigKind, ConfigMapView, RotateKeyReport, SecretView};
+use skiff_api::job::{Execution, Job, Overrides};
 use skiff_api::object::{DeleteResponse, List, Revision, Service};
 use skiff_api::wire::{
     APPLY_RESULT_HEADER, CREATED_REVISION_HEADER, GcReport, ImageView, InstanceView, LogLine,
@@ -82,6 +83,15 @@ pub struct Applied {
     pub created_revision: Option<String>,
     /// The server's warnings (`Warning` headers): settings accepted that change nothing.
     pub warnings: Vec<String>,
+}
+
+/// The result of applying a Job.
+#[derive(Debug, Clone)]
+pub struct AppliedJob {
+    /// The Job as stored (or as it would be, for a dry run).
+    pub job: Job,
+    /// `created`, `configured` or `unchanged`.
+    pub result: String,
 }
 
 /// The text of a `Warning` header (`299 - "text"`, RFC 7234); other forms as they are.
@@ -272,7 +282,6 @@ impl Client {
         })
     }
 
-    /// Reads a Service.
     /// Creates or replaces a Secret or ConfigMap from a manifest body; returns what the apply
     /// did (`created`, `configured`, `unchanged`).
     pub async fn apply_config(
@@ -816,6 +825,163 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Creates or updates a Job from a manifest body (its JSON or YAML text).
+    pub async fn apply_job(
+        &self,
+        namespace: &str,
+        name: &str,
+        body: String,
+        content_type: &str,
+        dry_run: bool,
+    ) -> Result<AppliedJob, ClientError> {
+        let query: &[(&str, &str)] = if dry_run { &[("dryRun", "All")] } else { &[] };
+        let request = self
+            .http
+            .put(self.url(
+                &format!("/api/v1/namespaces/{namespace}/jobs/{name}"),
+                query,
+            ))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        let response = self.send(request).await?;
+        let result = response
+            .headers()
+            .get(APPLY_RESULT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                if response.status() == StatusCode::CREATED {
+                    "created"
+                } else {
+                    "configured"
+                }
+                .to_owned()
+            });
+        let job = self.json(response).await?;
+        Ok(AppliedJob { job, result })
+    }
+
+    /// Reads a Job.
+    pub async fn get_job(&self, namespace: &str, name: &str) -> Result<Job, ClientError> {
+        self.get(&format!("/api/v1/namespaces/{namespace}/jobs/{name}"), &[])
+            .await
+    }
+
+    /// Lists the Jobs of a namespace, or of all (`None`).
+    pub async fn list_jobs(&self, namespace: Option<&str>) -> Result<Vec<Job>, ClientError> {
+        let path = match namespace {
+            Some(ns) => format!("/api/v1/namespaces/{ns}/jobs"),
+            None => "/api/v1/jobs".to_owned(),
+        };
+        Ok(self.get::<List<Job>>(&path, &[]).await?.items)
+    }
+
+    /// Deletes a Job with its executions (a dry run only checks that it exists).
+    pub async fn delete_job(
+        &self,
+        namespace: &str,
+        name: &str,
+        dry_run: bool,
+    ) -> Result<(), ClientError> {
+        let query: &[(&str, &str)] = if dry_run { &[("dryRun", "All")] } else { &[] };
+        let url = self.url(
+            &format!("/api/v1/namespaces/{namespace}/jobs/{name}"),
+            query,
+        );
+        self.send(self.http.delete(url)).await?;
+        Ok(())
+    }
+
+    /// Runs a Job with `overrides`: the execution it created.
+    pub async fn run_job(
+        &self,
+        namespace: &str,
+        name: &str,
+        overrides: &Overrides,
+    ) -> Result<Execution, ClientError> {
+        let url = self.url(
+            &format!("/api/v1/namespaces/{namespace}/jobs/{name}/executions"),
+            &[],
+        );
+        let body = serde_json::to_string(overrides).expect("overrides serialize");
+        let response = self
+            .send(
+                self.http
+                    .post(url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body),
+            )
+            .await?;
+        self.json(response).await
+    }
+
+    /// The executions of a namespace (of one Job), newest first.
+    pub async fn list_executions(
+        &self,
+        namespace: &str,
+        job: Option<&str>,
+    ) -> Result<Vec<Execution>, ClientError> {
+        let query: Vec<(&str, &str)> = job.map(|j| vec![("job", j)]).unwrap_or_default();
+        Ok(self
+            .get::<List<Execution>>(
+                &format!("/api/v1/namespaces/{namespace}/executions"),
+                &query,
+            )
+            .await?
+            .items)
+    }
+
+    /// Reads an execution.
+    pub async fn get_execution(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Execution, ClientError> {
+        self.get(
+            &format!("/api/v1/namespaces/{namespace}/executions/{name}"),
+            &[],
+        )
+        .await
+    }
+
+    /// Cancels an execution; returns it as it stands (an ended one unchanged).
+    pub async fn cancel_execution(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Execution, ClientError> {
+        let url = self.url(
+            &format!("/api/v1/namespaces/{namespace}/executions/{name}/cancel"),
+            &[],
+        );
+        let response = self.send(self.http.post(url)).await?;
+        self.json(response).await
+    }
+
+    /// Deletes an execution that has ended.
+    pub async fn delete_execution(&self, namespace: &str, name: &str) -> Result<(), ClientError> {
+        let url = self.url(
+            &format!("/api/v1/namespaces/{namespace}/executions/{name}"),
+            &[],
+        );
+        self.send(self.http.delete(url)).await?;
+        Ok(())
+    }
+
+    /// Streams an execution's task output (`task`, `since`, `tail`, `follow` in `query`),
+    /// calling `on_line` for each line; returns when the server ends the stream (at once
+    /// unless following, else when the execution ends).
+    pub async fn execution_logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        query: &[(&str, String)],
+        on_line: impl FnMut(LogLine),
+    ) -> Result<(), ClientError> {
+        let path = format!("/api/v1/namespaces/{namespace}/executions/{name}/logs");
+        self.ndjson(&path, query, on_line).await
     }
 
     /// The daemon's version information.

@@ -69,6 +69,17 @@ pub fn attempt_id(execution: &str, index: u32, attempt: u32) -> String {
     format!("{execution}-{index}-{attempt}")
 }
 
+/// Whether instance `id` is an attempt of `execution` (`<execution>-<index>-<attempt>`). A
+/// prefix is not enough: job `etl-x7k2p`'s executions' attempts (`etl-x7k2p-b4n9q-0-0`)
+/// start with the name of job `etl`'s execution `etl-x7k2p`.
+fn is_attempt_of(id: &str, execution: &str) -> bool {
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    id.strip_prefix(execution)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(index, attempt)| numeric(index) && numeric(attempt))
+}
+
 /// What the runtime holds of an attempt's instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
@@ -952,7 +963,7 @@ impl Jobs {
         }
         let exits = self.exits.lock().unwrap_or_else(|p| p.into_inner());
         for (id, term) in exits.iter() {
-            if id.starts_with(&format!("{name}-")) && !observed.contains_key(id) {
+            if is_attempt_of(id, name) && !observed.contains_key(id) {
                 observed.insert(id.clone(), Observed::Ended(term.clone()));
             }
         }
@@ -1537,6 +1548,17 @@ mod tests {
         );
         assert_eq!(s.stop, ["etl-abcde-0-7"]);
         assert!(s.start.is_empty());
+    }
+
+    #[test]
+    fn attempts_belong_to_their_execution_only() {
+        assert!(is_attempt_of(&attempt_id("etl-x7k2p", 3, 1), "etl-x7k2p"));
+        assert!(is_attempt_of("etl-x7k2p-12-0", "etl-x7k2p"));
+        // An execution of job `etl-x7k2p`, whose name starts like job `etl`'s execution.
+        assert!(!is_attempt_of("etl-x7k2p-b4n9q-0-0", "etl-x7k2p"));
+        assert!(!is_attempt_of("etl-x7k2p-0", "etl-x7k2p"));
+        assert!(!is_attempt_of("etl-x7k2p-0-", "etl-x7k2p"));
+        assert!(!is_attempt_of("etl-x7k2pp-0-0", "etl-x7k2p"));
     }
 
     #[test]

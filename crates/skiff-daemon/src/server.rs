@@ -309,6 +309,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         slo: plane.slo.clone(),
         history: plane.history.clone(),
         ui: crate::ui::Ui::new(Some(plane.startups.clone()), config.requests.traces_url()),
+        jobs: plane.jobs.clone(),
         eventing: plane.eventing.clone(),
     });
     data.write_endpoints(&Endpoints {

@@ -82,6 +82,14 @@ impl Api {
             Arc::new(SystemClock),
         )
         .expect("the secret store opens");
+        // Jobs without their reconciler: executions are created and stay pending.
+        let jobs = skiff_control::jobs::Jobs::new(
+            controller.clone(),
+            runtime.clone(),
+            images.clone(),
+            secrets.clone(),
+            metrics.register("job", skiff_control::telemetry::JobMetrics::new),
+        );
         let instances = skiff_control::instances::InstanceManager::new(
             runtime,
             controller.clone(),
@@ -111,6 +119,7 @@ impl Api {
             slo,
             history,
             ui: skiff_daemon::ui::Ui::new(None, None),
+            jobs,
             eventing: None,
         });
         Api { router, _dir: dir }
@@ -714,4 +723,171 @@ async fn secrets_show_keys_and_sizes_only() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _, v) = api.call("GET", uri, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+}
+
+fn job(name: &str, tasks: u32) -> String {
+    format!(
+        "apiVersion: run.googleapis.com/v1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n      taskCount: {tasks}\n      template:\n        spec:\n          maxRetries: 1\n          containers:\n          - image: skiff.local/job:v1\n            args: [a]\n"
+    )
+}
+
+/// Jobs: applied (201, then unchanged), read and listed; run with overrides into an
+/// execution (201) that lists under its job; bad overrides and unknown fields are 400, a
+/// missing job 404; a running execution cannot be deleted (409) until cancelled; deleting
+/// the job takes its executions.
+#[tokio::test]
+async fn jobs_and_executions() {
+    let api = Api::new();
+    let uri = "/api/v1/namespaces/default/jobs/etl";
+    let (status, headers, v) = api.call("PUT", uri, Some(&job("etl", 3))).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(headers["skiff-apply-result"], "created");
+    assert_eq!(v["kind"], "Job");
+    let (status, headers, _) = api.call("PUT", uri, Some(&job("etl", 3))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["skiff-apply-result"], "unchanged");
+    let (status, _, v) = api
+        .call(
+            "PUT",
+            "/api/v1/namespaces/default/jobs/other",
+            Some(&job("etl", 3)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("does not match")),
+        "{v}"
+    );
+    // Field paths of a bad Job.
+    let bad = job("etl", 3).replace("maxRetries: 1", "maxRetries: 11\n          taskCount: 2");
+    let (status, _, v) = api.call("PUT", uri, Some(&bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let paths: Vec<&str> = v["details"]
+        .as_array()
+        .expect("details")
+        .iter()
+        .filter_map(|d| d["path"].as_str())
+        .collect();
+    assert!(
+        paths.contains(&"spec.template.spec.template.spec.maxRetries"),
+        "{v}"
+    );
+    assert!(
+        paths.contains(&"spec.template.spec.template.spec.taskCount"),
+        "{v}"
+    );
+    // A Service sent to the Jobs endpoint.
+    let (status, _, v) = api.call("PUT", uri, Some(&service("etl", "x"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (_, _, v) = api.call("GET", "/api/v1/jobs", None).await;
+    assert_eq!(v["kind"], "JobList");
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(1));
+
+    let run = "/api/v1/namespaces/default/jobs/etl/executions";
+    let (status, _, v) = api
+        .call(
+            "POST",
+            run,
+            Some(r#"{"containerOverrides": [{"args": ["b", "c"], "env": [{"name": "K", "value": "V"}]}], "taskCount": 2}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let name = v["metadata"]["name"].as_str().expect("a name").to_owned();
+    assert!(name.starts_with("etl-"), "{name}");
+    assert_eq!(v["spec"]["taskCount"], 2);
+    assert_eq!(
+        v["spec"]["template"]["spec"]["containers"][0]["args"],
+        serde_json::json!(["b", "c"])
+    );
+    assert_eq!(v["status"]["tasks"].as_array().map(Vec::len), Some(2));
+    // No body is no overrides.
+    let (status, _, v) = api.call("POST", run, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    for (body, want) in [
+        (r#"{"tasks": 2}"#, "unknown field `tasks`"),
+        (
+            r#"{"taskCount": 0}"#,
+            "overrides.taskCount: 0 is out of range",
+        ),
+        (
+            r#"{"containerOverrides": [{"name": "nope"}]}"#,
+            "no container named `nope`",
+        ),
+    ] {
+        let (status, _, v) = api.call("POST", run, Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains(want)),
+            "{want} in {v}"
+        );
+    }
+    let (status, _, v) = api
+        .call(
+            "POST",
+            "/api/v1/namespaces/default/jobs/absent/executions",
+            Some("{}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(
+        v["message"],
+        "job `absent` not found in namespace `default`"
+    );
+
+    let (_, _, v) = api
+        .call("GET", "/api/v1/namespaces/default/executions?job=etl", None)
+        .await;
+    assert_eq!(v["kind"], "ExecutionList");
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(2), "{v}");
+    let (_, _, v) = api
+        .call(
+            "GET",
+            "/api/v1/namespaces/default/executions?job=other",
+            None,
+        )
+        .await;
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(0), "{v}");
+    let exec = format!("/api/v1/namespaces/default/executions/{name}");
+    let (status, _, v) = api.call("GET", &exec, None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, _, v) = api.call("DELETE", &exec, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cancel it first")),
+        "{v}"
+    );
+    let (status, _, v) = api.call("POST", &format!("{exec}/cancel"), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["spec"]["cancelled"], true);
+    let (status, _, v) = api.call("GET", &format!("{exec}/logs"), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, _, v) = api.call("GET", &format!("{exec}/logs?task=2"), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, _, _) = api
+        .call(
+            "GET",
+            "/api/v1/namespaces/default/executions/etl-zzzzz",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, _, _) = api.call("DELETE", &format!("{uri}?dryRun=All"), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = api.call("GET", uri, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = api.call("DELETE", uri, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = api.call("GET", &exec, None).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the job's executions went with it"
+    );
+    let (status, _, _) = api.call("DELETE", uri, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Apply Knative Serving v1 Service manifests; skiff pulls their images, stamps revisions,
 /// runs them in isolated runc containers, routes HTTP to them by host name and scales them
-/// with load, down to zero when idle.
+/// with load, down to zero when idle. Cloud Run Jobs run tasks to completion.
 #[derive(Debug, Parser)]
 #[command(
     name = "skiff",
@@ -37,19 +37,20 @@ struct Cli {
 enum Command {
     /// Run the daemon in the foreground.
     Server(Box<cmd::server::ServerArgs>),
-    /// Create or update Services, Secrets and ConfigMaps from manifests.
+    /// Create or update Services, Jobs, Secrets and ConfigMaps from manifests.
     Apply(cmd::apply::ApplyArgs),
-    /// List Services, Revisions, Secrets or ConfigMaps.
+    /// List Services, Revisions, Jobs, Executions, Secrets or ConfigMaps.
     Get(cmd::get::GetArgs),
-    /// Show a Service or a Secret in detail.
+    /// Show a Service, a Revision, a Job, an Execution or a Secret in detail.
     Describe(cmd::describe::DescribeArgs),
-    /// Delete Services (with their revisions), Secrets or ConfigMaps.
+    /// Delete Services (with their revisions), Jobs (with their executions), Secrets or
+    /// ConfigMaps.
     Delete(cmd::delete::DeleteArgs),
     /// Check manifests offline, with the daemon's own rules.
     Validate(cmd::validate::ValidateArgs),
     /// Run N instances of a Service (manual override).
     Scale(cmd::scale::ScaleArgs),
-    /// Print the logs of a Service's instances.
+    /// Print the logs of a Service's instances, or of an execution's tasks.
     Logs(cmd::logs::LogsArgs),
     /// Pull, import, list and remove images.
     #[command(alias = "image")]
@@ -67,6 +68,12 @@ enum Command {
     /// Create Secrets and rotate the key they are encrypted with.
     #[command(alias = "secret")]
     Secrets(cmd::secrets::SecretsArgs),
+    /// Run Cloud Run Jobs (`execute`, with overrides and `--wait`), list, describe, delete.
+    #[command(alias = "job")]
+    Jobs(cmd::jobs::JobsArgs),
+    /// A Job's executions: list, describe, cancel, delete.
+    #[command(alias = "execution")]
+    Executions(cmd::jobs::ExecutionsArgs),
 }
 
 fn main() {
@@ -88,6 +95,8 @@ fn main() {
                     Command::Scale(args) => cmd::scale::run(args).await,
                     Command::Logs(args) => cmd::logs::run(args).await,
                     Command::Secrets(args) => cmd::secrets::run(args).await,
+                    Command::Jobs(args) => cmd::jobs::run(args).await,
+                    Command::Executions(args) => cmd::jobs::executions(args).await,
                     Command::Top(args) => cmd::observe::top(args).await,
                     Command::Metrics(args) => cmd::observe::metrics(args).await,
                     Command::Slo(args) => cmd::observe::slo(args).await,

@@ -2,6 +2,10 @@
 
 use comfy_table::{Table, presets};
 use serde::Serialize;
+use skiff_api::job::{
+    AttemptResult, CompletionStatus, Execution, Job, JobSchedule, STARTED_BY_ANNOTATION, TaskSpec,
+    TaskState,
+};
 use skiff_api::object::{ConditionStatus, Revision, Service};
 use skiff_api::wire::{InstanceView, ScaleStatus, StartupPhases};
 
@@ -597,6 +601,306 @@ fn startup_note(id: &str, p: &StartupPhases) -> String {
         ),
         _ => format!("  {id}: starting (image {image}, container {container}, not ready yet)"),
     }
+}
+
+/// How an execution stands, in a word.
+pub fn completion_word(s: CompletionStatus) -> &'static str {
+    match s {
+        CompletionStatus::ExecutionSucceeded => "Succeeded",
+        CompletionStatus::ExecutionFailed => "Failed",
+        CompletionStatus::ExecutionRunning => "Running",
+        CompletionStatus::ExecutionPending => "Pending",
+        CompletionStatus::ExecutionCancelled => "Cancelled",
+    }
+}
+
+/// A task's state, in a word.
+fn task_word(s: TaskState) -> &'static str {
+    match s {
+        TaskState::Pending => "Pending",
+        TaskState::Running => "Running",
+        TaskState::Succeeded => "Succeeded",
+        TaskState::Failed => "Failed",
+        TaskState::Cancelled => "Cancelled",
+    }
+}
+
+/// A Job's schedule as shown (`-` without one).
+fn schedule_of(j: &Job) -> String {
+    j.status
+        .schedule
+        .clone()
+        .or_else(|| JobSchedule::of(&j.metadata.annotations))
+        .map(|s| match s.timezone {
+            Some(tz) => format!("{} ({tz})", s.schedule),
+            None => s.schedule,
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The `skiff get jobs` table.
+pub fn jobs_table(jobs: &[Job], all_namespaces: bool) -> Table {
+    let mut header = vec![
+        "NAME",
+        "EXECUTIONS",
+        "LAST EXECUTION",
+        "STATUS",
+        "SCHEDULE",
+        "AGE",
+    ];
+    if all_namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    let mut t = table(&header);
+    for j in jobs {
+        let last = j.status.latest_created_execution.as_ref();
+        let mut row = vec![
+            j.metadata.name.clone(),
+            j.status.execution_count.to_string(),
+            last.map_or_else(|| "-".into(), |r| r.name.clone()),
+            last.map_or("-", |r| completion_word(r.completion_status))
+                .to_owned(),
+            schedule_of(j),
+            age(&j.metadata.creation_timestamp),
+        ];
+        if all_namespaces {
+            row.insert(0, j.metadata.namespace.clone());
+        }
+        t.add_row(row);
+    }
+    t
+}
+
+/// The `skiff get executions` table.
+pub fn executions_table(executions: &[Execution]) -> Table {
+    let mut t = table(&[
+        "NAME",
+        "JOB",
+        "TASKS",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "RETRIED",
+        "STATUS",
+        "AGE",
+    ]);
+    for e in executions {
+        let s = &e.status;
+        t.add_row(vec![
+            e.metadata.name.clone(),
+            e.job().to_owned(),
+            e.spec.task_count.to_string(),
+            s.running_count.to_string(),
+            s.succeeded_count.to_string(),
+            s.failed_count.to_string(),
+            s.retried_count.to_string(),
+            completion_word(e.completion_status()).to_owned(),
+            age(&e.metadata.creation_timestamp),
+        ]);
+    }
+    t
+}
+
+/// `a=b, c=d`, or `-`.
+fn key_values(m: &std::collections::BTreeMap<String, String>) -> String {
+    if m.is_empty() {
+        "-".to_owned()
+    } else {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A task template's container: image, command and args.
+fn describe_task_template(task: &TaskSpec, line: &mut impl FnMut(&str, &str)) {
+    for c in &task.containers {
+        line("Image", c.image.as_deref().unwrap_or("-"));
+        // As JSON arrays: an argument may hold spaces or lines (a script).
+        let words = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
+        if !c.command.is_empty() {
+            line("Command", &words(&c.command));
+        }
+        if !c.args.is_empty() {
+            line("Args", &words(&c.args));
+        }
+        let env: Vec<String> = c
+            .env
+            .iter()
+            .map(|e| {
+                let name = e.name.clone().unwrap_or_default();
+                match (&e.value, &e.value_from) {
+                    (Some(v), _) => format!("{name}={v}"),
+                    (None, Some(_)) => format!("{name} (from a Secret or ConfigMap)"),
+                    (None, None) => name,
+                }
+            })
+            .collect();
+        if !env.is_empty() {
+            line("Env", &env.join(", "));
+        }
+    }
+    line("Max retries", &task.retries().to_string());
+    line("Task timeout", &format!("{}s", task.timeout().as_secs()));
+}
+
+/// `skiff describe job`: its template, schedule, and its recent executions.
+pub fn describe_job(j: &Job, executions: &[Execution]) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: &str| out.push_str(&format!("{:<16}{v}\n", format!("{k}:")));
+    line("Name", &j.metadata.name);
+    line("Namespace", &j.metadata.namespace);
+    line("Age", &age(&j.metadata.creation_timestamp));
+    line("Generation", &j.metadata.generation.to_string());
+    line("Labels", &key_values(&j.metadata.labels));
+    line("Annotations", &key_values(&j.metadata.annotations));
+    let exec = j.execution();
+    let tasks = exec.task_count.unwrap_or(1);
+    line("Tasks", &tasks.to_string());
+    line(
+        "Parallelism",
+        &match exec.parallelism.unwrap_or(0) {
+            0 => format!("{tasks} (all at once)"),
+            p => p.to_string(),
+        },
+    );
+    let task = exec.template.and_then(|t| t.spec).unwrap_or_default();
+    describe_task_template(&task, &mut line);
+    line("Schedule", &schedule_of(j));
+    if let Some(s) = &j.status.schedule {
+        line("Concurrency", &s.concurrency_policy);
+    }
+    if let Some(t) = &j.status.next_schedule_time {
+        line("Next run", t);
+    }
+    if let Some(t) = &j.status.last_schedule_time {
+        line("Last scheduled", t);
+    }
+    if j.status.missed_runs > 0 {
+        line("Missed runs", &j.status.missed_runs.to_string());
+    }
+    if let Some(why) = &j.status.last_skip {
+        line("Last skipped", why);
+    }
+    line("Executions", &j.status.execution_count.to_string());
+    out.push_str("\nRecent executions:\n");
+    if executions.is_empty() {
+        out.push_str("  none (`skiff jobs execute JOB` runs one)\n");
+    } else {
+        for l in executions_table(&executions[..executions.len().min(10)])
+            .to_string()
+            .lines()
+        {
+            out.push_str(&format!("  {}\n", l.trim_end()));
+        }
+    }
+    out.push_str(&conditions(&j.status.conditions));
+    out
+}
+
+/// What an attempt's message adds to its reason and exit code (nothing for an exit).
+fn attempt_message(a: &AttemptResult) -> String {
+    match a.reason.as_str() {
+        "Completed" | "Error" => String::new(),
+        _ => a.message.clone(),
+    }
+}
+
+/// `skiff describe execution`: its conditions, counts, and each task with its last attempt.
+pub fn describe_execution(e: &Execution) -> String {
+    let mut out = String::new();
+    let s = &e.status;
+    let mut line = |k: &str, v: &str| out.push_str(&format!("{:<16}{v}\n", format!("{k}:")));
+    line("Name", &e.metadata.name);
+    line("Namespace", &e.metadata.namespace);
+    line("Job", e.job());
+    line("Status", completion_word(e.completion_status()));
+    if let Some(by) = e.metadata.annotations.get(STARTED_BY_ANNOTATION) {
+        line("Started by", by);
+    }
+    line(
+        "Created",
+        &format!(
+            "{} ({} ago)",
+            e.metadata.creation_timestamp,
+            age(&e.metadata.creation_timestamp)
+        ),
+    );
+    line("Started", s.start_time.as_deref().unwrap_or("-"));
+    line("Completed", s.completion_time.as_deref().unwrap_or("-"));
+    line(
+        "Tasks",
+        &format!("{} ({} at once)", e.spec.task_count, e.spec.parallelism),
+    );
+    line(
+        "Counts",
+        &format!(
+            "{} running, {} succeeded, {} failed, {} cancelled, {} retried",
+            s.running_count, s.succeeded_count, s.failed_count, s.cancelled_count, s.retried_count
+        ),
+    );
+    if e.spec.cancelled {
+        line("Cancelled", "yes (`skiff executions cancel`)");
+    }
+    describe_task_template(&e.spec.task(), &mut line);
+    if !s.images.is_empty() {
+        line("Images", &s.images.join(", "));
+    }
+    if let Some(uri) = &s.log_uri {
+        line("Logs", uri);
+    }
+    out.push_str(&conditions(&s.conditions));
+    out.push_str("\nTasks:\n");
+    let mut t = table(&[
+        "INDEX",
+        "STATE",
+        "ATTEMPTS",
+        "EXIT CODE",
+        "REASON",
+        "INSTANCE",
+        "MESSAGE",
+    ]);
+    for task in &s.tasks {
+        let started = task.attempts.len() + usize::from(task.state == TaskState::Running);
+        let last = task.last_attempt_result.as_ref();
+        t.add_row(vec![
+            task.index.to_string(),
+            task_word(task.state).to_owned(),
+            started.to_string(),
+            last.and_then(|r| r.exit_code)
+                .map_or_else(|| "-".into(), |c| c.to_string()),
+            last.map_or_else(|| "-".into(), |r| r.reason.clone()),
+            task.instance.clone().unwrap_or_else(|| "-".into()),
+            last.map(attempt_message).unwrap_or_default(),
+        ]);
+    }
+    for l in t.to_string().lines() {
+        out.push_str(&format!("  {}\n", l.trim_end()));
+    }
+    // Retried tasks: every attempt, so a flaky task shows how each try ended.
+    let retried: Vec<_> = s.tasks.iter().filter(|t| t.attempts.len() > 1).collect();
+    if !retried.is_empty() {
+        out.push_str("\nAttempts of retried tasks:\n");
+        for task in retried {
+            for a in &task.attempts {
+                out.push_str(&format!(
+                    "  task {} attempt {}: {}{}{}\n",
+                    task.index,
+                    a.attempt,
+                    a.reason,
+                    a.exit_code
+                        .map(|c| format!(" (exit code {c})"))
+                        .unwrap_or_default(),
+                    match attempt_message(a) {
+                        m if m.is_empty() => m,
+                        m => format!(": {m}"),
+                    }
+                ));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

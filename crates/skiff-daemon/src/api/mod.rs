@@ -10,6 +10,7 @@
 pub mod error;
 mod eventing;
 mod images;
+mod jobs;
 pub(crate) mod observe;
 pub mod openapi;
 pub(crate) mod requests;
@@ -71,6 +72,8 @@ pub struct ApiState {
     pub history: skiff_control::history::SharedHistory,
     /// The dashboard (`/ui/`): its logins and what it shows beside the API's figures.
     pub ui: Arc<crate::ui::Ui>,
+    /// Jobs and their executions.
+    pub jobs: Arc<skiff_control::jobs::Jobs>,
     /// Brokers, Triggers and PingSources (`None` without a data directory).
     pub eventing: Option<Arc<skiff_control::eventing::Eventing>>,
 }
@@ -155,6 +158,14 @@ pub(crate) fn documented_routes() -> OpenApiRouter<ApiState> {
             secrets::apply_config_map,
             secrets::delete_config_map
         ))
+        .routes(routes!(jobs::list_all_jobs))
+        .routes(routes!(jobs::list_jobs))
+        .routes(routes!(jobs::get_job, jobs::apply_job, jobs::delete_job))
+        .routes(routes!(jobs::run_job))
+        .routes(routes!(jobs::list_executions))
+        .routes(routes!(jobs::get_execution, jobs::delete_execution))
+        .routes(routes!(jobs::cancel_execution))
+        .routes(routes!(jobs::execution_logs))
 }
 
 /// Builds the API router.

@@ -220,28 +220,42 @@ pub(super) async fn serve_log<T: serde::Serialize + Send + 'static>(
         tail: p.tail,
         follow: p.follow == Some(true),
     };
-    lines_response(current, read, ts, shown, what).await
+    lines_response(current, read, ts, shown, Following::default(), what).await
 }
 
 /// Which lines of a log a request asks for.
-struct Shown {
+pub(super) struct Shown {
     /// Only those since.
-    cutoff: Option<jiff::Timestamp>,
+    pub(super) cutoff: Option<jiff::Timestamp>,
     /// Only the last N.
-    tail: Option<usize>,
+    pub(super) tail: Option<usize>,
     /// Then keep sending new ones.
-    follow: bool,
+    pub(super) follow: bool,
+}
+
+/// Whether a followed log sends a new line (its raw NDJSON).
+pub(super) type Keep = Box<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
+/// How a followed log goes on: which of the new lines it sends (all by default) and when
+/// it ends (when the client goes, by default).
+#[derive(Default)]
+pub(super) struct Following {
+    /// Sends only the new lines this keeps.
+    pub(super) keep: Option<Keep>,
+    /// Once this completes, the lines written until then are sent and the response ends.
+    pub(super) until: Option<futures::future::BoxFuture<'static, ()>>,
 }
 
 /// The NDJSON response of a log kept in `files`: the lines `read` gives (blocking, so off
 /// the async workers), ordered by their time `ts` and selected as `shown` asks, then with
-/// `follow` the lines appended to the files since they were read. `what` names the log in
-/// an error.
-async fn lines_response<T: serde::Serialize + Send + 'static>(
+/// `follow` the lines appended to the files since they were read, as `following` says.
+/// `what` names the log in an error.
+pub(super) async fn lines_response<T: serde::Serialize + Send + 'static>(
     files: Vec<PathBuf>,
     read: impl FnOnce() -> Vec<T> + Send + 'static,
     ts: fn(&T) -> &str,
     shown: Shown,
+    following: Following,
     what: &'static str,
 ) -> Result<Response, ApiError> {
     let (head, offsets) = tokio::task::spawn_blocking({
@@ -254,7 +268,7 @@ async fn lines_response<T: serde::Serialize + Send + 'static>(
     .await
     .map_err(|e| ApiError::new(ErrorCode::Internal, format!("reading {what} failed: {e}")))?;
     if shown.follow {
-        Ok(follow(head, files, offsets))
+        Ok(follow(head, files, offsets, following))
     } else {
         Ok(ndjson(head))
     }
@@ -270,23 +284,34 @@ pub(super) fn ndjson(lines: Vec<bytes::Bytes>) -> Response {
         .into_response()
 }
 
-/// An NDJSON response of `head`, then of the lines appended to `files` after `offsets`,
-/// polled until the client goes away.
-pub(super) fn follow(
+/// An NDJSON response of `head`, then of the lines appended to `files` after `offsets`
+/// (those `following` keeps), polled until the client goes away or `following.until`
+/// completes.
+fn follow(
     head: Vec<bytes::Bytes>,
     files: Vec<PathBuf>,
     mut offsets: Vec<u64>,
+    following: Following,
 ) -> Response {
     // From the end of each file when it was read, poll for new lines.
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
+    let Following { keep, mut until } = following;
     tokio::spawn(async move {
         for b in head {
             if tx.send(b).await.is_err() {
                 return;
             }
         }
+        let poll = std::time::Duration::from_millis(200);
+        let mut ended = false;
         loop {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            match until.as_mut() {
+                Some(end) => tokio::select! {
+                    () = tokio::time::sleep(poll) => {}
+                    () = end => ended = true,
+                },
+                None => tokio::time::sleep(poll).await,
+            }
             let files = files.clone();
             let Ok((chunks, now)) =
                 tokio::task::spawn_blocking(move || read_new_lines(&files, offsets)).await
@@ -295,11 +320,15 @@ pub(super) fn follow(
             };
             offsets = now;
             for b in chunks {
+                if keep.as_ref().is_some_and(|k| !k(&b)) {
+                    continue;
+                }
                 if tx.send(b).await.is_err() {
                     return;
                 }
             }
-            if tx.is_closed() {
+            // The lines written until the end are sent: done.
+            if ended || tx.is_closed() {
                 return;
             }
         }

@@ -172,17 +172,20 @@ pub(super) async fn read_manifest(
     }
 }
 
-/// Refuses `imagePullSecrets` naming a stored Secret that is not of type
-/// `kubernetes.io/dockerconfigjson` (a Secret not stored yet is allowed: it may come later,
-/// and a pull without it may not need it).
-async fn check_pull_secrets(
+/// Refuses `imagePullSecrets` (at `at`, the pod spec's path: `spec.template.spec` in a
+/// Service) naming a stored Secret that is not of type `kubernetes.io/dockerconfigjson` (a
+/// Secret not stored yet is allowed: it may come later, and a pull without it may not need
+/// it).
+pub(super) async fn check_pull_secrets(
     state: &ApiState,
     namespace: &str,
     doc: &Document,
+    at: &str,
 ) -> Result<(), ApiError> {
+    let pointer = format!("/{}/imagePullSecrets", at.replace('.', "/"));
     let Some(list) = doc
         .value
-        .pointer("/spec/template/spec/imagePullSecrets")
+        .pointer(&pointer)
         .and_then(serde_json::Value::as_array)
     else {
         return Ok(());
@@ -204,7 +207,7 @@ async fn check_pull_secrets(
         };
         if secret.type_ != skiff_api::config::SECRET_TYPE_DOCKER_CONFIG_JSON {
             problems.invalid(
-                &skiff_api::FieldPath::parse("spec.template.spec.imagePullSecrets")
+                &skiff_api::FieldPath::parse(&format!("{at}.imagePullSecrets"))
                     .index(i)
                     .key("name"),
                 format!(
@@ -305,7 +308,7 @@ pub async fn create_service(
     let params = query(params)?;
     let dry = dry_run(&params.dry_run)?;
     let (_permit, doc) = read_manifest(&state, &headers, body).await?;
-    check_pull_secrets(&state, &namespace, &doc).await?;
+    check_pull_secrets(&state, &namespace, &doc, "spec.template.spec").await?;
     let outcome = state
         .controller
         .apply(&namespace, None, &doc, ApplyMode::CreateOnly, dry)
@@ -339,7 +342,7 @@ pub async fn apply_service(
     let params = query(params)?;
     let dry = dry_run(&params.dry_run)?;
     let (_permit, doc) = read_manifest(&state, &headers, body).await?;
-    check_pull_secrets(&state, &namespace, &doc).await?;
+    check_pull_secrets(&state, &namespace, &doc, "spec.template.spec").await?;
     let outcome = state
         .controller
         .apply(

@@ -1,4 +1,5 @@
-//! `skiff apply -f FILE`: makes the daemon's Services match the manifests.
+//! `skiff apply -f FILE`: makes the daemon's Services, Jobs, Secrets and ConfigMaps match
+//! the manifests.
 
 use skiff_api::manifest::{Document, Object, parse_objects};
 use skiff_api::{ErrorCode, FieldPath, Problem};
@@ -8,7 +9,7 @@ use super::{display_name, read_input};
 use crate::connect::ConnectArgs;
 use crate::exit::{self, Exit, INVALID, OK};
 
-/// Create or update Services, Secrets and ConfigMaps from manifests (YAML or JSON).
+/// Create or update Services, Jobs, Secrets and ConfigMaps from manifests (YAML or JSON).
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
     /// A YAML or JSON file (many documents allowed), or `-` for standard input. Repeatable.
@@ -34,6 +35,32 @@ fn place(doc: &Document, mut problems: Vec<Problem>) -> Vec<Problem> {
         p.document = None;
     }
     problems
+}
+
+/// Reports a document the server refused, raising `code`; `Some(code)` when nothing more
+/// can be applied (the daemon is unreachable or refuses the token).
+fn refused(where_: &str, doc: &Document, err: ClientError, code: &mut i32) -> Option<i32> {
+    match err {
+        ClientError::Api { body, .. }
+            if body.code == ErrorCode::Invalid && !body.details.is_empty() =>
+        {
+            eprintln!("{where_}: refused by the server:");
+            for p in place(doc, body.details) {
+                eprintln!("  {p}");
+            }
+            *code = (*code).max(INVALID);
+            None
+        }
+        e => {
+            let e = Exit::from(e);
+            eprintln!("{where_}: {}", e.message);
+            if e.code == exit::UNREACHABLE || e.code == exit::UNAUTHORIZED {
+                return Some(e.code);
+            }
+            *code = (*code).max(e.code);
+            None
+        }
+    }
 }
 
 /// Runs the command.
@@ -135,22 +162,27 @@ pub async fn run(args: ApplyArgs) -> Result<i32, Exit> {
                         .await
                     {
                         Ok(result) => println!("{what}/{}{ns_suffix} {result}{suffix}", c.name),
-                        Err(ClientError::Api { body, .. })
-                            if body.code == ErrorCode::Invalid && !body.details.is_empty() =>
-                        {
-                            eprintln!("{where_}: refused by the server:");
-                            for p in place(&doc, body.details) {
-                                eprintln!("  {p}");
-                            }
-                            code = code.max(INVALID);
-                        }
                         Err(e) => {
-                            let e = Exit::from(e);
-                            eprintln!("{where_}: {}", e.message);
-                            if e.code == exit::UNREACHABLE || e.code == exit::UNAUTHORIZED {
-                                return Ok(e.code);
+                            if let Some(stop) = refused(&where_, &doc, e, &mut code) {
+                                return Ok(stop);
                             }
-                            code = code.max(e.code);
+                        }
+                    }
+                    continue;
+                }
+                Object::Job(j) => {
+                    match client
+                        .apply_job(&namespace, &j.name, body, "application/json", args.dry_run)
+                        .await
+                    {
+                        Ok(applied) => println!(
+                            "job/{}{ns_suffix} {}{suffix}",
+                            applied.job.metadata.name, applied.result
+                        ),
+                        Err(e) => {
+                            if let Some(stop) = refused(&where_, &doc, e, &mut code) {
+                                return Ok(stop);
+                            }
                         }
                     }
                     continue;
@@ -184,22 +216,10 @@ pub async fn run(args: ApplyArgs) -> Result<i32, Exit> {
                         applied.service.metadata.name, applied.result
                     );
                 }
-                Err(ClientError::Api { body, .. })
-                    if body.code == ErrorCode::Invalid && !body.details.is_empty() =>
-                {
-                    eprintln!("{where_}: refused by the server:");
-                    for p in place(&doc, body.details) {
-                        eprintln!("  {p}");
-                    }
-                    code = code.max(INVALID);
-                }
                 Err(e) => {
-                    let e = Exit::from(e);
-                    eprintln!("{where_}: {}", e.message);
-                    if e.code == exit::UNREACHABLE || e.code == exit::UNAUTHORIZED {
-                        return Ok(e.code);
+                    if let Some(stop) = refused(&where_, &doc, e, &mut code) {
+                        return Ok(stop);
                     }
-                    code = code.max(e.code);
                 }
             }
         }

@@ -1,5 +1,5 @@
-//! `skiff delete service|secret|configmap NAME`: removes a Service (with its revisions), a
-//! Secret or a ConfigMap.
+//! `skiff delete service|job|secret|configmap NAME`: removes a Service (with its revisions),
+//! a Job (with its executions), a Secret or a ConfigMap.
 
 use crate::connect::ConnectArgs;
 use crate::exit::{Exit, OK};
@@ -16,12 +16,16 @@ pub enum Kind {
     /// A ConfigMap (also: configmaps, cm).
     #[value(alias = "configmaps", alias = "cm")]
     Configmap,
+    /// A Cloud Run Job with its executions (also: jobs); its running tasks are stopped.
+    #[value(alias = "jobs")]
+    Job,
 }
 
-/// Delete Services with all their revisions, Secrets or ConfigMaps.
+/// Delete Services with all their revisions, Jobs with their executions, Secrets or
+/// ConfigMaps.
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
-    /// `service`, `secret` or `configmap`.
+    /// `service`, `job`, `secret` or `configmap`.
     pub kind: Kind,
     /// The names.
     #[arg(required = true)]
@@ -39,8 +43,11 @@ pub struct DeleteArgs {
 /// Runs the command.
 pub async fn run(args: DeleteArgs) -> Result<i32, Exit> {
     let client = args.connect.client()?;
+    if args.kind == Kind::Job {
+        return super::jobs::delete_jobs(&client, &args.namespace, &args.names, args.dry_run).await;
+    }
     let config = match args.kind {
-        Kind::Service => None,
+        Kind::Service | Kind::Job => None,
         Kind::Secret => Some(skiff_api::config::ConfigKind::Secret),
         Kind::Configmap => Some(skiff_api::config::ConfigKind::ConfigMap),
     };

@@ -1,7 +1,8 @@
 //! `skiff describe service NAME`: one Service, its revisions, traffic, conditions, scaling
 //! (with cold starts and the last decisions) and instances. `skiff describe revision NAME`:
-//! one revision, its images and conditions. `skiff describe secret NAME`: its type, keys and
-//! sizes, never a value.
+//! one revision, its images and conditions. `skiff describe job NAME`: its template, schedule
+//! and recent executions. `skiff describe execution NAME`: its conditions, counts and tasks.
+//! `skiff describe secret NAME`: its type, keys and sizes, never a value.
 
 use crate::connect::ConnectArgs;
 use crate::exit::{Exit, OK};
@@ -19,12 +20,18 @@ pub enum Kind {
     /// A Secret (also: secrets): its type, keys and sizes, never a value.
     #[value(alias = "secrets")]
     Secret,
+    /// A Cloud Run Job (also: jobs): its template, schedule and recent executions.
+    #[value(alias = "jobs")]
+    Job,
+    /// An execution of a Job (also: executions): conditions, counts, each task.
+    #[value(alias = "executions")]
+    Execution,
 }
 
-/// Show a Service, a revision or a Secret in detail.
+/// Show a Service, a revision, a Job, an execution or a Secret in detail.
 #[derive(Debug, clap::Args)]
 pub struct DescribeArgs {
-    /// `service`, `revision` or `secret`.
+    /// `service`, `revision`, `job`, `execution` or `secret`.
     pub kind: Kind,
     /// Its name.
     pub name: String,
@@ -41,6 +48,18 @@ pub async fn run(args: DescribeArgs) -> Result<i32, Exit> {
     if args.kind == Kind::Revision {
         let r = client.get_revision(&args.namespace, &args.name).await?;
         print!("{}", output::describe_revision(&r));
+        return Ok(OK);
+    }
+    if args.kind == Kind::Job {
+        print!(
+            "{}",
+            super::jobs::describe_job(&client, &args.namespace, &args.name).await?
+        );
+        return Ok(OK);
+    }
+    if args.kind == Kind::Execution {
+        let e = client.get_execution(&args.namespace, &args.name).await?;
+        print!("{}", output::describe_execution(&e));
         return Ok(OK);
     }
     if args.kind == Kind::Secret {

@@ -1,9 +1,10 @@
-//! `skiff get services|revisions|secrets|configmaps`: lists objects.
+//! `skiff get services|revisions|jobs|executions|secrets|configmaps`: lists objects.
 
+use skiff_api::job::Execution;
 use skiff_api::object::List;
 
 use crate::connect::ConnectArgs;
-use crate::exit::{Exit, OK};
+use crate::exit::{Exit, OK, USAGE};
 use crate::output::{self, Format};
 
 /// What to list.
@@ -21,12 +22,18 @@ pub enum Kind {
     /// ConfigMaps (also: configmap, cm).
     #[value(alias = "configmap", alias = "cm")]
     Configmaps,
+    /// Cloud Run Jobs (also: job).
+    #[value(alias = "job")]
+    Jobs,
+    /// Executions of Jobs, newest first (also: execution).
+    #[value(alias = "execution")]
+    Executions,
 }
 
-/// List Services, Revisions, Secrets or ConfigMaps.
+/// List Services, Revisions, Jobs, Executions, Secrets or ConfigMaps.
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// `services`, `revisions`, `secrets` or `configmaps`.
+    /// `services`, `revisions`, `jobs`, `executions`, `secrets` or `configmaps`.
     pub kind: Kind,
     /// Show only this one.
     pub name: Option<String>,
@@ -39,6 +46,9 @@ pub struct GetArgs {
     /// For revisions: only those of this Service.
     #[arg(long)]
     pub service: Option<String>,
+    /// For executions: only those of this Job.
+    #[arg(long)]
+    pub job: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub output: Format,
@@ -55,6 +65,36 @@ fn config_list<T>(kind: &str, items: Vec<T>) -> List<T> {
     }
 }
 
+/// A `run.googleapis.com/v1` list.
+fn jobs_list<T>(kind: &str, items: Vec<T>) -> List<T> {
+    List {
+        api_version: skiff_api::job::JOBS_API_VERSION.to_owned(),
+        kind: kind.to_owned(),
+        items,
+    }
+}
+
+/// Prints executions as `format` asks (`one`: a single one was asked for by name).
+pub fn print_executions(
+    items: &[Execution],
+    format: Format,
+    one: bool,
+    namespace: &str,
+) -> Result<(), Exit> {
+    match format {
+        Format::Table if items.is_empty() => {
+            eprintln!("no executions found in namespace {namespace}")
+        }
+        Format::Table => output::print_table(&output::executions_table(items)),
+        f if one => print!("{}", output::render(&items[0], f)?),
+        f => print!(
+            "{}",
+            output::render(&jobs_list("ExecutionList", items.to_vec()), f)?
+        ),
+    }
+    Ok(())
+}
+
 /// Runs the command.
 pub async fn run(args: GetArgs) -> Result<i32, Exit> {
     let client = args.connect.client()?;
@@ -64,6 +104,40 @@ pub async fn run(args: GetArgs) -> Result<i32, Exit> {
         Some(args.namespace.as_str())
     };
     match args.kind {
+        Kind::Jobs => {
+            let items = match &args.name {
+                Some(name) => vec![client.get_job(&args.namespace, name).await?],
+                None => client.list_jobs(ns).await?,
+            };
+            match (args.output, &args.name) {
+                (Format::Table, _) if items.is_empty() => eprintln!(
+                    "no jobs found{}",
+                    ns.map(|n| format!(" in namespace {n}")).unwrap_or_default()
+                ),
+                (Format::Table, _) => {
+                    output::print_table(&output::jobs_table(&items, args.all_namespaces))
+                }
+                (f, Some(_)) => print!("{}", output::render(&items[0], f)?),
+                (f, None) => print!("{}", output::render(&jobs_list("JobList", items), f)?),
+            }
+        }
+        Kind::Executions => {
+            if args.all_namespaces {
+                return Err(Exit::new(
+                    USAGE,
+                    "executions are listed per namespace: use -n NAMESPACE (and --job JOB)",
+                ));
+            }
+            let items = match &args.name {
+                Some(name) => vec![client.get_execution(&args.namespace, name).await?],
+                None => {
+                    client
+                        .list_executions(&args.namespace, args.job.as_deref())
+                        .await?
+                }
+            };
+            print_executions(&items, args.output, args.name.is_some(), &args.namespace)?;
+        }
         Kind::Secrets => {
             let items = match &args.name {
                 Some(name) => vec![client.get_secret(&args.namespace, name).await?],

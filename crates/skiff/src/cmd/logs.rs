@@ -1,20 +1,30 @@
 //! `skiff logs SERVICE`: the stdout and stderr of a Service's instances; with `--requests`,
 //! its request log; with `--request-id`, one request and its instance's lines around it.
+//! `skiff logs --execution E [--task I]`: the output of an execution's tasks (every attempt,
+//! each under its instance `E-<task>-<attempt>`).
 
 use std::io::Write;
 
 use crate::connect::ConnectArgs;
 use crate::exit::{Exit, OK};
 
-/// Print the logs of a Service's instances (every revision, or one), oldest first.
+/// Print the logs of a Service's instances (every revision, or one), or of an execution's
+/// tasks, oldest first.
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
     /// The Service.
-    pub service: String,
+    #[arg(required_unless_present = "execution")]
+    pub service: Option<String>,
     /// Only this revision.
     #[arg(long)]
     pub revision: Option<String>,
-    /// Keep printing new lines as they come.
+    /// The output of this execution's tasks instead of a Service's.
+    #[arg(long, value_name = "EXECUTION", conflicts_with_all = ["service", "revision", "requests", "request_id"])]
+    pub execution: Option<String>,
+    /// With --execution: only this task's output (its index, every attempt).
+    #[arg(long, value_name = "INDEX", requires = "execution")]
+    pub task: Option<u32>,
+    /// Keep printing new lines as they come (for an execution: until it ends).
     #[arg(short = 'f', long)]
     pub follow: bool,
     /// Only lines newer than this: `10m`, `1h`, or an RFC 3339 time.
@@ -66,10 +76,9 @@ fn request_line(l: &skiff_api::wire::RequestLogLine) -> String {
 /// Runs the command.
 pub async fn run(args: LogsArgs) -> Result<i32, Exit> {
     let client = args.connect.client()?;
+    let service = args.service.clone().unwrap_or_default();
     if let Some(id) = &args.request_id {
-        let t = client
-            .request_trail(&args.namespace, &args.service, id)
-            .await?;
+        let t = client.request_trail(&args.namespace, &service, id).await?;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{}", request_line(&t.request));
         if t.logs.is_empty() {
@@ -98,9 +107,31 @@ pub async fn run(args: LogsArgs) -> Result<i32, Exit> {
         query.push(("follow", "true".into()));
     }
     let stdout = std::io::stdout();
+    let print = |l: skiff_api::wire::LogLine| {
+        let mut out = stdout.lock();
+        let _ = if args.timestamps {
+            writeln!(
+                out,
+                "{} {} [{}/{}] {}",
+                l.ts, l.stream, l.instance, l.container, l.line
+            )
+        } else {
+            writeln!(out, "[{}] {}", l.instance, l.line)
+        };
+        let _ = out.flush();
+    };
+    if let Some(execution) = &args.execution {
+        if let Some(t) = args.task {
+            query.push(("task", t.to_string()));
+        }
+        client
+            .execution_logs(&args.namespace, execution, &query, print)
+            .await?;
+        return Ok(OK);
+    }
     if args.requests {
         client
-            .request_log(&args.namespace, &args.service, &query, |l| {
+            .request_log(&args.namespace, &service, &query, |l| {
                 let mut out = stdout.lock();
                 let _ = writeln!(out, "{}", request_line(&l));
                 let _ = out.flush();
@@ -109,19 +140,7 @@ pub async fn run(args: LogsArgs) -> Result<i32, Exit> {
         return Ok(OK);
     }
     client
-        .logs(&args.namespace, &args.service, &query, |l| {
-            let mut out = stdout.lock();
-            let _ = if args.timestamps {
-                writeln!(
-                    out,
-                    "{} {} [{}/{}] {}",
-                    l.ts, l.stream, l.instance, l.container, l.line
-                )
-            } else {
-                writeln!(out, "[{}] {}", l.instance, l.line)
-            };
-            let _ = out.flush();
-        })
+        .logs(&args.namespace, &service, &query, print)
         .await?;
     Ok(OK)
 }

@@ -6,6 +6,7 @@ pub mod describe;
 pub mod eventing;
 pub mod get;
 pub mod images;
+pub mod jobs;
 pub mod logs;
 pub mod observe;
 pub mod scale;

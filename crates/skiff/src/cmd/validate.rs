@@ -21,7 +21,8 @@ pub fn report(file: &str, text: &str, warnings: bool) -> (usize, usize) {
     (problems, kinds.values().sum())
 }
 
-/// [`report`], counting the valid documents by kind (`Service`, `Secret`, `ConfigMap`).
+/// [`report`], counting the valid documents by kind (`Service`, `Job`, `Secret`,
+/// `ConfigMap`).
 pub fn report_kinds(
     file: &str,
     text: &str,
