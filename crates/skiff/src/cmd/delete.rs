@@ -19,13 +19,22 @@ pub enum Kind {
     /// A Cloud Run Job with its executions (also: jobs); its running tasks are stopped.
     #[value(alias = "jobs")]
     Job,
+    /// A Knative Broker (also: brokers).
+    #[value(alias = "brokers")]
+    Broker,
+    /// A Knative Trigger (also: triggers); its pending deliveries are dropped.
+    #[value(alias = "triggers")]
+    Trigger,
+    /// A Knative PingSource (also: pingsources).
+    #[value(alias = "pingsources")]
+    Pingsource,
 }
 
 /// Delete Services with all their revisions, Jobs with their executions, Secrets or
 /// ConfigMaps.
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
-    /// `service`, `job`, `secret` or `configmap`.
+    /// `service`, `job`, `broker`, `trigger`, `pingsource`, `secret` or `configmap`.
     pub kind: Kind,
     /// The names.
     #[arg(required = true)]
@@ -46,8 +55,31 @@ pub async fn run(args: DeleteArgs) -> Result<i32, Exit> {
     if args.kind == Kind::Job {
         return super::jobs::delete_jobs(&client, &args.namespace, &args.names, args.dry_run).await;
     }
+    let eventing = match args.kind {
+        Kind::Broker => Some(super::eventing::EventingKind::Brokers),
+        Kind::Trigger => Some(super::eventing::EventingKind::Triggers),
+        Kind::Pingsource => Some(super::eventing::EventingKind::Pingsources),
+        _ => None,
+    };
+    if let Some(kind) = eventing {
+        let mut code = OK;
+        for name in &args.names {
+            if args.dry_run {
+                println!("{}/{name} would be deleted (dry run)", kind.singular());
+                continue;
+            }
+            match super::eventing::delete(&client, kind, name, &args.namespace).await {
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("{name}: {}", e.message);
+                    code = code.max(e.code);
+                }
+            }
+        }
+        return Ok(code);
+    }
     let config = match args.kind {
-        Kind::Service | Kind::Job => None,
+        Kind::Service | Kind::Job | Kind::Broker | Kind::Trigger | Kind::Pingsource => None,
         Kind::Secret => Some(skiff_api::config::ConfigKind::Secret),
         Kind::Configmap => Some(skiff_api::config::ConfigKind::ConfigMap),
     };

@@ -26,12 +26,22 @@ pub enum Kind {
     /// An execution of a Job (also: executions): conditions, counts, each task.
     #[value(alias = "executions")]
     Execution,
+    /// A Knative Broker (also: brokers): its address and delivery settings.
+    #[value(alias = "brokers")]
+    Broker,
+    /// A Knative Trigger (also: triggers): filters, subscriber, delivery, why not ready.
+    #[value(alias = "triggers")]
+    Trigger,
+    /// A Knative PingSource (also: pingsources): schedule, sink, last and next runs.
+    #[value(alias = "pingsources")]
+    Pingsource,
 }
 
 /// Show a Service, a revision, a Job, an execution or a Secret in detail.
 #[derive(Debug, clap::Args)]
 pub struct DescribeArgs {
-    /// `service`, `revision`, `job`, `execution` or `secret`.
+    /// `service`, `revision`, `job`, `execution`, `broker`, `trigger`, `pingsource` or
+    /// `secret`.
     pub kind: Kind,
     /// Its name.
     pub name: String,
@@ -45,6 +55,15 @@ pub struct DescribeArgs {
 /// Runs the command.
 pub async fn run(args: DescribeArgs) -> Result<i32, Exit> {
     let client = args.connect.client()?;
+    let eventing = match args.kind {
+        Kind::Broker => Some(super::eventing::EventingKind::Brokers),
+        Kind::Trigger => Some(super::eventing::EventingKind::Triggers),
+        Kind::Pingsource => Some(super::eventing::EventingKind::Pingsources),
+        _ => None,
+    };
+    if let Some(kind) = eventing {
+        return super::eventing::describe(&client, kind, &args.name, &args.namespace).await;
+    }
     if args.kind == Kind::Revision {
         let r = client.get_revision(&args.namespace, &args.name).await?;
         print!("{}", output::describe_revision(&r));

@@ -22,6 +22,15 @@ pub enum EventingKind {
 }
 
 impl EventingKind {
+    /// `broker`, `trigger`, `pingsource`.
+    pub fn singular(self) -> &'static str {
+        match self {
+            EventingKind::Brokers => "broker",
+            EventingKind::Triggers => "trigger",
+            EventingKind::Pingsources => "pingsource",
+        }
+    }
+
     fn path(self) -> &'static str {
         match self {
             EventingKind::Brokers => "brokers",
@@ -243,11 +252,7 @@ pub async fn describe(
             line(
                 &mut out,
                 "Address",
-                &b.status
-                    .address
-                    .as_ref()
-                    .map_or("-", |a| a.url.as_str())
-                    .to_owned(),
+                b.status.address.as_ref().map_or("-", |a| a.url.as_str()),
             );
             if let Some(d) = &b.spec.delivery {
                 line(
@@ -355,11 +360,6 @@ pub async fn delete(
     namespace: &str,
 ) -> Result<i32, Exit> {
     client.delete_eventing(kind.path(), namespace, name).await?;
-    let what = match kind {
-        EventingKind::Brokers => "broker",
-        EventingKind::Triggers => "trigger",
-        EventingKind::Pingsources => "pingsource",
-    };
-    println!("{what}/{name} deleted");
+    println!("{}/{name} deleted", kind.singular());
     Ok(OK)
 }

@@ -1,4 +1,5 @@
-//! `skiff get services|revisions|jobs|executions|secrets|configmaps`: lists objects.
+//! `skiff get services|revisions|jobs|executions|brokers|triggers|pingsources|secrets|configmaps`:
+//! lists objects.
 
 use skiff_api::job::Execution;
 use skiff_api::object::List;
@@ -28,6 +29,15 @@ pub enum Kind {
     /// Executions of Jobs, newest first (also: execution).
     #[value(alias = "execution")]
     Executions,
+    /// Knative Brokers (also: broker).
+    #[value(alias = "broker")]
+    Brokers,
+    /// Knative Triggers (also: trigger).
+    #[value(alias = "trigger")]
+    Triggers,
+    /// Knative PingSources (also: pingsource).
+    #[value(alias = "pingsource")]
+    Pingsources,
 }
 
 /// List Services, Revisions, Jobs, Executions, Secrets or ConfigMaps.
@@ -104,6 +114,22 @@ pub async fn run(args: GetArgs) -> Result<i32, Exit> {
         Some(args.namespace.as_str())
     };
     match args.kind {
+        Kind::Brokers | Kind::Triggers | Kind::Pingsources => {
+            let kind = match args.kind {
+                Kind::Brokers => super::eventing::EventingKind::Brokers,
+                Kind::Triggers => super::eventing::EventingKind::Triggers,
+                _ => super::eventing::EventingKind::Pingsources,
+            };
+            return super::eventing::get(
+                &client,
+                kind,
+                args.name.as_deref(),
+                &args.namespace,
+                args.all_namespaces,
+                args.output,
+            )
+            .await;
+        }
         Kind::Jobs => {
             let items = match &args.name {
                 Some(name) => vec![client.get_job(&args.namespace, name).await?],
