@@ -505,14 +505,75 @@ async fn oncall(
         .iter()
         .map(revision_view)
         .collect();
-    Ok(render(views::oncall(
+    let mut page = views::oncall(
         ctx,
         &h,
         &slos(&state),
         &state.slo.firing(),
         &services,
         &revisions,
-    )))
+    );
+    page.sections.extend(views::work_sections(
+        &job_rows(&state).await?,
+        &delivery_rows(&state),
+    ));
+    Ok(render(page))
+}
+
+/// Every Job, with its executions running now, for the on-call view.
+async fn job_rows(state: &ApiState) -> Result<Vec<views::JobRow>, UiError> {
+    let mut out = Vec::new();
+    for j in state.jobs.list(None).await? {
+        let (ns, name) = (&j.metadata.namespace, &j.metadata.name);
+        let running = state
+            .jobs
+            .executions(ns, Some(name))
+            .await?
+            .iter()
+            .filter(|e| !e.is_done())
+            .count() as u64;
+        let s = &j.status;
+        out.push(views::JobRow {
+            namespace: ns.clone(),
+            name: name.clone(),
+            executions: s.execution_count,
+            latest: s.latest_created_execution.as_ref().map(|r| {
+                (
+                    r.name.clone(),
+                    serde_json::to_value(r.completion_status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                )
+            }),
+            schedule: s.schedule.as_ref().map(|s| match &s.timezone {
+                Some(tz) => format!("{} ({tz})", s.schedule),
+                None => s.schedule.clone(),
+            }),
+            next_run: s.next_schedule_time.clone(),
+            missed_runs: s.missed_runs,
+            running,
+        });
+    }
+    Ok(out)
+}
+
+/// Every Trigger's and PingSource's delivery figures, for the on-call view.
+fn delivery_rows(state: &ApiState) -> Vec<views::DeliveryRow> {
+    let Some(e) = &state.eventing else {
+        return Vec::new();
+    };
+    skiff_control::dispatch::figures(e)
+        .into_iter()
+        .map(|f| views::DeliveryRow {
+            subscription: f.subscription,
+            target: f.target,
+            depth: f.depth,
+            delivered: f.delivered,
+            retried: f.retried,
+            dead_lettered: f.dead_lettered,
+        })
+        .collect()
 }
 
 async fn debug_index(
