@@ -212,6 +212,7 @@ impl Ctx {
             drain_timeout: STOP_GRACE,
             egress: None,
             scheduled: None,
+            task: None,
         }
     }
 }

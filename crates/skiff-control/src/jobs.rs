@@ -54,6 +54,9 @@ pub mod conditions {
 }
 
 const MAX_ATTEMPTS: usize = 16;
+/// Attempts of one task lost to the daemon (`Lost`, `Unknown`) that are run again without
+/// using the task's `maxRetries`.
+pub const MAX_LOST_ATTEMPTS: usize = 3;
 const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 fn suffix() -> String {
@@ -230,6 +233,20 @@ pub fn step(
             t.state = TaskState::Cancelled;
             t.completion_time = Some(at.clone());
             out.outcomes.push(TaskOutcome::Cancelled);
+        } else if !spec.cancelled
+            && matches!(reason, "Lost" | "Unknown")
+            && t.attempts
+                .iter()
+                .filter(|a| matches!(a.reason.as_str(), "Lost" | "Unknown"))
+                .count()
+                <= MAX_LOST_ATTEMPTS
+        {
+            // The daemon, not the task, lost this attempt: run it again without using
+            // the task's retries (a few times at most, in case the task itself is why).
+            t.attempt += 1;
+            t.state = TaskState::Pending;
+            t.start_time = None;
+            out.outcomes.push(TaskOutcome::Retried);
         } else if t.retried < retries && !spec.cancelled {
             t.retried += 1;
             t.attempt += 1;
@@ -1506,6 +1523,7 @@ mod tests {
             "{:?}",
             e.status.tasks[1]
         );
+        assert_eq!(e.status.tasks[1].retried, 0, "a lost attempt uses no retry");
         // Later steps never start task 0 again.
         let s = step(
             &e,
@@ -1514,6 +1532,32 @@ mod tests {
             t(2),
         );
         assert!(s.start.is_empty());
+    }
+
+    #[test]
+    fn lost_attempts_use_no_retries_but_are_bounded() {
+        // maxRetries 0: only the daemon's losses are run again, a few times.
+        let mut e = exec(1, 1, 0);
+        let mut observed = HashMap::new();
+        let mut starts = 0;
+        for i in 0..10 {
+            let s = step(&e, &observed, true, t(i));
+            starts += s.start.len();
+            e.status = s.status;
+            if s.completed.is_some() {
+                break;
+            }
+            observed.clear();
+        }
+        assert_eq!(starts, 1 + MAX_LOST_ATTEMPTS);
+        assert_eq!(e.completion_status(), CompletionStatus::ExecutionFailed);
+        assert_eq!(e.status.tasks[0].retried, 0);
+        assert!(
+            e.status.tasks[0]
+                .attempts
+                .iter()
+                .all(|a| a.reason == "Lost")
+        );
     }
 
     #[test]
