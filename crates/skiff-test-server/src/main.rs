@@ -8,6 +8,21 @@
 //! (`/burn`), file writes (`/write`), failing health and readiness checks, delays, streaming, a concurrency
 //! detector, exits and log lines. See the list in [`USAGE`].
 //!
+//! It is also a CloudEvents sink ([`events`]): `POST /` takes binary-mode events, logs
+//! each delivery as `event id=… type=… source=… attempt=n` on stdout and answers as the
+//! `EVENT_*` environment variables say; `GET /events` reports what arrived.
+//!
+//! # Environment
+//!
+//! - `PORT`: the port to listen on (default 8080).
+//! - `TARGET`: `GET /` also says `hello $TARGET`.
+//! - `EVENT_FAIL_FIRST=N`, `EVENT_STATUS=CODE`, `EVENT_RETRY_AFTER=S`, `EVENT_DELAY_MS=MS`,
+//!   `EVENT_REPLY_TYPE=T`: how `POST /` answers, read at startup (an invalid value exits
+//!   with code 2). The first N deliveries of each event id answer 503; CODE answers every
+//!   delivery, overriding the rest; failing answers carry `Retry-After: S`; each delivery is
+//!   held MS ms; success is a 200 carrying a reply event of type T, else a 202. Details in
+//!   [`events`].
+//!
 //! On start it prints `skiff-test-server listening on :PORT pid=N` to stdout and
 //! `skiff-test-server stderr check` to stderr, so that log capture can be tested.
 //!
@@ -22,7 +37,8 @@
 //!
 //! # Limitations
 //!
-//! - Requests are not logged, so that stdout and stderr hold only what a test asked for.
+//! - Requests are not logged, so that stdout and stderr hold only what a test asked for;
+//!   the one exception is `POST /`, whose line per delivered event is what a test reads.
 //! - Threads started by `/forkbomb` are never stopped.
 #![deny(unsafe_code)]
 
@@ -45,6 +61,7 @@ macro_rules! out_line {
     }};
 }
 
+mod events;
 mod http;
 mod info;
 mod json;
@@ -77,8 +94,16 @@ reports them.
 
 Endpoints: GET / /info /headers /alloc?mb=N /forkbomb?max=N /burn?ms=N /healthz /ready
 /delay?ms=N /stream?chunks=N&interval_ms=M /concurrency[?hold_ms=N] /exit?code=N
-/log?line=TEXT&stream=stdout|stderr; POST /start-failing /set-ready?v=true|false /echo
-/write?path=P&mib=N
+/log?line=TEXT&stream=stdout|stderr /file?path=P /fetch?url=U /events; POST /start-failing
+/set-ready?v=true|false /echo /write?path=P&mib=N, and POST / (a CloudEvents sink, binary
+mode)
+
+Environment of the event sink (POST /), read at startup:
+  EVENT_FAIL_FIRST=N   the first N deliveries of each ce-id answer 503
+  EVENT_STATUS=CODE    answer every delivery CODE (200-599), overriding the rest
+  EVENT_RETRY_AFTER=S  add `Retry-After: S` to failing answers
+  EVENT_DELAY_MS=MS    hold each delivery MS ms before answering
+  EVENT_REPLY_TYPE=T   answer success 200 with a reply event of ce-type T (else 202)
 ";
 
 /// The port used when `PORT` is not set.
@@ -198,6 +223,15 @@ fn main() -> ExitCode {
             }
         },
     };
+    // Not valid UTF-8: kept lossily, so that the value is rejected rather than ignored.
+    let env = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+    let events = match events::Behaviour::from_lookup(env) {
+        Ok(b) => b,
+        Err(message) => {
+            err_line!("skiff-test-server: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let listener = match TcpListener::bind(("0.0.0.0", port)) {
         Ok(l) => l,
         Err(err) => {
@@ -238,7 +272,7 @@ fn main() -> ExitCode {
     );
     err_line!("skiff-test-server stderr check");
 
-    let state = Arc::new(State::new(started, opts.ready_after));
+    let state = Arc::new(State::new(started, opts.ready_after, events));
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,

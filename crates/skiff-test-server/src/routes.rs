@@ -1,6 +1,8 @@
 //! The endpoints: each request is matched to a [`Route`] (method and path), whose handler
 //! turns it into a [`Response`] plus what to do once the response is sent.
 //!
+//! `POST /` and `GET /events` are the CloudEvents sink of [`crate::events`].
+//!
 //! Handlers never panic on input: a bad query parameter is a 400 that names it. Sleeping is
 //! the point of several endpoints (`/delay`, `/stream`, `/concurrency`), so they call
 //! [`pause`].
@@ -8,6 +10,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::events::{Behaviour, Sink};
 use crate::http::{Body, Request, Response};
 use crate::info;
 use crate::json::Json;
@@ -39,11 +42,14 @@ pub struct State {
     /// How many `/concurrency` requests have started while another was in flight; a request
     /// that sees it change during its own hold also overlapped.
     overlaps: AtomicU64,
+    /// The CloudEvents sink (`POST /`, `GET /events`).
+    sink: Sink,
 }
 
 impl State {
-    /// Fresh state; `/ready` turns 200 `ready_after` after `started`.
-    pub fn new(started: Instant, ready_after: Duration) -> State {
+    /// Fresh state; `/ready` turns 200 `ready_after` after `started`, and the event sink
+    /// answers as `events` says.
+    pub fn new(started: Instant, ready_after: Duration, events: Behaviour) -> State {
         State {
             started,
             ready_after,
@@ -51,6 +57,7 @@ impl State {
             failing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             overlaps: AtomicU64::new(0),
+            sink: Sink::new(events),
         }
     }
 
@@ -95,6 +102,7 @@ enum Route {
     Write,
     File,
     Fetch,
+    Events,
 }
 
 impl Route {
@@ -103,7 +111,7 @@ impl Route {
         const GET: &[&str] = &["GET", "HEAD"];
         const POST: &[&str] = &["POST"];
         Some(match path {
-            "/" => (Route::Root, GET),
+            "/" => (Route::Root, &["GET", "HEAD", "POST"]),
             "/info" => (Route::Info, GET),
             "/headers" => (
                 Route::Headers,
@@ -125,6 +133,7 @@ impl Route {
             "/write" => (Route::Write, &["POST"]),
             "/file" => (Route::File, GET),
             "/fetch" => (Route::Fetch, GET),
+            "/events" => (Route::Events, GET),
             _ => return None,
         })
     }
@@ -254,6 +263,8 @@ pub fn handle(req: &Request, state: &State) -> (Response, Then) {
 fn dispatch(route: Route, req: &Request, state: &State) -> Result<(Response, Then), String> {
     let ok = |resp| Ok((resp, Then::Continue));
     match route {
+        Route::Root if req.method == "POST" => ok(state.sink.receive(req, &mut std::io::stdout())),
+        Route::Events => ok(Response::json(200, state.sink.report())),
         Route::Root => {
             let mut body = "hello from skiff-test-server\n".to_owned();
             if let Ok(target) = std::env::var("TARGET") {
@@ -541,5 +552,69 @@ fn concurrency(state: &State, hold: Duration) -> Response {
         Response::text(500, "concurrent requests seen\n")
     } else {
         Response::text(200, "ok\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::Version;
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: method.to_owned(),
+            target: path.to_owned(),
+            path: path.to_owned(),
+            query: String::new(),
+            version: Version::Http11,
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: Vec::new(),
+        }
+    }
+
+    fn answer(state: &State, method: &str, path: &str) -> (u16, String, Vec<String>) {
+        let (resp, then) = handle(&request(method, path, &[]), state);
+        assert_eq!(then, Then::Continue);
+        let body = match resp.body {
+            Body::Full(b) => String::from_utf8(b).expect("utf-8"),
+            Body::Stream(_) => panic!("a stream"),
+        };
+        let headers = resp
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}"))
+            .collect();
+        (resp.status, body, headers)
+    }
+
+    // `GET /` is unchanged, `POST /` is the sink, `GET /events` its report; other methods 405.
+    #[test]
+    fn root_and_events_route_by_method() {
+        let state = State::new(Instant::now(), Duration::ZERO, Behaviour::default());
+        let (status, body, _) = answer(&state, "GET", "/");
+        assert_eq!(status, 200);
+        assert!(body.starts_with("hello from skiff-test-server\n"), "{body}");
+        // Without a ce-id the sink answers 400 and logs nothing.
+        assert_eq!(
+            answer(&state, "POST", "/"),
+            (400, "missing ce-id\n".to_owned(), vec![])
+        );
+        let (status, _, headers) = answer(&state, "PUT", "/");
+        assert_eq!(
+            (status, headers),
+            (405, vec!["allow: GET, HEAD, POST".to_owned()])
+        );
+        assert_eq!(
+            answer(&state, "GET", "/events"),
+            (
+                200,
+                "{\"received\":0,\"ids\":[],\"attempts\":{}}\n".to_owned(),
+                vec![]
+            )
+        );
+        assert_eq!(answer(&state, "POST", "/events").0, 405);
     }
 }
