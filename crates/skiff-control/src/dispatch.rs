@@ -13,8 +13,8 @@
 //!   and records the outcome: ack, retry at the backoff's time (`Retry-After` honoured),
 //!   or dead (then a copy goes to the dead-letter sink, with Knative's `knativeerror*`
 //!   extensions). A 200 with an event in it is a reply, published to the Trigger's Broker.
-//!   A daemon killed mid-delivery leaves leases that expire: those deliveries are claimed
-//!   again (at least once).
+//!   A daemon killed mid-delivery leaves leases behind: the next start ends them, and those
+//!   deliveries are sent again at once (at least once).
 //! - **Backlog.** Every second the queue's depth per subscriber Service goes to the
 //!   autoscaler ([`crate::serving::Serving::set_backlogs`]).
 
@@ -305,6 +305,22 @@ impl Eventing {
 /// The dispatcher: until `stop`, starts a worker for every subscription with pending
 /// deliveries, and publishes the backlog.
 pub async fn run(eventing: Arc<Eventing>, client: reqwest::Client, stop: CancellationToken) {
+    // This daemon is the queue's only dispatcher (the data directory is locked): a lease it
+    // finds was taken by a previous process that died mid-delivery. Ended now, those
+    // deliveries go out again at once instead of after their leases (timeout + 30 s).
+    let queue = eventing.queue.clone();
+    match tokio::task::spawn_blocking(move || queue.expire_leases(jiff::Timestamp::now())).await {
+        Ok(Ok(n)) if n > 0 => {
+            info!(
+                deliveries = n,
+                "deliveries in flight when skiff last stopped are sent again"
+            )
+        }
+        Ok(Ok(_)) | Err(_) => {}
+        Ok(Err(e)) => {
+            warn!(error = %skiff_telemetry::ErrorChain(&e), "ending the leases of a previous run")
+        }
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut compacted = tokio::time::Instant::now();
