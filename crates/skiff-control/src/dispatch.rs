@@ -6,7 +6,8 @@
 //!   router's own listener ([`skiff_router::LocalService`]): binary, structured and batched
 //!   CloudEvents ([`skiff_events::http`]); a body over [`MAX_BODY`] is a 413, a malformed
 //!   event a 400 with the reason; 202 once every event of the request and its deliveries
-//!   are fsynced.
+//!   are fsynced. Until the Brokers and Triggers stored at start are all loaded into the
+//!   routes, a 503 with `Retry-After` (an event accepted then would miss a Trigger).
 //! - **Dispatch.** One worker per subscription with pending deliveries claims up to the
 //!   subscriber's capacity (leases), POSTs each event in binary mode **through the router**
 //!   (with the subscriber Service's Host), so a subscriber at zero is woken by the activator,
@@ -222,6 +223,16 @@ async fn ingest_request(
         );
         r.headers_mut()
             .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    if !eventing.routes_loaded() {
+        // Starting: an event accepted now could miss Triggers not loaded yet.
+        let mut r = answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "skiff is starting: its Brokers and Triggers are being loaded; try again",
+        );
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(1));
         return r;
     }
     if !eventing.has_broker(&ns, &broker) {
