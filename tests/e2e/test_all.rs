@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod daemon;
 mod dashboard;
+mod eventing;
 mod examples;
 mod hardening;
 mod images;

@@ -6,15 +6,16 @@
 //!   router's own listener ([`skiff_router::LocalService`]): binary, structured and batched
 //!   CloudEvents ([`skiff_events::http`]); a body over [`MAX_BODY`] is a 413, a malformed
 //!   event a 400 with the reason; 202 once every event of the request and its deliveries
-//!   are fsynced.
+//!   are fsynced. Until the Brokers and Triggers stored at start are all loaded into the
+//!   routes, a 503 with `Retry-After` (an event accepted then would miss a Trigger).
 //! - **Dispatch.** One worker per subscription with pending deliveries claims up to the
 //!   subscriber's capacity (leases), POSTs each event in binary mode **through the router**
 //!   (with the subscriber Service's Host), so a subscriber at zero is woken by the activator,
 //!   and records the outcome: ack, retry at the backoff's time (`Retry-After` honoured),
 //!   or dead (then a copy goes to the dead-letter sink, with Knative's `knativeerror*`
 //!   extensions). A 200 with an event in it is a reply, published to the Trigger's Broker.
-//!   A daemon killed mid-delivery leaves leases that expire: those deliveries are claimed
-//!   again (at least once).
+//!   A daemon killed mid-delivery leaves leases behind: the next start ends them, and those
+//!   deliveries are sent again at once (at least once).
 //! - **Backlog.** Every second the queue's depth per subscriber Service goes to the
 //!   autoscaler ([`crate::serving::Serving::set_backlogs`]).
 
@@ -224,6 +225,16 @@ async fn ingest_request(
             .insert(http::header::ALLOW, HeaderValue::from_static("POST"));
         return r;
     }
+    if !eventing.routes_loaded() {
+        // Starting: an event accepted now could miss Triggers not loaded yet.
+        let mut r = answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "skiff is starting: its Brokers and Triggers are being loaded; try again",
+        );
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(1));
+        return r;
+    }
     if !eventing.has_broker(&ns, &broker) {
         return answer(
             StatusCode::NOT_FOUND,
@@ -305,6 +316,22 @@ impl Eventing {
 /// The dispatcher: until `stop`, starts a worker for every subscription with pending
 /// deliveries, and publishes the backlog.
 pub async fn run(eventing: Arc<Eventing>, client: reqwest::Client, stop: CancellationToken) {
+    // This daemon is the queue's only dispatcher (the data directory is locked): a lease it
+    // finds was taken by a previous process that died mid-delivery. Ended now, those
+    // deliveries go out again at once instead of after their leases (timeout + 30 s).
+    let queue = eventing.queue.clone();
+    match tokio::task::spawn_blocking(move || queue.expire_leases(jiff::Timestamp::now())).await {
+        Ok(Ok(n)) if n > 0 => {
+            info!(
+                deliveries = n,
+                "deliveries in flight when skiff last stopped are sent again"
+            )
+        }
+        Ok(Ok(_)) | Err(_) => {}
+        Ok(Err(e)) => {
+            warn!(error = %skiff_telemetry::ErrorChain(&e), "ending the leases of a previous run")
+        }
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut compacted = tokio::time::Instant::now();

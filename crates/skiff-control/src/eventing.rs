@@ -245,6 +245,11 @@ pub struct Eventing {
     pub(crate) metrics: crate::dispatch::EventMetrics,
     /// Subscriptions with a worker delivering their events, and what wakes that worker.
     pub(crate) workers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// The stored Brokers and Triggers not yet reconciled since the daemon started (`None`
+    /// until they are listed).
+    loading: Mutex<Option<HashSet<EventingKey>>>,
+    /// Every Broker and Trigger stored at start is in the routes: the ingress may match.
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl Eventing {
@@ -270,7 +275,56 @@ impl Eventing {
             wake: Notify::new(),
             metrics,
             workers: Mutex::new(HashMap::new()),
+            loading: Mutex::new(None),
+            loaded: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether the routes hold every Broker and Trigger that was stored when the daemon
+    /// started. Until then the ingress refuses events (503): one accepted before its
+    /// Triggers are loaded would match none of them and be lost.
+    pub fn routes_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The Brokers and Triggers stored at start, listed: they must each be reconciled once
+    /// before the routes are complete.
+    fn loading(&self, keys: &[EventingKey]) {
+        if self.routes_loaded() {
+            return;
+        }
+        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        if loading.is_some() {
+            return;
+        }
+        let set: HashSet<EventingKey> = keys
+            .iter()
+            .filter(|k| !matches!(k, EventingKey::Ping(..)))
+            .cloned()
+            .collect();
+        if set.is_empty() {
+            self.loaded
+                .store(true, std::sync::atomic::Ordering::Release);
+        } else {
+            *loading = Some(set);
+        }
+    }
+
+    /// `key` was reconciled: the routes are complete once every key listed at start was.
+    fn loaded_one(&self, key: &EventingKey) {
+        if self.routes_loaded() {
+            return;
+        }
+        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = loading.as_mut() {
+            set.remove(key);
+            if set.is_empty() {
+                *loading = None;
+                self.loaded
+                    .store(true, std::sync::atomic::Ordering::Release);
+                info!("eventing routes loaded: the broker ingress accepts events");
+            }
+        }
     }
 
     /// The broker ingress's host.
@@ -1059,6 +1113,7 @@ impl Reconciler for EventingReconciler {
         for p in e.list::<PingSource>(keys::PINGSOURCES).await? {
             out.push(EventingKey::Ping(p.metadata.namespace, p.metadata.name));
         }
+        e.loading(&out);
         Ok(out)
     }
 
@@ -1069,6 +1124,7 @@ impl Reconciler for EventingReconciler {
             EventingKey::Trigger(ns, n) => e.reconcile_trigger(ns, n).await?,
             EventingKey::Ping(ns, n) => e.reconcile_ping(ns, n).await?,
         };
+        e.loaded_one(key);
         if let Some(h) = self.handle.get() {
             for k in e.take_pending() {
                 h.enqueue(k);

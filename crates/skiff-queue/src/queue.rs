@@ -470,6 +470,34 @@ impl Queue {
         })
     }
 
+    /// Ends every lease at `now`: each leased delivery becomes claimable at once (with the next
+    /// attempt number and a fresh lease), as if its lease had run out. For the process that
+    /// owns the file when it starts: the leases it finds were taken by a process that is gone
+    /// (a crash, a `kill -9`), whose deliveries would otherwise wait out their leases. A late
+    /// report from an old holder is treated as for an expired lease. Returns how many leases
+    /// ended. Not fsynced (losing it only restores the old lease ends).
+    pub fn expire_leases(&self, now: Timestamp) -> Result<u64, QueueError> {
+        const OP: &str = "expire_leases";
+        self.with_db(|db| {
+            db.set_sync(SyncMode::Normal).during(OP)?;
+            let n = db
+                .conn
+                .prepare_cached(
+                    "UPDATE deliveries SET due_at = ?1 WHERE state = 'leased' AND due_at > ?1",
+                )
+                .during(OP)?
+                .execute([now.as_microsecond()])
+                .during(OP)?;
+            if n > 0 {
+                info!(
+                    expired = n,
+                    "delivery queue leases of a previous process ended"
+                );
+            }
+            Ok(n as u64)
+        })
+    }
+
     /// Removes `subscription`'s pending (ready and leased) deliveries, because its Trigger was
     /// deleted, and the events no other delivery needs; returns how many deliveries. Its done
     /// deliveries go with [`Queue::compact`]; its dead letters stay listable. A consumer still
@@ -974,6 +1002,50 @@ mod tests {
                 Ok(())
             })
             .expect("statement status");
+    }
+
+    #[test]
+    fn expire_leases_makes_leased_deliveries_claimable_at_once() {
+        // A process that died holding leases: its successor ends them and claims the
+        // deliveries again (next attempt, fresh lease), instead of waiting out the leases.
+        let (_dir, queue) = temp_queue();
+        queue.enqueue(b"e1", &["s/a"], t(0)).expect("enqueue");
+        queue.enqueue(b"e2", &["s/a"], t(0)).expect("enqueue");
+        let old = queue
+            .claim("s/a", t(1), Duration::from_secs(90), 1)
+            .expect("claim");
+        assert_eq!(old.len(), 1);
+        assert!(
+            queue
+                .claim("s/a", t(2), Duration::from_secs(90), 10)
+                .expect("claim")
+                .len()
+                == 1
+        );
+        assert!(
+            queue
+                .claim("s/a", t(3), Duration::from_secs(90), 10)
+                .expect("claim")
+                .is_empty()
+        );
+        assert_eq!(queue.expire_leases(t(3)).expect("expire"), 2);
+        let again = queue
+            .claim("s/a", t(3), Duration::from_secs(90), 10)
+            .expect("claim");
+        assert_eq!(again.len(), 2);
+        assert!(again.iter().all(|c| c.attempt == 2), "{again:?}");
+        assert_eq!(queue.depth("s/a").expect("depth"), 2);
+        // The old holder's lease is stale now.
+        assert!(matches!(
+            queue.ack(&old[0].lease, t(4)),
+            Err(QueueError::StaleLease { .. })
+        ));
+        for c in &again {
+            queue.ack(&c.lease, t(4)).expect("ack");
+        }
+        assert_eq!(queue.depth("s/a").expect("depth"), 0);
+        // Nothing leased: nothing to end.
+        assert_eq!(queue.expire_leases(t(5)).expect("expire"), 0);
     }
 
     /// xorshift64*: reproducible pseudo-random operations.
