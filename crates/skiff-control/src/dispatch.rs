@@ -863,6 +863,38 @@ pub fn figures(eventing: &Eventing) -> Vec<DeliveryFigures> {
         .collect()
 }
 
+/// Fills a Trigger's status with its delivery figures since the daemon started (they are
+/// not stored: a status write per delivery would cost more than the delivery).
+pub fn fill_trigger(eventing: &Eventing, t: &mut skiff_api::eventing::Trigger) {
+    let sub = crate::eventing::trigger_subscription(&t.metadata.namespace, &t.metadata.name);
+    if let Some(f) = figures(eventing)
+        .into_iter()
+        .find(|f| f.subscription == sub)
+    {
+        t.status.delivered = Some(f.delivered);
+        t.status.failed = Some(f.retried);
+        t.status.dead_lettered = Some(f.dead_lettered);
+    }
+}
+
+/// Fills a Broker's status with its Triggers' queued and given-up events.
+pub fn fill_broker(eventing: &Eventing, b: &mut skiff_api::eventing::Broker) {
+    let targets = eventing.targets();
+    let (mut depth, mut dead) = (0, 0);
+    for f in figures(eventing) {
+        let ours = targets.get(&f.subscription).is_some_and(|t| {
+            t.namespace == b.metadata.namespace
+                && t.reply_broker.as_deref() == Some(b.metadata.name.as_str())
+        });
+        if ours {
+            depth += f.depth;
+            dead += f.dead_lettered;
+        }
+    }
+    b.status.queue_depth = Some(depth);
+    b.status.dead_lettered = Some(dead);
+}
+
 /// The subscriptions with a worker now (tests, describe).
 pub fn workers(eventing: &Eventing) -> HashSet<String> {
     eventing

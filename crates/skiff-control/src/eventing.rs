@@ -1009,7 +1009,10 @@ impl Eventing {
             queue.enqueue_events(&new, now)
         })
         .await??;
-        self.metrics.received(ns, source, events.len() as u64);
+        // A dead letter's copy was counted when its event was received.
+        if source != "deadletter" {
+            self.metrics.received(ns, source, events.len() as u64);
+        }
         // The subscriptions' workers, if they run; else the dispatcher, which starts them.
         let subs: HashSet<&String> = events.iter().flat_map(|(_, s)| s).collect();
         let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());

@@ -128,7 +128,7 @@ async fn apply(
 
 macro_rules! handlers {
     (
-        $t:ty, $kind:expr, $api:expr, $list_kind:literal, $tag:literal, $prefix:path,
+        $t:ty, $kind:expr, $api:expr, $list_kind:literal, $tag:literal, $prefix:path, $fill:expr,
         all = $all_path:literal, ns = $ns_path:literal, one = $one_path:literal,
         $list_all:ident, $list_ns:ident, $apply:ident, $get:ident, $delete:ident
     ) => {
@@ -136,7 +136,9 @@ macro_rules! handlers {
         #[utoipa::path(get, path = $all_path, tag = $tag,
             responses((status = 200, body = List<$t>), (status = 401, body = skiff_api::ErrorBody)))]
         pub async fn $list_all(State(state): State<ApiState>) -> Result<Json<List<$t>>, ApiError> {
-            let items = eventing(&state)?.list::<$t>($prefix(None).as_str()).await?;
+            let ev = eventing(&state)?;
+            let mut items = ev.list::<$t>($prefix(None).as_str()).await?;
+            items.iter_mut().for_each(|i| ($fill)(ev, i));
             Ok(Json(list($api, $list_kind, items)))
         }
 
@@ -149,9 +151,9 @@ macro_rules! handlers {
             Path(namespace): Path<String>,
         ) -> Result<Json<List<$t>>, ApiError> {
             check_segment("namespace", &namespace)?;
-            let items = eventing(&state)?
-                .list::<$t>($prefix(Some(&namespace)).as_str())
-                .await?;
+            let ev = eventing(&state)?;
+            let mut items = ev.list::<$t>($prefix(Some(&namespace)).as_str()).await?;
+            items.iter_mut().for_each(|i| ($fill)(ev, i));
             Ok(Json(list($api, $list_kind, items)))
         }
 
@@ -183,7 +185,10 @@ macro_rules! handlers {
             Path((namespace, name)): Path<(String, String)>,
         ) -> Result<Json<$t>, ApiError> {
             check_segment("namespace", &namespace)?;
-            Ok(Json(eventing(&state)?.get::<$t>(&namespace, &name).await?))
+            let ev = eventing(&state)?;
+            let mut item = ev.get::<$t>(&namespace, &name).await?;
+            ($fill)(ev, &mut item);
+            Ok(Json(item))
         }
 
         #[doc = concat!("Deletes one of the ", $tag, ".")]
@@ -208,6 +213,7 @@ handlers!(
     "BrokerList",
     "brokers",
     keys::brokers,
+    skiff_control::dispatch::fill_broker,
     all = "/api/v1/brokers",
     ns = "/api/v1/namespaces/{namespace}/brokers",
     one = "/api/v1/namespaces/{namespace}/brokers/{name}",
@@ -224,6 +230,7 @@ handlers!(
     "TriggerList",
     "triggers",
     keys::triggers,
+    skiff_control::dispatch::fill_trigger,
     all = "/api/v1/triggers",
     ns = "/api/v1/namespaces/{namespace}/triggers",
     one = "/api/v1/namespaces/{namespace}/triggers/{name}",
@@ -240,6 +247,7 @@ handlers!(
     "PingSourceList",
     "pingsources",
     keys::pingsources,
+    |_: &Eventing, _: &mut PingSource| {},
     all = "/api/v1/pingsources",
     ns = "/api/v1/namespaces/{namespace}/pingsources",
     one = "/api/v1/namespaces/{namespace}/pingsources/{name}",
