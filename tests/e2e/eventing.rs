@@ -1521,3 +1521,84 @@ async fn bad_manifests_name_their_fields() {
     assert!(triggers.is_empty() && pings.is_empty(), "nothing stored");
     d.cleanup().await.expect("cleanup");
 }
+
+/// A Trigger whose subscriber is a Cloud Run Job: each matching event starts one execution,
+/// whose task sees the event's attributes and data as `CE_*` variables.
+#[tokio::test]
+async fn a_job_as_subscriber_runs_once_per_event() {
+    if crate::jobs::skip() {
+        return;
+    }
+    let d = crate::jobs::daemon(&[]).await;
+    let job = crate::jobs::job_yaml(&crate::jobs::JobSpec {
+        name: "on-order",
+        script: "echo \"got $CE_ID $CE_TYPE $CE_DATA\"",
+        ..Default::default()
+    });
+    apply(
+        &d,
+        &format!(
+            "{job}---\n{}---\napiVersion: eventing.knative.dev/v1\nkind: Trigger\nmetadata:\n  name: to-job\nspec:\n  broker: jobs\n  filter:\n    attributes:\n      type: com.example.order\n  subscriber:\n    ref:\n      apiVersion: run.googleapis.com/v1\n      kind: Job\n      name: on-order\n",
+            broker("jobs")
+        ),
+    );
+    wait_trigger(&d, "to-job", ConditionStatus::True).await;
+    let http = ingress_client(&d);
+    for id in ["order-1", "order-2"] {
+        let (status, body) = post(
+            &http,
+            &broker_url(&d, "jobs"),
+            binary(event(id, "com.example.order", "/shop")),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let client = d.client();
+    let executions = wait_for(
+        "two executions, ended",
+        Duration::from_millis(100),
+        MAX_WAIT,
+        || {
+            let client = client.clone();
+            async move {
+                let all = client
+                    .list_executions("default", Some("on-order"))
+                    .await
+                    .ok()?;
+                (all.len() == 2 && all.iter().all(|e| e.is_done())).then_some(all)
+            }
+        },
+    )
+    .await
+    .expect("an execution per event");
+    let mut seen = BTreeSet::new();
+    for e in &executions {
+        let e = crate::jobs::ended(&d, &e.metadata.name).await;
+        assert_eq!(
+            e.completion_status(),
+            skiff_api::job::CompletionStatus::ExecutionSucceeded,
+            "{e:?}"
+        );
+        let mut lines = Vec::new();
+        client
+            .execution_logs("default", &e.metadata.name, &[], |l| lines.push(l.line))
+            .await
+            .expect("the execution's logs");
+        let got = lines
+            .iter()
+            .find(|l| l.starts_with("got "))
+            .unwrap_or_else(|| panic!("no event in the task's output: {lines:?}"));
+        let words: Vec<&str> = got.split(' ').collect();
+        assert_eq!(words[2], "com.example.order", "{got}");
+        assert!(
+            got.contains(&format!("{{\"id\":\"{}\"}}", words[1])),
+            "{got}"
+        );
+        seen.insert(words[1].to_owned());
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["order-1".to_owned(), "order-2".to_owned()])
+    );
+    d.cleanup().await.expect("cleanup");
+}

@@ -20,7 +20,7 @@ const IMAGE: &str = "skiff.local/busybox:v1";
 
 /// Whether these tests must be skipped here (they run containers: root, runc and the host's
 /// static busybox); says why when they must.
-fn skip() -> bool {
+pub(crate) fn skip() -> bool {
     if !rustix::process::geteuid().is_root() {
         eprintln!("skipped: running containers needs root");
         return true;
@@ -37,7 +37,7 @@ fn skip() -> bool {
 }
 
 /// A daemon started with `args`, with the busybox image imported as [`IMAGE`].
-async fn daemon(args: &[&str]) -> TestDaemon {
+pub(crate) async fn daemon(args: &[&str]) -> TestDaemon {
     let d = TestDaemon::start_with(SKIFF, args).await.expect("daemon");
     let layout = d.data_dir().with_file_name("busybox-layout");
     ImageBuilder::new()
@@ -54,16 +54,16 @@ async fn daemon(args: &[&str]) -> TestDaemon {
 }
 
 /// How a test job is made.
-struct JobSpec<'a> {
-    name: &'a str,
-    tasks: u32,
-    parallelism: u32,
-    retries: u32,
-    timeout_seconds: u32,
+pub(crate) struct JobSpec<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) tasks: u32,
+    pub(crate) parallelism: u32,
+    pub(crate) retries: u32,
+    pub(crate) timeout_seconds: u32,
     /// The `sh -c` script; the container's `args` follow it as `$1…`.
-    script: &'a str,
-    args: &'a [&'a str],
-    env: &'a [(&'a str, &'a str)],
+    pub(crate) script: &'a str,
+    pub(crate) args: &'a [&'a str],
+    pub(crate) env: &'a [(&'a str, &'a str)],
 }
 
 impl Default for JobSpec<'_> {
@@ -82,7 +82,7 @@ impl Default for JobSpec<'_> {
 }
 
 /// A Cloud Run Job manifest (YAML; strings as JSON, which YAML reads).
-fn job_yaml(j: &JobSpec) -> String {
+pub(crate) fn job_yaml(j: &JobSpec) -> String {
     let q = |s: &str| serde_json::to_string(s).expect("a string");
     let mut env = String::new();
     for (k, v) in j.env {
@@ -118,7 +118,7 @@ async fn execution(d: &TestDaemon, name: &str) -> Execution {
 }
 
 /// Waits until an execution has ended.
-async fn ended(d: &TestDaemon, name: &str) -> Execution {
+pub(crate) async fn ended(d: &TestDaemon, name: &str) -> Execution {
     let client = d.client();
     wait_for(
         "the execution to end",
