@@ -89,6 +89,11 @@ pub async fn run(args: ApplyArgs) -> Result<i32, Exit> {
             };
             let valid = match valid {
                 Object::Service(s) => s,
+                Object::Job(_) => {
+                    eprintln!("{where_}: Jobs are not handled by this build");
+                    code = code.max(INVALID);
+                    continue;
+                }
                 Object::PingSource(_) | Object::Broker(_) | Object::Trigger(_) => {
                     let (path, what) = match &valid {
                         Object::PingSource(_) => ("pingsources", "pingsource"),
