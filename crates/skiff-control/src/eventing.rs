@@ -938,6 +938,12 @@ impl Eventing {
         let queue = self.queue.clone();
         let source_key = format!("{ns}/{source}");
         let now = jiff::Timestamp::now();
+        // Counted where the commit happens: the blocking task runs to the end even when this
+        // future is dropped (a broker client that disconnects while its events are being
+        // stored), and the events it stored are delivered, so they must count as received.
+        let (metrics, count_ns, count_source) =
+            (self.metrics.clone(), ns.to_owned(), source.to_owned());
+        let n = events.len() as u64;
         tokio::task::spawn_blocking(move || {
             let subs: Vec<Vec<&str>> = items
                 .iter()
@@ -952,10 +958,11 @@ impl Eventing {
                     subscriptions: s,
                 })
                 .collect();
-            queue.enqueue_events(&new, now)
+            let stored = queue.enqueue_events(&new, now)?;
+            metrics.received(&count_ns, &count_source, n);
+            Ok::<_, skiff_queue::QueueError>(stored)
         })
         .await??;
-        self.metrics.received(ns, source, events.len() as u64);
         self.wake.notify_one();
         Ok(())
     }
