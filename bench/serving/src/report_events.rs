@@ -289,7 +289,7 @@ fn batch_section(o: &mut String, e: &EventsResults) {
     let hist_n = b.histogram.last().map_or(0, |x| x.1);
     let _ = writeln!(
         o,
-        "| Delivery latency, the dispatcher's histogram | p50 ≈ {}, p99 ≈ {}; mean {:.1} ms ({} observations) | `skiff_event_delivery_latency_seconds` (acceptance → the subscriber's answer), after − before the batch, interpolated linearly inside the bucket: precise to the bucket only |",
+        "| Delivery latency, the dispatcher's histogram | p50 ≈ {}, p99 ≈ {}; mean {:.1} ms ({} observations) | `skiff_event_delivery_latency_seconds` (acceptance → the subscriber's answer), after − before the batch; quantiles interpolated linearly inside their bucket, so precise to the bucket only; the mean (sum ÷ count) is exact and checks the per-event mean above |",
         q(0.5),
         q(0.99),
         b.histogram_sum_s * 1000.0 / hist_n.max(1) as f64,
@@ -302,9 +302,17 @@ fn batch_section(o: &mut String, e: &EventsResults) {
         f.depth_peak, gauge_peak
     );
     let in_flight = b.samples.iter().map(|x| x.in_flight).max().unwrap_or(0);
+    // While there was a backlog to deliver.
+    let busy: Vec<f64> = b
+        .samples
+        .iter()
+        .filter(|x| x.depth > 0 && x.delivered > b.base_delivered)
+        .map(|x| x.in_flight as f64)
+        .collect();
     let _ = writeln!(
         o,
-        "| Subscriber's capacity used | up to {} requests in flight at the Service (of {} the dispatcher may send) | the scale API's `inFlight`, every 100 ms |",
+        "| Subscriber's capacity used | median {:.0}, at most {} requests in flight at the Service while the queue was not empty (the dispatcher may have {} deliveries in flight) | the scale API's `inFlight` (requests inside the instance), every 100 ms |",
+        skiff_bench_runtime::stats::median(&busy),
         in_flight,
         e.settings.capacity()
     );
