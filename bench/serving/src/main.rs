@@ -7,22 +7,28 @@
 //!    traces off and on (a second daemon, exporting to an OTLP sink of ours, [`otlp`]), beside
 //!    a direct connection and nginx ([`router`]);
 //! 3. **burst**: a 10× step in concurrent clients: time until enough instances are ready,
-//!    the instance count timeline, latency before/during/after, non-2xx answers ([`burst`]).
+//!    the instance count timeline, latency before/during/after, non-2xx answers ([`burst`]);
+//! 4. **events** (only when named, `bench/events.sh`): events accepted/s at a Broker beside
+//!    the same requests posted to the subscriber Service and its instance, and how fast and
+//!    how late the dispatcher delivers a batch ([`events`]).
 //!
 //! Everything it starts lives below one working directory and carries one prefix
 //! (`sb<pid>-`): the daemons (their data dirs), nginx, the floor's containers, every Service.
 //! At the end, on failure and on SIGINT/SIGTERM it stops nginx and the daemons, checks that
 //! nothing is left (containers in both runc roots, mounts, cgroups `/sys/fs/cgroup/*/skiff/
-//! sb<pid>-*`), sweeps whatever is, and checks again. Needs root, runc, wrk, nginx, nsenter.
+//! sb<pid>-*`), sweeps whatever is, and checks again. Needs root, runc, wrk, nsenter, and nginx
+//! for the router part.
 
 mod bench;
 mod burst;
 mod cold;
 mod daemon;
 mod daemonlog;
+mod events;
 mod http;
 mod otlp;
 mod report;
+mod report_events;
 mod router;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +48,7 @@ use crate::bench::{Bench, Procs, progress};
 use crate::burst::{BurstResults, BurstSettings};
 use crate::cold::ColdResults;
 use crate::daemon::Daemon;
+use crate::events::{EventsResults, EventsSettings};
 use crate::router::{RouterResults, RouterSettings};
 
 /// The server behind the router cases.
@@ -60,6 +67,8 @@ enum Part {
     Cold,
     Router,
     Burst,
+    /// Not in the default set: `bench/events.sh` runs it alone.
+    Events,
 }
 
 /// Cold start, router and burst of skiff beside their peers, from one run.
@@ -120,7 +129,32 @@ struct Args {
     /// Burst: seconds after the step.
     #[arg(long, default_value_t = 40.0)]
     burst_after: f64,
-    /// Which parts to run (comma-separated); a partial run is marked as such.
+    /// Events: seconds per wrk run.
+    #[arg(long, default_value_t = 10)]
+    events_seconds: u64,
+    /// Events: seconds of each target's warmup run (0: none).
+    #[arg(long, default_value_t = 2)]
+    events_warmup: u64,
+    /// Events: wrk's connection counts (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    events_connections: Vec<usize>,
+    /// Events: events in the delivery batch.
+    #[arg(long, default_value_t = 20_000)]
+    events_batch: usize,
+    /// Events: connections the batch is posted over.
+    #[arg(long, default_value_t = 32)]
+    events_batch_connections: usize,
+    /// Events: the subscriber's containerConcurrency.
+    #[arg(long, default_value_t = 32)]
+    events_sub_cc: u32,
+    /// Events: the subscriber's instances (min-scale = max-scale).
+    #[arg(long, default_value_t = 1)]
+    events_sub_instances: u32,
+    /// Events: longest wait for a backlog to drain, in seconds.
+    #[arg(long, default_value_t = 600)]
+    events_drain_timeout: u64,
+    /// Which parts to run (comma-separated; `events` only when named); a partial run of
+    /// cold, router and burst is marked as such.
     #[arg(
         long,
         value_enum,
@@ -188,6 +222,7 @@ pub struct Results {
     pub cold: Option<ColdResults>,
     pub router: Option<RouterResults>,
     pub burst: Option<BurstResults>,
+    pub events: Option<EventsResults>,
 }
 
 /// The data directory of the router part's traced daemon, below the working directory.
@@ -214,8 +249,8 @@ fn version_of(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(text.lines().next().unwrap_or_default().trim().to_owned())
 }
 
-/// The tools the run needs, with how to install each.
-fn check_tools() -> anyhow::Result<()> {
+/// The tools the run needs, with how to install each (nginx only for the router part).
+fn check_tools(nginx: bool) -> anyhow::Result<()> {
     let tools: [(&str, &[&str], &str); 4] = [
         ("runc", &["--version"], "apt-get install -y runc"),
         ("wrk", &["-v"], "apt-get install -y wrk"),
@@ -228,6 +263,9 @@ fn check_tools() -> anyhow::Result<()> {
     ];
     let mut missing = Vec::new();
     for (tool, args, how) in tools {
+        if tool == "nginx" && !nginx {
+            continue;
+        }
         if std::process::Command::new(tool)
             .args(args)
             .output()
@@ -263,7 +301,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     {
         bail!("--burst-to must be above --burst-from, which must be at least 1");
     }
-    check_tools()?;
+    if args.only.contains(&Part::Events) {
+        if args.events_connections.is_empty() || args.events_connections.contains(&0) {
+            bail!("--events-connections must list counts of at least 1");
+        }
+        if args.events_batch == 0 || args.events_batch_connections == 0 {
+            bail!("--events-batch and --events-batch-connections must be at least 1");
+        }
+        if args.events_sub_instances == 0 {
+            bail!("--events-sub-instances must be at least 1");
+        }
+    }
+    check_tools(args.only.contains(&Part::Router))?;
     // The floor's container inits are reparented to us when `runc run -d` exits, and reaped
     // at once; without this they would go to PID 1, which reaps slowly here.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
@@ -383,9 +432,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         load_after: machine::loadavg(),
         total_s: started.elapsed().as_secs_f64(),
         cold_runs: args.cold_runs,
-        partial: !(args.only.contains(&Part::Cold)
-            && args.only.contains(&Part::Router)
-            && args.only.contains(&Part::Burst)),
+        partial: {
+            let serving = [Part::Cold, Part::Router, Part::Burst]
+                .iter()
+                .filter(|p| args.only.contains(p))
+                .count();
+            serving > 0 && serving < 3
+        },
         results: &results,
     });
     println!("{md}");
@@ -407,6 +460,7 @@ struct Settings {
     cold: Option<(usize, usize)>,
     router: Option<RouterSettings>,
     burst: Option<BurstSettings>,
+    events: Option<EventsSettings>,
 }
 
 fn settings(a: &Args) -> Settings {
@@ -434,6 +488,16 @@ fn settings(a: &Args) -> Settings {
             window: a.burst_window.clone(),
             before_s: a.burst_before,
             after_s: a.burst_after,
+        }),
+        events: a.only.contains(&Part::Events).then(|| EventsSettings {
+            seconds: a.events_seconds,
+            warmup_seconds: a.events_warmup,
+            connections: a.events_connections.clone(),
+            batch: a.events_batch,
+            batch_connections: a.events_batch_connections,
+            sub_cc: a.events_sub_cc,
+            sub_instances: a.events_sub_instances,
+            drain_timeout: Duration::from_secs(a.events_drain_timeout),
         }),
     }
 }
@@ -625,6 +689,9 @@ async fn measure(b: Arc<Bench>, s: Settings) -> anyhow::Result<Results> {
     }
     if let Some(bs) = &s.burst {
         r.burst = Some(burst::run(&b, bs).await.context("burst")?);
+    }
+    if let Some(es) = &s.events {
+        r.events = Some(events::run(&b, es).await.context("events")?);
     }
     Ok(r)
 }

@@ -111,7 +111,17 @@ pub fn markdown(r: &Report<'_>) -> String {
     let v = r.versions;
     let res = r.results;
     let mut o = String::new();
-    let _ = writeln!(o, "## Serving: cold start, router, burst ({})\n", r.date);
+    let events_only =
+        res.events.is_some() && res.cold.is_none() && res.router.is_none() && res.burst.is_none();
+    if events_only {
+        let _ = writeln!(
+            o,
+            "## Events: accepted/s at a Broker, delivered/s to a subscriber ({})\n",
+            r.date
+        );
+    } else {
+        let _ = writeln!(o, "## Serving: cold start, router, burst ({})\n", r.date);
+    }
     let _ = writeln!(o, "```\n{}\n```\n", r.invocation);
     if r.partial {
         let _ = writeln!(
@@ -130,20 +140,29 @@ pub fn markdown(r: &Report<'_>) -> String {
         "- Machine: Linux {}, {} × {}, {:.1} GiB RAM, work dir on {}; load average (1/5/15 min) {} before, {} after",
         m.kernel, m.cpu_model, m.cpus, m.mem_gib, m.fs, r.load_before, r.load_after
     );
+    if events_only {
+        let _ = writeln!(
+            o,
+            "- Versions: {} ({}), release build; runc {}; {}; {} (in the image)",
+            v.skiff, v.git, m.runc, v.wrk, v.busybox
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "- Versions: {} ({}), release build; runc {}; {}; nginx {}; {}",
+            v.skiff, v.git, m.runc, v.wrk, v.nginx, v.busybox
+        );
+    }
     let _ = writeln!(
         o,
-        "- Versions: {} ({}), release build; runc {}; {}; nginx {}; {}",
-        v.skiff, v.git, m.runc, v.wrk, v.nginx, v.busybox
-    );
-    let _ = writeln!(
-        o,
-        "- Daemon: `{}` with its own data directory (`DATA`), the API and the ingress on free loopback ports, request logs and traces off{}; the benchmark's clients, wrk and nginx run on the same {} cores",
+        "- Daemon: `{}` with its own data directory (`DATA`), the API and the ingress on free loopback ports, request logs and traces off{}; the benchmark's clients, wrk{} run on the same {} cores",
         r.daemon_command,
         if res.router.is_some() {
             " (the router part's skiff+telemetry case runs a second daemon with them on, see there)"
         } else {
             ""
         },
+        if events_only { "" } else { " and nginx" },
         m.cpus
     );
     let mut parts = Vec::new();
@@ -155,6 +174,9 @@ pub fn markdown(r: &Report<'_>) -> String {
     }
     if let Some(b) = &res.burst {
         parts.push(format!("burst {:.0} s", b.total_s));
+    }
+    if let Some(e) = &res.events {
+        parts.push(format!("events {:.0} s", e.total_s));
     }
     let _ = writeln!(
         o,
@@ -171,9 +193,17 @@ pub fn markdown(r: &Report<'_>) -> String {
     if let Some(b) = &res.burst {
         burst_section(&mut o, b);
     }
+    if let Some(e) = &res.events {
+        crate::report_events::section(&mut o, e);
+    }
     let _ = writeln!(
         o,
-        "Everything the run started (daemons, nginx, containers, mounts, cgroups, the working directory) was checked gone at the end: `runc list` of the daemons' and the floor's runc roots, `/proc/self/mountinfo`, `/sys/fs/cgroup/*/skiff/<prefix>-*`."
+        "Everything the run started ({}containers, mounts, cgroups, the working directory) was checked gone at the end: `runc list` of the daemons' and the floor's runc roots, `/proc/self/mountinfo`, `/sys/fs/cgroup/*/skiff/<prefix>-*`.",
+        if events_only {
+            "the daemon, "
+        } else {
+            "daemons, nginx, "
+        }
     );
     o
 }
@@ -1051,8 +1081,13 @@ pub fn raw_json(r: &Results) -> String {
             "requestLog": { "files": t.log_files, "bytes": t.log_bytes, "lines": t.log_lines },
         })
     });
-    serde_json::to_string_pretty(
-        &json!({ "cold": cold, "router": router, "routerTelemetry": telemetry, "burst": burst }),
-    )
+    let events = r.events.as_ref().map(crate::report_events::raw);
+    serde_json::to_string_pretty(&json!({
+        "cold": cold,
+        "router": router,
+        "routerTelemetry": telemetry,
+        "burst": burst,
+        "events": events,
+    }))
     .unwrap_or_default()
 }

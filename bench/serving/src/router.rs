@@ -247,7 +247,7 @@ pub struct RouterResults {
     pub total_s: f64,
 }
 
-const LUA: &str = r#"done = function(summary, latency, requests)
+pub const LUA: &str = r#"done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'SERVING_BENCH {"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.3f}\n',
@@ -545,7 +545,7 @@ async fn deploy(b: &Bench, daemon: &Daemon, name: &str) -> anyhow::Result<String
 
 /// Sum of the samples of metric `name` in an OpenMetrics text whose labels contain `label`
 /// (`""`: all of them).
-fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
+pub fn metric_sum(text: &str, name: &str, label: &str) -> u64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {

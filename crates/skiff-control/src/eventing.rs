@@ -992,6 +992,12 @@ impl Eventing {
         let queue = self.queue.clone();
         let source_key = format!("{ns}/{source}");
         let now = jiff::Timestamp::now();
+        // Counted where the commit happens: the blocking task runs to the end even when this
+        // future is dropped (a broker client that disconnects while its events are being
+        // stored), and the events it stored are delivered, so they must count as received.
+        let (metrics, count_ns, count_source) =
+            (self.metrics.clone(), ns.to_owned(), source.to_owned());
+        let n = events.len() as u64;
         tokio::task::spawn_blocking(move || {
             let subs: Vec<Vec<&str>> = items
                 .iter()
@@ -1006,13 +1012,14 @@ impl Eventing {
                     subscriptions: s,
                 })
                 .collect();
-            queue.enqueue_events(&new, now)
+            let stored = queue.enqueue_events(&new, now)?;
+            // A dead letter's copy was counted when its event was received.
+            if count_source != "deadletter" {
+                metrics.received(&count_ns, &count_source, n);
+            }
+            Ok::<_, skiff_queue::QueueError>(stored)
         })
         .await??;
-        // A dead letter's copy was counted when its event was received.
-        if source != "deadletter" {
-            self.metrics.received(ns, source, events.len() as u64);
-        }
         // The subscriptions' workers, if they run; else the dispatcher, which starts them.
         let subs: HashSet<&String> = events.iter().flat_map(|(_, s)| s).collect();
         let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
