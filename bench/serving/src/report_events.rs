@@ -318,7 +318,7 @@ fn batch_section(o: &mut String, e: &EventsResults) {
         .collect();
     let _ = writeln!(
         o,
-        "| Subscriber's capacity used | median {:.0}, at most {} requests in flight at the Service while the queue was not empty (the dispatcher may have {} deliveries in flight) | the scale API's `inFlight` (requests inside the instance), every 100 ms |",
+        "| Subscriber's capacity used | median {:.0}, at most {} requests in flight at the Service while the queue was not empty (the dispatcher may have {} deliveries in flight) | the scale API's `inFlight` (requests the router has forwarded to the instance and not yet seen answered), every 100 ms |",
         skiff_bench_runtime::stats::median(&busy),
         in_flight,
         e.settings.capacity()
