@@ -6,14 +6,16 @@
 //!   whole (a batch is all there or not at all); every reopen passes `quick_check`.
 //! - `kill9_between_claim_and_ack_redelivers`: deliveries a killed consumer had claimed but not
 //!   acked are still there, leased, and are claimed again (with a higher attempt) once their
-//!   lease has run out; nothing is lost, and everything is finally done.
+//!   lease has run out; nothing is lost, and everything is finally done. A consumer that
+//!   drains the queue before its kill point exits by itself; most cycles must still be killed.
 //!
 //! Set `SKIFF_QUEUE_CRASH_SEED` to replay a run (the seed is printed).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +54,8 @@ const CONSUMED: &str = "trigger/default/consumed";
 const UNTOUCHED: &str = "trigger/default/untouched";
 const EVENTS_TO_CONSUME: u64 = 3_000;
 const CONSUMER_LEASE: Duration = Duration::from_secs(60);
+/// How a killed child ends.
+const SIGKILL: i32 = 9;
 
 /// `s` seconds after a fixed origin.
 fn t(s: i64) -> Timestamp {
@@ -375,8 +379,17 @@ impl Running {
         self.lines.try_iter().collect()
     }
 
+    /// SIGKILLs the child unless it has exited already (then, unreaped, it keeps its pid and
+    /// its own status); returns its status and the lines that were not read yet.
+    fn stop(mut self) -> (ExitStatus, Vec<String>) {
+        self.child.0.kill().expect("SIGKILL the child");
+        let status = self.child.0.wait().expect("reaping the child");
+        self.reader.join().expect("stdout reader");
+        (status, self.lines.try_iter().collect())
+    }
+
     /// Waits for the child to exit by itself; returns its status and every line.
-    fn finish(mut self) -> (std::process::ExitStatus, Vec<String>) {
+    fn finish(mut self) -> (ExitStatus, Vec<String>) {
         // The reader stops at end-of-file, which comes when the child exits.
         let lines = self.lines.iter().collect();
         self.reader.join().expect("stdout reader");
@@ -394,21 +407,15 @@ enum KillAt {
     Millis(u64),
 }
 
-/// Reads the child's lines until `kill_at`; panics if it exits first.
-fn read_until(running: &Running, kill_at: KillAt, cycle: usize, spawned: Instant) -> Vec<String> {
+/// Reads the child's lines until `kill_at`, or until it exits by itself (then `true`).
+fn read_until(running: &Running, kill_at: KillAt, spawned: Instant) -> (Vec<String>, bool) {
     let mut lines = Vec::new();
-    let early_exit = |lines: &[String]| {
-        panic!(
-            "cycle {cycle}: the child exited before being killed; last lines {:?}",
-            &lines[lines.len().saturating_sub(3)..]
-        )
-    };
     match kill_at {
         KillAt::Lines(target) => {
             while (lines.len() as u64) < target {
                 match running.lines.recv() {
                     Ok(line) => lines.push(line),
-                    Err(_) => early_exit(&lines),
+                    Err(_) => return (lines, true),
                 }
             }
         }
@@ -422,12 +429,17 @@ fn read_until(running: &Running, kill_at: KillAt, cycle: usize, spawned: Instant
                 match running.lines.recv_timeout(deadline - now) {
                     Ok(line) => lines.push(line),
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => early_exit(&lines),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return (lines, true),
                 }
             }
         }
     }
-    lines
+    (lines, false)
+}
+
+/// The last few lines, for a failure message.
+fn last_lines(lines: &[String]) -> &[String] {
+    &lines[lines.len().saturating_sub(3)..]
 }
 
 fn open(path: &Path, context: &str) -> Queue {
@@ -586,7 +598,12 @@ fn kill9_never_loses_an_acknowledged_enqueue() {
             "crash_child_producer",
             &[(PRODUCER_ENV, &db_text), (START_ENV, &start)],
         );
-        let mut lines = read_until(&running, kill_at, cycle, spawned);
+        let (mut lines, exited) = read_until(&running, kill_at, spawned);
+        assert!(
+            !exited,
+            "{context}: the child exited before being killed; last lines {:?}",
+            last_lines(&lines)
+        );
         lines.extend(running.kill(cycle));
 
         // Every acknowledged event: (unit, event, delivery ids).
@@ -700,14 +717,16 @@ fn kill9_between_claim_and_ack_redelivers() {
     let mut acked: BTreeSet<i64> = BTreeSet::new();
     // Deliveries left leased by a killed child: they must be claimed again later.
     let mut left_leased: BTreeMap<i64, usize> = BTreeMap::new();
-    let (mut paused_kills, mut timed_kills) = (0u64, 0u64);
+    // Cycles whose child was SIGKILLed, and those whose child drained the queue first.
+    let (mut paused_kills, mut timed_kills, mut drained_early) = (0u64, 0u64, 0u64);
     for cycle in 0..=CONSUMER_CYCLES {
         // The last cycle is never killed: it drains what is left, including the deliveries
-        // killed children left leased.
+        // killed children left leased. Kill points are bounded so that the queue usually
+        // outlasts the other cycles (a child that drains it exits before its kill point).
         let last = cycle == CONSUMER_CYCLES;
         let (kill_at, pause) = match rng.next() % 3 {
             _ if last => (None, 0),
-            0 => (Some(KillAt::Millis(rng.range(1, 60))), 0),
+            0 => (Some(KillAt::Millis(rng.range(1, 30))), 0),
             1 => (Some(KillAt::Lines(rng.range(1, 100))), 0),
             _ => (None, rng.range(1, 6)),
         };
@@ -723,38 +742,46 @@ fn kill9_between_claim_and_ack_redelivers() {
                 (PAUSE_ENV, &pause_text),
             ],
         );
-        let lines = match kill_at {
+        let (status, lines) = match kill_at {
             Some(kill_at) => {
-                timed_kills += 1;
-                let mut lines = read_until(&running, kill_at, cycle, spawned);
-                lines.extend(running.kill(cycle));
-                lines
+                let (mut lines, _) = read_until(&running, kill_at, spawned);
+                let (status, rest) = running.stop();
+                lines.extend(rest);
+                (status, lines)
             }
             None if pause > 0 => {
-                // Killed between claim and ack: after its claim printed PAUSED.
+                // Killed between claim and ack: after its claim printed PAUSED (or it exits
+                // first, if nothing was left to claim).
                 let mut lines = Vec::new();
-                loop {
-                    let line = running
-                        .lines
-                        .recv()
-                        .unwrap_or_else(|_| panic!("{context}: exited before pausing"));
+                while let Ok(line) = running.lines.recv() {
                     let paused = line == "PAUSED";
                     lines.push(line);
                     if paused {
                         break;
                     }
                 }
-                paused_kills += 1;
-                lines.extend(running.kill(cycle));
-                lines
+                let (status, rest) = running.stop();
+                lines.extend(rest);
+                (status, lines)
             }
-            None => {
-                let (status, lines) = running.finish();
-                assert!(status.success(), "{context}: the draining consumer failed");
-                assert_eq!(lines.last().map(String::as_str), Some("DRAINED"));
-                lines
-            }
+            None => running.finish(),
         };
+        // SIGKILLed, or exited by itself having drained the queue; anything else fails.
+        let killed = status.signal() == Some(SIGKILL);
+        if !killed {
+            assert!(
+                status.success() && lines.last().map(String::as_str) == Some("DRAINED"),
+                "{context}: the child exited ({status}) before being killed, without draining; \
+                 last lines {:?}",
+                last_lines(&lines)
+            );
+        }
+        match (killed, pause) {
+            _ if last => assert!(!killed, "{context}: the draining consumer was killed"),
+            (true, 0) => timed_kills += 1,
+            (true, _) => paused_kills += 1,
+            (false, _) => drained_early += 1,
+        }
 
         // Claims and acks of this cycle, in the order printed.
         let mut in_flight: BTreeSet<i64> = BTreeSet::new();
@@ -786,9 +813,16 @@ fn kill9_between_claim_and_ack_redelivers() {
                 _ => panic!("{context}: unexpected line {line:?}"),
             }
         }
+        if !killed {
+            assert!(
+                in_flight.is_empty(),
+                "{context}: drained with {in_flight:?} unacked"
+            );
+        }
 
-        // After the kill: nothing is lost, acked deliveries are done, and the deliveries the
-        // child held are still leased (or done, if its ack committed but was not printed).
+        // After the cycle: nothing is lost, acked deliveries are done, and the deliveries a
+        // killed child held are still leased (or done, if its ack committed but was not
+        // printed).
         let queue = open(&db, &context);
         let conn = rusqlite::Connection::open(&db).expect("raw open");
         let mut states: BTreeMap<i64, (String, i64, i64)> = BTreeMap::new();
@@ -845,6 +879,17 @@ fn kill9_between_claim_and_ack_redelivers() {
                 );
             }
         }
+        if !killed {
+            // Nothing was left to claim: every delivery is done, and none is left leased.
+            assert!(
+                states.values().all(|(state, ..)| state == "done"),
+                "{context}: drained, but not everything is done"
+            );
+            assert!(
+                left_leased.is_empty(),
+                "{context}: drained, but {left_leased:?} leased"
+            );
+        }
         let untouched = queue.depth(UNTOUCHED).expect("depth");
         assert_eq!(
             untouched, EVENTS_TO_CONSUME,
@@ -872,12 +917,20 @@ fn kill9_between_claim_and_ack_redelivers() {
     }
     assert_eq!(claims.len(), all.len(), "every delivery was claimed");
     assert!(paused_kills > 0, "no kill landed between claim and ack");
+    assert!(redelivered > 0, "no delivery was redelivered");
+    // Most cycles must really be killed, not end early because the queue ran dry.
+    assert!(
+        paused_kills + timed_kills >= CONSUMER_CYCLES as u64 / 2,
+        "only {} of {CONSUMER_CYCLES} cycles were killed ({drained_early} drained the queue \
+         first)",
+        paused_kills + timed_kills
+    );
     let stats = queue.stats().expect("stats");
     assert_eq!(stats.done, EVENTS_TO_CONSUME);
     eprintln!(
-        "consumer crash test: {CONSUMER_CYCLES} SIGKILL cycles ({paused_kills} between claim \
-         and ack, {timed_kills} at random), {} deliveries done, {redelivered} redelivered after \
-         their lease, in {:?}",
+        "consumer crash test: {CONSUMER_CYCLES} cycles ({paused_kills} SIGKILLed between claim \
+         and ack, {timed_kills} at random, {drained_early} drained the queue first), {} \
+         deliveries done, {redelivered} redelivered after their lease, in {:?}",
         stats.done,
         started.elapsed()
     );
