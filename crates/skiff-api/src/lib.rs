@@ -21,6 +21,7 @@ pub mod names;
 pub mod object;
 pub mod problems;
 pub mod quantity;
+pub mod rollout;
 pub mod slo;
 mod suggest;
 pub mod types;

@@ -176,6 +176,10 @@ pub struct ServiceStatus {
     /// The traffic split as it is served.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub traffic: Vec<TrafficStatus>,
+    /// The rollout in progress, the stable revision and past rollouts (skiff's own), when a
+    /// rollout policy applies or a rollback was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutStatus>,
 }
 
 /// A Knative Service as stored and returned by the API.

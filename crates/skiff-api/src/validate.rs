@@ -42,6 +42,10 @@ pub const SKIFF_ANNOTATIONS: &[&str] = &[
     crate::slo::SLO_PERIOD_ANNOTATION,
     crate::slo::SLO_POLICY_ANNOTATION,
     crate::slo::BUDGET_ANNOTATION,
+    crate::rollout::ROLLOUT_ANNOTATION,
+    crate::rollout::ROLLOUT_STEP_ANNOTATION,
+    crate::rollout::ROLLOUT_ANALYSIS_ANNOTATION,
+    crate::rollout::ROLLOUT_MIN_REQUESTS_ANNOTATION,
 ];
 /// Labels skiff sets on revisions, which users may not set.
 pub const SYSTEM_LABELS: &[&str] = &[
@@ -190,12 +194,36 @@ fn check_annotations(
                 p.invalid(&path, e.0);
             }
         }
+        if !template && crate::rollout::TEMPLATE_ANNOTATIONS.contains(&k.as_str()) {
+            p.invalid(
+                &path,
+                "set it on the revision template (spec.template.metadata.annotations): a \
+                 rollout follows the policy of the revision it rolls out",
+            );
+        }
+        if template && k == crate::rollout::KNATIVE_ROLLOUT_DURATION_ANNOTATION {
+            p.invalid(
+                &path,
+                "set it on the Service's metadata.annotations, where Knative reads it",
+            );
+        }
         if template && crate::slo::SERVICE_ANNOTATIONS.contains(&k.as_str()) {
             p.invalid(
                 &path,
                 "set it on the Service's metadata.annotations: it applies to the whole \
                  Service, not to one revision",
             );
+        }
+    }
+    let empty = BTreeMap::new();
+    let (tmpl, svc) = if template {
+        (annotations, &empty)
+    } else {
+        (&empty, annotations)
+    };
+    if let Err(errors) = crate::rollout::policy_of(tmpl, svc) {
+        for e in errors {
+            p.invalid(&at.key(e.annotation), e.reason);
         }
     }
     if !template {

@@ -646,13 +646,13 @@ mod tests {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
-    /// `AvailabilityBurn`, `LatencyBurn` or `BudgetSpent`.
+    /// `AvailabilityBurn`, `LatencyBurn`, `BudgetSpent` or `RolloutFailed`.
     pub name: String,
     /// The namespace.
     pub namespace: String,
     /// The Service.
     pub service: String,
-    /// `availability`, `latency` or `budget`.
+    /// `availability`, `latency`, `budget` or `rollout`.
     pub kind: String,
     /// `page` or `ticket`.
     pub severity: String,
