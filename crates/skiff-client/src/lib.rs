@@ -960,6 +960,59 @@ impl Client {
         self.json(response).await
     }
 
+    /// A Service's rollout.
+    pub async fn rollout(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<skiff_api::rollout::RolloutReport, ClientError> {
+        let url = self.url(
+            &format!("/api/v1/namespaces/{namespace}/services/{name}/rollout"),
+            &[],
+        );
+        let response = self.send(self.http.get(url)).await?;
+        self.json(response).await
+    }
+
+    /// Pauses, resumes, promotes or aborts a Service's rollout (`action`).
+    pub async fn rollout_command(
+        &self,
+        namespace: &str,
+        name: &str,
+        action: &str,
+    ) -> Result<skiff_api::rollout::RolloutReport, ClientError> {
+        let url = self.url(
+            &format!("/api/v1/namespaces/{namespace}/services/{name}/rollout/{action}"),
+            &[],
+        );
+        let response = self.send(self.http.post(url)).await?;
+        self.json(response).await
+    }
+
+    /// Sends a Service's latest-revision traffic back to `to` (default: the previous
+    /// revision).
+    pub async fn rollback(
+        &self,
+        namespace: &str,
+        name: &str,
+        to: Option<&str>,
+    ) -> Result<skiff_api::rollout::RolloutReport, ClientError> {
+        let url = self.url(
+            &format!("/api/v1/namespaces/{namespace}/services/{name}/rollback"),
+            &[],
+        );
+        let body = serde_json::json!({ "to": to }).to_string();
+        let response = self
+            .send(
+                self.http
+                    .post(url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body),
+            )
+            .await?;
+        self.json(response).await
+    }
+
     /// Deletes an execution that has ended.
     pub async fn delete_execution(&self, namespace: &str, name: &str) -> Result<(), ClientError> {
         let url = self.url(

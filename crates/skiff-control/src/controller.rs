@@ -162,6 +162,7 @@ pub struct Controller {
     domain: String,
     ingress_port: u16,
     clock: Arc<dyn Clock>,
+    default_rollout: Option<skiff_api::rollout::RolloutPolicy>,
 }
 
 /// Identifies a revision: (namespace, name).
@@ -215,7 +216,70 @@ impl Controller {
             domain,
             ingress_port,
             clock,
+            default_rollout: None,
         }
+    }
+
+    /// The same controller, with the daemon's rollout policy for revisions that set none.
+    pub fn with_default_rollout(
+        mut self,
+        policy: Option<skiff_api::rollout::RolloutPolicy>,
+    ) -> Self {
+        self.default_rollout = policy;
+        self
+    }
+
+    /// The daemon's rollout policy.
+    pub fn default_rollout(&self) -> Option<&skiff_api::rollout::RolloutPolicy> {
+        self.default_rollout.as_ref()
+    }
+
+    /// Changes a Service's rollout status with `change` (given the Service, its revisions
+    /// and the status context; it returns whether it changed anything), and recomputes the
+    /// Service's status in the same write, retrying on concurrent writes. Returns the Service
+    /// as stored.
+    pub async fn update_rollout(
+        &self,
+        ns: &str,
+        name: &str,
+        change: impl Fn(
+            &mut skiff_api::rollout::RolloutStatus,
+            &Service,
+            &[&Revision],
+            &StatusContext,
+        ) -> Result<bool, ControllerError>,
+    ) -> Result<Service, ControllerError> {
+        let key = keys::service(ns, name);
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Err(ControllerError::NotFound {
+                    kind: "service",
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                });
+            };
+            let mut stored: StoredService = decode(&kv)?;
+            let revisions = self.read_revisions(ns, Some(name)).await?;
+            let refs: Vec<&Revision> = revisions.iter().map(|(r, _)| r).collect();
+            let ctx = self.status_context();
+            let mut rollout = stored.service.status.rollout.clone().unwrap_or_default();
+            if !change(&mut rollout, &stored.service, &refs, &ctx)? {
+                stored.service.metadata.resource_version = kv.mod_revision.to_string();
+                return Ok(stored.service);
+            }
+            stored.service.status.rollout = Some(rollout);
+            stored.service.status = status::service_status(&stored.service, &refs, &ctx);
+            let txn = Txn::new()
+                .when_mod_revision(&key, kv.mod_revision)
+                .put(&key, encode(&stored));
+            if let TxnOutcome::Committed { revision } = self.store.txn(txn).await? {
+                stored.service.metadata.resource_version = revision.to_string();
+                return Ok(stored.service);
+            }
+        }
+        Err(ControllerError::Conflict {
+            message: format!("service `{name}` changed concurrently {MAX_ATTEMPTS} times"),
+        })
     }
 
     /// The state store.
@@ -294,6 +358,7 @@ impl Controller {
             domain: self.domain.clone(),
             ingress_port: self.ingress_port,
             now: self.clock.now_rfc3339(),
+            default_rollout: self.default_rollout.clone(),
         }
     }
 

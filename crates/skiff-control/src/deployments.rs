@@ -69,17 +69,20 @@ pub enum Outcome {
     Succeeded,
     /// It failed before it was ever Ready.
     Failed,
+    /// Its rollout's analysis sent its traffic back to the stable revision.
+    RolledBack,
 }
 
 impl Outcome {
     /// Both outcomes.
-    pub const ALL: [Outcome; 2] = [Outcome::Succeeded, Outcome::Failed];
+    pub const ALL: [Outcome; 3] = [Outcome::Succeeded, Outcome::Failed, Outcome::RolledBack];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Succeeded => "succeeded",
             Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled_back",
         }
     }
 }
@@ -135,7 +138,7 @@ impl DeploymentMetrics {
         };
         registry.register(
             "deployments",
-            "New revisions settled: succeeded (first Ready) or failed (Ready False first)",
+            "New revisions settled: succeeded (first Ready) or failed (Ready False first); rolled_back counts rollouts their analysis sent back to the stable revision",
             m.deployments.clone(),
         );
         m

@@ -23,6 +23,7 @@ pub mod plane;
 pub mod queue;
 pub mod reconciler;
 pub mod revisions;
+pub mod rollout;
 pub mod routes;
 pub mod routing;
 pub mod runtime;

@@ -53,6 +53,8 @@ pub struct Parts {
     pub history_dir: Option<std::path::PathBuf>,
     /// Where alerts go, besides `GET /api/v1/alerts`.
     pub notify: Option<Arc<dyn crate::slo::Notify>>,
+    /// The rollout policy of revisions that set none.
+    pub default_rollout: Option<skiff_api::rollout::RolloutPolicy>,
 }
 
 /// The running control plane.
@@ -74,6 +76,10 @@ pub struct ControlPlane {
     pub eventing: Option<Arc<crate::eventing::Eventing>>,
     /// Instances' start-up phases, with each revision's recent starts.
     pub startups: Arc<crate::telemetry::StartupMetrics>,
+    /// Rollouts (the API reads and commands them through it).
+    pub rollouts: crate::rollout::Rollouts,
+    /// The request windows rollouts compare revisions over (request records go there).
+    pub rollout_windows: Arc<crate::rollout::RolloutWindows>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -92,7 +98,8 @@ impl ControlPlane {
             parts.domain,
             parts.ingress_port,
             parts.clock,
-        );
+        )
+        .with_default_rollout(parts.default_rollout);
         parts
             .router
             .set_explain(Arc::new(crate::runtime::ExplainFailures(
@@ -194,10 +201,18 @@ impl ControlPlane {
             }
             None => None,
         };
+        let deployments = metrics.register_root(DeploymentMetrics::new);
         rest.add(Arc::new(DeploymentReconciler::new(
             controller.clone(),
-            metrics.register_root(DeploymentMetrics::new),
+            deployments.clone(),
         )));
+        let rollout_windows = Arc::new(crate::rollout::RolloutWindows::default());
+        rest.add(Arc::new(crate::rollout::RolloutReconciler::new(
+            controller.clone(),
+            rollout_windows.clone(),
+            deployments,
+        )));
+        let rollouts = crate::rollout::Rollouts::new(controller.clone(), rollout_windows.clone());
         let follower = instances.attach(instance_queue, stop.clone());
         let task_follower = jobs.attach(execution_queue, stop.clone());
         let startups = registered.follower.startup();
@@ -255,6 +270,8 @@ impl ControlPlane {
             jobs,
             eventing,
             startups,
+            rollouts,
+            rollout_windows,
             stop,
             tasks,
         })

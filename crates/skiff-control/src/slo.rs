@@ -106,6 +106,7 @@ fn alert_name(key: &AlertKey) -> String {
         skiff_slo::AlertKind::Availability => "AvailabilityBurn".into(),
         skiff_slo::AlertKind::Latency => "LatencyBurn".into(),
         skiff_slo::AlertKind::Budget => "BudgetSpent".into(),
+        skiff_slo::AlertKind::Rollout => "RolloutFailed".into(),
     }
 }
 
@@ -150,6 +151,8 @@ struct Asked {
     service: String,
     slo: Option<Slo>,
     budget: Option<Budget>,
+    /// Its latest revision stands rolled back by its rollout's analysis.
+    rolled_back: bool,
 }
 
 impl SloEngine {
@@ -234,11 +237,19 @@ impl SloEngine {
                 // Validation refused bad values; one that no longer parses counts as unset.
                 let slo = slo_of(a).ok().flatten();
                 let budget = budget_of(a).ok().flatten();
-                (slo.is_some() || budget.is_some()).then(|| Asked {
+                let rolled_back = skiff_api::object::condition(
+                    &s.status.conditions,
+                    crate::status::conditions::ROLLED_OUT,
+                )
+                .is_some_and(|c| {
+                    c.reason.as_deref() == Some(crate::status::reasons::ROLLOUT_FAILED)
+                });
+                (slo.is_some() || budget.is_some() || rolled_back).then(|| Asked {
                     namespace: s.metadata.namespace.clone(),
                     service: s.metadata.name.clone(),
                     slo,
                     budget,
+                    rolled_back,
                 })
             })
             .collect();
@@ -387,6 +398,11 @@ fn evaluate_one(
         .as_ref()
         .map(|r| slo_conditions(&a.namespace, &a.service, r))
         .unwrap_or_default();
+    conditions.push(skiff_slo::rollout_condition(
+        &a.namespace,
+        &a.service,
+        a.rolled_back,
+    ));
     let budget = a.budget.map(|b| {
         let start = budget_period_start(b.per, at);
         let s = h.sum(&key, None, start, at + 1).unwrap_or_default();
@@ -440,6 +456,7 @@ mod tests {
             service: "hello".into(),
             slo: slo_of(&a).expect("valid"),
             budget: budget_of(&a).expect("valid"),
+            rolled_back: false,
         }
     }
 

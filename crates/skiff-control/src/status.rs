@@ -8,8 +8,10 @@ use skiff_api::object::{
     Addressable, Condition, ConditionStatus, Revision, RevisionStatus, Service, ServiceStatus,
     TrafficStatus, condition, set_condition,
 };
+use skiff_api::rollout::{RolloutPolicy, RolloutStatus, effective_policy};
 use skiff_api::types::TrafficTarget;
 use skiff_api::wire::ProbeFailure;
+use skiff_rollout::plan::{Health, Rev, latest_split, stable_of, wants_rollout};
 use skiff_runtime::instance::{ContainerStatus, InstanceStatus, Phase, Termination};
 
 /// What status computation needs to know besides the objects.
@@ -21,6 +23,8 @@ pub struct StatusContext {
     pub ingress_port: u16,
     /// The current time, RFC 3339.
     pub now: String,
+    /// The daemon's rollout policy for revisions that set none.
+    pub default_rollout: Option<RolloutPolicy>,
 }
 
 impl StatusContext {
@@ -48,6 +52,9 @@ pub mod conditions {
     pub const CONFIGURATIONS_READY: &str = "ConfigurationsReady";
     /// A Service's traffic targets are ready.
     pub const ROUTES_READY: &str = "RoutesReady";
+    /// A Service's latest ready revision takes all of its latest-revision traffic (present
+    /// when a rollout policy applies or a rollback was made).
+    pub const ROLLED_OUT: &str = "RolledOut";
 }
 
 /// Condition reasons skiff writes.
@@ -70,6 +77,16 @@ pub mod reasons {
     pub const PROGRESS_DEADLINE: &str = "ProgressDeadlineExceeded";
     /// A Secret, ConfigMap or key the revision needs is missing (Kubernetes' reason).
     pub const CREATE_CONTAINER_CONFIG_ERROR: &str = "CreateContainerConfigError";
+    /// A rollout is in progress.
+    pub const ROLLING_OUT: &str = "RollingOut";
+    /// A rollout is about to start.
+    pub const ROLLOUT_PENDING: &str = "RolloutPending";
+    /// The latest revision was rolled back by its analysis (the Service is not Ready).
+    pub const ROLLOUT_FAILED: &str = "RolloutFailed";
+    /// The latest revision's rollout was aborted by hand.
+    pub const ROLLOUT_ABORTED: &str = "RolloutAborted";
+    /// The traffic was rolled back by hand.
+    pub const ROLLED_BACK: &str = "RolledBack";
 }
 
 /// Why a revision has no instance yet (with [`reasons::NO_INSTANCES`]).
@@ -185,6 +202,8 @@ pub fn service_status(
     status.latest_created_revision_name = latest_created.map(|r| r.metadata.name.clone());
     status.latest_ready_revision_name = latest_ready.map(|r| r.metadata.name.clone());
 
+    let rollout = rollout_view(service, &ordered, latest_ready, ctx);
+    let split = rollout.as_ref().and_then(|v| v.split.clone());
     let (cfg_status, cfg_reason, cfg_message) = configurations_ready(latest_created);
     set_condition(
         &mut status.conditions,
@@ -194,7 +213,7 @@ pub fn service_status(
         cfg_message,
         &ctx.now,
     );
-    match resolve_traffic(service, &ordered, latest_ready, ctx) {
+    match resolve_traffic(service, &ordered, latest_ready, split.as_deref(), ctx) {
         Ok(traffic) => {
             status.traffic = traffic;
             set_condition(
@@ -215,6 +234,23 @@ pub fn service_status(
             &ctx.now,
         ),
     }
+    match rollout {
+        Some(view) => {
+            let (st, reason, message) = view.condition;
+            set_condition(
+                &mut status.conditions,
+                conditions::ROLLED_OUT,
+                st,
+                reason.as_deref(),
+                message,
+                &ctx.now,
+            );
+            status.rollout = Some(view.status);
+        }
+        None => status
+            .conditions
+            .retain(|c| c.condition_type != conditions::ROLLED_OUT),
+    }
     let (ready, reason, message) = service_ready(&status.conditions);
     set_condition(
         &mut status.conditions,
@@ -229,7 +265,8 @@ pub fn service_status(
         "ConfigurationsReady" => 0,
         "Ready" => 1,
         "RoutesReady" => 2,
-        _ => 3,
+        "RolledOut" => 3,
+        _ => 4,
     };
     status.conditions.sort_by_key(|c| order(&c.condition_type));
     status
@@ -268,55 +305,290 @@ fn configurations_ready(latest_created: Option<&Revision>) -> ConditionParts {
 }
 
 /// A Service's traffic, for RoutesReady: every traffic target must resolve to a ready
-/// revision (`ordered` by configuration generation; a latest target goes to `latest_ready`).
-/// Otherwise says why the first target that does not is not ready.
+/// revision (`ordered` by configuration generation; a latest target goes to `latest_ready`,
+/// or is shared as `split` says while a rollout moves it). Otherwise says why the first
+/// target that does not is not ready.
 fn resolve_traffic(
     service: &Service,
     ordered: &[&Revision],
     latest_ready: Option<&Revision>,
+    split: Option<&[(String, u32)]>,
     ctx: &StatusContext,
 ) -> Result<Vec<TrafficStatus>, String> {
     let name = &service.metadata.name;
     let ns = &service.metadata.namespace;
-    traffic_targets(service)
-        .into_iter()
-        .map(|t| {
-            let target = match &t.revision_name {
-                Some(rev) => ordered.iter().find(|r| &r.metadata.name == rev).copied(),
-                None => latest_ready,
-            };
-            match target {
-                Some(r) if is_ready(r) => Ok(TrafficStatus {
-                    tag: t.tag.clone(),
-                    revision_name: r.metadata.name.clone(),
-                    latest_revision: t.revision_name.is_none(),
-                    percent: t.percent.unwrap_or(0),
-                    url: t
-                        .tag
-                        .as_ref()
-                        .map(|tag| ctx.url(&format!("{tag}-{name}.{ns}.{}", ctx.domain))),
-                }),
-                _ => Err(match &t.revision_name {
+    let mut out = Vec::new();
+    for t in traffic_targets(service) {
+        let percent = t.percent.unwrap_or(0);
+        let url = t
+            .tag
+            .as_ref()
+            .map(|tag| ctx.url(&format!("{tag}-{name}.{ns}.{}", ctx.domain)));
+        if t.revision_name.is_none()
+            && let Some(split) = split
+        {
+            let shares = share_out(percent, split);
+            let last = shares.len().saturating_sub(1);
+            for (i, (rev, p)) in shares.into_iter().enumerate() {
+                out.push(TrafficStatus {
+                    tag: t.tag.clone().filter(|_| i == last),
+                    revision_name: rev,
+                    latest_revision: true,
+                    percent: p,
+                    url: url.clone().filter(|_| i == last),
+                });
+            }
+            continue;
+        }
+        let target = match &t.revision_name {
+            Some(rev) => ordered.iter().find(|r| &r.metadata.name == rev).copied(),
+            None => latest_ready,
+        };
+        match target {
+            Some(r) if is_ready(r) => out.push(TrafficStatus {
+                tag: t.tag.clone(),
+                revision_name: r.metadata.name.clone(),
+                latest_revision: t.revision_name.is_none(),
+                percent,
+                url,
+            }),
+            _ => {
+                return Err(match &t.revision_name {
                     Some(rev) => format!("revision {rev} is not ready"),
                     None => {
                         format!("configuration {name} is waiting for a revision to become ready")
                     }
-                }),
+                });
             }
+        }
+    }
+    Ok(out)
+}
+
+/// A latest target's `percent` shared as `split` says (percents of it, newest last): each
+/// share rounded, at least 1 when its part is not 0, the first taking what rounding left.
+/// Shares of 0 are left out unless nothing else is left.
+fn share_out(percent: i64, split: &[(String, u32)]) -> Vec<(String, i64)> {
+    let mut shares: Vec<(String, i64)> = split
+        .iter()
+        .map(|(rev, part)| {
+            let p = (percent * i64::from(*part) + 50) / 100;
+            let p = if *part > 0 && percent > 0 {
+                p.max(1)
+            } else {
+                p
+            };
+            (rev.clone(), p)
+        })
+        .collect();
+    let rest: i64 = shares.iter().skip(1).map(|(_, p)| p).sum();
+    if let Some(first) = shares.first_mut() {
+        first.1 = (percent - rest).max(0);
+    }
+    let kept: Vec<(String, i64)> = shares.iter().filter(|(_, p)| *p > 0).cloned().collect();
+    if kept.is_empty() {
+        shares.split_off(shares.len().saturating_sub(1))
+    } else {
+        kept
+    }
+}
+
+/// What a rollout makes of a Service's status: its `status.rollout`, the `RolledOut`
+/// condition, and where the latest-revision traffic goes.
+struct RolloutView {
+    status: RolloutStatus,
+    condition: ConditionParts,
+    /// The latest-revision traffic's split; `None` before any revision is ready.
+    split: Option<Vec<(String, u32)>>,
+}
+
+/// A revision's health, as rollouts need it.
+pub fn health(r: &Revision) -> Health {
+    match r.condition(conditions::READY).map(|c| c.status) {
+        Some(ConditionStatus::True) => Health::Ready,
+        Some(ConditionStatus::False) => Health::Failed(
+            r.condition(conditions::READY)
+                .and_then(|c| c.reason.clone())
+                .unwrap_or_else(|| "Failed".into()),
+        ),
+        _ => Health::Pending,
+    }
+}
+
+/// Revisions as rollouts see them.
+pub fn rollout_revs(revisions: &[&Revision]) -> Vec<Rev> {
+    revisions
+        .iter()
+        .map(|r| Rev {
+            name: r.metadata.name.clone(),
+            generation: r.configuration_generation(),
+            health: health(r),
         })
         .collect()
 }
 
-/// A Service's Ready: True when ConfigurationsReady and RoutesReady are, else the first of
-/// them that is not.
+/// The rollout policy of a Service's revision.
+pub fn policy_for(service: &Service, r: &Revision, ctx: &StatusContext) -> Option<RolloutPolicy> {
+    effective_policy(
+        &r.metadata.annotations,
+        &service.metadata.annotations,
+        ctx.default_rollout.as_ref(),
+    )
+}
+
+/// The revision a Service's status sent most of its latest-revision traffic to.
+pub fn served_latest(service: &Service) -> Option<&str> {
+    service
+        .status
+        .traffic
+        .iter()
+        .filter(|t| t.latest_revision)
+        .max_by_key(|t| t.percent)
+        .map(|t| t.revision_name.as_str())
+}
+
+/// The rollout part of a Service's status: `None` when no policy applies and no rollout or
+/// rollback ever happened (then the latest ready revision takes the traffic, as in Knative).
+fn rollout_view(
+    service: &Service,
+    ordered: &[&Revision],
+    latest_ready: Option<&Revision>,
+    ctx: &StatusContext,
+) -> Option<RolloutView> {
+    let policy = latest_ready.and_then(|r| policy_for(service, r, ctx));
+    let prev = service.status.rollout.as_ref();
+    if prev.is_none() && policy.is_none() {
+        return None;
+    }
+    let mut rollout = prev.cloned().unwrap_or_default();
+    let stable = stable_of(prev, served_latest(service));
+    let Some(latest) = latest_ready else {
+        rollout.stable_revision = stable;
+        return Some(RolloutView {
+            status: rollout,
+            condition: (
+                ConditionStatus::Unknown,
+                Some(reasons::ROLLOUT_PENDING.to_owned()),
+                Some("waiting for a revision to become ready".to_owned()),
+            ),
+            split: None,
+        });
+    };
+    let revs = rollout_revs(ordered);
+    let latest_rev = Rev {
+        name: latest.metadata.name.clone(),
+        generation: latest.configuration_generation(),
+        health: Health::Ready,
+    };
+    let split = latest_split(
+        &rollout,
+        stable.as_deref(),
+        &latest_rev,
+        &revs,
+        policy.as_ref(),
+    );
+    let pending = wants_rollout(
+        &rollout,
+        stable.as_deref(),
+        &latest_rev,
+        &revs,
+        policy.as_ref(),
+    );
+    let latest_name = latest_rev.name.as_str();
+    let serving_latest = split.len() == 1 && split[0].0 == latest_name;
+    rollout.stable_revision = if rollout.current.is_none() && serving_latest {
+        Some(latest_name.to_owned())
+    } else {
+        stable
+    };
+    let condition = rollout_condition(&rollout, latest_name, pending, serving_latest);
+    Some(RolloutView {
+        status: rollout,
+        condition,
+        split: Some(split),
+    })
+}
+
+/// The `RolledOut` condition.
+fn rollout_condition(
+    r: &RolloutStatus,
+    latest: &str,
+    pending: bool,
+    serving_latest: bool,
+) -> ConditionParts {
+    let unknown = |reason: &str, message: String| {
+        (
+            ConditionStatus::Unknown,
+            Some(reason.to_owned()),
+            Some(message),
+        )
+    };
+    if let Some(p) = &r.current {
+        return unknown(
+            reasons::ROLLING_OUT,
+            format!(
+                "revision {} takes {}% of the latest-revision traffic (step {} of {}{}); {} the rest",
+                p.revision,
+                p.percent(),
+                p.step + 1,
+                p.policy.steps.len(),
+                if p.paused { ", paused" } else { "" },
+                p.from
+            ),
+        );
+    }
+    if pending {
+        return unknown(
+            reasons::ROLLOUT_PENDING,
+            format!("revision {latest} is about to roll out"),
+        );
+    }
+    if serving_latest {
+        return (ConditionStatus::True, None, None);
+    }
+    let stable = r.stable_revision.as_deref().unwrap_or_default();
+    let again = format!(
+        "traffic stays on {stable}; apply a new revision, or run `skiff rollout resume` to roll {latest} out again"
+    );
+    let record = r.history.iter().find(|h| h.revision == latest);
+    let (reason, message) = match record.map(|h| (h.outcome.as_str(), h)) {
+        Some(("rolled_back", h)) if !h.message.contains("by hand") => {
+            (reasons::ROLLOUT_FAILED, format!("{}; {again}", h.message))
+        }
+        Some(("aborted", h)) => (reasons::ROLLOUT_ABORTED, format!("{}; {again}", h.message)),
+        _ => (
+            reasons::ROLLED_BACK,
+            format!(
+                "rolled back by hand: the latest-revision traffic goes to {stable}, not {latest}; run `skiff rollout resume` to send it to {latest} again"
+            ),
+        ),
+    };
+    (
+        ConditionStatus::False,
+        Some(reason.to_owned()),
+        Some(message),
+    )
+}
+
+/// A Service's Ready: True when ConfigurationsReady and RoutesReady are and its latest
+/// revision was not rolled back by its analysis, else the first of them that is not.
 fn service_ready(conditions: &[Condition]) -> ConditionParts {
     let cfg = condition(conditions, "ConfigurationsReady").cloned();
     let routes = condition(conditions, "RoutesReady").cloned();
+    let rolled_back = condition(conditions, conditions::ROLLED_OUT)
+        .filter(|c| {
+            c.status == ConditionStatus::False
+                && c.reason.as_deref() == Some(reasons::ROLLOUT_FAILED)
+        })
+        .cloned();
     match (cfg, routes) {
         (Some(c), Some(r))
             if c.status == ConditionStatus::True && r.status == ConditionStatus::True =>
         {
-            (ConditionStatus::True, None, None)
+            match rolled_back {
+                Some(f) => (f.status, f.reason, f.message),
+                None => (ConditionStatus::True, None, None),
+            }
         }
         (Some(c), _) if c.status != ConditionStatus::True => (c.status, c.reason, c.message),
         (_, Some(r)) => (r.status, r.reason, r.message),
@@ -676,6 +948,7 @@ mod tests {
             domain: "localhost".into(),
             ingress_port: 8080,
             now: "2026-11-25T00:00:00Z".into(),
+            default_rollout: None,
         }
     }
 
@@ -802,6 +1075,151 @@ mod tests {
         let ready = condition(&s.conditions, "Ready").expect("ready");
         assert_eq!(ready.status, ConditionStatus::False);
         assert_eq!(ready.reason.as_deref(), Some("RevisionFailed"));
+    }
+
+    fn with_rollout(mut r: Revision, steps: &str) -> Revision {
+        r.metadata
+            .annotations
+            .insert(skiff_api::rollout::ROLLOUT_ANNOTATION.into(), steps.into());
+        r
+    }
+
+    fn latest(s: &ServiceStatus) -> Vec<(String, i64, Option<String>)> {
+        s.traffic
+            .iter()
+            .map(|t| (t.revision_name.clone(), t.percent, t.tag.clone()))
+            .collect()
+    }
+
+    /// Under a policy, a new ready revision waits on the stable one, then gets each step's
+    /// share of every latest-revision target (a tag follows the new revision); pinned targets
+    /// stay as written.
+    #[test]
+    fn a_rollout_shares_only_the_latest_targets() {
+        let r1 = revision("hello-00001", 1, ConditionStatus::True);
+        let r2 = with_rollout(
+            revision("hello-00002", 2, ConditionStatus::True),
+            "5,50,100",
+        );
+        let mut svc = service(Some(vec![
+            TrafficTarget {
+                latest_revision: Some(true),
+                percent: Some(80),
+                tag: Some("latest".into()),
+                ..Default::default()
+            },
+            TrafficTarget {
+                revision_name: Some("hello-00001".into()),
+                percent: Some(20),
+                ..Default::default()
+            },
+        ]));
+        // The first revision: nothing to roll out from.
+        svc.status = service_status(&svc, &[&r1], &ctx());
+        assert_eq!(
+            latest(&svc.status)[0],
+            ("hello-00001".into(), 80, Some("latest".into()))
+        );
+        // The second, ready, under a policy: it stays on the stable one until its rollout.
+        svc.status = service_status(&svc, &[&r1, &r2], &ctx());
+        let rollout = svc.status.rollout.clone().expect("a rollout status");
+        assert_eq!(rollout.stable_revision.as_deref(), Some("hello-00001"));
+        let rolled = condition(&svc.status.conditions, conditions::ROLLED_OUT).expect("cond");
+        assert_eq!(rolled.reason.as_deref(), Some(reasons::ROLLOUT_PENDING));
+        assert_eq!(latest(&svc.status)[0].0, "hello-00001");
+        // At its first step: 5% of the 80.
+        let mut r = rollout;
+        let policy = policy_for(&svc, &r2, &ctx()).expect("a policy");
+        skiff_rollout::plan::start(
+            &mut r,
+            "hello-00002",
+            "hello-00001",
+            policy,
+            "2026-11-25T00:00:00Z".parse().expect("t"),
+        );
+        svc.status.rollout = Some(r);
+        svc.status = service_status(&svc, &[&r1, &r2], &ctx());
+        assert_eq!(
+            latest(&svc.status),
+            vec![
+                ("hello-00001".into(), 76, None),
+                ("hello-00002".into(), 4, Some("latest".into())),
+                ("hello-00001".into(), 20, None),
+            ]
+        );
+        let ready = condition(&svc.status.conditions, "Ready").expect("ready");
+        assert_eq!(
+            ready.status,
+            ConditionStatus::True,
+            "serving during a rollout"
+        );
+    }
+
+    /// A revision rolled back by its analysis leaves the traffic on the stable revision and
+    /// the Service not Ready, saying why.
+    #[test]
+    fn a_rolled_back_revision_fails_the_service() {
+        let r1 = revision("hello-00001", 1, ConditionStatus::True);
+        let r2 = with_rollout(revision("hello-00002", 2, ConditionStatus::True), "5,100");
+        let mut svc = service(None);
+        svc.status = service_status(&svc, &[&r1], &ctx());
+        svc.status = service_status(&svc, &[&r1, &r2], &ctx());
+        let mut r = svc.status.rollout.clone().expect("rollout");
+        let t0: jiff::Timestamp = "2026-11-25T00:00:00Z".parse().expect("t");
+        skiff_rollout::plan::start(
+            &mut r,
+            "hello-00002",
+            "hello-00001",
+            policy_for(&svc, &r2, &ctx()).expect("policy"),
+            t0,
+        );
+        let p = r.current.clone().expect("running");
+        skiff_rollout::plan::apply(
+            &mut r,
+            skiff_rollout::Decision::RollBack {
+                step: skiff_api::rollout::StepResult {
+                    percent: 5,
+                    started_at: p.step_started_at.clone(),
+                    ended_at: p.step_started_at.clone(),
+                    verdict: "failed".into(),
+                    canary: Default::default(),
+                    stable: Default::default(),
+                    checks: Vec::new(),
+                },
+                message: "errors: 5xx 33.3% (4 of 12)".into(),
+            },
+            t0,
+        );
+        svc.status.rollout = Some(r);
+        svc.status = service_status(&svc, &[&r1, &r2], &ctx());
+        assert_eq!(latest(&svc.status), vec![("hello-00001".into(), 100, None)]);
+        let ready = condition(&svc.status.conditions, "Ready").expect("ready");
+        assert_eq!(ready.status, ConditionStatus::False);
+        assert_eq!(ready.reason.as_deref(), Some(reasons::ROLLOUT_FAILED));
+        assert!(
+            ready
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("33.3%") && m.contains("traffic stays on hello-00001")),
+            "{ready:?}"
+        );
+        // A newer revision rolls out from the stable one.
+        let r3 = with_rollout(revision("hello-00003", 3, ConditionStatus::True), "5,100");
+        svc.status = service_status(&svc, &[&r1, &r2, &r3], &ctx());
+        let rolled = condition(&svc.status.conditions, conditions::ROLLED_OUT).expect("cond");
+        assert_eq!(rolled.reason.as_deref(), Some(reasons::ROLLOUT_PENDING));
+    }
+
+    /// Without a policy nothing changes: no rollout status, no condition.
+    #[test]
+    fn no_policy_no_rollout_status() {
+        let r1 = revision("hello-00001", 1, ConditionStatus::True);
+        let r2 = revision("hello-00002", 2, ConditionStatus::True);
+        let svc = service(None);
+        let s = service_status(&svc, &[&r1, &r2], &ctx());
+        assert!(s.rollout.is_none());
+        assert!(condition(&s.conditions, conditions::ROLLED_OUT).is_none());
+        assert_eq!(latest(&s), vec![("hello-00002".into(), 100, None)]);
     }
 
     /// Port 80 is left out of URLs.

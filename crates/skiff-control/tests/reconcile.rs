@@ -103,6 +103,7 @@ impl Plane {
                 prices: Default::default(),
                 history_dir: None,
                 notify: None,
+                default_rollout: None,
             },
             &metrics,
         )

@@ -63,6 +63,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Request logs and traces.
     pub requests: RequestsConfig,
+    /// The rollout policy of revisions that set none.
+    pub rollout: RolloutConfig,
 }
 
 impl Config {
@@ -91,6 +93,7 @@ impl Config {
         specs.extend(CostConfig::SETTINGS.iter().map(|s| &s.spec));
         specs.extend(AlertsConfig::SETTINGS.iter().map(|s| &s.spec));
         specs.extend(RequestsConfig::SETTINGS.iter().map(|s| &s.spec));
+        specs.extend(RolloutConfig::SETTINGS.iter().map(|s| &s.spec));
         specs
     }
 
@@ -109,6 +112,7 @@ impl Config {
             cost: CostConfig::load(raw, problems),
             alerts: AlertsConfig::load(raw, problems),
             requests: RequestsConfig::load(raw, problems),
+            rollout: RolloutConfig::load(raw, problems),
         };
         if config.api.listen == config.ingress.listen && config.api.listen.port() != 0 {
             problems.push(format!(
@@ -661,6 +665,82 @@ impl Section for CostConfig {
             "--price-million-requests",
             price_million_requests = parse::price,
             "Dollars per million requests [default: 0.40, Cloud Run's]",
+        ),
+    ];
+}
+
+/// The daemon-wide rollout policy, for revisions whose template sets no `skiff.dev/rollout`
+/// (off by default: a new revision takes its traffic at once, as in Knative).
+#[derive(Debug, Clone)]
+pub struct RolloutConfig {
+    /// The steps, or `None` (off).
+    pub steps: Option<Vec<u32>>,
+    /// Time at each step.
+    pub step: std::time::Duration,
+    /// The checks.
+    pub analysis: skiff_api::rollout::Analysis,
+    /// Canary requests a step needs.
+    pub min_requests: u64,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            steps: None,
+            step: skiff_api::rollout::DEFAULT_STEP,
+            analysis: skiff_api::rollout::Analysis::DEFAULT,
+            min_requests: skiff_api::rollout::DEFAULT_MIN_REQUESTS,
+        }
+    }
+}
+
+impl RolloutConfig {
+    /// The default policy, when one is set.
+    pub fn policy(&self) -> Option<skiff_api::rollout::RolloutPolicy> {
+        self.steps
+            .as_ref()
+            .map(|steps| skiff_api::rollout::RolloutPolicy {
+                steps: steps.clone(),
+                step_millis: self.step.as_millis() as u64,
+                analysis: self.analysis,
+                min_requests: self.min_requests,
+                source: "default".into(),
+            })
+    }
+}
+
+impl Section for RolloutConfig {
+    const SETTINGS: &'static [Setting<Self>] = &[
+        setting!(
+            "rollout",
+            "SKIFF_ROLLOUT",
+            "--rollout",
+            steps = |v: &str| match v.trim() {
+                "off" => Ok(None),
+                v => skiff_api::rollout::parse_steps(v).map(Some),
+            },
+            "Default rollout steps for revisions that set no skiff.dev/rollout, like 5,25,50,100 [default: off]",
+        ),
+        setting!(
+            "rollout_step",
+            "SKIFF_ROLLOUT_STEP",
+            "--rollout-step",
+            step = skiff_api::rollout::parse_step,
+            "Time at each step of the default rollout [default: 30s]",
+        ),
+        setting!(
+            "rollout_analysis",
+            "SKIFF_ROLLOUT_ANALYSIS",
+            "--rollout-analysis",
+            analysis = |v: &str| v.parse::<skiff_api::rollout::Analysis>(),
+            "Checks of the default rollout: errors, latency, slo (with thresholds like latency:2x), or none [default: errors,latency,slo]",
+        ),
+        setting!(
+            "rollout_min_requests",
+            "SKIFF_ROLLOUT_MIN_REQUESTS",
+            "--rollout-min-requests",
+            min_requests = skiff_api::rollout::parse_min_requests,
+            "Canary requests each step of the default rollout needs before it can pass [default: 20]",
         ),
     ];
 }

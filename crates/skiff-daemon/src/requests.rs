@@ -65,13 +65,25 @@ fn thresholds(slo: &skiff_control::slo::SloEngine) -> HashMap<String, HashMap<St
     out
 }
 
-/// Starts request logs and traces as configured and sets them as the router's observer;
-/// `None` when both are off. A trace export that cannot be set up is logged and left off.
+/// Request records into the rollouts' windows.
+#[derive(Debug)]
+struct RolloutSink(Arc<skiff_control::rollout::RolloutWindows>);
+
+impl skiff_requests::RecordSink for RolloutSink {
+    fn took(&self, records: &[skiff_router::record::RequestRecord]) {
+        self.0.took(records);
+    }
+}
+
+/// Starts request logs and traces as configured, with the rollouts' request windows, and
+/// sets them as the router's observer. A trace export that cannot be set up is logged and
+/// left off.
 pub fn start(
     config: &Config,
     runtime: Arc<skiff_runtime::Runtime>,
     router: &skiff_router::Router,
     slo: Arc<skiff_control::slo::SloEngine>,
+    windows: Arc<skiff_control::rollout::RolloutWindows>,
     metrics: &skiff_telemetry::Metrics,
     stop: CancellationToken,
 ) -> Option<Arc<RequestTelemetry>> {
@@ -80,9 +92,7 @@ pub fn start(
         endpoint,
         sampler: c.sampler(),
     });
-    if !c.request_logs && traces.is_none() {
-        return None;
-    }
+    let sink: Arc<dyn skiff_requests::RecordSink> = Arc::new(RolloutSink(windows));
     let thresholds: Thresholds = Arc::default();
     // Rotated like the container logs beside them.
     let rotation = skiff_runtime::logs::Rotation::default();
@@ -92,6 +102,7 @@ pub fn start(
         max_bytes: rotation.max_bytes,
         keep: rotation.keep,
         traces: traces.clone(),
+        sink: Some(sink.clone()),
     };
     let m = metrics.register_root(skiff_requests::Metrics::new);
     let lookup = Arc::new(DaemonLookup {
@@ -113,6 +124,7 @@ pub fn start(
                 max_bytes: rotation.max_bytes,
                 keep: rotation.keep,
                 traces: None,
+                sink: Some(sink),
             };
             RequestTelemetry::start(settings, lookup, m)
                 .inspect_err(

@@ -226,6 +226,7 @@ async fn control_plane(
             config.alerts.alert_webhook_url.clone(),
         )
         .map(|d| Arc::new(d) as Arc<dyn skiff_control::slo::Notify>),
+        default_rollout: config.rollout.policy(),
     };
     ControlPlane::start(parts, metrics)
         .await
@@ -292,6 +293,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         runtime,
         &router,
         plane.slo.clone(),
+        plane.rollout_windows.clone(),
         &metrics,
         shutdown.clone(),
     );
@@ -311,6 +313,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         ui: crate::ui::Ui::new(Some(plane.startups.clone()), config.requests.traces_url()),
         jobs: plane.jobs.clone(),
         eventing: plane.eventing.clone(),
+        rollouts: plane.rollouts.clone(),
     });
     data.write_endpoints(&Endpoints {
         api: format!("http://{}", listen.api_addr),

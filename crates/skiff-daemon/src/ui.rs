@@ -513,11 +513,81 @@ async fn oncall(
         &services,
         &revisions,
     );
+    page.sections
+        .push(views::rollout_section(&rollout_rows(&state).await?));
     page.sections.extend(views::work_sections(
         &job_rows(&state).await?,
         &delivery_rows(&state),
     ));
     Ok(render(page))
+}
+
+/// Rollouts in progress, and Services whose latest revision stands rolled back.
+async fn rollout_rows(state: &ApiState) -> Result<Vec<views::RolloutRow>, UiError> {
+    let mut out = Vec::new();
+    for s in state.controller.list_services(None).await? {
+        let Some(r) = &s.status.rollout else { continue };
+        let cond = s
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.condition_type == skiff_control::status::conditions::ROLLED_OUT);
+        let (ns, name) = (s.metadata.namespace.clone(), s.metadata.name.clone());
+        if let Some(p) = &r.current {
+            let detail = match state.rollouts.live(&s) {
+                Some(l) => format!(
+                    "new {} req, 5xx {:.1}%{} | stable {} req, 5xx {:.1}%{}",
+                    l.canary.requests,
+                    l.canary.error_rate() * 100.0,
+                    l.canary
+                        .p95_ms
+                        .map(|p| format!(", p95 {p:.1} ms"))
+                        .unwrap_or_default(),
+                    l.stable.requests,
+                    l.stable.error_rate() * 100.0,
+                    l.stable
+                        .p95_ms
+                        .map(|p| format!(", p95 {p:.1} ms"))
+                        .unwrap_or_default(),
+                ),
+                None => "measuring".into(),
+            };
+            out.push(views::RolloutRow {
+                namespace: ns,
+                service: name,
+                revision: p.revision.clone(),
+                from: p.from.clone(),
+                state: if p.paused { "paused" } else { "rolling out" }.into(),
+                failed: false,
+                step: Some(format!(
+                    "{} of {} ({}%)",
+                    p.step + 1,
+                    p.policy.steps.len(),
+                    p.percent()
+                )),
+                detail,
+            });
+        } else if let Some(c) =
+            cond.filter(|c| c.status == skiff_api::object::ConditionStatus::False)
+        {
+            let reason = c.reason.clone().unwrap_or_default();
+            out.push(views::RolloutRow {
+                namespace: ns,
+                service: name,
+                revision: r.held_revision.clone().unwrap_or_default(),
+                from: r.stable_revision.clone().unwrap_or_default(),
+                failed: reason == skiff_control::status::reasons::ROLLOUT_FAILED,
+                state: reason,
+                step: None,
+                detail: r
+                    .history
+                    .first()
+                    .map(|h| h.message.clone())
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Every Job, with its executions running now, for the on-call view.

@@ -105,6 +105,7 @@ impl Api {
             Default::default(),
             None,
         ));
+        let rollouts = skiff_control::rollout::Rollouts::new(controller.clone(), Arc::default());
         let router = api::router(ApiState {
             controller,
             token: Arc::new(TOKEN.into()),
@@ -121,6 +122,7 @@ impl Api {
             ui: skiff_daemon::ui::Ui::new(None, None),
             jobs,
             eventing: None,
+            rollouts,
         });
         Api { router, _dir: dir }
     }

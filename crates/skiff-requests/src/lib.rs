@@ -64,6 +64,15 @@ pub struct Settings {
     pub keep: usize,
     /// Traces, when on.
     pub traces: Option<TraceSettings>,
+    /// Gets every batch of records, when set (the rollouts' request windows).
+    pub sink: Option<Arc<dyn RecordSink>>,
+}
+
+/// Gets every batch of records the worker takes, on the worker's thread, before they are
+/// written: it must be quick (it holds up request logs and traces, never the router).
+pub trait RecordSink: Send + Sync + std::fmt::Debug + 'static {
+    /// Records of requests that ended.
+    fn took(&self, records: &[RequestRecord]);
 }
 
 /// Where and which traces go.
@@ -173,6 +182,7 @@ impl RequestTelemetry {
             lookup,
             metrics: metrics.clone(),
             log_failed: false,
+            sink: settings.sink.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("skiff-requests".into())
@@ -235,6 +245,7 @@ struct Worker {
     lookup: Arc<dyn Lookup>,
     metrics: Metrics,
     log_failed: bool,
+    sink: Option<Arc<dyn RecordSink>>,
 }
 
 impl Worker {
@@ -247,6 +258,11 @@ impl Worker {
                 &mut taken,
                 &mut batch.records.lock().unwrap_or_else(|p| p.into_inner()),
             );
+            if let Some(sink) = &self.sink
+                && !taken.is_empty()
+            {
+                sink.took(&taken);
+            }
             for r in taken.drain(..) {
                 self.one(r);
             }

@@ -26,6 +26,8 @@ pub enum AlertKind {
     Latency,
     /// The Service's cost budget is (nearly) spent.
     Budget,
+    /// The Service's latest revision was rolled back by its rollout's analysis.
+    Rollout,
 }
 
 impl From<ObjectiveKind> for AlertKind {
@@ -49,6 +51,21 @@ pub struct AlertKey {
     pub kind: AlertKind,
     /// How urgent it is.
     pub severity: Severity,
+}
+
+/// The rollout alert's condition: a ticket while the Service's latest revision stands
+/// rolled back by its analysis (it resolves when a later rollout succeeds, or the revision is
+/// let go).
+pub fn rollout_condition(namespace: &str, service: &str, rolled_back: bool) -> Condition {
+    Condition {
+        key: AlertKey {
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            kind: AlertKind::Rollout,
+            severity: Severity::Ticket,
+        },
+        holds: rolled_back,
+    }
 }
 
 /// An alert's condition at one evaluation.

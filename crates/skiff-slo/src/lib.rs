@@ -98,7 +98,10 @@ pub mod report;
 pub mod rules;
 pub mod windows;
 
-pub use alerts::{AlertKey, AlertKind, Alerts, Condition, FiringAlert, Transition, slo_conditions};
+pub use alerts::{
+    AlertKey, AlertKind, Alerts, Condition, FiringAlert, Transition, rollout_condition,
+    slo_conditions,
+};
 pub use budget::{
     BUDGET_PAGE_SHARE, budget_conditions, budget_period_end, budget_period_start, budget_severities,
 };

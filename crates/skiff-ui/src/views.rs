@@ -726,6 +726,62 @@ pub struct DeliveryRow {
     pub dead_lettered: u64,
 }
 
+/// A Service's rollout, as the on-call view lists it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RolloutRow {
+    /// Its namespace.
+    pub namespace: String,
+    /// The Service.
+    pub service: String,
+    /// The new revision.
+    pub revision: String,
+    /// The stable revision it replaces.
+    pub from: String,
+    /// `rolling out`, `paused`, or the reason it stands rolled back (`RolloutFailed`, …).
+    pub state: String,
+    /// Whether it stands rolled back by its analysis.
+    pub failed: bool,
+    /// `2 of 3 (50%)`, while it rolls out.
+    pub step: Option<String>,
+    /// The step's figures so far, or why it was rolled back.
+    pub detail: String,
+}
+
+/// The on-call view's rollouts: those in progress, and the Services whose latest revision
+/// stands rolled back or aborted.
+pub fn rollout_section(rows: &[RolloutRow]) -> Section {
+    let mut t = Table::new(
+        &["Service", "Revision", "From", "State", "Step", "Figures"],
+        "No rollout in progress. Revisions with `skiff.dev/rollout` on their template roll out in steps.",
+    );
+    for r in rows {
+        let tone = if r.failed {
+            Tone::Bad
+        } else if r.step.is_some() {
+            Tone::Warn
+        } else {
+            Tone::Plain
+        };
+        t.row(
+            format!("{}/{}", r.namespace, r.service),
+            vec![
+                Cell::text(display_name(&r.namespace, &r.service)),
+                Cell::text(r.revision.clone()).mono(),
+                Cell::text(r.from.clone()).mono(),
+                Cell::text(r.state.clone()).tone(tone),
+                Cell::text(r.step.clone().unwrap_or_else(|| "-".into())),
+                Cell::text(r.detail.clone()),
+            ],
+        );
+    }
+    Section::of_table(
+        "rollouts",
+        "Rollouts",
+        Some("Rollouts in progress with their step's figures (new revision against the stable one), and Services whose latest revision was rolled back.".into()),
+        t,
+    )
+}
+
 /// The on-call view's jobs and event-delivery sections.
 pub fn work_sections(jobs: &[JobRow], deliveries: &[DeliveryRow]) -> Vec<Section> {
     let mut jt = Table::new(
@@ -1733,6 +1789,38 @@ mod tests {
                 .empty
                 .contains("skiff apply")
         );
+    }
+
+    #[test]
+    fn rollouts_are_listed_with_their_state() {
+        let rows = [
+            RolloutRow {
+                namespace: "default".into(),
+                service: "web".into(),
+                revision: "web-00002".into(),
+                from: "web-00001".into(),
+                state: "rolling out".into(),
+                failed: false,
+                step: Some("1 of 3 (5%)".into()),
+                detail: "new 40 req, 5xx 0.0% | stable 760 req, 5xx 0.0%".into(),
+            },
+            RolloutRow {
+                namespace: "default".into(),
+                service: "api".into(),
+                revision: "api-00007".into(),
+                from: "api-00006".into(),
+                state: "RolloutFailed".into(),
+                failed: true,
+                step: None,
+                detail: "errors: 5xx 33.3% (4 of 12)".into(),
+            },
+        ];
+        let s = rollout_section(&rows);
+        let t = s.table.as_ref().expect("table");
+        assert_eq!(t.rows[0].1[3].tone, Tone::Warn);
+        assert_eq!(t.rows[0].1[4].text, "1 of 3 (5%)");
+        assert_eq!(t.rows[1].1[3].tone, Tone::Bad);
+        assert!(rollout_section(&[]).table.expect("t").rows.is_empty());
     }
 
     fn ctx() -> Context {

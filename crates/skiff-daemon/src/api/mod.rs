@@ -14,6 +14,7 @@ mod jobs;
 pub(crate) mod observe;
 pub mod openapi;
 pub(crate) mod requests;
+mod rollouts;
 mod runtime;
 mod secrets;
 mod services;
@@ -76,6 +77,8 @@ pub struct ApiState {
     pub jobs: Arc<skiff_control::jobs::Jobs>,
     /// Brokers, Triggers and PingSources (`None` without a data directory).
     pub eventing: Option<Arc<skiff_control::eventing::Eventing>>,
+    /// Rollouts.
+    pub rollouts: skiff_control::rollout::Rollouts,
 }
 
 /// The manifests one daemon parses at once: one per core (parsing is CPU-bound, more at
@@ -101,6 +104,9 @@ pub(crate) fn documented_routes() -> OpenApiRouter<ApiState> {
         ))
         .routes(routes!(services::list_revisions))
         .routes(routes!(services::get_revision))
+        .routes(routes!(rollouts::get_rollout))
+        .routes(routes!(rollouts::rollout_command))
+        .routes(routes!(rollouts::rollback))
         .routes(routes!(images::list_images))
         .routes(routes!(images::inspect_image))
         .routes(routes!(images::remove_image))

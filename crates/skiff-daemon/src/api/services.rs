@@ -409,7 +409,7 @@ const ROUTED_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Waits until the route reconciler has routed by the store revision a write committed, so
 /// the ingress agrees with the answer the client gets. The write stands if this times out
 /// (the reconciler routes by it when it can).
-async fn routed(state: &ApiState, resource_version: &str) {
+pub(crate) async fn routed(state: &ApiState, resource_version: &str) {
     let Ok(revision) = resource_version.parse::<i64>() else {
         return;
     };
