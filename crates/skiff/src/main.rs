@@ -74,6 +74,10 @@ enum Command {
     /// A Job's executions: list, describe, cancel, delete.
     #[command(alias = "execution")]
     Executions(cmd::jobs::ExecutionsArgs),
+    /// A Service's progressive rollout: status (--watch), pause, resume, promote, abort.
+    Rollout(cmd::rollout::RolloutArgs),
+    /// Send a Service's latest-revision traffic back to the previous revision (or --to one).
+    Rollback(cmd::rollout::RollbackArgs),
 }
 
 fn main() {
@@ -97,6 +101,8 @@ fn main() {
                     Command::Secrets(args) => cmd::secrets::run(args).await,
                     Command::Jobs(args) => cmd::jobs::run(args).await,
                     Command::Executions(args) => cmd::jobs::executions(args).await,
+                    Command::Rollout(args) => cmd::rollout::run(args).await,
+                    Command::Rollback(args) => cmd::rollout::rollback(args).await,
                     Command::Top(args) => cmd::observe::top(args).await,
                     Command::Metrics(args) => cmd::observe::metrics(args).await,
                     Command::Slo(args) => cmd::observe::slo(args).await,

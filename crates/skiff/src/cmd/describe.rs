@@ -93,6 +93,10 @@ pub async fn run(args: DescribeArgs) -> Result<i32, Exit> {
     let instances = client.instances(&args.namespace, &args.name).await?;
     let scale = client.scale(&args.namespace, &args.name).await?;
     print!("{}", output::describe_service(&service, &revisions));
+    if service.status.rollout.is_some() {
+        let report = client.rollout(&args.namespace, &args.name).await?;
+        print!("{}", output::describe_rollout(&report));
+    }
     print!("{}", output::describe_scaling(&scale));
     print!("{}", output::describe_instances(&instances));
     Ok(OK)

@@ -9,6 +9,7 @@ pub mod images;
 pub mod jobs;
 pub mod logs;
 pub mod observe;
+pub mod rollout;
 pub mod scale;
 pub mod secrets;
 pub mod server;
