@@ -14,6 +14,7 @@ mod lifecycle;
 mod network;
 mod observability;
 mod requests;
+mod rollout;
 mod runtime;
 mod secrets;
 mod serving;

@@ -16,6 +16,8 @@
 //!
 //! - `PORT`: the port to listen on (default 8080).
 //! - `TARGET`: `GET /` also says `hello $TARGET`.
+//! - `ROOT_FAIL_EVERY=N`, `ROOT_DELAY_MS=MS`: every Nth `GET /` answers 500, and each is
+//!   held MS ms (a failing or slow revision, for rollouts).
 //! - `EVENT_FAIL_FIRST=N`, `EVENT_STATUS=CODE`, `EVENT_RETRY_AFTER=S`, `EVENT_DELAY_MS=MS`,
 //!   `EVENT_REPLY_TYPE=T`: how `POST /` answers, read at startup (an invalid value exits
 //!   with code 2). The first N deliveries of each event id answer 503; CODE answers every
@@ -232,6 +234,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let root = match routes::Root::from_lookup(env) {
+        Ok(r) => r,
+        Err(message) => {
+            err_line!("skiff-test-server: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let listener = match TcpListener::bind(("0.0.0.0", port)) {
         Ok(l) => l,
         Err(err) => {
@@ -272,7 +281,7 @@ fn main() -> ExitCode {
     );
     err_line!("skiff-test-server stderr check");
 
-    let state = Arc::new(State::new(started, opts.ready_after, events));
+    let state = Arc::new(State::new(started, opts.ready_after, events).with_root(root));
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(s) => s,

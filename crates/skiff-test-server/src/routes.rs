@@ -44,6 +44,38 @@ pub struct State {
     overlaps: AtomicU64,
     /// The CloudEvents sink (`POST /`, `GET /events`).
     sink: Sink,
+    /// How `GET /` answers (`ROOT_FAIL_EVERY`, `ROOT_DELAY_MS`).
+    root: Root,
+    /// `GET /` requests so far.
+    root_count: AtomicU64,
+}
+
+/// How `GET /` answers: every `fail_every`-th request with 500 (0: never), each after
+/// `delay`. A revision that fails a share of its requests, or is slower, for rollout tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Root {
+    /// Every Nth request answers 500 (0: none).
+    pub fail_every: u64,
+    /// Each request is held this long.
+    pub delay: Duration,
+}
+
+impl Root {
+    /// From `ROOT_FAIL_EVERY` and `ROOT_DELAY_MS`, read through `env`.
+    pub fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Root, String> {
+        let number = |name: &str| -> Result<u64, String> {
+            match env(name) {
+                None => Ok(0),
+                Some(v) => v
+                    .parse::<u64>()
+                    .map_err(|_| format!("{name} must be a whole number, not `{v}`")),
+            }
+        };
+        Ok(Root {
+            fail_every: number("ROOT_FAIL_EVERY")?,
+            delay: Duration::from_millis(number("ROOT_DELAY_MS")?),
+        })
+    }
 }
 
 impl State {
@@ -58,7 +90,15 @@ impl State {
             in_flight: AtomicUsize::new(0),
             overlaps: AtomicU64::new(0),
             sink: Sink::new(events),
+            root: Root::default(),
+            root_count: AtomicU64::new(0),
         }
+    }
+
+    /// The same state, with `GET /` answering as `root` says.
+    pub fn with_root(mut self, root: Root) -> State {
+        self.root = root;
+        self
     }
 
     /// Whether `/ready` should answer 200 now.
@@ -266,6 +306,19 @@ fn dispatch(route: Route, req: &Request, state: &State) -> Result<(Response, The
         Route::Root if req.method == "POST" => ok(state.sink.receive(req, &mut std::io::stdout())),
         Route::Events => ok(Response::json(200, state.sink.report())),
         Route::Root => {
+            let n = state.root_count.fetch_add(1, Ordering::Relaxed) + 1;
+            if !state.root.delay.is_zero() {
+                pause(state.root.delay);
+            }
+            if state.root.fail_every > 0 && n.is_multiple_of(state.root.fail_every) {
+                return ok(Response::text(
+                    500,
+                    format!(
+                        "request {n} fails (ROOT_FAIL_EVERY={})\n",
+                        state.root.fail_every
+                    ),
+                ));
+            }
             let mut body = "hello from skiff-test-server\n".to_owned();
             if let Ok(target) = std::env::var("TARGET") {
                 body.push_str(&format!("hello {target}\n"));
