@@ -370,12 +370,33 @@ async fn a_bad_revision_is_rolled_back_at_its_first_step() {
             &policy,
         ),
     );
+    // `rollout status -w` follows it from the apply to the rollback, and fails.
+    let watch = {
+        let data_dir = d.data_dir().to_path_buf();
+        std::thread::spawn(move || {
+            std::process::Command::new(crate::SKIFF)
+                .args(["rollout", "status", "ro-bad", "-w"])
+                .env("SKIFF_DATA_DIR", data_dir)
+                .output()
+                .expect("skiff rollout status -w")
+        })
+    };
     let r = wait_rollout(&d, "ro-bad", "the rollback", |r| {
         ended(r, "ro-bad-00002", "rolled_back")
     })
     .await;
     wait_answered_by(&d, "ro-bad", "one").await;
     let t = load.finish().await;
+    let o = tokio::task::spawn_blocking(move || watch.join().expect("the watch"))
+        .await
+        .expect("join");
+    assert_code(&o, 1);
+    assert!(
+        stdout(&o).contains("RolloutFailed: revision ro-bad-00002 rolled back at 5%"),
+        "{}",
+        stdout(&o)
+    );
+    eprintln!("$ skiff rollout status ro-bad -w\n{}", stdout(&o));
     let share = t.bad as f64 / t.total() as f64;
     assert!(
         share < 0.02,
@@ -386,6 +407,12 @@ async fn a_bad_revision_is_rolled_back_at_its_first_step() {
         t.samples
     );
     assert!(t.bad > 0, "the bad revision got some traffic: {:?}", t.ok);
+    eprintln!(
+        "bad revision: {} of {} requests failed ({:.2}%) over the rollout",
+        t.bad,
+        t.total(),
+        share * 100.0
+    );
     // Rolled back at its first step, before the step's 20 s were up.
     let h = &r.rollout.as_ref().expect("status").history[0];
     assert_eq!(h.steps.len(), 1, "{h:#?}");
@@ -530,6 +557,7 @@ async fn a_slow_revision_is_rolled_back_by_the_latency_check() {
         step.stable.p95_ms.expect("a p95"),
     );
     assert!(new > 2.0 * old && old >= 20.0, "p95 {new} ms vs {old} ms");
+    eprintln!("slow revision: {}", h.message);
     let s = d
         .client()
         .get_service("default", "ro-slow")

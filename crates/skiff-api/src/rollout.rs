@@ -545,6 +545,9 @@ pub struct RolloutReport {
     pub namespace: String,
     /// The Service.
     pub service: String,
+    /// The latest revision stamped from the template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_created_revision: Option<String>,
     /// The latest ready revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_ready_revision: Option<String>,

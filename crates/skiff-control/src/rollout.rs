@@ -36,16 +36,21 @@ use crate::status::{self, StatusContext};
 /// A revision's requests since its window began.
 #[derive(Debug)]
 struct Tracked {
+    /// Its Service (to forget its windows with it).
+    service: String,
     /// The step's start, as stored (RFC 3339).
     since_text: String,
     since: SystemTime,
     window: Window,
 }
 
-/// The request windows of the revisions being compared, by (namespace, revision).
+/// Windows by namespace, then revision (looked up by `&str`: no allocation per record).
+type ByNamespace = HashMap<String, HashMap<String, Tracked>>;
+
+/// The request windows of the revisions being compared.
 #[derive(Debug, Default)]
 pub struct RolloutWindows {
-    tracked: Mutex<HashMap<(String, String), Tracked>>,
+    tracked: Mutex<ByNamespace>,
 }
 
 fn system_time(t: jiff::Timestamp) -> SystemTime {
@@ -54,24 +59,28 @@ fn system_time(t: jiff::Timestamp) -> SystemTime {
 }
 
 impl RolloutWindows {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Tracked>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ByNamespace> {
         self.tracked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts `revision`'s requests that arrive from `since` (a stored step start) on,
-    /// unless they are counted from then already.
-    pub fn track(&self, ns: &str, revision: &str, since: &str) {
+    /// Counts `revision`'s (of `service`) requests that arrive from `since` (a stored step
+    /// start) on, unless they are counted from then already.
+    pub fn track(&self, ns: &str, service: &str, revision: &str, since: &str) {
         let Ok(t) = since.parse::<jiff::Timestamp>() else {
             return;
         };
         let mut tracked = self.lock();
-        let key = (ns.to_owned(), revision.to_owned());
-        if tracked.get(&key).is_some_and(|t| t.since_text == since) {
+        let revisions = tracked.entry(ns.to_owned()).or_default();
+        if revisions
+            .get(revision)
+            .is_some_and(|t| t.since_text == since)
+        {
             return;
         }
-        tracked.insert(
-            key,
+        revisions.insert(
+            revision.to_owned(),
             Tracked {
+                service: service.to_owned(),
                 since_text: since.to_owned(),
                 since: system_time(t),
                 window: Window::new(),
@@ -79,11 +88,11 @@ impl RolloutWindows {
         );
     }
 
-    /// Counts the windows of the step a rollout is on, if one is in progress.
-    pub fn track_step(&self, ns: &str, rollout: Option<&RolloutStatus>) {
+    /// Counts the windows of the step a Service's rollout is on, if one is in progress.
+    pub fn track_step(&self, ns: &str, service: &str, rollout: Option<&RolloutStatus>) {
         if let Some(p) = rollout.and_then(|r| r.current.as_ref()) {
-            self.track(ns, &p.revision, &p.step_started_at);
-            self.track(ns, &p.from, &p.step_started_at);
+            self.track(ns, service, &p.revision, &p.step_started_at);
+            self.track(ns, service, &p.from, &p.step_started_at);
         }
     }
 
@@ -97,15 +106,32 @@ impl RolloutWindows {
     ) -> Option<Figures> {
         let tracked = self.lock();
         tracked
-            .get(&(ns.to_owned(), revision.to_owned()))
+            .get(ns)?
+            .get(revision)
             .filter(|t| t.since_text == since)
             .map(|t| t.window.figures(slow_after))
     }
 
-    /// Stops counting every revision of `ns` but `keep`.
+    /// Stops counting `revisions` of `ns`.
     fn forget(&self, ns: &str, revisions: &[&str]) {
-        self.lock()
-            .retain(|(n, r), _| n != ns || !revisions.contains(&r.as_str()));
+        let mut tracked = self.lock();
+        if let Some(m) = tracked.get_mut(ns) {
+            m.retain(|r, _| !revisions.contains(&r.as_str()));
+            if m.is_empty() {
+                tracked.remove(ns);
+            }
+        }
+    }
+
+    /// Stops counting every revision of a Service (it was deleted).
+    fn forget_service(&self, ns: &str, service: &str) {
+        let mut tracked = self.lock();
+        if let Some(m) = tracked.get_mut(ns) {
+            m.retain(|_, t| t.service != service);
+            if m.is_empty() {
+                tracked.remove(ns);
+            }
+        }
     }
 
     /// Takes a batch of request records.
@@ -115,8 +141,9 @@ impl RolloutWindows {
             return;
         }
         for r in records {
-            // One lookup per record; batches are small and few revisions are tracked.
-            if let Some(t) = tracked.get_mut(&(r.namespace.clone(), r.revision.clone()))
+            if let Some(t) = tracked
+                .get_mut(r.namespace.as_str())
+                .and_then(|m| m.get_mut(r.revision.as_str()))
                 && r.at >= t.since
             {
                 t.window.record(r.status, r.duration);
@@ -255,11 +282,6 @@ impl RolloutReconciler {
             }
         }
     }
-
-    /// Counts the windows of the step a rollout is on now.
-    fn track(&self, ns: &str, rollout: Option<&RolloutStatus>) {
-        self.windows.track_step(ns, rollout);
-    }
 }
 
 #[async_trait]
@@ -301,7 +323,10 @@ impl Reconciler for RolloutReconciler {
         let (ns, name) = key;
         let service = match self.controller.get_service(ns, name).await {
             Ok(s) => s,
-            Err(ControllerError::NotFound { .. }) => return Ok(Next::Done),
+            Err(ControllerError::NotFound { .. }) => {
+                self.windows.forget_service(ns, name);
+                return Ok(Next::Done);
+            }
             Err(e) => return Err(e.into()),
         };
         if service.status.rollout.is_none() {
@@ -339,11 +364,14 @@ impl Reconciler for RolloutReconciler {
             .await;
         let stored = match stored {
             Ok(s) => s,
-            Err(ControllerError::NotFound { .. }) => return Ok(Next::Done),
+            Err(ControllerError::NotFound { .. }) => {
+                self.windows.forget_service(ns, name);
+                return Ok(Next::Done);
+            }
             Err(e) => return Err(e.into()),
         };
         let rollout = stored.status.rollout.as_ref();
-        self.track(ns, rollout);
+        self.windows.track_step(ns, name, rollout);
         self.observe(&service, &stored);
         let wait = *wait.lock().unwrap_or_else(|p| p.into_inner());
         Ok(match (rollout.and_then(|r| r.current.as_ref()), wait) {
@@ -466,6 +494,7 @@ impl Rollouts {
         Ok(RolloutReport {
             namespace: ns.to_owned(),
             service: name.to_owned(),
+            latest_created_revision: service.status.latest_created_revision_name.clone(),
             latest_ready_revision: latest.map(|r| r.metadata.name.clone()),
             policy,
             live: self.live(&service),
@@ -514,7 +543,7 @@ impl Rollouts {
                 Ok(true)
             })
             .await?;
-        windows.track_step(ns, service.status.rollout.as_ref());
+        windows.track_step(ns, name, service.status.rollout.as_ref());
         info!(namespace = %ns, service = %name, command = ?command, "rollout command");
         Ok(service)
     }

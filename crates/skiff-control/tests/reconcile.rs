@@ -961,3 +961,165 @@ async fn a_job_execution_runs_its_tasks_to_completion_with_retries() {
     assert!(p.plane.instances.runtime().instances().is_empty());
     p.shutdown().await;
 }
+
+/// Request records as the router would hand them over: `ok` 2xx and `failed` 500 answers of
+/// revision `rev`, arriving now.
+fn records(rev: &str, ok: usize, failed: usize) -> Vec<skiff_router::record::RequestRecord> {
+    (0..ok + failed)
+        .map(|i| skiff_router::record::RequestRecord {
+            at: std::time::SystemTime::now(),
+            duration: Duration::from_millis(3),
+            request_id: format!("r{i}"),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            parent_span_id: None,
+            spans: None,
+            method: "GET".into(),
+            host: "web.default.example.test".into(),
+            path: "/".into(),
+            status: if i < failed { 500 } else { 200 },
+            bytes: 2,
+            complete: true,
+            namespace: NS.into(),
+            service: "web".into(),
+            revision: rev.into(),
+            instance: None,
+            cold_start: None,
+            waited: Duration::ZERO,
+            throttled: None,
+        })
+        .collect()
+}
+
+/// Rollouts on the fakes: a new ready revision rolls out from the stable one with the
+/// traffic split written with each step; one whose requests fail is rolled back (the
+/// Service not Ready, saying why, the deployment counted `rolled_back`); a later one that
+/// answers well rolls out to the end and becomes the stable revision.
+#[tokio::test]
+async fn a_rollout_steps_rolls_back_a_failing_revision_and_completes_a_good_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Plane::new(dir.path()).await;
+    let policy = |target: &'static str| {
+        [
+            ("autoscaling.knative.dev/min-scale", "1"),
+            ("autoscaling.knative.dev/target", target),
+            ("skiff.dev/rollout", "10,100"),
+            ("skiff.dev/rollout-step", "1s"),
+            ("skiff.dev/rollout-min-requests", "5"),
+        ]
+    };
+    let ready = async |rev: &str, started: usize| {
+        let plan = p
+            .wait_started(started)
+            .await
+            .into_iter()
+            .find(|plan| plan.revision == rev)
+            .expect("an instance of the revision");
+        p.runtime.set_ready(&plan.id, true);
+        p.wait_condition(rev, conditions::READY, ConditionStatus::True, None)
+            .await;
+    };
+    let service = async || {
+        p.plane
+            .controller
+            .get_service(NS, "web")
+            .await
+            .expect("the service")
+    };
+    p.apply("web", IMAGE, &policy("100")).await;
+    ready("web-00001", 1).await;
+    p.apply("web", IMAGE, &policy("101")).await;
+    ready("web-00002", 2).await;
+    // The rollout starts at 10%, its split in the Service's status.
+    let s = until("the rollout at 10%", async || {
+        let s = service().await;
+        let p = s.status.rollout.as_ref()?.current.as_ref()?;
+        (p.revision == "web-00002" && p.step == 0).then_some(s)
+    })
+    .await;
+    let split: Vec<(String, i64)> = s
+        .status
+        .traffic
+        .iter()
+        .map(|t| (t.revision_name.clone(), t.percent))
+        .collect();
+    assert_eq!(
+        split,
+        vec![("web-00001".to_owned(), 90), ("web-00002".to_owned(), 10)]
+    );
+    // A third of the new revision's requests fail: rolled back before its step is up.
+    let since = s
+        .status
+        .rollout
+        .as_ref()
+        .and_then(|r| r.current.as_ref())
+        .map(|c| c.step_started_at.clone())
+        .expect("running");
+    until("the step's windows", async || {
+        p.plane
+            .rollout_windows
+            .figures(NS, "web-00002", &since, None)
+            .map(|_| ())
+    })
+    .await;
+    p.plane.rollout_windows.took(&records("web-00001", 200, 0));
+    p.plane.rollout_windows.took(&records("web-00002", 8, 4));
+    let s = until("the rollback", async || {
+        let s = service().await;
+        let r = s.status.rollout.as_ref()?;
+        (r.current.is_none() && r.history.first()?.outcome == "rolled_back").then_some(s)
+    })
+    .await;
+    let ready_cond = s
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.condition_type == conditions::READY)
+        .expect("Ready");
+    assert_eq!(ready_cond.status, ConditionStatus::False);
+    assert_eq!(ready_cond.reason.as_deref(), Some(reasons::ROLLOUT_FAILED));
+    assert!(
+        ready_cond
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("5xx 33.3% (4 of 12)")),
+        "{ready_cond:?}"
+    );
+    assert_eq!(s.status.traffic.len(), 1);
+    assert_eq!(s.status.traffic[0].revision_name, "web-00001");
+    assert_eq!(p.deployments("web", "rolled_back"), Some(1));
+    // A later good revision rolls out to the end.
+    p.apply("web", IMAGE, &policy("102")).await;
+    ready("web-00003", 3).await;
+    for step in 0..2 {
+        let since = until(&format!("web-00003 at step {step}"), async || {
+            let s = service().await;
+            let c = s.status.rollout.as_ref()?.current.as_ref()?;
+            (c.revision == "web-00003" && c.step == step).then(|| c.step_started_at.clone())
+        })
+        .await;
+        until("the step's windows", async || {
+            p.plane
+                .rollout_windows
+                .figures(NS, "web-00003", &since, None)
+                .map(|_| ())
+        })
+        .await;
+        // Both revisions answer well (at 100% the stable one gets nothing).
+        p.plane
+            .rollout_windows
+            .took(&records("web-00001", if step == 0 { 90 } else { 0 }, 0));
+        p.plane.rollout_windows.took(&records("web-00003", 20, 0));
+    }
+    let s = until("the rollout to succeed", async || {
+        let s = service().await;
+        let r = s.status.rollout.as_ref()?;
+        (r.current.is_none() && r.history.first()?.outcome == "succeeded").then_some(s)
+    })
+    .await;
+    let r = s.status.rollout.as_ref().expect("rollout");
+    assert_eq!(r.stable_revision.as_deref(), Some("web-00003"));
+    assert_eq!(r.held_revision, None);
+    assert_eq!(s.status.traffic[0].revision_name, "web-00003");
+    assert_eq!(s.status.traffic[0].percent, 100);
+    p.shutdown().await;
+}

@@ -56,12 +56,17 @@ fn alert(a: &Alert, ends: Option<&str>) -> Value {
         a.kind,
         a.namespace,
         a.service,
-        if a.kind == "budget" {
-            "the cost budget is being spent"
-        } else {
-            "the error budget is burning too fast"
+        match a.kind.as_str() {
+            "budget" => "the cost budget is being spent",
+            "rollout" => "the latest revision was rolled back by its rollout's analysis",
+            _ => "the error budget is burning too fast",
         }
     );
+    let command = if a.kind == "rollout" {
+        "skiff rollout status"
+    } else {
+        "skiff slo"
+    };
     let mut v = json!({
         "labels": {
             "alertname": a.name,
@@ -73,7 +78,7 @@ fn alert(a: &Alert, ends: Option<&str>) -> Value {
         },
         "annotations": {
             "summary": summary,
-            "description": format!("skiff slo {} -n {}", a.service, a.namespace),
+            "description": format!("{command} {} -n {}", a.service, a.namespace),
         },
         "startsAt": a.since,
     });

@@ -19,7 +19,7 @@ use skiff_api::rollout::{
 use crate::analysis::{SloTargets, Verdict, analyse};
 
 /// How often a rollout in progress is looked at, at most this far apart.
-pub const TICK: Duration = Duration::from_millis(500);
+pub const TICK: Duration = Duration::from_millis(250);
 /// A step without enough canary requests goes on, inconclusive, after this many times its
 /// duration.
 pub const INCONCLUSIVE_AFTER_STEPS: u32 = 10;

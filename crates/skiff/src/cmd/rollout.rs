@@ -160,7 +160,26 @@ async fn status(args: StatusArgs) -> Result<i32, Exit> {
     }
     let mut last = String::new();
     loop {
-        let line = summary(&r);
+        // A revision just applied: wait for it to be ready (or to fail) first.
+        let created = r.latest_created_revision.clone();
+        let line = match created.as_deref() {
+            Some(c) if r.latest_ready_revision.as_deref() != Some(c) => {
+                let rev = client.get_revision(&a.namespace, c).await?;
+                match rev.condition("Ready") {
+                    Some(cond) if cond.status == skiff_api::object::ConditionStatus::False => {
+                        println!(
+                            "revision {c} failed ({}): {}",
+                            cond.reason.as_deref().unwrap_or("Failed"),
+                            cond.message.as_deref().unwrap_or_default()
+                        );
+                        return Ok(FAILURE);
+                    }
+                    _ => format!("waiting for revision {c} to become ready"),
+                }
+            }
+            _ => summary(&r),
+        };
+        let waiting = line.starts_with("waiting for revision");
         if line != last {
             println!("{line}");
             last = line;
@@ -170,7 +189,7 @@ async fn status(args: StatusArgs) -> Result<i32, Exit> {
             .condition
             .as_ref()
             .is_some_and(|c| c.reason.as_deref() == Some("RolloutPending"));
-        if !running && !pending {
+        if !waiting && !running && !pending {
             return Ok(if failed(&r) { FAILURE } else { OK });
         }
         tokio::time::sleep(WATCH_EVERY).await;
