@@ -58,6 +58,20 @@ impl OciRuntime for TimedOci {
         r
     }
 
+    async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<i32, OciError> {
+        self.inner.create(id, bundle, stdout, stderr).await
+    }
+
+    async fn start(&self, id: &str) -> Result<(), OciError> {
+        self.inner.start(id).await
+    }
+
     async fn kill(&self, id: &str, signal: &str) -> Result<(), OciError> {
         self.inner.kill(id, signal).await
     }

@@ -133,6 +133,34 @@ pub struct InstanceStatus {
     pub startup: Option<StartupPhases>,
     /// Per container.
     pub containers: Vec<ContainerStatus>,
+    /// How it was started: `fresh` (created and started on demand) or `parked` (created
+    /// ahead, started on demand: see [`Phase::Parked`]).
+    #[serde(default)]
+    pub start_kind: StartKind,
+}
+
+/// How an instance was started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StartKind {
+    /// Created and started when wanted.
+    #[default]
+    Fresh,
+    /// Created ahead (parked), its processes released when wanted.
+    Parked,
+}
+
+impl StartKind {
+    /// Every kind.
+    pub const ALL: [StartKind; 2] = [StartKind::Fresh, StartKind::Parked];
+
+    /// `fresh` or `parked`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartKind::Fresh => "fresh",
+            StartKind::Parked => "parked",
+        }
+    }
 }
 
 /// How an instance's start was spent (M5); each phase begins where the one before ended.
@@ -170,6 +198,10 @@ pub enum Phase {
     /// Containers starting, not ready yet.
     #[default]
     Starting,
+    /// Parked: every container created (rootfs, namespaces, cgroup, `runc create`), its
+    /// process held before exec until the instance is wanted. Takes no traffic and is not
+    /// billed.
+    Parked,
     /// Running (ready or not: see `ready`).
     Running,
     /// Being stopped.
@@ -179,10 +211,12 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// The phase as the API writes it: `starting`, `running`, `stopping`, `stopped`.
+    /// The phase as the API writes it: `starting`, `parked`, `running`, `stopping`,
+    /// `stopped`.
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Starting => "starting",
+            Phase::Parked => "parked",
             Phase::Running => "running",
             Phase::Stopping => "stopping",
             Phase::Stopped => "stopped",
@@ -593,6 +627,7 @@ mod tests {
                     }),
                     ..ContainerStatus::default()
                 }],
+                start_kind: StartKind::Parked,
             },
             usage: Usage {
                 memory_limit_bytes: 1,
@@ -601,6 +636,7 @@ mod tests {
         };
         let json = serde_json::to_value(&v).expect("a view serializes");
         assert_eq!(json["status"]["phase"], "running");
+        assert_eq!(json["status"]["startKind"], "parked");
         assert_eq!(json["status"]["startToReadyMs"], 12.0);
         assert_eq!(json["status"]["startup"]["imageMs"], 2.0);
         assert_eq!(json["status"]["startup"]["readyMs"], 5.0);
@@ -628,6 +664,7 @@ mod tests {
         });
         let s: InstanceStatus = serde_json::from_value(old).expect("an older status reads");
         assert_eq!(s.startup, None);
+        assert_eq!(s.start_kind, StartKind::Fresh);
         let json = serde_json::to_value(&s).expect("serializes");
         assert!(json.get("startup").is_none(), "{json}");
         let mut p = StartupPhases {

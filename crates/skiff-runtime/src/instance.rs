@@ -30,7 +30,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use skiff_api::wire::ProbeFailure;
-pub use skiff_api::wire::{ContainerStatus, InstanceStatus, Phase, StartupPhases, Termination};
+pub use skiff_api::wire::{
+    ContainerStatus, InstanceStatus, Phase, StartKind, StartupPhases, Termination,
+};
 
 use crate::cgroups::{self, Usage};
 use crate::logs::{self, LogSource, LogStore, PumpTarget, Tail};
@@ -402,6 +404,9 @@ pub enum RuntimeError {
     /// No such instance.
     #[error("no instance `{0}`")]
     NotFound(String),
+    /// The instance is not parked (any more): it cannot be unparked.
+    #[error("instance `{0}` is not parked")]
+    NotParked(String),
     /// The OCI runtime failed.
     #[error("OCI runtime")]
     Oci(#[from] OciError),
@@ -457,6 +462,29 @@ pub struct Instance {
     start_instant: tokio::time::Instant,
     /// What serves the namespace (resolver, egress) while the instance lives.
     network: Mutex<Option<Box<dyn std::any::Any + Send + Sync>>>,
+    /// Set for an instance created parked ([`Runtime::park`]).
+    park: Option<Park>,
+}
+
+/// How an instance's containers come to run.
+#[derive(Debug)]
+enum Launch {
+    /// Started now.
+    Start,
+    /// Created, held before exec until unparked.
+    Park,
+    /// Already running (re-adopted after a restart): these are their pids.
+    Adopt(Vec<i32>),
+}
+
+/// A parked instance's release: its containers are created and wait before exec until
+/// [`Runtime::unpark`] cancels `release`.
+#[derive(Debug, Default)]
+struct Park {
+    release: CancellationToken,
+    /// When it was unparked: the decision, and the call (its start-up phases count from
+    /// these rather than from when it was parked).
+    unparked: Mutex<Option<(Scheduled, tokio::time::Instant)>>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -468,6 +496,25 @@ impl std::fmt::Debug for Instance {
 }
 
 impl Instance {
+    /// When its start began: the call to [`Runtime::start`], or to [`Runtime::unpark`].
+    fn t0(&self) -> tokio::time::Instant {
+        self.unparked().map_or(self.start_instant, |(_, at)| at)
+    }
+
+    /// The decision its start-up phases count from.
+    fn scheduled(&self) -> Option<Scheduled> {
+        match &self.park {
+            Some(_) => self.unparked().map(|(s, _)| s),
+            None => self.plan.scheduled,
+        }
+    }
+
+    fn unparked(&self) -> Option<(Scheduled, tokio::time::Instant)> {
+        self.park
+            .as_ref()
+            .and_then(|p| *p.unparked.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The current status.
     pub fn status(&self) -> InstanceStatus {
         self.status.borrow().clone()
@@ -620,6 +667,50 @@ impl Runtime {
         self: &Arc<Self>,
         plan: InstancePlan,
     ) -> Result<Arc<Instance>, RuntimeError> {
+        self.prepare(plan, false).await
+    }
+
+    /// Parks an instance: everything [`Runtime::start`] does (network namespace, `/etc`
+    /// files, volumes, overlay rootfs, cgroup, `runc create`) except that each container's
+    /// process waits before exec, in phase [`Phase::Parked`], until [`Runtime::unpark`].
+    pub async fn park(self: &Arc<Self>, plan: InstancePlan) -> Result<Arc<Instance>, RuntimeError> {
+        self.prepare(plan, true).await
+    }
+
+    /// Starts a parked instance's processes: its start-up phases count from `scheduled`
+    /// and from this call, and its lifetime (`startedAt`) from now. An instance is unparked
+    /// once: a second call, or one for an instance that was not parked, fails.
+    pub fn unpark(&self, id: &str, scheduled: Scheduled) -> Result<(), RuntimeError> {
+        let inst = self
+            .instance(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        let Some(park) = &inst.park else {
+            return Err(RuntimeError::NotParked(id.to_owned()));
+        };
+        {
+            let mut unparked = park.unparked.lock().unwrap_or_else(|e| e.into_inner());
+            if unparked.is_some() || inst.stop.is_cancelled() {
+                return Err(RuntimeError::NotParked(id.to_owned()));
+            }
+            *unparked = Some((scheduled, tokio::time::Instant::now()));
+        }
+        self.update(&inst, |s| {
+            if s.phase == Phase::Parked {
+                s.phase = Phase::Starting;
+            }
+            s.started_at = now();
+            s.start_kind = StartKind::Parked;
+        });
+        park.release.cancel();
+        info!(instance = %id, revision = %inst.plan.revision, "unparked");
+        Ok(())
+    }
+
+    async fn prepare(
+        self: &Arc<Self>,
+        plan: InstancePlan,
+        parked: bool,
+    ) -> Result<Arc<Instance>, RuntimeError> {
         // start_to_ready_ms counts from here, so it includes the namespace and `/etc` files;
         // so does the `container` phase of start-up.
         let t0 = tokio::time::Instant::now();
@@ -672,7 +763,8 @@ impl Runtime {
                 })?;
             }
         }
-        self.launch(plan, dir, netns.handle(), netns_path, None, t0)
+        let how = if parked { Launch::Park } else { Launch::Start };
+        self.launch(plan, dir, netns.handle(), netns_path, how, t0)
             .await
     }
 
@@ -682,9 +774,14 @@ impl Runtime {
         dir: PathBuf,
         netns: Arc<OwnedFd>,
         netns_path: PathBuf,
-        adopted: Option<Vec<i32>>,
+        how: Launch,
         t0: tokio::time::Instant,
     ) -> Result<Arc<Instance>, RuntimeError> {
+        let (parked, adopted) = match how {
+            Launch::Start => (false, None),
+            Launch::Park => (true, None),
+            Launch::Adopt(pids) => (false, Some(pids)),
+        };
         let containers = plan
             .containers
             .iter()
@@ -697,7 +794,11 @@ impl Runtime {
             })
             .collect();
         let (status, _) = watch::channel(InstanceStatus {
-            phase: Phase::Starting,
+            phase: if parked {
+                Phase::Parked
+            } else {
+                Phase::Starting
+            },
             started_at: now(),
             containers,
             ..Default::default()
@@ -714,6 +815,7 @@ impl Runtime {
             done: CancellationToken::new(),
             start_instant: t0,
             network: Mutex::new(None),
+            park: parked.then(Park::default),
         });
         if let Some(n) = self.network.get() {
             let guard = n.attach(&instance.plan, instance.netns.clone()).await;
@@ -856,8 +958,53 @@ impl Runtime {
         cgroups::remove(&cgroup_path(&inst.plan.id, i));
     }
 
-    /// Prepares and starts container `i`; returns its pid.
-    async fn start_container(&self, inst: &Arc<Instance>, i: usize) -> Result<i32, String> {
+    /// Creates container `i` parked and waits for the instance's release, then starts it;
+    /// returns its pid and the watch on its exit, or `None` when the instance was stopped
+    /// (or the process ended) first.
+    async fn park_container(
+        &self,
+        inst: &Arc<Instance>,
+        i: usize,
+    ) -> Result<Option<(i32, tokio::sync::oneshot::Receiver<Exit>)>, String> {
+        let Some(park) = &inst.park else {
+            return Err("the instance is not parked".into());
+        };
+        let pid = self.start_container(inst, i, true).await?;
+        let mut exit = self.reaper.wait(pid);
+        self.update(inst, |s| {
+            let c = &mut s.containers[i];
+            c.pid = Some(pid);
+            c.waiting_reason = Some("Parked".into());
+        });
+        tokio::select! {
+            () = park.release.cancelled() => {}
+            () = inst.stop.cancelled() => {
+                self.cleanup_container(inst, i).await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), exit).await;
+                return Ok(None);
+            }
+            e = &mut exit => {
+                warn!(container = %inst.plan.containers[i].name, exit = ?e, "a parked container's process ended before its release; the instance is removed");
+                self.cleanup_container(inst, i).await;
+                inst.stop.cancel();
+                return Ok(None);
+            }
+        }
+        self.oci
+            .start(&container_id(&inst.plan.id, i))
+            .await
+            .map_err(|e| crate::chain(&e))?;
+        Ok(Some((pid, exit)))
+    }
+
+    /// Prepares container `i` and starts it (`create`: creates it only, its process waiting
+    /// to be started); returns its pid.
+    async fn start_container(
+        &self,
+        inst: &Arc<Instance>,
+        i: usize,
+        create: bool,
+    ) -> Result<i32, String> {
         let plan = &inst.plan.containers[i];
         let cdir = inst.container_dir(i);
         let rootfs_dir = cdir.join("rootfs");
@@ -995,16 +1142,14 @@ impl Runtime {
         let (err_r, err_w) =
             logs::fifo(&cdir.join("stderr")).map_err(|e| format!("stderr fifo: {e}"))?;
         self.spawn_pumps(inst, i, out_r, err_r);
-        let pid = self
-            .oci
-            .run_detached(
-                &container_id(&inst.plan.id, i),
-                &cdir,
-                Stdio::from(out_w),
-                Stdio::from(err_w),
-            )
-            .await
-            .map_err(|e| crate::chain(&e))?;
+        let id = container_id(&inst.plan.id, i);
+        let (out_w, err_w) = (Stdio::from(out_w), Stdio::from(err_w));
+        let pid = if create {
+            self.oci.create(&id, &cdir, out_w, err_w).await
+        } else {
+            self.oci.run_detached(&id, &cdir, out_w, err_w).await
+        }
+        .map_err(|e| crate::chain(&e))?;
         Ok(pid)
     }
 
@@ -1059,6 +1204,7 @@ impl Runtime {
         let mut first = true;
         loop {
             let started = tokio::time::Instant::now();
+            let mut parked_exit = None;
             let pid = match (first, adopted_pid) {
                 (true, Some(pid)) => {
                     // Re-adopted after a daemon restart: reopen its log FIFOs.
@@ -1071,7 +1217,21 @@ impl Runtime {
                     }
                     Ok(pid)
                 }
-                _ => self.start_container(&inst, i).await,
+                (true, None) if inst.park.is_some() => match self.park_container(&inst, i).await {
+                    Ok(Some((pid, exit))) => {
+                        parked_exit = Some(exit);
+                        Ok(pid)
+                    }
+                    // Stopped while parked, or its process gone: the instance goes.
+                    Ok(None) => return,
+                    Err(message) => {
+                        warn!(container = %name, error = %message, "a parked container failed; the instance is removed");
+                        self.cleanup_container(&inst, i).await;
+                        inst.stop.cancel();
+                        return;
+                    }
+                },
+                _ => self.start_container(&inst, i, false).await,
             };
             first = false;
             let pid = match pid {
@@ -1132,13 +1292,13 @@ impl Runtime {
                 c.waiting_reason = None;
                 // The `container` phase ends when every container's process runs.
                 if s.startup.is_none()
-                    && let Some(scheduled) = inst.plan.scheduled
+                    && let Some(scheduled) = inst.scheduled()
                     && s.containers.iter().all(|c| c.running)
                 {
-                    s.startup = Some(startup_phases(scheduled, inst.start_instant, running_at));
+                    s.startup = Some(startup_phases(scheduled, inst.t0(), running_at));
                 }
             });
-            let exit_rx = self.reaper.wait(pid);
+            let exit_rx = parked_exit.unwrap_or_else(|| self.reaper.wait(pid));
             let oom_before = cgroups::usage(&cgroup_path(&inst.plan.id, i)).oom_kills;
             let liveness = self.clone().liveness_loop(inst.clone(), i);
             tokio::pin!(liveness);
@@ -1327,6 +1487,13 @@ impl Runtime {
 
     /// Probes readiness of every container that has a readiness probe.
     async fn readiness_loop(self: Arc<Self>, inst: Arc<Instance>) {
+        // A parked instance has nothing to probe until it is released.
+        if let Some(p) = &inst.park {
+            tokio::select! {
+                () = p.release.cancelled() => {}
+                () = inst.stop.cancelled() => return,
+            }
+        }
         let n = inst.plan.containers.len();
         let mut successes = vec![0u32; n];
         let mut failures = vec![0u32; n];
@@ -1413,7 +1580,7 @@ impl Runtime {
                 .containers
                 .iter()
                 .all(|c| c.ready && c.running);
-            let elapsed = inst.start_instant.elapsed();
+            let elapsed = inst.t0().elapsed();
             self.update(&inst, |s| {
                 s.ready = all_ready && s.phase == Phase::Running;
                 if s.ready && !s.was_ready {
@@ -1480,7 +1647,7 @@ impl Runtime {
                         dir,
                         ns.handle(),
                         netns_path,
-                        Some(pids),
+                        Launch::Adopt(pids),
                         tokio::time::Instant::now(),
                     )
                     .await

@@ -81,6 +81,17 @@ pub trait OciRuntime: Send + Sync + 'static {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Result<i32, OciError>;
+    /// Creates a container without starting it: its init sets everything up and waits
+    /// before exec (runc's exec FIFO) until [`OciRuntime::start`]. Returns its init pid.
+    async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<i32, OciError>;
+    /// Starts a created container: its init execs the process.
+    async fn start(&self, id: &str) -> Result<(), OciError>;
     /// Sends a signal (`TERM`, `KILL`, …) to the container's init.
     async fn kill(&self, id: &str, signal: &str) -> Result<(), OciError>;
     /// Deletes the container (force: kill it first if it runs).
@@ -125,6 +136,69 @@ impl RuncCli {
         c
     }
 
+    /// Runs `run --detach` or `create` for a bundle with the container's stdio and returns
+    /// its init pid (from `--pid-file`).
+    async fn spawn_with_pid(
+        &self,
+        verb: &str,
+        args: &[&str],
+        id: &str,
+        bundle: &Path,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<i32, OciError> {
+        let pid_file = bundle.join("init.pid");
+        let _ = std::fs::remove_file(&pid_file);
+        let mut c = Command::new(&self.binary);
+        c.arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
+        // runc writes its own errors to stderr, which is also the container's: its errors
+        // reach the log, and its exit status tells us whether the start failed.
+        let status = c
+            .spawn()
+            .map_err(|source| OciError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?
+            .wait()
+            .await
+            .map_err(|source| OciError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        if !status.success() {
+            return Err(OciError::Failed {
+                binary: self.binary.clone(),
+                command: format!("{verb} {id}"),
+                status: status.to_string(),
+                stderr: "see the instance's log for the runtime's message".to_owned(),
+            });
+        }
+        let text = tokio::fs::read_to_string(&pid_file)
+            .await
+            .map_err(|e| OciError::Output {
+                binary: self.binary.clone(),
+                command: format!("{verb} {id}"),
+                detail: format!("no pid file: {e}"),
+            })?;
+        let pid = text.trim().parse::<i32>().map_err(|e| OciError::Output {
+            binary: self.binary.clone(),
+            command: format!("{verb} {id}"),
+            detail: format!("bad pid file `{}`: {e}", text.trim()),
+        })?;
+        debug!(container = id, pid, verb, "container created");
+        Ok(pid)
+    }
+
     async fn output(&self, what: &str, mut c: Command) -> Result<std::process::Output, OciError> {
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let out = c.output().await.map_err(|source| OciError::Spawn {
@@ -160,55 +234,64 @@ impl OciRuntime for RuncCli {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Result<i32, OciError> {
-        let pid_file = bundle.join("init.pid");
-        let _ = std::fs::remove_file(&pid_file);
-        let mut c = Command::new(&self.binary);
-        c.arg("--root")
-            .arg(&self.root)
-            .args(["run", "--detach", "--bundle"])
-            .arg(bundle)
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        // runc writes its own errors to stderr, which is also the container's: its errors
-        // reach the log, and its exit status tells us whether the start failed.
-        let status = c
-            .spawn()
-            .map_err(|source| OciError::Spawn {
-                binary: self.binary.clone(),
-                source,
-            })?
-            .wait()
+        self.spawn_with_pid("run", &["run", "--detach"], id, bundle, stdout, stderr)
             .await
-            .map_err(|source| OciError::Spawn {
-                binary: self.binary.clone(),
-                source,
-            })?;
-        if !status.success() {
-            return Err(OciError::Failed {
-                binary: self.binary.clone(),
-                command: format!("run {id}"),
-                status: status.to_string(),
-                stderr: "see the instance's log for the runtime's message".to_owned(),
-            });
-        }
-        let text = tokio::fs::read_to_string(&pid_file)
+    }
+
+    async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<i32, OciError> {
+        self.spawn_with_pid("create", &["create"], id, bundle, stdout, stderr)
             .await
-            .map_err(|e| OciError::Output {
-                binary: self.binary.clone(),
-                command: format!("run {id}"),
-                detail: format!("no pid file: {e}"),
-            })?;
-        let pid = text.trim().parse::<i32>().map_err(|e| OciError::Output {
+    }
+
+    async fn start(&self, id: &str) -> Result<(), OciError> {
+        // What `runc start` does, without its process: open the exec FIFO (init waits on
+        // its other end), read init's byte, and remove the FIFO (which is how runc's state
+        // tells "created" from "running"). Falls back to `start` when there is no FIFO
+        // (another runtime's layout).
+        let fifo = self.root.join(id).join("exec.fifo");
+        let released = tokio::task::spawn_blocking({
+            let fifo = fifo.clone();
+            move || -> std::io::Result<usize> {
+                use std::io::Read;
+                let mut f = std::fs::File::open(&fifo)?;
+                let mut buf = Vec::new();
+                f.read_to_end(&mut buf)?;
+                std::fs::remove_file(&fifo)?;
+                Ok(buf.len())
+            }
+        })
+        .await
+        .map_err(|e| OciError::Output {
             binary: self.binary.clone(),
-            command: format!("run {id}"),
-            detail: format!("bad pid file `{}`: {e}", text.trim()),
+            command: format!("start {id}"),
+            detail: format!("releasing the exec FIFO: {e}"),
         })?;
-        debug!(container = id, pid, "container started");
-        Ok(pid)
+        match released {
+            Ok(n) if n > 0 => {
+                debug!(container = id, "released the exec FIFO");
+                Ok(())
+            }
+            Ok(_) => Err(OciError::Output {
+                binary: self.binary.clone(),
+                command: format!("start {id}"),
+                detail: "the container's init closed its exec FIFO without a byte (it is not waiting to start)".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self
+                .output(&format!("start {id}"), self.command(&["start", id]))
+                .await
+                .map(|_| ()),
+            Err(e) => Err(OciError::Output {
+                binary: self.binary.clone(),
+                command: format!("start {id}"),
+                detail: format!("releasing the exec FIFO {}: {e}", fifo.display()),
+            }),
+        }
     }
 
     async fn kill(&self, id: &str, signal: &str) -> Result<(), OciError> {
