@@ -734,7 +734,19 @@ impl Client {
         self.get("/api/v1/top", &[]).await
     }
 
-    /// The instances of a Service with their status and usage.
+    /// The instances of a Service that run (or start, or stop): [`Client::instances`]
+    /// without the parked ones.
+    pub async fn running_instances(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<InstanceView>, ClientError> {
+        let mut list = self.instances(namespace, name).await?;
+        list.retain(|i| i.status.phase != skiff_api::wire::Phase::Parked);
+        Ok(list)
+    }
+
+    /// The instances of a Service with their status and usage, parked ones included.
     pub async fn instances(
         &self,
         namespace: &str,

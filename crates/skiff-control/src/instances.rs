@@ -58,15 +58,24 @@ pub struct RevisionState<'a> {
     pub routed: bool,
     /// Instances wanted.
     pub desired: u32,
-    /// Its live instances (not stopping, not being retired).
+    /// Its live instances (not stopping, not being retired, not parked).
     pub live: Vec<Observed>,
+    /// Its parked instances (created, their processes held before exec), not retiring.
+    pub parked: Vec<String>,
+    /// Whether it keeps one parked instance (it may take requests, has not failed, and the
+    /// daemon's cap of parked sandboxes allows it).
+    pub park: bool,
 }
 
 /// What to do for one revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Start this parked instance's processes.
+    Unpark(String),
     /// Start this many instances.
     Start(u32),
+    /// Park an instance (created ahead, started when wanted).
+    Park,
     /// Drain and stop this instance.
     Retire(String),
     /// The revision is gone but the router still routes it: look again shortly, so no
@@ -74,9 +83,12 @@ pub enum Action {
     WaitForRoutes,
 }
 
-/// Decides what brings one revision to its desired count. Pure: the reconcile pass's tests
-/// call it with plain values.
+/// Decides what brings one revision to its desired count: parked instances are started
+/// first, then new ones; one parked instance is kept (made once every live instance is
+/// ready, so that parking never competes with a start) while `park` says so. Pure: the
+/// reconcile pass's tests call it with plain values.
 pub fn plan(state: &RevisionState<'_>) -> Vec<Action> {
+    let retire_parked = || state.parked.iter().map(|id| Action::Retire(id.clone()));
     let Some(revision) = state.revision else {
         if state.routed && !state.live.is_empty() {
             return vec![Action::WaitForRoutes];
@@ -85,27 +97,51 @@ pub fn plan(state: &RevisionState<'_>) -> Vec<Action> {
             .live
             .iter()
             .map(|i| Action::Retire(i.id.clone()))
+            .chain(retire_parked())
             .collect();
     };
     if needs_images(revision) || pull_failed(revision) {
-        return Vec::new();
+        return retire_parked().collect();
     }
     let (have, want) = (state.live.len(), state.desired as usize);
+    let mut actions = Vec::new();
+    let mut parked = state.parked.iter();
     if have < want {
-        return vec![Action::Start((want - have) as u32)];
+        let mut missing = want - have;
+        for id in parked.by_ref().take(missing) {
+            actions.push(Action::Unpark(id.clone()));
+            missing -= 1;
+        }
+        if missing > 0 {
+            actions.push(Action::Start(missing as u32));
+        }
+    } else {
+        let mut extra: Vec<&Observed> = state.live.iter().collect();
+        // Remove those not ready first, then the least busy, then the newest.
+        extra.sort_by(|a, b| {
+            (a.ready, a.in_flight)
+                .cmp(&(b.ready, b.in_flight))
+                .then_with(|| b.started_at.cmp(&a.started_at))
+        });
+        actions.extend(
+            extra
+                .into_iter()
+                .take(have - want)
+                .map(|i| Action::Retire(i.id.clone())),
+        );
     }
-    let mut extra: Vec<&Observed> = state.live.iter().collect();
-    // Remove those not ready first, then the least busy, then the newest.
-    extra.sort_by(|a, b| {
-        (a.ready, a.in_flight)
-            .cmp(&(b.ready, b.in_flight))
-            .then_with(|| b.started_at.cmp(&a.started_at))
-    });
-    extra
-        .into_iter()
-        .take(have - want)
-        .map(|i| Action::Retire(i.id.clone()))
-        .collect()
+    let left: Vec<&String> = parked.collect();
+    if state.park {
+        let settled = actions.is_empty() && state.live.iter().all(|i| i.ready);
+        if state.parked.is_empty() && settled {
+            actions.push(Action::Park);
+        }
+        // One is kept.
+        actions.extend(left.iter().skip(1).map(|id| Action::Retire((*id).clone())));
+    } else {
+        actions.extend(left.iter().map(|id| Action::Retire((*id).clone())));
+    }
+    actions
 }
 
 /// Runs instances.
@@ -121,7 +157,18 @@ pub struct InstanceManager {
     retiring: Arc<Mutex<HashSet<String>>>,
     /// This reconciler's own queue, for what finishes outside a pass.
     handle: OnceLock<Handle<RevisionKey>>,
+    /// At most this many parked instances in all (0: none).
+    parked_max: usize,
+    /// When each revision last had an instance parked: at most one per [`PARK_INTERVAL`],
+    /// so one whose parked instances keep failing does not spin.
+    last_parked: Mutex<std::collections::HashMap<RevisionKey, tokio::time::Instant>>,
+    /// Revisions that would keep a parked instance but for the cap: one is queued again
+    /// whenever a pass ends with room under it.
+    waiting_to_park: Mutex<std::collections::BTreeSet<RevisionKey>>,
 }
+
+/// The least time between two parkings for one revision.
+pub const PARK_INTERVAL: Duration = Duration::from_secs(1);
 
 impl InstanceManager {
     /// A manager over `runtime`.
@@ -142,6 +189,35 @@ impl InstanceManager {
             secrets,
             retiring: Arc::default(),
             handle: OnceLock::new(),
+            parked_max: 0,
+            last_parked: Mutex::default(),
+            waiting_to_park: Mutex::default(),
+        })
+    }
+
+    /// A manager that keeps one parked instance per revision that may take requests, up to
+    /// `max` in all.
+    pub fn with_parking(
+        runtime: Arc<dyn InstanceRuntime>,
+        controller: Controller,
+        images: Arc<dyn ImageStore>,
+        store: Arc<dyn Store>,
+        serving: Arc<Serving>,
+        secrets: Arc<SecretStore>,
+        max: usize,
+    ) -> Arc<Self> {
+        Arc::new(InstanceManager {
+            runtime,
+            controller,
+            images,
+            store,
+            serving,
+            secrets,
+            retiring: Arc::default(),
+            handle: OnceLock::new(),
+            parked_max: max,
+            last_parked: Mutex::default(),
+            waiting_to_park: Mutex::default(),
         })
     }
 
@@ -376,6 +452,38 @@ impl InstanceManager {
         self.runtime.remove_cgroup_parent();
     }
 
+    /// Queues a revision waiting to park when there is room under the cap.
+    fn offer_parking_room(&self) {
+        if self.parked_max == 0 {
+            return;
+        }
+        let retiring = self
+            .retiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if self.parked_total(&retiring) >= self.parked_max {
+            return;
+        }
+        let next = self
+            .waiting_to_park
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_first();
+        if let Some(key) = next {
+            self.enqueue(key);
+        }
+    }
+
+    /// Parked instances held in all, those being retired left out.
+    fn parked_total(&self, retiring: &HashSet<String>) -> usize {
+        self.runtime
+            .instances()
+            .iter()
+            .filter(|i| i.status.phase == Phase::Parked && !retiring.contains(&i.plan.id))
+            .count()
+    }
+
     /// The instances wanted for `r`: the override for a Service's latest revision, else the
     /// autoscaler's.
     async fn desired(&self, r: &Revision) -> Result<u32, ControllerError> {
@@ -436,6 +544,11 @@ impl InstanceManager {
     }
 
     async fn start_instance(&self, rev: &Revision) -> Result<(), ReconcileError> {
+        self.make_instance(rev, false).await
+    }
+
+    /// Makes an instance of `rev` and starts it, or parks it (`park`).
+    async fn make_instance(&self, rev: &Revision, park: bool) -> Result<(), ReconcileError> {
         // The decision: the instance's start-up phases (M5) count from here.
         let scheduled = Scheduled::now();
         let images = self.pinned_images(rev).await?;
@@ -457,8 +570,14 @@ impl InstanceManager {
         self.store
             .txn(Txn::new().put(&key, serde_json::to_vec(&plan).expect("plans serialize")))
             .await?;
-        info!(instance = %id, revision = %rev.metadata.name, "starting instance");
-        if let Err(e) = self.runtime.start(plan).await {
+        let made = if park {
+            info!(instance = %id, revision = %rev.metadata.name, "parking instance");
+            self.runtime.park(plan).await
+        } else {
+            info!(instance = %id, revision = %rev.metadata.name, "starting instance");
+            self.runtime.start(plan).await
+        };
+        if let Err(e) = made {
             let _ = self.store.txn(Txn::new().delete(&key)).await;
             return Err(e);
         }
@@ -558,7 +677,13 @@ impl Reconciler for InstanceManager {
     async fn reconcile(&self, key: &RevisionKey) -> Result<Next, ReconcileError> {
         let revision = match self.controller.get_revision(&key.0, &key.1).await {
             Ok(r) => Some(r),
-            Err(ControllerError::NotFound { .. }) => None,
+            Err(ControllerError::NotFound { .. }) => {
+                self.last_parked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(key);
+                None
+            }
             Err(e) => return Err(e.into()),
         };
         // Until the autoscaler knows the revision (just after a restart, before the route
@@ -583,11 +708,38 @@ impl Reconciler for InstanceManager {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let pool = self.serving.router().pool(key);
-        let live: Vec<&InstanceInfo> = instances
+        let held: Vec<&InstanceInfo> = instances
             .iter()
             .filter(|i| !matches!(i.status.phase, Phase::Stopping | Phase::Stopped))
             .filter(|i| !retiring.contains(&i.plan.id))
             .collect();
+        let (parked, live): (Vec<&InstanceInfo>, Vec<&InstanceInfo>) = held
+            .into_iter()
+            .partition(|i| i.status.phase == Phase::Parked);
+        let missing = match &revision {
+            Some(r) => self.missing_config(r).await?,
+            None => Vec::new(),
+        };
+        let parkable = self.parked_max > 0
+            && pool.is_some()
+            && missing.is_empty()
+            && revision.as_ref().is_some_and(|r| {
+                r.condition(status::conditions::READY)
+                    .is_none_or(|c| c.status != skiff_api::object::ConditionStatus::False)
+            });
+        let room = !parked.is_empty() || self.parked_total(&retiring) < self.parked_max;
+        {
+            let mut waiting = self
+                .waiting_to_park
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if parkable && !room {
+                waiting.insert(key.clone());
+            } else {
+                waiting.remove(key);
+            }
+        }
+        let park = parkable && room;
         let state = RevisionState {
             revision: revision.as_ref(),
             routed: pool.is_some(),
@@ -601,18 +753,54 @@ impl Reconciler for InstanceManager {
                     in_flight: pool.as_ref().map_or(0, |p| p.in_flight_of(&i.plan.id)),
                 })
                 .collect(),
-        };
-        let missing = match &revision {
-            Some(r) => self.missing_config(r).await?,
-            None => Vec::new(),
+            parked: parked.iter().map(|i| i.plan.id.clone()).collect(),
+            park,
         };
         let mut failed = None;
+        let mut requeue = None;
+        let decided = Scheduled::now();
         for action in plan(&state) {
             match action {
                 Action::WaitForRoutes => return Ok(Next::RequeueAfter(Duration::from_millis(50))),
                 Action::Retire(id) => {
-                    if let Some(i) = live.iter().find(|i| i.plan.id == id) {
+                    if let Some(i) = live.iter().chain(&parked).find(|i| i.plan.id == id) {
                         self.retire((*i).clone());
+                    }
+                }
+                Action::Unpark(id) => match self.runtime.unpark(&id, decided) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        // Gone meanwhile, or started already: a fresh start instead.
+                        warn!(instance = %id, error = %skiff_telemetry::ErrorChain(&*e), "unparking failed; starting a fresh instance");
+                        if let Some(r) = &revision
+                            && let Err(e) = self.start_instance(r).await
+                        {
+                            failed = Some(e);
+                        }
+                    }
+                },
+                Action::Park => {
+                    let Some(r) = &revision else { continue };
+                    let wait = {
+                        let mut last = self.last_parked.lock().unwrap_or_else(|p| p.into_inner());
+                        let now = tokio::time::Instant::now();
+                        match last.get(key) {
+                            Some(at) if now.duration_since(*at) < PARK_INTERVAL => {
+                                Some(PARK_INTERVAL - now.duration_since(*at))
+                            }
+                            _ => {
+                                last.insert(key.clone(), now);
+                                None
+                            }
+                        }
+                    };
+                    match wait {
+                        Some(after) => requeue = Some(after),
+                        None => {
+                            if let Err(e) = self.make_instance(r, true).await {
+                                warn!(revision = %r.metadata.name, error = %skiff_telemetry::ErrorChain(&*e), "parking an instance failed");
+                            }
+                        }
                     }
                 }
                 Action::Start(n) => {
@@ -647,9 +835,11 @@ impl Reconciler for InstanceManager {
                 return Ok(Next::RequeueAfter(after));
             }
         }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(Next::Done),
+        self.offer_parking_room();
+        match (failed, requeue) {
+            (Some(e), _) => Err(e),
+            (None, Some(after)) => Ok(Next::RequeueAfter(after)),
+            (None, None) => Ok(Next::Done),
         }
     }
 
@@ -720,6 +910,8 @@ mod tests {
             routed: true,
             desired: 3,
             live: vec![inst("a", true, "t1", 0)],
+            parked: Vec::new(),
+            park: false,
         };
         assert_eq!(plan(&s), vec![Action::Start(2)]);
         s.desired = 1;
@@ -740,6 +932,8 @@ mod tests {
                 inst("idle-new", true, "t2", 0),
                 inst("unready", false, "t0", 0),
             ],
+            parked: Vec::new(),
+            park: false,
         };
         assert_eq!(
             plan(&s),
@@ -760,6 +954,8 @@ mod tests {
             routed: true,
             desired: 0,
             live: vec![inst("a", true, "t1", 0), inst("b", true, "t2", 0)],
+            parked: Vec::new(),
+            park: false,
         };
         assert_eq!(plan(&s).len(), 2);
     }
@@ -773,6 +969,8 @@ mod tests {
             routed: true,
             desired: 2,
             live: vec![],
+            parked: Vec::new(),
+            park: false,
         };
         assert_eq!(plan(&s), vec![]);
         let mut failed = revision(true);
@@ -791,6 +989,45 @@ mod tests {
         assert_eq!(plan(&s), vec![]);
     }
 
+    /// A revision keeps one parked instance; a start unparks it before starting new ones,
+    /// and the next is parked only once every live instance is ready.
+    #[test]
+    fn parked_instances_start_first_and_one_is_kept() {
+        let r = revision(true);
+        let mut s = RevisionState {
+            revision: Some(&r),
+            routed: true,
+            desired: 0,
+            live: vec![],
+            parked: Vec::new(),
+            park: true,
+        };
+        assert_eq!(plan(&s), vec![Action::Park]);
+        s.parked = vec!["p".into()];
+        assert_eq!(plan(&s), vec![], "one is kept");
+        s.desired = 2;
+        assert_eq!(plan(&s), vec![Action::Unpark("p".into()), Action::Start(1)]);
+        // Starting: no parking yet.
+        s.parked.clear();
+        s.live = vec![inst("p", false, "t1", 0), inst("n", false, "t2", 0)];
+        assert_eq!(plan(&s), vec![]);
+        // Ready: the next one is parked.
+        s.live = vec![inst("p", true, "t1", 0), inst("n", true, "t2", 0)];
+        assert_eq!(plan(&s), vec![Action::Park]);
+        // Extra parked instances go, and all of them when parking stops.
+        s.parked = vec!["x".into(), "y".into()];
+        assert_eq!(plan(&s), vec![Action::Retire("y".into())]);
+        s.park = false;
+        assert_eq!(
+            plan(&s),
+            vec![Action::Retire("x".into()), Action::Retire("y".into())]
+        );
+        // A deleted revision's parked instances go with the rest.
+        s.revision = None;
+        s.routed = false;
+        assert!(plan(&s).contains(&Action::Retire("x".into())));
+    }
+
     /// A deleted revision's instances are retired only once the router has let it go.
     #[test]
     fn a_deleted_revision_waits_for_the_router() {
@@ -799,6 +1036,8 @@ mod tests {
             routed: true,
             desired: 0,
             live: vec![inst("a", true, "t1", 2)],
+            parked: Vec::new(),
+            park: false,
         };
         assert_eq!(plan(&s), vec![Action::WaitForRoutes]);
         s.routed = false;

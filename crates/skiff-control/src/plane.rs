@@ -55,6 +55,9 @@ pub struct Parts {
     pub notify: Option<Arc<dyn crate::slo::Notify>>,
     /// The rollout policy of revisions that set none.
     pub default_rollout: Option<skiff_api::rollout::RolloutPolicy>,
+    /// At most this many parked instances (one per revision that may take requests; 0:
+    /// none).
+    pub parked_sandboxes: usize,
 }
 
 /// The running control plane.
@@ -117,13 +120,14 @@ impl ControlPlane {
             registered.follower.billing(),
         );
         let serving = Serving::new(parts.router, parts.runtime.clone(), parts.serving, metrics);
-        let instances = InstanceManager::new(
+        let instances = InstanceManager::with_parking(
             parts.runtime,
             controller.clone(),
             parts.images.clone(),
             parts.store.clone(),
             serving.clone(),
             parts.secrets.clone(),
+            parts.parked_sandboxes,
         );
         instances.recover().await;
 

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use skiff_image::ImageRecord;
 use skiff_image::puller::Progress;
 use skiff_runtime::cgroups::Usage;
-use skiff_runtime::instance::{InstanceEvent, InstancePlan, InstanceStatus, RecoveryReport};
+use skiff_runtime::instance::{
+    InstanceEvent, InstancePlan, InstanceStatus, RecoveryReport, Scheduled,
+};
 use skiff_runtime::logs::{LogCounts, LogSource};
 use tokio::sync::broadcast;
 
@@ -49,6 +51,14 @@ pub trait InstanceRuntime: Send + Sync + 'static {
 
     /// Starts an instance; returns once its containers are created.
     async fn start(&self, plan: InstancePlan) -> Result<(), BoxError>;
+
+    /// Parks an instance: created as [`InstanceRuntime::start`] would, its processes held
+    /// before exec (phase `parked`) until [`InstanceRuntime::unpark`].
+    async fn park(&self, plan: InstancePlan) -> Result<(), BoxError>;
+
+    /// Starts a parked instance's processes (once); its start-up phases count from
+    /// `scheduled`.
+    fn unpark(&self, id: &str, scheduled: Scheduled) -> Result<(), BoxError>;
 
     /// Stops an instance (SIGTERM, SIGKILL after its grace) and removes what it used.
     async fn stop(&self, id: &str);
@@ -113,6 +123,20 @@ impl InstanceRuntime for Runc {
             .start(plan)
             .await
             .map(drop)
+            .map_err(|e| Box::new(e) as BoxError)
+    }
+
+    async fn park(&self, plan: InstancePlan) -> Result<(), BoxError> {
+        self.0
+            .park(plan)
+            .await
+            .map(drop)
+            .map_err(|e| Box::new(e) as BoxError)
+    }
+
+    fn unpark(&self, id: &str, scheduled: Scheduled) -> Result<(), BoxError> {
+        self.0
+            .unpark(id, scheduled)
             .map_err(|e| Box::new(e) as BoxError)
     }
 

@@ -24,7 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use skiff_api::wire::{InstanceStatus, Phase};
+use skiff_api::wire::{InstanceStatus, Phase, StartKind};
 use skiff_router::{RevisionLabels, Router};
 use skiff_runtime::instance::{InstanceEvent, InstancePlan};
 use skiff_runtime::logs::{LogCounts, LogSource};
@@ -158,7 +158,7 @@ impl Billing {
         let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let running: HashMap<&str, &InstanceInfo> = instances
             .iter()
-            .filter(|i| i.status.phase != Phase::Stopped)
+            .filter(|i| !matches!(i.status.phase, Phase::Stopped | Phase::Parked))
             .map(|i| (i.plan.id.as_str(), i))
             .collect();
         let gone: Vec<String> = st
@@ -289,11 +289,19 @@ fn gauges<L: EncodeLabelSet>(rows: &[Sample<L>]) -> impl Iterator<Item = (&L, Co
 impl Collector for InstanceCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (mut cpu, mut mem, mut limit, mut oom) = (vec![], vec![], vec![], vec![]);
+        let mut parked: HashMap<RevisionLabels, (f64, f64)> = HashMap::new();
         for i in self.runtime.instances() {
             if i.status.phase == Phase::Stopped {
                 continue;
             }
             let u = self.runtime.usage(&i.plan.id);
+            if i.status.phase == Phase::Parked {
+                // Parked: counted apart, never as an instance (nor billed).
+                let p = parked.entry(labels_of(&i.plan)).or_default();
+                p.0 += 1.0;
+                p.1 += u.memory_bytes as f64;
+                continue;
+            }
             let l = InstanceLabels {
                 namespace: i.plan.namespace.clone(),
                 service: i.plan.service.clone(),
@@ -332,6 +340,22 @@ impl Collector for InstanceCollector {
             &mut encoder,
             ("oom_kills", help, None, Counter),
             counters(&oom),
+        )?;
+        let (count, memory): (Vec<Sample<RevisionLabels>>, Vec<Sample<RevisionLabels>>) = parked
+            .into_iter()
+            .map(|(l, (n, m))| ((l.clone(), n), (l, m)))
+            .unzip();
+        let help = "Parked sandboxes of the revision: created, their processes held before exec until a request wants one (not billed)";
+        encode_family(
+            &mut encoder,
+            ("parked_sandboxes", help, None, Gauge),
+            gauges(&count),
+        )?;
+        let help = "Memory the revision's parked sandboxes use (their cgroups: the held runtime init processes)";
+        encode_family(
+            &mut encoder,
+            ("parked_memory", help, Some(Unit::Bytes), Gauge),
+            gauges(&memory),
         )
     }
 }
@@ -527,6 +551,8 @@ struct StartupLabels {
     revision: String,
     /// `image`, `container`, `ready` or `total`.
     phase: &'static str,
+    /// How the instance was started: `fresh` or `parked`.
+    kind: &'static str,
 }
 
 /// The durations to observe for an instance in `status`, in seconds by phase: every phase
@@ -585,6 +611,8 @@ pub struct RecentStart {
     pub revision: String,
     /// How its start was spent.
     pub phases: skiff_api::wire::StartupPhases,
+    /// How it was started.
+    pub kind: StartKind,
 }
 
 /// The phases, as labelled.
@@ -625,7 +653,7 @@ impl Collector for StartupCollector {
         let exists = (self.exists)();
         self.metrics
             .prune(&|l| exists.contains(&(l.namespace.clone(), l.revision.clone())));
-        let help = "How an instance's start was spent, by phase: image (decision to plan), container (to its processes running), ready (to first readiness), total";
+        let help = "How an instance's start was spent, by phase: image (decision to plan, or to the release of a parked instance), container (to its processes running), ready (to first readiness), total; by kind of start: fresh or parked";
         let durations = &self.metrics.durations;
         let e = encoder.encode_descriptor(
             "startup_duration",
@@ -654,12 +682,15 @@ impl StartupMetrics {
                 return true;
             }
             for phase in STARTUP_PHASES {
-                self.durations.remove(&StartupLabels {
-                    namespace: r.namespace.clone(),
-                    service: r.service.clone(),
-                    revision: r.revision.clone(),
-                    phase,
-                });
+                for kind in StartKind::ALL {
+                    self.durations.remove(&StartupLabels {
+                        namespace: r.namespace.clone(),
+                        service: r.service.clone(),
+                        revision: r.revision.clone(),
+                        phase,
+                        kind: kind.as_str(),
+                    });
+                }
             }
             false
         });
@@ -719,6 +750,7 @@ impl StartupMetrics {
                     service: service.to_owned(),
                     revision: revision.to_owned(),
                     phase,
+                    kind: s.start_kind.as_str(),
                 };
                 self.durations.get_or_create(&labels).observe(*seconds);
             }
@@ -737,6 +769,7 @@ impl StartupMetrics {
                     instance: id.to_owned(),
                     revision: revision.to_owned(),
                     phases: phases.clone(),
+                    kind: s.start_kind,
                 });
                 drop(recent);
                 self.revisions
@@ -1116,7 +1149,7 @@ mod tests {
 
     fn count_line(text: &str, phase: &str) -> Option<String> {
         let prefix = format!(
-            r#"skiff_instance_startup_duration_seconds_count{{namespace="default",service="hello",revision="hello-00001",phase="{phase}"}} "#
+            r#"skiff_instance_startup_duration_seconds_count{{namespace="default",service="hello",revision="hello-00001",phase="{phase}",kind="fresh"}} "#
         );
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
@@ -1158,7 +1191,7 @@ mod tests {
             );
         }
         assert!(
-            text.contains(r#"skiff_instance_startup_duration_seconds_sum{namespace="default",service="hello",revision="hello-00001",phase="total"} 1.002"#),
+            text.contains(r#"skiff_instance_startup_duration_seconds_sum{namespace="default",service="hello",revision="hello-00001",phase="total",kind="fresh"} 1.002"#),
             "{text}"
         );
         // Never ready: image and container when it stops.

@@ -60,11 +60,21 @@ fn open_store(dir: &Path) -> Arc<dyn Store> {
 }
 
 impl Plane {
-    /// Starts a control plane on `store` with `runtime` and `images`.
+    /// Starts a control plane on `store` with `runtime` and `images`, parking nothing.
     async fn start(
         store: Arc<dyn Store>,
         runtime: Arc<FakeRuntime>,
         images: Arc<FakeImages>,
+    ) -> Plane {
+        Plane::start_parking(store, runtime, images, 0).await
+    }
+
+    /// The same, keeping at most `parked` parked instances.
+    async fn start_parking(
+        store: Arc<dyn Store>,
+        runtime: Arc<FakeRuntime>,
+        images: Arc<FakeImages>,
+        parked: usize,
     ) -> Plane {
         let (poke, pokes) = tokio::sync::mpsc::unbounded_channel();
         let connector = skiff_runtime::netns::Connector::new(1).expect("a connector");
@@ -104,6 +114,7 @@ impl Plane {
                 history_dir: None,
                 notify: None,
                 default_rollout: None,
+                parked_sandboxes: parked,
             },
             &metrics,
         )
@@ -1121,5 +1132,105 @@ async fn a_rollout_steps_rolls_back_a_failing_revision_and_completes_a_good_one(
     assert_eq!(r.held_revision, None);
     assert_eq!(s.status.traffic[0].revision_name, "web-00003");
     assert_eq!(s.status.traffic[0].percent, 100);
+    p.shutdown().await;
+}
+
+/// Parking on the fakes: a Service at zero gets one parked instance; wanting one unparks it
+/// (no fresh start); once it is ready the next is parked; wanting two more unparks that one
+/// and starts one fresh; the cap holds across Services; deleting a Service stops its
+/// parked instance too.
+#[tokio::test]
+async fn parked_instances_are_started_first_then_parked_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let images = FakeImages::new();
+    images.add(IMAGE, CMD);
+    let p = Plane::start_parking(open_store(dir.path()), FakeRuntime::new(), images, 2).await;
+    let zero = [("autoscaling.knative.dev/initial-scale", "0")];
+    p.apply("web", IMAGE, &zero).await;
+    let first = until("a parked instance", async || {
+        let parked = p.runtime.parked();
+        (parked.len() == 1).then(|| parked[0].id.clone())
+    })
+    .await;
+    assert!(p.runtime.started().is_empty(), "nothing started");
+    // Wanted: the parked instance is started, not a fresh one.
+    p.plane
+        .instances
+        .set_scale(NS, "web", 1)
+        .await
+        .expect("scale");
+    until("the parked instance started", async || {
+        (p.runtime.unparked_ids() == vec![first.clone()]).then_some(())
+    })
+    .await;
+    assert!(p.runtime.started().is_empty(), "no fresh start");
+    // Not parked again while it starts; once it is ready, the next is.
+    p.runtime.set_ready(&first, true);
+    let second = until("the next parked instance", async || {
+        let parked = p.runtime.parked();
+        (parked.len() == 2).then(|| parked[1].id.clone())
+    })
+    .await;
+    p.wait_actual("web-00001", 1).await;
+    // Three wanted: the parked one, and one fresh.
+    p.plane
+        .instances
+        .set_scale(NS, "web", 3)
+        .await
+        .expect("scale");
+    until("the second unparked and one started", async || {
+        (p.runtime.unparked_ids() == vec![first.clone(), second.clone()]
+            && p.runtime.started().len() == 1)
+            .then_some(())
+    })
+    .await;
+    // Unparked once each: a parked instance is never started twice.
+    let mut ids = p.runtime.unparked_ids();
+    ids.dedup();
+    assert_eq!(ids.len(), p.runtime.unparked_ids().len());
+    // The cap (2) holds across Services: two more Services at zero park one each (web has
+    // none parked while its instances start), a third parks nothing.
+    let held = || {
+        p.runtime
+            .instances()
+            .into_iter()
+            .filter(|i| i.status.phase == skiff_runtime::instance::Phase::Parked)
+            .count()
+    };
+    p.apply("api", IMAGE, &zero).await;
+    p.apply("jobs", IMAGE, &zero).await;
+    until("two parked (the cap)", async || (held() == 2).then_some(())).await;
+    p.apply("more", IMAGE, &zero).await;
+    let over = tokio::time::timeout(Duration::from_millis(500), async {
+        until("more than the cap", async || (held() > 2).then_some(())).await
+    })
+    .await;
+    assert!(over.is_err(), "never more than the cap");
+    // Deleting a Service stops its parked instance with the rest.
+    let api = p
+        .runtime
+        .parked()
+        .into_iter()
+        .find(|plan| plan.service == "api")
+        .expect("api parked")
+        .id;
+    p.plane
+        .controller
+        .delete_service(NS, "api", None, false)
+        .await
+        .expect("delete");
+    until("the parked instance stopped", async || {
+        p.runtime.stopped_ids().contains(&api).then_some(())
+    })
+    .await;
+    // Its place under the cap goes to the Service that had none.
+    until("more parks", async || {
+        p.runtime
+            .parked()
+            .iter()
+            .any(|plan| plan.service == "more")
+            .then_some(())
+    })
+    .await;
     p.shutdown().await;
 }

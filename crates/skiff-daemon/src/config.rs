@@ -543,6 +543,9 @@ pub struct RuntimeConfig {
     /// How long a stopped instance's containers have between SIGTERM and SIGKILL (Cloud
     /// Run's 10 s); its requests in flight are drained before, up to `timeoutSeconds`.
     pub termination_grace_period: Duration,
+    /// At most this many parked sandboxes in all (`None`: sized from free memory, see
+    /// [`RuntimeConfig::parked_sandboxes`]).
+    pub parked_sandboxes: Option<usize>,
 }
 
 impl Default for RuntimeConfig {
@@ -551,7 +554,38 @@ impl Default for RuntimeConfig {
             binary: "runc".to_owned(),
             pids_limit: 1024,
             termination_grace_period: Duration::from_secs(10),
+            parked_sandboxes: None,
         }
+    }
+}
+
+/// What one parked sandbox is budgeted in memory when their number is sized from free
+/// memory (its held runtime init, namespaces and mounts; see BENCHMARKS.md).
+pub const PARKED_SANDBOX_BUDGET: u64 = 16 << 20;
+/// The share of the memory available at start that parked sandboxes may take, when their
+/// number is sized from it.
+pub const PARKED_MEMORY_SHARE: u64 = 8;
+/// The most parked sandboxes sized from free memory.
+pub const PARKED_SANDBOXES_MAX: usize = 1000;
+
+impl RuntimeConfig {
+    /// The cap of parked sandboxes: the setting, or an eighth of the memory available now
+    /// at [`PARKED_SANDBOX_BUDGET`] each (at most [`PARKED_SANDBOXES_MAX`]).
+    pub fn parked_sandboxes(&self) -> usize {
+        self.parked_sandboxes.unwrap_or_else(|| {
+            let available = std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|m| {
+                    m.lines()
+                        .find_map(|l| l.strip_prefix("MemAvailable:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
+                .map_or(0, |kib| kib * 1024);
+            let n = available / PARKED_MEMORY_SHARE / PARKED_SANDBOX_BUDGET;
+            usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(PARKED_SANDBOXES_MAX)
+        })
     }
 }
 
@@ -577,6 +611,17 @@ impl Section for RuntimeConfig {
             "--termination-grace-period-seconds",
             termination_grace_period = |v| parse::seconds(v, 1),
             "Seconds a stopped instance has between SIGTERM and SIGKILL, after its requests in flight are done [default: 10]",
+        ),
+        setting!(
+            "parked_sandboxes",
+            "SKIFF_PARKED_SANDBOXES",
+            "--parked-sandboxes",
+            parked_sandboxes = |v: &str| match v.trim() {
+                "auto" => Ok(None),
+                v => parse::within(v, 0..=100_000, "`auto` or a number from 0 to 100000")
+                    .map(|n: i64| Some(n as usize)),
+            },
+            "Sandboxes kept created ahead (one per revision that may take requests), started by a request in a few ms; 0 turns it off [default: auto, an eighth of the memory available at start at 16 MiB each, at most 1000]",
         ),
     ];
 }

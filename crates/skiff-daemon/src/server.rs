@@ -227,6 +227,7 @@ async fn control_plane(
         )
         .map(|d| Arc::new(d) as Arc<dyn skiff_control::slo::Notify>),
         default_rollout: config.rollout.policy(),
+        parked_sandboxes: config.runtime.parked_sandboxes(),
     };
     ControlPlane::start(parts, metrics)
         .await

@@ -22,8 +22,8 @@ use skiff_image::content::{LayerRecord, RunConfig};
 use skiff_image::puller::Progress;
 use skiff_runtime::cgroups::Usage;
 use skiff_runtime::instance::{
-    ContainerStatus, InstanceEvent, InstancePlan, InstanceStatus, Phase, RecoveryReport,
-    Termination,
+    ContainerStatus, InstanceEvent, InstancePlan, InstanceStatus, Phase, RecoveryReport, Scheduled,
+    StartKind, Termination,
 };
 use skiff_runtime::logs::{LogCounts, LogSource};
 use tokio::sync::broadcast;
@@ -42,6 +42,10 @@ struct RuntimeState {
     instances: BTreeMap<String, InstanceInfo>,
     /// Every plan `start` accepted, in order.
     started: Vec<InstancePlan>,
+    /// Every plan `park` was given, in order.
+    parked: Vec<InstancePlan>,
+    /// Every id `unpark` released, in order.
+    unparked: Vec<String>,
     /// Every id `stop` removed, in order.
     stopped: Vec<String>,
     /// When set, `start` fails with this message.
@@ -212,6 +216,16 @@ impl FakeRuntime {
         lock(&self.state).started.clone()
     }
 
+    /// Every plan parked, in order.
+    pub fn parked(&self) -> Vec<InstancePlan> {
+        lock(&self.state).parked.clone()
+    }
+
+    /// The ids of every parked instance released, in order.
+    pub fn unparked_ids(&self) -> Vec<String> {
+        lock(&self.state).unparked.clone()
+    }
+
     /// The ids of every instance started, in order.
     pub fn started_ids(&self) -> Vec<String> {
         lock(&self.state)
@@ -297,6 +311,47 @@ impl InstanceRuntime for FakeRuntime {
             info
         };
         self.publish(&info);
+        Ok(())
+    }
+
+    async fn park(&self, plan: InstancePlan) -> Result<(), BoxError> {
+        let info = {
+            let mut st = lock(&self.state);
+            if let Some(message) = &st.fail_starts {
+                return Err(message.clone().into());
+            }
+            if st.instances.contains_key(&plan.id) {
+                return Err(format!("instance `{}` already exists", plan.id).into());
+            }
+            let mut status = starting(&plan);
+            status.phase = Phase::Parked;
+            let info = InstanceInfo {
+                status,
+                plan: plan.clone(),
+            };
+            st.parked.push(plan.clone());
+            st.instances.insert(plan.id.clone(), info.clone());
+            info
+        };
+        self.publish(&info);
+        Ok(())
+    }
+
+    fn unpark(&self, id: &str, _scheduled: Scheduled) -> Result<(), BoxError> {
+        {
+            let mut st = lock(&self.state);
+            match st.instances.get(id) {
+                Some(i) if i.status.phase == Phase::Parked => {}
+                Some(_) => return Err(format!("instance `{id}` is not parked").into()),
+                None => return Err(format!("no instance `{id}`").into()),
+            }
+            st.unparked.push(id.to_owned());
+        }
+        self.update(id, |s| {
+            s.phase = Phase::Starting;
+            s.start_kind = StartKind::Parked;
+            s.started_at = now();
+        });
         Ok(())
     }
 

@@ -714,7 +714,13 @@ pub fn describe_instances(instances: &[InstanceView]) -> String {
             age(&s.started_at),
         ]);
         if let Some(p) = &s.startup {
-            notes.push(startup_note(&i.id, p));
+            notes.push(startup_note(&i.id, p, s.start_kind));
+        }
+        if s.phase == skiff_api::wire::Phase::Parked {
+            notes.push(format!(
+                "  {}: parked (created ahead, its process held before exec; a request starts it in a few ms; not billed)",
+                i.id
+            ));
         }
         for c in &s.containers {
             if let Some(term) = &c.last_termination {
@@ -743,16 +749,25 @@ pub fn describe_instances(instances: &[InstanceView]) -> String {
 
 /// How an instance's start was spent, for `describe`: `  <id>: started in 812ms (image 3ms,
 /// container 240ms, ready 569ms)`, or the phases so far while it is not ready.
-fn startup_note(id: &str, p: &StartupPhases) -> String {
-    let ms = |v: f64| format!("{v:.0}ms");
+fn startup_note(id: &str, p: &StartupPhases, kind: skiff_api::wire::StartKind) -> String {
+    let ms = |v: f64| {
+        if v < 10.0 {
+            format!("{v:.1}ms")
+        } else {
+            format!("{v:.0}ms")
+        }
+    };
     let (image, container) = (ms(p.image_ms), ms(p.container_ms));
+    let kind = kind.as_str();
     match (p.ready_ms, p.total_ms()) {
         (Some(ready), Some(total)) => format!(
-            "  {id}: started in {} (image {image}, container {container}, ready {})",
+            "  {id}: started {kind} in {} (image {image}, container {container}, ready {})",
             ms(total),
             ms(ready)
         ),
-        _ => format!("  {id}: starting (image {image}, container {container}, not ready yet)"),
+        _ => {
+            format!("  {id}: starting {kind} (image {image}, container {container}, not ready yet)")
+        }
     }
 }
 
@@ -1070,14 +1085,29 @@ mod tests {
             container_ms: 240.4,
             ready_ms: None,
         };
+        let fresh = skiff_api::wire::StartKind::Fresh;
         assert_eq!(
-            startup_note("hello-00001-abcde", &p),
-            "  hello-00001-abcde: starting (image 3ms, container 240ms, not ready yet)"
+            startup_note("hello-00001-abcde", &p, fresh),
+            "  hello-00001-abcde: starting fresh (image 3.2ms, container 240ms, not ready yet)"
         );
         p.ready_ms = Some(568.9);
         assert_eq!(
-            startup_note("hello-00001-abcde", &p),
-            "  hello-00001-abcde: started in 812ms (image 3ms, container 240ms, ready 569ms)"
+            startup_note("hello-00001-abcde", &p, fresh),
+            "  hello-00001-abcde: started fresh in 812ms (image 3.2ms, container 240ms, ready 569ms)"
+        );
+        let parked = StartupPhases {
+            scheduled_unix_nanos: 1,
+            image_ms: 0.02,
+            container_ms: 1.1,
+            ready_ms: Some(5.4),
+        };
+        assert_eq!(
+            startup_note(
+                "hello-00001-abcde",
+                &parked,
+                skiff_api::wire::StartKind::Parked
+            ),
+            "  hello-00001-abcde: started parked in 6.5ms (image 0.0ms, container 1.1ms, ready 5.4ms)"
         );
     }
 }
