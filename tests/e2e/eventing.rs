@@ -1265,7 +1265,7 @@ async fn backlog_scales_the_subscriber() {
     let deadline = std::time::Instant::now() + MAX_WAIT;
     loop {
         let n = ids(&d, "busy").len();
-        if let Ok(list) = client.instances("default", "busy").await {
+        if let Ok(list) = client.running_instances("default", "busy").await {
             max_instances = max_instances.max(list.len());
         }
         if let Some(text) = metrics_text(&d).await {

@@ -302,12 +302,17 @@ async fn startup_logs_deployments_and_jobs_are_on_metrics() {
     .await
     .expect("metrics");
 
-    // M5: the instance is observed once, every phase, the total not less than the others.
+    // M5: the instance is observed once, every phase, the total not less than the others;
+    // labelled with how it was started (from a parked sandbox if one was parked in time).
     let phase = |p: &str, what: &str| {
-        sample(
-            &text,
-            &format!("skiff_instance_startup_duration_seconds_{what}{{{labels},phase=\"{p}\"}}"),
-        )
+        ["fresh", "parked"].iter().find_map(|kind| {
+            sample(
+                &text,
+                &format!(
+                    "skiff_instance_startup_duration_seconds_{what}{{{labels},phase=\"{p}\",kind=\"{kind}\"}}"
+                ),
+            )
+        })
     };
     for p in ["image", "container", "ready", "total"] {
         assert_eq!(phase(p, "count"), Some(1.0), "phase {p}: {text}");
@@ -387,7 +392,8 @@ async fn startup_logs_deployments_and_jobs_are_on_metrics() {
     // The phases are in the instance's status, as `skiff describe` shows them.
     let o = d.cli(&["describe", "service", "obs-m"]);
     assert!(
-        stdout(&o).contains(": started in ") && stdout(&o).contains("ready "),
+        (stdout(&o).contains(": started fresh in ") || stdout(&o).contains(": started parked in "))
+            && stdout(&o).contains("ready "),
         "{}",
         stdout(&o)
     );
@@ -736,7 +742,7 @@ async fn a_spent_budget_stops_scale_up_and_429s_say_budget() {
     .await
     .expect("the budget is spent and scale-up stopped");
     let instances_when_spent = client
-        .instances("default", "budget")
+        .running_instances("default", "budget")
         .await
         .expect("instances")
         .len();
@@ -791,7 +797,7 @@ async fn a_spent_budget_stops_scale_up_and_429s_say_budget() {
     .await
     .expect("skiff_router_throttled_total{reason=\"budget\"} counts");
     let list = client
-        .instances("default", "budget")
+        .running_instances("default", "budget")
         .await
         .expect("instances");
     assert_eq!(list.len(), 1, "scale-up stopped at one instance: {list:?}");

@@ -55,7 +55,7 @@ pub(crate) async fn instance_where(
 
 /// The Service's instances as JSON, the form these tests inspect.
 async fn instances_json(client: &Client, svc: &str) -> Option<Vec<Value>> {
-    let list = client.instances("default", svc).await.ok()?;
+    let list = client.running_instances("default", svc).await.ok()?;
     Some(
         list.iter()
             .map(|i| serde_json::to_value(i).expect("an instance view is JSON"))
@@ -98,6 +98,29 @@ pub(crate) async fn http(
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Deletes `services` and waits until no instance of the daemon is left (parked ones
+/// included: a Service at zero keeps a parked sandbox while it exists).
+async fn delete_and_wait(d: &TestDaemon, services: &[&str]) {
+    for svc in services {
+        assert_code(&d.cli(&["delete", "service", svc]), 0);
+    }
+    wait_for(
+        "the instances to go",
+        Duration::from_millis(50),
+        MAX_WAIT,
+        || {
+            let data = d.data_dir().join("run/instances");
+            async move {
+                std::fs::read_dir(&data)
+                    .map_or(true, |mut r| r.next().is_none())
+                    .then_some(())
+            }
+        },
+    )
+    .await
+    .expect("instances gone");
 }
 
 /// Nothing of the daemon's instances is left: no runtime container, mount, namespace file,
@@ -313,7 +336,7 @@ async fn runtime_contract() {
             let client = d.client();
             async move {
                 client
-                    .instances("default", "rt-contract")
+                    .running_instances("default", "rt-contract")
                     .await
                     .ok()
                     .filter(|l| l.is_empty())
@@ -328,6 +351,7 @@ async fn runtime_contract() {
         stdout(&o).contains("hello-from-the-test"),
         "logs are kept after the instance ends"
     );
+    delete_and_wait(&d, &["rt-contract"]).await;
     assert_nothing_left(d.data_dir(), &["rt-contract"]);
     d.cleanup().await.expect("cleanup");
 }
@@ -553,24 +577,7 @@ async fn storage_is_writable_and_bounded() {
         (free_before - free_after) >> 20
     );
 
-    for svc in ["rt-storage", "rt-layer"] {
-        assert_code(&d.cli(&["delete", "service", svc]), 0);
-    }
-    wait_for(
-        "the instances to go",
-        Duration::from_millis(50),
-        MAX_WAIT,
-        || {
-            let data = d.data_dir().join("run/instances");
-            async move {
-                std::fs::read_dir(&data)
-                    .map_or(true, |mut r| r.next().is_none())
-                    .then_some(())
-            }
-        },
-    )
-    .await
-    .expect("instances gone");
+    delete_and_wait(&d, &["rt-storage", "rt-layer"]).await;
     assert_nothing_left(d.data_dir(), &["rt-storage", "rt-layer"]);
     d.cleanup().await.expect("cleanup");
 }
@@ -848,7 +855,7 @@ async fn crash_loop_and_grace() {
         || {
             let c = d.client();
             async move {
-                c.instances("default", "rt-grace")
+                c.running_instances("default", "rt-grace")
                     .await
                     .ok()
                     .filter(|l| l.is_empty())
@@ -876,7 +883,7 @@ async fn crash_loop_and_grace() {
         || {
             let c = d.client();
             async move {
-                c.instances("default", "rt-crash")
+                c.running_instances("default", "rt-crash")
                     .await
                     .ok()
                     .filter(|l| l.is_empty())
@@ -886,6 +893,7 @@ async fn crash_loop_and_grace() {
     )
     .await
     .expect("gone");
+    delete_and_wait(&d, &["rt-crash", "rt-grace"]).await;
     assert_nothing_left(d.data_dir(), &["rt-crash", "rt-grace"]);
     d.cleanup().await.expect("cleanup");
 }
@@ -1015,7 +1023,7 @@ async fn recovery_after_kill_9() {
         || {
             let c = d.client();
             async move {
-                c.instances("default", "rt-recover")
+                c.running_instances("default", "rt-recover")
                     .await
                     .ok()
                     .filter(|l| l.is_empty())
@@ -1025,6 +1033,7 @@ async fn recovery_after_kill_9() {
     )
     .await
     .expect("gone");
+    delete_and_wait(&d, &["rt-recover"]).await;
     assert_nothing_left(d.data_dir(), &["rt-recover"]);
     d.cleanup().await.expect("cleanup");
 }

@@ -13,6 +13,7 @@ mod jobs;
 mod lifecycle;
 mod network;
 mod observability;
+mod parking;
 mod requests;
 mod rollout;
 mod runtime;

@@ -28,6 +28,8 @@ pub struct Procs {
     pub daemon: Mutex<Option<Child>>,
     /// The second daemon, with request logs and traces on (router part only).
     pub telemetry_daemon: Mutex<Option<Child>>,
+    /// The daemon that parks sandboxes (cold-start part only).
+    pub parking_daemon: Mutex<Option<Child>>,
     pub nginx: Mutex<Option<Child>>,
 }
 
@@ -119,6 +121,9 @@ pub struct Bench {
     pub daemon: Daemon,
     /// The router part's second daemon, with request logs and traces on, and its OTLP sink.
     pub telemetry: Option<TelemetryDaemon>,
+    /// The cold-start part's daemon that parks sandboxes (its default), with request logs
+    /// off like the first (which parks none).
+    pub parking: Option<Daemon>,
     /// busybox httpd (cold starts).
     pub httpd: Image,
     /// skiff-test-server (burst).

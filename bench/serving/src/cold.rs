@@ -1,6 +1,10 @@
 //! Cold start: scale from zero to the first byte through skiff's ingress, beside the floor
 //! (bare `runc run -d` of the same layers until the port accepts), interleaved.
 //!
+//! Two kinds of skiff start: `fresh` on the first daemon, which parks nothing, and `parked`
+//! on a second daemon that keeps a parked sandbox per revision (its default); each run takes
+//! one of each and the floor, in turn.
+//!
 //! Every skiff run uses a Service of its own, created up front with `initial-scale: "0"` (its
 //! revision pins the image's digest and runs nothing), so that each one is a true cold start:
 //! one request on a fresh connection, timed from just before it is written to the first byte
@@ -16,6 +20,7 @@ use skiff_bench_runtime::floor::{Floor, FloorSample, FloorSettings};
 use tokio::net::TcpStream;
 
 use crate::bench::{Bench, PORT, progress};
+use crate::daemon::Daemon;
 use crate::daemonlog::LogEvent;
 use crate::http;
 
@@ -57,6 +62,9 @@ pub struct SkiffCold {
     pub served_at: Option<jiff::Timestamp>,
     /// Not timed: Service deleted → instance directory gone.
     pub gone_ms: f64,
+    /// How the instance that served was started (`fresh` or `parked`), and its phases.
+    pub start_kind: String,
+    pub phases: Option<serde_json::Value>,
 }
 
 impl SkiffCold {
@@ -72,6 +80,13 @@ impl SkiffCold {
 #[derive(Debug, Clone)]
 pub struct ColdResults {
     pub skiff: Vec<SkiffCold>,
+    /// The same through the parking daemon: each from a parked sandbox.
+    pub parked: Vec<SkiffCold>,
+    /// Each parked sandbox's cgroup memory before its request (bytes).
+    pub parked_memory: Vec<u64>,
+    /// The parking daemon's resident memory with every sandbox parked, and before any
+    /// Service (KiB).
+    pub parking_daemon_rss_kib: (u64, u64),
     pub floor: Vec<FloorSample>,
     pub warmup: usize,
     /// The image: its reference, layer count and compressed size.
@@ -110,33 +125,89 @@ fn manifest(name: &str, image: &str) -> serde_json::Value {
     })
 }
 
-pub async fn run(b: &Bench, runs: usize, warmup: usize) -> anyhow::Result<ColdResults> {
-    let started = Instant::now();
-    let n = runs + warmup;
-    let names: Vec<String> = (0..n).map(|i| b.service(&format!("cold-{i:03}"))).collect();
-    progress(format!(
-        "cold start: creating {n} Services with initial-scale 0"
-    ));
-    let t_create = Instant::now();
-    for name in &names {
-        b.daemon.apply(&manifest(name, &b.httpd.reference)).await?;
+/// Creates `names` on `daemon` and waits until each is pinned (and, with `parked`, has a
+/// parked sandbox whose containers are created; without, runs nothing).
+async fn create(
+    daemon: &Daemon,
+    image: &str,
+    names: &[String],
+    parked: bool,
+) -> anyhow::Result<()> {
+    for name in names {
+        daemon.apply(&manifest(name, image)).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    for name in &names {
-        while !b.daemon.pinned(name).await? {
+    for name in names {
+        loop {
+            let ready = daemon.pinned(name).await? && {
+                let list = daemon.instances(name).await?;
+                if parked {
+                    list.len() == 1
+                        && list[0]["status"]["phase"] == "parked"
+                        && list[0]["status"]["containers"]
+                            .as_array()
+                            .is_some_and(|c| c.iter().all(|c| c["pid"].is_number()))
+                } else {
+                    list.is_empty()
+                }
+            };
+            if ready {
+                break;
+            }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "{name}: the revision's image is not pinned after 120 s"
+                "{name}: not pinned{} after 120 s",
+                if parked { " and parked" } else { "" }
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let s = b.daemon.scale(name).await?;
+        let s = daemon.scale(name).await?;
         anyhow::ensure!(
-            s["ready"].as_u64() == Some(0) && b.daemon.instances(name).await?.is_empty(),
+            s["ready"].as_u64() == Some(0),
             "{name} runs an instance before any request: {s}"
         );
     }
+    Ok(())
+}
+
+/// The resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub async fn run(b: &Bench, runs: usize, warmup: usize) -> anyhow::Result<ColdResults> {
+    let started = Instant::now();
+    let parking = b
+        .parking
+        .as_ref()
+        .context("the parking daemon was not started")?;
+    let n = runs + warmup;
+    let names: Vec<String> = (0..n).map(|i| b.service(&format!("cold-{i:03}"))).collect();
+    let parked_names: Vec<String> = (0..n).map(|i| b.service(&format!("park-{i:03}"))).collect();
+    progress(format!(
+        "cold start: creating {n} Services with initial-scale 0 on each daemon"
+    ));
+    let rss_before = rss_kib(parking.pid);
+    let t_create = Instant::now();
+    create(&b.daemon, &b.httpd.reference, &names, false).await?;
     let create_s = t_create.elapsed().as_secs_f64();
+    create(parking, &b.httpd.reference, &parked_names, true).await?;
+    let mut parked_memory = Vec::with_capacity(n);
+    for name in &parked_names {
+        let list = parking.instances(name).await?;
+        parked_memory.extend(
+            list.first()
+                .and_then(|i| i["usage"]["memoryBytes"].as_u64()),
+        );
+    }
+    let rss_parked = rss_kib(parking.pid);
     // Let the writes and the autoscaler's first decisions settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -158,6 +229,9 @@ pub async fn run(b: &Bench, runs: usize, warmup: usize) -> anyhow::Result<ColdRe
 
     let mut out = ColdResults {
         skiff: Vec::with_capacity(runs),
+        parked: Vec::with_capacity(runs),
+        parked_memory,
+        parking_daemon_rss_kib: (rss_parked, rss_before),
         floor: Vec::with_capacity(runs),
         warmup,
         image: b.httpd.reference.clone(),
@@ -168,10 +242,13 @@ pub async fn run(b: &Bench, runs: usize, warmup: usize) -> anyhow::Result<ColdRe
         problems: Vec::new(),
         total_s: 0.0,
     };
-    for (i, name) in names.iter().enumerate() {
-        let a = skiff_once(b, name, &mut out.problems)
+    for (i, (name, parked_name)) in names.iter().zip(&parked_names).enumerate() {
+        let a = skiff_once(b, &b.daemon, name, "fresh", &mut out.problems)
             .await
             .with_context(|| format!("cold start {i} through skiff ({name})"))?;
+        let p = skiff_once(b, parking, parked_name, "parked", &mut out.problems)
+            .await
+            .with_context(|| format!("parked start {i} through skiff ({parked_name})"))?;
         let f = floor
             .once_with_request(i, &floor_request)
             .await
@@ -187,33 +264,40 @@ pub async fn run(b: &Bench, runs: usize, warmup: usize) -> anyhow::Result<ColdRe
             format!("run {}/{runs}", i - warmup + 1)
         };
         progress(format!(
-            "cold {label}: skiff {:.1} ms to first byte ({}; runtime {:.1} ms; {} cold start), floor {:.1} ms to accept, {:.1} ms to first byte",
+            "cold {label}: skiff fresh {:.1} ms to first byte ({}; runtime {:.1} ms), parked {:.1} ms ({}; runtime {:.1} ms), floor {:.1} ms to accept, {:.1} ms to first byte",
             a.ttfb_ms,
             a.status,
             a.start_to_ready_ms.unwrap_or(f64::NAN),
-            a.cold_starts,
+            p.ttfb_ms,
+            p.status,
+            p.start_to_ready_ms.unwrap_or(f64::NAN),
             f.total_ms,
             f.response.as_ref().map_or(f64::NAN, |r| r.first_byte_ms),
         ));
         if i >= warmup {
             out.skiff.push(a);
+            out.parked.push(p);
             out.floor.push(f);
         }
     }
     attach_log(&mut out.skiff, &crate::daemonlog::read(&b.daemon.log));
+    attach_log(&mut out.parked, &crate::daemonlog::read(&parking.log));
     out.total_s = started.elapsed().as_secs_f64();
     Ok(out)
 }
 
-/// One request to a Service at zero, its checks, and the Service's removal.
+/// One request to a Service at zero on `daemon`, its checks (the instance that served was
+/// started `kind`), and the Service's removal.
 async fn skiff_once(
     b: &Bench,
+    daemon: &Daemon,
     name: &str,
+    kind: &str,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<SkiffCold> {
     let request = http::get(&b.host(name), "/", true);
     let t_connect = Instant::now();
-    let stream = TcpStream::connect(b.daemon.ingress)
+    let stream = TcpStream::connect(daemon.ingress)
         .await
         .context("connecting to the ingress")?;
     let mut conn = http::Conn::new(stream);
@@ -226,9 +310,14 @@ async fn skiff_once(
         .context("no answer within 30 s")??;
     drop(conn);
 
-    let scale = b.daemon.scale(name).await?;
-    let instances = b.daemon.instances(name).await?;
-    let first = instances.first();
+    let scale = daemon.scale(name).await?;
+    let all = daemon.instances(name).await?;
+    // The sandbox parked after the start is not the instance that served.
+    let instances: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|i| i["status"]["phase"] != "parked")
+        .collect();
+    let first = instances.first().copied();
     let sample = SkiffCold {
         service: name.to_owned(),
         revision: scale["revision"].as_str().unwrap_or_default().to_owned(),
@@ -247,9 +336,20 @@ async fn skiff_once(
         starting_at: None,
         served_at: None,
         gone_ms: 0.0,
+        start_kind: first
+            .and_then(|i| i["status"]["startKind"].as_str())
+            .unwrap_or("fresh")
+            .to_owned(),
+        phases: first.map(|i| i["status"]["startup"].clone()),
     };
     if sample.status != 200 {
         problems.push(format!("{name} answered {}, not 200", sample.status));
+    }
+    if sample.start_kind != kind {
+        problems.push(format!(
+            "{name}: served by a {} start, not {kind}",
+            sample.start_kind
+        ));
     }
     if sample.cold_starts != 1 || sample.cold_start_requests != 1 || sample.instances != 1 {
         problems.push(format!(
@@ -258,13 +358,13 @@ async fn skiff_once(
         ));
     }
 
-    let ids: Vec<String> = instances
+    let ids: Vec<String> = all
         .iter()
         .filter_map(|i| i["id"].as_str().map(str::to_owned))
         .collect();
     let t_delete = Instant::now();
-    b.daemon.delete(name).await?;
-    b.daemon.wait_gone(&ids, Duration::from_secs(30)).await?;
+    daemon.delete(name).await?;
+    daemon.wait_gone(&ids, Duration::from_secs(30)).await?;
     Ok(SkiffCold {
         gone_ms: ms(t_delete.elapsed()),
         ..sample
@@ -289,7 +389,9 @@ fn attach_log(samples: &mut [SkiffCold], events: &[LogEvent]) {
             e.fields["to"].as_u64().unwrap_or(0) >= 1
         })
         .map(|e| e.at);
-        s.starting_at = first(events, &rev, "starting instance", |_| true).map(|e| e.at);
+        s.starting_at = first(events, &rev, "starting instance", |_| true)
+            .or_else(|| first(events, &rev, "unparked", |_| true))
+            .map(|e| e.at);
         s.served_at = first(events, &rev, "cold start served", |_| true).map(|e| e.at);
     }
 }

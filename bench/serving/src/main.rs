@@ -227,11 +227,14 @@ pub struct Results {
 
 /// The data directory of the router part's traced daemon, below the working directory.
 const TELEMETRY_DATA: &str = "data-telemetry";
+/// The data directory of the cold-start part's parking daemon.
+const PARKING_DATA: &str = "data-parking";
 
 fn runc_roots(work: &Path) -> Vec<PathBuf> {
     vec![
         work.join("data/run/runc"),
         work.join(TELEMETRY_DATA).join("run/runc"),
+        work.join(PARKING_DATA).join("run/runc"),
         Floor::runc_root(&work.join("floor")),
     ]
 }
@@ -393,6 +396,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(how) = router::stop_telemetry_daemon(&procs).await {
         progress(format!("traced daemon: {how}"));
     }
+    if let Some(child) = Procs::take(&procs.parking_daemon) {
+        let how =
+            daemon::stop_child(child, rustix::process::Signal::TERM, daemon::STOP_TIMEOUT).await;
+        progress(format!("parking daemon: {how}"));
+    }
     if let Some(child) = Procs::take(&procs.daemon) {
         progress("stopping the daemon (SIGTERM)");
         let how =
@@ -553,20 +561,47 @@ async fn setup(
     // Request logs and traces off: the router part's `skiff` case (and the cold start and
     // burst parts). Request logs are on by default.
     let off = ["--request-logs".to_owned(), "false".to_owned()];
+    // The first daemon parks nothing: its cold starts are fresh ones.
+    let fresh: Vec<String> = off
+        .iter()
+        .cloned()
+        .chain(["--parked-sandboxes".to_owned(), "0".to_owned()])
+        .collect();
     let daemon = Daemon::start(
         &bin,
         &work.join("data"),
         &work.join("daemon.log"),
         &procs.daemon,
         args.router_workers,
-        &off,
-        &off,
+        &fresh,
+        &fresh,
     )
     .await?;
     progress(format!(
         "daemon pid {} (API {}, ingress {})",
         daemon.pid, daemon.api, daemon.ingress
     ));
+    // The cold-start part's parked starts: a second daemon, parking as it does by default.
+    let parking = if args.only.contains(&Part::Cold) {
+        let daemon = Daemon::start(
+            &bin,
+            &work.join(PARKING_DATA),
+            &work.join("daemon-parking.log"),
+            &procs.parking_daemon,
+            args.router_workers,
+            &off,
+            &off,
+        )
+        .await
+        .context("starting the parking daemon")?;
+        progress(format!(
+            "parking daemon pid {} (API {}, ingress {})",
+            daemon.pid, daemon.api, daemon.ingress
+        ));
+        Some(daemon)
+    } else {
+        None
+    };
     // The router part's `skiff+telemetry` case: a second daemon with request logs on and
     // traces exported to a sink of ours.
     let telemetry = if args.only.contains(&Part::Router) {
@@ -611,6 +646,15 @@ async fn setup(
         "skiff.local/serving-bench/httpd:v1",
     )
     .await?;
+    if let Some(p) = &parking {
+        bench::import(
+            p,
+            &httpd_img,
+            &work.join("layouts/httpd-parking"),
+            "skiff.local/serving-bench/httpd:v1",
+        )
+        .await?;
+    }
     let server = bench::import(
         &daemon,
         &server_img,
@@ -668,6 +712,7 @@ async fn setup(
             work: work.to_path_buf(),
             daemon,
             telemetry,
+            parking,
             httpd,
             router_backend: backend.0,
             router_backend_name: backend.1,
@@ -782,6 +827,9 @@ async fn cleanup_only(args: &Args) -> anyhow::Result<()> {
     }
     if let Some(pid) = read_json(work.join(TELEMETRY_DATA).join("endpoints.json"))["pid"].as_i64() {
         stop_pid(pid as i32, &work, "traced daemon", daemon::STOP_TIMEOUT).await;
+    }
+    if let Some(pid) = read_json(work.join(PARKING_DATA).join("endpoints.json"))["pid"].as_i64() {
+        stop_pid(pid as i32, &work, "parking daemon", daemon::STOP_TIMEOUT).await;
     }
     if let Some(pid) = read_json(work.join("data/endpoints.json"))["pid"].as_i64() {
         stop_pid(pid as i32, &work, "daemon", daemon::STOP_TIMEOUT).await;

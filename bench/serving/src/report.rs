@@ -245,6 +245,12 @@ fn cold_section(o: &mut String, c: &ColdResults) {
         &ttfb,
     );
     row(o, "skiff: request written → whole answer", &full);
+    let parked = summarize(&c.parked.iter().map(|s| s.ttfb_ms).collect::<Vec<_>>());
+    row(
+        o,
+        "skiff parked: request written → first byte (from a parked sandbox, through the ingress)",
+        &parked,
+    );
     row(
         o,
         "floor: overlay mount → first accepted connection (`runc run -d`, bare)",
@@ -280,10 +286,39 @@ fn cold_section(o: &mut String, c: &ColdResults) {
         ttfb.p99 / accept.p99,
         ttfb.p99 / f_fb.p99
     );
+    let pr = parked.p50 / accept.p50;
+    let _ = writeln!(
+        o,
+        "- skiff parked / floor at p50: {:.2} / {:.1} = **{:.3}** (goal ≤ 0.25: {}; moonshot under 4 ms: {}); at p99 {:.2} / {:.1} = {:.3}",
+        parked.p50,
+        accept.p50,
+        pr,
+        met(pr <= 0.25),
+        met(parked.p50 < 4.0),
+        parked.p99,
+        accept.p99,
+        parked.p99 / accept.p99
+    );
+    let mem = summarize(
+        &c.parked_memory
+            .iter()
+            .map(|b| *b as f64 / 1048576.0)
+            .collect::<Vec<_>>(),
+    );
+    let (rss_parked, rss_before) = c.parking_daemon_rss_kib;
+    let _ = writeln!(
+        o,
+        "- The parking daemon: {} Services created at zero, each with its sandbox parked (the fresh daemon parks nothing: `--parked-sandboxes 0`). A parked sandbox's cgroup memory (its held `runc init`): p50 {:.2} MiB, max {:.2} MiB; the daemon's own resident memory {:.1} MiB with all of them parked, {:.1} MiB before.",
+        c.parked_memory.len(),
+        mem.p50,
+        mem.max,
+        rss_parked as f64 / 1024.0,
+        rss_before as f64 / 1024.0
+    );
     if c.problems.is_empty() {
         let _ = writeln!(
             o,
-            "- Checked: {n}/{n} skiff answers were 200, and after each one the Service's scale API (`GET …/services/{{name}}/scale`) showed exactly one cold start, one request that waited through it, and one instance; {n}/{n} floor answers were 200."
+            "- Checked: {n}/{n} skiff answers of each kind were 200, and after each one the Service's scale API (`GET …/services/{{name}}/scale`) showed exactly one cold start, one request that waited through it, and one instance running (not counting the sandbox parked after it), started `fresh` on the first daemon and `parked` on the second; {n}/{n} floor answers were 200."
         );
     } else {
         let _ = writeln!(
@@ -437,6 +472,49 @@ fn cold_section(o: &mut String, c: &ColdResults) {
         o,
         "(not timed) floor: kill, reap, `runc delete`, unmount",
         &summarize(&c.floor.iter().map(|f| f.teardown_ms).collect::<Vec<_>>()),
+    );
+    let _ = writeln!(o);
+    // Where a parked start goes.
+    let pphase = |f: &dyn Fn(&cold::SkiffCold) -> Option<f64>| -> Summary {
+        summarize(&c.parked.iter().filter_map(f).collect::<Vec<_>>())
+    };
+    let startup = |s: &cold::SkiffCold, k: &str| s.phases.as_ref().and_then(|p| p[k].as_f64());
+    let _ = writeln!(
+        o,
+        "Where a parked start goes ({} runs; phases from the instance's status):\n",
+        c.parked.len()
+    );
+    let _ = writeln!(o, "| Phase (ms) | p50 | p90 | max |");
+    let _ = writeln!(o, "|---|---|---|---|");
+    prow(
+        o,
+        "request written → the autoscaler decides 0 → 1",
+        &pphase(&|s| s.decided_at.map(|d| between(s.sent_at, d))),
+    );
+    prow(
+        o,
+        "decision → the sandbox released (log: `unparked`)",
+        &pphase(&|s| Some(between(s.decided_at?, s.starting_at?))),
+    );
+    prow(
+        o,
+        "… the instance's `imageMs` (the reconciler's decision → the runtime's unpark call)",
+        &pphase(&|s| startup(s, "imageMs")),
+    );
+    prow(
+        o,
+        "… `containerMs` (unpark → its process released from the exec FIFO)",
+        &pphase(&|s| startup(s, "containerMs")),
+    );
+    prow(
+        o,
+        "… `readyMs` (released → readiness probe passed: exec, the shell, httpd listening)",
+        &pphase(&|s| startup(s, "readyMs")),
+    );
+    prow(
+        o,
+        "in the pool → first byte at the client",
+        &pphase(&|s| s.served_at.map(|d| between(d, s.first_byte_at()))),
     );
     let _ = writeln!(o);
 }
