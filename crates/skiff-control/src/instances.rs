@@ -165,6 +165,12 @@ pub struct InstanceManager {
     /// Revisions that would keep a parked instance but for the cap: one is queued again
     /// whenever a pass ends with room under it.
     waiting_to_park: Mutex<std::collections::BTreeSet<RevisionKey>>,
+    /// Revisions whose instance is being parked (in the background, one at a time).
+    parking: Mutex<HashSet<RevisionKey>>,
+    /// One parking at a time: parking is background work, never competing with starts.
+    park_slot: Arc<tokio::sync::Semaphore>,
+    /// This manager, for the background parkings (set by [`InstanceManager::attach`]).
+    me: OnceLock<std::sync::Weak<InstanceManager>>,
 }
 
 /// The least time between two parkings for one revision.
@@ -192,6 +198,9 @@ impl InstanceManager {
             parked_max: 0,
             last_parked: Mutex::default(),
             waiting_to_park: Mutex::default(),
+            parking: Mutex::default(),
+            park_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+            me: OnceLock::new(),
         })
     }
 
@@ -218,6 +227,9 @@ impl InstanceManager {
             parked_max: max,
             last_parked: Mutex::default(),
             waiting_to_park: Mutex::default(),
+            parking: Mutex::default(),
+            park_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+            me: OnceLock::new(),
         })
     }
 
@@ -229,6 +241,7 @@ impl InstanceManager {
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let _ = self.handle.set(handle.clone());
+        let _ = self.me.set(Arc::downgrade(self));
         let mut events = self.runtime.events();
         let me = self.clone();
         tokio::spawn(async move {
@@ -440,6 +453,11 @@ impl InstanceManager {
     /// Stops every instance, each killed at most `cap` after this (those being retired too),
     /// and forgets their records (daemon shutdown, after the reconcilers have stopped).
     pub async fn stop_all(&self, cap: Duration) {
+        // No parking from now on: wait for one in progress, then close the slot (a parking
+        // queued behind it finds it closed and parks nothing).
+        let slot = self.park_slot.acquire().await;
+        self.park_slot.close();
+        drop(slot);
         info!("stopping every instance");
         let all = self.runtime.instances();
         self.runtime.stop_all(cap).await;
@@ -475,13 +493,40 @@ impl InstanceManager {
         }
     }
 
-    /// Parked instances held in all, those being retired left out.
+    /// Parked instances held in all (and being parked), those being retired left out.
     fn parked_total(&self, retiring: &HashSet<String>) -> usize {
-        self.runtime
+        let held = self
+            .runtime
             .instances()
             .iter()
             .filter(|i| i.status.phase == Phase::Parked && !retiring.contains(&i.plan.id))
-            .count()
+            .count();
+        held + self.parking.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Parks an instance of `r` in the background, one parking at a time, then looks at the
+    /// revision again.
+    fn park_in_background(&self, key: &RevisionKey, r: &Revision) {
+        let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        me.parking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        let (key, r) = (key.clone(), r.clone());
+        tokio::spawn(async move {
+            if let Ok(_slot) = me.park_slot.clone().acquire_owned().await
+                && let Err(e) = me.make_instance(&r, true).await
+            {
+                warn!(revision = %r.metadata.name, error = %skiff_telemetry::ErrorChain(&*e), "parking an instance failed");
+            }
+            me.parking
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            me.enqueue(key);
+        });
     }
 
     /// The instances wanted for `r`: the override for a Service's latest revision, else the
@@ -781,6 +826,14 @@ impl Reconciler for InstanceManager {
                 },
                 Action::Park => {
                     let Some(r) = &revision else { continue };
+                    if self
+                        .parking
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(key)
+                    {
+                        continue;
+                    }
                     let wait = {
                         let mut last = self.last_parked.lock().unwrap_or_else(|p| p.into_inner());
                         let now = tokio::time::Instant::now();
@@ -796,11 +849,7 @@ impl Reconciler for InstanceManager {
                     };
                     match wait {
                         Some(after) => requeue = Some(after),
-                        None => {
-                            if let Err(e) = self.make_instance(r, true).await {
-                                warn!(revision = %r.metadata.name, error = %skiff_telemetry::ErrorChain(&*e), "parking an instance failed");
-                            }
-                        }
+                        None => self.park_in_background(key, r),
                     }
                 }
                 Action::Start(n) => {
