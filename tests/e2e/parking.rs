@@ -280,3 +280,108 @@ async fn parking_can_be_turned_off() {
     assert!(list.iter().all(|i| i.status.start_kind == StartKind::Fresh));
     d.cleanup().await.expect("cleanup");
 }
+
+/// A storm: 200 Services at zero, each with its sandbox parked, woken by one request each at
+/// the same moment: every request is answered 200, each by its Service's parked sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_200_services_all_answer() {
+    if skip_without_runc() {
+        return;
+    }
+    const N: usize = 200;
+    let (_reg, d, image) = registry_with_info_image(&["--parked-sandboxes", "200"]).await;
+    let client = d.client();
+    let names: Vec<String> = (0..N).map(|i| format!("pk-storm-{i:03}")).collect();
+    for name in &names {
+        let yaml = format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/initial-scale: \"0\"\n    spec:\n      containers:\n      - image: {image}\n"
+        );
+        client
+            .apply_service("default", Some(name), yaml, "application/yaml", false)
+            .await
+            .expect("apply");
+    }
+    // Every sandbox parked (one at a time, in the background).
+    wait_for(
+        "200 parked sandboxes",
+        Duration::from_millis(200),
+        MAX_WAIT * 4,
+        || {
+            let client = client.clone();
+            let names = &names;
+            async move {
+                for name in names {
+                    let list = client.instances("default", name).await.ok()?;
+                    if parked(&list).len() != 1 {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        },
+    )
+    .await
+    .expect("every Service has its sandbox parked");
+    let ingress = d.ingress().to_owned();
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let (ingress, host) = (ingress.clone(), host(name));
+            tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                let r = crate::http()
+                    .get(format!("http://{ingress}/"))
+                    .header("host", host)
+                    .send()
+                    .await;
+                let status = match r {
+                    Ok(r) => {
+                        let s = r.status().as_u16();
+                        let _ = r.text().await;
+                        s
+                    }
+                    Err(_) => 0,
+                };
+                (status, t.elapsed())
+            })
+        })
+        .collect();
+    let mut times = Vec::with_capacity(N);
+    let mut failed = Vec::new();
+    for (t, name) in tasks.into_iter().zip(&names) {
+        let (status, took) = t.await.expect("join");
+        if status != 200 {
+            failed.push(format!("{name}: {status}"));
+        }
+        times.push(took.as_secs_f64() * 1000.0);
+    }
+    let all = started.elapsed();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "storm of {N} parked Services: all 200 in {:.0} ms; per request p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        all.as_secs_f64() * 1000.0,
+        times[N / 2],
+        times[N * 99 / 100],
+        times[N - 1]
+    );
+    // Each was served by its parked sandbox.
+    for name in names.iter().take(20) {
+        let list = client
+            .running_instances("default", name)
+            .await
+            .expect("instances");
+        assert!(
+            list.iter()
+                .any(|i| i.status.start_kind == StartKind::Parked),
+            "{name}: {list:?}"
+        );
+    }
+    d.cleanup().await.expect("cleanup");
+}
