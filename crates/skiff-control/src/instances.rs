@@ -177,7 +177,7 @@ pub struct InstanceManager {
 pub const PARK_INTERVAL: Duration = Duration::from_secs(1);
 
 impl InstanceManager {
-    /// A manager over `runtime`.
+    /// A manager over `runtime` that parks nothing.
     pub fn new(
         runtime: Arc<dyn InstanceRuntime>,
         controller: Controller,
@@ -186,22 +186,7 @@ impl InstanceManager {
         serving: Arc<Serving>,
         secrets: Arc<SecretStore>,
     ) -> Arc<Self> {
-        Arc::new(InstanceManager {
-            runtime,
-            controller,
-            images,
-            store,
-            serving,
-            secrets,
-            retiring: Arc::default(),
-            handle: OnceLock::new(),
-            parked_max: 0,
-            last_parked: Mutex::default(),
-            waiting_to_park: Mutex::default(),
-            parking: Mutex::default(),
-            park_slot: Arc::new(tokio::sync::Semaphore::new(1)),
-            me: OnceLock::new(),
-        })
+        Self::with_parking(runtime, controller, images, store, serving, secrets, 0)
     }
 
     /// A manager that keeps one parked instance per revision that may take requests, up to
