@@ -72,6 +72,14 @@ impl OciRuntime for TimedOci {
         self.inner.start(id).await
     }
 
+    async fn pause(&self, id: &str) -> Result<(), OciError> {
+        self.inner.pause(id).await
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), OciError> {
+        self.inner.resume(id).await
+    }
+
     async fn kill(&self, id: &str, signal: &str) -> Result<(), OciError> {
         self.inner.kill(id, signal).await
     }

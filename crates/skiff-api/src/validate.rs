@@ -46,7 +46,18 @@ pub const SKIFF_ANNOTATIONS: &[&str] = &[
     crate::rollout::ROLLOUT_STEP_ANNOTATION,
     crate::rollout::ROLLOUT_ANALYSIS_ANNOTATION,
     crate::rollout::ROLLOUT_MIN_REQUESTS_ANNOTATION,
+    WARM_ANNOTATION,
 ];
+
+/// What a revision's instances become when it scales to zero: `frozen` keeps one frozen
+/// (cgroup freezer) and thaws it for the next request instead of starting one; `off` (the
+/// default) stops them.
+pub const WARM_ANNOTATION: &str = "skiff.dev/warm";
+
+/// Whether a revision's template asks to keep a frozen instance at zero.
+pub fn warm_frozen(annotations: &BTreeMap<String, String>) -> bool {
+    annotations.get(WARM_ANNOTATION).map(|v| v.trim()) == Some("frozen")
+}
 /// Labels skiff sets on revisions, which users may not set.
 pub const SYSTEM_LABELS: &[&str] = &[
     "serving.knative.dev/service",
@@ -183,6 +194,19 @@ fn check_annotations(
                 ProblemKind::UnknownField,
                 format!("unknown skiff annotation ({known})"),
             );
+        }
+        if k == WARM_ANNOTATION {
+            if !template {
+                p.invalid(
+                    &path,
+                    "set it on the revision template (spec.template.metadata.annotations)",
+                );
+            } else if !matches!(v.trim(), "frozen" | "off") {
+                p.invalid(
+                    &path,
+                    format!("`{v}` is not a warm mode: `frozen` (keep one instance frozen at zero) or `off`"),
+                );
+            }
         }
         if k == crate::egress::EGRESS_ANNOTATION {
             if !template {

@@ -133,8 +133,9 @@ pub struct InstanceStatus {
     pub startup: Option<StartupPhases>,
     /// Per container.
     pub containers: Vec<ContainerStatus>,
-    /// How it was started: `fresh` (created and started on demand) or `parked` (created
-    /// ahead, started on demand: see [`Phase::Parked`]).
+    /// How it was started (its last start): `fresh` (created and started on demand),
+    /// `parked` (created ahead, started on demand: see [`Phase::Parked`]) or `frozen`
+    /// (thawed: see [`Phase::Frozen`]).
     #[serde(default)]
     pub start_kind: StartKind,
 }
@@ -148,17 +149,20 @@ pub enum StartKind {
     Fresh,
     /// Created ahead (parked), its processes released when wanted.
     Parked,
+    /// Kept frozen (cgroup freezer) when it was no longer wanted, thawed when wanted again.
+    Frozen,
 }
 
 impl StartKind {
     /// Every kind.
-    pub const ALL: [StartKind; 2] = [StartKind::Fresh, StartKind::Parked];
+    pub const ALL: [StartKind; 3] = [StartKind::Fresh, StartKind::Parked, StartKind::Frozen];
 
-    /// `fresh` or `parked`.
+    /// `fresh`, `parked` or `frozen`.
     pub fn as_str(self) -> &'static str {
         match self {
             StartKind::Fresh => "fresh",
             StartKind::Parked => "parked",
+            StartKind::Frozen => "frozen",
         }
     }
 }
@@ -204,6 +208,9 @@ pub enum Phase {
     Parked,
     /// Running (ready or not: see `ready`).
     Running,
+    /// Frozen (cgroup freezer): kept whole, its memory held, no CPU; takes no traffic and is
+    /// not billed until thawed.
+    Frozen,
     /// Being stopped.
     Stopping,
     /// Gone; nothing left behind.
@@ -218,6 +225,7 @@ impl Phase {
             Phase::Starting => "starting",
             Phase::Parked => "parked",
             Phase::Running => "running",
+            Phase::Frozen => "frozen",
             Phase::Stopping => "stopping",
             Phase::Stopped => "stopped",
         }

@@ -116,6 +116,25 @@ pub fn remove(cgroup: &str) {
     }
 }
 
+/// Thaws a frozen cgroup by writing its freezer state, as `runc resume` does, without a
+/// `runc` process (v1 `freezer.state` = `THAWED`, v2 `cgroup.freeze` = `0`). Returns false
+/// when the cgroup has no freezer file here (the caller then asks the runtime).
+pub fn thaw(cgroup: &str) -> bool {
+    let rel = cgroup.trim_start_matches('/');
+    let (file, value) = if is_v2() {
+        (Path::new(ROOT).join(rel).join("cgroup.freeze"), "0")
+    } else {
+        (
+            Path::new(ROOT)
+                .join("freezer")
+                .join(rel)
+                .join("freezer.state"),
+            "THAWED",
+        )
+    };
+    file.exists() && std::fs::write(&file, value).is_ok()
+}
+
 /// Child cgroups of `parent` (e.g. `/skiff`) in any hierarchy, by name.
 pub fn children(parent: &str) -> Vec<String> {
     let mut names = std::collections::BTreeSet::new();

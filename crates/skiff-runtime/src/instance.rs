@@ -407,6 +407,12 @@ pub enum RuntimeError {
     /// The instance is not parked (any more): it cannot be unparked.
     #[error("instance `{0}` is not parked")]
     NotParked(String),
+    /// The instance is not running (ready or not): it cannot be frozen.
+    #[error("instance `{0}` is not running")]
+    NotRunning(String),
+    /// The instance is not frozen: it cannot be thawed.
+    #[error("instance `{0}` is not frozen")]
+    NotFrozen(String),
     /// The OCI runtime failed.
     #[error("OCI runtime")]
     Oci(#[from] OciError),
@@ -464,6 +470,8 @@ pub struct Instance {
     network: Mutex<Option<Box<dyn std::any::Any + Send + Sync>>>,
     /// Set for an instance created parked ([`Runtime::park`]).
     park: Option<Park>,
+    /// When it was last thawed ([`Runtime::thaw`]): its readiness counts from then.
+    thawed: Mutex<Option<tokio::time::Instant>>,
 }
 
 /// How an instance's containers come to run.
@@ -496,8 +504,12 @@ impl std::fmt::Debug for Instance {
 }
 
 impl Instance {
-    /// When its start began: the call to [`Runtime::start`], or to [`Runtime::unpark`].
+    /// When its (last) start began: the call to [`Runtime::start`], [`Runtime::unpark`] or
+    /// [`Runtime::thaw`].
     fn t0(&self) -> tokio::time::Instant {
+        if let Some(at) = *self.thawed.lock().unwrap_or_else(|e| e.into_inner()) {
+            return at;
+        }
         self.unparked().map_or(self.start_instant, |(_, at)| at)
     }
 
@@ -706,6 +718,68 @@ impl Runtime {
         Ok(())
     }
 
+    /// Freezes a running instance (every container's processes, through the cgroup
+    /// freezer): phase [`Phase::Frozen`], not ready, its probes idle. Draining its requests
+    /// is the caller's business, before.
+    pub async fn freeze(&self, id: &str) -> Result<(), RuntimeError> {
+        let inst = self
+            .instance(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        if inst.status().phase != Phase::Running || inst.stop.is_cancelled() {
+            return Err(RuntimeError::NotRunning(id.to_owned()));
+        }
+        for i in 0..inst.plan.containers.len() {
+            if let Err(e) = self.oci.pause(&container_id(id, i)).await {
+                // Thaw what was frozen: all or nothing.
+                for j in 0..i {
+                    let _ = self.oci.resume(&container_id(id, j)).await;
+                }
+                return Err(e.into());
+            }
+        }
+        self.update(&inst, |s| {
+            s.phase = Phase::Frozen;
+            s.ready = false;
+            for c in &mut s.containers {
+                c.ready = false;
+            }
+        });
+        info!(instance = %id, revision = %inst.plan.revision, "frozen");
+        Ok(())
+    }
+
+    /// Thaws a frozen instance: it is probed again and takes traffic once ready; its
+    /// start-up phases and lifetime (`startedAt`) count from `scheduled` and this call, as a
+    /// start of kind `frozen`.
+    pub async fn thaw(&self, id: &str, scheduled: Scheduled) -> Result<(), RuntimeError> {
+        let inst = self
+            .instance(id)
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        if inst.status().phase != Phase::Frozen {
+            return Err(RuntimeError::NotFrozen(id.to_owned()));
+        }
+        let called = tokio::time::Instant::now();
+        for i in 0..inst.plan.containers.len() {
+            // The freezer file directly (no `runc` process on a request's path); the
+            // runtime when there is none.
+            if !cgroups::thaw(&cgroup_path(id, i)) {
+                self.oci.resume(&container_id(id, i)).await?;
+            }
+        }
+        let thawed = tokio::time::Instant::now();
+        *inst.thawed.lock().unwrap_or_else(|e| e.into_inner()) = Some(called);
+        self.update(&inst, |s| {
+            s.phase = Phase::Running;
+            s.started_at = now();
+            s.start_kind = StartKind::Frozen;
+            s.was_ready = false;
+            s.start_to_ready_ms = None;
+            s.startup = Some(startup_phases(scheduled, called, thawed));
+        });
+        info!(instance = %id, revision = %inst.plan.revision, "thawed");
+        Ok(())
+    }
+
     async fn prepare(
         self: &Arc<Self>,
         plan: InstancePlan,
@@ -816,6 +890,7 @@ impl Runtime {
             start_instant: t0,
             network: Mutex::new(None),
             park: parked.then(Park::default),
+            thawed: Mutex::new(None),
         });
         if let Some(n) = self.network.get() {
             let guard = n.attach(&instance.plan, instance.netns.clone()).await;
@@ -863,6 +938,7 @@ impl Runtime {
         let inst = self
             .instance(id)
             .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        self.thaw_to_stop(&inst).await;
         inst.stop.cancel();
         inst.stopped().await;
         Ok(())
@@ -878,11 +954,24 @@ impl Runtime {
             .send_modify(|d| *d = Some(d.map_or(deadline, |earlier| earlier.min(deadline))));
         let all = self.instances();
         for i in &all {
+            self.thaw_to_stop(i).await;
             i.stop.cancel();
         }
         for i in all {
             i.stopped().await;
         }
+    }
+
+    /// A frozen instance cannot take its SIGTERM: it is thawed (still not ready, so still
+    /// out of the router's pool) before it is stopped.
+    async fn thaw_to_stop(&self, inst: &Instance) {
+        if inst.status().phase != Phase::Frozen {
+            return;
+        }
+        for i in 0..inst.plan.containers.len() {
+            let _ = self.oci.resume(&container_id(&inst.plan.id, i)).await;
+        }
+        self.update(inst, |s| s.phase = Phase::Stopping);
     }
 
     async fn supervise(self: Arc<Self>, inst: Arc<Instance>, adopted: Option<Vec<i32>>) {
@@ -1469,6 +1558,11 @@ impl Runtime {
         let mut failures = 0;
         loop {
             tokio::time::sleep(p.period.max(Duration::from_millis(100))).await;
+            if inst.status().phase == Phase::Frozen {
+                // Not probed while frozen: it could not answer.
+                failures = 0;
+                continue;
+            }
             match self
                 .prober
                 .attempt(&p.action, &inst.netns, &cid, p.timeout)
@@ -1503,6 +1597,18 @@ impl Runtime {
         loop {
             changes.borrow_and_update();
             let status = inst.status();
+            if status.phase == Phase::Frozen {
+                // Nothing to probe until it is thawed (a status change).
+                tokio::select! {
+                    r = changes.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                    }
+                    () = inst.stop.cancelled() => return,
+                }
+                continue;
+            }
             let mut next = Duration::from_secs(1);
             for i in 0..n {
                 let plan = &inst.plan.containers[i];

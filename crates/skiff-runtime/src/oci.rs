@@ -92,6 +92,10 @@ pub trait OciRuntime: Send + Sync + 'static {
     ) -> Result<i32, OciError>;
     /// Starts a created container: its init execs the process.
     async fn start(&self, id: &str) -> Result<(), OciError>;
+    /// Freezes every process of the container (cgroup freezer).
+    async fn pause(&self, id: &str) -> Result<(), OciError>;
+    /// Thaws a frozen container.
+    async fn resume(&self, id: &str) -> Result<(), OciError>;
     /// Sends a signal (`TERM`, `KILL`, …) to the container's init.
     async fn kill(&self, id: &str, signal: &str) -> Result<(), OciError>;
     /// Deletes the container (force: kill it first if it runs).
@@ -292,6 +296,18 @@ impl OciRuntime for RuncCli {
                 detail: format!("releasing the exec FIFO {}: {e}", fifo.display()),
             }),
         }
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), OciError> {
+        self.output(&format!("pause {id}"), self.command(&["pause", id]))
+            .await
+            .map(|_| ())
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), OciError> {
+        self.output(&format!("resume {id}"), self.command(&["resume", id]))
+            .await
+            .map(|_| ())
     }
 
     async fn kill(&self, id: &str, signal: &str) -> Result<(), OciError> {
