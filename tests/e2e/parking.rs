@@ -385,3 +385,89 @@ async fn a_storm_of_200_services_all_answer() {
     }
     d.cleanup().await.expect("cleanup");
 }
+
+/// `skiff.dev/warm: frozen`: at zero the ready instance is frozen (kept, out of the pool,
+/// its memory held, not billed); the next request thaws that same instance, started
+/// `frozen`; deleting the Service stops it and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_instance_is_thawed_by_the_next_request() {
+    if skip_without_runc() {
+        return;
+    }
+    let (_reg, d, image) = registry_with_info_image(&[]).await;
+    let yaml = format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: pk-frozen\nspec:\n  template:\n    metadata:\n      annotations:\n        skiff.dev/warm: frozen\n    spec:\n      containers:\n      - image: {image}\n"
+    );
+    apply(&d, &yaml);
+    let list = wait_instances(&d, "pk-frozen", "a ready instance", |l| {
+        l.iter().any(|i| i.status.ready)
+    })
+    .await;
+    let first = list
+        .iter()
+        .find(|i| i.status.ready)
+        .expect("ready")
+        .id
+        .clone();
+    // To zero: frozen, not stopped.
+    assert_code(&d.cli(&["scale", "pk-frozen", "0"]), 0);
+    let list = wait_instances(&d, "pk-frozen", "the instance frozen", |l| {
+        l.iter()
+            .any(|i| i.id == first && i.status.phase == Phase::Frozen)
+    })
+    .await;
+    let frozen = list.iter().find(|i| i.id == first).expect("frozen");
+    assert!(!frozen.status.ready);
+    assert!(frozen.usage.memory_bytes > 0, "it keeps its memory");
+    let text = crate::serving::metrics_text(&d).await.expect("metrics");
+    assert!(
+        text.contains("skiff_instance_frozen{namespace=\"default\",service=\"pk-frozen\",revision=\"pk-frozen-00001\"} 1"),
+        "{text}"
+    );
+    // The autoscaler again (no traffic: it stays frozen), then a request thaws it.
+    assert_code(&d.cli(&["scale", "pk-frozen", "auto"]), 0);
+    let (status, body) = get(&d, "pk-frozen", "/info").await;
+    assert_eq!(status, 200, "{body}");
+    let info: Value = serde_json::from_str(&body).expect("/info");
+    assert_eq!(
+        info["hostname"].as_str().map(str::trim),
+        Some(first.as_str()),
+        "the frozen instance answered"
+    );
+    let list = wait_instances(&d, "pk-frozen", "the thawed instance ready", |l| {
+        l.iter().any(|i| i.id == first && i.status.ready)
+    })
+    .await;
+    let thawed = list.iter().find(|i| i.id == first).expect("thawed");
+    assert_eq!(thawed.status.start_kind, StartKind::Frozen);
+    assert!(
+        thawed
+            .status
+            .startup
+            .as_ref()
+            .is_some_and(|p| p.ready_ms.is_some()),
+        "{:?}",
+        thawed.status.startup
+    );
+    assert!(d.log_text().contains("thawed"), "the daemon says so");
+    eprintln!("thawed: {:?}", thawed.status.startup);
+    // Deleted while running or frozen: nothing left.
+    assert_code(&d.cli(&["scale", "pk-frozen", "0"]), 0);
+    wait_instances(&d, "pk-frozen", "frozen again", |l| {
+        l.iter()
+            .any(|i| i.id == first && i.status.phase == Phase::Frozen)
+    })
+    .await;
+    assert_code(&d.cli(&["delete", "service", "pk-frozen"]), 0);
+    wait_for("nothing left", Duration::from_millis(50), MAX_WAIT, || {
+        let data = d.data_dir().join("run/instances");
+        let ids = runc_ids(&d);
+        async move {
+            let empty = std::fs::read_dir(&data).map_or(true, |mut r| r.next().is_none());
+            (empty && ids.is_empty()).then_some(())
+        }
+    })
+    .await
+    .expect("the frozen instance is stopped and removed");
+    d.cleanup().await.expect("cleanup");
+}

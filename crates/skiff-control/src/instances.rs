@@ -65,11 +65,19 @@ pub struct RevisionState<'a> {
     /// Whether it keeps one parked instance (it may take requests, has not failed, and the
     /// daemon's cap of parked sandboxes allows it).
     pub park: bool,
+    /// Its frozen instances (`skiff.dev/warm: frozen`).
+    pub frozen: Vec<String>,
+    /// Whether an instance it no longer wants at zero is frozen rather than stopped.
+    pub freeze: bool,
 }
 
 /// What to do for one revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Thaw this frozen instance.
+    Thaw(String),
+    /// Freeze this instance (drained first) instead of stopping it.
+    Freeze(String),
     /// Start this parked instance's processes.
     Unpark(String),
     /// Start this many instances.
@@ -88,7 +96,13 @@ pub enum Action {
 /// ready, so that parking never competes with a start) while `park` says so. Pure: the
 /// reconcile pass's tests call it with plain values.
 pub fn plan(state: &RevisionState<'_>) -> Vec<Action> {
-    let retire_parked = || state.parked.iter().map(|id| Action::Retire(id.clone()));
+    let retire_parked = || {
+        state
+            .parked
+            .iter()
+            .chain(&state.frozen)
+            .map(|id| Action::Retire(id.clone()))
+    };
     let Some(revision) = state.revision else {
         if state.routed && !state.live.is_empty() {
             return vec![Action::WaitForRoutes];
@@ -106,8 +120,14 @@ pub fn plan(state: &RevisionState<'_>) -> Vec<Action> {
     let (have, want) = (state.live.len(), state.desired as usize);
     let mut actions = Vec::new();
     let mut parked = state.parked.iter();
+    let mut frozen = state.frozen.iter();
     if have < want {
         let mut missing = want - have;
+        // Thawed first (its app is warm), then parked, then fresh.
+        for id in frozen.by_ref().take(missing) {
+            actions.push(Action::Thaw(id.clone()));
+            missing -= 1;
+        }
         for id in parked.by_ref().take(missing) {
             actions.push(Action::Unpark(id.clone()));
             missing -= 1;
@@ -123,13 +143,26 @@ pub fn plan(state: &RevisionState<'_>) -> Vec<Action> {
                 .cmp(&(b.ready, b.in_flight))
                 .then_with(|| b.started_at.cmp(&a.started_at))
         });
-        actions.extend(
-            extra
-                .into_iter()
-                .take(have - want)
-                .map(|i| Action::Retire(i.id.clone())),
-        );
+        let mut going: Vec<&Observed> = extra.into_iter().take(have - want).collect();
+        // At zero, a ready one is kept frozen instead (one per revision).
+        if want == 0
+            && state.freeze
+            && state.frozen.is_empty()
+            && let Some(pos) = going.iter().position(|i| i.ready)
+        {
+            let kept = going.remove(pos);
+            actions.push(Action::Freeze(kept.id.clone()));
+        }
+        actions.extend(going.into_iter().map(|i| Action::Retire(i.id.clone())));
     }
+    let frozen_left: Vec<&String> = frozen.collect();
+    let keep_frozen = if state.freeze { 1 } else { 0 };
+    actions.extend(
+        frozen_left
+            .iter()
+            .skip(keep_frozen)
+            .map(|id| Action::Retire((*id).clone())),
+    );
     let left: Vec<&String> = parked.collect();
     if state.park {
         let settled = actions.is_empty() && state.live.iter().all(|i| i.ready);
@@ -171,6 +204,8 @@ pub struct InstanceManager {
     park_slot: Arc<tokio::sync::Semaphore>,
     /// This manager, for the background parkings (set by [`InstanceManager::attach`]).
     me: OnceLock<std::sync::Weak<InstanceManager>>,
+    /// Frozen instances may hold at most this much memory in all.
+    frozen_budget: u64,
 }
 
 /// The least time between two parkings for one revision.
@@ -187,6 +222,14 @@ impl InstanceManager {
         secrets: Arc<SecretStore>,
     ) -> Arc<Self> {
         Self::with_parking(runtime, controller, images, store, serving, secrets, 0)
+    }
+
+    /// The same manager, letting frozen instances hold at most `bytes` in all.
+    pub fn with_frozen_budget(mut self: Arc<Self>, bytes: u64) -> Arc<Self> {
+        if let Some(m) = Arc::get_mut(&mut self) {
+            m.frozen_budget = bytes;
+        }
+        self
     }
 
     /// A manager that keeps one parked instance per revision that may take requests, up to
@@ -215,6 +258,7 @@ impl InstanceManager {
             parking: Mutex::default(),
             park_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             me: OnceLock::new(),
+            frozen_budget: 0,
         })
     }
 
@@ -573,6 +617,65 @@ impl InstanceManager {
         });
     }
 
+    /// Drains an instance, then freezes it (it stays, frozen, out of the router's pool);
+    /// one that cannot be frozen within the daemon's memory budget, or at all, is stopped.
+    fn freeze(&self, inst: InstanceInfo) {
+        {
+            let mut r = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+            if !r.insert(inst.plan.id.clone()) {
+                return;
+            }
+        }
+        let (rt, store, serving, retiring) = (
+            self.runtime.clone(),
+            self.store.clone(),
+            self.serving.clone(),
+            self.retiring.clone(),
+        );
+        let budget = self.frozen_budget;
+        let handle = self.handle.get().cloned();
+        tokio::spawn(async move {
+            let plan = inst.plan;
+            let held: u64 = rt
+                .instances()
+                .iter()
+                .filter(|i| i.status.phase == Phase::Frozen)
+                .map(|i| rt.usage(&i.plan.id).memory_bytes)
+                .sum();
+            let mine = rt.usage(&plan.id).memory_bytes;
+            serving.drain(&plan.id, plan.drain_timeout).await;
+            let frozen = if held + mine > budget {
+                info!(instance = %plan.id, held, mine, budget, "not frozen: over the frozen memory budget; stopping it");
+                false
+            } else {
+                match rt.freeze(&plan.id).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(instance = %plan.id, error = %skiff_telemetry::ErrorChain(&*e), "freezing failed; stopping it");
+                        false
+                    }
+                }
+            };
+            if frozen {
+                // Out of the pool, its drain forgotten: thawed, it is added again once ready.
+                serving.router().forget(&plan.id);
+            } else {
+                rt.stop(&plan.id).await;
+                let _ = store
+                    .txn(Txn::new().delete(keys::instance(&plan.namespace, &plan.id)))
+                    .await;
+                serving.router().forget(&plan.id);
+            }
+            retiring
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&plan.id);
+            if let Some(h) = handle {
+                h.enqueue((plan.namespace, plan.revision));
+            }
+        });
+    }
+
     async fn start_instance(&self, rev: &Revision) -> Result<(), ReconcileError> {
         self.make_instance(rev, false).await
     }
@@ -743,9 +846,12 @@ impl Reconciler for InstanceManager {
             .filter(|i| !matches!(i.status.phase, Phase::Stopping | Phase::Stopped))
             .filter(|i| !retiring.contains(&i.plan.id))
             .collect();
-        let (parked, live): (Vec<&InstanceInfo>, Vec<&InstanceInfo>) = held
+        let (parked, held): (Vec<&InstanceInfo>, Vec<&InstanceInfo>) = held
             .into_iter()
             .partition(|i| i.status.phase == Phase::Parked);
+        let (frozen, live): (Vec<&InstanceInfo>, Vec<&InstanceInfo>) = held
+            .into_iter()
+            .partition(|i| i.status.phase == Phase::Frozen);
         let missing = match &revision {
             Some(r) => self.missing_config(r).await?,
             None => Vec::new(),
@@ -785,6 +891,11 @@ impl Reconciler for InstanceManager {
                 .collect(),
             parked: parked.iter().map(|i| i.plan.id.clone()).collect(),
             park,
+            frozen: frozen.iter().map(|i| i.plan.id.clone()).collect(),
+            freeze: pool.is_some()
+                && revision
+                    .as_ref()
+                    .is_some_and(|r| skiff_api::validate::warm_frozen(&r.metadata.annotations)),
         };
         let mut failed = None;
         let mut requeue = None;
@@ -793,8 +904,31 @@ impl Reconciler for InstanceManager {
             match action {
                 Action::WaitForRoutes => return Ok(Next::RequeueAfter(Duration::from_millis(50))),
                 Action::Retire(id) => {
-                    if let Some(i) = live.iter().chain(&parked).find(|i| i.plan.id == id) {
+                    if let Some(i) = live
+                        .iter()
+                        .chain(&parked)
+                        .chain(&frozen)
+                        .find(|i| i.plan.id == id)
+                    {
                         self.retire((*i).clone());
+                    }
+                }
+                Action::Thaw(id) => {
+                    if let Err(e) = self.runtime.thaw(&id, decided).await {
+                        warn!(instance = %id, error = %skiff_telemetry::ErrorChain(&*e), "thawing failed; starting a fresh instance");
+                        if let Some(i) = frozen.iter().find(|i| i.plan.id == id) {
+                            self.retire((*i).clone());
+                        }
+                        if let Some(r) = &revision
+                            && let Err(e) = self.start_instance(r).await
+                        {
+                            failed = Some(e);
+                        }
+                    }
+                }
+                Action::Freeze(id) => {
+                    if let Some(i) = live.iter().find(|i| i.plan.id == id) {
+                        self.freeze((*i).clone());
                     }
                 }
                 Action::Unpark(id) => match self.runtime.unpark(&id, decided) {
@@ -946,6 +1080,8 @@ mod tests {
             live: vec![inst("a", true, "t1", 0)],
             parked: Vec::new(),
             park: false,
+            frozen: Vec::new(),
+            freeze: false,
         };
         assert_eq!(plan(&s), vec![Action::Start(2)]);
         s.desired = 1;
@@ -968,6 +1104,8 @@ mod tests {
             ],
             parked: Vec::new(),
             park: false,
+            frozen: Vec::new(),
+            freeze: false,
         };
         assert_eq!(
             plan(&s),
@@ -990,6 +1128,8 @@ mod tests {
             live: vec![inst("a", true, "t1", 0), inst("b", true, "t2", 0)],
             parked: Vec::new(),
             park: false,
+            frozen: Vec::new(),
+            freeze: false,
         };
         assert_eq!(plan(&s).len(), 2);
     }
@@ -1005,6 +1145,8 @@ mod tests {
             live: vec![],
             parked: Vec::new(),
             park: false,
+            frozen: Vec::new(),
+            freeze: false,
         };
         assert_eq!(plan(&s), vec![]);
         let mut failed = revision(true);
@@ -1035,6 +1177,8 @@ mod tests {
             live: vec![],
             parked: Vec::new(),
             park: true,
+            frozen: Vec::new(),
+            freeze: false,
         };
         assert_eq!(plan(&s), vec![Action::Park]);
         s.parked = vec!["p".into()];
@@ -1062,6 +1206,52 @@ mod tests {
         assert!(plan(&s).contains(&Action::Retire("x".into())));
     }
 
+    /// With `skiff.dev/warm: frozen`, going to zero freezes one ready instance (the others
+    /// stop); wanted again, the frozen one is thawed before anything is unparked or started.
+    #[test]
+    fn a_frozen_instance_is_kept_at_zero_and_thawed_first() {
+        let r = revision(true);
+        let mut s = RevisionState {
+            revision: Some(&r),
+            routed: true,
+            desired: 0,
+            live: vec![inst("a", true, "t1", 0), inst("b", false, "t2", 0)],
+            parked: vec!["p".into()],
+            park: true,
+            frozen: Vec::new(),
+            freeze: true,
+        };
+        assert_eq!(
+            plan(&s),
+            vec![Action::Freeze("a".into()), Action::Retire("b".into())]
+        );
+        // Not at zero: scaling down stops.
+        s.desired = 1;
+        s.live = vec![inst("a", true, "t1", 0), inst("c", true, "t3", 0)];
+        assert_eq!(plan(&s), vec![Action::Retire("c".into())]);
+        // Frozen and wanted: thawed, then parked, then fresh.
+        s.live.clear();
+        s.frozen = vec!["a".into()];
+        s.desired = 3;
+        assert_eq!(
+            plan(&s),
+            vec![
+                Action::Thaw("a".into()),
+                Action::Unpark("p".into()),
+                Action::Start(1)
+            ]
+        );
+        // One frozen is kept; without the annotation none is.
+        s.desired = 0;
+        s.frozen = vec!["a".into(), "x".into()];
+        assert_eq!(plan(&s), vec![Action::Retire("x".into())]);
+        s.freeze = false;
+        assert_eq!(
+            plan(&s),
+            vec![Action::Retire("a".into()), Action::Retire("x".into())]
+        );
+    }
+
     /// A deleted revision's instances are retired only once the router has let it go.
     #[test]
     fn a_deleted_revision_waits_for_the_router() {
@@ -1072,6 +1262,8 @@ mod tests {
             live: vec![inst("a", true, "t1", 2)],
             parked: Vec::new(),
             park: false,
+            frozen: Vec::new(),
+            freeze: false,
         };
         assert_eq!(plan(&s), vec![Action::WaitForRoutes]);
         s.routed = false;

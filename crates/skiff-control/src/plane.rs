@@ -58,6 +58,8 @@ pub struct Parts {
     /// At most this many parked instances (one per revision that may take requests; 0:
     /// none).
     pub parked_sandboxes: usize,
+    /// Frozen instances (`skiff.dev/warm: frozen`) may hold at most this much memory.
+    pub frozen_memory_budget: u64,
 }
 
 /// The running control plane.
@@ -128,7 +130,8 @@ impl ControlPlane {
             serving.clone(),
             parts.secrets.clone(),
             parts.parked_sandboxes,
-        );
+        )
+        .with_frozen_budget(parts.frozen_memory_budget);
         instances.recover().await;
 
         let stop = CancellationToken::new();

@@ -60,6 +60,12 @@ pub trait InstanceRuntime: Send + Sync + 'static {
     /// `scheduled`.
     fn unpark(&self, id: &str, scheduled: Scheduled) -> Result<(), BoxError>;
 
+    /// Freezes a running instance (it keeps its memory, uses no CPU, takes no traffic).
+    async fn freeze(&self, id: &str) -> Result<(), BoxError>;
+
+    /// Thaws a frozen instance; its start-up phases count from `scheduled`.
+    async fn thaw(&self, id: &str, scheduled: Scheduled) -> Result<(), BoxError>;
+
     /// Stops an instance (SIGTERM, SIGKILL after its grace) and removes what it used.
     async fn stop(&self, id: &str);
 
@@ -137,6 +143,17 @@ impl InstanceRuntime for Runc {
     fn unpark(&self, id: &str, scheduled: Scheduled) -> Result<(), BoxError> {
         self.0
             .unpark(id, scheduled)
+            .map_err(|e| Box::new(e) as BoxError)
+    }
+
+    async fn freeze(&self, id: &str) -> Result<(), BoxError> {
+        self.0.freeze(id).await.map_err(|e| Box::new(e) as BoxError)
+    }
+
+    async fn thaw(&self, id: &str, scheduled: Scheduled) -> Result<(), BoxError> {
+        self.0
+            .thaw(id, scheduled)
+            .await
             .map_err(|e| Box::new(e) as BoxError)
     }
 

@@ -158,7 +158,12 @@ impl Billing {
         let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let running: HashMap<&str, &InstanceInfo> = instances
             .iter()
-            .filter(|i| !matches!(i.status.phase, Phase::Stopped | Phase::Parked))
+            .filter(|i| {
+                !matches!(
+                    i.status.phase,
+                    Phase::Stopped | Phase::Parked | Phase::Frozen
+                )
+            })
             .map(|i| (i.plan.id.as_str(), i))
             .collect();
         let gone: Vec<String> = st
@@ -290,6 +295,7 @@ impl Collector for InstanceCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (mut cpu, mut mem, mut limit, mut oom) = (vec![], vec![], vec![], vec![]);
         let mut parked: HashMap<RevisionLabels, (f64, f64)> = HashMap::new();
+        let mut frozen: HashMap<RevisionLabels, (f64, f64)> = HashMap::new();
         for i in self.runtime.instances() {
             if i.status.phase == Phase::Stopped {
                 continue;
@@ -301,6 +307,11 @@ impl Collector for InstanceCollector {
                 p.0 += 1.0;
                 p.1 += u.memory_bytes as f64;
                 continue;
+            }
+            if i.status.phase == Phase::Frozen {
+                let f = frozen.entry(labels_of(&i.plan)).or_default();
+                f.0 += 1.0;
+                f.1 += u.memory_bytes as f64;
             }
             let l = InstanceLabels {
                 namespace: i.plan.namespace.clone(),
@@ -355,6 +366,18 @@ impl Collector for InstanceCollector {
         encode_family(
             &mut encoder,
             ("parked_memory", help, Some(Unit::Bytes), Gauge),
+            gauges(&memory),
+        )?;
+        let (count, memory): (Vec<Sample<RevisionLabels>>, Vec<Sample<RevisionLabels>>) = frozen
+            .into_iter()
+            .map(|(l, (n, m))| ((l.clone(), n), (l, m)))
+            .unzip();
+        let help = "Frozen instances of the revision (skiff.dev/warm: frozen): kept whole, no CPU, thawed when wanted (not billed)";
+        encode_family(&mut encoder, ("frozen", help, None, Gauge), gauges(&count))?;
+        let help = "Memory the revision's frozen instances hold";
+        encode_family(
+            &mut encoder,
+            ("frozen_memory", help, Some(Unit::Bytes), Gauge),
             gauges(&memory),
         )
     }
@@ -551,7 +574,7 @@ struct StartupLabels {
     revision: String,
     /// `image`, `container`, `ready` or `total`.
     phase: &'static str,
-    /// How the instance was started: `fresh` or `parked`.
+    /// How the instance was started: `fresh`, `parked` or `frozen` (thawed).
     kind: &'static str,
 }
 
@@ -742,6 +765,11 @@ impl StartupMetrics {
     ) {
         let stopped = s.phase == Phase::Stopped;
         let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        if s.phase == Phase::Frozen {
+            // Its next start (a thaw) is observed again, as `frozen`.
+            observed.remove(id);
+            return;
+        }
         if !observed.contains(id) {
             let rows = startup_observations(s);
             for (phase, seconds) in &rows {

@@ -115,6 +115,7 @@ impl Plane {
                 notify: None,
                 default_rollout: None,
                 parked_sandboxes: parked,
+                frozen_memory_budget: 1 << 30,
             },
             &metrics,
         )

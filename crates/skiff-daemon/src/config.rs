@@ -546,6 +546,9 @@ pub struct RuntimeConfig {
     /// At most this many parked sandboxes in all (`None`: sized from free memory, see
     /// [`RuntimeConfig::parked_sandboxes`]).
     pub parked_sandboxes: Option<usize>,
+    /// Frozen instances may hold at most this much memory (`None`: an eighth of the memory
+    /// available at start).
+    pub frozen_memory_budget: Option<u64>,
 }
 
 impl Default for RuntimeConfig {
@@ -555,6 +558,7 @@ impl Default for RuntimeConfig {
             pids_limit: 1024,
             termination_grace_period: Duration::from_secs(10),
             parked_sandboxes: None,
+            frozen_memory_budget: None,
         }
     }
 }
@@ -568,24 +572,35 @@ pub const PARKED_MEMORY_SHARE: u64 = 8;
 /// The most parked sandboxes sized from free memory.
 pub const PARKED_SANDBOXES_MAX: usize = 1000;
 
+/// The memory available now (`MemAvailable`), bytes; 0 when unknown.
+fn memory_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 impl RuntimeConfig {
     /// The cap of parked sandboxes: the setting, or an eighth of the memory available now
     /// at [`PARKED_SANDBOX_BUDGET`] each (at most [`PARKED_SANDBOXES_MAX`]).
     pub fn parked_sandboxes(&self) -> usize {
         self.parked_sandboxes.unwrap_or_else(|| {
-            let available = std::fs::read_to_string("/proc/meminfo")
-                .ok()
-                .and_then(|m| {
-                    m.lines()
-                        .find_map(|l| l.strip_prefix("MemAvailable:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                })
-                .map_or(0, |kib| kib * 1024);
-            let n = available / PARKED_MEMORY_SHARE / PARKED_SANDBOX_BUDGET;
+            let n = memory_available() / PARKED_MEMORY_SHARE / PARKED_SANDBOX_BUDGET;
             usize::try_from(n)
                 .unwrap_or(usize::MAX)
                 .min(PARKED_SANDBOXES_MAX)
         })
+    }
+
+    /// The memory frozen instances may hold: the setting, or an eighth of the memory
+    /// available now.
+    pub fn frozen_memory_budget(&self) -> u64 {
+        self.frozen_memory_budget
+            .unwrap_or_else(|| memory_available() / PARKED_MEMORY_SHARE)
     }
 }
 
@@ -622,6 +637,18 @@ impl Section for RuntimeConfig {
                     .map(|n: i64| Some(n as usize)),
             },
             "Sandboxes kept created ahead (one per revision that may take requests), started by a request in a few ms; 0 turns it off [default: auto, an eighth of the memory available at start at 16 MiB each, at most 1000]",
+        ),
+        setting!(
+            "frozen_memory_budget",
+            "SKIFF_FROZEN_MEMORY_BUDGET",
+            "--frozen-memory-budget",
+            frozen_memory_budget = |v: &str| match v.trim() {
+                "auto" => Ok(None),
+                v => skiff_api::quantity::Quantity::parse(v)
+                    .map(|q| Some(q.as_units()))
+                    .map_err(|e| e.to_string()),
+            },
+            "Memory the instances kept frozen at zero (skiff.dev/warm: frozen) may hold in all, like 2Gi [default: auto, an eighth of the memory available at start]",
         ),
     ];
 }

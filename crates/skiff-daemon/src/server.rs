@@ -228,6 +228,7 @@ async fn control_plane(
         .map(|d| Arc::new(d) as Arc<dyn skiff_control::slo::Notify>),
         default_rollout: config.rollout.policy(),
         parked_sandboxes: config.runtime.parked_sandboxes(),
+        frozen_memory_budget: config.runtime.frozen_memory_budget(),
     };
     ControlPlane::start(parts, metrics)
         .await

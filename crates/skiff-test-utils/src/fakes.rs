@@ -46,6 +46,9 @@ struct RuntimeState {
     parked: Vec<InstancePlan>,
     /// Every id `unpark` released, in order.
     unparked: Vec<String>,
+    /// Every id frozen, and thawed, in order.
+    frozen: Vec<String>,
+    thawed: Vec<String>,
     /// Every id `stop` removed, in order.
     stopped: Vec<String>,
     /// When set, `start` fails with this message.
@@ -221,6 +224,16 @@ impl FakeRuntime {
         lock(&self.state).parked.clone()
     }
 
+    /// The ids of every instance frozen, in order.
+    pub fn frozen_ids(&self) -> Vec<String> {
+        lock(&self.state).frozen.clone()
+    }
+
+    /// The ids of every instance thawed, in order.
+    pub fn thawed_ids(&self) -> Vec<String> {
+        lock(&self.state).thawed.clone()
+    }
+
     /// The ids of every parked instance released, in order.
     pub fn unparked_ids(&self) -> Vec<String> {
         lock(&self.state).unparked.clone()
@@ -350,6 +363,44 @@ impl InstanceRuntime for FakeRuntime {
         self.update(id, |s| {
             s.phase = Phase::Starting;
             s.start_kind = StartKind::Parked;
+            s.started_at = now();
+        });
+        Ok(())
+    }
+
+    async fn freeze(&self, id: &str) -> Result<(), BoxError> {
+        {
+            let mut st = lock(&self.state);
+            match st.instances.get(id) {
+                Some(i) if i.status.phase == Phase::Running => {}
+                Some(_) => return Err(format!("instance `{id}` is not running").into()),
+                None => return Err(format!("no instance `{id}`").into()),
+            }
+            st.frozen.push(id.to_owned());
+        }
+        self.update(id, |s| {
+            s.phase = Phase::Frozen;
+            s.ready = false;
+            for c in &mut s.containers {
+                c.ready = false;
+            }
+        });
+        Ok(())
+    }
+
+    async fn thaw(&self, id: &str, _scheduled: Scheduled) -> Result<(), BoxError> {
+        {
+            let mut st = lock(&self.state);
+            match st.instances.get(id) {
+                Some(i) if i.status.phase == Phase::Frozen => {}
+                Some(_) => return Err(format!("instance `{id}` is not frozen").into()),
+                None => return Err(format!("no instance `{id}`").into()),
+            }
+            st.thawed.push(id.to_owned());
+        }
+        self.update(id, |s| {
+            s.phase = Phase::Running;
+            s.start_kind = StartKind::Frozen;
             s.started_at = now();
         });
         Ok(())
