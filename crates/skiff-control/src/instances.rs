@@ -368,7 +368,8 @@ impl InstanceManager {
         })
     }
 
-    /// The instances of a Service.
+    /// The instances of a Service: those that run (or start, or stop) first, by id, then
+    /// the parked and frozen ones.
     pub fn instances_of(&self, ns: &str, svc: &str) -> Vec<InstanceView> {
         let mut v: Vec<InstanceView> = self
             .runtime
@@ -382,7 +383,9 @@ impl InstanceManager {
                 status: i.status,
             })
             .collect();
-        v.sort_by(|a, b| a.id.cmp(&b.id));
+        // Those that run first; parked and frozen ones (held for later) after them.
+        let held = |i: &InstanceView| matches!(i.status.phase, Phase::Parked | Phase::Frozen);
+        v.sort_by(|a, b| (held(a), &a.id).cmp(&(held(b), &b.id)));
         v
     }
 
