@@ -588,41 +588,18 @@ impl InstanceManager {
     /// the revision's `timeoutSeconds`), then stops it (SIGTERM, SIGKILL after the
     /// termination grace) and forgets its record.
     fn retire(&self, inst: InstanceInfo) {
-        {
-            let mut r = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
-            if !r.insert(inst.plan.id.clone()) {
-                return;
-            }
-        }
-        let (rt, store, serving, retiring) = (
-            self.runtime.clone(),
-            self.store.clone(),
-            self.serving.clone(),
-            self.retiring.clone(),
-        );
-        let handle = self.handle.get().cloned();
-        info!(instance = %inst.plan.id, "draining and stopping instance");
-        tokio::spawn(async move {
-            let plan = inst.plan;
-            serving.drain(&plan.id, plan.drain_timeout).await;
-            rt.stop(&plan.id).await;
-            let _ = store
-                .txn(Txn::new().delete(keys::instance(&plan.namespace, &plan.id)))
-                .await;
-            serving.router().forget(&plan.id);
-            retiring
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&plan.id);
-            if let Some(h) = handle {
-                h.enqueue((plan.namespace, plan.revision));
-            }
-        });
+        self.put_away(inst, false);
     }
 
     /// Drains an instance, then freezes it (it stays, frozen, out of the router's pool);
     /// one that cannot be frozen within the daemon's memory budget, or at all, is stopped.
     fn freeze(&self, inst: InstanceInfo) {
+        self.put_away(inst, true);
+    }
+
+    /// Drains an instance, then freezes it (`freeze`, within the budget) or stops it; the
+    /// revision is looked at again afterwards.
+    fn put_away(&self, inst: InstanceInfo, freeze: bool) {
         {
             let mut r = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
             if !r.insert(inst.plan.id.clone()) {
@@ -637,38 +614,43 @@ impl InstanceManager {
         );
         let budget = self.frozen_budget;
         let handle = self.handle.get().cloned();
+        if !freeze {
+            info!(instance = %inst.plan.id, "draining and stopping instance");
+        }
         tokio::spawn(async move {
             let plan = inst.plan;
-            let held: u64 = rt
-                .instances()
-                .iter()
-                .filter(|i| i.status.phase == Phase::Frozen)
-                .map(|i| rt.usage(&i.plan.id).memory_bytes)
-                .sum();
-            let mine = rt.usage(&plan.id).memory_bytes;
+            // What frozen instances hold, read before the drain (this one still runs).
+            let room = freeze
+                && {
+                    let held: u64 = rt
+                        .instances()
+                        .iter()
+                        .filter(|i| i.status.phase == Phase::Frozen)
+                        .map(|i| rt.usage(&i.plan.id).memory_bytes)
+                        .sum();
+                    let mine = rt.usage(&plan.id).memory_bytes;
+                    if held + mine > budget {
+                        info!(instance = %plan.id, held, mine, budget, "not frozen: over the frozen memory budget; stopping it");
+                    }
+                    held + mine <= budget
+                };
             serving.drain(&plan.id, plan.drain_timeout).await;
-            let frozen = if held + mine > budget {
-                info!(instance = %plan.id, held, mine, budget, "not frozen: over the frozen memory budget; stopping it");
-                false
-            } else {
-                match rt.freeze(&plan.id).await {
+            let frozen = room
+                && match rt.freeze(&plan.id).await {
                     Ok(()) => true,
                     Err(e) => {
                         warn!(instance = %plan.id, error = %skiff_telemetry::ErrorChain(&*e), "freezing failed; stopping it");
                         false
                     }
-                }
-            };
-            if frozen {
-                // Out of the pool, its drain forgotten: thawed, it is added again once ready.
-                serving.router().forget(&plan.id);
-            } else {
+                };
+            if !frozen {
                 rt.stop(&plan.id).await;
                 let _ = store
                     .txn(Txn::new().delete(keys::instance(&plan.namespace, &plan.id)))
                     .await;
-                serving.router().forget(&plan.id);
             }
+            // Out of the router, its drain forgotten: a frozen one rejoins once thawed.
+            serving.router().forget(&plan.id);
             retiring
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
